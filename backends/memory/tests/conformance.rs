@@ -1,0 +1,17 @@
+//! The shared conformance suite on the in-memory broker: every case runs, none is skipped.
+
+use std::sync::Arc;
+
+use mailroom_core::testkit::Conformance;
+use mailroom_core::Backend;
+use mailroom_memory::MemoryBackend;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_passes_the_whole_conformance_suite() {
+    let report = Conformance::new(|| async { Ok(Arc::new(MemoryBackend::new()) as Arc<dyn Backend>) })
+        .run()
+        .await;
+    report.print();
+    report.assert_passed();
+    report.assert_no_skips();
+}

@@ -1,0 +1,229 @@
+//! What a backend can do, declared up front so that absent features fail before any I/O.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::topology::ExchangeKind;
+
+/// One flat declaration of what a backend supports.
+///
+/// Backends start from [`Capabilities::default`] (nothing supported) and switch on what they
+/// implement; the conformance suite runs a case only when every capability it needs is on, and
+/// asking a backend for an absent capability is an [`ErrorKind::Unsupported`](crate::ErrorKind)
+/// error raised before any network call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Messages with the same key are delivered in send order (to a single consumer).
+    pub per_key_ordering: bool,
+    /// Several consumers on one queue share its messages, each delivered to one of them.
+    pub competing_consumers: bool,
+    /// A consumer can start again from an earlier position (offsets, timestamps).
+    pub replay: bool,
+    /// Messages can be held back by a per-message delay, and nacks can requeue after a delay.
+    pub delayed_delivery: bool,
+    /// The longest delay accepted, when `delayed_delivery` is on and the broker bounds it.
+    pub max_delay: Option<Duration>,
+    /// Direct exchanges route on an exact routing key.
+    pub exchange_direct: bool,
+    /// Topic exchanges route on AMQP patterns (`*` one word, `#` zero or more).
+    pub exchange_topic: bool,
+    /// Fanout exchanges copy every message to every bound queue.
+    pub exchange_fanout: bool,
+    /// Headers exchanges route on header matches (all / any).
+    pub exchange_headers: bool,
+    /// Nacked or expired messages can go to a dead-letter queue.
+    pub dead_letter: bool,
+    /// A queue can dead-letter a message after a maximum number of delivery attempts.
+    pub max_delivery_attempts: bool,
+    /// Deliveries report how many times they have been attempted.
+    pub attempt_count: bool,
+    /// Queues can be bounded by a maximum length.
+    pub max_queue_length: bool,
+    /// Queues can expire messages after a time to live.
+    pub message_ttl: bool,
+    /// A batch send is cheaper than the same sends one by one.
+    pub batch_send: bool,
+    /// Consume-then-produce can be committed atomically.
+    pub transactions: bool,
+    /// Messages survive a broker restart (in the configuration this backend was opened with).
+    pub persistence: bool,
+    /// An unsettled delivery whose consumer goes away is delivered again.
+    pub redelivery_on_drop: bool,
+    /// Largest message (payload, key and headers) accepted, in bytes.
+    pub max_message_size: Option<usize>,
+    /// Largest number of messages one batch call sends at once (the backend splits larger ones).
+    pub max_batch_size: Option<usize>,
+    /// Most headers one message may carry.
+    pub max_headers: Option<usize>,
+}
+
+/// A single capability, to gate a test or name a missing feature in an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[allow(missing_docs)]
+pub enum Capability {
+    PerKeyOrdering,
+    CompetingConsumers,
+    Replay,
+    DelayedDelivery,
+    Exchange(ExchangeKind),
+    DeadLetter,
+    MaxDeliveryAttempts,
+    AttemptCount,
+    MaxQueueLength,
+    MessageTtl,
+    BatchSend,
+    Transactions,
+    Persistence,
+    RedeliveryOnDrop,
+    MaxMessageSize,
+}
+
+impl Capability {
+    /// The field name in [`Capabilities`], as printed in skip reports and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::PerKeyOrdering => "per_key_ordering",
+            Capability::CompetingConsumers => "competing_consumers",
+            Capability::Replay => "replay",
+            Capability::DelayedDelivery => "delayed_delivery",
+            Capability::Exchange(ExchangeKind::Direct) => "exchange_direct",
+            Capability::Exchange(ExchangeKind::Topic) => "exchange_topic",
+            Capability::Exchange(ExchangeKind::Fanout) => "exchange_fanout",
+            Capability::Exchange(ExchangeKind::Headers) => "exchange_headers",
+            Capability::DeadLetter => "dead_letter",
+            Capability::MaxDeliveryAttempts => "max_delivery_attempts",
+            Capability::AttemptCount => "attempt_count",
+            Capability::MaxQueueLength => "max_queue_length",
+            Capability::MessageTtl => "message_ttl",
+            Capability::BatchSend => "batch_send",
+            Capability::Transactions => "transactions",
+            Capability::Persistence => "persistence",
+            Capability::RedeliveryOnDrop => "redelivery_on_drop",
+            Capability::MaxMessageSize => "max_message_size",
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Capabilities {
+    /// Whether one capability is on.
+    pub fn supports(&self, capability: Capability) -> bool {
+        match capability {
+            Capability::PerKeyOrdering => self.per_key_ordering,
+            Capability::CompetingConsumers => self.competing_consumers,
+            Capability::Replay => self.replay,
+            Capability::DelayedDelivery => self.delayed_delivery,
+            Capability::Exchange(ExchangeKind::Direct) => self.exchange_direct,
+            Capability::Exchange(ExchangeKind::Topic) => self.exchange_topic,
+            Capability::Exchange(ExchangeKind::Fanout) => self.exchange_fanout,
+            Capability::Exchange(ExchangeKind::Headers) => self.exchange_headers,
+            Capability::DeadLetter => self.dead_letter,
+            Capability::MaxDeliveryAttempts => self.max_delivery_attempts,
+            Capability::AttemptCount => self.attempt_count,
+            Capability::MaxQueueLength => self.max_queue_length,
+            Capability::MessageTtl => self.message_ttl,
+            Capability::BatchSend => self.batch_send,
+            Capability::Transactions => self.transactions,
+            Capability::Persistence => self.persistence,
+            Capability::RedeliveryOnDrop => self.redelivery_on_drop,
+            Capability::MaxMessageSize => self.max_message_size.is_some(),
+        }
+    }
+
+    /// `Ok` when `capability` is on, else an `Unsupported` error naming it and the operation.
+    pub fn require(
+        &self,
+        capability: Capability,
+        backend: &'static str,
+        operation: &'static str,
+    ) -> Result<()> {
+        if self.supports(capability) {
+            Ok(())
+        } else {
+            Err(Error::unsupported(format!(
+                "backend '{backend}' does not support {capability} (declared in its capabilities)"
+            ))
+            .with_backend(backend)
+            .with_operation(operation))
+        }
+    }
+
+    /// Check a message against the declared size, header-count and delay limits.
+    pub fn check_message(
+        &self,
+        message: &crate::Message,
+        backend: &'static str,
+        operation: &'static str,
+    ) -> Result<()> {
+        let ctx = |e: Error| e.with_backend(backend).with_operation(operation);
+        if let Some(max) = self.max_message_size {
+            let len = message.encoded_len();
+            if len > max {
+                return Err(ctx(Error::new(
+                    crate::ErrorKind::PayloadTooLarge,
+                    format!(
+                        "message {} is {len} bytes (payload {} + key + headers); {backend} accepts at most {max}",
+                        message.id(),
+                        message.payload().len()
+                    ),
+                )));
+            }
+        }
+        if let Some(max) = self.max_headers {
+            if message.headers().len() > max {
+                return Err(ctx(Error::invalid_input(format!(
+                    "message {} has {} headers; {backend} accepts at most {max}",
+                    message.id(),
+                    message.headers().len()
+                ))));
+            }
+        }
+        if let Some(delay) = message.delay() {
+            self.require(Capability::DelayedDelivery, backend, operation)?;
+            if let Some(max) = self.max_delay {
+                if delay > max {
+                    return Err(ctx(Error::invalid_input(format!(
+                        "delay of {delay:?} exceeds {backend}'s maximum of {max:?}"
+                    ))));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ErrorKind, Message};
+
+    #[test]
+    fn absent_capability_is_unsupported_and_named() {
+        let caps = Capabilities::default();
+        let err = caps
+            .require(Capability::Replay, "demo", "consume")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.to_string().contains("replay"), "{err}");
+    }
+
+    #[test]
+    fn oversize_message_is_payload_too_large() {
+        let caps = Capabilities {
+            max_message_size: Some(10),
+            ..Capabilities::default()
+        };
+        let err = caps
+            .check_message(&Message::new(vec![0u8; 11]), "demo", "send")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
+    }
+}

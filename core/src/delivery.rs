@@ -1,0 +1,206 @@
+//! A received message and the obligation to settle it exactly once.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::message::Message;
+
+/// Where a delivery came from and how often it has been tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    /// 1 on first delivery, then one more for each redelivery (where the backend counts).
+    pub attempt: u32,
+    /// Whether the broker says it delivered this message before.
+    pub redelivered: bool,
+    /// The queue (or topic) it was received from.
+    pub source: String,
+    /// The partition, where the broker partitions.
+    pub partition: Option<i32>,
+    /// The offset, where the broker has offsets.
+    pub offset: Option<i64>,
+}
+
+impl DeliveryInfo {
+    /// A first delivery from `source`.
+    pub fn new(source: impl Into<String>) -> Self {
+        DeliveryInfo {
+            attempt: 1,
+            redelivered: false,
+            source: source.into(),
+            partition: None,
+            offset: None,
+        }
+    }
+}
+
+/// What a negative acknowledgement asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nack {
+    /// Put the message back to be delivered again, at once or after a delay.
+    Requeue {
+        /// Hold the message this long first (needs `delayed_delivery`).
+        delay: Option<Duration>,
+    },
+    /// Send the message to the queue's dead-letter target, with the reason in a header.
+    DeadLetter {
+        /// Why, for whoever reads the dead-letter queue.
+        reason: String,
+    },
+}
+
+impl Nack {
+    /// Requeue now.
+    pub fn requeue() -> Self {
+        Nack::Requeue { delay: None }
+    }
+
+    /// Requeue after `delay`.
+    pub fn requeue_after(delay: Duration) -> Self {
+        Nack::Requeue { delay: Some(delay) }
+    }
+
+    /// Dead-letter with a reason.
+    pub fn dead_letter(reason: impl Into<String>) -> Self {
+        Nack::DeadLetter {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Header set on dead-lettered messages: why they were dead-lettered.
+pub const DEAD_LETTER_REASON_HEADER: &str = "x-mailroom-dead-letter-reason";
+/// Header set on dead-lettered messages: the queue they came from.
+pub const DEAD_LETTER_SOURCE_HEADER: &str = "x-mailroom-dead-letter-source";
+/// Header set on dead-lettered messages: the attempt count when they were dead-lettered.
+pub const DEAD_LETTER_ATTEMPTS_HEADER: &str = "x-mailroom-dead-letter-attempts";
+
+/// Longest dead-letter reason kept in the header; the rest is cut so the header stays valid.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// Stamp a message with why, from where and after how many attempts it was dead-lettered.
+///
+/// Every backend that dead-letters client-side uses this, so a dead-letter queue reads the same
+/// whichever broker filled it.
+pub fn stamp_dead_letter(message: &mut Message, source: &str, reason: &str, attempts: u32) {
+    let mut cut = reason.len().min(MAX_REASON_BYTES);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let headers = message.headers_mut();
+    // Names are constants and values are bounded above, so these inserts cannot fail.
+    let _ = headers.insert(DEAD_LETTER_REASON_HEADER, &reason[..cut]);
+    let _ = headers.insert(DEAD_LETTER_SOURCE_HEADER, source);
+    let _ = headers.insert(DEAD_LETTER_ATTEMPTS_HEADER, attempts.to_string());
+}
+
+/// The backend side of settling one delivery. Implemented by backends, used through [`Delivery`].
+#[async_trait]
+pub trait Settle: Send + Sync {
+    /// The message was processed; the broker may forget it.
+    async fn ack(self: Box<Self>) -> Result<()>;
+    /// The message was not processed; requeue or dead-letter it.
+    async fn nack(self: Box<Self>, nack: Nack) -> Result<()>;
+    /// The delivery was dropped unsettled: the message must come back (synchronously queued, or
+    /// left to the broker's own redelivery). Must not block.
+    fn abandon(self: Box<Self>);
+}
+
+/// A received message that must be settled exactly once.
+///
+/// `ack` and `nack` consume the delivery, so settling twice does not compile. Dropping it
+/// unsettled returns the message to its queue (or leaves it to the broker to redeliver): nothing
+/// is lost by an early return or a panic in a handler.
+pub struct Delivery {
+    message: Message,
+    info: DeliveryInfo,
+    settle: Option<Box<dyn Settle>>,
+}
+
+impl Delivery {
+    /// Assemble a delivery (backends do this).
+    pub fn new(message: Message, info: DeliveryInfo, settle: Box<dyn Settle>) -> Self {
+        Delivery {
+            message,
+            info,
+            settle: Some(settle),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// Where it came from and its attempt count.
+    pub fn info(&self) -> &DeliveryInfo {
+        &self.info
+    }
+
+    /// Shorthand for `info().attempt`.
+    pub fn attempt(&self) -> u32 {
+        self.info.attempt
+    }
+
+    /// Decode the JSON payload into `T`.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        crate::json::decode(&self.message)
+    }
+
+    fn take_settle(&mut self) -> Box<dyn Settle> {
+        // Only `ack`/`nack`/`drop` take it, and the first two consume `self`.
+        self.settle
+            .take()
+            .unwrap_or_else(|| Box::new(AlreadySettled))
+    }
+
+    /// Acknowledge: processing is done.
+    pub async fn ack(mut self) -> Result<()> {
+        self.take_settle().ack().await
+    }
+
+    /// Negative acknowledgement: requeue or dead-letter.
+    pub async fn nack(mut self, nack: Nack) -> Result<()> {
+        self.take_settle().nack(nack).await
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(settle) = self.settle.take() {
+            settle.abandon();
+        }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .field("info", &self.info)
+            .field("settled", &self.settle.is_none())
+            .finish()
+    }
+}
+
+struct AlreadySettled;
+
+#[async_trait]
+impl Settle for AlreadySettled {
+    async fn ack(self: Box<Self>) -> Result<()> {
+        Err(already())
+    }
+    async fn nack(self: Box<Self>, _: Nack) -> Result<()> {
+        Err(already())
+    }
+    fn abandon(self: Box<Self>) {}
+}
+
+fn already() -> crate::Error {
+    crate::Error::new(
+        crate::ErrorKind::AlreadySettled,
+        "delivery was already settled",
+    )
+}

@@ -1,0 +1,43 @@
+//! mailroom-core: the broker-agnostic model of mailroom.
+//!
+//! A [`Message`] is a byte payload with ordered [`Headers`], an optional key and a stable id.
+//! A [`Producer`] sends it to a [`Destination`] and learns when the broker confirmed it; a
+//! [`Consumer`] receives [`Delivery`]s that must be settled once; [`Topology`] declares exchanges,
+//! queues and bindings. Each [`Backend`] declares its [`Capabilities`], and asking for an absent one
+//! is an [`ErrorKind::Unsupported`] error before any I/O. Nothing here names a broker.
+
+pub mod backend;
+pub mod capabilities;
+pub mod consumer;
+pub mod delivery;
+pub mod error;
+pub mod headers;
+pub mod json;
+pub mod message;
+pub mod pattern;
+pub mod producer;
+pub mod topology;
+pub mod url;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use backend::{Backend, BackendFactory, Registry};
+pub use capabilities::{Capabilities, Capability};
+pub use consumer::{Consumer, ConsumerExt, ConsumerOptions, Replay};
+pub use delivery::{Delivery, DeliveryInfo, Nack, Settle};
+pub use error::{Error, ErrorKind, Result};
+pub use headers::Headers;
+pub use message::{Message, MessageBuilder, MessageId, MessageParts, Timestamp};
+pub use pattern::TopicPattern;
+pub use producer::{Destination, PendingConfirm, Producer, Receipt};
+pub use topology::{
+    Binding, ExchangeKind, ExchangeSpec, HeaderMatch, Overflow, QueueSpec, Route, Topology,
+};
+
+#[cfg(feature = "mock")]
+pub use consumer::MockConsumer;
+#[cfg(feature = "mock")]
+pub use producer::MockProducer;
+#[cfg(feature = "mock")]
+pub use topology::MockTopology;

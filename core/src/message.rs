@@ -1,0 +1,385 @@
+//! The message: a byte payload, ordered headers, an optional key and a stable id.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::headers::Headers;
+
+/// Longest key accepted, in bytes; brokers carry keys in headers or partitioner input.
+pub const MAX_KEY_BYTES: usize = 4096;
+/// Longest id accepted, in bytes (AMQP's message-id is a short string).
+pub const MAX_ID_BYTES: usize = 255;
+
+/// A message's stable identity, kept across every hop and redelivery.
+///
+/// Generated ids are UUIDs and stay binary until they are printed, so minting one costs no
+/// allocation; ids that arrive from a broker compare equal to the id that was sent.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct MessageId(IdRepr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum IdRepr {
+    Uuid(Uuid),
+    Text(Arc<str>),
+}
+
+impl MessageId {
+    /// A fresh random id.
+    pub fn generate() -> Self {
+        MessageId(IdRepr::Uuid(Uuid::new_v4()))
+    }
+
+    /// An id from text, validated: non-empty, at most [`MAX_ID_BYTES`], no control characters.
+    pub fn parse(text: &str) -> Result<Self> {
+        if text.is_empty() {
+            return Err(Error::invalid_input("message id is empty"));
+        }
+        if text.len() > MAX_ID_BYTES {
+            return Err(Error::invalid_input(format!(
+                "message id is {} bytes; at most {MAX_ID_BYTES} are allowed",
+                text.len()
+            )));
+        }
+        if text.chars().any(char::is_control) {
+            return Err(Error::invalid_input(
+                "message id contains a control character",
+            ));
+        }
+        // A canonical UUID text becomes the binary form so that it equals the id that was sent.
+        if let Ok(uuid) = Uuid::parse_str(text) {
+            if uuid.hyphenated().to_string() == text {
+                return Ok(MessageId(IdRepr::Uuid(uuid)));
+            }
+        }
+        Ok(MessageId(IdRepr::Text(Arc::from(text))))
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            IdRepr::Uuid(u) => fmt::Display::fmt(&u.hyphenated(), f),
+            IdRepr::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+/// Milliseconds since the Unix epoch: the precision every backend can carry exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// The current wall-clock time, truncated to milliseconds.
+    pub fn now() -> Self {
+        Self::from_system_time(SystemTime::now())
+    }
+
+    /// A timestamp from milliseconds since the epoch.
+    pub fn from_millis(millis: u64) -> Self {
+        Timestamp(millis)
+    }
+
+    /// A timestamp from a `SystemTime`, truncated to milliseconds (times before 1970 clamp to 0).
+    pub fn from_system_time(time: SystemTime) -> Self {
+        let millis = time
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis().min(u64::MAX as u128) as u64)
+            .unwrap_or(0);
+        Timestamp(millis)
+    }
+
+    /// Milliseconds since the epoch.
+    pub fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// As a `SystemTime`.
+    pub fn to_system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.0)
+    }
+}
+
+/// A message: payload bytes with headers, an optional key and a stable id.
+///
+/// Cloning is cheap: the payload is reference-counted. Equality compares everything a broker
+/// carries (id, key, payload, headers, timestamp), not the send-time `delay`.
+#[derive(Clone)]
+pub struct Message {
+    id: MessageId,
+    key: Option<Arc<str>>,
+    payload: Bytes,
+    headers: Headers,
+    timestamp: Option<Timestamp>,
+    delay: Option<Duration>,
+}
+
+impl Message {
+    /// A message with this payload, a fresh id and nothing else.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Message {
+            id: MessageId::generate(),
+            key: None,
+            payload: payload.into(),
+            headers: Headers::new(),
+            timestamp: None,
+            delay: None,
+        }
+    }
+
+    /// A builder that validates every part when `build` is called.
+    pub fn builder(payload: impl Into<Bytes>) -> MessageBuilder {
+        MessageBuilder {
+            message: Message::new(payload),
+            error: None,
+        }
+    }
+
+    /// The stable id.
+    pub fn id(&self) -> &MessageId {
+        &self.id
+    }
+
+    /// The ordering / partitioning key.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The headers, in insertion order.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// Mutable headers, for middleware that stamps messages.
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        &mut self.headers
+    }
+
+    /// The producer-side timestamp, if one was set.
+    pub fn timestamp(&self) -> Option<Timestamp> {
+        self.timestamp
+    }
+
+    /// How long the broker should hold the message before delivering it (send-side only).
+    pub fn delay(&self) -> Option<Duration> {
+        self.delay
+    }
+
+    /// Clear the send-side delay (a backend does this once it has applied it).
+    pub fn clear_delay(&mut self) {
+        self.delay = None;
+    }
+
+    /// Total bytes a broker must carry: payload, key, id and headers.
+    pub fn encoded_len(&self) -> usize {
+        self.payload.len()
+            + self.key.as_ref().map_or(0, |k| k.len())
+            + self.headers.encoded_len()
+            + 36
+    }
+
+    /// Take the parts apart (for backends that translate a message to their wire format).
+    pub fn into_parts(self) -> MessageParts {
+        MessageParts {
+            id: self.id,
+            key: self.key,
+            payload: self.payload,
+            headers: self.headers,
+            timestamp: self.timestamp,
+            delay: self.delay,
+        }
+    }
+
+    /// Reassemble a message from parts, as a backend does when it receives one.
+    pub fn from_parts(parts: MessageParts) -> Self {
+        Message {
+            id: parts.id,
+            key: parts.key,
+            payload: parts.payload,
+            headers: parts.headers,
+            timestamp: parts.timestamp,
+            delay: parts.delay,
+        }
+    }
+}
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.key == other.key
+            && self.payload == other.payload
+            && self.headers == other.headers
+            && self.timestamp == other.timestamp
+    }
+}
+
+impl Eq for Message {}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Payloads can be large or sensitive; their length is enough to debug with.
+        f.debug_struct("Message")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("payload_len", &self.payload.len())
+            .field("headers", &self.headers)
+            .field("timestamp", &self.timestamp)
+            .field("delay", &self.delay)
+            .finish()
+    }
+}
+
+/// The parts of a message, public so backends can translate to and from wire formats.
+#[derive(Debug, Clone)]
+#[allow(missing_docs)]
+pub struct MessageParts {
+    pub id: MessageId,
+    pub key: Option<Arc<str>>,
+    pub payload: Bytes,
+    pub headers: Headers,
+    pub timestamp: Option<Timestamp>,
+    pub delay: Option<Duration>,
+}
+
+/// Builds a [`Message`], reporting the first invalid part when `build` is called.
+#[must_use]
+pub struct MessageBuilder {
+    message: Message,
+    error: Option<Error>,
+}
+
+impl MessageBuilder {
+    fn record(&mut self, result: Result<()>) {
+        if let (Err(e), None) = (result, &self.error) {
+            self.error = Some(e);
+        }
+    }
+
+    /// Add or replace a header (names and values are validated).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let result = self.message.headers.insert(name, value);
+        self.record(result);
+        self
+    }
+
+    /// Set the ordering / partitioning key.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        let key = key.into();
+        if key.len() > MAX_KEY_BYTES {
+            self.record(Err(Error::invalid_input(format!(
+                "message key is {} bytes; at most {MAX_KEY_BYTES} are allowed",
+                key.len()
+            ))));
+        } else {
+            self.message.key = Some(Arc::from(key));
+        }
+        self
+    }
+
+    /// Use this id instead of a generated one (e.g. to make a retry deduplicable).
+    pub fn id(mut self, id: impl AsRef<str>) -> Self {
+        match MessageId::parse(id.as_ref()) {
+            Ok(id) => self.message.id = id,
+            Err(e) => self.record(Err(e)),
+        }
+        self
+    }
+
+    /// Use an id that is already a [`MessageId`].
+    pub fn message_id(mut self, id: MessageId) -> Self {
+        self.message.id = id;
+        self
+    }
+
+    /// Set the timestamp.
+    pub fn timestamp(mut self, timestamp: Timestamp) -> Self {
+        self.message.timestamp = Some(timestamp);
+        self
+    }
+
+    /// Stamp the current time.
+    pub fn timestamp_now(self) -> Self {
+        self.timestamp(Timestamp::now())
+    }
+
+    /// Ask the broker to hold the message this long before delivering it.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.message.delay = Some(delay);
+        self
+    }
+
+    /// The message, or the first invalid part.
+    pub fn build(self) -> Result<Message> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn generated_ids_round_trip_through_text() {
+        let id = MessageId::generate();
+        let text = id.to_string();
+        assert_eq!(MessageId::parse(&text).unwrap(), id);
+        let custom = MessageId::parse("order-42").unwrap();
+        assert_eq!(custom.to_string(), "order-42");
+    }
+
+    #[test]
+    fn builder_reports_the_first_invalid_part() {
+        let err = Message::builder("x")
+            .header("", "v")
+            .key("k")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.message().contains("header name"), "{err}");
+
+        let err = Message::builder("x").id("").build().unwrap_err();
+        assert!(err.message().contains("id is empty"));
+
+        let err = Message::builder("x")
+            .key("k".repeat(MAX_KEY_BYTES + 1))
+            .build()
+            .unwrap_err();
+        assert!(err.message().contains("key is"));
+    }
+
+    #[test]
+    fn equality_ignores_send_side_delay() {
+        let a = Message::builder("p")
+            .id("same")
+            .delay(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let b = Message::builder("p").id("same").build().unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn debug_does_not_print_the_payload() {
+        let m = Message::new("secret-payload");
+        assert!(!format!("{m:?}").contains("secret-payload"));
+    }
+}

@@ -1,0 +1,195 @@
+//! Sending: a destination, the producer trait, and the confirm a send resolves to.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+
+use crate::error::Result;
+use crate::message::{Message, MessageId};
+
+/// Where a producer sends: straight to a queue, or to an exchange with a routing key.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// A queue (Kafka: a topic; SQS: a queue; AMQP: the default exchange).
+    Queue(Arc<str>),
+    /// An exchange and the routing key its bindings are matched against.
+    Exchange {
+        /// The exchange.
+        name: Arc<str>,
+        /// The routing key (ignored by fanout and headers exchanges).
+        routing_key: Arc<str>,
+    },
+}
+
+impl Destination {
+    /// Send straight to a queue.
+    pub fn queue(name: impl AsRef<str>) -> Self {
+        Destination::Queue(Arc::from(name.as_ref()))
+    }
+
+    /// Send to an exchange with a routing key.
+    pub fn exchange(name: impl AsRef<str>, routing_key: impl AsRef<str>) -> Self {
+        Destination::Exchange {
+            name: Arc::from(name.as_ref()),
+            routing_key: Arc::from(routing_key.as_ref()),
+        }
+    }
+
+    /// The queue or exchange name.
+    pub fn name(&self) -> &str {
+        match self {
+            Destination::Queue(n) => n,
+            Destination::Exchange { name, .. } => name,
+        }
+    }
+
+    /// Parse the CLI form: `queue` or `exchange:routing.key` (`exchange:` for an empty key).
+    pub fn parse(text: &str) -> Result<Self> {
+        let dest = match text.split_once(':') {
+            Some((exchange, key)) => Destination::exchange(exchange, key),
+            None => Destination::queue(text),
+        };
+        crate::topology::validate_name("destination", dest.name())?;
+        Ok(dest)
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Queue(n) => write!(f, "queue '{n}'"),
+            Destination::Exchange { name, routing_key } => {
+                write!(f, "exchange '{name}' (routing key '{routing_key}')")
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// What the broker told us when it took a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The id of the confirmed message.
+    pub id: MessageId,
+    /// The partition it was written to, where the broker partitions.
+    pub partition: Option<i32>,
+    /// Its offset, where the broker has offsets.
+    pub offset: Option<i64>,
+}
+
+impl Receipt {
+    /// A receipt with only the id (brokers without partitions).
+    pub fn new(id: MessageId) -> Self {
+        Receipt {
+            id,
+            partition: None,
+            offset: None,
+        }
+    }
+}
+
+/// A send that the producer has accepted and the broker has yet to confirm.
+///
+/// Await it for the [`Receipt`]. Holding many of these at once is how one task pipelines sends;
+/// dropping one does not cancel the send, it only discards the news of its confirm.
+#[must_use = "a pending confirm tells whether the broker took the message"]
+pub struct PendingConfirm(ConfirmState);
+
+enum ConfirmState {
+    Ready(Option<Result<Receipt>>),
+    Waiting(BoxFuture<'static, Result<Receipt>>),
+}
+
+impl PendingConfirm {
+    /// A confirm that is already known (a broker that confirms synchronously).
+    pub fn ready(result: Result<Receipt>) -> Self {
+        PendingConfirm(ConfirmState::Ready(Some(result)))
+    }
+
+    /// A confirm that resolves later.
+    pub fn waiting(future: impl Future<Output = Result<Receipt>> + Send + 'static) -> Self {
+        PendingConfirm(ConfirmState::Waiting(Box::pin(future)))
+    }
+}
+
+impl Future for PendingConfirm {
+    type Output = Result<Receipt>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            ConfirmState::Ready(result) => match result.take() {
+                Some(r) => Poll::Ready(r),
+                None => Poll::Ready(Err(crate::Error::new(
+                    crate::ErrorKind::AlreadySettled,
+                    "pending confirm polled after it completed",
+                ))),
+            },
+            ConfirmState::Waiting(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for PendingConfirm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PendingConfirm")
+    }
+}
+
+/// Sends messages and learns when the broker has taken them.
+///
+/// **Confirmed** means the broker has taken responsibility for the message: it is in every queue
+/// it routes to (memory), the broker sent a publisher confirm (RabbitMQ), the delivery report
+/// arrived with the configured `acks` (Kafka), or the API call returned success (SQS). After a
+/// confirm the message survives whatever the broker's persistence promises
+/// ([`Capabilities::persistence`](crate::Capabilities)); before it, the producer still owns it and
+/// a failure returns it inside the error ([`Error::undelivered`](crate::Error::undelivered)).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Producer: Send + Sync {
+    /// Hand a message to the producer. Resolves once it is accepted into the producer's bounded
+    /// in-flight window (this is where backpressure waits), returning the pending confirm.
+    async fn enqueue(&self, destination: &Destination, message: Message)
+        -> Result<PendingConfirm>;
+
+    /// Send one message and wait for the broker's confirm.
+    async fn send(&self, destination: &Destination, message: Message) -> Result<Receipt> {
+        self.enqueue(destination, message).await?.await
+    }
+
+    /// Send many messages, pipelined (and batched where the broker has batch calls).
+    /// The result has one entry per message, in order.
+    async fn send_batch(
+        &self,
+        destination: &Destination,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Result<Receipt>>> {
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in messages {
+            pending.push(self.enqueue(destination, message).await);
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for p in pending {
+            results.push(match p {
+                Ok(confirm) => confirm.await,
+                Err(e) => Err(e),
+            });
+        }
+        Ok(results)
+    }
+
+    /// Wait until everything enqueued so far is confirmed or has failed.
+    async fn flush(&self) -> Result<()>;
+
+    /// Flush, then release the producer; later sends fail with `Closed`.
+    async fn close(&self) -> Result<()>;
+}
