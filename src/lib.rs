@@ -1,1 +1,44 @@
-//! placeholder
+//! mailroom: one set of traits over many message brokers.
+//!
+//! ```no_run
+//! # async fn demo() -> mailroom::Result<()> {
+//! use mailroom::{Destination, Message, QueueSpec};
+//!
+//! let broker = mailroom::connect("memory://").await?;
+//! broker.topology().declare_queue(&QueueSpec::new("orders")).await?;
+//!
+//! let producer = broker.producer().await?;
+//! producer
+//!     .send(&Destination::queue("orders"), Message::new("order #1"))
+//!     .await?; // resolves once the broker confirmed it
+//!
+//! let mut consumer = broker.consumer("orders", Default::default()).await?;
+//! let delivery = consumer.receive().await?;
+//! println!("{:?}", delivery.message().payload());
+//! delivery.ack().await?; // settled exactly once; dropping it unsettled requeues
+//! # Ok(()) }
+//! ```
+//!
+//! The in-memory broker is always compiled in; cargo features `rabbitmq`, `kafka` and `sqs` add
+//! the others, each picked at run time by its URL scheme.
+
+pub mod bench;
+
+use std::sync::Arc;
+
+pub use mailroom_core::*;
+pub use mailroom_memory as memory;
+pub use mailroom_processors as processors;
+
+/// Every backend compiled into this build, by URL scheme.
+pub fn registry() -> Registry {
+    #[allow(unused_mut)]
+    let mut registry = Registry::new().with(mailroom_memory::MemoryFactory);
+    registry
+}
+
+/// Open the backend a URL names: `memory://`, and with their features `amqp://`, `kafka://`,
+/// `sqs://`. An unknown scheme or a malformed URL is a `Config` error listing what is available.
+pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
+    registry().connect(url).await
+}

@@ -147,7 +147,9 @@ mod tests {
         let err = h
             .insert("big", "x".repeat(MAX_HEADER_VALUE_BYTES + 1))
             .unwrap_err();
-        assert!(err.to_string().contains("header 'big' value is 65537 bytes"));
+        assert!(err
+            .to_string()
+            .contains("header 'big' value is 65537 bytes"));
         assert!(h.insert("bad\nname", "v").is_err());
         assert!(h.insert("n".repeat(256), "v").is_err());
         assert!(h.is_empty());

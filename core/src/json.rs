@@ -13,9 +13,8 @@ pub const JSON_CONTENT_TYPE: &str = "application/json";
 
 /// A message builder whose payload is `value` as JSON, with the content-type header set.
 pub fn builder<T: Serialize + ?Sized>(value: &T) -> Result<MessageBuilder> {
-    let payload = serde_json::to_vec(value).map_err(|e| {
-        Error::new(ErrorKind::Encode, "cannot encode value as JSON").with_source(e)
-    })?;
+    let payload = serde_json::to_vec(value)
+        .map_err(|e| Error::new(ErrorKind::Encode, "cannot encode value as JSON").with_source(e))?;
     Ok(Message::builder(payload).header(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE))
 }
 

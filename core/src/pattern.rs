@@ -74,15 +74,13 @@ impl TopicPattern {
             match word {
                 Word::Many => {
                     let mut any = false;
-                    for i in 0..=key.len() {
-                        any |= reachable[i];
-                        next[i] = any;
+                    for (slot, &was) in next.iter_mut().zip(&reachable) {
+                        any |= was;
+                        *slot = any;
                     }
                 }
                 Word::One => {
-                    for i in 0..key.len() {
-                        next[i + 1] = reachable[i];
-                    }
+                    next[1..].copy_from_slice(&reachable[..key.len()]);
                 }
                 Word::Literal(lit) => {
                     for i in 0..key.len() {

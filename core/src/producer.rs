@@ -158,8 +158,7 @@ impl fmt::Debug for PendingConfirm {
 pub trait Producer: Send + Sync {
     /// Hand a message to the producer. Resolves once it is accepted into the producer's bounded
     /// in-flight window (this is where backpressure waits), returning the pending confirm.
-    async fn enqueue(&self, destination: &Destination, message: Message)
-        -> Result<PendingConfirm>;
+    async fn enqueue(&self, destination: &Destination, message: Message) -> Result<PendingConfirm>;
 
     /// Send one message and wait for the broker's confirm.
     async fn send(&self, destination: &Destination, message: Message) -> Result<Receipt> {

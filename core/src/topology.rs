@@ -275,7 +275,10 @@ impl Route {
             Route::Key(key) => key == routing_key,
             Route::Pattern(pattern) => pattern.matches(routing_key),
             Route::All => true,
-            Route::Headers { mode, headers: want } => {
+            Route::Headers {
+                mode,
+                headers: want,
+            } => {
                 let hit = |(n, v): &(String, String)| headers.get(n) == Some(v.as_str());
                 match mode {
                     HeaderMatch::All => want.iter().all(hit),

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard,
 use async_trait::async_trait;
 use mailroom_core::delivery::stamp_dead_letter;
 use mailroom_core::{
-    Backend, Capabilities, Consumer, ConsumerOptions, Error, ExchangeKind, Producer, Result,
-    Route, Topology,
+    Backend, Capabilities, Consumer, ConsumerOptions, Error, ExchangeKind, Producer, Result, Route,
+    Topology,
 };
 
 use crate::config::MemoryConfig;
@@ -88,9 +88,11 @@ impl Broker {
     ) -> Result<Vec<Arc<Queue>>> {
         let topo = self.read();
         let state = topo.exchanges.get(exchange).ok_or_else(|| {
-            Error::not_found(format!("exchange '{exchange}' does not exist; declare it first"))
-                .with_backend(BACKEND)
-                .with_operation("send")
+            Error::not_found(format!(
+                "exchange '{exchange}' does not exist; declare it first"
+            ))
+            .with_backend(BACKEND)
+            .with_operation("send")
         })?;
         let mut targets: Vec<Arc<Queue>> = Vec::new();
         for (route, queue) in &state.bindings {

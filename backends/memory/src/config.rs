@@ -34,7 +34,9 @@ impl MemoryConfig {
     /// Parse `memory://[NAME][?max_message_size=BYTES&mandatory=true|false]`.
     pub fn from_url(url: &str) -> Result<Self> {
         let rest = url.strip_prefix("memory://").ok_or_else(|| {
-            Error::config(format!("memory backend URL must start with memory://, got {url:?}"))
+            Error::config(format!(
+                "memory backend URL must start with memory://, got {url:?}"
+            ))
         })?;
         let name = rest.split('?').next().unwrap_or("").trim_end_matches('/');
         let mut config = MemoryConfig {
@@ -74,9 +76,12 @@ mod tests {
 
     #[test]
     fn parses_name_and_parameters() {
-        assert_eq!(MemoryConfig::from_url("memory://").unwrap(), MemoryConfig::default());
-        let c = MemoryConfig::from_url("memory://shared?max_message_size=10&mandatory=false")
-            .unwrap();
+        assert_eq!(
+            MemoryConfig::from_url("memory://").unwrap(),
+            MemoryConfig::default()
+        );
+        let c =
+            MemoryConfig::from_url("memory://shared?max_message_size=10&mandatory=false").unwrap();
         assert_eq!(c.name.as_deref(), Some("shared"));
         assert_eq!(c.max_message_size, 10);
         assert!(!c.mandatory);
@@ -85,7 +90,10 @@ mod tests {
     #[test]
     fn rejects_unknown_or_malformed_parameters() {
         let e = MemoryConfig::from_url("memory://?size=1").unwrap_err();
-        assert!(e.message().contains("unknown memory:// parameter \"size\""), "{e}");
+        assert!(
+            e.message().contains("unknown memory:// parameter \"size\""),
+            "{e}"
+        );
         let e = MemoryConfig::from_url("memory://?max_message_size=big").unwrap_err();
         assert!(e.message().contains("max_message_size"), "{e}");
     }

@@ -27,7 +27,9 @@ impl MemoryConsumer {
                 .capabilities
                 .require(Capability::Replay, BACKEND, "consume")?;
         }
-        let queue = broker.queue(queue).map_err(|e| e.with_operation("consume"))?;
+        let queue = broker
+            .queue(queue)
+            .map_err(|e| e.with_operation("consume"))?;
         Ok(MemoryConsumer {
             broker,
             queue,
@@ -69,9 +71,12 @@ impl Consumer for MemoryConsumer {
             match self.queue.pop().map_err(|e| e.with_backend(BACKEND))? {
                 Pop::Entry(entry) => return Ok(self.delivery(entry)),
                 Pop::Expired(entry) => {
-                    self.broker.dead_letter(&self.queue, entry, "message TTL expired");
+                    self.broker
+                        .dead_letter(&self.queue, entry, "message TTL expired");
                 }
-                Pop::Empty { next_due: Some(due) } => {
+                Pop::Empty {
+                    next_due: Some(due),
+                } => {
                     tokio::select! {
                         _ = &mut readable => {}
                         _ = tokio::time::sleep_until(due) => {}
@@ -126,9 +131,11 @@ impl Settle for MemorySettle {
         match nack {
             Nack::Requeue { delay } => {
                 if delay.is_some() {
-                    self.broker
-                        .capabilities
-                        .require(Capability::DelayedDelivery, BACKEND, "nack")?;
+                    self.broker.capabilities.require(
+                        Capability::DelayedDelivery,
+                        BACKEND,
+                        "nack",
+                    )?;
                 }
                 self.requeue(delay);
             }

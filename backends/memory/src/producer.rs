@@ -64,7 +64,9 @@ impl MemoryProducer {
             if self.broker.config.mandatory {
                 return Err(ctx(Error::new(
                     ErrorKind::Unroutable,
-                    format!("no queue is bound to {destination} for this message (mandatory is on)"),
+                    format!(
+                        "no queue is bound to {destination} for this message (mandatory is on)"
+                    ),
                 ))
                 .with_undelivered(message));
             }
@@ -87,11 +89,7 @@ impl MemoryProducer {
 
 #[async_trait]
 impl Producer for MemoryProducer {
-    async fn enqueue(
-        &self,
-        destination: &Destination,
-        message: Message,
-    ) -> Result<PendingConfirm> {
+    async fn enqueue(&self, destination: &Destination, message: Message) -> Result<PendingConfirm> {
         // Queuing is the confirm here, so the pending confirm is already resolved.
         let receipt = self.deliver(destination, message).await?;
         Ok(PendingConfirm::ready(Ok(receipt)))

@@ -91,7 +91,9 @@ pub(crate) enum Pop {
     Entry(Entry),
     /// Expired by TTL: the caller dead-letters it.
     Expired(Entry),
-    Empty { next_due: Option<Instant> },
+    Empty {
+        next_due: Option<Instant>,
+    },
 }
 
 pub(crate) struct Queue {

@@ -8,9 +8,10 @@ use mailroom_memory::MemoryBackend;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_passes_the_whole_conformance_suite() {
-    let report = Conformance::new(|| async { Ok(Arc::new(MemoryBackend::new()) as Arc<dyn Backend>) })
-        .run()
-        .await;
+    let report =
+        Conformance::new(|| async { Ok(Arc::new(MemoryBackend::new()) as Arc<dyn Backend>) })
+            .run()
+            .await;
     report.print();
     report.assert_passed();
     report.assert_no_skips();

@@ -13,9 +13,7 @@ use crate::delivery::{Delivery, Nack, DEAD_LETTER_REASON_HEADER};
 use crate::error::{ErrorKind, Result};
 use crate::message::{Message, MessageId, Timestamp};
 use crate::producer::{Destination, Producer};
-use crate::topology::{
-    Binding, ExchangeKind, ExchangeSpec, HeaderMatch, Overflow, QueueSpec,
-};
+use crate::topology::{Binding, ExchangeKind, ExchangeSpec, HeaderMatch, Overflow, QueueSpec};
 
 /// How long a case waits for one expected delivery.
 const WAIT: Duration = Duration::from_secs(15);
@@ -34,28 +32,116 @@ macro_rules! case {
 }
 
 pub(super) static ALL: &[Case] = &[
-    case!(round_trip, "payload (binary), headers, key, id and timestamp arrive intact", []),
-    case!(receive_timeout_on_empty_queue, "receive_timeout returns None when nothing comes", []),
-    case!(missing_queue_is_not_found, "consuming a queue that does not exist is NotFound", []),
-    case!(many_consumers_lose_nothing, "5,000 messages over 10 concurrent consumers, none lost", [Capability::CompetingConsumers]),
-    case!(competing_consumers_share, "each message is processed by exactly one of two consumers", [Capability::CompetingConsumers]),
-    case!(nack_requeue_counts_attempts, "a nacked message comes back with attempt + 1", [Capability::AttemptCount]),
-    case!(dropped_consumer_redelivers, "unsettled deliveries of a dropped consumer are redelivered", [Capability::RedeliveryOnDrop]),
-    case!(processing_continues_after_errors, "handler failures requeue; every message is processed", []),
-    case!(per_key_order, "16 keys interleaved: each key arrives in send order", [Capability::PerKeyOrdering]),
-    case!(fanout_reaches_every_queue, "every bound queue gets every message", [Capability::Exchange(ExchangeKind::Fanout)]),
-    case!(direct_routing, "exact routing keys pick the queues", [Capability::Exchange(ExchangeKind::Direct)]),
-    case!(topic_routing, "AMQP patterns (* and #) pick the queues", [Capability::Exchange(ExchangeKind::Topic)]),
-    case!(headers_routing, "all / any header matches pick the queues", [Capability::Exchange(ExchangeKind::Headers)]),
-    case!(close_flushes_in_flight, "close waits for every enqueued send; later sends are Closed", []),
-    case!(dead_letter_on_nack, "nack(dead_letter) moves the message to the DLQ with its reason", [Capability::DeadLetter]),
-    case!(dead_letter_after_max_attempts, "after max attempts a requeue dead-letters instead", [Capability::DeadLetter, Capability::MaxDeliveryAttempts]),
-    case!(delayed_delivery, "a delayed message and a delayed requeue never arrive early", [Capability::DelayedDelivery]),
-    case!(message_ttl_expires, "an expired message goes to the dead-letter queue", [Capability::MessageTtl, Capability::DeadLetter]),
-    case!(bounded_queue_rejects, "a full queue with overflow=reject refuses with QueueFull", [Capability::MaxQueueLength]),
-    case!(batch_of_10000, "a 10,000-message batch send loses nothing", []),
-    case!(oversize_payload_rejected_before_io, "an oversize message is PayloadTooLarge before any I/O, and returned", [Capability::MaxMessageSize]),
-    case!(absent_capability_is_unsupported, "every absent capability that has an API is Unsupported before I/O", []),
+    case!(
+        round_trip,
+        "payload (binary), headers, key, id and timestamp arrive intact",
+        []
+    ),
+    case!(
+        receive_timeout_on_empty_queue,
+        "receive_timeout returns None when nothing comes",
+        []
+    ),
+    case!(
+        missing_queue_is_not_found,
+        "consuming a queue that does not exist is NotFound",
+        []
+    ),
+    case!(
+        many_consumers_lose_nothing,
+        "5,000 messages over 10 concurrent consumers, none lost",
+        [Capability::CompetingConsumers]
+    ),
+    case!(
+        competing_consumers_share,
+        "each message is processed by exactly one of two consumers",
+        [Capability::CompetingConsumers]
+    ),
+    case!(
+        nack_requeue_counts_attempts,
+        "a nacked message comes back with attempt + 1",
+        [Capability::AttemptCount]
+    ),
+    case!(
+        dropped_consumer_redelivers,
+        "unsettled deliveries of a dropped consumer are redelivered",
+        [Capability::RedeliveryOnDrop]
+    ),
+    case!(
+        processing_continues_after_errors,
+        "handler failures requeue; every message is processed",
+        []
+    ),
+    case!(
+        per_key_order,
+        "16 keys interleaved: each key arrives in send order",
+        [Capability::PerKeyOrdering]
+    ),
+    case!(
+        fanout_reaches_every_queue,
+        "every bound queue gets every message",
+        [Capability::Exchange(ExchangeKind::Fanout)]
+    ),
+    case!(
+        direct_routing,
+        "exact routing keys pick the queues",
+        [Capability::Exchange(ExchangeKind::Direct)]
+    ),
+    case!(
+        topic_routing,
+        "AMQP patterns (* and #) pick the queues",
+        [Capability::Exchange(ExchangeKind::Topic)]
+    ),
+    case!(
+        headers_routing,
+        "all / any header matches pick the queues",
+        [Capability::Exchange(ExchangeKind::Headers)]
+    ),
+    case!(
+        close_flushes_in_flight,
+        "close waits for every enqueued send; later sends are Closed",
+        []
+    ),
+    case!(
+        dead_letter_on_nack,
+        "nack(dead_letter) moves the message to the DLQ with its reason",
+        [Capability::DeadLetter]
+    ),
+    case!(
+        dead_letter_after_max_attempts,
+        "after max attempts a requeue dead-letters instead",
+        [Capability::DeadLetter, Capability::MaxDeliveryAttempts]
+    ),
+    case!(
+        delayed_delivery,
+        "a delayed message and a delayed requeue never arrive early",
+        [Capability::DelayedDelivery]
+    ),
+    case!(
+        message_ttl_expires,
+        "an expired message goes to the dead-letter queue",
+        [Capability::MessageTtl, Capability::DeadLetter]
+    ),
+    case!(
+        bounded_queue_rejects,
+        "a full queue with overflow=reject refuses with QueueFull",
+        [Capability::MaxQueueLength]
+    ),
+    case!(
+        batch_of_10000,
+        "a 10,000-message batch send loses nothing",
+        []
+    ),
+    case!(
+        oversize_payload_rejected_before_io,
+        "an oversize message is PayloadTooLarge before any I/O, and returned",
+        [Capability::MaxMessageSize]
+    ),
+    case!(
+        absent_capability_is_unsupported,
+        "every absent capability that has an API is Unsupported before I/O",
+        []
+    ),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -80,7 +166,9 @@ async fn cleanup(ctx: &Ctx, queues: &[&str], exchanges: &[&str]) {
 }
 
 async fn consumer(ctx: &Ctx, queue: &str) -> Result<Box<dyn Consumer>> {
-    ctx.backend.consumer(queue, ConsumerOptions::default()).await
+    ctx.backend
+        .consumer(queue, ConsumerOptions::default())
+        .await
 }
 
 async fn receive(consumer: &mut Box<dyn Consumer>, what: &str) -> Result<Delivery> {
@@ -168,7 +256,9 @@ async fn round_trip(ctx: Ctx) -> Result<String> {
         .build()?;
     producer.send(&Destination::queue(&q), sent.clone()).await?;
     let plain = Message::new("plain");
-    producer.send(&Destination::queue(&q), plain.clone()).await?;
+    producer
+        .send(&Destination::queue(&q), plain.clone())
+        .await?;
     let mut c = consumer(&ctx, &q).await?;
     let d = receive(&mut c, "the message just sent").await?;
     let got = d.message().clone();
@@ -179,7 +269,9 @@ async fn round_trip(ctx: Ctx) -> Result<String> {
         format!("headers {:?} != sent {:?}", got.headers(), sent.headers())
     })?;
     ensure(got == sent, || format!("received {got:?}, sent {sent:?}"))?;
-    ensure(!d.info().redelivered, || "first delivery marked redelivered".into())?;
+    ensure(!d.info().redelivered, || {
+        "first delivery marked redelivered".into()
+    })?;
     ensure(d.info().attempt == 1, || {
         format!("first delivery has attempt {}", d.info().attempt)
     })?;
@@ -201,7 +293,9 @@ async fn receive_timeout_on_empty_queue(ctx: Ctx) -> Result<String> {
     let start = Instant::now();
     let got = c.receive_timeout(Duration::from_millis(300)).await?;
     let waited = start.elapsed();
-    ensure(got.is_none(), || "an empty queue delivered something".into())?;
+    ensure(got.is_none(), || {
+        "an empty queue delivered something".into()
+    })?;
     ensure(waited < Duration::from_secs(5), || {
         format!("receive_timeout(300ms) took {waited:?}")
     })?;
@@ -297,7 +391,10 @@ async fn competing_consumers_share(ctx: Ctx) -> Result<String> {
     let total = total.lock().unwrap().clone();
     ensure_all_seen(&total, &sent, "two consumers")?;
     ensure(total.duplicates() == 0, || {
-        format!("{} messages were processed more than once", total.duplicates())
+        format!(
+            "{} messages were processed more than once",
+            total.duplicates()
+        )
     })?;
     cleanup(&ctx, &[&q], &[]).await;
     Ok(format!(
@@ -328,7 +425,9 @@ async fn nack_requeue_counts_attempts(ctx: Ctx) -> Result<String> {
     ensure(second.info().redelivered, || {
         "redelivery not marked redelivered".into()
     })?;
-    ensure(second.message() == &sent, || "message changed on redelivery".into())?;
+    ensure(second.message() == &sent, || {
+        "message changed on redelivery".into()
+    })?;
     second.ack().await?;
     expect_quiet(&mut c, "the message was acked").await?;
     c.close().await?;
@@ -398,11 +497,18 @@ async fn processing_continues_after_errors(ctx: Ctx) -> Result<String> {
     }
     ensure_all_seen(&processed, &sent, "after handler errors")?;
     ensure(failed_once.len() == N / 5, || {
-        format!("{} failures injected, expected {}", failed_once.len(), N / 5)
+        format!(
+            "{} failures injected, expected {}",
+            failed_once.len(),
+            N / 5
+        )
     })?;
     c.close().await?;
     cleanup(&ctx, &[&q], &[]).await;
-    Ok(format!("{} failures retried, {processed}", failed_once.len()))
+    Ok(format!(
+        "{} failures retried, {processed}",
+        failed_once.len()
+    ))
 }
 
 async fn per_key_order(ctx: Ctx) -> Result<String> {
@@ -551,8 +657,10 @@ async fn direct_routing(ctx: Ctx) -> Result<String> {
 async fn topic_routing(ctx: Ctx) -> Result<String> {
     let (ex, qs) = declare_exchange_with_queues(&ctx, ExchangeKind::Topic, 4).await?;
     let topo = ctx.backend.topology();
-    topo.bind(&Binding::pattern(&ex, &qs[0], "order.*")?).await?;
-    topo.bind(&Binding::pattern(&ex, &qs[1], "order.#")?).await?;
+    topo.bind(&Binding::pattern(&ex, &qs[0], "order.*")?)
+        .await?;
+    topo.bind(&Binding::pattern(&ex, &qs[1], "order.#")?)
+        .await?;
     topo.bind(&Binding::pattern(&ex, &qs[2], "#.eu")?).await?;
     topo.bind(&Binding::pattern(&ex, &qs[3], "#")?).await?;
     let sends = vec![
@@ -694,7 +802,9 @@ async fn delayed_delivery(ctx: Ctx) -> Result<String> {
     let mut c = consumer(&ctx, &q).await?;
     let start = Instant::now();
     let delayed = Message::builder("later").delay(DELAY).build()?;
-    producer.send(&Destination::queue(&q), delayed.clone()).await?;
+    producer
+        .send(&Destination::queue(&q), delayed.clone())
+        .await?;
     let now = Message::new("now");
     producer.send(&Destination::queue(&q), now.clone()).await?;
     let first = receive(&mut c, "the undelayed message").await?;
@@ -851,7 +961,10 @@ async fn absent_capability_is_unsupported(ctx: Ctx) -> Result<String> {
     if !caps.replay {
         let r = ctx
             .backend
-            .consumer(&missing_q, ConsumerOptions::default().replay(Replay::Earliest))
+            .consumer(
+                &missing_q,
+                ConsumerOptions::default().replay(Replay::Earliest),
+            )
             .await
             .map(drop);
         expect_unsupported(Capability::Replay, r)?;
@@ -859,8 +972,13 @@ async fn absent_capability_is_unsupported(ctx: Ctx) -> Result<String> {
     }
     if !caps.delayed_delivery {
         let producer = ctx.backend.producer().await?;
-        let m = Message::builder("x").delay(Duration::from_secs(1)).build()?;
-        let r = producer.send(&Destination::queue(&missing_q), m).await.map(drop);
+        let m = Message::builder("x")
+            .delay(Duration::from_secs(1))
+            .build()?;
+        let r = producer
+            .send(&Destination::queue(&missing_q), m)
+            .await
+            .map(drop);
         expect_unsupported(Capability::DelayedDelivery, r)?;
         probed.push(Capability::DelayedDelivery);
     }

@@ -124,9 +124,26 @@ impl Report {
             .filter(|r| matches!(r.outcome, Outcome::Passed { .. }))
     }
 
-    /// Print the report to stderr (visible in `cargo test -- --nocapture` and on failure).
+    /// Print the report to stderr (shown by `cargo test -- --nocapture` and on failure), and
+    /// write it to `$MAILROOM_CONFORMANCE_REPORT_DIR/<backend>.txt` when that is set, so a test
+    /// script can show every backend's skips after a captured run.
     pub fn print(&self) {
         eprintln!("{self}");
+        if let Ok(dir) = std::env::var("MAILROOM_CONFORMANCE_REPORT_DIR") {
+            let dir = std::path::Path::new(&dir);
+            let written = std::fs::create_dir_all(dir).and_then(|_| {
+                std::fs::write(
+                    dir.join(format!("{}.txt", self.backend)),
+                    format!("{self}\n"),
+                )
+            });
+            if let Err(e) = written {
+                eprintln!(
+                    "cannot write the conformance report to {}: {e}",
+                    dir.display()
+                );
+            }
+        }
     }
 
     /// Panic with every failure listed, if any case failed.

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The README test command: start the local brokers, then fmt, clippy and the whole test suite.
+# Extra arguments are passed to `cargo test`, e.g. scripts/test.sh -p mailroom-core -- --nocapture
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export PATH="$HOME/.cargo/bin:$PATH"
+if [[ -n ${CI:-} ]]; then
+    export CARGO_TERM_COLOR=never
+fi
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "scripts/brokers.sh up"
+scripts/brokers.sh up
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets --all-features -- -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+# Each backend's conformance run writes its report here; they are shown after the tests so the
+# skipped cases, and the capability that skipped each, are visible even though output is captured.
+export MAILROOM_CONFORMANCE_REPORT_DIR="$PWD/target/conformance"
+rm -rf "$MAILROOM_CONFORMANCE_REPORT_DIR"
+
+step "cargo test --workspace --all-features $*"
+cargo test --workspace --all-features "$@"
+
+step "conformance reports"
+shopt -s nullglob
+reports=("$MAILROOM_CONFORMANCE_REPORT_DIR"/*.txt)
+if ((${#reports[@]} == 0)); then
+    echo "no conformance report was written" >&2
+    exit 1
+fi
+cat "${reports[@]}"
