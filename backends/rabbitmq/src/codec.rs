@@ -1,0 +1,270 @@
+//! A mailroom [`Message`] as AMQP properties and body, and back.
+//!
+//! | mailroom        | AMQP 0-9-1                                                        |
+//! |-----------------|-------------------------------------------------------------------|
+//! | payload         | body                                                              |
+//! | id              | `message-id` property                                             |
+//! | headers         | headers table, each value a long string                           |
+//! | header order    | `x-mailroom-header-order` (array of names), only when not sorted  |
+//! | key             | `x-mailroom-key` header (long string)                             |
+//! | timestamp       | `timestamp` property (seconds) and `x-mailroom-timestamp-ms`      |
+//! | attempt (>1)    | `x-mailroom-attempt` header on client-side requeues (classic)     |
+//!
+//! Received headers of other AMQP types (numbers, booleans, timestamps) become their decimal
+//! text; tables and arrays (such as the broker's `x-death`) are left out, since mailroom header
+//! values are strings. The `x-mailroom-*` headers above, and the broker's `x-delivery-count`,
+//! are taken off on receive so a message reads back exactly as it was sent.
+
+use bytes::Bytes;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::BasicProperties;
+use mailroom_core::{Headers, Message, MessageId, MessageParts, Timestamp};
+
+/// Header carrying the message key.
+pub const KEY_HEADER: &str = "x-mailroom-key";
+/// Header carrying the timestamp in milliseconds (the AMQP property has only seconds).
+pub const TIMESTAMP_HEADER: &str = "x-mailroom-timestamp-ms";
+/// Header carrying the attempt number of a message requeued client-side.
+pub const ATTEMPT_HEADER: &str = "x-mailroom-attempt";
+/// Header marking a message that passed through a delay queue (its `x-death` trail is internal).
+pub const DELAYED_HEADER: &str = "x-mailroom-delayed";
+/// Header carrying the original order of the headers (AMQP tables are unordered).
+pub const ORDER_HEADER: &str = "x-mailroom-header-order";
+/// The header quorum queues count deliveries in.
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// What a send adds on top of the message itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Stamp {
+    pub persistent: bool,
+    /// Set above 1 when a classic-queue requeue republishes the message.
+    pub attempt: u32,
+    /// Set when the message goes through a delay queue.
+    pub delayed: bool,
+}
+
+fn short(name: &str) -> Option<ShortString> {
+    // Header names are validated to at most 255 bytes, so this only fails on misuse.
+    ShortString::try_new(name).ok()
+}
+
+/// The AMQP properties of a message.
+pub(crate) fn properties(message: &Message, stamp: Stamp) -> BasicProperties {
+    let mut table = FieldTable::default();
+    let headers = message.headers();
+    for (name, value) in headers.iter() {
+        if let Some(name) = short(name) {
+            table.insert(
+                name,
+                AMQPValue::LongString(LongString::from(value.as_bytes())),
+            );
+        }
+    }
+    let sorted = headers
+        .iter()
+        .zip(headers.iter().skip(1))
+        .all(|((a, _), (b, _))| a < b);
+    if !sorted {
+        let mut order = FieldArray::default();
+        for (name, _) in headers.iter() {
+            order.push(AMQPValue::LongString(LongString::from(name.as_bytes())));
+        }
+        table.insert(ORDER_HEADER.into(), AMQPValue::FieldArray(order));
+    }
+    if let Some(key) = message.key() {
+        table.insert(
+            KEY_HEADER.into(),
+            AMQPValue::LongString(LongString::from(key.as_bytes())),
+        );
+    }
+    if let Some(ts) = message.timestamp() {
+        table.insert(
+            TIMESTAMP_HEADER.into(),
+            AMQPValue::LongLongInt(ts.as_millis().min(i64::MAX as u64) as i64),
+        );
+    }
+    if stamp.attempt > 1 {
+        table.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(stamp.attempt));
+    }
+    if stamp.delayed {
+        table.insert(DELAYED_HEADER.into(), AMQPValue::Boolean(true));
+    }
+    let mut props = BasicProperties::default()
+        .with_delivery_mode(if stamp.persistent { 2 } else { 1 })
+        .with_headers(table);
+    if let Some(id) = short(&message.id().to_string()) {
+        props = props.with_message_id(id);
+    }
+    if let Some(ts) = message.timestamp() {
+        props = props.with_timestamp(ts.as_millis() / 1000);
+    }
+    props
+}
+
+/// What a received message carried besides the message itself.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Received {
+    /// `x-mailroom-attempt`, set by a client-side requeue.
+    pub attempt: Option<u32>,
+    /// `x-delivery-count`, set by quorum queues.
+    pub delivery_count: Option<u32>,
+}
+
+fn as_text(value: &AMQPValue) -> Option<String> {
+    Some(match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Timestamp(n) => n.to_string(),
+        AMQPValue::Float(n) => n.to_string(),
+        AMQPValue::Double(n) => n.to_string(),
+        _ => return None,
+    })
+}
+
+fn as_u64(value: &AMQPValue) -> Option<u64> {
+    match value {
+        AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::Timestamp(n) => Some(*n),
+        AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
+        AMQPValue::ShortString(s) => s.as_str().parse().ok(),
+        _ => None,
+    }
+}
+
+fn is_internal(name: &str, delayed: bool) -> bool {
+    matches!(
+        name,
+        KEY_HEADER
+            | TIMESTAMP_HEADER
+            | ATTEMPT_HEADER
+            | DELAYED_HEADER
+            | ORDER_HEADER
+            | DELIVERY_COUNT_HEADER
+    ) || (delayed
+        && (name == "x-death"
+            || name.starts_with("x-first-death-")
+            || name.starts_with("x-last-death-")))
+}
+
+/// A received AMQP message as a mailroom message.
+pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> (Message, Received) {
+    let mut received = Received::default();
+    let mut headers = Headers::new();
+    let mut key = None;
+    let mut timestamp = properties
+        .timestamp()
+        .map(|secs| Timestamp::from_millis(secs.saturating_mul(1000)));
+    if let Some(table) = properties.headers() {
+        let map = table.inner();
+        let delayed = map.contains_key(DELAYED_HEADER);
+        if let Some(v) = map.get(KEY_HEADER).and_then(as_text) {
+            key = Some(v);
+        }
+        if let Some(ms) = map.get(TIMESTAMP_HEADER).and_then(as_u64) {
+            timestamp = Some(Timestamp::from_millis(ms));
+        }
+        received.attempt = map
+            .get(ATTEMPT_HEADER)
+            .and_then(as_u64)
+            .map(|n| n.min(u64::from(u32::MAX)) as u32);
+        received.delivery_count = map
+            .get(DELIVERY_COUNT_HEADER)
+            .and_then(as_u64)
+            .map(|n| n.min(u64::from(u32::MAX)) as u32);
+        let mut add = |name: &str, value: &AMQPValue| {
+            if is_internal(name, delayed) || headers.contains(name) {
+                return;
+            }
+            if let Some(text) = as_text(value) {
+                if let Err(e) = headers.insert(name, text) {
+                    tracing::warn!(header = name, error = %e, "dropping a received header mailroom cannot carry");
+                }
+            }
+        };
+        if let Some(AMQPValue::FieldArray(order)) = map.get(ORDER_HEADER) {
+            for name in order.as_slice().iter().filter_map(as_text) {
+                if let Some(value) = map.get(name.as_str()) {
+                    add(&name, value);
+                }
+            }
+        }
+        for (name, value) in map {
+            add(name.as_str(), value);
+        }
+    }
+    let id = properties
+        .message_id()
+        .as_ref()
+        .and_then(|id| MessageId::parse(id.as_str()).ok())
+        // A message published without a message-id (plain AMQP clients) gets a fresh one; it is
+        // stable only for this delivery.
+        .unwrap_or_else(MessageId::generate);
+    let message = Message::from_parts(MessageParts {
+        id,
+        key: key.map(Into::into),
+        payload: Bytes::from(body),
+        headers,
+        timestamp,
+        delay: None,
+    });
+    (message, received)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_part_and_the_header_order() {
+        let sent = Message::builder(&b"\x00bin"[..])
+            .header("zeta", "1")
+            .header("alpha", "")
+            .header("mid", "h\u{e9}")
+            .key("k-1")
+            .timestamp(Timestamp::from_millis(1_700_000_000_123))
+            .build()
+            .unwrap();
+        let props = properties(
+            &sent,
+            Stamp {
+                persistent: true,
+                attempt: 3,
+                delayed: true,
+            },
+        );
+        let (got, received) = decode(&props, sent.payload().to_vec());
+        assert_eq!(got, sent);
+        assert_eq!(received.attempt, Some(3));
+        assert_eq!(props.timestamp(), &Some(1_700_000_000));
+    }
+
+    #[test]
+    fn foreign_headers_become_text_and_tables_are_left_out() {
+        let mut table = FieldTable::default();
+        table.insert("n".into(), AMQPValue::LongInt(-5));
+        table.insert("b".into(), AMQPValue::Boolean(true));
+        table.insert("t".into(), AMQPValue::FieldTable(FieldTable::default()));
+        table.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::LongLongInt(2));
+        let props = BasicProperties::default().with_headers(table);
+        let (m, r) = decode(&props, b"x".to_vec());
+        assert_eq!(m.headers().get("n"), Some("-5"));
+        assert_eq!(m.headers().get("b"), Some("true"));
+        assert!(!m.headers().contains("t"));
+        assert!(!m.headers().contains(DELIVERY_COUNT_HEADER));
+        assert_eq!(r.delivery_count, Some(2));
+    }
+}

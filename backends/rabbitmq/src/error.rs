@@ -1,0 +1,117 @@
+//! lapin's errors as mailroom [`Error`]s: AMQP reply codes become kinds a caller can match on.
+
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::ErrorKind as LapinKind;
+use mailroom_core::{Error, ErrorKind};
+
+use crate::BACKEND;
+
+/// Map a lapin error raised by `operation` on `what` (a queue, an exchange, the broker).
+pub(crate) fn map(error: lapin::Error, operation: &'static str, what: &str) -> Error {
+    let (kind, message) = classify(&error, what);
+    let temporary = is_connection_loss(&error) || kind.default_temporary();
+    Error::new(kind, message)
+        .set_temporary(temporary)
+        .with_backend(BACKEND)
+        .with_operation(operation)
+        .with_source(error)
+}
+
+fn classify(error: &lapin::Error, what: &str) -> (ErrorKind, String) {
+    match error.kind() {
+        LapinKind::ProtocolError(amqp) => {
+            let text = amqp.get_message().as_str();
+            match amqp.kind() {
+                AMQPErrorKind::Soft(soft) => match soft {
+                    AMQPSoftError::NOTFOUND => {
+                        (ErrorKind::NotFound, format!("{what} does not exist"))
+                    }
+                    AMQPSoftError::PRECONDITIONFAILED => (
+                        ErrorKind::Conflict,
+                        format!("{what} conflicts with what the broker already has"),
+                    ),
+                    AMQPSoftError::ACCESSREFUSED => (
+                        ErrorKind::Auth,
+                        format!("access to {what} refused by the broker"),
+                    ),
+                    AMQPSoftError::RESOURCELOCKED => (
+                        ErrorKind::Conflict,
+                        format!("{what} is locked (exclusive to another connection)"),
+                    ),
+                    AMQPSoftError::CONTENTTOOLARGE => (
+                        ErrorKind::PayloadTooLarge,
+                        format!("the broker refused a message to {what} as too large"),
+                    ),
+                    AMQPSoftError::NOROUTE | AMQPSoftError::NOCONSUMERS => (
+                        ErrorKind::Unroutable,
+                        format!("no queue took the message sent to {what}"),
+                    ),
+                },
+                AMQPErrorKind::Hard(hard) => match hard {
+                    AMQPHardError::CONNECTIONFORCED => (
+                        ErrorKind::Connection,
+                        "the broker closed the connection (restart or shutdown)".into(),
+                    ),
+                    AMQPHardError::NOTALLOWED => (
+                        ErrorKind::Auth,
+                        format!(
+                            "the broker refused access ({text}): check that the vhost exists \
+                             and the user has permissions on it"
+                        ),
+                    ),
+                    AMQPHardError::INVALIDPATH => {
+                        (ErrorKind::Config, format!("invalid vhost path ({text})"))
+                    }
+                    AMQPHardError::RESOURCEERROR => (
+                        ErrorKind::Broker,
+                        format!("the broker is short of a resource ({text})"),
+                    ),
+                    _ => (
+                        ErrorKind::Broker,
+                        format!("the broker closed the connection: {text}"),
+                    ),
+                },
+            }
+        }
+        LapinKind::IOError(_) | LapinKind::MissingHeartbeatError => (
+            ErrorKind::Connection,
+            "the connection to the broker failed".into(),
+        ),
+        LapinKind::InvalidChannelState(..)
+        | LapinKind::InvalidConnectionState(_)
+        | LapinKind::InvalidChannel(_) => (
+            ErrorKind::Connection,
+            "the channel or connection is no longer open".into(),
+        ),
+        LapinKind::ChannelsLimitReached => (
+            ErrorKind::Broker,
+            "the connection has used every channel the broker allows".into(),
+        ),
+        _ => (ErrorKind::Broker, format!("operation on {what} failed")),
+    }
+}
+
+/// Whether the error means the connection (or the channel under us) went away, so the same
+/// operation may succeed on a fresh connection.
+pub(crate) fn is_connection_loss(error: &lapin::Error) -> bool {
+    match error.kind() {
+        LapinKind::IOError(_)
+        | LapinKind::MissingHeartbeatError
+        | LapinKind::InvalidChannelState(..)
+        | LapinKind::InvalidConnectionState(_)
+        | LapinKind::InvalidChannel(_) => true,
+        LapinKind::ProtocolError(amqp) => matches!(
+            amqp.kind(),
+            AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED)
+        ),
+        _ => false,
+    }
+}
+
+/// The AMQP reply code of a protocol error, if it is one.
+pub(crate) fn reply_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        LapinKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}

@@ -1,0 +1,24 @@
+//! The shared conformance suite against the real RabbitMQ on 127.0.0.1:5672.
+
+use std::sync::Arc;
+
+use mailroom_core::testkit::Conformance;
+use mailroom_core::Backend;
+use mailroom_rabbitmq::RabbitBackend;
+
+/// The broker under test; `MAILROOM_RABBITMQ_URL` overrides it.
+fn url() -> String {
+    std::env::var("MAILROOM_RABBITMQ_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_passes_the_conformance_suite() {
+    let report = Conformance::new(|| async {
+        Ok(Arc::new(RabbitBackend::from_url(&url()).await?) as Arc<dyn Backend>)
+    })
+    .run()
+    .await;
+    report.print();
+    report.assert_passed();
+}
