@@ -1,0 +1,356 @@
+//! The producer: a bounded window, and one batcher task per queue packing `SendMessageBatch`
+//! calls.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use mailroom_core::{
+    Capability, Destination, Error, ErrorKind, Message, PendingConfirm, Producer, Receipt, Result,
+};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::backend::Shared;
+use crate::codec::{self, Encoded};
+use crate::error::{ctx, from_entry, from_sdk};
+use crate::{BACKEND, MAX_BATCH_ENTRIES};
+
+/// Times an entry the service failed on its own side is sent again before its error is returned.
+const ENTRY_RETRIES: u32 = 4;
+
+/// One accepted message on its way to a batch call.
+struct Entry {
+    message: Message,
+    encoded: Encoded,
+    reply: oneshot::Sender<Result<Receipt>>,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Sends to SQS queues, batching concurrent and pipelined sends.
+pub struct SqsProducer {
+    shared: Arc<Shared>,
+    window: Arc<Semaphore>,
+    window_size: u32,
+    batchers: Mutex<HashMap<String, mpsc::Sender<Entry>>>,
+    closed: AtomicBool,
+}
+
+impl SqsProducer {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let window_size = u32::try_from(shared.config.send_window).unwrap_or(u32::MAX);
+        SqsProducer {
+            window: Arc::new(Semaphore::new(window_size as usize)),
+            window_size,
+            batchers: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            shared,
+        }
+    }
+
+    fn batcher(&self, url: &str) -> mpsc::Sender<Entry> {
+        let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = batchers.get(url).filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        // The window bounds what is in flight, so this channel never holds more than it.
+        let (tx, rx) = mpsc::channel(self.shared.config.send_window.max(1));
+        tokio::spawn(run_batcher(self.shared.clone(), Arc::from(url), rx));
+        batchers.insert(url.to_owned(), tx.clone());
+        tx
+    }
+
+    async fn accept(
+        &self,
+        destination: &Destination,
+        message: &Message,
+    ) -> Result<(String, Encoded)> {
+        let op = "send";
+        if self.closed.load(Ordering::Acquire) {
+            return Err(ctx(Error::closed("producer is closed"), op));
+        }
+        self.shared.check_open(op)?;
+        let queue = match destination {
+            Destination::Queue(q) => q,
+            Destination::Exchange { .. } => {
+                self.shared.caps.require(
+                    Capability::Exchange(mailroom_core::ExchangeKind::Direct),
+                    BACKEND,
+                    op,
+                )?;
+                return Err(ctx(Error::unsupported("SQS has no exchanges"), op));
+            }
+        };
+        self.shared.caps.check_message(message, BACKEND, op)?;
+        let encoded = codec::encode(
+            message,
+            queue.ends_with(".fifo"),
+            self.shared.config.max_message_size,
+        )
+        .map_err(|e| ctx(e, op))?;
+        let url = self.shared.queue_url(queue, op).await?;
+        Ok((url, encoded))
+    }
+}
+
+#[async_trait]
+impl Producer for SqsProducer {
+    async fn enqueue(&self, destination: &Destination, message: Message) -> Result<PendingConfirm> {
+        let (url, encoded) = match self.accept(destination, &message).await {
+            Ok(v) => v,
+            Err(e) => return Err(e.with_undelivered(message)),
+        };
+        let slot = match self.window.clone().acquire_owned().await {
+            Ok(slot) => slot,
+            Err(_) => {
+                return Err(
+                    ctx(Error::closed("producer is closed"), "send").with_undelivered(message)
+                )
+            }
+        };
+        let (reply, confirm) = oneshot::channel();
+        let entry = Entry {
+            message,
+            encoded,
+            reply,
+            _slot: slot,
+        };
+        if let Err(mpsc::error::SendError(entry)) = self.batcher(&url).send(entry).await {
+            return Err(ctx(
+                Error::new(ErrorKind::Broker, "the queue's batcher task stopped"),
+                "send",
+            )
+            .with_undelivered(entry.message));
+        }
+        Ok(PendingConfirm::waiting(async move {
+            confirm.await.unwrap_or_else(|_| {
+                Err(ctx(
+                    Error::new(
+                        ErrorKind::Broker,
+                        "the batcher dropped a send without an answer",
+                    ),
+                    "send",
+                ))
+            })
+        }))
+    }
+
+    async fn flush(&self) -> Result<()> {
+        // Every slot free means every accepted message has its answer.
+        match self.window.acquire_many(self.window_size).await {
+            Ok(all) => {
+                drop(all);
+                Ok(())
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        self.flush().await?;
+        self.window.close();
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for SqsProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsProducer")
+            .field("window", &self.window_size)
+            .field("free", &self.window.available_permits())
+            .finish()
+    }
+}
+
+/// Gather what waits for one queue into batches of at most 10 entries and `max_message_size`
+/// bytes, keeping up to `send_concurrency` calls in flight. While every call slot is taken, new
+/// entries pile up in the channel, so batches grow exactly when throughput needs them to.
+async fn run_batcher(shared: Arc<Shared>, url: Arc<str>, mut rx: mpsc::Receiver<Entry>) {
+    let calls = Arc::new(Semaphore::new(shared.config.send_concurrency));
+    let max_bytes = shared.config.max_message_size;
+    let linger = shared.config.linger;
+    let mut carry: Option<Entry> = None;
+    loop {
+        let Ok(call) = calls.clone().acquire_owned().await else {
+            break;
+        };
+        let first = match carry.take() {
+            Some(e) => e,
+            None => match rx.recv().await {
+                Some(e) => e,
+                None => break,
+            },
+        };
+        let mut bytes = first.encoded.size;
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < MAX_BATCH_ENTRIES {
+            let next = match rx.try_recv() {
+                Ok(e) => e,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) if linger.is_zero() => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(e)) => e,
+                        _ => break,
+                    }
+                }
+            };
+            if bytes + next.encoded.size > max_bytes {
+                carry = Some(next);
+                break;
+            }
+            bytes += next.encoded.size;
+            batch.push(next);
+        }
+        tokio::spawn(send_batch(shared.clone(), url.clone(), batch, call));
+    }
+}
+
+fn request_entry(index: usize, e: &Encoded) -> Result<SendMessageBatchRequestEntry> {
+    SendMessageBatchRequestEntry::builder()
+        .id(index.to_string())
+        .message_body(e.body.clone())
+        .set_message_attributes(Some(e.attributes.clone()))
+        .set_delay_seconds(e.delay_seconds)
+        .set_message_group_id(e.group_id.clone())
+        .set_message_deduplication_id(e.dedup_id.clone())
+        .build()
+        .map_err(|err| {
+            Error::new(ErrorKind::Encode, "batch entry could not be built").with_source(err)
+        })
+}
+
+/// Send one batch; retry only the entries the service failed on its side; answer every entry.
+async fn send_batch(
+    shared: Arc<Shared>,
+    url: Arc<str>,
+    batch: Vec<Entry>,
+    _call: OwnedSemaphorePermit,
+) {
+    let op = "send";
+    let mut pending: Vec<Option<Entry>> = batch.into_iter().map(Some).collect();
+    for attempt in 0..=ENTRY_RETRIES {
+        let mut entries = Vec::with_capacity(pending.len());
+        for (i, e) in pending.iter_mut().enumerate() {
+            let Some(entry) = e else { continue };
+            match request_entry(i, &entry.encoded) {
+                Ok(r) => entries.push(r),
+                Err(err) => answer(e, Err(ctx(err, op))),
+            }
+        }
+        if entries.is_empty() {
+            return;
+        }
+        let result = shared
+            .client
+            .send_message_batch()
+            .queue_url(url.as_ref())
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                // The SDK has already retried what its retry policy deems transient.
+                let err = from_sdk(e, op);
+                for e in pending.iter_mut() {
+                    answer(e, Err(copy_error(&err)));
+                }
+                return;
+            }
+        };
+        for ok in out.successful() {
+            if let Some(slot) = ok
+                .id()
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| pending.get_mut(i))
+            {
+                let receipt = slot.as_ref().map(|e| Receipt::new(e.message.id().clone()));
+                if let Some(receipt) = receipt {
+                    answer(slot, Ok(receipt));
+                }
+            }
+        }
+        let mut retry = false;
+        for failed in out.failed() {
+            let Some(slot) = failed
+                .id()
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| pending.get_mut(i))
+            else {
+                continue;
+            };
+            let err = from_entry(failed.code(), failed.message(), failed.sender_fault(), op);
+            if err.is_temporary() && attempt < ENTRY_RETRIES {
+                retry = true;
+            } else {
+                answer(slot, Err(err));
+            }
+        }
+        if !retry {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+    }
+    for e in pending.iter_mut() {
+        answer(
+            e,
+            Err(ctx(
+                Error::new(
+                    ErrorKind::Broker,
+                    "SendMessageBatch reported neither success nor failure for this entry",
+                ),
+                op,
+            )),
+        );
+    }
+}
+
+/// Answer a pending entry (returning its message inside an error) and free its slot.
+fn answer(slot: &mut Option<Entry>, result: Result<Receipt>) {
+    if let Some(entry) = slot.take() {
+        let result = result.map_err(|e| e.with_undelivered(entry.message));
+        // The caller may have dropped its confirm; the message is answered for either way.
+        let _ = entry.reply.send(result);
+    }
+}
+
+/// The same failure for another message of a failed call.
+fn copy_error(err: &Error) -> Error {
+    let mut e = Error::new(err.kind(), err.message()).set_temporary(err.is_temporary());
+    if let Some(b) = err.backend() {
+        e = e.with_backend(b);
+    }
+    if let Some(o) = err.operation() {
+        e = e.with_operation(o);
+    }
+    e
+}
+
+/// Send one encoded message alone (dead-lettering), returning the service's error if any.
+pub(crate) async fn send_one(
+    shared: &Shared,
+    url: &str,
+    e: Encoded,
+    op: &'static str,
+) -> Result<()> {
+    shared
+        .client
+        .send_message()
+        .queue_url(url)
+        .message_body(e.body)
+        .set_message_attributes(Some(e.attributes))
+        .set_delay_seconds(e.delay_seconds)
+        .set_message_group_id(e.group_id)
+        .set_message_deduplication_id(e.dedup_id)
+        .send()
+        .await
+        .map_err(|err| from_sdk(err, op))?;
+    Ok(())
+}
