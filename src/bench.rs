@@ -32,7 +32,7 @@ pub struct BenchConfig {
 impl Default for BenchConfig {
     fn default() -> Self {
         BenchConfig {
-            messages: 500_000,
+            messages: 200_000,
             payload_size: 100,
             queue_bound: 1024,
             latency_rate: 20_000,

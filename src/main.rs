@@ -27,7 +27,7 @@ enum Command {
         #[arg(long, default_value = "memory://")]
         url: String,
         /// Messages in the throughput run.
-        #[arg(long, default_value_t = 500_000)]
+        #[arg(long, default_value_t = 200_000)]
         messages: u64,
         /// Payload size in bytes.
         #[arg(long, default_value_t = 100)]
@@ -38,6 +38,9 @@ enum Command {
         /// Length of the latency run in seconds.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// Throughput rounds (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// Send messages to a queue or an exchange.
     Produce {
@@ -118,10 +121,11 @@ async fn run(command: Command) -> Result<()> {
             size,
             rate,
             seconds,
+            rounds,
         } => {
-            if messages == 0 || rate == 0 {
+            if messages == 0 || rate == 0 || rounds == 0 {
                 return Err(mailroom::Error::config(
-                    "--messages and --rate must be at least 1",
+                    "--messages, --rate and --rounds must be at least 1",
                 ));
             }
             let config = BenchConfig {
@@ -131,7 +135,7 @@ async fn run(command: Command) -> Result<()> {
                 latency_duration: positive_duration(seconds, "seconds")?,
                 ..BenchConfig::default()
             };
-            run_bench(&url, &config).await
+            run_bench(&url, &config, rounds).await
         }
         Command::Produce {
             url,
@@ -215,7 +219,12 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
-async fn run_bench(url: &str, config: &BenchConfig) -> Result<()> {
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+async fn run_bench(url: &str, config: &BenchConfig, rounds: usize) -> Result<()> {
     let backend = mailroom::connect(url).await?;
     let version = backend.server_version().await?;
     println!(
@@ -223,28 +232,41 @@ async fn run_bench(url: &str, config: &BenchConfig) -> Result<()> {
         mailroom::url::redact(url),
         config.payload_size
     );
-    let t = bench::throughput(backend.clone(), config).await?;
-    println!(
-        "  throughput  {:>12.0} msgs/s   ({} messages in {:.2?})",
-        t.rate(),
-        t.messages,
-        t.elapsed
-    );
+    // Rounds alternate between the backend and the baseline so that noise from the rest of the
+    // machine lands on both; the median of each is compared.
+    let baseline = backend.name() == "memory";
+    let mut rates = Vec::new();
+    let mut raw_rates = Vec::new();
+    let mut last = None;
+    for _ in 0..rounds {
+        let t = bench::throughput(backend.clone(), config).await?;
+        rates.push(t.rate());
+        last = Some(t);
+        if baseline {
+            raw_rates.push(bench::throughput_raw_mpsc(config).await.rate());
+        }
+    }
+    let rate = median(&mut rates);
+    if let Some(t) = last {
+        println!(
+            "  throughput  {rate:>12.0} msgs/s   (median of {rounds} rounds of {} messages; last took {:.2?})",
+            t.messages, t.elapsed
+        );
+    }
     let l = bench::latency(backend.clone(), config).await?;
     println!(
         "  latency     at {} msgs/s for {:?}, from intended send time: p50 {} us  p99 {} us  p99.9 {} us  max {} us  ({} messages)",
         config.latency_rate, config.latency_duration, l.p50_us, l.p99_us, l.p999_us, l.max_us, l.count
     );
-    if backend.name() == "memory" {
-        let raw = bench::throughput_raw_mpsc(config).await;
+    if baseline {
+        let raw = median(&mut raw_rates);
         println!(
-            "  baseline    {:>12.0} msgs/s   raw tokio::sync::mpsc (capacity {}), same work",
-            raw.rate(),
+            "  baseline    {raw:>12.0} msgs/s   raw tokio::sync::mpsc (capacity {}), same work, median of {rounds}",
             config.queue_bound
         );
         println!(
             "  ratio       {:>12.3}         memory:// / raw mpsc",
-            t.rate() / raw.rate()
+            rate / raw
         );
     }
     backend.close().await

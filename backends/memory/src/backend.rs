@@ -124,8 +124,7 @@ impl Broker {
         match target_queue {
             Some(dlq) => {
                 stamp_dead_letter(&mut entry.message, from.name(), reason, entry.deliveries);
-                let fresh = Entry::new(entry.message);
-                dlq.push_unbounded(fresh, None, false);
+                dlq.push_unbounded(dlq.entry(entry.message), None, false);
             }
             None => tracing::warn!(
                 queue = from.name(),

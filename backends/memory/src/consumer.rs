@@ -12,6 +12,12 @@ use crate::backend::Broker;
 use crate::queue::{Entry, Pop, Queue};
 use crate::BACKEND;
 
+enum Next {
+    Delivery(Delivery),
+    /// Nothing ready; wait for a push, or until this instant when a delayed message falls due.
+    Wait(Option<tokio::time::Instant>),
+}
+
 /// A consumer on one in-memory queue. Several consumers on a queue compete for its messages.
 pub struct MemoryConsumer {
     broker: Arc<Broker>,
@@ -35,6 +41,21 @@ impl MemoryConsumer {
             queue,
             closed: false,
         })
+    }
+
+    /// A ready message if there is one (expired ones found on the way are dead-lettered), or
+    /// when the next delayed message falls due.
+    fn try_take(&self) -> Result<Next> {
+        loop {
+            match self.queue.pop().map_err(|e| e.with_backend(BACKEND))? {
+                Pop::Entry(entry) => return Ok(Next::Delivery(self.delivery(entry))),
+                Pop::Expired(entry) => {
+                    self.broker
+                        .dead_letter(&self.queue, entry, "message TTL expired");
+                }
+                Pop::Empty { next_due } => return Ok(Next::Wait(next_due)),
+            }
+        }
     }
 
     fn delivery(&self, entry: Entry) -> Delivery {
@@ -63,26 +84,25 @@ impl Consumer for MemoryConsumer {
             if self.closed || self.broker.is_closed() {
                 return Err(closed_consumer(BACKEND));
             }
-            // Arm the wake-up before looking, so a push between the look and the wait is not
-            // missed. Nothing below awaits while holding a message, which keeps this cancel-safe.
+            // Look first without arming a wake-up: when messages are waiting (the busy case)
+            // this skips the Notify's waiter lock entirely.
+            if let Next::Delivery(d) = self.try_take()? {
+                return Ok(d);
+            }
+            // Arm the wake-up before looking again, so a push between the look and the wait is
+            // not missed. Nothing awaits while holding a message, which keeps this cancel-safe.
             let readable = self.queue.readable().notified();
             tokio::pin!(readable);
             readable.as_mut().enable();
-            match self.queue.pop().map_err(|e| e.with_backend(BACKEND))? {
-                Pop::Entry(entry) => return Ok(self.delivery(entry)),
-                Pop::Expired(entry) => {
-                    self.broker
-                        .dead_letter(&self.queue, entry, "message TTL expired");
-                }
-                Pop::Empty {
-                    next_due: Some(due),
-                } => {
+            match self.try_take()? {
+                Next::Delivery(d) => return Ok(d),
+                Next::Wait(Some(due)) => {
                     tokio::select! {
                         _ = &mut readable => {}
                         _ = tokio::time::sleep_until(due) => {}
                     }
                 }
-                Pop::Empty { next_due: None } => readable.await,
+                Next::Wait(None) => readable.await,
             }
         }
     }

@@ -35,9 +35,6 @@ impl MemoryProducer {
         if let Err(e) = self.broker.check_open("send") {
             return Err(e.with_undelivered(message));
         }
-        if let Err(e) = validate_name("destination", destination.name()) {
-            return Err(ctx(e).with_undelivered(message));
-        }
         if let Err(e) = self
             .broker
             .capabilities
@@ -49,9 +46,18 @@ impl MemoryProducer {
         message.clear_delay();
         let id = message.id().clone();
         let targets = match destination {
+            // The common case, a queue, skips the routing vector (one allocation per send).
             Destination::Queue(name) => match self.broker.queue(name) {
-                Ok(q) => vec![q],
-                Err(e) => return Err(ctx(e).with_undelivered(message)),
+                Ok(queue) => {
+                    queue.push(message, delay).await.map_err(ctx)?;
+                    return Ok(Receipt::new(id));
+                }
+                // Names are checked only when the lookup fails: a valid queue name never needs
+                // it, and an invalid one deserves a better error than "does not exist".
+                Err(e) => {
+                    let e = validate_name("destination", name).err().unwrap_or(e);
+                    return Err(ctx(e).with_undelivered(message));
+                }
             },
             Destination::Exchange { name, routing_key } => {
                 match self.broker.route(name, routing_key, &message) {
@@ -60,7 +66,7 @@ impl MemoryProducer {
                 }
             }
         };
-        if targets.is_empty() {
+        let Some((last, others)) = targets.split_last() else {
             if self.broker.config.mandatory {
                 return Err(ctx(Error::new(
                     ErrorKind::Unroutable,
@@ -71,18 +77,11 @@ impl MemoryProducer {
                 .with_undelivered(message));
             }
             return Ok(Receipt::new(id));
+        };
+        for queue in others {
+            queue.push(message.clone(), delay).await.map_err(ctx)?;
         }
-        let last = targets.len() - 1;
-        let mut message = Some(message);
-        for (i, queue) in targets.iter().enumerate() {
-            // The last queue takes the message itself; earlier ones take cheap clones.
-            let copy = if i == last {
-                message.take().expect("last target")
-            } else {
-                message.clone().expect("before last target")
-            };
-            queue.push(copy, delay).await.map_err(ctx)?;
-        }
+        last.push(message, delay).await.map_err(ctx)?;
         Ok(Receipt::new(id))
     }
 }

@@ -15,7 +15,8 @@ use tokio::time::Instant;
 pub(crate) struct Entry {
     pub message: Message,
     pub deliveries: u32,
-    pub enqueued_at: Instant,
+    /// Only kept for queues with a TTL: reading the clock per message is not free.
+    pub enqueued_at: Option<Instant>,
 }
 
 impl Entry {
@@ -23,7 +24,7 @@ impl Entry {
         Entry {
             message,
             deliveries: 0,
-            enqueued_at: Instant::now(),
+            enqueued_at: None,
         }
     }
 }
@@ -65,12 +66,10 @@ impl State {
     }
 
     fn promote_due(&mut self, now: Instant) {
-        while let Some(Reverse(d)) = self.delayed.peek() {
-            if d.due > now {
-                break;
+        while self.delayed.peek().is_some_and(|Reverse(d)| d.due <= now) {
+            if let Some(Reverse(d)) = self.delayed.pop() {
+                self.ready.push_back(d.entry);
             }
-            let Reverse(d) = self.delayed.pop().expect("peeked");
-            self.ready.push_back(d.entry);
         }
     }
 }
@@ -141,7 +140,7 @@ impl Queue {
 
     /// Add a message, waiting for room or refusing, as the queue's overflow policy says.
     pub async fn push(&self, message: Message, delay: Option<Duration>) -> Result<()> {
-        let mut entry = Some(Entry::new(message));
+        let entry = self.entry(message);
         loop {
             let writable = self.writable.notified();
             tokio::pin!(writable);
@@ -156,14 +155,13 @@ impl Queue {
                     .max_length
                     .is_some_and(|max| state.held() as u64 >= max);
                 if !full {
-                    let entry = entry.take().expect("pushed once");
                     self.insert(&mut state, entry, delay);
                     drop(state);
                     self.readable.notify_one();
                     return Ok(());
                 }
                 if self.spec.overflow == Overflow::Reject {
-                    let message = entry.take().expect("pushed once").message;
+                    let message = entry.message;
                     return Err(Error::new(
                         ErrorKind::QueueFull,
                         format!(
@@ -177,6 +175,15 @@ impl Queue {
             }
             writable.await;
         }
+    }
+
+    /// A fresh entry for this queue (timestamped when the queue expires messages).
+    pub fn entry(&self, message: Message) -> Entry {
+        let mut entry = Entry::new(message);
+        if self.spec.message_ttl.is_some() {
+            entry.enqueued_at = Some(Instant::now());
+        }
+        entry
     }
 
     /// Add a message whatever the bound: for redeliveries and dead letters, which were already
@@ -212,18 +219,19 @@ impl Queue {
         if self.is_deleted() {
             return Err(self.deleted_error());
         }
-        let now = Instant::now();
         let mut state = self.lock();
-        state.promote_due(now);
+        if !state.delayed.is_empty() {
+            state.promote_due(Instant::now());
+        }
         let Some(mut entry) = state.ready.pop_front() else {
             return Ok(Pop::Empty {
                 next_due: state.delayed.peek().map(|Reverse(d)| d.due),
             });
         };
-        let expired = self
-            .spec
-            .message_ttl
-            .is_some_and(|ttl| now.duration_since(entry.enqueued_at) > ttl);
+        let expired = match (self.spec.message_ttl, entry.enqueued_at) {
+            (Some(ttl), Some(at)) => at.elapsed() > ttl,
+            _ => false,
+        };
         if !expired {
             entry.deliveries += 1;
             state.unacked += 1;
