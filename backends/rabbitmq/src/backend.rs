@@ -329,18 +329,12 @@ fn connect_error(e: lapin::Error, config: &RabbitConfig) -> Error {
             ),
         )
         .with_source(e),
-        _ => {
-            let mapped = map(e, "connect", &target);
-            if mapped.kind() == ErrorKind::Connection {
-                Error::new(
-                    ErrorKind::Connection,
-                    format!("could not connect to RabbitMQ at {target}"),
-                )
-                .with_boxed_source(Box::new(mapped))
-            } else {
-                mapped
-            }
-        }
+        _ if is_connection_loss(&e) => Error::new(
+            ErrorKind::Connection,
+            format!("could not connect to RabbitMQ at {target} (is it running and reachable?)"),
+        )
+        .with_source(e),
+        _ => map(e, "connect", &target),
     };
     err.with_backend(BACKEND).with_operation("connect")
 }

@@ -1,0 +1,264 @@
+//! Bad input tried as a new user would: each gets a clear typed error, nothing panics, nothing
+//! accepted is lost, and the connection keeps working afterwards.
+
+use std::time::{Duration, Instant};
+
+use mailroom_core::{
+    Backend, Binding, ConsumerOptions, Destination, ErrorKind, ExchangeKind, ExchangeSpec, Message,
+    QueueSpec,
+};
+use mailroom_rabbitmq::{RabbitBackend, RabbitConfig};
+
+const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn name(what: &str) -> String {
+    format!(
+        "mr-bad-{what}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_auth() {
+    let err = RabbitBackend::from_url("amqp://guest:not-the-password@127.0.0.1:5672/%2f")
+        .await
+        .unwrap_err();
+    println!("{err}");
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(!err.to_string().contains("not-the-password"), "{err}");
+    assert!(!format!("{err:?}").contains("not-the-password"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_vhost_is_auth_naming_the_vhost() {
+    let err = RabbitBackend::from_url("amqp://guest:guest@127.0.0.1:5672/no-such-vhost")
+        .await
+        .unwrap_err();
+    println!("{err}");
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(err.to_string().contains("no-such-vhost"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_broker_is_connection_within_the_timeout() {
+    let start = Instant::now();
+    let err = RabbitBackend::from_url("amqp://guest:guest@127.0.0.1:1/?connect_timeout_ms=3000")
+        .await
+        .unwrap_err();
+    println!("{err}");
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(err.is_temporary());
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_urls_are_config_errors() {
+    for bad in [
+        "amqp://guest:secret@127.0.0.1:notaport/",
+        "amqp://guest:secret@127.0.0.1/?prefetch=-1",
+        "amqp://guest:secret@127.0.0.1/?typo=1",
+        "rabbit://127.0.0.1",
+    ] {
+        let err = RabbitBackend::from_url(bad).await.unwrap_err();
+        println!("{err}");
+        assert_eq!(err.kind(), ErrorKind::Config, "{bad}: {err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+    let err = RabbitConfig::from_url("amqp://127.0.0.1/?confirm_window=0").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_declaration_is_conflict_and_the_connection_keeps_working() {
+    let backend = RabbitBackend::from_url(URL).await.unwrap();
+    let topo = backend.topology();
+    let q = name("conflict");
+    topo.declare_queue(&QueueSpec::new(&q)).await.unwrap();
+    // Same name, different arguments: PRECONDITION_FAILED on the broker.
+    let err = topo
+        .declare_queue(&QueueSpec::new(&q).message_ttl(Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    println!("{err}");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    let err = topo
+        .declare_queue(&QueueSpec::new(&q).durable(false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    let ex = name("conflict-ex");
+    topo.declare_exchange(&ExchangeSpec::new(&ex, ExchangeKind::Fanout))
+        .await
+        .unwrap();
+    let err = topo
+        .declare_exchange(&ExchangeSpec::new(&ex, ExchangeKind::Topic))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+
+    // The same declaration again is fine, and messages still flow on the same backend.
+    topo.declare_queue(&QueueSpec::new(&q)).await.unwrap();
+    let producer = backend.producer().await.unwrap();
+    let m = Message::new("still works");
+    producer
+        .send(&Destination::queue(&q), m.clone())
+        .await
+        .unwrap();
+    let mut c = backend
+        .consumer(&q, ConsumerOptions::default())
+        .await
+        .unwrap();
+    let d = c
+        .receive_timeout(Duration::from_secs(15))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.message(), &m);
+    d.ack().await.unwrap();
+    c.close().await.unwrap();
+    topo.delete_queue(&q).await.unwrap();
+    topo.delete_exchange(&ex).await.unwrap();
+    backend.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_queue_specs_are_typed_before_io() {
+    let backend = RabbitBackend::from_url(URL).await.unwrap();
+    let topo = backend.topology();
+    let err = topo
+        .declare_queue(
+            &QueueSpec::new(name("q"))
+                .max_delivery_attempts(3)
+                .extra("x-queue-type", "classic"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(err.to_string().contains("quorum"), "{err}");
+    let err = topo
+        .declare_queue(
+            &QueueSpec::new(name("q"))
+                .max_delivery_attempts(3)
+                .durable(false),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    let err = topo
+        .declare_queue(&QueueSpec::new("has space"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let err = topo
+        .bind(&Binding::key(name("missing-ex"), name("missing-q"), "k"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = backend
+        .consumer(&name("q"), ConsumerOptions::default().prefetch(0))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    backend.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_and_unroutable_messages_are_typed_and_returned() {
+    let backend = RabbitBackend::from_url(&format!("{URL}?max_message_size=1024"))
+        .await
+        .unwrap();
+    let topo = backend.topology();
+    let producer = backend.producer().await.unwrap();
+    let q = name("ok");
+    topo.declare_queue(&QueueSpec::new(&q)).await.unwrap();
+
+    let big = Message::new(vec![0u8; 2048]);
+    let err = producer
+        .send(&Destination::queue(&q), big.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge, "{err}");
+    assert_eq!(err.undelivered().map(Message::id), Some(big.id()));
+
+    // Mandatory is on by default: a queue that does not exist is NotFound, not a silent drop.
+    let lost = Message::new("to nowhere");
+    let err = producer
+        .send(&Destination::queue(name("never-declared")), lost.clone())
+        .await
+        .unwrap_err();
+    println!("{err}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(err.undelivered().map(Message::id), Some(lost.id()));
+
+    // An exchange with no matching binding: Unroutable.
+    let ex = name("ex");
+    topo.declare_exchange(&ExchangeSpec::new(&ex, ExchangeKind::Direct))
+        .await
+        .unwrap();
+    topo.bind(&Binding::key(&ex, &q, "known")).await.unwrap();
+    let err = producer
+        .send(&Destination::exchange(&ex, "unknown"), lost.clone())
+        .await
+        .unwrap_err();
+    println!("{err}");
+    assert_eq!(err.kind(), ErrorKind::Unroutable, "{err}");
+    assert_eq!(err.undelivered().map(Message::id), Some(lost.id()));
+
+    // An exchange that does not exist: NotFound, and the producer is not harmed by it.
+    let err = producer
+        .send(&Destination::exchange(name("no-ex"), "k"), lost.clone())
+        .await
+        .unwrap_err();
+    println!("{err}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(err.undelivered().map(Message::id), Some(lost.id()));
+
+    // Everything that was accepted arrives.
+    let good = Message::new("routed");
+    producer
+        .send(&Destination::exchange(&ex, "known"), good.clone())
+        .await
+        .unwrap();
+    let mut c = backend
+        .consumer(&q, ConsumerOptions::default())
+        .await
+        .unwrap();
+    let d = c
+        .receive_timeout(Duration::from_secs(15))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.message(), &good);
+    d.ack().await.unwrap();
+    assert!(c
+        .receive_timeout(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_none());
+    c.close().await.unwrap();
+    producer.close().await.unwrap();
+    topo.delete_queue(&q).await.unwrap();
+    topo.delete_exchange(&ex).await.unwrap();
+    backend.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn use_after_close_is_closed() {
+    let backend = RabbitBackend::from_url(URL).await.unwrap();
+    let producer = backend.producer().await.unwrap();
+    backend.close().await.unwrap();
+    let m = Message::new("late");
+    let err = producer
+        .send(&Destination::queue("q"), m.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+    assert_eq!(err.undelivered().map(Message::id), Some(m.id()));
+    let err = backend
+        .consumer("q", ConsumerOptions::default())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+}
