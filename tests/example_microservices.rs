@@ -1,0 +1,50 @@
+//! The microservices example does what its table says, on memory:// (and on RabbitMQ when the
+//! backend is compiled in).
+
+#[allow(dead_code)]
+#[path = "../examples/microservices.rs"]
+mod microservices;
+
+fn check(seen: &microservices::Seen) {
+    let get = |s: &str| seen.get(s).cloned().unwrap_or_default();
+    assert_eq!(
+        get("billing")
+            .iter()
+            .filter(|e| !e.contains("failed"))
+            .collect::<Vec<_>>(),
+        ["order.created#1", "order.created#2"],
+        "{seen:#?}"
+    );
+    assert_eq!(
+        get("billing")
+            .iter()
+            .filter(|e| e.contains("failed"))
+            .count(),
+        3,
+        "billing retried the poison order up to its delivery limit: {seen:#?}"
+    );
+    let dead = get("billing.dead");
+    assert_eq!(dead.len(), 1, "{seen:#?}");
+    assert!(
+        dead[0].starts_with("order.created#3 dead-lettered"),
+        "{seen:#?}"
+    );
+    let mut shipping = get("shipping");
+    shipping.sort();
+    assert_eq!(
+        shipping,
+        [
+            "order.created#1",
+            "order.created#2",
+            "order.created#3",
+            "order.paid#1"
+        ],
+        "order.* matches one word after 'order': {seen:#?}"
+    );
+    assert_eq!(get("audit").len(), 5, "# matches everything: {seen:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_sees_what_its_binding_promises_on_memory() {
+    check(&microservices::run("memory://").await.unwrap());
+}
