@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,7 +16,7 @@ use mailroom_core::{
     Destination, Error, ErrorKind, Message, MessageParts, Overflow, PendingConfirm, Producer,
     Receipt, Result,
 };
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::backend::Shared;
@@ -44,7 +44,59 @@ pub struct RabbitProducer {
     inner: Arc<Inner>,
 }
 
+/// A published message whose confirm the driver awaits.
+struct Job {
+    send: Send,
+    confirm: PublisherConfirm,
+    /// Its place in the window, released once the outcome is known.
+    permit: OwnedSemaphorePermit,
+    tx: oneshot::Sender<Result<Receipt>>,
+}
+
+/// Awaits confirms in publish order (the order the broker sends them), so a window of
+/// unconfirmed messages costs one task and one wake-up per confirm instead of a task each.
+/// Anything but a plain ack (a lost connection to re-publish across, a refusal to explain) moves
+/// to a task of its own so the rest of the window is not held up.
+///
+/// The queue is unbounded in type only: every job holds a permit of the producer's window.
+async fn drive(inner: Weak<Inner>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    while let Some(job) = jobs.recv().await {
+        let Job {
+            send,
+            confirm,
+            permit,
+            tx,
+        } = job;
+        match confirm.await {
+            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
+                drop(permit);
+                let _ = tx.send(Ok(Receipt::new(send.message.id().clone())));
+            }
+            outcome => match inner.upgrade() {
+                Some(inner) => {
+                    tokio::spawn(async move {
+                        let result = inner.await_confirm(send, outcome).await;
+                        drop(permit);
+                        let _ = tx.send(result);
+                    });
+                }
+                None => {
+                    drop(permit);
+                    let _ = tx.send(Err(Error::closed(
+                        "the producer was dropped before the broker confirmed the message",
+                    )
+                    .with_backend(BACKEND)
+                    .with_operation("send")
+                    .with_undelivered(send.message)));
+                }
+            },
+        }
+    }
+}
+
 struct Inner {
+    me: Weak<Inner>,
+    driver: OnceLock<mpsc::UnboundedSender<Job>>,
     shared: Arc<Shared>,
     channel: tokio::sync::Mutex<Option<Channel>>,
     window: Arc<Semaphore>,
@@ -58,7 +110,9 @@ impl RabbitProducer {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         let window_size = shared.config.confirm_window.min(1_000_000) as u32;
         RabbitProducer {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
+                me: me.clone(),
+                driver: OnceLock::new(),
                 window: Arc::new(Semaphore::new(window_size as usize)),
                 window_size,
                 shared,
@@ -116,12 +170,16 @@ impl RabbitProducer {
             Err(e) => return Err(e.with_undelivered(send.message)),
         };
         let (tx, rx) = oneshot::channel();
-        let task_inner = inner.clone();
-        tokio::spawn(async move {
-            let result = task_inner.await_confirm(send, confirm).await;
-            drop(permit);
-            let _ = tx.send(result);
-        });
+        let job = Job {
+            send,
+            confirm,
+            permit,
+            tx,
+        };
+        if let Err(mpsc::error::SendError(job)) = inner.driver().send(job) {
+            // The driver only stops when the producer is gone; this producer is not.
+            return Err(ctx(Error::closed("producer is closed")).with_undelivered(job.send.message));
+        }
         Ok(PendingConfirm::waiting(async move {
             rx.await.unwrap_or_else(|_| {
                 Err(Error::new(
@@ -295,12 +353,16 @@ impl Inner {
     }
 
     /// Wait for the broker's verdict, re-publishing after a lost connection.
-    async fn await_confirm(&self, send: Send, mut confirm: PublisherConfirm) -> Result<Receipt> {
+    async fn await_confirm(
+        &self,
+        send: Send,
+        mut outcome: lapin::Result<Confirmation>,
+    ) -> Result<Receipt> {
         let ctx = |e: Error| e.with_backend(BACKEND).with_operation("send");
         let mut full_backoff = Duration::from_millis(20);
         let mut channel_errors = 0;
         loop {
-            match confirm.await {
+            match outcome {
                 Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
                     return Ok(Receipt::new(send.message.id().clone()))
                 }
@@ -334,11 +396,20 @@ impl Inner {
                         .with_undelivered(send.message))
                 }
             }
-            confirm = match self.publish(&send).await {
-                Ok(c) => c,
+            outcome = match self.publish(&send).await {
+                Ok(c) => c.await,
                 Err(e) => return Err(e.with_undelivered(send.message)),
             };
         }
+    }
+
+    /// The sender to this producer's confirm driver, started on first use.
+    fn driver(&self) -> &mpsc::UnboundedSender<Job> {
+        self.driver.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(drive(self.me.clone(), rx));
+            tx
+        })
     }
 
     /// The error for a broker nack, or `None` when the message should be offered again (a
