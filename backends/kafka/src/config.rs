@@ -1,0 +1,343 @@
+//! Configuration of the Kafka backend, from code or from a `kafka://` URL.
+//!
+//! Every librdkafka property can be passed through ([`KafkaConfig::property`], or as a URL query
+//! parameter with a dot in its name); the few settings mailroom itself reads are typed fields.
+//! Secrets (`sasl.password`, `ssl.key.password`, ...) are never printed by `Debug`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use mailroom_core::url::{percent_decode, query_pairs, redact};
+use mailroom_core::{Error, Result};
+use rdkafka::ClientConfig;
+
+use crate::BACKEND;
+
+/// librdkafka's own default `message.max.bytes`, used when the property is not set.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// Bytes of `message.max.bytes` kept back for the record and batch framing and for mailroom's own
+/// headers (id, timestamp, attempt), so that a message that passes the pre-I/O size check is not
+/// refused by librdkafka afterwards.
+pub const FRAMING_RESERVE: usize = 512;
+/// librdkafka's own default `queue.buffering.max.messages`.
+const DEFAULT_QUEUE_BUFFERING_MAX_MESSAGES: usize = 100_000;
+
+/// How the Kafka backend connects and behaves.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// `host:port` of the bootstrap brokers.
+    pub brokers: Vec<String>,
+    /// librdkafka properties passed through as they are (`security.protocol`, `sasl.*`, `ssl.*`,
+    /// `linger.ms`, `enable.idempotence` ...). They apply to every client the backend makes.
+    pub properties: BTreeMap<String, String>,
+    /// How long `connect` waits for the cluster's metadata before failing with `Connection`.
+    pub connect_timeout: Duration,
+    /// Bound of admin and metadata calls (create/delete topics, watermarks, commits on bind).
+    pub operation_timeout: Duration,
+    /// Partitions of a declared queue or exchange whose spec does not say.
+    pub default_partitions: u32,
+    /// Replication factor of declared topics.
+    pub replication_factor: i32,
+    /// Most unsettled deliveries one consumer holds when `ConsumerOptions::prefetch` is unset.
+    pub default_prefetch: u32,
+    /// Whether the broker keeps messages across a restart. Kafka does; tansu only with durable
+    /// storage (sqlite, postgres, s3), which is what `scripts/brokers.sh` starts.
+    pub persistent: bool,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: vec!["127.0.0.1:9092".to_owned()],
+            properties: BTreeMap::new(),
+            connect_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(30),
+            default_partitions: 3,
+            replication_factor: 1,
+            default_prefetch: 1_000,
+            persistent: true,
+        }
+    }
+}
+
+/// Whether a librdkafka property holds a secret that must never be printed.
+pub fn is_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "jaas",
+        "token",
+        "ssl.key.pem",
+        "credential",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
+}
+
+impl KafkaConfig {
+    /// A configuration for these bootstrap brokers (`host:port`).
+    pub fn new<S: Into<String>>(brokers: impl IntoIterator<Item = S>) -> Self {
+        KafkaConfig {
+            brokers: brokers.into_iter().map(Into::into).collect(),
+            ..KafkaConfig::default()
+        }
+    }
+
+    /// Pass a librdkafka property through.
+    pub fn property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(name.into(), value.into());
+        self
+    }
+
+    /// Parse `kafka://[user:password@]host:port[,host:port][?name=value&...]`.
+    ///
+    /// Query names with a dot are librdkafka properties (`?security.protocol=SASL_SSL`); the
+    /// others are mailroom settings: `connect_timeout_ms`, `operation_timeout_ms`, `partitions`,
+    /// `replication_factor`, `prefetch`, `persistent`. A user and password become `sasl.username`
+    /// and `sasl.password` (with `sasl.mechanism=PLAIN` and `security.protocol=SASL_PLAINTEXT`
+    /// unless given).
+    pub fn from_url(url: &str) -> Result<Self> {
+        let shown = redact(url);
+        let rest = url.strip_prefix("kafka://").ok_or_else(|| {
+            Error::config(format!(
+                "kafka backend URL must start with kafka://, got {shown:?}"
+            ))
+            .with_backend(BACKEND)
+        })?;
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let mut config = KafkaConfig {
+            brokers: Vec::new(),
+            ..KafkaConfig::default()
+        };
+        for host in hosts.split(',').filter(|h| !h.is_empty()) {
+            let (name, port) = host.rsplit_once(':').ok_or_else(|| {
+                Error::config(format!(
+                    "broker {host:?} in {shown} has no port; expected host:port, e.g. 127.0.0.1:9092"
+                ))
+            })?;
+            if name.is_empty() || port.parse::<u16>().is_err() {
+                return Err(Error::config(format!(
+                    "broker {host:?} in {shown} is not host:port with a port from 1 to 65535"
+                ))
+                .with_backend(BACKEND));
+            }
+            config.brokers.push(host.to_owned());
+        }
+        if config.brokers.is_empty() {
+            return Err(Error::config(format!(
+                "{shown} names no broker; expected kafka://host:port[,host:port]"
+            ))
+            .with_backend(BACKEND));
+        }
+        if let Some(userinfo) = userinfo {
+            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            config
+                .properties
+                .insert("sasl.username".into(), percent_decode(user, url)?);
+            config
+                .properties
+                .insert("sasl.password".into(), percent_decode(password, url)?);
+        }
+        for (key, value) in query_pairs(url)? {
+            let number = |what: &str| -> Result<u64> {
+                value.parse().map_err(|_| {
+                    Error::config(format!(
+                        "kafka:// {what} must be a whole number, got {value:?}"
+                    ))
+                    .with_backend(BACKEND)
+                })
+            };
+            match key.as_str() {
+                "connect_timeout_ms" => {
+                    config.connect_timeout = Duration::from_millis(number(&key)?)
+                }
+                "operation_timeout_ms" => {
+                    config.operation_timeout = Duration::from_millis(number(&key)?)
+                }
+                "partitions" => config.default_partitions = positive(number(&key)?, &key)?,
+                "replication_factor" => {
+                    config.replication_factor = positive(number(&key)?, &key)? as i32
+                }
+                "prefetch" => config.default_prefetch = positive(number(&key)?, &key)?,
+                "persistent" => {
+                    config.persistent = value.parse().map_err(|_| {
+                        Error::config(format!(
+                            "kafka:// persistent must be true or false, got {value:?}"
+                        ))
+                        .with_backend(BACKEND)
+                    })?
+                }
+                _ if key.contains('.') => {
+                    config.properties.insert(key, value);
+                }
+                other => {
+                    return Err(Error::config(format!(
+                        "unknown kafka:// parameter {other:?}; mailroom's are connect_timeout_ms, \
+                         operation_timeout_ms, partitions, replication_factor, prefetch, \
+                         persistent, and librdkafka properties have a dot (e.g. linger.ms)"
+                    ))
+                    .with_backend(BACKEND))
+                }
+            }
+        }
+        if userinfo.is_some() {
+            config
+                .properties
+                .entry("sasl.mechanism".into())
+                .or_insert_with(|| "PLAIN".into());
+            config
+                .properties
+                .entry("security.protocol".into())
+                .or_insert_with(|| "SASL_PLAINTEXT".into());
+        }
+        Ok(config)
+    }
+
+    /// The `bootstrap.servers` value.
+    pub fn bootstrap_servers(&self) -> String {
+        self.brokers.join(",")
+    }
+
+    /// `message.max.bytes` as configured (librdkafka's default if unset or unparsable; an
+    /// unparsable value is reported by librdkafka itself when the first client is made).
+    pub fn message_max_bytes(&self) -> usize {
+        self.properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+    }
+
+    /// Largest mailroom message (payload, key, headers) accepted before any I/O.
+    pub fn max_message_size(&self) -> usize {
+        self.message_max_bytes()
+            .saturating_sub(FRAMING_RESERVE)
+            .max(1)
+    }
+
+    /// The producer's in-flight window: librdkafka's own queue bound, so that librdkafka never
+    /// answers `QueueFull` and backpressure waits in `enqueue` instead.
+    pub fn max_in_flight(&self) -> usize {
+        self.properties
+            .get("queue.buffering.max.messages")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_QUEUE_BUFFERING_MAX_MESSAGES)
+            .clamp(1, 1_000_000)
+    }
+
+    /// A librdkafka client configuration: the bootstrap servers, `defaults` where the user set
+    /// nothing, then every user property. Invalid properties are reported when a client is made
+    /// from it ([`crate::error::client_error`]).
+    pub(crate) fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", self.bootstrap_servers());
+        // librdkafka logs through `log`; keep its chatter about retries out of stderr.
+        cc.set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
+        for (k, v) in defaults {
+            if !self.properties.contains_key(*k) {
+                cc.set(*k, *v);
+            }
+        }
+        for (k, v) in &self.properties {
+            cc.set(k, v);
+        }
+        cc
+    }
+}
+
+fn positive(n: u64, what: &str) -> Result<u32> {
+    if n == 0 || n > i32::MAX as u64 {
+        return Err(
+            Error::config(format!("kafka:// {what} must be at least 1, got {n}"))
+                .with_backend(BACKEND),
+        );
+    }
+    Ok(n as u32)
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret(k) { "***" } else { v.as_str() };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("properties", &properties)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("default_partitions", &self.default_partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("default_prefetch", &self.default_prefetch)
+            .field("persistent", &self.persistent)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_brokers_settings_and_passthrough() {
+        let c = KafkaConfig::from_url(
+            "kafka://a:9092,b:9093?linger.ms=20&partitions=6&connect_timeout_ms=500",
+        )
+        .unwrap();
+        assert_eq!(c.brokers, vec!["a:9092", "b:9093"]);
+        assert_eq!(
+            c.properties.get("linger.ms").map(String::as_str),
+            Some("20")
+        );
+        assert_eq!(c.default_partitions, 6);
+        assert_eq!(c.connect_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn rejects_bad_urls_with_the_reason() {
+        let e = KafkaConfig::from_url("kafka://host").unwrap_err();
+        assert!(e.message().contains("no port"), "{e}");
+        let e = KafkaConfig::from_url("kafka://h:99999").unwrap_err();
+        assert!(e.message().contains("65535"), "{e}");
+        let e = KafkaConfig::from_url("kafka://h:1?bogus=1").unwrap_err();
+        assert!(e.message().contains("\"bogus\""), "{e}");
+        let e = KafkaConfig::from_url("kafka://h:1?partitions=0").unwrap_err();
+        assert!(e.message().contains("partitions"), "{e}");
+        assert!(KafkaConfig::from_url("amqp://h:1").is_err());
+        assert!(KafkaConfig::from_url("kafka://").is_err());
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug() {
+        let c = KafkaConfig::from_url(
+            "kafka://alice:s3cr3t@h:9092?ssl.key.password=hunter2&sasl.oauthbearer.client.secret=xyz",
+        )
+        .unwrap();
+        assert_eq!(c.properties["sasl.username"], "alice");
+        assert_eq!(c.properties["sasl.password"], "s3cr3t");
+        let shown = format!("{c:?}");
+        for secret in ["s3cr3t", "hunter2", "xyz"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("alice"));
+    }
+
+    #[test]
+    fn size_limit_follows_message_max_bytes() {
+        let c = KafkaConfig::default().property("message.max.bytes", "10000");
+        assert_eq!(c.max_message_size(), 10000 - FRAMING_RESERVE);
+        assert_eq!(
+            KafkaConfig::default().max_message_size(),
+            DEFAULT_MESSAGE_MAX_BYTES - FRAMING_RESERVE
+        );
+    }
+}

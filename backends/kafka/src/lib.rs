@@ -1,0 +1,127 @@
+//! mailroom-kafka: Kafka through rdkafka (bundled librdkafka), for any Kafka-protocol broker.
+//!
+//! `mailroom::connect("kafka://127.0.0.1:9092")`; the URL takes several brokers
+//! (`kafka://a:9092,b:9092`), `user:password@` for SASL/PLAIN, and any librdkafka property as a
+//! query parameter (`?security.protocol=SASL_SSL&linger.ms=10`); see [`KafkaConfig::from_url`].
+//! Tested against tansu 0.6 (sqlite storage) on loopback.
+//!
+//! | capability              | kafka                                                          |
+//! |-------------------------|----------------------------------------------------------------|
+//! | queue                   | a topic `Q` + the consumer group `Q` (`consumer(Q)` joins it)   |
+//! | exchanges               | fanout only: a topic; binding `Q` subscribes group `Q` to it    |
+//! |                         | direct / topic / headers: `Unsupported` (no routing in Kafka)   |
+//! | competing consumers     | yes: the group shares the partitions (one busy member each)    |
+//! | ordering                | per partition, so per key (the key picks the partition)        |
+//! | ack                     | commit of the contiguous settled prefix of each partition      |
+//! | nack + requeue          | retry path: copy to the queue's topic with attempt + 1          |
+//! | attempt count           | yes, in the internal `x-mailroom-attempt` header                |
+//! | dead letters            | to the queue's DLQ topic, on nack or after max attempts        |
+//! | replay                  | yes: earliest, latest, an offset, a timestamp                  |
+//! | delayed delivery        | no                                                             |
+//! | bounded queues / TTL    | no (retention is not a TTL; pass topic configs via `extra`)    |
+//! | batching                | yes: librdkafka batches pipelined sends (`linger.ms`)          |
+//! | transactions            | no (see below)                                                 |
+//! | persistence             | yes (tansu: with durable storage; `?persistent=false` if not)  |
+//! | dropped delivery        | requeued (copy with attempt + 1); dropped consumer commits     |
+//! | max message size        | `message.max.bytes` (default 1,000,000) less 512 bytes framing |
+//!
+//! **Producer.** One librdkafka producer per `producer()`, idempotent by default
+//! (`enable.idempotence=true`, overridable), with librdkafka's batching. The key picks the
+//! partition. The id travels in the `x-mailroom-id` header and a set timestamp both as the
+//! record's timestamp and in `x-mailroom-timestamp`; both headers are stripped on receive, so a
+//! message arrives exactly as it was sent. Records from other producers get the id
+//! `kafka:TOPIC:PARTITION:OFFSET` and the record's timestamp. `send` resolves on the delivery
+//! report; a failed send returns the message inside the error. The message size is checked
+//! against `message.max.bytes` before any I/O, and a send to a topic that does not exist is
+//! `NotFound` at once (its existence is looked up once per topic and producer).
+//!
+//! **Consumer and commits.** See [`consumer`](crate::KafkaConsumer): offsets are stored only
+//! over each partition's contiguous settled prefix and committed by librdkafka every
+//! `auto.commit.interval.ms`, on every revoke and on close, so out-of-order acks never commit
+//! past an unsettled message and a crash redelivers (at least once) instead of skipping.
+//! After a rebalance, settles of deliveries from revoked partitions are ignored (their new owner
+//! redelivers them). Redeliveries after a crash or rebalance carry attempt 1: Kafka does not
+//! know they were delivered before; requeued copies carry the true count.
+//!
+//! **Requeue** re-produces the message to the queue's topic (never to a fanout exchange, which
+//! would copy it to every bound queue) with attempt + 1, and settles the original once the copy
+//! is confirmed; the copy goes behind messages sent meanwhile (see the consumer module docs).
+//! A delayed requeue is `Unsupported` (the message comes back at once).
+//!
+//! **Topology** (see [`KafkaTopology`]): queue settings Kafka cannot store (dead-letter queue,
+//! max attempts) and bindings are kept per cluster **in this process**; declare them at
+//! start-up. `QueueSpec::partitions` sets the partition count (default `?partitions=3`) and
+//! `QueueSpec::extra` passes topic configs. A dead letter without a dead-letter queue is
+//! discarded with a warning, as in AMQP.
+//!
+//! **Transactions.** tansu 0.6 accepts `init_transactions` and `begin_transaction` from
+//! librdkafka, but mailroom-core has no transactional consume→produce API yet, so the
+//! capability stays off rather than be claimed untested.
+//!
+//! **Failures.** `connect` waits at most `connect_timeout_ms` (default 10 s) for the cluster's
+//! metadata, then fails with `Connection`; an invalid librdkafka property is a `Config` error
+//! naming it; secrets (`sasl.password`, `ssl.key.password`, ...) never appear in `Debug` or errors.
+
+mod backend;
+mod config;
+mod consumer;
+mod error;
+mod offsets;
+mod producer;
+mod topology;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mailroom_core::{Backend, BackendFactory, Capabilities, Result};
+
+pub use backend::KafkaBackend;
+pub use config::{KafkaConfig, DEFAULT_MESSAGE_MAX_BYTES, FRAMING_RESERVE};
+pub use consumer::KafkaConsumer;
+pub use producer::{KafkaProducer, ATTEMPT_HEADER, ID_HEADER, TIMESTAMP_HEADER};
+pub use topology::KafkaTopology;
+
+/// The backend's name in errors and reports.
+pub const BACKEND: &str = "kafka";
+
+/// What the Kafka backend supports, as configured.
+pub fn capabilities(config: &KafkaConfig) -> Capabilities {
+    let mut caps = Capabilities::default();
+    caps.per_key_ordering = true;
+    caps.competing_consumers = true;
+    caps.replay = true;
+    caps.delayed_delivery = false;
+    caps.max_delay = None;
+    caps.exchange_direct = false;
+    caps.exchange_topic = false;
+    caps.exchange_fanout = true;
+    caps.exchange_headers = false;
+    caps.dead_letter = true;
+    caps.max_delivery_attempts = true;
+    caps.attempt_count = true;
+    caps.max_queue_length = false;
+    caps.message_ttl = false;
+    caps.batch_send = true;
+    caps.transactions = false;
+    caps.persistence = config.persistent;
+    caps.redelivery_on_drop = true;
+    caps.max_message_size = Some(config.max_message_size());
+    caps.max_batch_size = None;
+    caps.max_headers = None;
+    caps
+}
+
+/// Opens `kafka://` URLs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KafkaFactory;
+
+#[async_trait]
+impl BackendFactory for KafkaFactory {
+    fn schemes(&self) -> &'static [&'static str] {
+        &["kafka"]
+    }
+
+    async fn connect(&self, url: &str) -> Result<Arc<dyn Backend>> {
+        Ok(Arc::new(KafkaBackend::from_url(url).await?))
+    }
+}

@@ -1,0 +1,242 @@
+//! The settled-prefix book: which offsets of each partition may be committed.
+//!
+//! Kafka commits one offset per partition, meaning "everything before this is done". Deliveries
+//! are settled in any order, so the book remembers every offset handed out and lets the commit
+//! position advance only over the *contiguous settled prefix*: an ack of offset 7 while 5 is
+//! still unsettled stores nothing, and the ack of 5 then stores 8. Whatever is not stored is
+//! redelivered after a crash, a close or a rebalance — at least once, never skipped.
+//!
+//! Each assignment of a partition gets a fresh *epoch*. A delivery remembers the epoch it came
+//! from, so that settling it after its partition was revoked (and perhaps assigned again, with
+//! fetching restarted from the committed offset) cannot move the new assignment's position.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+/// A topic and partition.
+pub(crate) type Tp = (Arc<str>, i32);
+
+#[derive(Debug)]
+struct Partition {
+    epoch: u64,
+    /// Offsets handed out and not yet committable, with whether each was settled.
+    pending: BTreeMap<i64, bool>,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    partitions: HashMap<Tp, Partition>,
+    next_epoch: u64,
+    unsettled: usize,
+    /// Next offsets to store, per partition, waiting for the consumer to hand them to librdkafka.
+    to_store: HashMap<Tp, i64>,
+    /// Requeues (re-produced copies) whose delivery report has not arrived yet.
+    requeues: usize,
+}
+
+impl Book {
+    fn fresh(&mut self) -> Partition {
+        self.next_epoch += 1;
+        Partition {
+            epoch: self.next_epoch,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    fn forget(&mut self, tp: &Tp) {
+        if let Some(old) = self.partitions.remove(tp) {
+            self.unsettled -= old.pending.values().filter(|s| !**s).count();
+        }
+        self.to_store.remove(tp);
+    }
+}
+
+/// The book shared by a consumer, its rebalance callbacks and its deliveries' settle handles.
+#[derive(Debug, Default)]
+pub(crate) struct OffsetBook {
+    book: Mutex<Book>,
+    /// Woken on every settle: the consumer stores offsets and re-checks its prefetch bound.
+    pub settled: Notify,
+}
+
+impl OffsetBook {
+    fn lock(&self) -> MutexGuard<'_, Book> {
+        // Every update below is a few map operations that leave the book consistent.
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Partitions were assigned: start each afresh (fetching restarts at the committed offset).
+    pub fn assign(&self, tps: &[Tp]) {
+        let mut book = self.lock();
+        for tp in tps {
+            book.forget(tp);
+            let fresh = book.fresh();
+            book.partitions.insert(tp.clone(), fresh);
+        }
+    }
+
+    /// Partitions were revoked: their unsettled deliveries no longer count.
+    pub fn revoke(&self, tps: &[Tp]) {
+        let mut book = self.lock();
+        for tp in tps {
+            book.forget(tp);
+        }
+    }
+
+    /// The consumer closed: no assignment remains, later settles are moot.
+    pub fn clear(&self) {
+        let mut book = self.lock();
+        book.partitions.clear();
+        book.to_store.clear();
+        book.unsettled = 0;
+    }
+
+    /// A message at `offset` was handed out; returns the epoch its settle must quote.
+    pub fn delivered(&self, tp: &Tp, offset: i64) -> u64 {
+        let mut book = self.lock();
+        if !book.partitions.contains_key(tp) {
+            let fresh = book.fresh();
+            book.partitions.insert(tp.clone(), fresh);
+        }
+        let mut newly = false;
+        let epoch = match book.partitions.get_mut(tp) {
+            Some(p) => {
+                newly = p.pending.insert(offset, false).is_none();
+                p.epoch
+            }
+            None => 0,
+        };
+        if newly {
+            book.unsettled += 1;
+        }
+        epoch
+    }
+
+    /// A delivery was settled. Returns false if its assignment is gone (the settle is moot:
+    /// whoever owns the partition now will deliver the message again).
+    pub fn settle(&self, tp: &Tp, offset: i64, epoch: u64) -> bool {
+        let counted = {
+            let mut book = self.lock();
+            let mut advanced_to = None;
+            let mut counted = false;
+            if let Some(p) = book.partitions.get_mut(tp).filter(|p| p.epoch == epoch) {
+                if let Some(settled) = p.pending.get_mut(&offset) {
+                    if !*settled {
+                        *settled = true;
+                        counted = true;
+                    }
+                }
+                while let Some(entry) = p.pending.first_entry() {
+                    if !*entry.get() {
+                        break;
+                    }
+                    advanced_to = Some(*entry.key() + 1);
+                    entry.remove();
+                }
+            }
+            if counted {
+                book.unsettled -= 1;
+            }
+            if let Some(next) = advanced_to {
+                book.to_store.insert(tp.clone(), next);
+            }
+            counted
+        };
+        self.settled.notify_one();
+        counted
+    }
+
+    /// Whether a delivery of this epoch still belongs to the current assignment.
+    pub fn is_current(&self, tp: &Tp, epoch: u64) -> bool {
+        self.lock()
+            .partitions
+            .get(tp)
+            .is_some_and(|p| p.epoch == epoch)
+    }
+
+    /// Next offsets that became committable since the last call.
+    pub fn take_stores(&self) -> Vec<(Tp, i64)> {
+        self.lock().to_store.drain().collect()
+    }
+
+    /// Deliveries handed out and not settled, over the current assignment.
+    pub fn unsettled(&self) -> usize {
+        self.lock().unsettled
+    }
+
+    /// A requeue copy was handed to the producer.
+    pub fn requeue_started(&self) {
+        self.lock().requeues += 1;
+    }
+
+    /// A requeue copy's delivery report arrived (either way).
+    pub fn requeue_finished(&self) {
+        let mut book = self.lock();
+        book.requeues = book.requeues.saturating_sub(1);
+        drop(book);
+        self.settled.notify_one();
+    }
+
+    /// Requeue copies still waiting for their delivery report.
+    pub fn requeues(&self) -> usize {
+        self.lock().requeues
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp() -> Tp {
+        (Arc::from("t"), 0)
+    }
+
+    #[test]
+    fn out_of_order_acks_commit_only_the_contiguous_prefix() {
+        let book = OffsetBook::default();
+        book.assign(&[tp()]);
+        let e: Vec<u64> = (10..15).map(|o| book.delivered(&tp(), o)).collect();
+        assert!(book.settle(&tp(), 12, e[2]));
+        assert!(book.settle(&tp(), 14, e[4]));
+        assert!(
+            book.take_stores().is_empty(),
+            "10 is unsettled: nothing may be stored"
+        );
+        assert!(book.settle(&tp(), 10, e[0]));
+        assert_eq!(book.take_stores(), vec![(tp(), 11)]);
+        assert!(book.settle(&tp(), 11, e[1]));
+        assert_eq!(book.take_stores(), vec![(tp(), 13)]);
+        assert!(book.settle(&tp(), 13, e[3]));
+        assert_eq!(book.take_stores(), vec![(tp(), 15)]);
+        assert_eq!(book.unsettled(), 0);
+    }
+
+    #[test]
+    fn settles_from_a_revoked_assignment_are_ignored() {
+        let book = OffsetBook::default();
+        book.assign(&[tp()]);
+        let old = book.delivered(&tp(), 0);
+        book.revoke(&[tp()]);
+        book.assign(&[tp()]);
+        assert!(!book.is_current(&tp(), old));
+        assert!(!book.settle(&tp(), 0, old));
+        assert!(book.take_stores().is_empty());
+        let new = book.delivered(&tp(), 0);
+        assert!(book.settle(&tp(), 0, new));
+        assert_eq!(book.take_stores(), vec![(tp(), 1)]);
+    }
+
+    #[test]
+    fn double_settle_counts_once() {
+        let book = OffsetBook::default();
+        book.assign(&[tp()]);
+        let e = book.delivered(&tp(), 3);
+        let _ = book.delivered(&tp(), 4);
+        assert_eq!(book.unsettled(), 2);
+        assert!(book.settle(&tp(), 3, e));
+        assert!(!book.settle(&tp(), 3, e));
+        assert_eq!(book.unsettled(), 1);
+    }
+}

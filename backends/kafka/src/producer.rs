@@ -1,0 +1,419 @@
+//! Sending: records with key, headers and id, confirmed by librdkafka's delivery reports.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mailroom_core::{
+    Capabilities, Destination, Error, ErrorKind, Message, PendingConfirm, Producer, Receipt, Result,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use rdkafka::ClientContext;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::config::KafkaConfig;
+use crate::{error, BACKEND};
+
+/// Internal header carrying the message id (stripped on receive).
+pub const ID_HEADER: &str = "x-mailroom-id";
+/// Internal header carrying the message's own timestamp, when it has one (stripped on receive).
+pub const TIMESTAMP_HEADER: &str = "x-mailroom-timestamp";
+/// Internal header carrying the delivery attempt of a requeued copy (stripped on receive).
+pub const ATTEMPT_HEADER: &str = "x-mailroom-attempt";
+
+/// Longest topic name Kafka accepts.
+const MAX_TOPIC_BYTES: usize = 249;
+
+/// Check a name against Kafka's topic rules (which are stricter than mailroom's).
+pub(crate) fn validate_topic(what: &str, name: &str) -> Result<()> {
+    mailroom_core::topology::validate_name(what, name).map_err(|e| e.with_backend(BACKEND))?;
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.len() > MAX_TOPIC_BYTES || name == "." || name == ".." || !name.chars().all(legal) {
+        return Err(Error::invalid_input(format!(
+            "{what} name {name:?} is not a valid Kafka topic name: use at most {MAX_TOPIC_BYTES} \
+             of the characters a-z A-Z 0-9 . _ -"
+        ))
+        .with_backend(BACKEND));
+    }
+    Ok(())
+}
+
+/// What happens when a record's delivery report arrives.
+pub(crate) enum Completion {
+    /// Resolve a pending confirm.
+    Channel(oneshot::Sender<Result<Receipt>>),
+    /// Run a callback on librdkafka's polling thread (used by requeues that nobody awaits).
+    Callback(Box<dyn FnOnce(Result<Receipt>) + Send + Sync>),
+}
+
+/// A record handed to librdkafka and not yet reported.
+pub(crate) struct InFlight {
+    message: Message,
+    completion: Completion,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Routes delivery reports to their waiters.
+pub(crate) struct ReportContext;
+
+impl ClientContext for ReportContext {}
+
+impl ProducerContext for ReportContext {
+    type DeliveryOpaque = Box<InFlight>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        let InFlight {
+            message,
+            completion,
+            _permit,
+        } = *opaque;
+        let outcome = match result {
+            Ok(m) => {
+                use rdkafka::Message as _;
+                Ok(Receipt {
+                    id: message.id().clone(),
+                    partition: Some(m.partition()),
+                    offset: Some(m.offset()),
+                })
+            }
+            Err((e, _)) => Err(error::map(e.clone(), "send").with_undelivered(message)),
+        };
+        match completion {
+            // The waiter may have dropped its confirm; the message was still sent.
+            Completion::Channel(tx) => drop(tx.send(outcome)),
+            Completion::Callback(f) => f(outcome),
+        }
+        // The permit drops here, opening the window for the next enqueue.
+    }
+}
+
+/// The shared part of a producer: the librdkafka client, the in-flight window, the topic cache.
+pub(crate) struct ProducerCore {
+    producer: ThreadedProducer<ReportContext>,
+    window: Arc<Semaphore>,
+    window_size: u32,
+    capabilities: Capabilities,
+    /// Topics known to exist, so that a send to a missing topic fails at once with `NotFound`
+    /// instead of after librdkafka's 30 s metadata propagation wait.
+    known_topics: RwLock<HashSet<String>>,
+    timeout: Duration,
+}
+
+impl ProducerCore {
+    pub(crate) fn new(config: &KafkaConfig, capabilities: Capabilities) -> Result<Arc<Self>> {
+        let cc = config.client_config(&[
+            ("enable.idempotence", "true"),
+            ("allow.auto.create.topics", "false"),
+        ]);
+        let producer: ThreadedProducer<ReportContext> = cc
+            .create_with_context(ReportContext)
+            .map_err(|e| error::map(e, "producer"))?;
+        let window_size = config.max_in_flight() as u32;
+        Ok(Arc::new(ProducerCore {
+            producer,
+            window: Arc::new(Semaphore::new(window_size as usize)),
+            window_size,
+            capabilities,
+            known_topics: RwLock::new(HashSet::new()),
+            timeout: config.operation_timeout,
+        }))
+    }
+
+    /// The capabilities it checks messages against.
+    pub(crate) fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// `NotFound` unless the topic exists (asked once per topic, then remembered).
+    pub(crate) async fn ensure_topic(self: &Arc<Self>, topic: &str) -> Result<()> {
+        if self
+            .known_topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(topic)
+        {
+            return Ok(());
+        }
+        let core = self.clone();
+        let name = topic.to_owned();
+        let exists = tokio::task::spawn_blocking(move || {
+            crate::backend::topic_partitions(core.producer.client(), &name, core.timeout)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Broker, format!("metadata task failed: {e}")))??;
+        if exists.is_none() {
+            return Err(Error::not_found(format!(
+                "topic '{topic}' does not exist; declare the queue (or exchange) first"
+            ))
+            .with_backend(BACKEND)
+            .with_operation("send"));
+        }
+        self.known_topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_owned());
+        Ok(())
+    }
+
+    /// Forget a topic (it was deleted through this backend).
+    pub(crate) fn forget_topic(&self, topic: &str) {
+        self.known_topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(topic);
+    }
+
+    /// Hand a record to librdkafka without waiting; on failure the in-flight entry comes back.
+    fn try_send(
+        &self,
+        topic: &str,
+        inflight: Box<InFlight>,
+        attempt: Option<u32>,
+    ) -> std::result::Result<(), (KafkaError, Box<InFlight>)> {
+        let message = &inflight.message;
+        let payload = message.payload().clone();
+        let key = message.key().map(str::to_owned);
+        let timestamp = message.timestamp().map(|t| t.as_millis() as i64);
+        let id = message.id().to_string();
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers().len() + 3);
+        for (name, value) in message.headers() {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        headers = headers.insert(Header {
+            key: ID_HEADER,
+            value: Some(&id),
+        });
+        let ts_text = timestamp.map(|t| t.to_string());
+        if let Some(ts) = &ts_text {
+            headers = headers.insert(Header {
+                key: TIMESTAMP_HEADER,
+                value: Some(ts),
+            });
+        }
+        let attempt_text = attempt.map(|a| a.to_string());
+        if let Some(a) = &attempt_text {
+            headers = headers.insert(Header {
+                key: ATTEMPT_HEADER,
+                value: Some(a),
+            });
+        }
+        let mut record = BaseRecord::with_opaque_to(topic, inflight)
+            .payload(&payload[..])
+            .headers(headers);
+        if let Some(k) = &key {
+            record = record.key(k.as_bytes());
+        }
+        if let Some(ts) = timestamp {
+            record = record.timestamp(ts);
+        }
+        self.producer
+            .send(record)
+            .map_err(|(e, record)| (e, record.delivery_opaque))
+    }
+
+    /// Send `message` to `topic` (which must exist), waiting for room in librdkafka's queue.
+    pub(crate) async fn send(
+        &self,
+        topic: &str,
+        message: Message,
+        attempt: Option<u32>,
+        completion: Completion,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<()> {
+        let mut inflight = Box::new(InFlight {
+            message,
+            completion,
+            _permit: permit,
+        });
+        loop {
+            match self.try_send(topic, inflight, attempt) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // Only reachable when queue.buffering.max.kbytes binds before the window.
+                    inflight = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, back)) => {
+                    return Err(error::map(e, "send").with_undelivered(back.message));
+                }
+            }
+        }
+    }
+
+    /// Send without awaiting anything (for `Settle::abandon`); the completion runs on the
+    /// report. Returns false, without sending, if librdkafka refused the record at once.
+    pub(crate) fn send_detached(
+        &self,
+        topic: &str,
+        message: Message,
+        attempt: Option<u32>,
+        completion: Completion,
+    ) -> bool {
+        let permit = self.window.clone().try_acquire_owned().ok();
+        let inflight = Box::new(InFlight {
+            message,
+            completion,
+            _permit: permit,
+        });
+        self.try_send(topic, inflight, attempt).is_ok()
+    }
+
+    /// Send and wait for the delivery report.
+    pub(crate) async fn send_confirmed(
+        &self,
+        topic: &str,
+        message: Message,
+        attempt: Option<u32>,
+    ) -> Result<Receipt> {
+        let permit = self.acquire().await?;
+        let (tx, rx) = oneshot::channel();
+        self.send(
+            topic,
+            message,
+            attempt,
+            Completion::Channel(tx),
+            Some(permit),
+        )
+        .await?;
+        rx.await.unwrap_or_else(|_| Err(lost_report()))
+    }
+
+    async fn acquire(&self) -> Result<OwnedSemaphorePermit> {
+        self.window
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::closed("producer is closed").with_backend(BACKEND))
+    }
+
+    /// Wait until every record sent so far has its delivery report.
+    pub(crate) async fn flush_all(&self) -> Result<()> {
+        let all = self
+            .window
+            .acquire_many(self.window_size)
+            .await
+            .map_err(|_| Error::closed("producer is closed").with_backend(BACKEND))?;
+        drop(all);
+        Ok(())
+    }
+}
+
+fn lost_report() -> Error {
+    Error::closed("the producer went away before the delivery report arrived")
+        .with_backend(BACKEND)
+        .with_operation("send")
+}
+
+/// A Kafka producer: one librdkafka producer, idempotent unless configured otherwise.
+///
+/// `enqueue` waits for room in the in-flight window (librdkafka's `queue.buffering.max.messages`)
+/// and hands the record to librdkafka, which batches by `linger.ms` / `batch.size`; the pending
+/// confirm resolves on the record's delivery report.
+pub struct KafkaProducer {
+    core: Arc<ProducerCore>,
+    closed: AtomicBool,
+}
+
+impl KafkaProducer {
+    pub(crate) fn new(core: Arc<ProducerCore>) -> Self {
+        KafkaProducer {
+            core,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn check(&self, destination: &Destination, message: Message) -> Result<Message> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed("producer is closed")
+                .with_backend(BACKEND)
+                .with_operation("send")
+                .with_undelivered(message));
+        }
+        if let Err(e) = self
+            .core
+            .capabilities
+            .check_message(&message, BACKEND, "send")
+        {
+            return Err(e.with_undelivered(message));
+        }
+        if let Err(e) = validate_topic("destination", destination.name()) {
+            return Err(e.with_operation("send").with_undelivered(message));
+        }
+        Ok(message)
+    }
+}
+
+impl std::fmt::Debug for KafkaProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProducer")
+            .field("window", &self.core.window_size)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Producer for KafkaProducer {
+    async fn enqueue(&self, destination: &Destination, message: Message) -> Result<PendingConfirm> {
+        let message = self.check(destination, message)?;
+        // A fanout exchange is a topic of its own, so both kinds of destination name a topic;
+        // the routing key is ignored (fanout ignores it too).
+        let topic = destination.name();
+        if let Err(e) = self.core.ensure_topic(topic).await {
+            return Err(e.with_undelivered(message));
+        }
+        let permit = match self.core.acquire().await {
+            Ok(p) => p,
+            Err(e) => return Err(e.with_undelivered(message)),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.core
+            .send(topic, message, None, Completion::Channel(tx), Some(permit))
+            .await?;
+        Ok(PendingConfirm::waiting(async move {
+            rx.await.unwrap_or_else(|_| Err(lost_report()))
+        }))
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.core.flush_all().await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        self.core.flush_all().await
+    }
+}
+
+impl Drop for KafkaProducer {
+    fn drop(&mut self) {
+        // Records still queued in librdkafka are sent by the shared core as long as it lives;
+        // give them a bounded chance when this was the last handle.
+        if Arc::strong_count(&self.core) == 1 {
+            let _ = self.core.producer.flush(Duration::from_secs(5));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic("queue", "orders.eu_1-x").is_ok());
+        assert!(validate_topic("queue", "has:colon").is_err());
+        assert!(validate_topic("queue", "..").is_err());
+        assert!(validate_topic("queue", &"a".repeat(250)).is_err());
+        assert!(validate_topic("queue", "").is_err());
+    }
+}

@@ -1,0 +1,474 @@
+//! The exchange API on Kafka: queues and fanout exchanges are topics; bindings are remembered.
+//!
+//! * A **queue** `Q` is a topic `Q` plus the consumer group `Q` that `consumer(Q)` joins.
+//! * A **fanout exchange** `E` is a topic `E`. Binding `Q` to `E` makes every later `consumer(Q)`
+//!   subscribe group `Q` to topic `E` as well, and commits group `Q`'s offsets on `E` at `E`'s
+//!   current end, so the queue receives what is published *after* the bind (as in AMQP) rather
+//!   than the exchange's whole retained history.
+//! * **Direct, topic and headers** exchanges are `Unsupported`: Kafka has no server-side
+//!   routing, and client-side routing would need every producer to know every binding.
+//!
+//! Queue settings Kafka has no place for (dead-letter queue, max delivery attempts) and bindings
+//! live in a registry shared by every connection to the same bootstrap servers **in this
+//! process**. They do not survive a restart of the process: declare queues and bindings at
+//! start-up (declarations are idempotent), as is usual with AMQP topologies too. The topics,
+//! their messages and the groups' committed offsets are on the broker and do survive.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use async_trait::async_trait;
+use mailroom_core::{
+    Binding, Capability, Error, ExchangeKind, ExchangeSpec, QueueSpec, Result, Route, Topology,
+};
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::backend::{blocking, Shared};
+use crate::producer::validate_topic;
+use crate::{error, BACKEND};
+
+/// What a queue needs that Kafka does not store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct QueueMeta {
+    pub dead_letter_queue: Option<String>,
+    pub max_delivery_attempts: Option<u32>,
+}
+
+#[derive(Default)]
+struct RegistryState {
+    queues: HashMap<String, QueueMeta>,
+    exchanges: HashMap<String, ExchangeKind>,
+    /// queue -> the fanout exchanges it is bound to.
+    bindings: HashMap<String, BTreeSet<String>>,
+    /// topic -> consumers of this process fetching from it.
+    active: HashMap<String, usize>,
+    /// Topics deleted while consumers of this process still fetched them.
+    doomed: BTreeSet<String>,
+}
+
+/// Queue settings and bindings of one cluster, shared in this process.
+#[derive(Default)]
+pub(crate) struct Registry {
+    state: Mutex<RegistryState>,
+}
+
+impl Registry {
+    /// The registry of the cluster at these bootstrap servers.
+    pub fn for_cluster(bootstrap: &str) -> Arc<Registry> {
+        static ALL: OnceLock<Mutex<HashMap<String, Arc<Registry>>>> = OnceLock::new();
+        let mut all = ALL
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        all.entry(bootstrap.to_owned()).or_default().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RegistryState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn queue_meta(&self, queue: &str) -> QueueMeta {
+        self.lock().queues.get(queue).cloned().unwrap_or_default()
+    }
+
+    /// A consumer started fetching these topics.
+    pub fn consumer_opened(&self, topics: &[String]) {
+        let mut state = self.lock();
+        for t in topics {
+            *state.active.entry(t.clone()).or_default() += 1;
+        }
+    }
+
+    /// A consumer stopped fetching these topics; returns the doomed topics to delete now.
+    pub fn consumer_closed(&self, topics: &[String]) -> Vec<String> {
+        let mut state = self.lock();
+        for t in topics {
+            if let Some(n) = state.active.get_mut(t) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    state.active.remove(t);
+                }
+            }
+        }
+        if state.active.is_empty() {
+            std::mem::take(&mut state.doomed).into_iter().collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Defer deleting `topic` while any consumer of this process fetches from the cluster.
+    fn defer_delete(&self, topic: &str) -> bool {
+        let mut state = self.lock();
+        if state.active.is_empty() {
+            false
+        } else {
+            state.doomed.insert(topic.to_owned());
+            true
+        }
+    }
+
+    pub fn bound_exchanges(&self, queue: &str) -> Vec<String> {
+        self.lock()
+            .bindings
+            .get(queue)
+            .map(|b| b.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Delete topics now.
+pub(crate) async fn delete_topics(
+    shared: &Shared,
+    names: &[String],
+    operation: &'static str,
+) -> Result<()> {
+    let timeout = shared.config.operation_timeout;
+    let options = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let results = shared
+        .admin
+        .delete_topics(&refs, &options)
+        .await
+        .map_err(|e| error::map(e, operation))?;
+    if let Ok(internal) = shared.internal_producer() {
+        for name in names {
+            internal.forget_topic(name);
+        }
+    }
+    for result in results {
+        if let Err((topic, code)) = result {
+            return Err(error::map_code(
+                code,
+                format!("deleting topic '{topic}'"),
+                operation,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A consumer closed: delete the topics whose deletion waited for it.
+pub(crate) fn consumer_closed(shared: &Arc<Shared>, topics: &[String]) {
+    let free = shared.registry.consumer_closed(topics);
+    if free.is_empty() {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            let shared = shared.clone();
+            handle.spawn(async move {
+                if let Err(e) = delete_topics(&shared, &free, "delete_queue").await {
+                    tracing::warn!(error = %e, topics = ?free, "deferred topic deletion failed");
+                }
+            });
+        }
+        Err(_) => tracing::warn!(topics = ?free, "no runtime to delete deferred topics"),
+    }
+}
+
+/// The topology API of a Kafka connection.
+#[derive(Clone)]
+pub struct KafkaTopology {
+    shared: Arc<Shared>,
+}
+
+impl KafkaTopology {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        KafkaTopology { shared }
+    }
+
+    /// Create a topic; an existing one is fine when its partition count matches `partitions`.
+    async fn create_topic(
+        &self,
+        name: &str,
+        partitions: Option<u32>,
+        configs: &[(String, String)],
+        operation: &'static str,
+    ) -> Result<()> {
+        let count = partitions.unwrap_or(self.shared.config.default_partitions) as i32;
+        let mut topic = NewTopic::new(
+            name,
+            count,
+            TopicReplication::Fixed(self.shared.config.replication_factor),
+        );
+        for (k, v) in configs {
+            topic = topic.set(k, v);
+        }
+        let timeout = self.shared.config.operation_timeout;
+        let options = AdminOptions::new()
+            .operation_timeout(Some(timeout))
+            .request_timeout(Some(timeout));
+        let results = self
+            .shared
+            .admin
+            .create_topics(&[topic], &options)
+            .await
+            .map_err(|e| error::map(e, operation))?;
+        for result in results {
+            match result {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    if let Some(want) = partitions {
+                        let have = self.shared.partitions(name).await?.unwrap_or_default();
+                        if have.len() != want as usize {
+                            return Err(Error::new(
+                                mailroom_core::ErrorKind::Conflict,
+                                format!(
+                                    "topic '{name}' exists with {} partitions, not {want}",
+                                    have.len()
+                                ),
+                            )
+                            .with_backend(BACKEND)
+                            .with_operation(operation));
+                        }
+                    }
+                }
+                Err((topic, code)) => {
+                    return Err(error::map_code(
+                        code,
+                        format!("creating topic '{topic}'"),
+                        operation,
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_topic(&self, name: &str, operation: &'static str) -> Result<()> {
+        // tansu 0.6 mishandles fetches after a topic deletion: a fetch from the deleted topic
+        // panics its storage (the whole broker stops answering), and other consumers' fetches
+        // can come back as "unknown topic" with a zero topic id, on which librdkafka 2.12
+        // crashes. So topics are deleted only when no consumer of this process is fetching.
+        if self.shared.registry.defer_delete(name) {
+            tracing::debug!(topic = name, "deletion deferred until its consumers close");
+            return Ok(());
+        }
+        delete_topics(&self.shared, &[name.to_owned()], operation).await
+    }
+
+    /// Point group `queue` at the end of `exchange`, where it has no committed offset yet.
+    async fn start_group_at_end(&self, exchange: &str, queue: &str) -> Result<()> {
+        let shared = self.shared.clone();
+        let (exchange, queue) = (exchange.to_owned(), queue.to_owned());
+        blocking(move || {
+            let timeout = shared.config.operation_timeout;
+            let partitions =
+                crate::backend::topic_partitions(shared.admin.inner(), &exchange, timeout)?
+                    .unwrap_or_default();
+            let mut cc = shared.config.client_config(&[]);
+            cc.set("group.id", &queue)
+                .set("enable.auto.commit", "false");
+            let consumer: BaseConsumer = cc.create().map_err(|e| error::map(e, "bind"))?;
+            let mut wanted = TopicPartitionList::new();
+            for p in &partitions {
+                wanted.add_partition(&exchange, *p);
+            }
+            let committed = consumer
+                .committed_offsets(wanted, timeout)
+                .map_err(|e| error::map(e, "bind"))?;
+            let mut start = TopicPartitionList::new();
+            for e in committed.elements() {
+                if let Offset::Offset(_) = e.offset() {
+                    continue;
+                }
+                let (_, high) = consumer
+                    .fetch_watermarks(&exchange, e.partition(), timeout)
+                    .map_err(|e| error::map(e, "bind"))?;
+                start
+                    .add_partition_offset(&exchange, e.partition(), Offset::Offset(high))
+                    .map_err(|e| error::map(e, "bind"))?;
+            }
+            if start.count() > 0 {
+                consumer
+                    .commit(&start, CommitMode::Sync)
+                    .map_err(|e| error::map(e, "bind"))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    fn require(&self, capability: Capability, operation: &'static str) -> Result<()> {
+        self.shared
+            .capabilities
+            .require(capability, BACKEND, operation)
+    }
+}
+
+#[async_trait]
+impl Topology for KafkaTopology {
+    async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<()> {
+        spec.validate().map_err(|e| e.with_backend(BACKEND))?;
+        self.require(Capability::Exchange(spec.kind), "declare_exchange")?;
+        validate_topic("exchange", &spec.name)?;
+        self.shared.check_open("declare_exchange")?;
+        if let Some(kind) = self.shared.registry.lock().exchanges.get(&spec.name) {
+            if *kind != spec.kind {
+                return Err(Error::new(
+                    mailroom_core::ErrorKind::Conflict,
+                    format!(
+                        "exchange '{}' exists as {kind}, not {}",
+                        spec.name, spec.kind
+                    ),
+                )
+                .with_backend(BACKEND)
+                .with_operation("declare_exchange"));
+            }
+        }
+        self.shared.registry.lock().doomed.remove(&spec.name);
+        self.create_topic(&spec.name, None, &[], "declare_exchange")
+            .await?;
+        self.shared
+            .registry
+            .lock()
+            .exchanges
+            .insert(spec.name.clone(), spec.kind);
+        Ok(())
+    }
+
+    async fn delete_exchange(&self, name: &str) -> Result<()> {
+        validate_topic("exchange", name)?;
+        self.shared.check_open("delete_exchange")?;
+        self.delete_topic(name, "delete_exchange").await?;
+        let mut registry = self.shared.registry.lock();
+        registry.exchanges.remove(name);
+        for bound in registry.bindings.values_mut() {
+            bound.remove(name);
+        }
+        Ok(())
+    }
+
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<()> {
+        spec.validate().map_err(|e| e.with_backend(BACKEND))?;
+        if spec.max_length.is_some() {
+            self.require(Capability::MaxQueueLength, "declare_queue")?;
+        }
+        if spec.message_ttl.is_some() {
+            self.require(Capability::MessageTtl, "declare_queue")?;
+        }
+        if spec.max_delivery_attempts.is_some() {
+            self.require(Capability::MaxDeliveryAttempts, "declare_queue")?;
+        }
+        validate_topic("queue", &spec.name)?;
+        if let Some(dlq) = &spec.dead_letter_queue {
+            self.require(Capability::DeadLetter, "declare_queue")?;
+            validate_topic("dead-letter queue", dlq)?;
+        }
+        self.shared.check_open("declare_queue")?;
+        let meta = QueueMeta {
+            dead_letter_queue: spec.dead_letter_queue.clone(),
+            max_delivery_attempts: spec.max_delivery_attempts,
+        };
+        if let Some(existing) = self.shared.registry.lock().queues.get(&spec.name) {
+            if *existing != meta {
+                return Err(Error::new(
+                    mailroom_core::ErrorKind::Conflict,
+                    format!(
+                        "queue '{}' was declared with {existing:?}, not {meta:?}",
+                        spec.name
+                    ),
+                )
+                .with_backend(BACKEND)
+                .with_operation("declare_queue"));
+            }
+        }
+        // `extra` entries are topic configs (retention.ms, cleanup.policy, ...).
+        let configs: Vec<(String, String)> = spec
+            .extra
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.shared.registry.lock().doomed.remove(&spec.name);
+        self.create_topic(&spec.name, spec.partitions, &configs, "declare_queue")
+            .await?;
+        self.shared
+            .registry
+            .lock()
+            .queues
+            .insert(spec.name.clone(), meta);
+        Ok(())
+    }
+
+    async fn delete_queue(&self, name: &str) -> Result<()> {
+        validate_topic("queue", name)?;
+        self.shared.check_open("delete_queue")?;
+        self.delete_topic(name, "delete_queue").await?;
+        let mut registry = self.shared.registry.lock();
+        registry.queues.remove(name);
+        registry.bindings.remove(name);
+        Ok(())
+    }
+
+    async fn bind(&self, binding: &Binding) -> Result<()> {
+        binding.validate().map_err(|e| e.with_backend(BACKEND))?;
+        let known = self
+            .shared
+            .registry
+            .lock()
+            .exchanges
+            .get(&binding.exchange)
+            .copied();
+        // An exchange declared by another process is a topic we can only treat as fanout.
+        let kind = known.unwrap_or(ExchangeKind::Fanout);
+        self.require(Capability::Exchange(kind), "bind")?;
+        if !matches!(binding.route, Route::All) {
+            return Err(Error::invalid_input(format!(
+                "exchange '{}' is fanout: bind with Binding::fanout (Route::All), not {:?}",
+                binding.exchange, binding.route
+            ))
+            .with_backend(BACKEND)
+            .with_operation("bind"));
+        }
+        validate_topic("exchange", &binding.exchange)?;
+        validate_topic("queue", &binding.queue)?;
+        self.shared.check_open("bind")?;
+        for (what, topic) in [("exchange", &binding.exchange), ("queue", &binding.queue)] {
+            if self.shared.partitions(topic).await?.is_none() {
+                return Err(Error::not_found(format!(
+                    "{what} '{topic}' does not exist; declare it first"
+                ))
+                .with_backend(BACKEND)
+                .with_operation("bind"));
+            }
+        }
+        let new = self
+            .shared
+            .registry
+            .lock()
+            .bindings
+            .entry(binding.queue.clone())
+            .or_default()
+            .insert(binding.exchange.clone());
+        if new {
+            if let Err(e) = self
+                .start_group_at_end(&binding.exchange, &binding.queue)
+                .await
+            {
+                // The group is active or the broker refused: the queue then starts at the
+                // exchange's earliest retained message (auto.offset.reset=earliest).
+                tracing::warn!(
+                    exchange = %binding.exchange,
+                    queue = %binding.queue,
+                    error = %e,
+                    "could not start the queue's group at the exchange's end"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn unbind(&self, binding: &Binding) -> Result<()> {
+        binding.validate().map_err(|e| e.with_backend(BACKEND))?;
+        if let Some(bound) = self.shared.registry.lock().bindings.get_mut(&binding.queue) {
+            bound.remove(&binding.exchange);
+        }
+        Ok(())
+    }
+}
