@@ -29,11 +29,23 @@ use std::sync::Arc;
 pub use mailroom_core::*;
 pub use mailroom_memory as memory;
 pub use mailroom_processors as processors;
+#[cfg(feature = "rabbitmq")]
+pub use mailroom_rabbitmq as rabbitmq;
+#[cfg(feature = "sqs")]
+pub use mailroom_sqs as sqs;
 
 /// Every backend compiled into this build, by URL scheme.
 pub fn registry() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::new().with(mailroom_memory::MemoryFactory);
+    #[cfg(feature = "rabbitmq")]
+    {
+        registry = registry.with(mailroom_rabbitmq::RabbitFactory);
+    }
+    #[cfg(feature = "sqs")]
+    {
+        registry = registry.with(mailroom_sqs::SqsFactory);
+    }
     registry
 }
 

@@ -48,3 +48,11 @@ fn check(seen: &microservices::Seen) {
 async fn every_service_sees_what_its_binding_promises_on_memory() {
     check(&microservices::run("memory://").await.unwrap());
 }
+
+#[cfg(feature = "rabbitmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_sees_what_its_binding_promises_on_rabbitmq() {
+    let url = std::env::var("MAILROOM_RABBITMQ_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    check(&microservices::run(&url).await.unwrap());
+}
