@@ -1,0 +1,246 @@
+//! Interop with plain rdkafka both ways, and the commit strategy seen from a second consumer.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mailroom_core::{Backend, ConsumerOptions, Destination, Message, QueueSpec, Replay, Timestamp};
+use mailroom_kafka::{KafkaBackend, ID_HEADER};
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message as _};
+
+fn url() -> String {
+    std::env::var("MAILROOM_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into())
+}
+
+fn bootstrap() -> String {
+    url()
+        .trim_start_matches("kafka://")
+        .split('?')
+        .next()
+        .unwrap_or("127.0.0.1:9092")
+        .to_owned()
+}
+
+fn fresh(what: &str) -> String {
+    format!(
+        "mr-kafka-{what}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+async fn backend() -> KafkaBackend {
+    KafkaBackend::from_url(&url()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mailroom_to_plain_rdkafka_keeps_key_headers_and_payload() {
+    let b = backend().await;
+    let q = fresh("to-plain");
+    b.topology()
+        .declare_queue(&QueueSpec::new(&q))
+        .await
+        .unwrap();
+    let sent = Message::builder(&b"\x00\x01 binary \xff"[..])
+        .key("customer-9")
+        .header("trace-id", "t-1")
+        .header("unicode", "h\u{e9}llo")
+        .build()
+        .unwrap();
+    let p = b.producer().await.unwrap();
+    p.send(&Destination::queue(&q), sent.clone()).await.unwrap();
+
+    let plain: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", fresh("plain-group"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    plain.subscribe(&[&q]).unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(30), plain.recv())
+        .await
+        .expect("plain consumer got nothing")
+        .unwrap();
+    assert_eq!(m.key(), Some(&b"customer-9"[..]));
+    assert_eq!(m.payload(), Some(&sent.payload()[..]));
+    let headers: HashMap<String, String> = m
+        .headers()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h.key.to_owned(),
+                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(headers["trace-id"], "t-1");
+    assert_eq!(headers["unicode"], "h\u{e9}llo");
+    assert_eq!(headers[ID_HEADER], sent.id().to_string());
+    drop(m);
+    drop(plain);
+    b.topology().delete_queue(&q).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_rdkafka_to_mailroom_is_consumed_intact() {
+    let b = backend().await;
+    let q = fresh("from-plain");
+    b.topology()
+        .declare_queue(&QueueSpec::new(&q))
+        .await
+        .unwrap();
+    let plain: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let delivered = plain
+        .send(
+            FutureRecord::to(&q)
+                .key("k-1")
+                .payload("from plain rdkafka")
+                .timestamp(1_700_000_000_000)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "origin",
+                    value: Some("plain"),
+                })),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+
+    let mut c = b.consumer(&q, ConsumerOptions::default()).await.unwrap();
+    let d = c
+        .receive_timeout(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("mailroom got nothing");
+    let m = d.message();
+    assert_eq!(m.key(), Some("k-1"));
+    assert_eq!(&m.payload()[..], b"from plain rdkafka");
+    assert_eq!(m.headers().get("origin"), Some("plain"));
+    assert_eq!(m.headers().len(), 1);
+    assert_eq!(
+        m.timestamp(),
+        Some(Timestamp::from_millis(1_700_000_000_000))
+    );
+    assert_eq!(
+        m.id().to_string(),
+        format!("kafka:{q}:{}:{}", delivered.partition, delivered.offset)
+    );
+    assert_eq!(d.attempt(), 1);
+    d.ack().await.unwrap();
+    c.close().await.unwrap();
+    b.topology().delete_queue(&q).await.unwrap();
+}
+
+/// Acks out of order, then the consumer goes away with one delivery unsettled: the next
+/// consumer of the queue must get that message again (nothing skipped), and nothing before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn out_of_order_acks_never_commit_past_an_unsettled_message() {
+    const N: usize = 10;
+    let b = backend().await;
+    let q = fresh("ooo");
+    b.topology()
+        .declare_queue(&QueueSpec::new(&q).partitions(1))
+        .await
+        .unwrap();
+    let p = b.producer().await.unwrap();
+    let sent: Vec<Message> = (0..N).map(|i| Message::new(format!("m{i}"))).collect();
+    for m in &sent {
+        p.send(&Destination::queue(&q), m.clone()).await.unwrap();
+    }
+    let mut c = b.consumer(&q, ConsumerOptions::default()).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..N {
+        held.push(
+            c.receive_timeout(Duration::from_secs(30))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // Keep message 3 unsettled; ack the others in a scrambled order.
+    let unsettled = held.remove(3);
+    assert_eq!(unsettled.message().id(), sent[3].id());
+    let order = [8, 0, 6, 2, 7, 1, 4, 5, 3];
+    let mut slots: Vec<Option<_>> = held.into_iter().map(Some).collect();
+    for i in order {
+        slots[i].take().unwrap().ack().await.unwrap();
+    }
+    // The "crash": the consumer goes while message 3 is still unsettled (and never settled:
+    // settling after close is moot, so this is what a crashed handler looks like).
+    c.close().await.unwrap();
+    drop(c);
+    drop(unsettled);
+
+    let mut c = b.consumer(&q, ConsumerOptions::default()).await.unwrap();
+    let mut again = Vec::new();
+    while let Some(d) = c.receive_timeout(Duration::from_secs(5)).await.unwrap() {
+        again.push(d.message().id().clone());
+        d.ack().await.unwrap();
+    }
+    let expected: Vec<_> = sent[3..].iter().map(|m| m.id().clone()).collect();
+    assert_eq!(
+        again, expected,
+        "the new consumer must start at the first unsettled message (3): nothing skipped, \
+         the settled prefix 0..3 not redelivered"
+    );
+    c.close().await.unwrap();
+    b.topology().delete_queue(&q).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_from_earliest_offset_and_time() {
+    let b = backend().await;
+    let q = fresh("replay");
+    b.topology()
+        .declare_queue(&QueueSpec::new(&q).partitions(1))
+        .await
+        .unwrap();
+    let p = b.producer().await.unwrap();
+    let first: Vec<Message> = (0..5)
+        .map(|i| {
+            Message::builder(format!("old{i}"))
+                .timestamp(Timestamp::from_millis(1_000_000 + i))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for m in &first {
+        p.send(&Destination::queue(&q), m.clone()).await.unwrap();
+    }
+    async fn drain(b: &KafkaBackend, q: &str, replay: Option<Replay>) -> Vec<String> {
+        let mut options = ConsumerOptions::default();
+        if let Some(r) = replay {
+            options = options.replay(r);
+        }
+        let mut c = b.consumer(q, options).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(d) = c.receive_timeout(Duration::from_secs(5)).await.unwrap() {
+            got.push(String::from_utf8_lossy(d.message().payload()).into_owned());
+            d.ack().await.unwrap();
+        }
+        c.close().await.unwrap();
+        got
+    }
+    assert_eq!(drain(&b, &q, None).await.len(), 5);
+    assert!(drain(&b, &q, None).await.is_empty(), "all committed");
+    assert_eq!(drain(&b, &q, Some(Replay::Earliest)).await.len(), 5);
+    assert_eq!(
+        drain(&b, &q, Some(Replay::Offset(3))).await,
+        vec!["old3", "old4"]
+    );
+    assert_eq!(
+        drain(
+            &b,
+            &q,
+            Some(Replay::Time(Timestamp::from_millis(1_000_002)))
+        )
+        .await,
+        vec!["old2", "old3", "old4"]
+    );
+    assert!(drain(&b, &q, Some(Replay::Latest)).await.is_empty());
+    b.topology().delete_queue(&q).await.unwrap();
+}
