@@ -1,12 +1,90 @@
-//! mailroom-processors: consume, transform, produce — and settle each input only after its output
-//! is confirmed.
+//! mailroom-processors: streaming pipelines over any mailroom backend.
 //!
-//! This first piece is the [`Bridge`]: one source consumer, one transform, one sink producer, a
-//! bounded number of messages in flight. It is at-least-once by construction: an input is acked
-//! only when the message derived from it is confirmed by the sink (or it was filtered out); a
-//! transform error dead-letters the input with the error as the reason; a failed send requeues
-//! it. The full pipeline builder (stages, windows, ordering modes) grows from here.
+//! A pipeline reads from one or more sources (any [`Consumer`](mailroom_core::Consumer)),
+//! passes each item through typed stages, and writes to one or more sinks (any
+//! [`Producer`](mailroom_core::Producer)):
+//!
+//! ```no_run
+//! # async fn demo(broker: std::sync::Arc<dyn mailroom_core::Backend>) -> mailroom_core::Result<()> {
+//! use std::sync::Arc;
+//! use mailroom_core::{Destination, Message};
+//! use mailroom_processors::{stage, ErrorPolicy, Pipeline, Sink};
+//!
+//! let out: Arc<dyn mailroom_core::Producer> = Arc::from(broker.producer().await?);
+//! let report = Pipeline::builder()
+//!     .max_in_flight(512)
+//!     .source(broker.consumer("orders", Default::default()).await?)
+//!     .flow()
+//!     .decode::<serde_json::Value>(
+//!         stage("decode").on_error(ErrorPolicy::dead_letter(Sink::new(out.clone(), Destination::queue("orders.dlq")))),
+//!     )
+//!     .filter("paid", |v| v["paid"] == true)
+//!     .encode("encode")
+//!     .to(Sink::new(out, Destination::queue("paid-orders")))?
+//!     .run()
+//!     .await;
+//! # Ok(()) }
+//! ```
+//!
+//! **At-least-once by construction.** Every input carries a token; everything derived from it
+//! (a mapped item, each output of a `flat_map`, each sink of a fan-out, a batch, a window
+//! result) holds a share of it. The input is acked only when every share is finished: confirmed
+//! by its sink, filtered out, skipped or dead-lettered (and the dead letter confirmed). A share
+//! that is dropped instead (a failed pipeline, a drain timeout, an aborted task) leaves the input
+//! unsettled, so the broker redelivers it. Inputs are acked individually as they finish, in any
+//! order; a backend with offsets (Kafka) turns those acks into its contiguous-prefix commit.
+//!
+//! **Bounded.** At most `max_in_flight` inputs are held at once, from receive to settle; the
+//! sources wait for a free slot, so a slow sink slows the sources and memory stays bounded.
+//!
+//! **Ordering.** Synchronous stages keep arrival order. Async stages ([`Flow::then`]) run
+//! several items at once under the pipeline's [`Ordering`]: per key (same key in order, different
+//! keys in parallel), per partition, or unordered.
+//!
+//! **Errors.** Each stage has an [`ErrorPolicy`]: fail the pipeline, skip, retry with
+//! exponential backoff and jitter, dead-letter the original input to any producer (with headers
+//! naming the stage, the error, the attempt and the source), or requeue it to the broker. A
+//! panic in user code is caught and handled as an error.
+//!
+//! **Windows.** [`Flow::window`] groups items per key into tumbling, hopping or session windows
+//! on event time (watermarks, allowed lateness, late data to a side output) or processing time.
+//! The inputs of a window are settled only when the window's result is confirmed by the sink
+//! (*settle after result*): a crash before that redelivers them, and the restarted pipeline
+//! computes the result again. Nothing durable is needed, at the price of holding those inputs
+//! unsettled while their window is open (they count against `max_in_flight`; a window stage
+//! fires its oldest window early, marked partial, when it holds too many).
+//!
+//! **Scale-out** goes through the broker: run the same pipeline N times on a queue with
+//! competing consumers or a Kafka consumer group. Keyed state is only correct when each key
+//! reaches one instance, so a keyed window in a pipeline marked
+//! [`scaled_out`](PipelineBuilder::scaled_out) is refused unless every source is declared
+//! [`partitioned_by_key`](Source::partitioned_by_key).
+//!
+//! [`TestDriver`] runs a pipeline on the in-memory broker under tokio's paused clock, for
+//! deterministic tests without sleeps.
 
+mod batch;
 mod bridge;
+mod concurrent;
+mod flow;
+mod metrics;
+mod policy;
+mod run;
+mod sink;
+pub mod testing;
+mod token;
+mod window;
 
+pub use batch::{Batch, ByteSize};
 pub use bridge::{Bridge, BridgeStats, Transform};
+pub use flow::{Flow, Ordering, Partitioning, Pipeline, PipelineBuilder, Source};
+pub use metrics::{Metrics, Snapshot, StageSnapshot};
+pub use policy::{
+    stage, Backoff, ErrorPolicy, Sink, StageSpec, DEAD_LETTER_DELIVERY_ATTEMPT_HEADER,
+    DEAD_LETTER_ERROR_KIND_HEADER, DEAD_LETTER_OFFSET_HEADER, DEAD_LETTER_PARTITION_HEADER,
+    DEAD_LETTER_STAGE_HEADER,
+};
+pub use run::{PipelineHandle, Report};
+pub use sink::default_sink_policy;
+pub use testing::TestDriver;
+pub use window::{Window, WindowProbe, WindowSpec, Windowed, WindowedFlow};

@@ -1,0 +1,806 @@
+//! The typed pipeline builder: sources, then stages that change the item type, then sinks.
+
+use std::future::{ready, Future};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::Either;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use futures_util::FutureExt;
+use mailroom_core::{Consumer, Error, ErrorKind, Message, Timestamp};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::concurrent::Concurrent;
+use crate::metrics::{add, Metrics};
+use crate::policy::{panic_error, StageRt, StageSpec};
+use crate::token::{Settlement, Shared, Token, Tokens};
+
+/// How items are ordered while async stages work on several at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ordering {
+    /// Items with the same key are processed one at a time, in arrival order; different keys
+    /// in parallel. Items without a key are independent of each other.
+    #[default]
+    PerKey,
+    /// Items from the same source partition (the same consumer when the broker has no
+    /// partitions) are processed in order; different partitions in parallel.
+    PerPartition,
+    /// No order is kept: any item may overtake any other.
+    Unordered,
+}
+
+/// How a source's messages are spread, so the builder can tell whether keyed state is correct
+/// when several instances of the pipeline share the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Partitioning {
+    /// Nothing is known: instances may see any mix of keys.
+    #[default]
+    Unknown,
+    /// Every message with a given key goes to the same instance (a Kafka topic partitioned by
+    /// the message key, consumed by one consumer group).
+    ByKey,
+}
+
+/// A source: a consumer and what is known about how its messages are partitioned.
+pub struct Source {
+    consumer: Box<dyn Consumer>,
+    partitioning: Partitioning,
+}
+
+impl Source {
+    /// A source with unknown partitioning.
+    pub fn new(consumer: Box<dyn Consumer>) -> Self {
+        Source {
+            consumer,
+            partitioning: Partitioning::Unknown,
+        }
+    }
+
+    /// Declare that the source delivers every key to one instance only.
+    pub fn partitioned_by_key(mut self) -> Self {
+        self.partitioning = Partitioning::ByKey;
+        self
+    }
+}
+
+impl From<Box<dyn Consumer>> for Source {
+    fn from(consumer: Box<dyn Consumer>) -> Self {
+        Source::new(consumer)
+    }
+}
+
+/// The settings of a pipeline, set before its sources.
+pub struct Pipeline {
+    pub(crate) ctx: Ctx,
+    pub(crate) drive: futures_util::future::BoxFuture<'static, Result<(), Error>>,
+}
+
+/// Configures a pipeline and adds its sources.
+pub struct PipelineBuilder {
+    sources: Vec<Source>,
+    max_in_flight: usize,
+    ordering: Ordering,
+    drain_timeout: Duration,
+    log_every: Option<Duration>,
+    scaled_out: bool,
+}
+
+impl Pipeline {
+    /// Start configuring a pipeline.
+    pub fn builder() -> PipelineBuilder {
+        PipelineBuilder {
+            sources: Vec::new(),
+            max_in_flight: 1024,
+            ordering: Ordering::PerKey,
+            drain_timeout: Duration::from_secs(30),
+            log_every: None,
+            scaled_out: false,
+        }
+    }
+}
+
+impl PipelineBuilder {
+    /// Most inputs held at once, from receive to settle (at least 1). This bounds the
+    /// pipeline's memory: a slow sink slows the source.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// How async stages order their work.
+    pub fn ordering(mut self, ordering: Ordering) -> Self {
+        self.ordering = ordering;
+        self
+    }
+
+    /// How long a graceful shutdown may take to drain before unfinished inputs are released.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Log a counters snapshot at this interval while running.
+    pub fn log_every(mut self, interval: Duration) -> Self {
+        self.log_every = Some(interval);
+        self
+    }
+
+    /// Declare that several instances of this pipeline share its sources. Keyed state then
+    /// needs every source partitioned by key, or the builder refuses it.
+    pub fn scaled_out(mut self) -> Self {
+        self.scaled_out = true;
+        self
+    }
+
+    /// Add a source; several sources are merged.
+    pub fn source(mut self, source: impl Into<Source>) -> Self {
+        self.sources.push(source.into());
+        self
+    }
+
+    /// The merged stream of every source's messages, ready for stages.
+    pub fn flow(self) -> Flow<Message> {
+        let permits = Arc::new(Semaphore::new(self.max_in_flight));
+        let metrics = Metrics::new(permits.clone(), self.max_in_flight);
+        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            counters: metrics.pipeline.clone(),
+            settle_tx,
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let keyed_sources = !self.sources.is_empty()
+            && self
+                .sources
+                .iter()
+                .all(|s| s.partitioning == Partitioning::ByKey);
+        let mut errors = Vec::new();
+        if self.sources.is_empty() {
+            errors.push(Error::config("a pipeline needs at least one source"));
+        }
+        let streams: Vec<_> = self
+            .sources
+            .into_iter()
+            .enumerate()
+            .map(|(index, source)| {
+                source_stream(SourceState {
+                    consumer: source.consumer,
+                    index: index as u64,
+                    permits: permits.clone(),
+                    stop: stop_rx.clone(),
+                    shared: shared.clone(),
+                    max_in_flight: self.max_in_flight as u64,
+                })
+            })
+            .collect();
+        let stream = if streams.len() == 1 {
+            streams
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| stream::empty().boxed())
+        } else {
+            stream::select_all(streams).boxed()
+        };
+        Flow {
+            stream,
+            ctx: Ctx {
+                metrics,
+                shared,
+                ordering: self.ordering,
+                max_in_flight: self.max_in_flight,
+                drain_timeout: self.drain_timeout,
+                log_every: self.log_every,
+                scaled_out: self.scaled_out,
+                keyed_sources,
+                stop: stop_tx,
+                settle_rx: Some(settle_rx),
+                errors,
+            },
+        }
+    }
+}
+
+/// What every flow of one pipeline shares, moved from stage to stage.
+pub(crate) struct Ctx {
+    pub metrics: Metrics,
+    pub shared: Arc<Shared>,
+    pub ordering: Ordering,
+    pub max_in_flight: usize,
+    pub drain_timeout: Duration,
+    pub log_every: Option<Duration>,
+    pub scaled_out: bool,
+    pub keyed_sources: bool,
+    pub stop: watch::Sender<bool>,
+    pub settle_rx: Option<mpsc::UnboundedReceiver<Settlement>>,
+    /// Problems found while building, reported by the terminal step.
+    pub errors: Vec<Error>,
+}
+
+impl Ctx {
+    pub fn stage(&self, spec: StageSpec) -> Arc<StageRt> {
+        let counters = self.metrics.stage(&spec.name);
+        Arc::new(StageRt {
+            span: tracing::info_span!("stage", name = %spec.name),
+            name: Arc::from(spec.name.as_str()),
+            counters,
+            pipeline: self.metrics.pipeline.clone(),
+            shared: self.shared.clone(),
+            policy: spec.policy,
+            concurrency: spec.concurrency,
+        })
+    }
+}
+
+/// Where an item came from and what it must settle.
+pub(crate) struct Meta {
+    pub tokens: Tokens,
+    pub key: Option<Arc<str>>,
+    pub lane: u64,
+    pub event_time: Option<Timestamp>,
+}
+
+impl Meta {
+    pub fn fork(&self) -> Meta {
+        Meta {
+            tokens: self.tokens.fork(),
+            key: self.key.clone(),
+            lane: self.lane,
+            event_time: self.event_time,
+        }
+    }
+}
+
+/// An item on its way through the stages.
+pub(crate) struct Item<T> {
+    pub value: T,
+    pub meta: Meta,
+}
+
+/// An item, or the error that fails the pipeline.
+pub(crate) type Step<T> = Result<Item<T>, Error>;
+
+/// A stream of `T` items inside a pipeline under construction.
+///
+/// Each stage method consumes the flow and returns one of the stage's output type, so a stage
+/// that expects the wrong type does not compile.
+pub struct Flow<T> {
+    pub(crate) stream: BoxStream<'static, Step<T>>,
+    pub(crate) ctx: Ctx,
+}
+
+struct SourceState {
+    consumer: Box<dyn Consumer>,
+    index: u64,
+    permits: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+    max_in_flight: u64,
+}
+
+fn source_stream(state: SourceState) -> BoxStream<'static, Step<Message>> {
+    stream::unfold(Some(state), |state| async move {
+        let mut s = state?;
+        let mut failures = 0u32;
+        loop {
+            if *s.stop.borrow() {
+                let _ = s.consumer.close().await;
+                return None;
+            }
+            let permit = tokio::select! {
+                biased;
+                permit = s.permits.clone().acquire_owned() => permit.ok()?,
+                _ = s.stop.wait_for(|stop| *stop) => continue,
+            };
+            let received = tokio::select! {
+                biased;
+                received = s.consumer.receive() => received,
+                _ = s.stop.wait_for(|stop| *stop) => continue,
+            };
+            let delivery = match received {
+                Ok(d) => d,
+                Err(e) if e.kind() == ErrorKind::Closed => return None,
+                Err(e) if e.is_temporary() && failures < 10 => {
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, "source receive failed; retrying");
+                    drop(permit);
+                    tokio::time::sleep(Duration::from_millis(50 << failures.min(6))).await;
+                    continue;
+                }
+                Err(e) => return Some((Err(e), None)),
+            };
+            let counters = &s.shared.counters;
+            add(&counters.received, 1);
+            let held = s
+                .max_in_flight
+                .saturating_sub(s.permits.available_permits() as u64);
+            counters
+                .in_flight_peak
+                .fetch_max(held, AtomicOrdering::Relaxed);
+            let parts = delivery.message().clone().into_parts();
+            let key = parts.key.clone();
+            let event_time = parts.timestamp;
+            let lane =
+                (s.index << 32) ^ delivery.info().partition.map_or(0, |p| u64::from(p as u32));
+            let value = Message::from_parts(parts);
+            let token = Token::new(delivery, Some(permit), s.shared.clone());
+            let item = Item {
+                value,
+                meta: Meta {
+                    tokens: Tokens::One(token),
+                    key,
+                    lane,
+                    event_time,
+                },
+            };
+            return Some((Ok(item), Some(s)));
+        }
+    })
+    .boxed()
+}
+
+/// What a synchronous stage function made of one item.
+pub(crate) enum Out<U> {
+    One(U),
+    Filtered,
+    Failed(Error),
+}
+
+impl<T: Send + 'static> Flow<T> {
+    /// The pipeline's live counters (also available from the built pipeline).
+    pub fn metrics(&self) -> Metrics {
+        self.ctx.metrics.clone()
+    }
+
+    /// Apply a synchronous stage that emits zero or one item per input.
+    fn sync_stage<U, F>(self, spec: StageSpec, retry_clone: Option<fn(&T) -> T>, f: F) -> Flow<U>
+    where
+        U: Send + 'static,
+        F: Fn(T) -> Out<U> + Send + Sync + 'static,
+    {
+        let st = self.ctx.stage(spec);
+        let f = Arc::new(f);
+        let retry_clone = retry_clone.filter(|_| st.policy.backoff().is_some());
+        let stream = self.stream.filter_map(move |step| {
+            let item = match step {
+                Ok(item) => item,
+                Err(e) => return Either::Left(ready(Some(Err(e)))),
+            };
+            add(&st.counters.input, 1);
+            let Item { value, meta } = item;
+            let kept = retry_clone.map(|c| c(&value));
+            match call(&st, &*f, value) {
+                Out::One(u) => {
+                    add(&st.counters.output, 1);
+                    Either::Left(ready(Some(Ok(Item { value: u, meta }))))
+                }
+                Out::Filtered => {
+                    add(&st.counters.filtered, 1);
+                    add(&st.pipeline.filtered, meta.tokens.len() as u64);
+                    meta.tokens.done_deferred(&st.shared);
+                    Either::Left(ready(None))
+                }
+                Out::Failed(error) => Either::Right(recover(
+                    st.clone(),
+                    f.clone(),
+                    meta,
+                    kept,
+                    retry_clone,
+                    error,
+                )),
+            }
+        });
+        Flow {
+            stream: stream.boxed(),
+            ctx: self.ctx,
+        }
+    }
+
+    /// Change each item.
+    pub fn map<U, F>(self, spec: impl Into<StageSpec>, f: F) -> Flow<U>
+    where
+        U: Send + 'static,
+        F: Fn(T) -> U + Send + Sync + 'static,
+    {
+        self.sync_stage(spec.into(), None, move |t| Out::One(f(t)))
+    }
+
+    /// Keep the items `f` accepts; the inputs of the others are acked.
+    pub fn filter<F>(self, spec: impl Into<StageSpec>, f: F) -> Flow<T>
+    where
+        F: Fn(&T) -> bool + Send + Sync + 'static,
+    {
+        self.sync_stage(spec.into(), None, move |t| {
+            if f(&t) {
+                Out::One(t)
+            } else {
+                Out::Filtered
+            }
+        })
+    }
+
+    /// Change and filter in one step: `None` drops the item (its input is acked).
+    pub fn filter_map<U, F>(self, spec: impl Into<StageSpec>, f: F) -> Flow<U>
+    where
+        U: Send + 'static,
+        F: Fn(T) -> Option<U> + Send + Sync + 'static,
+    {
+        self.sync_stage(spec.into(), None, move |t| match f(t) {
+            Some(u) => Out::One(u),
+            None => Out::Filtered,
+        })
+    }
+
+    /// Look at each item without changing it.
+    pub fn inspect<F>(self, spec: impl Into<StageSpec>, f: F) -> Flow<T>
+    where
+        F: Fn(&T) + Send + Sync + 'static,
+    {
+        self.sync_stage(spec.into(), None, move |t| {
+            f(&t);
+            Out::One(t)
+        })
+    }
+
+    /// Set the key that per-key ordering and keyed windows group by.
+    pub fn key_by<F>(self, spec: impl Into<StageSpec>, f: F) -> Flow<T>
+    where
+        F: Fn(&T) -> String + Send + Sync + 'static,
+    {
+        let st = self.ctx.stage(spec.into());
+        let stream = self.stream.filter_map(move |step| {
+            let out = match step {
+                Ok(mut item) => {
+                    add(&st.counters.input, 1);
+                    match catch_unwind(AssertUnwindSafe(|| f(&item.value))) {
+                        Ok(key) => {
+                            add(&st.counters.output, 1);
+                            item.meta.key = Some(Arc::from(key));
+                            Some(Ok(item))
+                        }
+                        Err(panic) => {
+                            let error = panic_error(&st.name, panic);
+                            return Either::Right(give_up(st.clone(), item.meta, error, 1));
+                        }
+                    }
+                }
+                Err(e) => Some(Err(e)),
+            };
+            Either::Left(ready(out))
+        });
+        Flow {
+            stream: stream.boxed(),
+            ctx: self.ctx,
+        }
+    }
+
+    /// Set each item's event time (windows on event time read it).
+    pub fn event_time<F>(self, spec: impl Into<StageSpec>, f: F) -> Flow<T>
+    where
+        F: Fn(&T) -> Timestamp + Send + Sync + 'static,
+    {
+        let st = self.ctx.stage(spec.into());
+        let stream = self.stream.map(move |step| {
+            step.map(|mut item| {
+                add(&st.counters.input, 1);
+                add(&st.counters.output, 1);
+                item.meta.event_time = Some(f(&item.value));
+                item
+            })
+        });
+        Flow {
+            stream: stream.boxed(),
+            ctx: self.ctx,
+        }
+    }
+
+    /// Turn each item into any number of items; zero acks the input, many settle it once
+    /// every one of them is finished.
+    pub fn flat_map<U, I, F>(self, spec: impl Into<StageSpec>, f: F) -> Flow<U>
+    where
+        U: Send + 'static,
+        I: IntoIterator<Item = U>,
+        F: Fn(T) -> I + Send + Sync + 'static,
+    {
+        let st = self.ctx.stage(spec.into());
+        let stream = self
+            .stream
+            .then(move |step| {
+                let st = st.clone();
+                let item = match step {
+                    Ok(item) => item,
+                    Err(e) => return Either::Left(ready(vec![Err(e)])),
+                };
+                add(&st.counters.input, 1);
+                let Item { value, meta } = item;
+                let outputs = st
+                    .span
+                    .in_scope(|| catch_unwind(AssertUnwindSafe(|| f(value).into_iter().collect())));
+                match outputs {
+                    Ok(outputs) => {
+                        let outputs: Vec<U> = outputs;
+                        if outputs.is_empty() {
+                            add(&st.counters.filtered, 1);
+                            add(&st.pipeline.filtered, meta.tokens.len() as u64);
+                            meta.tokens.done_deferred(&st.shared);
+                            return Either::Left(ready(Vec::new()));
+                        }
+                        add(&st.counters.output, outputs.len() as u64);
+                        let n = outputs.len();
+                        let mut meta = Some(meta);
+                        let items = outputs
+                            .into_iter()
+                            .enumerate()
+                            .filter_map(|(i, value)| {
+                                let m = if i + 1 == n {
+                                    meta.take()?
+                                } else {
+                                    meta.as_ref()?.fork()
+                                };
+                                Some(Ok(Item { value, meta: m }))
+                            })
+                            .collect();
+                        Either::Left(ready(items))
+                    }
+                    Err(panic) => {
+                        let error = panic_error(&st.name, panic);
+                        Either::Right(give_up(st, meta, error, 1).map(|r| r.into_iter().collect()))
+                    }
+                }
+            })
+            .flat_map(stream::iter);
+        Flow {
+            stream: stream.boxed(),
+            ctx: self.ctx,
+        }
+    }
+
+    /// An async stage: up to the stage's concurrency items at once, ordered as the pipeline's
+    /// [`Ordering`] says. Errors and panics go to the stage's error policy; a retry calls `f`
+    /// again on a clone of the same item.
+    pub fn then<U, F, Fut>(self, spec: impl Into<StageSpec>, f: F) -> Flow<U>
+    where
+        T: Clone,
+        U: Send + 'static,
+        F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<U, Error>> + Send + 'static,
+    {
+        let st = self.ctx.stage(spec.into());
+        let f = Arc::new(f);
+        let concurrency = st.concurrency;
+        let ordering = self.ctx.ordering;
+        let make = move |item: Item<T>| run_async(st.clone(), f.clone(), item).boxed();
+        let stream = Concurrent::new(
+            self.stream,
+            Box::new(make),
+            concurrency,
+            self.ctx.max_in_flight,
+            ordering,
+        );
+        Flow {
+            stream: stream.boxed(),
+            ctx: self.ctx,
+        }
+    }
+
+    /// Encode each item as a JSON message (the item's key becomes the message key).
+    pub fn encode(self, spec: impl Into<StageSpec>) -> Flow<Message>
+    where
+        T: Serialize,
+    {
+        let st = self.ctx.stage(spec.into());
+        let stream = self.stream.filter_map(move |step| {
+            let item = match step {
+                Ok(item) => item,
+                Err(e) => return Either::Left(ready(Some(Err(e)))),
+            };
+            add(&st.counters.input, 1);
+            let encoded = mailroom_core::json::builder(&item.value).and_then(|b| {
+                let b = match &item.meta.key {
+                    Some(k) => b.key(&**k),
+                    None => b,
+                };
+                match item.meta.event_time {
+                    Some(t) => b.timestamp(t),
+                    None => b,
+                }
+                .build()
+            });
+            match encoded {
+                Ok(message) => {
+                    add(&st.counters.output, 1);
+                    Either::Left(ready(Some(Ok(Item {
+                        value: message,
+                        meta: item.meta,
+                    }))))
+                }
+                Err(error) => Either::Right(give_up(st.clone(), item.meta, error, 1)),
+            }
+        });
+        Flow {
+            stream: stream.boxed(),
+            ctx: self.ctx,
+        }
+    }
+}
+
+impl<T: Clone + Send + 'static> Flow<T> {
+    /// A fallible change: errors (and panics) go to the stage's error policy; a retry calls
+    /// `f` again on a clone of the same item.
+    pub fn try_map<U, F>(self, spec: impl Into<StageSpec>, f: F) -> Flow<U>
+    where
+        U: Send + 'static,
+        F: Fn(T) -> Result<U, Error> + Send + Sync + 'static,
+    {
+        self.sync_stage(spec.into(), Some(T::clone), move |t| match f(t) {
+            Ok(u) => Out::One(u),
+            Err(e) => Out::Failed(e),
+        })
+    }
+
+    /// A fallible change that may also filter (`Ok(None)`).
+    pub fn try_filter_map<U, F>(self, spec: impl Into<StageSpec>, f: F) -> Flow<U>
+    where
+        U: Send + 'static,
+        F: Fn(T) -> Result<Option<U>, Error> + Send + Sync + 'static,
+    {
+        self.sync_stage(spec.into(), Some(T::clone), move |t| match f(t) {
+            Ok(Some(u)) => Out::One(u),
+            Ok(None) => Out::Filtered,
+            Err(e) => Out::Failed(e),
+        })
+    }
+}
+
+impl Flow<Message> {
+    /// Decode each message's JSON payload into `D`; failures go to the stage's error policy
+    /// (typically [`ErrorPolicy::DeadLetter`](crate::ErrorPolicy::DeadLetter)).
+    pub fn decode<D>(self, spec: impl Into<StageSpec>) -> Flow<D>
+    where
+        D: DeserializeOwned + Send + 'static,
+    {
+        self.try_map(spec, |m: Message| mailroom_core::json::decode::<D>(&m))
+    }
+}
+
+/// Call a stage function, turning a panic into a failure.
+fn call<T, U, F>(st: &StageRt, f: &F, value: T) -> Out<U>
+where
+    F: Fn(T) -> Out<U>,
+{
+    let _entered = st.span.enter();
+    match catch_unwind(AssertUnwindSafe(|| f(value))) {
+        Ok(out) => out,
+        Err(panic) => Out::Failed(panic_error(&st.name, panic)),
+    }
+}
+
+/// A failed synchronous stage: retry as the policy says, then give up.
+async fn recover<T, U, F>(
+    st: Arc<StageRt>,
+    f: Arc<F>,
+    meta: Meta,
+    mut kept: Option<T>,
+    retry_clone: Option<fn(&T) -> T>,
+    mut error: Error,
+) -> Option<Step<U>>
+where
+    F: Fn(T) -> Out<U>,
+{
+    let mut attempt = 1;
+    loop {
+        let Some(delay) = st.retry_delay(&error, attempt) else {
+            return give_up(st, meta, error, attempt).await;
+        };
+        let Some(value) = kept.take() else {
+            return give_up(st, meta, error, attempt).await;
+        };
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+        kept = retry_clone.map(|c| c(&value));
+        match call(&st, &*f, value) {
+            Out::One(u) => {
+                add(&st.counters.output, 1);
+                return Some(Ok(Item { value: u, meta }));
+            }
+            Out::Filtered => {
+                add(&st.counters.filtered, 1);
+                add(&st.pipeline.filtered, meta.tokens.len() as u64);
+                meta.tokens.done().await;
+                return None;
+            }
+            Out::Failed(e) => error = e,
+        }
+    }
+}
+
+/// Apply the stage's terminal policy: `Some(Err)` fails the pipeline, `None` drops the item.
+pub(crate) async fn give_up<U>(
+    st: Arc<StageRt>,
+    meta: Meta,
+    error: Error,
+    attempts: u32,
+) -> Option<Step<U>> {
+    st.give_up(meta.tokens, error, attempts).await.map(Err)
+}
+
+/// One item through an async stage, with retries and panic catching.
+async fn run_async<T, U, F, Fut>(st: Arc<StageRt>, f: Arc<F>, item: Item<T>) -> Option<Step<U>>
+where
+    T: Clone,
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<U, Error>>,
+{
+    use tracing::Instrument;
+    add(&st.counters.input, 1);
+    let Item { value, meta } = item;
+    let (arg, kept) = if st.policy.backoff().is_some() {
+        (value.clone(), Some(value))
+    } else {
+        (value, None)
+    };
+    let called = catch_unwind(AssertUnwindSafe(|| f(arg)));
+    let result = match called {
+        Ok(fut) => AssertUnwindSafe(fut.instrument(st.span.clone()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(panic_error(&st.name, panic))),
+        Err(panic) => Err(panic_error(&st.name, panic)),
+    };
+    let error = match result {
+        Ok(u) => {
+            add(&st.counters.output, 1);
+            return Some(Ok(Item { value: u, meta }));
+        }
+        Err(e) => e,
+    };
+    match (st.retry_delay(&error, 1), kept) {
+        (Some(delay), Some(value)) => {
+            tokio::time::sleep(delay).await;
+            retry_async(st, f, value, meta, 2).await
+        }
+        _ => give_up(st, meta, error, 1).await,
+    }
+}
+
+/// Further attempts of an async stage (the first attempt moved nothing out of `value`).
+async fn retry_async<T, U, F, Fut>(
+    st: Arc<StageRt>,
+    f: Arc<F>,
+    value: T,
+    meta: Meta,
+    mut attempt: u32,
+) -> Option<Step<U>>
+where
+    T: Clone,
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<U, Error>>,
+{
+    use tracing::Instrument;
+    loop {
+        let called = catch_unwind(AssertUnwindSafe(|| f(value.clone())));
+        let result = match called {
+            Ok(fut) => AssertUnwindSafe(fut.instrument(st.span.clone()))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(panic_error(&st.name, panic))),
+            Err(panic) => Err(panic_error(&st.name, panic)),
+        };
+        match result {
+            Ok(u) => {
+                add(&st.counters.output, 1);
+                return Some(Ok(Item { value: u, meta }));
+            }
+            Err(error) => match st.retry_delay(&error, attempt) {
+                Some(delay) => {
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                None => return give_up(st, meta, error, attempt).await,
+            },
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Counters of a running pipeline, readable at any time as a snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+
+/// Counters of the whole pipeline.
+#[derive(Default)]
+pub(crate) struct PipelineCounters {
+    pub received: AtomicU64,
+    pub out: AtomicU64,
+    pub filtered: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub skipped: AtomicU64,
+    pub late: AtomicU64,
+    pub acked: AtomicU64,
+    pub requeued: AtomicU64,
+    pub abandoned: AtomicU64,
+    pub settle_errors: AtomicU64,
+    pub in_flight_peak: AtomicU64,
+}
+
+/// Counters of one stage.
+#[derive(Default)]
+pub(crate) struct StageCounters {
+    pub name: String,
+    pub input: AtomicU64,
+    pub output: AtomicU64,
+    pub filtered: AtomicU64,
+    pub errors: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub skipped: AtomicU64,
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A live view of a pipeline's counters; cheap to clone, usable from any task.
+#[derive(Clone)]
+pub struct Metrics {
+    pub(crate) pipeline: Arc<PipelineCounters>,
+    pub(crate) stages: Arc<Mutex<Vec<Arc<StageCounters>>>>,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) max_in_flight: usize,
+}
+
+impl Metrics {
+    pub(crate) fn new(permits: Arc<Semaphore>, max_in_flight: usize) -> Self {
+        Metrics {
+            pipeline: Arc::default(),
+            stages: Arc::default(),
+            permits,
+            max_in_flight,
+        }
+    }
+
+    pub(crate) fn stage(&self, name: &str) -> Arc<StageCounters> {
+        let counters = Arc::new(StageCounters {
+            name: name.to_owned(),
+            ..StageCounters::default()
+        });
+        self.stages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(counters.clone());
+        counters
+    }
+
+    /// Inputs held right now (received and not yet settled).
+    pub fn in_flight(&self) -> u64 {
+        self.max_in_flight
+            .saturating_sub(self.permits.available_permits()) as u64
+    }
+
+    /// The counters as they are now.
+    pub fn snapshot(&self) -> Snapshot {
+        let p = &self.pipeline;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let stages = self
+            .stages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|s| StageSnapshot {
+                name: s.name.clone(),
+                input: get(&s.input),
+                output: get(&s.output),
+                filtered: get(&s.filtered),
+                errors: get(&s.errors),
+                retried: get(&s.retried),
+                dead_lettered: get(&s.dead_lettered),
+                skipped: get(&s.skipped),
+            })
+            .collect();
+        Snapshot {
+            received: get(&p.received),
+            out: get(&p.out),
+            filtered: get(&p.filtered),
+            retried: get(&p.retried),
+            dead_lettered: get(&p.dead_lettered),
+            skipped: get(&p.skipped),
+            late: get(&p.late),
+            acked: get(&p.acked),
+            requeued: get(&p.requeued),
+            abandoned: get(&p.abandoned),
+            settle_errors: get(&p.settle_errors),
+            in_flight: self.in_flight(),
+            in_flight_peak: get(&p.in_flight_peak),
+            max_in_flight: self.max_in_flight as u64,
+            stages,
+        }
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.snapshot(), f)
+    }
+}
+
+/// The pipeline's counters at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Inputs received from the sources (redeliveries counted again).
+    pub received: u64,
+    /// Outputs confirmed by a sink.
+    pub out: u64,
+    /// Items filtered out by a stage or a router (their inputs acked).
+    pub filtered: u64,
+    /// Retries of a failed stage or send.
+    pub retried: u64,
+    /// Inputs sent to a dead-letter sink (and confirmed there).
+    pub dead_lettered: u64,
+    /// Items dropped by a `Skip` error policy (their inputs acked).
+    pub skipped: u64,
+    /// Inputs that arrived after their window closed (sent to the late side output).
+    pub late: u64,
+    /// Inputs acked.
+    pub acked: u64,
+    /// Inputs requeued to the broker (a `Requeue` policy).
+    pub requeued: u64,
+    /// Inputs released unsettled (failure, drain timeout, abort): the broker redelivers them.
+    pub abandoned: u64,
+    /// Acks or nacks the broker refused (the input is redelivered).
+    pub settle_errors: u64,
+    /// Inputs held right now (received and not yet settled).
+    pub in_flight: u64,
+    /// The most inputs held at once since the start.
+    pub in_flight_peak: u64,
+    /// The configured bound on inputs held at once.
+    pub max_in_flight: u64,
+    /// Per-stage counters, in the order the stages were added.
+    pub stages: Vec<StageSnapshot>,
+}
+
+impl Snapshot {
+    /// The counters of the stage named `name`.
+    pub fn stage(&self, name: &str) -> Option<&StageSnapshot> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+}
+
+/// One stage's counters at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StageSnapshot {
+    /// The stage's name.
+    pub name: String,
+    /// Items that entered the stage.
+    pub input: u64,
+    /// Items the stage emitted.
+    pub output: u64,
+    /// Items it filtered out.
+    pub filtered: u64,
+    /// Failures (errors and panics), before the policy was applied.
+    pub errors: u64,
+    /// Retries.
+    pub retried: u64,
+    /// Items dead-lettered.
+    pub dead_lettered: u64,
+    /// Items skipped.
+    pub skipped: u64,
+}

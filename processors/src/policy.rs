@@ -1,0 +1,409 @@
+//! What a stage does when it fails: fail, skip, retry, dead-letter or requeue.
+
+use std::any::Any;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailroom_core::delivery::stamp_dead_letter;
+use mailroom_core::{Destination, Error, ErrorKind, Producer};
+
+use crate::metrics::{add, PipelineCounters, StageCounters};
+use crate::token::{Shared, Tokens};
+
+/// Header on a dead-lettered input: the pipeline stage that failed.
+pub const DEAD_LETTER_STAGE_HEADER: &str = "x-mailroom-dead-letter-stage";
+/// Header on a dead-lettered input: the kind of the error (`decode`, `panic`, ...).
+pub const DEAD_LETTER_ERROR_KIND_HEADER: &str = "x-mailroom-dead-letter-error-kind";
+/// Header on a dead-lettered input: the broker's delivery attempt of the input.
+pub const DEAD_LETTER_DELIVERY_ATTEMPT_HEADER: &str = "x-mailroom-dead-letter-delivery-attempt";
+/// Header on a dead-lettered input: the partition it was read from, where the broker has them.
+pub const DEAD_LETTER_PARTITION_HEADER: &str = "x-mailroom-dead-letter-partition";
+/// Header on a dead-lettered input: the offset it was read from, where the broker has them.
+pub const DEAD_LETTER_OFFSET_HEADER: &str = "x-mailroom-dead-letter-offset";
+
+/// A producer and the destination it sends to: a pipeline's sink, dead-letter or side output.
+#[derive(Clone)]
+pub struct Sink {
+    pub(crate) producer: Arc<dyn Producer>,
+    pub(crate) destination: Destination,
+}
+
+impl Sink {
+    /// Send to `destination` through `producer`.
+    pub fn new(producer: Arc<dyn Producer>, destination: Destination) -> Self {
+        Sink {
+            producer,
+            destination,
+        }
+    }
+
+    /// The destination.
+    pub fn destination(&self) -> &Destination {
+        &self.destination
+    }
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sink({})", self.destination)
+    }
+}
+
+/// Exponential backoff with jitter, and how many attempts to make.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    /// Delay before the second attempt.
+    pub initial: Duration,
+    /// Longest delay between attempts.
+    pub max: Duration,
+    /// Growth of the delay per attempt.
+    pub multiplier: f64,
+    /// Fraction of each delay that is randomised (0 = none, 1 = anywhere in 0..delay).
+    pub jitter: f64,
+    /// Total attempts including the first (at least 1).
+    pub max_attempts: u32,
+    /// Retry errors the error marks permanent too (by default only temporary ones are retried,
+    /// trusting [`Error::is_temporary`]).
+    pub retry_permanent: bool,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            multiplier: 2.0,
+            jitter: 0.2,
+            max_attempts: 5,
+            retry_permanent: false,
+        }
+    }
+}
+
+impl Backoff {
+    /// `max_attempts` attempts, starting at `initial` and doubling.
+    pub fn exponential(initial: Duration, max_attempts: u32) -> Self {
+        Backoff {
+            initial,
+            max_attempts,
+            ..Backoff::default()
+        }
+    }
+
+    /// Retry permanent errors too.
+    pub fn retry_permanent(mut self) -> Self {
+        self.retry_permanent = true;
+        self
+    }
+
+    /// Randomise this fraction of each delay.
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter.clamp(0.0, 1.0);
+        self
+    }
+
+    /// The delay before attempt `attempt + 1`, after `attempt` attempts failed.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .multiplier
+            .max(1.0)
+            .powi(attempt.saturating_sub(1).min(64) as i32);
+        let base = self.initial.as_secs_f64() * exp;
+        let base = base.min(self.max.as_secs_f64());
+        let jitter = base * self.jitter * random_unit();
+        Duration::from_secs_f64((base - jitter).max(0.0))
+    }
+
+    pub(crate) fn should_retry(&self, error: &Error, attempt: u32) -> bool {
+        attempt < self.max_attempts && (self.retry_permanent || error.is_temporary())
+    }
+}
+
+/// A random number in 0..1, good enough for jitter (no extra dependency for it).
+fn random_unit() -> f64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x9e37_79b9_7f4a_7c15);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What a stage does with an item it failed on (an error it returned, or a panic).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum ErrorPolicy {
+    /// Stop the pipeline with the error; every unsettled input is redelivered.
+    #[default]
+    Fail,
+    /// Drop the item and ack its input (counted as skipped).
+    Skip,
+    /// Retry the stage on the same input with backoff; after the last attempt apply `then`.
+    Retry {
+        /// Delays and attempts.
+        backoff: Backoff,
+        /// What to do once the attempts are used up.
+        then: Box<ErrorPolicy>,
+    },
+    /// Send the original input to this sink, stamped with the stage, error, attempt and
+    /// source; ack it once the dead-letter sink confirmed.
+    DeadLetter(Sink),
+    /// Nack the original input back to its broker (after `delay`, where the broker has delayed
+    /// delivery) so that it is processed again from the start.
+    Requeue {
+        /// Hold it this long first.
+        delay: Option<Duration>,
+    },
+}
+
+impl ErrorPolicy {
+    /// Retry with `backoff`, then fail the pipeline.
+    pub fn retry(backoff: Backoff) -> Self {
+        ErrorPolicy::Retry {
+            backoff,
+            then: Box::new(ErrorPolicy::Fail),
+        }
+    }
+
+    /// Dead-letter to `sink`.
+    pub fn dead_letter(sink: Sink) -> Self {
+        ErrorPolicy::DeadLetter(sink)
+    }
+
+    /// Retry with `backoff`, then apply `then` (which must not itself retry).
+    pub fn retry_then(backoff: Backoff, then: ErrorPolicy) -> Self {
+        ErrorPolicy::Retry {
+            backoff,
+            then: Box::new(then.terminal().clone()),
+        }
+    }
+
+    /// The backoff, when this policy retries.
+    pub(crate) fn backoff(&self) -> Option<&Backoff> {
+        match self {
+            ErrorPolicy::Retry { backoff, .. } => Some(backoff),
+            _ => None,
+        }
+    }
+
+    /// The policy applied once retries are over.
+    pub(crate) fn terminal(&self) -> &ErrorPolicy {
+        match self {
+            ErrorPolicy::Retry { then, .. } => then.terminal(),
+            other => other,
+        }
+    }
+}
+
+/// How a stage is named and configured: its name, error policy and concurrency.
+///
+/// A `&str` converts into one with the default policy ([`ErrorPolicy::Fail`]).
+#[derive(Clone, Debug)]
+pub struct StageSpec {
+    pub(crate) name: String,
+    pub(crate) policy: ErrorPolicy,
+    pub(crate) concurrency: usize,
+}
+
+/// A stage named `name` (fails the pipeline on error; concurrency 1).
+pub fn stage(name: impl Into<String>) -> StageSpec {
+    StageSpec {
+        name: name.into(),
+        policy: ErrorPolicy::Fail,
+        concurrency: 1,
+    }
+}
+
+impl StageSpec {
+    /// What to do on an error or panic.
+    pub fn on_error(mut self, policy: ErrorPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Most items an async stage works on at once (at least 1).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+}
+
+impl From<&str> for StageSpec {
+    fn from(name: &str) -> Self {
+        stage(name)
+    }
+}
+
+impl From<String> for StageSpec {
+    fn from(name: String) -> Self {
+        stage(name)
+    }
+}
+
+/// A stage as it runs: its span, counters and policy.
+pub(crate) struct StageRt {
+    pub name: Arc<str>,
+    pub span: tracing::Span,
+    pub counters: Arc<StageCounters>,
+    pub pipeline: Arc<PipelineCounters>,
+    pub shared: Arc<Shared>,
+    pub policy: ErrorPolicy,
+    pub concurrency: usize,
+}
+
+/// A panic payload as an error the policy can handle.
+pub(crate) fn panic_error(stage: &str, payload: Box<dyn Any + Send>) -> Error {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    // Core has no dedicated kind for a panic; InvalidInput marks it permanent, and the text
+    // says what happened.
+    Error::new(
+        ErrorKind::InvalidInput,
+        format!("stage '{stage}' panicked: {text}"),
+    )
+    .set_temporary(false)
+}
+
+impl StageRt {
+    /// Count a failure and decide whether to retry after `attempt` attempts.
+    pub fn retry_delay(&self, error: &Error, attempt: u32) -> Option<Duration> {
+        add(&self.counters.errors, 1);
+        let backoff = self.policy.backoff()?;
+        if !backoff.should_retry(error, attempt) {
+            return None;
+        }
+        add(&self.counters.retried, 1);
+        add(&self.pipeline.retried, 1);
+        tracing::debug!(parent: &self.span, attempt, error = %error, "retrying");
+        Some(backoff.delay(attempt))
+    }
+
+    /// Apply the terminal policy to a failed item; `Some(error)` fails the pipeline.
+    pub async fn give_up(&self, tokens: Tokens, error: Error, attempts: u32) -> Option<Error> {
+        match self.policy.terminal() {
+            ErrorPolicy::Fail | ErrorPolicy::Retry { .. } => {
+                tracing::error!(parent: &self.span, error = %error, "stage failed; stopping the pipeline");
+                Some(self.context(error))
+            }
+            ErrorPolicy::Skip => {
+                tracing::warn!(parent: &self.span, error = %error, "skipping item");
+                add(&self.counters.skipped, tokens.len() as u64);
+                add(&self.pipeline.skipped, tokens.len() as u64);
+                tokens.done().await;
+                None
+            }
+            ErrorPolicy::Requeue { delay } => {
+                tracing::warn!(parent: &self.span, error = %error, "requeueing input");
+                tokens.requeue(*delay).await;
+                None
+            }
+            ErrorPolicy::DeadLetter(sink) => {
+                let sink = sink.clone();
+                self.dead_letter(&sink, tokens, &error, attempts).await
+            }
+        }
+    }
+
+    fn context(&self, error: Error) -> Error {
+        let kind = error.kind();
+        let temporary = error.is_temporary();
+        Error::new(kind, format!("pipeline stage '{}' failed", self.name))
+            .set_temporary(temporary)
+            .with_source(error)
+    }
+
+    async fn dead_letter(
+        &self,
+        sink: &Sink,
+        tokens: Tokens,
+        error: &Error,
+        attempts: u32,
+    ) -> Option<Error> {
+        let reason = format!("stage '{}': {error}", self.name);
+        for token in tokens.into_vec() {
+            let Some((mut message, info)) = token.original() else {
+                continue;
+            };
+            stamp_dead_letter(&mut message, &info.source, &reason, attempts);
+            let headers = message.headers_mut();
+            // Names are constants and values short, so these inserts cannot fail.
+            let _ = headers.insert(DEAD_LETTER_STAGE_HEADER, &*self.name);
+            let _ = headers.insert(DEAD_LETTER_ERROR_KIND_HEADER, error.kind().as_str());
+            let _ = headers.insert(
+                DEAD_LETTER_DELIVERY_ATTEMPT_HEADER,
+                info.attempt.to_string(),
+            );
+            if let Some(p) = info.partition {
+                let _ = headers.insert(DEAD_LETTER_PARTITION_HEADER, p.to_string());
+            }
+            if let Some(o) = info.offset {
+                let _ = headers.insert(DEAD_LETTER_OFFSET_HEADER, o.to_string());
+            }
+            match sink.producer.send(&sink.destination, message).await {
+                Ok(_) => {
+                    add(&self.counters.dead_lettered, 1);
+                    add(&self.pipeline.dead_lettered, 1);
+                    tracing::warn!(parent: &self.span, error = %error, "input dead-lettered");
+                    if let Some(s) = token.done() {
+                        s.run().await;
+                    }
+                }
+                Err(e) => {
+                    // The input stays unsettled and is redelivered once the pipeline stops.
+                    return Some(
+                        self.context(
+                            Error::new(
+                                e.kind(),
+                                format!("cannot dead-letter to {}: {e}", sink.destination),
+                            )
+                            .with_source(error_copy(error)),
+                        ),
+                    );
+                }
+            }
+        }
+        None
+    }
+}
+
+fn error_copy(error: &Error) -> Error {
+    Error::new(error.kind(), error.to_string()).set_temporary(error.is_temporary())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_within_its_bounds() {
+        let b = Backoff {
+            jitter: 0.0,
+            ..Backoff::exponential(Duration::from_millis(10), 10)
+        };
+        assert_eq!(b.delay(1), Duration::from_millis(10));
+        assert_eq!(b.delay(2), Duration::from_millis(20));
+        assert_eq!(b.delay(4), Duration::from_millis(80));
+        let capped = Backoff {
+            max: Duration::from_millis(50),
+            ..b.clone()
+        };
+        assert_eq!(capped.delay(10), Duration::from_millis(50));
+        let jittered = b.jitter(0.5);
+        for _ in 0..100 {
+            let d = jittered.delay(2);
+            assert!(d <= Duration::from_millis(20) && d >= Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn retries_only_temporary_errors_unless_asked() {
+        let b = Backoff::exponential(Duration::from_millis(1), 3);
+        let temporary = Error::new(ErrorKind::Timeout, "t");
+        let permanent = Error::new(ErrorKind::Decode, "p");
+        assert!(b.should_retry(&temporary, 1));
+        assert!(!b.should_retry(&temporary, 3));
+        assert!(!b.should_retry(&permanent, 1));
+        assert!(b.retry_permanent().should_retry(&permanent, 1));
+    }
+}

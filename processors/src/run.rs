@@ -1,0 +1,196 @@
+//! Running a pipeline: until its sources end, until a shutdown signal, or in the background
+//! with a handle; draining on shutdown and reporting what could not be finished.
+
+use mailroom_core::Error;
+use std::future::Future;
+use tokio::task::JoinHandle;
+
+use crate::flow::Pipeline;
+use crate::metrics::{Metrics, Snapshot};
+
+/// What a pipeline run did and how it ended.
+#[derive(Debug)]
+pub struct Report {
+    /// The counters at the end.
+    pub metrics: Snapshot,
+    /// The error that stopped the pipeline (a stage with the `Fail` policy, a source error).
+    pub error: Option<Error>,
+    /// Whether the drain after a shutdown signal ran out of time.
+    pub timed_out: bool,
+    /// Inputs still held when the run ended (released unsettled: the broker redelivers them).
+    pub unfinished: u64,
+}
+
+impl Report {
+    /// The report, or the error that stopped the pipeline.
+    pub fn into_result(self) -> Result<Report, Error> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self),
+        }
+    }
+}
+
+impl Pipeline {
+    /// The pipeline's live counters.
+    pub fn metrics(&self) -> Metrics {
+        self.ctx.metrics.clone()
+    }
+
+    /// Run until every source has ended (or a stage fails the pipeline).
+    pub async fn run(self) -> Report {
+        self.run_until(std::future::pending::<()>()).await
+    }
+
+    /// Run until `shutdown` resolves, then stop intake, drain what is in flight (flushing
+    /// batches and open windows) within the drain timeout, and report.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Report {
+        let Pipeline { mut ctx, drive } = self;
+        let metrics = ctx.metrics.clone();
+        let settler = ctx.settle_rx.take().map(|mut rx| {
+            tokio::spawn(async move {
+                while let Some(settlement) = rx.recv().await {
+                    settlement.run().await;
+                }
+            })
+        });
+        let mut drive = tracing::Instrument::instrument(drive, tracing::info_span!("pipeline"));
+        let mut ticker = ctx.log_every.map(|d| {
+            let mut t = tokio::time::interval(d);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        tokio::pin!(shutdown);
+        let mut timed_out = false;
+        let mut stopping = false;
+        let mut deadline = None;
+        let result = loop {
+            tokio::select! {
+                result = &mut drive => break result,
+                _ = &mut shutdown, if !stopping => {
+                    stopping = true;
+                    tracing::info!(in_flight = metrics.in_flight(), "shutdown: stopping intake and draining");
+                    let _ = ctx.stop.send(true);
+                    deadline = Some(tokio::time::Instant::now() + ctx.drain_timeout);
+                }
+                _ = async {
+                    match ticker.as_mut() {
+                        Some(t) => { t.tick().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
+                    log_snapshot(&metrics.snapshot());
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    timed_out = true;
+                    break Ok(());
+                }
+            }
+        };
+        let unfinished = metrics.in_flight();
+        // Dropping the driver releases every input it still holds, unsettled.
+        drop(drive);
+        let _ = ctx.stop.send(true);
+        drop(ctx);
+        if let Some(settler) = settler {
+            let _ = settler.await;
+        }
+        let snapshot = metrics.snapshot();
+        if timed_out {
+            tracing::warn!(
+                unfinished,
+                "drain timed out; unfinished inputs will be redelivered"
+            );
+        }
+        log_snapshot(&snapshot);
+        Report {
+            metrics: snapshot,
+            error: result.err(),
+            timed_out,
+            unfinished: if timed_out { unfinished } else { 0 },
+        }
+    }
+
+    /// Run until Ctrl-C (SIGINT), then drain and report.
+    pub async fn run_until_ctrl_c(self) -> Report {
+        self.run_until(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+    }
+
+    /// Run in a background task.
+    pub fn spawn(self) -> PipelineHandle {
+        let metrics = self.metrics();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let join = tokio::spawn(self.run_until(async move {
+            let _ = rx.await;
+        }));
+        PipelineHandle {
+            metrics,
+            shutdown: Some(tx),
+            join,
+        }
+    }
+}
+
+fn log_snapshot(s: &Snapshot) {
+    tracing::info!(
+        received = s.received,
+        out = s.out,
+        filtered = s.filtered,
+        retried = s.retried,
+        dead_lettered = s.dead_lettered,
+        skipped = s.skipped,
+        late = s.late,
+        acked = s.acked,
+        in_flight = s.in_flight,
+        "pipeline counters"
+    );
+}
+
+/// A pipeline running in the background.
+pub struct PipelineHandle {
+    metrics: Metrics,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    join: JoinHandle<Report>,
+}
+
+impl PipelineHandle {
+    /// The live counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether the pipeline has stopped (its sources ended, or it failed).
+    pub fn is_finished(&self) -> bool {
+        self.join.is_finished()
+    }
+
+    /// Stop intake, drain, and return the report.
+    pub async fn shutdown(mut self) -> Result<Report, Error> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.join().await
+    }
+
+    /// Wait for the pipeline to end by itself.
+    pub async fn join(self) -> Result<Report, Error> {
+        self.join.await.map_err(|e| {
+            Error::new(
+                mailroom_core::ErrorKind::Closed,
+                format!("pipeline task ended abnormally: {e}"),
+            )
+        })
+    }
+
+    /// Stop at once, as a crash would: nothing is drained; every input not yet settled is
+    /// released unsettled and redelivered by the broker.
+    pub async fn abort(self) {
+        self.join.abort();
+        let _ = self.join.await;
+        // Let the settler (a separate task) settle what was already finished.
+        tokio::task::yield_now().await;
+    }
+}

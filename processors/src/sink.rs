@@ -1,0 +1,319 @@
+//! The end of a pipeline: send each message to one sink, to every sink, or to the sink a
+//! function picks; settle inputs once their outputs are confirmed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::{BoxStream, FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use mailroom_core::{Error, Message};
+
+use crate::flow::{Flow, Item, Pipeline, Step};
+use crate::metrics::add;
+use crate::policy::{stage, Backoff, ErrorPolicy, Sink, StageRt, StageSpec};
+use crate::token::Tokens;
+
+type RouteFn = Arc<dyn Fn(&Message) -> Option<usize> + Send + Sync>;
+
+/// Which sinks a message goes to.
+#[derive(Clone)]
+enum Router {
+    All,
+    By(RouteFn),
+}
+
+/// The default policy of a sink stage: retry temporary send failures a few times, then fail
+/// the pipeline (every unsettled input is then redelivered).
+pub fn default_sink_policy() -> ErrorPolicy {
+    ErrorPolicy::retry(Backoff::exponential(Duration::from_millis(100), 4))
+}
+
+fn sink_stage(name: &str) -> StageSpec {
+    stage(name).on_error(default_sink_policy())
+}
+
+type Confirms = FuturesUnordered<BoxFuture<'static, Option<Error>>>;
+
+impl Flow<Message> {
+    /// Send every message to `sink`.
+    pub fn to(self, sink: Sink) -> Result<Pipeline, Error> {
+        self.deliver(sink_stage("sink"), vec![sink], Router::All)
+    }
+
+    /// Send every message to `sink`, with this stage name and error policy.
+    pub fn to_with(self, spec: impl Into<StageSpec>, sink: Sink) -> Result<Pipeline, Error> {
+        self.deliver(spec.into(), vec![sink], Router::All)
+    }
+
+    /// Send every message to each of `sinks`; an input is settled once all of them confirmed.
+    pub fn fan_out(self, spec: impl Into<StageSpec>, sinks: Vec<Sink>) -> Result<Pipeline, Error> {
+        self.deliver(spec.into(), sinks, Router::All)
+    }
+
+    /// Send each message to the sink `route` picks by index into `sinks`; `None` filters it
+    /// out (its input is acked). An index out of range fails the pipeline.
+    pub fn route<F>(
+        self,
+        spec: impl Into<StageSpec>,
+        sinks: Vec<Sink>,
+        route: F,
+    ) -> Result<Pipeline, Error>
+    where
+        F: Fn(&Message) -> Option<usize> + Send + Sync + 'static,
+    {
+        self.deliver(spec.into(), sinks, Router::By(Arc::new(route)))
+    }
+
+    fn deliver(self, spec: StageSpec, sinks: Vec<Sink>, router: Router) -> Result<Pipeline, Error> {
+        let Flow { stream, mut ctx } = self;
+        if sinks.is_empty() {
+            ctx.errors
+                .push(Error::config("a pipeline needs at least one sink"));
+        }
+        if let Some(error) = ctx.errors.drain(..).next() {
+            return Err(error);
+        }
+        let st = ctx.stage(spec);
+        let drive = drive(stream, st, sinks, router).boxed();
+        Ok(Pipeline { ctx, drive })
+    }
+}
+
+impl Flow<Vec<Message>> {
+    /// Send each batch to `sink` with one `send_batch` call; its inputs are settled once every
+    /// message of the batch is confirmed.
+    pub fn to_batched(self, sink: Sink) -> Result<Pipeline, Error> {
+        let Flow { stream, mut ctx } = self;
+        if let Some(error) = ctx.errors.drain(..).next() {
+            return Err(error);
+        }
+        let st = ctx.stage(sink_stage("batch-sink"));
+        let drive = drive_batches(stream, st, sink).boxed();
+        Ok(Pipeline { ctx, drive })
+    }
+}
+
+async fn drive(
+    mut stream: BoxStream<'static, Step<Message>>,
+    st: Arc<StageRt>,
+    sinks: Vec<Sink>,
+    router: Router,
+) -> Result<(), Error> {
+    let mut confirms = Confirms::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some(failed) = confirms.next(), if !confirms.is_empty() => {
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+            }
+            next = stream.next() => match next {
+                Some(Ok(item)) => dispatch(&st, &sinks, &router, item, &mut confirms).await?,
+                Some(Err(e)) => return Err(e),
+                None => break,
+            }
+        }
+    }
+    while let Some(failed) = confirms.next().await {
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
+    for sink in &sinks {
+        sink.producer.flush().await?;
+    }
+    Ok(())
+}
+
+async fn dispatch(
+    st: &Arc<StageRt>,
+    sinks: &[Sink],
+    router: &Router,
+    item: Item<Message>,
+    confirms: &mut Confirms,
+) -> Result<(), Error> {
+    add(&st.counters.input, 1);
+    let Item { value, meta } = item;
+    match router {
+        Router::All if sinks.len() == 1 => {
+            send(st, &sinks[0], value, meta.tokens, confirms).await;
+        }
+        Router::All => {
+            let last = sinks.len() - 1;
+            let mut tokens = Some(meta.tokens);
+            for (i, sink) in sinks.iter().enumerate() {
+                let t = if i == last {
+                    tokens.take()
+                } else {
+                    tokens.as_ref().map(Tokens::fork)
+                };
+                if let Some(t) = t {
+                    send(st, sink, value.clone(), t, confirms).await;
+                }
+            }
+        }
+        Router::By(route) => {
+            let _entered = st.span.enter();
+            let picked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route(&value)));
+            drop(_entered);
+            match picked {
+                Ok(Some(i)) if i < sinks.len() => {
+                    send(st, &sinks[i], value, meta.tokens, confirms).await;
+                }
+                Ok(Some(i)) => {
+                    return Err(Error::config(format!(
+                        "stage '{}': the router picked sink {i}, but there are only {}",
+                        st.name,
+                        sinks.len()
+                    )));
+                }
+                Ok(None) => {
+                    add(&st.counters.filtered, 1);
+                    add(&st.pipeline.filtered, meta.tokens.len() as u64);
+                    meta.tokens.done().await;
+                }
+                Err(panic) => {
+                    let error = crate::policy::panic_error(&st.name, panic);
+                    if let Some(e) = st.give_up(meta.tokens, error, 1).await {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Enqueue one message; settle its tokens now when the confirm is already known, else when it
+/// arrives (tracked in `confirms`).
+async fn send(
+    st: &Arc<StageRt>,
+    sink: &Sink,
+    message: Message,
+    tokens: Tokens,
+    confirms: &mut Confirms,
+) {
+    let kept = st.policy.backoff().map(|_| message.clone());
+    match sink.producer.enqueue(&sink.destination, message).await {
+        Ok(mut pending) => match (&mut pending).now_or_never() {
+            Some(Ok(_)) => confirmed(st, tokens).await,
+            Some(Err(e)) => {
+                confirms.push(failed(st.clone(), sink.clone(), kept, tokens, e).boxed())
+            }
+            None => {
+                let st = st.clone();
+                let sink = sink.clone();
+                confirms.push(
+                    async move {
+                        match pending.await {
+                            Ok(_) => {
+                                confirmed(&st, tokens).await;
+                                None
+                            }
+                            Err(e) => failed(st, sink, kept, tokens, e).await,
+                        }
+                    }
+                    .boxed(),
+                );
+            }
+        },
+        Err(mut e) => {
+            let kept = kept.or_else(|| e.take_undelivered());
+            confirms.push(failed(st.clone(), sink.clone(), kept, tokens, e).boxed());
+        }
+    }
+}
+
+async fn confirmed(st: &StageRt, tokens: Tokens) {
+    add(&st.counters.output, 1);
+    add(&st.pipeline.out, 1);
+    tokens.done().await;
+}
+
+/// A send failed: retry it as the policy says, then give up.
+async fn failed(
+    st: Arc<StageRt>,
+    sink: Sink,
+    kept: Option<Message>,
+    tokens: Tokens,
+    mut error: Error,
+) -> Option<Error> {
+    let mut attempt = 1;
+    loop {
+        let (Some(delay), Some(message)) = (st.retry_delay(&error, attempt), kept.as_ref()) else {
+            return st.give_up(tokens, error, attempt).await;
+        };
+        tracing::warn!(parent: &st.span, error = %error, attempt, "send failed; retrying");
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+        match sink.producer.send(&sink.destination, message.clone()).await {
+            Ok(_) => {
+                confirmed(&st, tokens).await;
+                return None;
+            }
+            Err(e) => error = e,
+        }
+    }
+}
+
+async fn drive_batches(
+    mut stream: BoxStream<'static, Step<Vec<Message>>>,
+    st: Arc<StageRt>,
+    sink: Sink,
+) -> Result<(), Error> {
+    while let Some(step) = stream.next().await {
+        let Item { value, meta } = step?;
+        add(&st.counters.input, 1);
+        let mut pending = value;
+        let mut attempt = 1;
+        loop {
+            let kept = st.policy.backoff().map(|_| pending.clone());
+            let count = pending.len() as u64;
+            let results = sink
+                .producer
+                .send_batch(&sink.destination, pending)
+                .await
+                .map(|results| results.into_iter().collect::<Vec<_>>());
+            let mut retry = Vec::new();
+            let mut error = None;
+            match results {
+                Ok(results) => {
+                    for (i, r) in results.into_iter().enumerate() {
+                        if let Err(e) = r {
+                            if let Some(m) = kept.as_ref().and_then(|k| k.get(i)) {
+                                retry.push(m.clone());
+                            }
+                            error.get_or_insert(e);
+                        }
+                    }
+                }
+                Err(e) => {
+                    retry = kept.clone().unwrap_or_default();
+                    error = Some(e);
+                }
+            }
+            let Some(e) = error else {
+                add(&st.counters.output, 1);
+                add(&st.pipeline.out, count);
+                meta.tokens.done().await;
+                break;
+            };
+            match st.retry_delay(&e, attempt) {
+                Some(delay) if !retry.is_empty() => {
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                    pending = retry;
+                }
+                _ => {
+                    if let Some(e) = st.give_up(meta.tokens, e, attempt).await {
+                        return Err(e);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    sink.producer.flush().await
+}
