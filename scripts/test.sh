@@ -15,6 +15,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "scripts/brokers.sh up"
 scripts/brokers.sh up
 
+step "scripts/e2e.sh (chromium + playwright-core for the browser tests)"
+scripts/e2e.sh >/dev/null
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
@@ -28,6 +31,9 @@ rm -rf "$MAILROOM_CONFORMANCE_REPORT_DIR"
 
 step "cargo test --workspace --all-features $*"
 cargo test --workspace --all-features "$@"
+
+step "RabbitMQ fault test (stops and starts the shared broker, so it runs alone)"
+cargo test -p mailroom-rabbitmq --all-features --test faults -- --ignored --nocapture
 
 step "conformance reports"
 shopt -s nullglob
