@@ -9,10 +9,11 @@ use std::time::Duration;
 use futures_util::future::Either;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use futures_util::FutureExt;
-use mailroom_core::{Consumer, Error, ErrorKind, Message, Timestamp};
+use futures_util::future::BoxFuture;
+use mailroom_core::{Consumer, Delivery, Error, ErrorKind, Message, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::concurrent::Concurrent;
 use crate::metrics::{add, Metrics};
@@ -162,26 +163,32 @@ impl PipelineBuilder {
         if self.sources.is_empty() {
             errors.push(Error::config("a pipeline needs at least one source"));
         }
-        let streams: Vec<_> = self
+        let sources: Vec<SourceState> = self
             .sources
             .into_iter()
             .enumerate()
-            .map(|(index, source)| {
-                source_stream(SourceState {
-                    consumer: source.consumer,
-                    index: index as u64,
-                    permits: permits.clone(),
-                    stop: stop_rx.clone(),
-                    shared: shared.clone(),
-                    max_in_flight: self.max_in_flight as u64,
-                })
+            .map(|(index, source)| SourceState {
+                consumer: source.consumer,
+                index: index as u64,
+                permits: permits.clone(),
+                stop: stop_rx.clone(),
+                shared: shared.clone(),
+                max_in_flight: self.max_in_flight as u64,
+            })
+            .collect();
+        let mut streams: Vec<BoxStream<'static, Step<Message>>> = sources
+            .into_iter()
+            .map(|state: SourceState| {
+                SourcePoll {
+                    state: Some(state),
+                    slow: None,
+                    done: false,
+                }
+                .boxed()
             })
             .collect();
         let stream = if streams.len() == 1 {
-            streams
-                .into_iter()
-                .next()
-                .unwrap_or_else(|| stream::empty().boxed())
+            streams.remove(0)
         } else {
             stream::select_all(streams).boxed()
         };
@@ -281,65 +288,140 @@ struct SourceState {
     max_in_flight: u64,
 }
 
-fn source_stream(state: SourceState) -> BoxStream<'static, Step<Message>> {
-    stream::unfold(Some(state), |state| async move {
-        let mut s = state?;
-        let mut failures = 0u32;
+type Received = Option<Result<(Delivery, OwnedSemaphorePermit), Error>>;
+
+/// One source as a stream, polled inside the pipeline's task.
+///
+/// The busy path takes a free slot and a ready delivery without awaiting (receive is
+/// cancel-safe, so polling it once and dropping it loses nothing). Only when the source must
+/// wait does it box a future that owns the consumer and waits for a slot, a delivery or the
+/// stop signal.
+struct SourcePoll {
+    state: Option<SourceState>,
+    slow: Option<BoxFuture<'static, (SourceState, Received)>>,
+    done: bool,
+}
+
+impl futures_util::Stream for SourcePoll {
+    type Item = Step<Message>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Step<Message>>> {
+        use std::task::Poll;
         loop {
-            if *s.stop.borrow() {
-                let _ = s.consumer.close().await;
-                return None;
+            if self.done {
+                return Poll::Ready(None);
             }
-            let permit = tokio::select! {
-                biased;
-                permit = s.permits.clone().acquire_owned() => permit.ok()?,
-                _ = s.stop.wait_for(|stop| *stop) => continue,
+            if let Some(slow) = self.slow.as_mut() {
+                let (state, received) = match slow.as_mut().poll(cx) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => return Poll::Pending,
+                };
+                self.slow = None;
+                let item = match received {
+                    None => {
+                        self.done = true;
+                        return Poll::Ready(None);
+                    }
+                    Some(Err(e)) => {
+                        self.done = true;
+                        Err(e)
+                    }
+                    Some(Ok((delivery, permit))) => Ok(state.item(delivery, permit)),
+                };
+                self.state = Some(state);
+                return Poll::Ready(Some(item));
+            }
+            let Some(mut state) = self.state.take() else {
+                self.done = true;
+                continue;
             };
-            let received = tokio::select! {
-                biased;
-                received = s.consumer.receive() => received,
-                _ = s.stop.wait_for(|stop| *stop) => continue,
-            };
-            let delivery = match received {
-                Ok(d) => d,
-                Err(e) if e.kind() == ErrorKind::Closed => return None,
-                Err(e) if e.is_temporary() && failures < 10 => {
-                    failures += 1;
-                    tracing::warn!(error = %e, failures, "source receive failed; retrying");
-                    drop(permit);
-                    tokio::time::sleep(Duration::from_millis(50 << failures.min(6))).await;
-                    continue;
+            if !*state.stop.borrow() {
+                if let Ok(permit) = state.permits.clone().try_acquire_owned() {
+                    match state.consumer.receive().now_or_never() {
+                        Some(Ok(delivery)) => {
+                            let item = state.item(delivery, permit);
+                            self.state = Some(state);
+                            return Poll::Ready(Some(Ok(item)));
+                        }
+                        // Errors and waiting both go the slow way, which knows what to do.
+                        _ => drop(permit),
+                    }
                 }
-                Err(e) => return Some((Err(e), None)),
-            };
-            let counters = &s.shared.counters;
-            add(&counters.received, 1);
-            let held = s
-                .max_in_flight
-                .saturating_sub(s.permits.available_permits() as u64);
-            counters
-                .in_flight_peak
-                .fetch_max(held, AtomicOrdering::Relaxed);
-            let parts = delivery.message().clone().into_parts();
-            let key = parts.key.clone();
-            let event_time = parts.timestamp;
-            let lane =
-                (s.index << 32) ^ delivery.info().partition.map_or(0, |p| u64::from(p as u32));
-            let value = Message::from_parts(parts);
-            let token = Token::new(delivery, Some(permit), s.shared.clone());
-            let item = Item {
-                value,
-                meta: Meta {
-                    tokens: Tokens::One(token),
-                    key,
-                    lane,
-                    event_time,
-                },
-            };
-            return Some((Ok(item), Some(s)));
+            }
+            self.slow = Some(Box::pin(wait_for_delivery(state)));
         }
-    })
-    .boxed()
+    }
+}
+
+impl SourceState {
+    fn item(&self, delivery: Delivery, permit: OwnedSemaphorePermit) -> Item<Message> {
+        let counters = &self.shared.counters;
+        add(&counters.received, 1);
+        let held = self
+            .max_in_flight
+            .saturating_sub(self.permits.available_permits() as u64);
+        counters
+            .in_flight_peak
+            .fetch_max(held, AtomicOrdering::Relaxed);
+        let parts = delivery.message().clone().into_parts();
+        let key = parts.key.clone();
+        let event_time = parts.timestamp;
+        let lane = (self.index << 32)
+            ^ delivery
+                .info()
+                .partition
+                .map_or(0, |p| u64::from(p as u32));
+        let value = Message::from_parts(parts);
+        let token = Token::new(delivery, Some(permit), self.shared.clone());
+        Item {
+            value,
+            meta: Meta {
+                tokens: Tokens::One(token),
+                key,
+                lane,
+                event_time,
+            },
+        }
+    }
+}
+
+/// Wait for a free slot and a delivery, or the stop signal (which closes the consumer).
+async fn wait_for_delivery(mut s: SourceState) -> (SourceState, Received) {
+    let mut failures = 0u32;
+    loop {
+        if *s.stop.borrow() {
+            let _ = s.consumer.close().await;
+            return (s, None);
+        }
+        let permits = s.permits.clone();
+        let permit = tokio::select! {
+            biased;
+            permit = permits.acquire_owned() => permit.ok(),
+            _ = s.stop.wait_for(|stop| *stop) => continue,
+        };
+        let Some(permit) = permit else {
+            return (s, None);
+        };
+        let received = tokio::select! {
+            biased;
+            received = s.consumer.receive() => received,
+            _ = s.stop.wait_for(|stop| *stop) => continue,
+        };
+        match received {
+            Ok(d) => return (s, Some(Ok((d, permit)))),
+            Err(e) if e.kind() == ErrorKind::Closed => return (s, None),
+            Err(e) if e.is_temporary() && failures < 10 => {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "source receive failed; retrying");
+                drop(permit);
+                tokio::time::sleep(Duration::from_millis(50 << failures.min(6))).await;
+            }
+            Err(e) => return (s, Some(Err(e))),
+        }
+    }
 }
 
 /// What a synchronous stage function made of one item.
@@ -383,14 +465,14 @@ impl<T: Send + 'static> Flow<T> {
                     meta.tokens.done_deferred(&st.shared);
                     Either::Left(ready(None))
                 }
-                Out::Failed(error) => Either::Right(recover(
+                Out::Failed(error) => Either::Right(Box::pin(recover(
                     st.clone(),
                     f.clone(),
                     meta,
                     kept,
                     retry_clone,
                     error,
-                )),
+                ))),
             }
         });
         Flow {
@@ -463,7 +545,7 @@ impl<T: Send + 'static> Flow<T> {
                         }
                         Err(panic) => {
                             let error = panic_error(&st.name, panic);
-                            return Either::Right(give_up(st.clone(), item.meta, error, 1));
+                            return Either::Right(Box::pin(give_up(st.clone(), item.meta, error, 1)));
                         }
                     }
                 }
@@ -617,7 +699,7 @@ impl<T: Send + 'static> Flow<T> {
                         meta: item.meta,
                     }))))
                 }
-                Err(error) => Either::Right(give_up(st.clone(), item.meta, error, 1)),
+                Err(error) => Either::Right(Box::pin(give_up(st.clone(), item.meta, error, 1))),
             }
         });
         Flow {
