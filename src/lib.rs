@@ -33,6 +33,8 @@ pub use mailroom_processors as processors;
 pub use mailroom_rabbitmq as rabbitmq;
 #[cfg(feature = "sqs")]
 pub use mailroom_sqs as sqs;
+#[cfg(feature = "kafka")]
+pub use mailroom_kafka as kafka;
 
 /// Every backend compiled into this build, by URL scheme.
 pub fn registry() -> Registry {
@@ -45,6 +47,10 @@ pub fn registry() -> Registry {
     #[cfg(feature = "sqs")]
     {
         registry = registry.with(mailroom_sqs::SqsFactory);
+    }
+    #[cfg(feature = "kafka")]
+    {
+        registry = registry.with(mailroom_kafka::KafkaFactory);
     }
     registry
 }
