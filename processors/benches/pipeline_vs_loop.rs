@@ -52,7 +52,10 @@ async fn pipeline(broker: &MemoryBackend, queue: &str, n: usize) -> Duration {
         .source(consumer)
         .flow()
         .map("upper", |m: Message| transform(&m))
-        .to(Sink::new(producer, Destination::queue(format!("{queue}.out"))))
+        .to(Sink::new(
+            producer,
+            Destination::queue(format!("{queue}.out")),
+        ))
         .unwrap();
     let start = Instant::now();
     let handle = pipeline.spawn();

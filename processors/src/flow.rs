@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::future::Either;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use mailroom_core::{Consumer, Delivery, Error, ErrorKind, Message, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -369,11 +369,8 @@ impl SourceState {
         let parts = delivery.message().clone().into_parts();
         let key = parts.key.clone();
         let event_time = parts.timestamp;
-        let lane = (self.index << 32)
-            ^ delivery
-                .info()
-                .partition
-                .map_or(0, |p| u64::from(p as u32));
+        let lane =
+            (self.index << 32) ^ delivery.info().partition.map_or(0, |p| u64::from(p as u32));
         let value = Message::from_parts(parts);
         let token = Token::new(delivery, Some(permit), self.shared.clone());
         Item {
@@ -545,7 +542,12 @@ impl<T: Send + 'static> Flow<T> {
                         }
                         Err(panic) => {
                             let error = panic_error(&st.name, panic);
-                            return Either::Right(Box::pin(give_up(st.clone(), item.meta, error, 1)));
+                            return Either::Right(Box::pin(give_up(
+                                st.clone(),
+                                item.meta,
+                                error,
+                                1,
+                            )));
                         }
                     }
                 }
