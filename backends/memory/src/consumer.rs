@@ -19,6 +19,10 @@ enum Next {
 }
 
 /// A consumer on one in-memory queue. Several consumers on a queue compete for its messages.
+///
+/// Messages are handed over only when `receive` is called, so nothing is prefetched and
+/// `ConsumerOptions::prefetch` has nothing to bound; a consumer holds exactly the deliveries it
+/// has received and not yet settled.
 pub struct MemoryConsumer {
     broker: Arc<Broker>,
     queue: Arc<Queue>,
