@@ -1,6 +1,8 @@
 //! The `mailroom` command: produce, consume and benchmark against any broker URL.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +43,49 @@ enum Command {
         /// Throughput rounds (the median is reported).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Run OMB-format workload files through the harness instead (repeatable), with the
+        /// backend's raw baseline where this build has one.
+        #[arg(long = "workload", value_name = "FILE")]
+        workloads: Vec<PathBuf>,
+        /// With --workload: write each result as OMB-format JSON into this folder.
+        #[arg(long, value_name = "DIR")]
+        json: Option<PathBuf>,
+        /// With --workload: seconds between periodic stats.
+        #[arg(long, default_value_t = 10.0)]
+        stats_interval: f64,
+        /// With --workload: skip the raw baseline.
+        #[arg(long)]
+        no_baseline: bool,
+        /// Also measure the harness's own overhead (raw mpsc through the harness vs a bare loop).
+        #[arg(long)]
+        harness_overhead: bool,
+    },
+    /// Run workloads on each backend URL, run the conformance suite on each, and write a
+    /// Markdown + HTML report (no URL: memory:// only).
+    Compare {
+        /// Backend URLs (default: memory://).
+        urls: Vec<String>,
+        /// Use the brokers scripts/brokers.sh starts (every scheme this build has) plus memory://.
+        #[arg(long)]
+        local: bool,
+        /// Workload files (default: the built-in workloads/).
+        #[arg(long = "workloads", value_name = "FILE", num_args = 1..)]
+        workloads: Vec<PathBuf>,
+        /// Report folder (default: reports/compare-<UTC time>).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Skip the conformance suite.
+        #[arg(long)]
+        no_conformance: bool,
+        /// Skip the raw baselines.
+        #[arg(long)]
+        no_baseline: bool,
+        /// Skip the harness-overhead measurement.
+        #[arg(long)]
+        no_overhead: bool,
+        /// Seconds between periodic stats.
+        #[arg(long, default_value_t = 10.0)]
+        stats_interval: f64,
     },
     /// Send messages to a queue or an exchange.
     Produce {
@@ -122,7 +167,24 @@ async fn run(command: Command) -> Result<()> {
             rate,
             seconds,
             rounds,
+            workloads,
+            json,
+            stats_interval,
+            no_baseline,
+            harness_overhead,
         } => {
+            if !workloads.is_empty() {
+                let options = mailroom::bench::runner::RunOptions {
+                    stats_interval: positive_duration(stats_interval, "stats-interval")?,
+                    url: mailroom::url::redact(&url).to_string(),
+                    ..Default::default()
+                };
+                run_workloads(&url, &workloads, json.as_deref(), &options, !no_baseline).await?;
+                if harness_overhead {
+                    print_overhead().await?;
+                }
+                return Ok(());
+            }
             if messages == 0 || rate == 0 || rounds == 0 {
                 return Err(mailroom::Error::config(
                     "--messages, --rate and --rounds must be at least 1",
@@ -135,7 +197,99 @@ async fn run(command: Command) -> Result<()> {
                 latency_duration: positive_duration(seconds, "seconds")?,
                 ..BenchConfig::default()
             };
-            run_bench(&url, &config, rounds).await
+            run_bench(&url, &config, rounds).await?;
+            if harness_overhead {
+                print_overhead().await?;
+            }
+            Ok(())
+        }
+        Command::Compare {
+            urls,
+            local,
+            workloads,
+            out,
+            no_conformance,
+            no_baseline,
+            no_overhead,
+            stats_interval,
+        } => {
+            let mut urls = urls;
+            if local {
+                for u in mailroom::bench::compare::local_urls(&mailroom::registry().schemes()) {
+                    if !urls.contains(&u) {
+                        urls.push(u);
+                    }
+                }
+            }
+            if urls.is_empty() {
+                urls.push("memory://".into());
+            }
+            let command = std::env::args()
+                .map(|a| mailroom::url::redact(&a).to_string())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let options = mailroom::bench::compare::CompareOptions {
+                urls,
+                workloads,
+                out_dir: out.unwrap_or_else(mailroom::bench::compare::default_out_dir),
+                conformance: !no_conformance,
+                overhead: !no_overhead,
+                baselines: !no_baseline,
+                stats_interval: positive_duration(stats_interval, "stats-interval")?,
+                command: format!(
+                    "mailroom compare{}",
+                    command
+                        .split_once(" compare")
+                        .map_or(String::new(), |(_, rest)| rest.to_owned())
+                ),
+            };
+            let comparison = mailroom::bench::compare::compare(&options).await?;
+            let (md, html) = mailroom::bench::compare::write(&comparison, &options.out_dir)?;
+            for n in mailroom::bench::report::needs(&comparison) {
+                println!("  {:<58} {}", n.need, n.choice);
+            }
+            let results: Vec<_> = comparison
+                .backends
+                .iter()
+                .flat_map(|b| b.runs.iter().chain(&b.baseline))
+                .filter_map(|o| o.result().cloned())
+                .collect();
+            println!("\n{}", mailroom::bench::result::summary_table(&results));
+            for (b, raw, rate, raw_rate, ratio) in
+                mailroom::bench::report::baseline_ratios(&comparison)
+            {
+                println!(
+                    "abstraction overhead: {b} {rate:.0} msgs/s vs {raw} {raw_rate:.0} msgs/s, ratio {ratio:.3}"
+                );
+            }
+            if let Some(o) = &comparison.overhead {
+                println!(
+                    "harness overhead: raw mpsc through the harness {:.0} msgs/s vs bare loop {:.0} msgs/s, ratio {:.3}",
+                    o.harness_rate, o.bare_rate, o.ratio
+                );
+            }
+            println!(
+                "report: {} and {} ({:.0} s)",
+                md.display(),
+                html.display(),
+                comparison.elapsed.as_secs_f64()
+            );
+            let unreachable: Vec<String> = comparison
+                .backends
+                .iter()
+                .filter_map(|b| b.error.as_ref().map(|e| format!("{}: {e}", b.url)))
+                .collect();
+            if !unreachable.is_empty() {
+                return Err(mailroom::Error::new(
+                    mailroom::ErrorKind::Connection,
+                    format!(
+                        "the report was written, but {} backend(s) could not be opened: {}",
+                        unreachable.len(),
+                        unreachable.join("; ")
+                    ),
+                ));
+            }
+            Ok(())
         }
         Command::Produce {
             url,
@@ -270,4 +424,108 @@ async fn run_bench(url: &str, config: &BenchConfig, rounds: usize) -> Result<()>
         );
     }
     backend.close().await
+}
+
+async fn print_overhead() -> Result<()> {
+    let o = mailroom::bench::overhead::measure(Duration::from_secs(1), 3, 100).await?;
+    println!(
+        "  harness     {:>12.0} msgs/s   raw tokio mpsc through the harness (open-loop scheduling, timestamps, histograms)",
+        o.harness_rate
+    );
+    println!(
+        "  bare loop   {:>12.0} msgs/s   the same channel in a bare send/receive loop",
+        o.bare_rate
+    );
+    println!(
+        "  overhead    {:>12.3}         harness / bare loop (median of {} rounds of {:?})",
+        o.ratio, o.rounds, o.round
+    );
+    Ok(())
+}
+
+async fn run_workloads(
+    url: &str,
+    files: &[PathBuf],
+    json: Option<&std::path::Path>,
+    options: &mailroom::bench::runner::RunOptions,
+    baseline: bool,
+) -> Result<()> {
+    use mailroom::bench::{driver, result, runner, workload};
+    // Every file is checked before anything runs, so a typo fails at once.
+    let plans = files
+        .iter()
+        .map(|f| workload::load_plan(f))
+        .collect::<Result<Vec<_>>>()?;
+    let backend = mailroom::connect(url).await?;
+    let name = backend.name();
+    let mailroom_driver: Arc<dyn driver::Driver> =
+        Arc::new(driver::MailroomDriver::new(backend.clone()));
+    for plan in &plans {
+        mailroom_driver.check(plan)?;
+    }
+    let raw = if baseline {
+        driver::baseline_for(name)
+    } else {
+        None
+    };
+    let mut results = Vec::new();
+    for plan in &plans {
+        eprintln!(
+            "{} on {} ({})",
+            plan.workload.name,
+            options.url,
+            mailroom_driver.server_version().await
+        );
+        let r = runner::run(mailroom_driver.clone(), plan, options).await?;
+        let raw_result = match &raw {
+            Some(raw) => {
+                eprintln!("{} on {} (baseline)", plan.workload.name, raw.name());
+                let raw_options = runner::RunOptions {
+                    url: raw.name(),
+                    ..options.clone()
+                };
+                Some(runner::run(raw.clone(), plan, &raw_options).await?)
+            }
+            None => None,
+        };
+        if let Some(rr) = &raw_result {
+            let ratio = if rr.mailroom.consume_rate_avg > 0.0 {
+                r.mailroom.consume_rate_avg / rr.mailroom.consume_rate_avg
+            } else {
+                0.0
+            };
+            println!(
+                "{}: {name} {:.0} msgs/s vs {} {:.0} msgs/s, ratio {ratio:.3}; e2e p99 {} ms vs {} ms",
+                plan.workload.name,
+                r.mailroom.consume_rate_avg,
+                rr.driver,
+                rr.mailroom.consume_rate_avg,
+                result::ms(r.aggregated_end_to_end_latency_99pct),
+                result::ms(rr.aggregated_end_to_end_latency_99pct),
+            );
+        }
+        results.push(r);
+        results.extend(raw_result);
+    }
+    backend.close().await?;
+    println!("\n{}", result::summary_table(&results));
+    if let Some(dir) = json {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            mailroom::Error::config(format!("cannot create {}: {e}", dir.display()))
+        })?;
+        for (i, r) in results.iter().enumerate() {
+            let path = dir.join(format!(
+                "{}-{i:02}-{}.json",
+                r.driver,
+                mailroom::bench::compare::slug(&r.workload)
+            ));
+            let text = serde_json::to_string_pretty(r)
+                .map_err(|e| mailroom::Error::config(format!("result JSON: {e}")))?;
+            std::fs::write(&path, text).map_err(|e| {
+                mailroom::Error::config(format!("cannot write {}: {e}", path.display()))
+            })?;
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
 }

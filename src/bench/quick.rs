@@ -1,5 +1,6 @@
-//! The first benchmark: throughput and latency of one producer and one consumer on any backend,
-//! and the same work on a raw `tokio::sync::mpsc` channel, so the abstraction's cost is a ratio.
+//! The quick benchmark behind `mailroom bench` with no workload: throughput and latency of one
+//! producer and one consumer on any backend, and the same work on a raw `tokio::sync::mpsc`
+//! channel, so the abstraction's cost is a ratio.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,0 +1,467 @@
+//! `mailroom compare`: the workloads on each backend, the conformance suite's semantic checks on
+//! each, and one report (Markdown + self-contained HTML) under `reports/`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailroom_core::testkit::{Conformance, Outcome};
+use mailroom_core::{Capabilities, Capability, Error, ErrorKind, Result};
+
+use super::driver::{baseline_for, Driver, MailroomDriver};
+use super::overhead::{self, Overhead};
+use super::result::TestResult;
+use super::runner::{self, RunOptions};
+use super::workload::{self, Plan};
+
+/// The URLs `--local` uses: the brokers `scripts/brokers.sh up` starts, for each scheme this
+/// build has (memory:// always). `MAILROOM_RABBITMQ_URL`, `MAILROOM_KAFKA_URL` and
+/// `MAILROOM_SQS_URL` override them, as in the backends' own tests.
+pub fn local_urls(schemes: &[&str]) -> Vec<String> {
+    let mut urls = vec!["memory://".to_owned()];
+    let candidates = [
+        (
+            "amqp",
+            "MAILROOM_RABBITMQ_URL",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        ),
+        ("kafka", "MAILROOM_KAFKA_URL", "kafka://127.0.0.1:9092"),
+        (
+            "sqs",
+            "MAILROOM_SQS_URL",
+            "sqs://127.0.0.1:4566?region=us-east-1",
+        ),
+    ];
+    for (scheme, var, default) in candidates {
+        if schemes.contains(&scheme) {
+            urls.push(std::env::var(var).unwrap_or_else(|_| default.to_owned()));
+        }
+    }
+    urls
+}
+
+/// What `compare` does.
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    /// Backend URLs, in report order.
+    pub urls: Vec<String>,
+    /// Workload files; empty = the built-in `workloads/`.
+    pub workloads: Vec<PathBuf>,
+    /// Where the report goes (a fresh folder under `reports/` by default).
+    pub out_dir: PathBuf,
+    /// Run the conformance suite on each backend.
+    pub conformance: bool,
+    /// Measure the harness's own overhead.
+    pub overhead: bool,
+    /// Run each backend's raw-client baseline too, where the build has one.
+    pub baselines: bool,
+    /// Seconds between periodic stats.
+    pub stats_interval: Duration,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// One conformance case's outcome, flattened for the report.
+#[derive(Debug, Clone)]
+pub struct CaseLine {
+    /// Case name.
+    pub name: String,
+    /// `pass`, `fail` or `skip`.
+    pub status: &'static str,
+    /// Note, error, or the missing capabilities.
+    pub detail: String,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+/// One workload on one backend.
+#[derive(Debug, Clone)]
+pub enum RunOutcome {
+    /// It ran.
+    Done(Box<TestResult>),
+    /// The backend cannot express the workload (the error names the field).
+    NotExpressible {
+        /// Workload name.
+        workload: String,
+        /// Why.
+        reason: String,
+    },
+    /// It failed.
+    Failed {
+        /// Workload name.
+        workload: String,
+        /// The error.
+        error: String,
+    },
+}
+
+impl RunOutcome {
+    /// The result, if it ran.
+    pub fn result(&self) -> Option<&TestResult> {
+        match self {
+            RunOutcome::Done(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Everything measured on one backend.
+#[derive(Debug, Clone)]
+pub struct BackendReport {
+    /// The URL, secrets redacted.
+    pub url: String,
+    /// The backend's name (`memory`, `rabbitmq`, ...), or `?` if it could not be opened.
+    pub name: String,
+    /// The broker's implementation and version, as the broker reports them.
+    pub server_version: String,
+    /// Its declared capabilities.
+    pub capabilities: Option<Capabilities>,
+    /// Conformance cases, when run.
+    pub conformance: Vec<CaseLine>,
+    /// One per workload.
+    pub runs: Vec<RunOutcome>,
+    /// Raw-client baseline runs (same workloads), where the build has a baseline.
+    pub baseline: Vec<RunOutcome>,
+    /// Why it could not be opened, if it could not.
+    pub error: Option<String>,
+}
+
+impl BackendReport {
+    /// Whether `case` ran and passed.
+    pub fn case_passed(&self, case: &str) -> Option<bool> {
+        self.conformance
+            .iter()
+            .find(|c| c.name == case)
+            .and_then(|c| match c.status {
+                "pass" => Some(true),
+                "fail" => Some(false),
+                _ => None,
+            })
+    }
+}
+
+/// A whole comparison.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    /// Per backend, in the order given.
+    pub backends: Vec<BackendReport>,
+    /// The harness's overhead, if measured.
+    pub overhead: Option<Overhead>,
+    /// The command line.
+    pub command: String,
+    /// When it started (UTC).
+    pub started: String,
+    /// How long it took.
+    pub elapsed: Duration,
+    /// The machine, in a few words.
+    pub machine: String,
+}
+
+/// Capabilities as (field, value) rows, in declaration order.
+pub fn capability_rows(c: &Capabilities) -> Vec<(&'static str, String)> {
+    let yes = |b: bool| if b { "yes" } else { "no" }.to_owned();
+    let opt = |v: Option<usize>| v.map_or("-".to_owned(), |v| v.to_string());
+    vec![
+        ("per_key_ordering", yes(c.per_key_ordering)),
+        ("competing_consumers", yes(c.competing_consumers)),
+        ("replay", yes(c.replay)),
+        ("delayed_delivery", yes(c.delayed_delivery)),
+        (
+            "max_delay",
+            c.max_delay.map_or("-".to_owned(), |d| format!("{d:?}")),
+        ),
+        ("exchange_direct", yes(c.exchange_direct)),
+        ("exchange_topic", yes(c.exchange_topic)),
+        ("exchange_fanout", yes(c.exchange_fanout)),
+        ("exchange_headers", yes(c.exchange_headers)),
+        ("dead_letter", yes(c.dead_letter)),
+        ("max_delivery_attempts", yes(c.max_delivery_attempts)),
+        ("attempt_count", yes(c.attempt_count)),
+        ("max_queue_length", yes(c.max_queue_length)),
+        ("message_ttl", yes(c.message_ttl)),
+        ("batch_send", yes(c.batch_send)),
+        ("transactions", yes(c.transactions)),
+        ("persistence", yes(c.persistence)),
+        ("redelivery_on_drop", yes(c.redelivery_on_drop)),
+        ("max_message_size", opt(c.max_message_size)),
+        ("max_batch_size", opt(c.max_batch_size)),
+        ("max_headers", opt(c.max_headers)),
+    ]
+}
+
+/// Whether a backend declares a capability.
+pub fn declares(report: &BackendReport, capability: Capability) -> bool {
+    report
+        .capabilities
+        .as_ref()
+        .is_some_and(|c| c.supports(capability))
+}
+
+/// Load the chosen workloads (or the built-in ones).
+pub fn load_workloads(files: &[PathBuf]) -> Result<Vec<Plan>> {
+    if files.is_empty() {
+        return workload::builtin_plans();
+    }
+    files.iter().map(|f| workload::load_plan(f)).collect()
+}
+
+async fn run_all(driver: Arc<dyn Driver>, plans: &[Plan], options: &RunOptions) -> Vec<RunOutcome> {
+    let mut out = Vec::new();
+    for plan in plans {
+        let name = plan.workload.name.clone();
+        if let Err(e) = driver.check(plan) {
+            eprintln!("  {name}: not run on {}: {e}", driver.name());
+            out.push(RunOutcome::NotExpressible {
+                workload: name,
+                reason: e.message().to_owned(),
+            });
+            continue;
+        }
+        eprintln!("  {name} on {} ...", driver.name());
+        match runner::run(driver.clone(), plan, options).await {
+            Ok(r) => out.push(RunOutcome::Done(Box::new(r))),
+            Err(e) => {
+                eprintln!("  {name} on {} failed: {e}", driver.name());
+                out.push(RunOutcome::Failed {
+                    workload: name,
+                    error: e.to_string(),
+                })
+            }
+        }
+    }
+    out
+}
+
+/// Run the comparison. Backends that cannot be opened are reported (and make the caller exit
+/// non-zero), the others still run.
+pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
+    let plans = load_workloads(&options.workloads)?;
+    let started = utc_now();
+    let clock = Instant::now();
+    let mut backends = Vec::new();
+    for url in &options.urls {
+        let shown = mailroom_core::url::redact(url);
+        eprintln!("== {shown}");
+        let backend = match crate::connect(url).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("  cannot open {shown}: {e}");
+                backends.push(BackendReport {
+                    url: shown.to_string(),
+                    name: "?".into(),
+                    server_version: "unreachable".into(),
+                    capabilities: None,
+                    conformance: Vec::new(),
+                    runs: Vec::new(),
+                    baseline: Vec::new(),
+                    error: Some(e.to_string()),
+                });
+                continue;
+            }
+        };
+        let name = backend.name().to_owned();
+        let server_version = backend
+            .server_version()
+            .await
+            .unwrap_or_else(|e| format!("version unknown: {e}"));
+        eprintln!("  {name}: {server_version}");
+        let capabilities = backend.capabilities().clone();
+        let run_options = RunOptions {
+            stats_interval: options.stats_interval,
+            print_stats: true,
+            progress: true,
+            url: shown.to_string(),
+        };
+        let driver: Arc<dyn Driver> = Arc::new(MailroomDriver::new(backend.clone()));
+        let runs = run_all(driver, &plans, &run_options).await;
+        let baseline = match (options.baselines, baseline_for(&name)) {
+            (true, Some(raw)) => {
+                let raw_options = RunOptions {
+                    url: raw.name(),
+                    ..run_options.clone()
+                };
+                // The baseline runs the max-rate workloads only: its job is the throughput
+                // ratio, and running everything twice would double the time.
+                let max_rate: Vec<Plan> =
+                    plans.iter().filter(|p| p.rate.is_none()).cloned().collect();
+                run_all(raw, &max_rate, &raw_options).await
+            }
+            _ => Vec::new(),
+        };
+        let _ = backend.close().await;
+        let conformance = if options.conformance {
+            eprintln!("  conformance suite on {name} ...");
+            let target = url.clone();
+            let report = Conformance::new(move || {
+                let target = target.clone();
+                async move { crate::connect(&target).await }
+            })
+            .case_timeout(Duration::from_secs(60))
+            .run()
+            .await;
+            eprintln!(
+                "  conformance {name}: {} passed, {} failed, {} skipped",
+                report.passed().count(),
+                report.failed().count(),
+                report.skipped().count()
+            );
+            report
+                .results
+                .iter()
+                .map(|r| {
+                    let (status, detail) = match &r.outcome {
+                        Outcome::Passed { note } => ("pass", note.clone()),
+                        Outcome::Failed { error } => ("fail", error.clone()),
+                        Outcome::Skipped { missing } => (
+                            "skip",
+                            format!(
+                                "declares no {}",
+                                missing
+                                    .iter()
+                                    .map(|c| c.name())
+                                    .collect::<Vec<_>>()
+                                    .join(", no ")
+                            ),
+                        ),
+                    };
+                    CaseLine {
+                        name: r.name.to_owned(),
+                        status,
+                        detail,
+                        seconds: r.elapsed.as_secs_f64(),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        backends.push(BackendReport {
+            url: shown.to_string(),
+            name,
+            server_version,
+            capabilities: Some(capabilities),
+            conformance,
+            runs,
+            baseline,
+            error: None,
+        });
+    }
+    let overhead = if options.overhead {
+        eprintln!("== harness overhead (raw mpsc through the harness vs a bare loop)");
+        Some(overhead::measure(Duration::from_secs(1), 3, 100).await?)
+    } else {
+        None
+    };
+    Ok(Comparison {
+        backends,
+        overhead,
+        command: options.command.clone(),
+        started,
+        elapsed: clock.elapsed(),
+        machine: machine(),
+    })
+}
+
+/// Write the report files; returns the Markdown and HTML paths.
+pub fn write(comparison: &Comparison, dir: &std::path::Path) -> Result<(PathBuf, PathBuf)> {
+    let io = |what: &str, e: std::io::Error| {
+        Error::new(
+            ErrorKind::Config,
+            format!("cannot write {what} under {}: {e}", dir.display()),
+        )
+    };
+    std::fs::create_dir_all(dir.join("results")).map_err(|e| io("the report folder", e))?;
+    for backend in &comparison.backends {
+        for (i, outcome) in backend.runs.iter().chain(&backend.baseline).enumerate() {
+            if let RunOutcome::Done(r) = outcome {
+                let file = dir.join("results").join(format!(
+                    "{}-{:02}-{}.json",
+                    r.driver,
+                    i,
+                    slug(&r.workload)
+                ));
+                let json = serde_json::to_string_pretty(r)
+                    .map_err(|e| Error::config(format!("result JSON: {e}")))?;
+                std::fs::write(&file, json).map_err(|e| io("a result", e))?;
+            }
+        }
+    }
+    let charts = super::report::charts(comparison);
+    for (name, svg) in &charts {
+        std::fs::write(dir.join(format!("{name}.svg")), svg).map_err(|e| io("a chart", e))?;
+    }
+    let md = dir.join("report.md");
+    let html = dir.join("report.html");
+    std::fs::write(&md, super::report::markdown(comparison, &charts))
+        .map_err(|e| io("report.md", e))?;
+    std::fs::write(&html, super::report::html(comparison, &charts))
+        .map_err(|e| io("report.html", e))?;
+    Ok((md, html))
+}
+
+/// A file-name-safe form of a workload name.
+pub fn slug(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while s.contains("--") {
+        s = s.replace("--", "-");
+    }
+    s.trim_matches('-').to_owned()
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!(
+        "{cpus} CPU(s), {model}, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+/// Now, as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A default report folder: `reports/compare-YYYYMMDD-HHMMSS`.
+pub fn default_out_dir() -> PathBuf {
+    let stamp: String = utc_now().chars().filter(|c| c.is_ascii_digit()).collect();
+    let (date, time) = stamp.split_at(8.min(stamp.len()));
+    PathBuf::from("reports").join(format!("compare-{date}-{time}"))
+}

@@ -1,0 +1,504 @@
+//! What the harness drives: a topic with subscriptions, producers and consumers, as OMB's
+//! `BenchmarkDriver` sees a broker.
+//!
+//! [`MailroomDriver`] runs every mailroom backend by URL through the traits; [`RawMpscDriver`]
+//! is the floor (a bounded `tokio::sync::mpsc` per subscription). Raw-client baselines for the
+//! other brokers (lapin, rdkafka, aws-sdk-sqs) are further [`Driver`] impls behind the same cargo
+//! features as their backends: implement the three traits below in `src/bench/raw_<broker>.rs`,
+//! add the module under `#[cfg(feature = "...")]` in `src/bench/mod.rs`, and return it from
+//! [`baseline_for`] for the URL scheme; `bench` and `compare` then print the ratio.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use mailroom_core::{
+    Backend, Binding, Capability, ConsumerOptions, Destination, Error, ErrorKind, ExchangeKind,
+    ExchangeSpec, Message, QueueSpec, Result,
+};
+
+use super::workload::{KeyDistributor, Plan};
+
+/// Header carrying the intended send time, in microseconds of the harness's monotonic clock.
+pub const SENT_AT_HEADER: &str = "x-mailroom-bench-intended-us";
+
+/// Microseconds since the first call in this process: a monotonic clock that producers and
+/// consumers of one run share (they run in the same process), so end-to-end latency never
+/// depends on a broker's timestamp or the wall clock.
+pub fn now_us() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// One topic of a run and its subscriptions.
+#[derive(Debug, Clone)]
+pub struct TopicPlan {
+    /// The topic's name (fresh per run).
+    pub name: String,
+    /// Partitions.
+    pub partitions: u32,
+    /// The subscriptions' names (each gets every message).
+    pub subscriptions: Vec<String>,
+}
+
+/// A message the harness sends.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The key, if the workload's key distributor gives one.
+    pub key: Option<String>,
+    /// The payload.
+    pub payload: Bytes,
+    /// The intended send time ([`now_us`]).
+    pub intended_us: u64,
+}
+
+/// A message the harness received (and already settled).
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming {
+    /// The intended send time it carried, if it carried one.
+    pub intended_us: Option<u64>,
+    /// Payload bytes.
+    pub bytes: usize,
+}
+
+/// Resolves when the broker confirmed a send.
+pub type Confirm = BoxFuture<'static, Result<()>>;
+
+/// A broker as the harness sees it.
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// A short label for reports (`memory`, `rabbitmq`, `raw-mpsc`, ...).
+    fn name(&self) -> String;
+    /// The broker's implementation and version, as the broker reports it.
+    async fn server_version(&self) -> String;
+    /// `Ok` if this driver can run the workload as written, else a `Unsupported` error naming
+    /// the workload file and the field it cannot express.
+    fn check(&self, plan: &Plan) -> Result<()>;
+    /// Create the topic and its subscriptions.
+    async fn create(&self, topic: &TopicPlan) -> Result<()>;
+    /// A producer on the topic.
+    async fn producer(&self, topic: &TopicPlan) -> Result<Box<dyn DriverProducer>>;
+    /// A consumer on one subscription of the topic.
+    async fn consumer(
+        &self,
+        topic: &TopicPlan,
+        subscription: &str,
+    ) -> Result<Box<dyn DriverConsumer>>;
+    /// Delete the topic and its subscriptions (best effort).
+    async fn delete(&self, topic: &TopicPlan) -> Result<()>;
+}
+
+/// Sends for the harness.
+#[async_trait]
+pub trait DriverProducer: Send + Sync {
+    /// Hand one message over; resolves once it is accepted (backpressure waits here) with the
+    /// future of its confirm.
+    async fn send(&self, message: Outgoing) -> Result<Confirm>;
+    /// Flush and release.
+    async fn close(&self) -> Result<()>;
+}
+
+/// Receives for the harness.
+#[async_trait]
+pub trait DriverConsumer: Send {
+    /// The next message, settled (acked) before it is returned; `None` after `timeout`.
+    async fn receive(&mut self, timeout: Duration) -> Result<Option<Incoming>>;
+    /// Stop.
+    async fn close(&mut self) -> Result<()>;
+}
+
+/// Backends whose queues take a partition count (`QueueSpec::partitions`); the others ignore
+/// it, so a workload with more than one partition is rejected on them, as OMB's RabbitMQ driver
+/// does. mailroom-core has no capability for this yet (see the issue note); until it does, this
+/// list is the one place that knows.
+pub const PARTITIONED_BACKENDS: &[&str] = &["kafka"];
+
+/// Every mailroom backend, through the traits.
+pub struct MailroomDriver {
+    backend: Arc<dyn Backend>,
+}
+
+impl MailroomDriver {
+    /// Drive an opened backend.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        MailroomDriver { backend }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    fn destination(topic: &TopicPlan) -> Destination {
+        match topic.subscriptions.as_slice() {
+            // One subscription: the topic is its queue, as OMB's drivers do for queue brokers.
+            [only] => Destination::queue(only),
+            _ => Destination::exchange(&topic.name, ""),
+        }
+    }
+}
+
+fn cannot_express(plan: &Plan, backend: &str, field: &str, why: String) -> Error {
+    Error::unsupported(format!(
+        "workload {}: field `{field}` cannot be expressed on {backend}: {why}",
+        plan.source
+    ))
+}
+
+#[async_trait]
+impl Driver for MailroomDriver {
+    fn name(&self) -> String {
+        self.backend.name().to_owned()
+    }
+
+    async fn server_version(&self) -> String {
+        self.backend
+            .server_version()
+            .await
+            .unwrap_or_else(|e| format!("version unknown: {e}"))
+    }
+
+    fn check(&self, plan: &Plan) -> Result<()> {
+        let name = self.backend.name();
+        let caps = self.backend.capabilities();
+        if plan.partitions > 1 && !PARTITIONED_BACKENDS.contains(&name) {
+            return Err(cannot_express(
+                plan,
+                name,
+                "partitionsPerTopic",
+                format!(
+                    "{} partitions asked, but {name} queues are not partitioned (OMB's RabbitMQ driver rejects this too); use 1",
+                    plan.partitions
+                ),
+            ));
+        }
+        if plan.subscriptions > 1 && !caps.supports(Capability::Exchange(ExchangeKind::Fanout)) {
+            return Err(cannot_express(
+                plan,
+                name,
+                "subscriptionsPerTopic",
+                format!(
+                    "{} subscriptions need a fanout exchange, and {name} declares no exchange_fanout",
+                    plan.subscriptions
+                ),
+            ));
+        }
+        if plan.consumers > 1 && !caps.supports(Capability::CompetingConsumers) {
+            return Err(cannot_express(
+                plan,
+                name,
+                "consumerPerSubscription",
+                format!(
+                    "{} consumers on one subscription need competing_consumers, which {name} does not declare",
+                    plan.consumers
+                ),
+            ));
+        }
+        if let Some(max) = caps.max_message_size {
+            // The payload plus the harness's timestamp header and a key must fit.
+            let needed = plan.message_size() + SENT_AT_HEADER.len() + 64;
+            if needed > max {
+                return Err(cannot_express(
+                    plan,
+                    name,
+                    if plan.workload.payload_file.is_some() {
+                        "payloadFile"
+                    } else {
+                        "messageSize"
+                    },
+                    format!(
+                        "{} bytes plus the timestamp header exceed {name}'s max_message_size of {max}",
+                        plan.message_size()
+                    ),
+                ));
+            }
+        }
+        if plan.workload.key_distributor != KeyDistributor::NoKey
+            && plan.partitions > 1
+            && !caps.per_key_ordering
+        {
+            return Err(cannot_express(
+                plan,
+                name,
+                "keyDistributor",
+                format!("keys spread messages over partitions, which {name} does not have"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn create(&self, topic: &TopicPlan) -> Result<()> {
+        let topology = self.backend.topology();
+        let queue = |name: &str| {
+            let spec = QueueSpec::new(name);
+            if topic.partitions > 1 {
+                spec.partitions(topic.partitions)
+            } else {
+                spec
+            }
+        };
+        if let [only] = topic.subscriptions.as_slice() {
+            return topology.declare_queue(&queue(only)).await;
+        }
+        topology
+            .declare_exchange(&ExchangeSpec::new(&topic.name, ExchangeKind::Fanout))
+            .await?;
+        for sub in &topic.subscriptions {
+            topology.declare_queue(&queue(sub)).await?;
+            topology.bind(&Binding::fanout(&topic.name, sub)).await?;
+        }
+        Ok(())
+    }
+
+    async fn producer(&self, topic: &TopicPlan) -> Result<Box<dyn DriverProducer>> {
+        Ok(Box::new(MailroomProducer {
+            producer: self.backend.producer().await?,
+            destination: MailroomDriver::destination(topic),
+        }))
+    }
+
+    async fn consumer(
+        &self,
+        _topic: &TopicPlan,
+        subscription: &str,
+    ) -> Result<Box<dyn DriverConsumer>> {
+        Ok(Box::new(MailroomConsumer {
+            consumer: self
+                .backend
+                .consumer(subscription, ConsumerOptions::default())
+                .await?,
+        }))
+    }
+
+    async fn delete(&self, topic: &TopicPlan) -> Result<()> {
+        let topology = self.backend.topology();
+        let mut first_error = None;
+        for sub in &topic.subscriptions {
+            if let Err(e) = topology.delete_queue(sub).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        if topic.subscriptions.len() > 1 {
+            if let Err(e) = topology.delete_exchange(&topic.name).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+struct MailroomProducer {
+    producer: Box<dyn mailroom_core::Producer>,
+    destination: Destination,
+}
+
+#[async_trait]
+impl DriverProducer for MailroomProducer {
+    async fn send(&self, message: Outgoing) -> Result<Confirm> {
+        let mut builder = Message::builder(message.payload)
+            .header(SENT_AT_HEADER, message.intended_us.to_string());
+        if let Some(key) = message.key {
+            builder = builder.key(key);
+        }
+        let pending = self
+            .producer
+            .enqueue(&self.destination, builder.build()?)
+            .await?;
+        Ok(pending.map(|r| r.map(|_| ())).boxed())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.producer.close().await
+    }
+}
+
+struct MailroomConsumer {
+    consumer: Box<dyn mailroom_core::Consumer>,
+}
+
+#[async_trait]
+impl DriverConsumer for MailroomConsumer {
+    async fn receive(&mut self, timeout: Duration) -> Result<Option<Incoming>> {
+        let Some(delivery) = self.consumer.receive_timeout(timeout).await? else {
+            return Ok(None);
+        };
+        let message = delivery.message();
+        let incoming = Incoming {
+            intended_us: message
+                .headers()
+                .get(SENT_AT_HEADER)
+                .and_then(|v| v.parse().ok()),
+            bytes: message.payload().len(),
+        };
+        delivery.ack().await?;
+        Ok(Some(incoming))
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.consumer.close().await
+    }
+}
+
+/// Capacity of each raw mpsc subscription channel (the memory backend's bench queue bound).
+pub const RAW_MPSC_CAPACITY: usize = 1024;
+
+type RawMessage = (u64, Bytes);
+type RawReceiver = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<RawMessage>>>;
+type RawSubscription = (String, tokio::sync::mpsc::Sender<RawMessage>, RawReceiver);
+
+/// The floor: one bounded `tokio::sync::mpsc` channel per subscription, a send "confirmed"
+/// once it is in every subscription's channel, consumers of one subscription sharing its
+/// receiver. No broker, no abstraction: what is left is the harness itself.
+#[derive(Default)]
+pub struct RawMpscDriver {
+    topics: Mutex<HashMap<String, Vec<RawSubscription>>>,
+}
+
+impl RawMpscDriver {
+    /// A driver with no topics yet.
+    pub fn new() -> Self {
+        RawMpscDriver::default()
+    }
+
+    fn lookup(&self, topic: &str) -> Result<Vec<RawSubscription>> {
+        let topics = self
+            .topics
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Broker, "raw mpsc driver lock poisoned"))?;
+        topics
+            .get(topic)
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no raw topic '{topic}'")))
+    }
+}
+
+#[async_trait]
+impl Driver for RawMpscDriver {
+    fn name(&self) -> String {
+        "raw-mpsc".to_owned()
+    }
+
+    async fn server_version(&self) -> String {
+        format!("tokio::sync::mpsc (capacity {RAW_MPSC_CAPACITY}), in process")
+    }
+
+    fn check(&self, plan: &Plan) -> Result<()> {
+        let size = plan.message_size().max(1) as u64;
+        if plan.backlog_bytes / size > RAW_MPSC_CAPACITY as u64 {
+            return Err(Error::unsupported(format!(
+                "workload {}: field `consumerBacklogSizeGB` cannot be expressed on raw-mpsc: a backlog of {} messages does not fit its {RAW_MPSC_CAPACITY}-message channel",
+                plan.source,
+                plan.backlog_bytes / size
+            )));
+        }
+        Ok(())
+    }
+
+    async fn create(&self, topic: &TopicPlan) -> Result<()> {
+        let subs = topic
+            .subscriptions
+            .iter()
+            .map(|s| {
+                let (tx, rx) = tokio::sync::mpsc::channel(RAW_MPSC_CAPACITY);
+                (s.clone(), tx, Arc::new(tokio::sync::Mutex::new(rx)))
+            })
+            .collect();
+        self.topics
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Broker, "raw mpsc driver lock poisoned"))?
+            .insert(topic.name.clone(), subs);
+        Ok(())
+    }
+
+    async fn producer(&self, topic: &TopicPlan) -> Result<Box<dyn DriverProducer>> {
+        let senders = self
+            .lookup(&topic.name)?
+            .into_iter()
+            .map(|(_, tx, _)| tx)
+            .collect();
+        Ok(Box::new(RawMpscProducer { senders }))
+    }
+
+    async fn consumer(
+        &self,
+        topic: &TopicPlan,
+        subscription: &str,
+    ) -> Result<Box<dyn DriverConsumer>> {
+        let receiver = self
+            .lookup(&topic.name)?
+            .into_iter()
+            .find(|(s, _, _)| s == subscription)
+            .map(|(_, _, rx)| rx)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("no raw subscription '{subscription}'"),
+                )
+            })?;
+        Ok(Box::new(RawMpscConsumer { receiver }))
+    }
+
+    async fn delete(&self, topic: &TopicPlan) -> Result<()> {
+        if let Ok(mut topics) = self.topics.lock() {
+            topics.remove(&topic.name);
+        }
+        Ok(())
+    }
+}
+
+struct RawMpscProducer {
+    senders: Vec<tokio::sync::mpsc::Sender<RawMessage>>,
+}
+
+#[async_trait]
+impl DriverProducer for RawMpscProducer {
+    async fn send(&self, message: Outgoing) -> Result<Confirm> {
+        for tx in &self.senders {
+            tx.send((message.intended_us, message.payload.clone()))
+                .await
+                .map_err(|_| Error::closed("raw mpsc channel closed"))?;
+        }
+        Ok(futures_util::future::ready(Ok(())).boxed())
+    }
+
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+struct RawMpscConsumer {
+    receiver: RawReceiver,
+}
+
+#[async_trait]
+impl DriverConsumer for RawMpscConsumer {
+    async fn receive(&mut self, timeout: Duration) -> Result<Option<Incoming>> {
+        let mut rx = self.receiver.lock().await;
+        match tokio::time::timeout(timeout, rx.recv()).await {
+            Ok(Some((intended_us, payload))) => Ok(Some(Incoming {
+                intended_us: Some(intended_us),
+                bytes: std::hint::black_box(payload).len(),
+            })),
+            Ok(None) => Err(Error::closed("raw mpsc channel closed")),
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The raw-client baseline for a backend, when this build has one: `raw-mpsc` for memory://.
+/// Raw lapin / rdkafka / aws-sdk-sqs drivers plug in here behind their cargo features.
+pub fn baseline_for(backend: &str) -> Option<Arc<dyn Driver>> {
+    match backend {
+        "memory" => Some(Arc::new(RawMpscDriver::new())),
+        _ => None,
+    }
+}

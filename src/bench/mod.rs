@@ -1,0 +1,23 @@
+//! Measuring brokers: the quick `mailroom bench`, the OMB-compatible workload harness, and
+//! `mailroom compare`.
+//!
+//! - [`quick`]: one producer, one consumer, throughput + a paced latency run, and the same work
+//!   on a raw `tokio::sync::mpsc` channel (its items are re-exported here).
+//! - [`workload`]: workloads in OpenMessaging Benchmark YAML ([`workload::Workload`]).
+//! - [`driver`]: what the harness drives: every mailroom backend by URL, and raw baselines
+//!   (the extension point for raw lapin / rdkafka / aws-sdk-sqs drivers).
+//! - [`runner`]: open-loop runs with HdrHistogram percentiles and periodic stats.
+//! - [`result`]: OMB-format result JSON and the summary table.
+//! - [`compare`] and [`report`]: runs on several backends, conformance, Markdown + HTML.
+//! - [`overhead`]: the harness's own cost, raw mpsc through the harness vs a bare loop.
+
+pub mod compare;
+pub mod driver;
+pub mod overhead;
+pub mod quick;
+pub mod report;
+pub mod result;
+pub mod runner;
+pub mod workload;
+
+pub use quick::*;

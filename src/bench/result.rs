@@ -1,0 +1,439 @@
+//! A run's result, serialized with OMB's `TestResult` field names and units (publish and
+//! end-to-end latency in milliseconds, publish delay in microseconds), so OMB's chart tooling
+//! reads it; mailroom's own additions sit under `mailroom`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Percentiles the quantile maps and the report's latency curves carry.
+pub const QUANTILES: &[f64] = &[
+    1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99, 99.999, 100.0,
+];
+
+/// One histogram summarised the way OMB's result fields want it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Mean.
+    pub avg: f64,
+    /// p50.
+    pub p50: f64,
+    /// p75.
+    pub p75: f64,
+    /// p95.
+    pub p95: f64,
+    /// p99.
+    pub p99: f64,
+    /// p99.9.
+    pub p999: f64,
+    /// p99.99.
+    pub p9999: f64,
+    /// p99.999.
+    pub p99999: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// Summarise a microsecond histogram, dividing every value by `scale` (1000 for ms).
+    pub fn of(h: &Histogram<u64>, scale: f64) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let q = |p: f64| h.value_at_quantile(p) as f64 / scale;
+        Percentiles {
+            avg: h.mean() / scale,
+            p50: q(0.50),
+            p75: q(0.75),
+            p95: q(0.95),
+            p99: q(0.99),
+            p999: q(0.999),
+            p9999: q(0.9999),
+            p99999: q(0.99999),
+            max: h.max() as f64 / scale,
+        }
+    }
+}
+
+/// The quantile map of a microsecond histogram, values divided by `scale`.
+pub fn quantile_map(h: &Histogram<u64>, scale: f64) -> BTreeMap<String, f64> {
+    if h.is_empty() {
+        return BTreeMap::new();
+    }
+    QUANTILES
+        .iter()
+        .map(|p| {
+            let v = if *p >= 100.0 {
+                h.max()
+            } else {
+                h.value_at_quantile(p / 100.0)
+            };
+            (format!("{p}"), v as f64 / scale)
+        })
+        .collect()
+}
+
+/// A run's result: OMB's `TestResult` fields plus `mailroom`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct TestResult {
+    pub workload: String,
+    pub driver: String,
+    pub message_size: u64,
+    pub topics: u32,
+    pub partitions: u32,
+    pub producers_per_topic: u32,
+    pub consumers_per_topic: u32,
+
+    pub publish_rate: Vec<f64>,
+    pub publish_error_rate: Vec<f64>,
+    pub consume_rate: Vec<f64>,
+    pub backlog: Vec<i64>,
+
+    pub publish_latency_avg: Vec<f64>,
+    #[serde(rename = "publishLatency50pct")]
+    pub publish_latency_50pct: Vec<f64>,
+    #[serde(rename = "publishLatency75pct")]
+    pub publish_latency_75pct: Vec<f64>,
+    #[serde(rename = "publishLatency95pct")]
+    pub publish_latency_95pct: Vec<f64>,
+    #[serde(rename = "publishLatency99pct")]
+    pub publish_latency_99pct: Vec<f64>,
+    #[serde(rename = "publishLatency999pct")]
+    pub publish_latency_999pct: Vec<f64>,
+    #[serde(rename = "publishLatency9999pct")]
+    pub publish_latency_9999pct: Vec<f64>,
+    #[serde(rename = "publishLatency99999pct")]
+    pub publish_latency_99999pct: Vec<f64>,
+    pub publish_latency_max: Vec<f64>,
+
+    pub publish_delay_latency_avg: Vec<f64>,
+    #[serde(rename = "publishDelayLatency50pct")]
+    pub publish_delay_latency_50pct: Vec<u64>,
+    #[serde(rename = "publishDelayLatency75pct")]
+    pub publish_delay_latency_75pct: Vec<u64>,
+    #[serde(rename = "publishDelayLatency95pct")]
+    pub publish_delay_latency_95pct: Vec<u64>,
+    #[serde(rename = "publishDelayLatency99pct")]
+    pub publish_delay_latency_99pct: Vec<u64>,
+    #[serde(rename = "publishDelayLatency999pct")]
+    pub publish_delay_latency_999pct: Vec<u64>,
+    #[serde(rename = "publishDelayLatency9999pct")]
+    pub publish_delay_latency_9999pct: Vec<u64>,
+    #[serde(rename = "publishDelayLatency99999pct")]
+    pub publish_delay_latency_99999pct: Vec<u64>,
+    pub publish_delay_latency_max: Vec<u64>,
+
+    pub aggregated_publish_latency_avg: f64,
+    #[serde(rename = "aggregatedPublishLatency50pct")]
+    pub aggregated_publish_latency_50pct: f64,
+    #[serde(rename = "aggregatedPublishLatency75pct")]
+    pub aggregated_publish_latency_75pct: f64,
+    #[serde(rename = "aggregatedPublishLatency95pct")]
+    pub aggregated_publish_latency_95pct: f64,
+    #[serde(rename = "aggregatedPublishLatency99pct")]
+    pub aggregated_publish_latency_99pct: f64,
+    #[serde(rename = "aggregatedPublishLatency999pct")]
+    pub aggregated_publish_latency_999pct: f64,
+    #[serde(rename = "aggregatedPublishLatency9999pct")]
+    pub aggregated_publish_latency_9999pct: f64,
+    #[serde(rename = "aggregatedPublishLatency99999pct")]
+    pub aggregated_publish_latency_99999pct: f64,
+    pub aggregated_publish_latency_max: f64,
+
+    pub aggregated_publish_delay_latency_avg: f64,
+    #[serde(rename = "aggregatedPublishDelayLatency50pct")]
+    pub aggregated_publish_delay_latency_50pct: u64,
+    #[serde(rename = "aggregatedPublishDelayLatency75pct")]
+    pub aggregated_publish_delay_latency_75pct: u64,
+    #[serde(rename = "aggregatedPublishDelayLatency95pct")]
+    pub aggregated_publish_delay_latency_95pct: u64,
+    #[serde(rename = "aggregatedPublishDelayLatency99pct")]
+    pub aggregated_publish_delay_latency_99pct: u64,
+    #[serde(rename = "aggregatedPublishDelayLatency999pct")]
+    pub aggregated_publish_delay_latency_999pct: u64,
+    #[serde(rename = "aggregatedPublishDelayLatency9999pct")]
+    pub aggregated_publish_delay_latency_9999pct: u64,
+    #[serde(rename = "aggregatedPublishDelayLatency99999pct")]
+    pub aggregated_publish_delay_latency_99999pct: u64,
+    pub aggregated_publish_delay_latency_max: u64,
+
+    pub aggregated_publish_latency_quantiles: BTreeMap<String, f64>,
+    pub aggregated_publish_delay_latency_quantiles: BTreeMap<String, f64>,
+
+    pub end_to_end_latency_avg: Vec<f64>,
+    #[serde(rename = "endToEndLatency50pct")]
+    pub end_to_end_latency_50pct: Vec<f64>,
+    #[serde(rename = "endToEndLatency75pct")]
+    pub end_to_end_latency_75pct: Vec<f64>,
+    #[serde(rename = "endToEndLatency95pct")]
+    pub end_to_end_latency_95pct: Vec<f64>,
+    #[serde(rename = "endToEndLatency99pct")]
+    pub end_to_end_latency_99pct: Vec<f64>,
+    #[serde(rename = "endToEndLatency999pct")]
+    pub end_to_end_latency_999pct: Vec<f64>,
+    #[serde(rename = "endToEndLatency9999pct")]
+    pub end_to_end_latency_9999pct: Vec<f64>,
+    #[serde(rename = "endToEndLatency99999pct")]
+    pub end_to_end_latency_99999pct: Vec<f64>,
+    pub end_to_end_latency_max: Vec<f64>,
+
+    pub aggregated_end_to_end_latency_quantiles: BTreeMap<String, f64>,
+
+    pub aggregated_end_to_end_latency_avg: f64,
+    #[serde(rename = "aggregatedEndToEndLatency50pct")]
+    pub aggregated_end_to_end_latency_50pct: f64,
+    #[serde(rename = "aggregatedEndToEndLatency75pct")]
+    pub aggregated_end_to_end_latency_75pct: f64,
+    #[serde(rename = "aggregatedEndToEndLatency95pct")]
+    pub aggregated_end_to_end_latency_95pct: f64,
+    #[serde(rename = "aggregatedEndToEndLatency99pct")]
+    pub aggregated_end_to_end_latency_99pct: f64,
+    #[serde(rename = "aggregatedEndToEndLatency999pct")]
+    pub aggregated_end_to_end_latency_999pct: f64,
+    #[serde(rename = "aggregatedEndToEndLatency9999pct")]
+    pub aggregated_end_to_end_latency_9999pct: f64,
+    #[serde(rename = "aggregatedEndToEndLatency99999pct")]
+    pub aggregated_end_to_end_latency_99999pct: f64,
+    pub aggregated_end_to_end_latency_max: f64,
+
+    /// What OMB does not have.
+    pub mailroom: Extra,
+}
+
+/// mailroom's additions to the OMB result.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Extra {
+    /// The workload file.
+    pub workload_file: String,
+    /// The broker URL (redacted) or the raw driver's name.
+    pub url: String,
+    /// The broker's implementation and version, as it reported them.
+    pub server_version: String,
+    /// The target rate of the measured run (msgs/s over all producers); for a max-rate
+    /// workload, the rate the search found.
+    pub target_rate: f64,
+    /// Seconds measured (the warm-up excluded).
+    pub measured_seconds: f64,
+    /// Messages confirmed in the measured run.
+    pub messages_sent: u64,
+    /// Messages received in the measured run (every subscription counted).
+    pub messages_received: u64,
+    /// Sends that failed in the measured run.
+    pub send_errors: u64,
+    /// The first error seen, if any.
+    pub first_error: Option<String>,
+    /// Mean publish rate of the measured run, msgs/s.
+    pub publish_rate_avg: f64,
+    /// Mean consume rate of the measured run, msgs/s.
+    pub consume_rate_avg: f64,
+    /// The max-rate search: (seconds since start, target rate tried, backlog) per step.
+    pub rate_search: Vec<(f64, f64, i64)>,
+    /// Backlog over the whole run, sampled: (seconds since start, messages).
+    pub backlog_series: Vec<(f64, i64)>,
+    /// For a backlog workload: seconds from the consumers' start until the backlog was gone.
+    pub drain_seconds: Option<f64>,
+    /// For a backlog workload: the backlog the consumers started from, in messages.
+    pub drain_from: Option<i64>,
+    /// Seconds between periodic stats.
+    pub stats_interval_seconds: f64,
+}
+
+impl TestResult {
+    /// Append one periodic sample (histograms in microseconds).
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_period(
+        &mut self,
+        publish_rate: f64,
+        error_rate: f64,
+        consume_rate: f64,
+        backlog: i64,
+        publish: &Histogram<u64>,
+        delay: &Histogram<u64>,
+        e2e: &Histogram<u64>,
+    ) {
+        self.publish_rate.push(publish_rate);
+        self.publish_error_rate.push(error_rate);
+        self.consume_rate.push(consume_rate);
+        self.backlog.push(backlog);
+        let p = Percentiles::of(publish, 1000.0);
+        self.publish_latency_avg.push(p.avg);
+        self.publish_latency_50pct.push(p.p50);
+        self.publish_latency_75pct.push(p.p75);
+        self.publish_latency_95pct.push(p.p95);
+        self.publish_latency_99pct.push(p.p99);
+        self.publish_latency_999pct.push(p.p999);
+        self.publish_latency_9999pct.push(p.p9999);
+        self.publish_latency_99999pct.push(p.p99999);
+        self.publish_latency_max.push(p.max);
+        let d = Percentiles::of(delay, 1.0);
+        self.publish_delay_latency_avg.push(d.avg);
+        self.publish_delay_latency_50pct.push(d.p50 as u64);
+        self.publish_delay_latency_75pct.push(d.p75 as u64);
+        self.publish_delay_latency_95pct.push(d.p95 as u64);
+        self.publish_delay_latency_99pct.push(d.p99 as u64);
+        self.publish_delay_latency_999pct.push(d.p999 as u64);
+        self.publish_delay_latency_9999pct.push(d.p9999 as u64);
+        self.publish_delay_latency_99999pct.push(d.p99999 as u64);
+        self.publish_delay_latency_max.push(d.max as u64);
+        let e = Percentiles::of(e2e, 1000.0);
+        self.end_to_end_latency_avg.push(e.avg);
+        self.end_to_end_latency_50pct.push(e.p50);
+        self.end_to_end_latency_75pct.push(e.p75);
+        self.end_to_end_latency_95pct.push(e.p95);
+        self.end_to_end_latency_99pct.push(e.p99);
+        self.end_to_end_latency_999pct.push(e.p999);
+        self.end_to_end_latency_9999pct.push(e.p9999);
+        self.end_to_end_latency_99999pct.push(e.p99999);
+        self.end_to_end_latency_max.push(e.max);
+    }
+
+    /// Fill the aggregated fields from the whole measured run's histograms (microseconds).
+    pub fn set_aggregates(
+        &mut self,
+        publish: &Histogram<u64>,
+        delay: &Histogram<u64>,
+        e2e: &Histogram<u64>,
+    ) {
+        let p = Percentiles::of(publish, 1000.0);
+        self.aggregated_publish_latency_avg = p.avg;
+        self.aggregated_publish_latency_50pct = p.p50;
+        self.aggregated_publish_latency_75pct = p.p75;
+        self.aggregated_publish_latency_95pct = p.p95;
+        self.aggregated_publish_latency_99pct = p.p99;
+        self.aggregated_publish_latency_999pct = p.p999;
+        self.aggregated_publish_latency_9999pct = p.p9999;
+        self.aggregated_publish_latency_99999pct = p.p99999;
+        self.aggregated_publish_latency_max = p.max;
+        self.aggregated_publish_latency_quantiles = quantile_map(publish, 1000.0);
+        let d = Percentiles::of(delay, 1.0);
+        self.aggregated_publish_delay_latency_avg = d.avg;
+        self.aggregated_publish_delay_latency_50pct = d.p50 as u64;
+        self.aggregated_publish_delay_latency_75pct = d.p75 as u64;
+        self.aggregated_publish_delay_latency_95pct = d.p95 as u64;
+        self.aggregated_publish_delay_latency_99pct = d.p99 as u64;
+        self.aggregated_publish_delay_latency_999pct = d.p999 as u64;
+        self.aggregated_publish_delay_latency_9999pct = d.p9999 as u64;
+        self.aggregated_publish_delay_latency_99999pct = d.p99999 as u64;
+        self.aggregated_publish_delay_latency_max = d.max as u64;
+        self.aggregated_publish_delay_latency_quantiles = quantile_map(delay, 1.0);
+        let e = Percentiles::of(e2e, 1000.0);
+        self.aggregated_end_to_end_latency_avg = e.avg;
+        self.aggregated_end_to_end_latency_50pct = e.p50;
+        self.aggregated_end_to_end_latency_75pct = e.p75;
+        self.aggregated_end_to_end_latency_95pct = e.p95;
+        self.aggregated_end_to_end_latency_99pct = e.p99;
+        self.aggregated_end_to_end_latency_999pct = e.p999;
+        self.aggregated_end_to_end_latency_9999pct = e.p9999;
+        self.aggregated_end_to_end_latency_99999pct = e.p99999;
+        self.aggregated_end_to_end_latency_max = e.max;
+        self.aggregated_end_to_end_latency_quantiles = quantile_map(e2e, 1000.0);
+    }
+
+    /// The aggregated end-to-end percentiles, in ms.
+    pub fn end_to_end(&self) -> Percentiles {
+        Percentiles {
+            avg: self.aggregated_end_to_end_latency_avg,
+            p50: self.aggregated_end_to_end_latency_50pct,
+            p75: self.aggregated_end_to_end_latency_75pct,
+            p95: self.aggregated_end_to_end_latency_95pct,
+            p99: self.aggregated_end_to_end_latency_99pct,
+            p999: self.aggregated_end_to_end_latency_999pct,
+            p9999: self.aggregated_end_to_end_latency_9999pct,
+            p99999: self.aggregated_end_to_end_latency_99999pct,
+            max: self.aggregated_end_to_end_latency_max,
+        }
+    }
+
+    /// The aggregated publish percentiles, in ms.
+    pub fn publish(&self) -> Percentiles {
+        Percentiles {
+            avg: self.aggregated_publish_latency_avg,
+            p50: self.aggregated_publish_latency_50pct,
+            p75: self.aggregated_publish_latency_75pct,
+            p95: self.aggregated_publish_latency_95pct,
+            p99: self.aggregated_publish_latency_99pct,
+            p999: self.aggregated_publish_latency_999pct,
+            p9999: self.aggregated_publish_latency_9999pct,
+            p99999: self.aggregated_publish_latency_99999pct,
+            max: self.aggregated_publish_latency_max,
+        }
+    }
+}
+
+/// Format milliseconds for tables: µs precision below 10 ms.
+pub fn ms(v: f64) -> String {
+    if v < 10.0 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// A human summary table of results, one row per run.
+pub fn summary_table(results: &[TestResult]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<44} {:<10} {:>10} {:>10} {:>10} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>8}",
+        "workload",
+        "driver",
+        "target/s",
+        "pub/s",
+        "cons/s",
+        "e2e p50",
+        "p75",
+        "p95",
+        "p99",
+        "p99.9",
+        "p99.99",
+        "max",
+        "pub p50",
+        "p99",
+        "max",
+        "delay99"
+    );
+    for r in results {
+        let e = r.end_to_end();
+        let p = r.publish();
+        let _ = writeln!(
+            out,
+            "{:<44} {:<10} {:>10.0} {:>10.0} {:>10.0} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>8}",
+            truncate(&r.workload, 44),
+            truncate(&r.driver, 10),
+            r.mailroom.target_rate,
+            r.mailroom.publish_rate_avg,
+            r.mailroom.consume_rate_avg,
+            ms(e.p50),
+            ms(e.p75),
+            ms(e.p95),
+            ms(e.p99),
+            ms(e.p999),
+            ms(e.p9999),
+            ms(e.max),
+            ms(p.p50),
+            ms(p.p99),
+            ms(p.max),
+            format!("{}us", r.aggregated_publish_delay_latency_99pct),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "(latencies in ms; e2e = receive − intended send, publish = confirm − actual send, delay = actual − intended send)"
+    );
+    out
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}

@@ -1,0 +1,691 @@
+//! Runs one workload on one driver, open loop.
+//!
+//! Each producer sends on a schedule: message `i` is *intended* at `start + i / rate`, and it is
+//! sent then, or at once if the producer is late, never skipped. Publish delay (actual −
+//! intended send) shows a producer that could not keep up; publish latency is confirm − actual
+//! send; end-to-end latency is receive − intended send, from the monotonic microsecond clock
+//! carried in a header, so a stalled producer or broker cannot hide latency (no coordinated
+//! omission). The warm-up is run and thrown away; periodic stats are kept every
+//! `stats_interval`, with a live progress line on a terminal.
+
+use std::io::{IsTerminal, Write as _};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::task::JoinHandle;
+
+use mailroom_core::{Error, ErrorKind, Result};
+
+use super::driver::{now_us, Confirm, Driver, Outgoing, TopicPlan};
+use super::result::{Percentiles, TestResult};
+use super::workload::{KeyDistributor, Plan};
+
+/// How a run reports while it goes.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Seconds between periodic stats (OMB: 10 s).
+    pub stats_interval: Duration,
+    /// Print periodic stats lines to stderr.
+    pub print_stats: bool,
+    /// Show a live progress line on stderr when it is a terminal.
+    pub progress: bool,
+    /// The URL (redacted) to put in the result.
+    pub url: String,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            stats_interval: Duration::from_secs(10),
+            print_stats: true,
+            progress: true,
+            url: String::new(),
+        }
+    }
+}
+
+/// Highest value a histogram records: an hour, in microseconds.
+const HIST_MAX_US: u64 = 3_600_000_000;
+/// Longest the consumers get to drain what is in flight once producers stop.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// Most confirms one producer awaits at once before it stops sending (a bound, not a window).
+const MAX_CONFIRMS_IN_FLIGHT: usize = 65_536;
+/// Step of the max-rate search.
+const SEARCH_STEP: Duration = Duration::from_millis(500);
+/// Backlog samples for the drain chart.
+const BACKLOG_SAMPLE: Duration = Duration::from_millis(250);
+
+fn histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3)
+        .map_err(|e| Error::config(format!("histogram: {e}")))
+}
+
+type Part = Arc<Mutex<Histogram<u64>>>;
+
+/// A histogram split into one part per task, so recording never contends; `take` merges.
+struct Hists {
+    template: Histogram<u64>,
+    parts: Mutex<Vec<Part>>,
+}
+
+impl Hists {
+    fn new() -> Result<Hists> {
+        Ok(Hists {
+            template: histogram()?,
+            parts: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn empty(&self) -> Histogram<u64> {
+        self.template.clone()
+    }
+
+    fn part(&self) -> Part {
+        let part = Arc::new(Mutex::new(self.empty()));
+        if let Ok(mut parts) = self.parts.lock() {
+            parts.push(part.clone());
+        }
+        part
+    }
+
+    fn take(&self) -> Histogram<u64> {
+        let mut out = self.empty();
+        if let Ok(parts) = self.parts.lock() {
+            for part in parts.iter() {
+                if let Ok(mut h) = part.lock() {
+                    let _ = out.add(&*h);
+                    h.reset();
+                }
+            }
+        }
+        out
+    }
+}
+
+fn record(part: &Part, us: u64) {
+    if let Ok(mut h) = part.lock() {
+        h.saturating_record(us.clamp(1, HIST_MAX_US));
+    }
+}
+
+struct Shared {
+    stop_producers: AtomicBool,
+    stop_consumers: AtomicBool,
+    consumers_paused: AtomicBool,
+    /// Per-producer rate in msgs/s, as f64 bits.
+    rate_bits: AtomicU64,
+    /// Bumped when the rate changes: producers re-anchor their schedule to now.
+    epoch: AtomicU64,
+    /// Confirmed sends, ever (backlog) and since the last period (rates).
+    sent_total: AtomicU64,
+    sent: AtomicU64,
+    send_errors: AtomicU64,
+    received_total: AtomicU64,
+    received: AtomicU64,
+    first_error: Mutex<Option<String>>,
+    publish: Hists,
+    delay: Hists,
+    e2e: Hists,
+}
+
+impl Shared {
+    fn new() -> Result<Shared> {
+        Ok(Shared {
+            stop_producers: AtomicBool::new(false),
+            stop_consumers: AtomicBool::new(false),
+            consumers_paused: AtomicBool::new(false),
+            rate_bits: AtomicU64::new(1f64.to_bits()),
+            epoch: AtomicU64::new(0),
+            sent_total: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            received_total: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+            publish: Hists::new()?,
+            delay: Hists::new()?,
+            e2e: Hists::new()?,
+        })
+    }
+
+    fn set_rate(&self, per_producer: f64) {
+        self.rate_bits
+            .store(per_producer.max(0.001).to_bits(), Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn rate(&self) -> f64 {
+        f64::from_bits(self.rate_bits.load(Ordering::Acquire))
+    }
+
+    fn note_error(&self, e: &Error) {
+        if let Ok(mut first) = self.first_error.lock() {
+            first.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+fn fresh_name(what: &str) -> String {
+    let id = mailroom_core::MessageId::generate().to_string();
+    let id: String = id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(10)
+        .collect();
+    format!("mr-bench-{what}-{id}")
+}
+
+async fn produce(
+    driver: Arc<dyn Driver>,
+    topic: TopicPlan,
+    plan: Arc<Plan>,
+    index: usize,
+    shared: Arc<Shared>,
+) -> Result<()> {
+    let producer = driver.producer(&topic).await?;
+    let publish = shared.publish.part();
+    let delay = shared.delay.part();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Confirm, Instant)>(4096);
+    let confirm_shared = shared.clone();
+    // Confirms are awaited apart from the sends so a slow confirm never holds the schedule up.
+    let confirms = tokio::spawn(async move {
+        let mut in_flight = FuturesUnordered::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                next = rx.recv(), if open && in_flight.len() < MAX_CONFIRMS_IN_FLIGHT => match next {
+                    Some((confirm, sent_at)) => in_flight.push(async move {
+                        let r: Result<()> = confirm.await;
+                        (r, sent_at)
+                    }),
+                    None => open = false,
+                },
+                Some((r, sent_at)) = in_flight.next(), if !in_flight.is_empty() => match r {
+                    Ok(()) => {
+                        record(&publish, sent_at.elapsed().as_micros() as u64);
+                        confirm_shared.sent.fetch_add(1, Ordering::Relaxed);
+                        confirm_shared.sent_total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        confirm_shared.note_error(&e);
+                        confirm_shared.send_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                else => break,
+            }
+        }
+    });
+    let payloads = &plan.payloads;
+    let mut epoch = u64::MAX;
+    let mut next = Instant::now();
+    let mut i: u64 = 0;
+    let mut result = Ok(());
+    while !shared.stop_producers.load(Ordering::Acquire) {
+        let current = shared.epoch.load(Ordering::Acquire);
+        if current != epoch {
+            epoch = current;
+            next = Instant::now();
+        }
+        let interval = Duration::from_secs_f64(1.0 / shared.rate());
+        if next > Instant::now() {
+            tokio::time::sleep_until(next.into()).await;
+            if shared.stop_producers.load(Ordering::Acquire) {
+                break;
+            }
+        }
+        let intended = next;
+        next += interval;
+        let key = match plan.workload.key_distributor {
+            KeyDistributor::NoKey => None,
+            KeyDistributor::KeyRoundRobin => Some(format!("k{}", (i + index as u64) % 10_000)),
+            KeyDistributor::RandomNano => Some(format!("k{}", now_us() ^ (i << 20))),
+        };
+        let payload = payloads[(i as usize) % payloads.len()].clone();
+        i += 1;
+        let intended_us = now_us().saturating_sub(intended.elapsed().as_micros() as u64);
+        let sent_at = Instant::now();
+        record(&delay, sent_at.duration_since(intended).as_micros() as u64);
+        match producer
+            .send(Outgoing {
+                key,
+                payload,
+                intended_us,
+            })
+            .await
+        {
+            Ok(confirm) => {
+                if tx.send((confirm, sent_at)).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                shared.note_error(&e);
+                shared.send_errors.fetch_add(1, Ordering::Relaxed);
+                if !e.is_temporary() {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = confirms.await;
+    let closed = producer.close().await;
+    result.and(closed)
+}
+
+async fn consume(
+    driver: Arc<dyn Driver>,
+    topic: TopicPlan,
+    subscription: String,
+    shared: Arc<Shared>,
+) -> Result<()> {
+    let mut consumer = driver.consumer(&topic, &subscription).await?;
+    let e2e = shared.e2e.part();
+    let mut result = Ok(());
+    while !shared.stop_consumers.load(Ordering::Acquire) {
+        if shared.consumers_paused.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        match consumer.receive(Duration::from_millis(100)).await {
+            Ok(Some(incoming)) => {
+                if let Some(intended) = incoming.intended_us {
+                    record(&e2e, now_us().saturating_sub(intended));
+                }
+                shared.received.fetch_add(1, Ordering::Relaxed);
+                shared.received_total.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(None) => {}
+            Err(e) if e.kind() == ErrorKind::Closed => break,
+            Err(e) => {
+                shared.note_error(&e);
+                if !e.is_temporary() {
+                    result = Err(e);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let closed = consumer.close().await;
+    result.and(closed)
+}
+
+struct Period {
+    at: Instant,
+    sent_total: u64,
+    received_total: u64,
+}
+
+struct Progress {
+    enabled: bool,
+    label: String,
+}
+
+impl Progress {
+    fn show(&self, line: &str) {
+        if self.enabled {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K{}: {line}", self.label);
+            let _ = err.flush();
+        }
+    }
+
+    fn clear(&self) {
+        if self.enabled {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+        }
+    }
+}
+
+/// Run a planned workload on a driver and return its result.
+pub async fn run(driver: Arc<dyn Driver>, plan: &Plan, options: &RunOptions) -> Result<TestResult> {
+    driver.check(plan)?;
+    let plan = Arc::new(plan.clone());
+    let run_id = fresh_name("t");
+    let topics: Vec<TopicPlan> = (0..plan.topics)
+        .map(|t| {
+            let name = format!("{run_id}-{t}");
+            TopicPlan {
+                subscriptions: (0..plan.subscriptions)
+                    .map(|s| format!("{name}-sub{s}"))
+                    .collect(),
+                name,
+                partitions: plan.partitions,
+            }
+        })
+        .collect();
+    for topic in &topics {
+        driver.create(topic).await?;
+    }
+    let outcome = run_on(driver.clone(), plan.clone(), &topics, options).await;
+    for topic in &topics {
+        if let Err(e) = driver.delete(topic).await {
+            tracing::warn!("bench: cannot delete {}: {e}", topic.name);
+        }
+    }
+    outcome
+}
+
+fn task_error(e: tokio::task::JoinError) -> Error {
+    Error::new(ErrorKind::Broker, format!("bench task failed: {e}"))
+}
+
+async fn run_on(
+    driver: Arc<dyn Driver>,
+    plan: Arc<Plan>,
+    topics: &[TopicPlan],
+    options: &RunOptions,
+) -> Result<TestResult> {
+    let shared = Arc::new(Shared::new()?);
+    let producers_total = (plan.topics * plan.producers) as f64;
+    let subs = plan.subscriptions as i64;
+    let initial = plan.rate.unwrap_or(plan.start_rate) as f64;
+    shared.set_rate(initial / producers_total);
+    let backlog_run = plan.backlog_bytes > 0;
+    shared
+        .consumers_paused
+        .store(backlog_run, Ordering::Release);
+
+    // Consumers first, so every subscription is live before the first send.
+    let mut consumers: Vec<JoinHandle<Result<()>>> = Vec::new();
+    for topic in topics {
+        for sub in &topic.subscriptions {
+            for _ in 0..plan.consumers {
+                let consumer = consume(driver.clone(), topic.clone(), sub.clone(), shared.clone());
+                consumers.push(tokio::spawn(consumer));
+            }
+        }
+    }
+    let mut producers: Vec<JoinHandle<Result<()>>> = Vec::new();
+    for topic in topics {
+        for p in 0..plan.producers {
+            let producer = produce(
+                driver.clone(),
+                topic.clone(),
+                plan.clone(),
+                p as usize,
+                shared.clone(),
+            );
+            producers.push(tokio::spawn(producer));
+        }
+    }
+
+    let start = Instant::now();
+    let mut result = TestResult {
+        workload: plan.workload.name.clone(),
+        driver: driver.name(),
+        message_size: plan.message_size() as u64,
+        topics: plan.topics,
+        partitions: plan.partitions,
+        producers_per_topic: plan.producers,
+        consumers_per_topic: plan.consumers * plan.subscriptions,
+        ..TestResult::default()
+    };
+    result.mailroom.workload_file = plan.source.clone();
+    result.mailroom.url = options.url.clone();
+    result.mailroom.server_version = driver.server_version().await;
+    result.mailroom.stats_interval_seconds = options.stats_interval.as_secs_f64();
+    let progress = Progress {
+        enabled: options.progress && std::io::stderr().is_terminal(),
+        label: format!("{} on {}", plan.workload.name, driver.name()),
+    };
+    // A receive can be counted before its send's confirm is: never show a negative backlog.
+    let backlog = |shared: &Shared| -> i64 {
+        (shared.sent_total.load(Ordering::Relaxed) as i64 * subs
+            - shared.received_total.load(Ordering::Relaxed) as i64)
+            .max(0)
+    };
+    let failed = |tasks: &[JoinHandle<Result<()>>]| tasks.iter().any(|t| t.is_finished());
+
+    let outcome: Result<()> = async {
+        // Phase 1: warm-up, or the max-rate search, or building the backlog.
+        if backlog_run {
+            let size = plan.message_size().max(1) as u64;
+            let target = (plan.backlog_bytes / size).max(1) as i64;
+            let limit = plan.duration.max(Duration::from_secs(60)) * 4;
+            let mut last_sample = Instant::now();
+            while backlog(&shared) < target {
+                if start.elapsed() > limit || failed(&producers) {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "workload {}: the backlog of {target} messages (consumerBacklogSizeGB) was not built within {limit:?}; {} confirmed",
+                            plan.source,
+                            shared.sent_total.load(Ordering::Relaxed)
+                        ),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if last_sample.elapsed() >= BACKLOG_SAMPLE {
+                    last_sample = Instant::now();
+                    let b = backlog(&shared);
+                    result.mailroom.backlog_series.push((start.elapsed().as_secs_f64(), b));
+                    progress.show(&format!("building backlog {b}/{target}"));
+                }
+            }
+        } else if plan.rate.is_none() {
+            let mut rate = initial;
+            let mut last_ok = initial;
+            let mut backed_off = false;
+            let mut last = (Instant::now(), shared.sent_total.load(Ordering::Relaxed));
+            let search_until = start + plan.warmup.max(SEARCH_STEP * 4);
+            while Instant::now() < search_until {
+                tokio::time::sleep(SEARCH_STEP).await;
+                if failed(&producers) || failed(&consumers) {
+                    break;
+                }
+                let sent = shared.sent_total.load(Ordering::Relaxed);
+                let achieved = (sent - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                last = (Instant::now(), sent);
+                let b = backlog(&shared);
+                result
+                    .mailroom
+                    .rate_search
+                    .push((start.elapsed().as_secs_f64(), rate, b));
+                let kept_up = achieved >= rate * 0.9;
+                if b <= plan.acceptable_backlog as i64 && kept_up {
+                    last_ok = rate;
+                    rate *= if backed_off { 1.1 } else { 1.5 };
+                } else {
+                    backed_off = true;
+                    // Below what was achieved, so the consumers catch up before the next step.
+                    rate = (achieved.min(rate) * 0.8).max(1.0);
+                }
+                shared.set_rate(rate / producers_total);
+                progress.show(&format!(
+                    "searching max rate: tried {achieved:.0} msgs/s, backlog {b}, next {rate:.0}"
+                ));
+            }
+            // The measured run holds the last rate that was sustained, not the next one tried.
+            shared.set_rate(last_ok / producers_total);
+        } else {
+            let mut last_sample = Instant::now();
+            while start.elapsed() < plan.warmup {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if last_sample.elapsed() >= Duration::from_secs(1) {
+                    last_sample = Instant::now();
+                    progress.show(&format!(
+                        "warm-up {:.0}/{:.0}s",
+                        start.elapsed().as_secs_f64(),
+                        plan.warmup.as_secs_f64()
+                    ));
+                }
+            }
+        }
+        result.mailroom.target_rate = shared.rate() * producers_total;
+
+        // Phase 2: the measured run. Everything recorded so far is the warm-up's: dropped.
+        let _ = (shared.publish.take(), shared.delay.take(), shared.e2e.take());
+        shared.sent.store(0, Ordering::Relaxed);
+        shared.received.store(0, Ordering::Relaxed);
+        shared.send_errors.store(0, Ordering::Relaxed);
+        let measure_start = Instant::now();
+        if backlog_run {
+            let b = backlog(&shared);
+            result.mailroom.drain_from = Some(b);
+            result.mailroom.backlog_series.push((start.elapsed().as_secs_f64(), b));
+            shared.consumers_paused.store(false, Ordering::Release);
+        }
+        let mut agg = (histogram()?, histogram()?, histogram()?);
+        let mut period = Period {
+            at: measure_start,
+            sent_total: 0,
+            received_total: 0,
+        };
+        let (mut sent_all, mut received_all, mut errors_all) = (0u64, 0u64, 0u64);
+        let mut last_sample = Instant::now();
+        let mut last_progress = Instant::now();
+        let drained_below = |rate: f64| ((rate * 0.1) as i64).max(10);
+        loop {
+            let tick = if backlog_run && result.mailroom.drain_seconds.is_none() {
+                Duration::from_millis(5)
+            } else {
+                Duration::from_millis(50)
+            };
+            tokio::time::sleep(tick).await;
+            let now = Instant::now();
+            let elapsed = now - measure_start;
+            let b = backlog(&shared);
+            // A drain can take a fraction of a sample period: sample every tick while it runs.
+            let draining = backlog_run && result.mailroom.drain_seconds.is_none();
+            if draining || now - last_sample >= BACKLOG_SAMPLE {
+                last_sample = now;
+                result.mailroom.backlog_series.push((start.elapsed().as_secs_f64(), b));
+            }
+            if draining && b <= drained_below(result.mailroom.target_rate) {
+                result.mailroom.drain_seconds = Some(elapsed.as_secs_f64());
+            }
+            let done = if backlog_run {
+                result.mailroom.drain_seconds.is_some() || elapsed >= plan.duration
+            } else {
+                elapsed >= plan.duration
+            };
+            if now - period.at >= options.stats_interval || done {
+                let secs = (now - period.at).as_secs_f64().max(1e-9);
+                let sent = shared.sent.swap(0, Ordering::Relaxed);
+                let received = shared.received.swap(0, Ordering::Relaxed);
+                let errors = shared.send_errors.swap(0, Ordering::Relaxed);
+                sent_all += sent;
+                received_all += received;
+                errors_all += errors;
+                let (p, d, e) = (shared.publish.take(), shared.delay.take(), shared.e2e.take());
+                let _ = agg.0.add(&p);
+                let _ = agg.1.add(&d);
+                let _ = agg.2.add(&e);
+                result.push_period(
+                    sent as f64 / secs,
+                    errors as f64 / secs,
+                    received as f64 / secs,
+                    b,
+                    &p,
+                    &d,
+                    &e,
+                );
+                if options.print_stats {
+                    let pe = Percentiles::of(&e, 1000.0);
+                    let pp = Percentiles::of(&p, 1000.0);
+                    progress.clear();
+                    eprintln!(
+                        "  [{}] pub {:>9.0} msg/s  cons {:>9.0} msg/s  err {:>5.0}/s  backlog {:>8}  pub lat ms p50 {:.3} p99 {:.3} max {:.3}  e2e ms p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}  delay p99 {} us",
+                        driver.name(),
+                        sent as f64 / secs,
+                        received as f64 / secs,
+                        errors as f64 / secs,
+                        b,
+                        pp.p50,
+                        pp.p99,
+                        pp.max,
+                        pe.p50,
+                        pe.p99,
+                        pe.p999,
+                        pe.max,
+                        d.value_at_quantile(0.99)
+                    );
+                }
+                period = Period {
+                    at: now,
+                    sent_total: shared.sent_total.load(Ordering::Relaxed),
+                    received_total: shared.received_total.load(Ordering::Relaxed),
+                };
+            } else if now - last_progress >= Duration::from_secs(1) {
+                last_progress = now;
+                let secs = (now - period.at).as_secs_f64().max(1e-9);
+                let sent = shared.sent_total.load(Ordering::Relaxed) - period.sent_total;
+                let received = shared.received_total.load(Ordering::Relaxed) - period.received_total;
+                progress.show(&format!(
+                    "{:.0}/{:.0}s  pub {:.0} msg/s  cons {:.0} msg/s  backlog {b}",
+                    elapsed.as_secs_f64(),
+                    plan.duration.as_secs_f64(),
+                    sent as f64 / secs,
+                    received as f64 / secs,
+                ));
+            }
+            if done {
+                break;
+            }
+            if failed(&producers) || failed(&consumers) {
+                break;
+            }
+        }
+        progress.clear();
+        let measured = measure_start.elapsed().as_secs_f64();
+        result.mailroom.measured_seconds = measured;
+        result.mailroom.messages_sent = sent_all;
+        result.mailroom.messages_received = received_all;
+        result.mailroom.send_errors = errors_all;
+        result.mailroom.publish_rate_avg = sent_all as f64 / measured;
+        result.mailroom.consume_rate_avg = received_all as f64 / measured;
+        result.set_aggregates(&agg.0, &agg.1, &agg.2);
+        Ok(())
+    }
+    .await;
+
+    // Stop: producers first (they flush), then let the consumers take what is in flight.
+    shared.stop_producers.store(true, Ordering::Release);
+    shared.consumers_paused.store(false, Ordering::Release);
+    let mut first_failure: Option<Error> = None;
+    for p in producers {
+        if let Err(e) = p.await.map_err(task_error).and_then(|r| r) {
+            first_failure.get_or_insert(e);
+        }
+    }
+    let grace = Instant::now();
+    while backlog(&shared) > 0 && grace.elapsed() < DRAIN_GRACE && !failed(&consumers) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shared.stop_consumers.store(true, Ordering::Release);
+    for c in consumers {
+        if let Err(e) = c.await.map_err(task_error).and_then(|r| r) {
+            first_failure.get_or_insert(e);
+        }
+    }
+    outcome?;
+    result.mailroom.first_error = shared.first_error.lock().ok().and_then(|e| e.clone());
+    if let Some(e) = first_failure {
+        return Err(e);
+    }
+    if result.mailroom.messages_sent == 0 {
+        return Err(Error::new(
+            ErrorKind::Broker,
+            format!(
+                "workload {} on {}: no message was confirmed{}",
+                plan.source,
+                driver.name(),
+                result
+                    .mailroom
+                    .first_error
+                    .as_deref()
+                    .map(|e| format!(" (first error: {e})"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(result)
+}
