@@ -116,7 +116,9 @@ pub trait Settle: Send + Sync {
 pub struct Delivery {
     message: Message,
     info: DeliveryInfo,
-    settle: Option<Box<dyn Settle>>,
+    // Abandons on drop, so a delivery dropped unsettled is abandoned without a `Drop` of its
+    // own, and `into_parts` can move the message out without copying it.
+    settle: Settlement,
 }
 
 impl Delivery {
@@ -125,7 +127,9 @@ impl Delivery {
         Delivery {
             message,
             info,
-            settle: Some(settle),
+            settle: Settlement {
+                settle: Some(settle),
+            },
         }
     }
 
@@ -149,6 +153,36 @@ impl Delivery {
         crate::json::decode(&self.message)
     }
 
+    /// Acknowledge: processing is done.
+    pub async fn ack(self) -> Result<()> {
+        self.settle.ack().await
+    }
+
+    /// Negative acknowledgement: requeue or dead-letter.
+    pub async fn nack(self, nack: Nack) -> Result<()> {
+        self.settle.nack(nack).await
+    }
+
+    /// Split the delivery into its message, its info and the obligation to settle it.
+    ///
+    /// The message moves out without a copy, so code that consumes it (a pipeline stage) does
+    /// not have to clone it out of the delivery. The [`Settlement`] keeps every guarantee of
+    /// the delivery: it is settled once by `ack` or `nack`, and dropping it unsettled
+    /// abandons the message to be redelivered.
+    pub fn into_parts(self) -> (Message, DeliveryInfo, Settlement) {
+        (self.message, self.info, self.settle)
+    }
+}
+
+/// The obligation to settle one delivery, without its message: see [`Delivery::into_parts`].
+///
+/// `ack` and `nack` consume it, so settling twice does not compile. Dropping it unsettled
+/// abandons the delivery exactly as dropping a [`Delivery`] does: the message comes back.
+pub struct Settlement {
+    settle: Option<Box<dyn Settle>>,
+}
+
+impl Settlement {
     fn take_settle(&mut self) -> Box<dyn Settle> {
         // Only `ack`/`nack`/`drop` take it, and the first two consume `self`.
         self.settle
@@ -167,11 +201,19 @@ impl Delivery {
     }
 }
 
-impl Drop for Delivery {
+impl Drop for Settlement {
     fn drop(&mut self) {
         if let Some(settle) = self.settle.take() {
             settle.abandon();
         }
+    }
+}
+
+impl fmt::Debug for Settlement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settlement")
+            .field("settled", &self.settle.is_none())
+            .finish()
     }
 }
 
@@ -180,7 +222,7 @@ impl fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("message", &self.message)
             .field("info", &self.info)
-            .field("settled", &self.settle.is_none())
+            .field("settled", &self.settle.settle.is_none())
             .finish()
     }
 }
@@ -203,4 +245,88 @@ fn already() -> crate::Error {
         crate::ErrorKind::AlreadySettled,
         "delivery was already settled",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Records which settle call reached the backend.
+    struct Recording(Arc<Mutex<Vec<String>>>);
+
+    impl Recording {
+        fn log(&self, what: impl Into<String>) {
+            self.0.lock().unwrap().push(what.into());
+        }
+    }
+
+    #[async_trait]
+    impl Settle for Recording {
+        async fn ack(self: Box<Self>) -> Result<()> {
+            self.log("ack");
+            Ok(())
+        }
+        async fn nack(self: Box<Self>, nack: Nack) -> Result<()> {
+            self.log(format!("nack {nack:?}"));
+            Ok(())
+        }
+        fn abandon(self: Box<Self>) {
+            self.log("abandon");
+        }
+    }
+
+    fn delivery() -> (Delivery, Arc<Mutex<Vec<String>>>) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let message = Message::new("payload");
+        let d = Delivery::new(
+            message,
+            DeliveryInfo::new("q"),
+            Box::new(Recording(log.clone())),
+        );
+        (d, log)
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        futures_util::FutureExt::now_or_never(f).expect("recording settle never waits")
+    }
+
+    #[test]
+    fn into_parts_moves_the_message_and_keeps_the_settle() {
+        let (d, log) = delivery();
+        let id = d.message().id().clone();
+        let (message, info, settlement) = d.into_parts();
+        assert_eq!(message.id(), &id);
+        assert_eq!(&message.payload()[..], b"payload");
+        assert_eq!(info.source, "q");
+        assert!(log.lock().unwrap().is_empty(), "splitting settles nothing");
+        run(settlement.ack()).unwrap();
+        assert_eq!(*log.lock().unwrap(), ["ack"]);
+    }
+
+    #[test]
+    fn a_settlement_nacks_or_abandons_when_dropped() {
+        let (d, log) = delivery();
+        let (_, _, settlement) = d.into_parts();
+        run(settlement.nack(Nack::requeue())).unwrap();
+        assert_eq!(*log.lock().unwrap(), ["nack Requeue { delay: None }"]);
+
+        let (d, log) = delivery();
+        let (_, _, settlement) = d.into_parts();
+        drop(settlement);
+        assert_eq!(*log.lock().unwrap(), ["abandon"]);
+    }
+
+    #[test]
+    fn a_delivery_still_acks_nacks_and_abandons_on_drop() {
+        let (d, log) = delivery();
+        run(d.ack()).unwrap();
+        let (d2, log2) = delivery();
+        run(d2.nack(Nack::dead_letter("bad"))).unwrap();
+        let (d3, log3) = delivery();
+        drop(d3);
+        assert_eq!(*log.lock().unwrap(), ["ack"]);
+        assert_eq!(log2.lock().unwrap().len(), 1);
+        assert_eq!(*log3.lock().unwrap(), ["abandon"]);
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::future::{ready, Future};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::concurrent::Concurrent;
 use crate::metrics::{add, Metrics};
-use crate::policy::{panic_error, StageRt, StageSpec};
+use crate::policy::{panic_error, ErrorPolicy, StageRt, StageSpec};
 use crate::token::{Settlement, Shared, Token, Tokens};
 
 /// How items are ordered while async stages work on several at once.
@@ -152,6 +152,7 @@ impl PipelineBuilder {
         let shared = Arc::new(Shared {
             counters: metrics.pipeline.clone(),
             settle_tx,
+            keep_originals: AtomicBool::new(false),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let keyed_sources = !self.sources.is_empty()
@@ -229,6 +230,9 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     pub fn stage(&self, spec: StageSpec) -> Arc<StageRt> {
+        if matches!(spec.policy.terminal(), ErrorPolicy::DeadLetter(_)) {
+            self.keep_originals();
+        }
         let counters = self.metrics.stage(&spec.name);
         Arc::new(StageRt {
             span: tracing::info_span!("stage", name = %spec.name),
@@ -239,6 +243,16 @@ impl Ctx {
             policy: spec.policy,
             concurrency: spec.concurrency,
         })
+    }
+}
+
+impl Ctx {
+    /// Make every input keep its original message, for a stage that sends it on (a dead
+    /// letter, a late input).
+    pub fn keep_originals(&self) {
+        self.shared
+            .keep_originals
+            .store(true, AtomicOrdering::Relaxed);
     }
 }
 
@@ -366,13 +380,29 @@ impl SourceState {
         counters
             .in_flight_peak
             .fetch_max(held, AtomicOrdering::Relaxed);
-        let parts = delivery.message().clone().into_parts();
-        let key = parts.key.clone();
-        let event_time = parts.timestamp;
-        let lane =
-            (self.index << 32) ^ delivery.info().partition.map_or(0, |p| u64::from(p as u32));
-        let value = Message::from_parts(parts);
-        let token = Token::new(delivery, Some(permit), self.shared.clone());
+        let (value, info, obligation) = delivery.into_parts();
+        // The key is shared with the message (one `Arc`), not copied.
+        let (value, key) = if value.key().is_some() {
+            let parts = value.into_parts();
+            let key = parts.key.clone();
+            (Message::from_parts(parts), key)
+        } else {
+            (value, None)
+        };
+        let event_time = value.timestamp();
+        let lane = (self.index << 32) ^ info.partition.map_or(0, |p| u64::from(p as u32));
+        let original = self
+            .shared
+            .keep_originals
+            .load(AtomicOrdering::Relaxed)
+            .then(|| value.clone());
+        let token = Token::new(
+            obligation,
+            info,
+            original,
+            Some(permit),
+            self.shared.clone(),
+        );
         Item {
             value,
             meta: Meta {

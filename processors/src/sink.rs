@@ -188,6 +188,11 @@ async fn dispatch(
 
 /// Enqueue one message; settle its tokens now when the confirm is already known, else when it
 /// arrives (tracked in `confirms`).
+///
+/// No copy of the message is kept for a retry: a producer hands an unconfirmed message back
+/// inside the error (the `Producer` contract, `Error::undelivered`), and a failure that does not
+/// return it is given up to the stage's policy (the input is then redelivered or dead-lettered,
+/// never lost).
 async fn send(
     st: &Arc<StageRt>,
     sink: &Sink,
@@ -195,13 +200,10 @@ async fn send(
     tokens: Tokens,
     confirms: &mut Confirms,
 ) {
-    let kept = st.policy.backoff().map(|_| message.clone());
     match sink.producer.enqueue(&sink.destination, message).await {
         Ok(mut pending) => match (&mut pending).now_or_never() {
             Some(Ok(_)) => confirmed(st, tokens).await,
-            Some(Err(e)) => {
-                confirms.push(failed(st.clone(), sink.clone(), kept, tokens, e).boxed())
-            }
+            Some(Err(e)) => confirms.push(failed(st.clone(), sink.clone(), tokens, e).boxed()),
             None => {
                 let st = st.clone();
                 let sink = sink.clone();
@@ -212,17 +214,14 @@ async fn send(
                                 confirmed(&st, tokens).await;
                                 None
                             }
-                            Err(e) => failed(st, sink, kept, tokens, e).await,
+                            Err(e) => failed(st, sink, tokens, e).await,
                         }
                     }
                     .boxed(),
                 );
             }
         },
-        Err(mut e) => {
-            let kept = kept.or_else(|| e.take_undelivered());
-            confirms.push(failed(st.clone(), sink.clone(), kept, tokens, e).boxed());
-        }
+        Err(e) => confirms.push(failed(st.clone(), sink.clone(), tokens, e).boxed()),
     }
 }
 
@@ -233,22 +232,17 @@ async fn confirmed(st: &StageRt, tokens: Tokens) {
 }
 
 /// A send failed: retry it as the policy says, then give up.
-async fn failed(
-    st: Arc<StageRt>,
-    sink: Sink,
-    kept: Option<Message>,
-    tokens: Tokens,
-    mut error: Error,
-) -> Option<Error> {
+async fn failed(st: Arc<StageRt>, sink: Sink, tokens: Tokens, mut error: Error) -> Option<Error> {
     let mut attempt = 1;
     loop {
-        let (Some(delay), Some(message)) = (st.retry_delay(&error, attempt), kept.as_ref()) else {
+        let message = error.take_undelivered();
+        let (Some(delay), Some(message)) = (st.retry_delay(&error, attempt), message) else {
             return st.give_up(tokens, error, attempt).await;
         };
         tracing::warn!(parent: &st.span, error = %error, attempt, "send failed; retrying");
         tokio::time::sleep(delay).await;
         attempt += 1;
-        match sink.producer.send(&sink.destination, message.clone()).await {
+        match sink.producer.send(&sink.destination, message).await {
             Ok(_) => {
                 confirmed(&st, tokens).await;
                 return None;

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailroom_core::{Delivery, DeliveryInfo, Message, Nack};
+use mailroom_core::delivery::Settlement as Obligation;
+use mailroom_core::{DeliveryInfo, Message, Nack};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::metrics::PipelineCounters;
@@ -22,11 +23,19 @@ pub(crate) struct Shared {
     /// Settlements finished outside an async context (a filter) go to the settler task. The
     /// channel holds at most `max_in_flight` entries: each carries its input's permit.
     pub settle_tx: mpsc::UnboundedSender<Settlement>,
+    /// Whether inputs keep a copy of their original message: only a dead-letter policy or a
+    /// late side output reads it, so without one the message moves into the stages uncopied.
+    /// Set while the pipeline is built, before any input arrives.
+    pub keep_originals: AtomicBool,
 }
 
 struct Held {
-    delivery: Option<Delivery>,
+    /// The obligation to settle the input with its broker; taken once, by the last branch.
+    obligation: Option<Obligation>,
     permit: Option<OwnedSemaphorePermit>,
+    /// The input as received, for dead letters and late data (see `Shared::keep_originals`).
+    original: Option<Message>,
+    info: DeliveryInfo,
 }
 
 /// One input delivery and how many branches derived from it are still open.
@@ -49,12 +58,12 @@ impl Input {
             return None;
         }
         let mut held = self.lock();
-        let delivery = held.delivery.take()?;
+        let obligation = held.obligation.take()?;
         let permit = held.permit.take();
         drop(held);
         let requeue = *self.requeue.lock().unwrap_or_else(|p| p.into_inner());
         Some(Settlement {
-            delivery,
+            obligation,
             permit,
             requeue,
             counters: self.shared.counters.clone(),
@@ -65,20 +74,21 @@ impl Input {
 impl Drop for Input {
     fn drop(&mut self) {
         let held = self.held.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Some(delivery) = held.delivery.take() {
-            // Dropping a delivery unsettled hands it back to the broker for redelivery.
+        if let Some(obligation) = held.obligation.take() {
+            // Dropping the obligation unsettled hands the input back to the broker for
+            // redelivery.
             self.shared
                 .counters
                 .abandoned
                 .fetch_add(1, Ordering::Relaxed);
-            drop(delivery);
+            drop(obligation);
         }
     }
 }
 
 /// The settle of one input, ready to run: ack, or nack-requeue when a branch asked for it.
 pub(crate) struct Settlement {
-    delivery: Delivery,
+    obligation: Obligation,
     permit: Option<OwnedSemaphorePermit>,
     requeue: Option<Option<Duration>>,
     counters: Arc<PipelineCounters>,
@@ -88,19 +98,19 @@ impl Settlement {
     /// Settle with the broker, then free the input's in-flight slot.
     pub async fn run(self) {
         let Settlement {
-            delivery,
+            obligation,
             permit,
             requeue,
             counters,
         } = self;
         let result = match requeue {
-            None => delivery.ack().await,
+            None => obligation.ack().await,
             Some(delay) => {
                 let nack = match delay {
                     Some(d) => Nack::requeue_after(d),
                     None => Nack::requeue(),
                 };
-                delivery.nack(nack).await
+                obligation.nack(nack).await
             }
         };
         match (result, requeue) {
@@ -124,7 +134,7 @@ impl Settlement {
         if let Err(mpsc::error::SendError(settlement)) = shared.settle_tx.send(self) {
             // The settler is gone only when the pipeline is being torn down: leave the input
             // unsettled so that it is redelivered.
-            drop(settlement.delivery);
+            drop(settlement.obligation);
         }
     }
 }
@@ -135,16 +145,22 @@ pub(crate) struct Token {
 }
 
 impl Token {
+    /// A token on an input received as `info`, settled through `obligation`; `original` is its
+    /// message when the pipeline keeps originals.
     pub fn new(
-        delivery: Delivery,
+        obligation: Obligation,
+        info: DeliveryInfo,
+        original: Option<Message>,
         permit: Option<OwnedSemaphorePermit>,
         shared: Arc<Shared>,
     ) -> Self {
         Token {
             input: Some(Arc::new(Input {
                 held: Mutex::new(Held {
-                    delivery: Some(delivery),
+                    obligation: Some(obligation),
                     permit,
+                    original,
+                    info,
                 }),
                 pending: AtomicUsize::new(1),
                 abandoned: AtomicBool::new(false),
@@ -184,12 +200,12 @@ impl Token {
     }
 
     /// The input's original message and where it came from (for dead letters and late data).
+    /// `None` once the input is settled, or when the pipeline does not keep originals.
     pub fn original(&self) -> Option<(Message, DeliveryInfo)> {
         let input = self.input.as_ref()?;
         let held = input.lock();
-        held.delivery
-            .as_ref()
-            .map(|d| (d.message().clone(), d.info().clone()))
+        held.obligation.as_ref()?;
+        held.original.clone().map(|m| (m, held.info.clone()))
     }
 }
 

@@ -310,6 +310,9 @@ impl<T: Clone + Send + 'static> WindowedFlow<T> {
             probe,
         } = self;
         let st = flow.ctx.stage(stage);
+        if spec.late.is_some() {
+            flow.ctx.keep_originals();
+        }
         let max_held = spec
             .max_held
             .unwrap_or((flow.ctx.max_in_flight * 3 / 4).max(1));
