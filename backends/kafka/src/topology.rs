@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mailroom_core::{
@@ -47,7 +48,13 @@ struct RegistryState {
     active: HashMap<String, usize>,
     /// Topics deleted while consumers of this process still fetched them.
     doomed: BTreeSet<String>,
+    /// When a consumer of this process last closed.
+    last_close: Option<Instant>,
 }
+
+/// How long after a consumer closes its last long-poll fetch may still be running on the
+/// broker (librdkafka's `fetch.wait.max.ms` is 500 ms), with a margin.
+const FETCH_DRAIN: Duration = Duration::from_secs(2);
 
 /// Queue settings and bindings of one cluster, shared in this process.
 #[derive(Default)]
@@ -82,9 +89,10 @@ impl Registry {
         }
     }
 
-    /// A consumer stopped fetching these topics; returns the doomed topics to delete now.
-    pub fn consumer_closed(&self, topics: &[String]) -> Vec<String> {
+    /// A consumer stopped fetching these topics.
+    pub fn consumer_closed(&self, topics: &[String]) {
         let mut state = self.lock();
+        state.last_close = Some(Instant::now());
         for t in topics {
             if let Some(n) = state.active.get_mut(t) {
                 *n = n.saturating_sub(1);
@@ -93,11 +101,32 @@ impl Registry {
                 }
             }
         }
-        if state.active.is_empty() {
+    }
+
+    /// The doomed topics, if nothing fetches now and the last close has drained.
+    fn take_doomed_if_idle(&self) -> Vec<String> {
+        let mut state = self.lock();
+        let drained = match state.last_close {
+            Some(t) => t.elapsed() >= FETCH_DRAIN,
+            None => true,
+        };
+        if state.active.is_empty() && drained {
             std::mem::take(&mut state.doomed).into_iter().collect()
         } else {
             Vec::new()
         }
+    }
+
+    fn has_doomed(&self) -> bool {
+        !self.lock().doomed.is_empty()
+    }
+
+    /// How long to wait before deleting, so that a closed consumer's last fetch has ended.
+    fn drain_wait(&self) -> Duration {
+        self.lock()
+            .last_close
+            .map(|t| FETCH_DRAIN.saturating_sub(t.elapsed()))
+            .unwrap_or_default()
     }
 
     /// Defer deleting `topic` while any consumer of this process fetches from the cluster.
@@ -153,22 +182,28 @@ pub(crate) async fn delete_topics(
     Ok(())
 }
 
-/// A consumer closed: delete the topics whose deletion waited for it.
+/// A consumer closed: once nothing of this process fetches and its last fetch has drained,
+/// delete the topics whose deletion waited (a later close retries if another consumer opened).
 pub(crate) fn consumer_closed(shared: &Arc<Shared>, topics: &[String]) {
-    let free = shared.registry.consumer_closed(topics);
-    if free.is_empty() {
+    shared.registry.consumer_closed(topics);
+    if !shared.registry.has_doomed() {
         return;
     }
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
             let shared = shared.clone();
             handle.spawn(async move {
+                tokio::time::sleep(FETCH_DRAIN).await;
+                let free = shared.registry.take_doomed_if_idle();
+                if free.is_empty() {
+                    return;
+                }
                 if let Err(e) = delete_topics(&shared, &free, "delete_queue").await {
                     tracing::warn!(error = %e, topics = ?free, "deferred topic deletion failed");
                 }
             });
         }
-        Err(_) => tracing::warn!(topics = ?free, "no runtime to delete deferred topics"),
+        Err(_) => tracing::warn!("no runtime to delete deferred topics"),
     }
 }
 
@@ -242,13 +277,22 @@ impl KafkaTopology {
     }
 
     async fn delete_topic(&self, name: &str, operation: &'static str) -> Result<()> {
-        // tansu 0.6 mishandles fetches after a topic deletion: a fetch from the deleted topic
-        // panics its storage (the whole broker stops answering), and other consumers' fetches
-        // can come back as "unknown topic" with a zero topic id, on which librdkafka 2.12
-        // crashes. So topics are deleted only when no consumer of this process is fetching.
+        // tansu 0.6 mishandles fetches around a topic deletion: a fetch from the deleted topic
+        // panics its storage (the whole broker stops answering), and fetches of *other* topics
+        // running at that moment can come back as "unknown topic" with a zero topic id and a
+        // current-leader tag, on which librdkafka 2.12 dereferences a null topic name. So topics are deleted only when no consumer of this process is fetching,
+        // and not before the last fetch of a consumer that just closed has ended.
         if self.shared.registry.defer_delete(name) {
             tracing::debug!(topic = name, "deletion deferred until its consumers close");
             return Ok(());
+        }
+        // A consumer that just closed may have a long-poll fetch still running on the broker.
+        let wait = self.shared.registry.drain_wait();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+            if self.shared.registry.defer_delete(name) {
+                return Ok(());
+            }
         }
         delete_topics(&self.shared, &[name.to_owned()], operation).await
     }

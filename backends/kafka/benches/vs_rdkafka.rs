@@ -1,0 +1,140 @@
+//! mailroom-kafka vs raw rdkafka on the same broker, in one process: 1 KiB messages, produce
+//! with every delivery report awaited, then consume with offsets stored per message and
+//! committed (auto-commit of stored offsets, plus a final synchronous commit).
+//!
+//! `cargo bench -p mailroom-kafka --bench vs_rdkafka` (env `MAILROOM_KAFKA_URL`,
+//! `MAILROOM_BENCH_MESSAGES`, default 10,000).
+
+use std::time::{Duration, Instant};
+
+use mailroom_core::{Backend, ConsumerOptions, Destination, Message, QueueSpec};
+use mailroom_kafka::KafkaBackend;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+const SIZE: usize = 1024;
+
+fn url() -> String {
+    std::env::var("MAILROOM_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into())
+}
+
+fn fresh(what: &str) -> String {
+    format!(
+        "mr-bench-{what}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// The properties both sides use (mailroom's defaults, spelled out for raw rdkafka).
+fn raw_config(bootstrap: &str) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("allow.auto.create.topics", "false")
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
+    cc
+}
+
+async fn raw_produce(bootstrap: &str, topic: &str, n: usize, payload: &[u8]) -> Duration {
+    let p: FutureProducer = raw_config(bootstrap).create().unwrap();
+    let start = Instant::now();
+    let mut pending = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = (i % 64).to_string();
+        let record = FutureRecord::to(topic).key(&key).payload(payload);
+        pending.push(p.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for d in pending {
+        d.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    start.elapsed()
+}
+
+async fn raw_consume(bootstrap: &str, topic: &str, n: usize) -> Duration {
+    let mut cc = raw_config(bootstrap);
+    cc.set("group.id", topic);
+    let c: StreamConsumer = cc.create().unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let start = Instant::now();
+    for _ in 0..n {
+        let m = c.recv().await.unwrap();
+        c.store_offset_from_message(&m).unwrap();
+    }
+    c.commit_consumer_state(CommitMode::Sync).unwrap();
+    start.elapsed()
+}
+
+async fn mailroom_produce(b: &KafkaBackend, topic: &str, n: usize, payload: &[u8]) -> Duration {
+    let p = b.producer().await.unwrap();
+    let dest = Destination::queue(topic);
+    let payload = bytes::Bytes::copy_from_slice(payload);
+    let start = Instant::now();
+    let mut pending = Vec::with_capacity(n);
+    for i in 0..n {
+        let m = Message::builder(payload.clone())
+            .key((i % 64).to_string())
+            .build()
+            .unwrap();
+        pending.push(p.enqueue(&dest, m).await.unwrap());
+    }
+    for c in pending {
+        c.await.unwrap();
+    }
+    start.elapsed()
+}
+
+async fn mailroom_consume(b: &KafkaBackend, topic: &str, n: usize) -> Duration {
+    let mut c = b.consumer(topic, ConsumerOptions::default()).await.unwrap();
+    let start = Instant::now();
+    for _ in 0..n {
+        c.receive().await.unwrap().ack().await.unwrap();
+    }
+    c.close().await.unwrap();
+    start.elapsed()
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n: usize = std::env::var("MAILROOM_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let b = KafkaBackend::from_url(&url()).await.unwrap();
+    let bootstrap = b.config().bootstrap_servers();
+    let payload = vec![0x5au8; SIZE];
+    let (raw_t, mr_t) = (fresh("raw"), fresh("mailroom"));
+    for t in [&raw_t, &mr_t] {
+        b.topology()
+            .declare_queue(&QueueSpec::new(t.as_str()))
+            .await
+            .unwrap();
+    }
+    // Alternate who goes first so a warming broker favours neither.
+    let raw_p = raw_produce(&bootstrap, &raw_t, n, &payload).await;
+    let mr_p = mailroom_produce(&b, &mr_t, n, &payload).await;
+    let mr_c = mailroom_consume(&b, &mr_t, n).await;
+    let raw_c = raw_consume(&bootstrap, &raw_t, n).await;
+
+    println!("kafka backend vs raw rdkafka, {n} x {SIZE} B, broker {bootstrap}");
+    for (what, raw, mr) in [("produce", raw_p, mr_p), ("consume", raw_c, mr_c)] {
+        let (r, m) = (rate(n, raw), rate(n, mr));
+        println!(
+            "  {what:<8} raw rdkafka {r:>10.0} msg/s   mailroom {m:>10.0} msg/s   ratio {:.2}",
+            m / r
+        );
+    }
+    // tansu 0.6 panics on a fetch from a deleted topic: let the raw consumer's last long-poll
+    // fetch end first (mailroom's own consumers are waited for by delete_queue).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for t in [&raw_t, &mr_t] {
+        let _ = b.topology().delete_queue(t.as_str()).await;
+    }
+    let _ = b.close().await;
+}
