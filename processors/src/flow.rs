@@ -451,6 +451,63 @@ async fn wait_for_delivery(mut s: SourceState) -> (SourceState, Received) {
     }
 }
 
+/// What a synchronous stage did with one upstream step.
+enum Applied<U> {
+    /// Pass this on now.
+    Emit(Step<U>),
+    /// Nothing to pass on (filtered; its input is settled).
+    Drop,
+    /// A failure whose handling waits (backoff, a dead letter): pass on what it yields.
+    Later(BoxFuture<'static, Option<Step<U>>>),
+}
+
+/// A synchronous stage as a stream: the stage runs inside the poll that received the item
+/// and hands the result straight on, so the common case stores no future and moves the item
+/// as few times as possible; only a failed item's recovery is boxed.
+struct SyncStream<T, U, F> {
+    upstream: BoxStream<'static, Step<T>>,
+    apply: F,
+    recovering: Option<BoxFuture<'static, Option<Step<U>>>>,
+}
+
+impl<T, U, F> futures_util::Stream for SyncStream<T, U, F>
+where
+    F: FnMut(Step<T>) -> Applied<U> + Unpin,
+{
+    type Item = Step<U>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Step<U>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if let Some(recovering) = this.recovering.as_mut() {
+                let out = match recovering.as_mut().poll(cx) {
+                    Poll::Ready(out) => out,
+                    Poll::Pending => return Poll::Pending,
+                };
+                this.recovering = None;
+                match out {
+                    Some(step) => return Poll::Ready(Some(step)),
+                    None => continue,
+                }
+            }
+            let step = match this.upstream.poll_next_unpin(cx) {
+                Poll::Ready(Some(step)) => step,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            match (this.apply)(step) {
+                Applied::Emit(step) => return Poll::Ready(Some(step)),
+                Applied::Drop => {}
+                Applied::Later(recovering) => this.recovering = Some(recovering),
+            }
+        }
+    }
+}
+
 /// What a synchronous stage function made of one item.
 pub(crate) enum Out<U> {
     One(U),
@@ -473,10 +530,10 @@ impl<T: Send + 'static> Flow<T> {
         let st = self.ctx.stage(spec);
         let f = Arc::new(f);
         let retry_clone = retry_clone.filter(|_| st.policy.backoff().is_some());
-        let stream = self.stream.filter_map(move |step| {
+        let apply = move |step: Step<T>| {
             let item = match step {
                 Ok(item) => item,
-                Err(e) => return Either::Left(ready(Some(Err(e)))),
+                Err(e) => return Applied::Emit(Err(e)),
             };
             add(&st.counters.input, 1);
             let Item { value, meta } = item;
@@ -484,15 +541,15 @@ impl<T: Send + 'static> Flow<T> {
             match call(&st, &*f, value) {
                 Out::One(u) => {
                     add(&st.counters.output, 1);
-                    Either::Left(ready(Some(Ok(Item { value: u, meta }))))
+                    Applied::Emit(Ok(Item { value: u, meta }))
                 }
                 Out::Filtered => {
                     add(&st.counters.filtered, 1);
                     add(&st.pipeline.filtered, meta.tokens.len() as u64);
                     meta.tokens.done_deferred(&st.shared);
-                    Either::Left(ready(None))
+                    Applied::Drop
                 }
-                Out::Failed(error) => Either::Right(Box::pin(recover(
+                Out::Failed(error) => Applied::Later(Box::pin(recover(
                     st.clone(),
                     f.clone(),
                     meta,
@@ -501,9 +558,14 @@ impl<T: Send + 'static> Flow<T> {
                     error,
                 ))),
             }
-        });
+        };
         Flow {
-            stream: stream.boxed(),
+            stream: SyncStream {
+                upstream: self.stream,
+                apply,
+                recovering: None,
+            }
+            .boxed(),
             ctx: self.ctx,
         }
     }
