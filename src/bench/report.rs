@@ -683,6 +683,15 @@ fn results_table(c: &Comparison) -> Vec<Vec<String>> {
                         r.mailroom
                             .drain_seconds
                             .map_or(String::new(), |s| format!("{s:.2} s")),
+                        match (&r.mailroom.first_error, r.mailroom.send_errors) {
+                            (None, 0) => String::new(),
+                            (e, n) => format!(
+                                "{n} failed sends{}",
+                                e.as_deref()
+                                    .map(|e| format!("; first: {e}"))
+                                    .unwrap_or_default()
+                            ),
+                        },
                     ]);
                 }
                 RunOutcome::NotExpressible { workload, reason } => {
@@ -720,6 +729,7 @@ const RESULT_HEADERS: &[&str] = &[
     "publish p99",
     "publish delay p99 (µs)",
     "drain",
+    "errors",
 ];
 
 fn md_cell(s: &str) -> String {

@@ -51,6 +51,8 @@ impl Default for RunOptions {
 const HIST_MAX_US: u64 = 3_600_000_000;
 /// Longest the consumers get to drain what is in flight once producers stop.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// Longest a producer or consumer gets to stop (flush, close) once the run is over.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most confirms one producer awaits at once before it stops sending (a bound, not a window).
 const MAX_CONFIRMS_IN_FLIGHT: usize = 65_536;
 /// Step of the max-rate search.
@@ -377,6 +379,23 @@ fn task_error(e: tokio::task::JoinError) -> Error {
     Error::new(ErrorKind::Broker, format!("bench task failed: {e}"))
 }
 
+/// Wait for a producer or consumer task to stop; one stuck in the broker (a send waiting for
+/// window room that confirms never free, a close that never returns) is aborted after
+/// `STOP_TIMEOUT` and reported, so a broken broker cannot hang the whole comparison.
+async fn join_within(task: JoinHandle<Result<()>>, what: &str) -> Result<()> {
+    let abort = task.abort_handle();
+    match tokio::time::timeout(STOP_TIMEOUT, task).await {
+        Ok(joined) => joined.map_err(task_error).and_then(|r| r),
+        Err(_) => {
+            abort.abort();
+            Err(Error::new(
+                ErrorKind::Timeout,
+                format!("a {what} did not stop within {STOP_TIMEOUT:?} after the run; aborted"),
+            ))
+        }
+    }
+}
+
 async fn run_on(
     driver: Arc<dyn Driver>,
     plan: Arc<Plan>,
@@ -652,7 +671,7 @@ async fn run_on(
     shared.consumers_paused.store(false, Ordering::Release);
     let mut first_failure: Option<Error> = None;
     for p in producers {
-        if let Err(e) = p.await.map_err(task_error).and_then(|r| r) {
+        if let Err(e) = join_within(p, "producer").await {
             first_failure.get_or_insert(e);
         }
     }
@@ -662,7 +681,7 @@ async fn run_on(
     }
     shared.stop_consumers.store(true, Ordering::Release);
     for c in consumers {
-        if let Err(e) = c.await.map_err(task_error).and_then(|r| r) {
+        if let Err(e) = join_within(c, "consumer").await {
             first_failure.get_or_insert(e);
         }
     }
