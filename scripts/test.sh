@@ -29,11 +29,21 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 export MAILROOM_CONFORMANCE_REPORT_DIR="$PWD/target/conformance"
 rm -rf "$MAILROOM_CONFORMANCE_REPORT_DIR"
 
-step "cargo test --workspace --all-features $*"
-cargo test --workspace --all-features "$@"
+step "cargo test --workspace --all-features --exclude mailroom-kafka $*"
+cargo test --workspace --all-features --exclude mailroom-kafka "$@"
+
+# tansu 0.6 can wedge its storage under concurrent fetches and topic deletes (see
+# backends/kafka docs), so the Kafka crate's tests start from a fresh broker process and run one
+# test at a time.
+step "Kafka tests on a freshly started tansu, one test at a time"
+scripts/brokers.sh restart kafka
+cargo test -p mailroom-kafka --all-features -- --test-threads=1
 
 step "RabbitMQ fault test (stops and starts the shared broker, so it runs alone)"
 cargo test -p mailroom-rabbitmq --all-features --test faults -- --ignored --nocapture
+
+step "Kafka fault test (kills and restarts tansu twice, so it runs alone)"
+cargo test -p mailroom-kafka --all-features --test faults -- --ignored --nocapture
 
 step "conformance reports"
 shopt -s nullglob
