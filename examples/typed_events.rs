@@ -116,7 +116,10 @@ pub async fn run(url: &str) -> Result<Consumed> {
     }
     consumer.close().await?;
     let mut dead_consumer = broker.consumer(&dead, Default::default()).await?;
-    while let Some(delivery) = dead_consumer.receive_timeout(Duration::from_secs(1)).await? {
+    while let Some(delivery) = dead_consumer
+        .receive_timeout(Duration::from_secs(1))
+        .await?
+    {
         consumed
             .dead_lettered
             .push(delivery.message().payload().to_vec());
@@ -131,7 +134,9 @@ pub async fn run(url: &str) -> Result<Consumed> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let url = std::env::args().nth(1).unwrap_or_else(|| "memory://".into());
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "memory://".into());
     let consumed = run(&url).await?;
     for event in &consumed.events {
         println!("handled       {event:?}");

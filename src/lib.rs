@@ -27,14 +27,14 @@ pub mod bench;
 use std::sync::Arc;
 
 pub use mailroom_core::*;
+#[cfg(feature = "kafka")]
+pub use mailroom_kafka as kafka;
 pub use mailroom_memory as memory;
 pub use mailroom_processors as processors;
 #[cfg(feature = "rabbitmq")]
 pub use mailroom_rabbitmq as rabbitmq;
 #[cfg(feature = "sqs")]
 pub use mailroom_sqs as sqs;
-#[cfg(feature = "kafka")]
-pub use mailroom_kafka as kafka;
 
 /// Every backend compiled into this build, by URL scheme.
 pub fn registry() -> Registry {

@@ -21,7 +21,10 @@ async fn events_decode_typed_and_junk_is_dead_lettered_raw() {
             OrderEvent::Paid { order_id: 1 }
         ]
     );
-    assert_eq!(consumed.dead_lettered, [br#"{"type":"refunded","order":"#.to_vec()]);
+    assert_eq!(
+        consumed.dead_lettered,
+        [br#"{"type":"refunded","order":"#.to_vec()]
+    );
 }
 
 #[tokio::test]
