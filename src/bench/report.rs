@@ -36,8 +36,11 @@ fn is_backlog(r: &TestResult) -> bool {
     r.mailroom.drain_from.is_some()
 }
 
+/// Producers hit the target rate and consumers kept pace (every subscription counted).
 fn sustained(r: &TestResult) -> bool {
+    let subs = f64::from(r.mailroom.subscriptions.max(1));
     r.mailroom.publish_rate_avg >= 0.95 * r.mailroom.target_rate
+        && r.mailroom.consume_rate_avg >= 0.95 * r.mailroom.publish_rate_avg * subs
 }
 
 /// Messages per second moved end to end (the lower of the publish and consume rates).

@@ -241,6 +241,8 @@ pub struct Extra {
     pub drain_from: Option<i64>,
     /// Seconds between periodic stats.
     pub stats_interval_seconds: f64,
+    /// Subscriptions per topic (each receives every message).
+    pub subscriptions: u32,
 }
 
 impl TestResult {

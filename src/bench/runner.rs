@@ -451,6 +451,7 @@ async fn run_on(
     result.mailroom.url = options.url.clone();
     result.mailroom.server_version = driver.server_version().await;
     result.mailroom.stats_interval_seconds = options.stats_interval.as_secs_f64();
+    result.mailroom.subscriptions = plan.subscriptions;
     let progress = Progress {
         enabled: options.progress && std::io::stderr().is_terminal(),
         label: format!("{} on {}", plan.workload.name, driver.name()),
@@ -493,7 +494,11 @@ async fn run_on(
             let mut rate = initial;
             let mut last_ok = initial;
             let mut backed_off = false;
-            let mut last = (Instant::now(), shared.sent_total.load(Ordering::Relaxed));
+            let mut last = (
+                Instant::now(),
+                shared.sent_total.load(Ordering::Relaxed),
+                shared.received_total.load(Ordering::Relaxed),
+            );
             let search_until = start + plan.warmup.max(SEARCH_STEP * 4);
             while Instant::now() < search_until {
                 tokio::time::sleep(SEARCH_STEP).await;
@@ -501,21 +506,26 @@ async fn run_on(
                     break;
                 }
                 let sent = shared.sent_total.load(Ordering::Relaxed);
-                let achieved = (sent - last.1) as f64 / last.0.elapsed().as_secs_f64();
-                last = (Instant::now(), sent);
+                let received = shared.received_total.load(Ordering::Relaxed);
+                let secs = last.0.elapsed().as_secs_f64();
+                let achieved = (sent - last.1) as f64 / secs;
+                // Consumed per subscription, comparable with the publish rate.
+                let consumed = (received - last.2) as f64 / secs / subs as f64;
+                last = (Instant::now(), sent, received);
                 let b = backlog(&shared);
                 result
                     .mailroom
                     .rate_search
                     .push((start.elapsed().as_secs_f64(), rate, b));
-                let kept_up = achieved >= rate * 0.9;
+                // Sustained = producers hit the rate and consumers kept pace with them.
+                let kept_up = achieved >= rate * 0.9 && consumed >= achieved * 0.9;
                 if b <= plan.acceptable_backlog as i64 && kept_up {
                     last_ok = rate;
                     rate *= if backed_off { 1.1 } else { 1.5 };
                 } else {
                     backed_off = true;
                     // Below what was achieved, so the consumers catch up before the next step.
-                    rate = (achieved.min(rate) * 0.8).max(1.0);
+                    rate = (achieved.min(consumed).min(rate) * 0.8).max(1.0);
                 }
                 shared.set_rate(rate / producers_total);
                 progress.show(&format!(
