@@ -40,6 +40,7 @@ commands:
                      RabbitMQ is the machine's own service and is left running unless
                      MAILROOM_STOP_SYSTEM_BROKERS=1 (then: rabbitmqctl stop).
   restart [NAME...]  down, then up.
+  reset kafka        stop tansu, drop its storage, start it empty (test runs use this).
   kill NAME...       SIGKILL at once, for fault tests (kafka, sqs). Bring back with 'up'.
                      For RabbitMQ use 'rabbitmqctl stop_app'; 'up rabbitmq' runs start_app.
   status [NAME...]   one line per broker: up/down, address, version. Always exits 0.
@@ -331,6 +332,14 @@ kafka_up() {
 
 kafka_down() { stop_pidfile kafka "$KAFKA_DIR/tansu.pid" tansu TERM; }
 kafka_kill() { stop_pidfile kafka "$KAFKA_DIR/tansu.pid" tansu KILL; }
+# Stop tansu, drop its storage and start it empty: test runs start from a known state, since
+# tansu 0.6's sqlite storage can carry a wedged state from an earlier crash.
+kafka_reset() {
+    kafka_down
+    rm -f "$KAFKA_DIR"/tansu.db "$KAFKA_DIR"/tansu.db-*
+    log "kafka: storage dropped"
+    kafka_up
+}
 
 kafka_status() {
     local state=down version="" v pid=""
@@ -473,6 +482,15 @@ main() {
     (($# > 0)) && shift
     local names n
     case $cmd in
+        reset)
+            (($# > 0)) || die "reset needs a broker name (kafka)"
+            for n in "$@"; do
+                case $n in
+                    kafka) mkdir -p "$BROKERS_HOME" && kafka_reset ;;
+                    *) die "reset supports kafka only (the others keep nothing or are machine services)" ;;
+                esac
+            done
+            ;;
         up | down | status | restart)
             names=$(names_or_all "$@") || exit 1
             mkdir -p "$BROKERS_HOME"

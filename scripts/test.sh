@@ -36,7 +36,7 @@ cargo test --workspace --all-features --exclude mailroom-kafka "$@"
 # backends/kafka docs), so the Kafka crate's tests start from a fresh broker process and run one
 # test at a time.
 step "Kafka tests on a freshly started tansu, one test at a time"
-scripts/brokers.sh restart kafka
+scripts/brokers.sh reset kafka
 cargo test -p mailroom-kafka --all-features -- --test-threads=1
 
 step "RabbitMQ fault test (stops and starts the shared broker, so it runs alone)"

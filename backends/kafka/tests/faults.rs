@@ -128,5 +128,6 @@ async fn ten_thousand_messages_survive_two_broker_kills() {
         "{} of {N} lost ({tally})",
         missing.len()
     );
-    b.topology().delete_queue(&q).await.unwrap();
+    // Left in place: tansu 0.6 can wedge its storage when a topic is deleted while fetches are
+    // in flight; the name is random and scripts/test.sh starts tansu empty.
 }

@@ -80,10 +80,8 @@ async fn mailroom_to_plain_rdkafka_keeps_key_headers_and_payload() {
     assert_eq!(headers[ID_HEADER], sent.id().to_string());
     drop(m);
     drop(plain);
-    // tansu 0.6 panics on a fetch from a deleted topic: let the plain consumer's last
-    // long-poll fetch end first.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    b.topology().delete_queue(&q).await.unwrap();
+    // Topics are left in place: tansu 0.6 can wedge its storage when a topic is deleted while
+    // fetches are in flight, names are random, and scripts/test.sh starts tansu empty.
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -135,7 +133,7 @@ async fn plain_rdkafka_to_mailroom_is_consumed_intact() {
     assert_eq!(d.attempt(), 1);
     d.ack().await.unwrap();
     c.close().await.unwrap();
-    b.topology().delete_queue(&q).await.unwrap();
+    // Left in place: see the note at the end of the first test.
 }
 
 /// Acks out of order, then the consumer goes away with one delivery unsettled: the next
@@ -191,7 +189,7 @@ async fn out_of_order_acks_never_commit_past_an_unsettled_message() {
          the settled prefix 0..3 not redelivered"
     );
     c.close().await.unwrap();
-    b.topology().delete_queue(&q).await.unwrap();
+    // Left in place: see the note at the end of the first test.
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -245,5 +243,5 @@ async fn replay_from_earliest_offset_and_time() {
         vec!["old2", "old3", "old4"]
     );
     assert!(drain(&b, &q, Some(Replay::Latest)).await.is_empty());
-    b.topology().delete_queue(&q).await.unwrap();
+    // Left in place: see the note at the end of the first test.
 }

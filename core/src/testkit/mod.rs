@@ -50,6 +50,7 @@ pub struct Ctx {
     /// The backend under test.
     pub backend: Arc<dyn Backend>,
     case: &'static str,
+    cleanup: bool,
 }
 
 impl Ctx {
@@ -216,6 +217,7 @@ impl fmt::Display for Report {
 pub struct Conformance {
     factory: Factory,
     case_timeout: Duration,
+    cleanup: bool,
 }
 
 impl Conformance {
@@ -228,7 +230,17 @@ impl Conformance {
         Conformance {
             factory: Arc::new(move || Box::pin(factory())),
             case_timeout: Duration::from_secs(120),
+            cleanup: true,
         }
+    }
+
+    /// Leave each case's queues and exchanges in place instead of deleting them at its end.
+    ///
+    /// For brokers whose deletes race with other work (tansu 0.6 can wedge its storage when a
+    /// topic is deleted under load); names are random, so what is left never collides.
+    pub fn keep_topology(mut self) -> Self {
+        self.cleanup = false;
+        self
     }
 
     /// Fail a case that runs longer than this (default 120 s).
@@ -304,6 +316,7 @@ impl Conformance {
                     let ctx = Ctx {
                         backend: backend.clone(),
                         case: case.name,
+                        cleanup: self.cleanup,
                     };
                     let result = tokio::time::timeout(self.case_timeout, (case.run)(ctx)).await;
                     let _ = backend.close().await;
