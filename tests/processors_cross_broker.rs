@@ -183,5 +183,6 @@ async fn ten_thousand_messages_from_rabbitmq_to_kafka_none_lost() {
     leftover.close().await.unwrap();
     reader.close().await.unwrap();
     let _ = rabbit.topology().delete_queue(&input).await;
-    let _ = kafka.topology().delete_queue(&output).await;
+    // Kafka topics are left in place: tansu 0.6 can wedge on topic deletes under load (see
+    // scripts/test.sh); the names are fresh per run.
 }
