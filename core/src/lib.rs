@@ -25,7 +25,7 @@ pub mod testkit;
 pub use backend::{Backend, BackendFactory, Registry};
 pub use capabilities::{Capabilities, Capability};
 pub use consumer::{Consumer, ConsumerExt, ConsumerOptions, Replay};
-pub use delivery::{Delivery, DeliveryInfo, Nack, Settle};
+pub use delivery::{Delivery, DeliveryInfo, Nack, Settle, Settlement};
 pub use error::{Error, ErrorKind, Result};
 pub use headers::Headers;
 pub use message::{Message, MessageBuilder, MessageId, MessageParts, Timestamp};

@@ -138,7 +138,8 @@ impl Queue {
         Error::not_found(format!("queue '{}' was deleted", self.name()))
     }
 
-    /// Add a message, waiting for room or refusing, as the queue's overflow policy says.
+    /// Add a message, waiting for room or refusing, as the queue's overflow policy says. A
+    /// refused message comes back inside the error.
     pub async fn push(&self, message: Message, delay: Option<Duration>) -> Result<()> {
         let entry = self.entry(message);
         loop {
@@ -146,7 +147,7 @@ impl Queue {
             tokio::pin!(writable);
             writable.as_mut().enable();
             if self.is_deleted() {
-                return Err(self.deleted_error());
+                return Err(self.deleted_error().with_undelivered(entry.message));
             }
             {
                 let mut state = self.lock();
