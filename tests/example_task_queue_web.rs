@@ -28,8 +28,12 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, S
 }
 
 async fn start() -> (SocketAddr, std::sync::Arc<task_queue_web::App>) {
+    start_on("memory://").await
+}
+
+async fn start_on(url: &str) -> (SocketAddr, std::sync::Arc<task_queue_web::App>) {
     task_queue_web::start(
-        "memory://",
+        url,
         SocketAddr::from(([127, 0, 0, 1], 0)),
         3,
         Duration::from_millis(100),
@@ -94,6 +98,24 @@ async fn a_worker_crash_mid_task_does_not_lose_the_task() {
     assert!(
         seen.contains(&Status::Running { attempt: 2 }),
         "a second worker took the task over: {seen:?}"
+    );
+}
+
+#[cfg(feature = "rabbitmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_rabbitmq_a_crashed_workers_task_is_finished_by_another() {
+    let url = std::env::var("MAILROOM_RABBITMQ_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let (addr, app) = start_on(&url).await;
+    let (code, body) = http(addr, "POST", "/tasks", r#"{"input":"crash once"}"#).await;
+    assert_eq!(code, 202, "{body}");
+    let (end, seen) = wait_for_end(&app, &task_id(&body)).await;
+    assert_eq!(
+        end,
+        Status::Done {
+            result: "CRASH ONCE (2 words)".into()
+        },
+        "{seen:?}"
     );
 }
 
