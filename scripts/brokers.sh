@@ -281,9 +281,31 @@ tansu_install() {
     exec 8>&-
 }
 
+# tansu 0.6's sqlite schema has no index on header (topition, offset_id), yet its fetch looks
+# up each fetched record's headers by that pair: every record read scans every header ever
+# stored, so a topic of 10,000 records with headers takes minutes to read and a consumer looks
+# stalled. The index turns that scan into a lookup; it is idempotent and tansu's own queries
+# are unchanged.
+tansu_index_headers() {
+    command -v python3 >/dev/null 2>&1 || die "kafka: python3 not found (needed to add tansu's missing header index)"
+    python3 - "$KAFKA_DIR/tansu.db" <<'PY' || die "kafka: could not add the header index to $KAFKA_DIR/tansu.db"
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], timeout=60)
+for _ in range(300):
+    if db.execute("select 1 from sqlite_master where type = 'table' and name = 'header'").fetchone():
+        break
+    time.sleep(0.1)
+else:
+    sys.exit("tansu has not created its header table after 30 s")
+db.execute("create index if not exists mailroom_header_by_record on header (topition, offset_id)")
+db.commit()
+PY
+}
+
 kafka_up() {
     local pidfile="$KAFKA_DIR/tansu.pid" logfile="$KAFKA_DIR/tansu.log" pid deadline
     if pid_alive "$pidfile" tansu && tcp_open "$KAFKA_PORT"; then
+        tansu_index_headers
         log "kafka: already up on 127.0.0.1:$KAFKA_PORT (pid $(<"$pidfile"))"
         return 0
     fi
@@ -327,6 +349,7 @@ kafka_up() {
         fi
         sleep 0.2
     done
+    tansu_index_headers
     log "kafka: up on 127.0.0.1:$KAFKA_PORT"
 }
 
