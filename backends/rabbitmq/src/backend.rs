@@ -427,11 +427,15 @@ impl Backend for RabbitBackend {
     }
 
     async fn server_version(&self) -> Result<String> {
-        // lapin keeps the broker's server-properties to itself, so the version is not known here.
-        Ok(format!(
-            "RabbitMQ (AMQP 0-9-1) at {}",
-            self.shared.config.display_target()
-        ))
+        let config = &self.shared.config;
+        let target = config.display_target();
+        if !config.tls {
+            let wait = Duration::from_millis(config.connect_timeout_ms);
+            if let Some(product) = probe_product(&config.host, config.port, wait).await {
+                return Ok(format!("{product} (AMQP 0-9-1) at {target}"));
+            }
+        }
+        Ok(format!("RabbitMQ (AMQP 0-9-1) at {target}"))
     }
 
     async fn producer(&self) -> Result<Box<dyn Producer>> {
@@ -458,4 +462,45 @@ impl Backend for RabbitBackend {
         }
         Ok(())
     }
+}
+
+/// The broker's product and version from the AMQP handshake ("RabbitMQ 3.10.8").
+///
+/// lapin reads the server properties of `Connection.Start` and keeps them to itself, so a bare
+/// TCP probe sends the protocol header, reads that one frame and hangs up before any
+/// credentials are sent. `None` if the broker does not answer in time or the frame is not a
+/// `Connection.Start` (the caller then names the protocol only).
+async fn probe_product(host: &str, port: u16, wait: Duration) -> Option<String> {
+    use lapin::protocol::{connection, AMQPClass};
+    use lapin::types::AMQPValue;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let read_start = async {
+        let mut socket = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        socket.write_all(b"AMQP\x00\x00\x09\x01").await.ok()?;
+        // Frame: type (1 = method), channel (2), payload size (4), payload, frame end.
+        let mut header = [0u8; 7];
+        socket.read_exact(&mut header).await.ok()?;
+        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+        if header[0] != 1 || size > 64 * 1024 {
+            return None;
+        }
+        let mut payload = vec![0u8; size];
+        socket.read_exact(&mut payload).await.ok()?;
+        Some(payload)
+    };
+    let payload = tokio::time::timeout(wait, read_start).await.ok()??;
+    let (_, class) = lapin::protocol::parse_class(&payload[..]).ok()?;
+    let AMQPClass::Connection(connection::AMQPMethod::Start(start)) = class else {
+        return None;
+    };
+    let text = |key: &str| match start.server_properties.inner().get(key) {
+        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    let product = text("product")?;
+    Some(match text("version") {
+        Some(version) => format!("{product} {version}"),
+        None => product,
+    })
 }

@@ -166,3 +166,20 @@ async fn plain_lapin_to_mailroom() {
     backend.close().await.unwrap();
     conn.close(200, "OK".into()).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_reports_its_product_and_version() {
+    let backend = RabbitBackend::from_url(URL).await.unwrap();
+    let version = backend.server_version().await.unwrap();
+    // "RabbitMQ 3.10.8 (AMQP 0-9-1) at amqp://guest@127.0.0.1:5672/%2f"
+    let number = version
+        .strip_prefix("RabbitMQ ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default();
+    assert!(
+        number.split('.').count() >= 2 && number.split('.').all(|p| p.parse::<u32>().is_ok()),
+        "expected the broker's own version, got {version:?}"
+    );
+    assert!(!version.contains("guest:"), "no password in {version:?}");
+    backend.close().await.unwrap();
+}
