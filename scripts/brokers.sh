@@ -302,8 +302,21 @@ db.commit()
 PY
 }
 
+# tansu 0.6 keeps accepting connections after its storage task panicked, answering every
+# request with an error; such a broker is down for our purposes. The log since our last start
+# tells.
+tansu_wedged() {
+    local logfile="$KAFKA_DIR/tansu.log"
+    [[ -f $logfile ]] || return 1
+    awk '/^=== brokers.sh: starting tansu/ { bad = 0 } /panicked at/ { bad = 1 } END { exit !bad }' "$logfile"
+}
+
 kafka_up() {
     local pidfile="$KAFKA_DIR/tansu.pid" logfile="$KAFKA_DIR/tansu.log" pid deadline
+    if pid_alive "$pidfile" tansu && tcp_open "$KAFKA_PORT" && tansu_wedged; then
+        log "kafka: tansu (pid $(<"$pidfile")) is up but its storage task panicked (see $logfile); restarting it"
+        kafka_down
+    fi
     if pid_alive "$pidfile" tansu && tcp_open "$KAFKA_PORT"; then
         tansu_index_headers
         log "kafka: already up on 127.0.0.1:$KAFKA_PORT (pid $(<"$pidfile"))"
@@ -371,6 +384,7 @@ kafka_status() {
     if pid_alive "$KAFKA_DIR/tansu.pid" tansu; then
         pid=$(<"$KAFKA_DIR/tansu.pid")
         tcp_open "$KAFKA_PORT" && state=up || state="down (pid $pid not accepting)"
+        [[ $state == up ]] && tansu_wedged && state="down (storage panicked; 'up' restarts it)"
     elif tcp_open "$KAFKA_PORT"; then
         state="up (not started by this script)"
     fi
