@@ -54,9 +54,12 @@
 //! `QueueSpec::extra` passes topic configs. A dead letter without a dead-letter queue is
 //! discarded with a warning, as in AMQP.
 //!
-//! **Transactions.** tansu 0.6 accepts `init_transactions` and `begin_transaction` from
-//! librdkafka, but mailroom-core has no transactional consume→produce API yet, so the
-//! capability stays off rather than be claimed untested.
+//! **Transactions** are off. Probed on tansu 0.6 with plain rdkafka (a transactional producer,
+//! a `read_committed` consumer group): `init_transactions`, `begin_transaction` and
+//! `send_offsets_to_transaction` succeed, but `commit_transaction` fails with "EndTxnRequest
+//! (KIP-98) not supported by broker", after which the producer is stuck in the commit. Without
+//! a commit there is no exactly-once consume→produce to offer, so the capability stays off and
+//! mailroom-core has no transactional API yet; on Apache Kafka it is the next thing to build.
 //!
 //! **Failures.** `connect` waits at most `connect_timeout_ms` (default 10 s) for the cluster's
 //! metadata, then fails with `Connection`; an invalid librdkafka property is a `Config` error
