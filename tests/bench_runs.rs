@@ -43,14 +43,19 @@ fn tmp() -> PathBuf {
 
 /// A short workload: `rate` 0 is a max-rate search starting at `start`.
 fn workload(dir: &std::path::Path, rate: u32, start: u32) -> PathBuf {
-    let path = dir.join(format!("w-{rate}.yaml"));
+    workload_warm(dir, rate, start, 2)
+}
+
+/// The same with `warmup` seconds of warm-up (a consumer group may take seconds to form).
+fn workload_warm(dir: &std::path::Path, rate: u32, start: u32, warmup: u32) -> PathBuf {
+    let path = dir.join(format!("w-{rate}-{warmup}.yaml"));
     std::fs::write(
         &path,
         format!(
             "name: baseline {rate}\ntopics: 1\npartitionsPerTopic: 1\nmessageSize: 256\n\
              subscriptionsPerTopic: 1\nconsumerPerSubscription: 1\nproducersPerTopic: 1\n\
              producerRate: {rate}\nproducerStartRate: {start}\nacceptableBacklog: 5000\n\
-             testDurationSeconds: 1.5\nwarmupDurationSeconds: 2\n"
+             testDurationSeconds: 1.5\nwarmupDurationSeconds: {warmup}\n"
         ),
     )
     .unwrap();
@@ -161,10 +166,10 @@ fn url(var: &str, default: &str) -> String {
 
 /// A fixed rate every broker here sustains, so the ratio compares two runs that both kept up.
 #[cfg(any(feature = "rabbitmq", feature = "kafka", feature = "sqs"))]
-async fn ratio_on(url: &str, backend: &str, raw: &str) {
+async fn ratio_on(url: &str, backend: &str, raw: &str, warmup: u32) {
     reachable(url).await;
     let dir = tmp();
-    let file = workload(&dir, 200, 200);
+    let file = workload_warm(&dir, 200, 200, warmup);
     let url = url.to_owned();
     let stdout = tokio::task::spawn_blocking(move || bench_cli(&url, &file))
         .await
@@ -180,7 +185,7 @@ async fn raw_lapin_ratio_on_rabbitmq() {
         "MAILROOM_RABBITMQ_URL",
         "amqp://guest:guest@127.0.0.1:5672/%2f",
     );
-    ratio_on(&url, "rabbitmq", "raw-lapin").await;
+    ratio_on(&url, "rabbitmq", "raw-lapin", 2).await;
     // And the raw driver alone, by its raw+ URL.
     let dir = tmp();
     let file = workload(&dir, 200, 200);
@@ -196,12 +201,13 @@ async fn raw_lapin_ratio_on_rabbitmq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_rdkafka_ratio_on_kafka() {
     let url = url("MAILROOM_KAFKA_URL", "kafka://127.0.0.1:9092");
-    ratio_on(&url, "kafka", "raw-rdkafka").await;
+    // Joining a consumer group on tansu takes seconds.
+    ratio_on(&url, "kafka", "raw-rdkafka", 8).await;
 }
 
 #[cfg(feature = "sqs")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_sqs_ratio_on_sqs() {
     let url = url("MAILROOM_SQS_URL", "sqs://127.0.0.1:4566?region=us-east-1");
-    ratio_on(&url, "sqs", "raw-sqs").await;
+    ratio_on(&url, "sqs", "raw-sqs", 2).await;
 }

@@ -290,10 +290,13 @@ impl Driver for SlowConsumers {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_rate_search_reports_no_sustainable_rate_instead_of_collapsing() {
-    let search = SHORT.replace(
-        "producerRate: 500",
-        "producerRate: 0\nproducerStartRate: 5000\nacceptableBacklog: 100",
-    );
+    // Halving at most per missed step, 5000 msgs/s reaches the lowest step (50) in 7 steps.
+    let search = SHORT
+        .replace(
+            "producerRate: 500",
+            "producerRate: 0\nproducerStartRate: 5000\nacceptableBacklog: 100",
+        )
+        .replace("warmupDurationSeconds: 0.2", "warmupDurationSeconds: 4.5");
     let plan = Workload::from_yaml(&search, "search.yaml")
         .unwrap()
         .plan("search.yaml", None)

@@ -75,6 +75,15 @@ pub struct RawLapin {
     config: RabbitConfig,
 }
 
+impl RawLapin {
+    async fn channel(&self) -> Result<Channel> {
+        self.connection
+            .create_channel()
+            .await
+            .map_err(|e| failed("open channel", e))
+    }
+}
+
 #[async_trait]
 impl RawClient for RawLapin {
     fn name(&self) -> String {
@@ -86,11 +95,7 @@ impl RawClient for RawLapin {
     }
 
     async fn producer(&self, destination: &Destination) -> Result<Box<dyn DriverProducer>> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| failed("open channel", e))?;
+        let channel = self.channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -120,11 +125,7 @@ impl RawClient for RawLapin {
         _topic: &TopicPlan,
         subscription: &str,
     ) -> Result<Box<dyn DriverConsumer>> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| failed("open channel", e))?;
+        let channel = self.channel().await?;
         channel
             .basic_qos(self.config.prefetch, BasicQosOptions::default())
             .await

@@ -564,3 +564,68 @@ fn truncate(s: &str, n: usize) -> String {
         t
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(driver: &str, publish: f64, consume: f64, max_rate: Option<MaxRate>) -> TestResult {
+        let mut r = TestResult {
+            driver: driver.into(),
+            aggregated_end_to_end_latency_99pct: 12.5,
+            ..TestResult::default()
+        };
+        r.mailroom.publish_rate_avg = publish;
+        r.mailroom.consume_rate_avg = consume;
+        r.mailroom.max_rate = max_rate;
+        r
+    }
+
+    #[test]
+    fn ratio_of_messages_moved_end_to_end() {
+        let backend = run(
+            "rabbitmq",
+            900.0,
+            800.0,
+            Some(MaxRate::Found { rate: 900.0 }),
+        );
+        let raw = run(
+            "raw-lapin",
+            1000.0,
+            1000.0,
+            Some(MaxRate::Found { rate: 1000.0 }),
+        );
+        let r = BaselineRatio::of(&backend, &raw);
+        assert_eq!(r.ratio, Some(0.8));
+        assert_eq!((r.rate, r.raw_rate), (800.0, 1000.0));
+        let line = r.line("rabbitmq", "w");
+        assert!(
+            line.starts_with(
+                "mailroom vs raw: rabbitmq 800 msgs/s vs raw-lapin 1000 msgs/s, ratio 0.800;"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn no_ratio_when_a_search_found_no_sustainable_rate() {
+        let stuck = MaxRate::NotFound {
+            lowest_step: 100.0,
+            reason: "backlog 9000 over acceptableBacklog 5000".into(),
+        };
+        let backend = run("kafka", 90.0, 40.0, Some(stuck));
+        let raw = run(
+            "raw-rdkafka",
+            100.0,
+            90.0,
+            Some(MaxRate::Found { rate: 100.0 }),
+        );
+        let r = BaselineRatio::of(&backend, &raw);
+        assert_eq!(r.ratio, None);
+        let line = r.line("kafka", "w");
+        assert!(
+            line.contains("no ratio: kafka: no sustainable rate found (lowest step 100 msgs/s: backlog 9000 over acceptableBacklog 5000; e2e p99 12.5 ms there)"),
+            "{line}"
+        );
+    }
+}

@@ -550,8 +550,13 @@ async fn run_on(
                             lowest_miss = why;
                         }
                         backed_off = true;
-                        // Below what was achieved, so the consumers catch up before the next step.
-                        rate = (achieved.min(consumed).min(rate) * 0.8).max(floor);
+                        // Below what was achieved, so the consumers catch up before the next
+                        // step, but at most halved: consumers still starting (a first long
+                        // poll, a group join) take next to nothing in one step, and reading
+                        // that as their capacity would sink the search for good.
+                        rate = (achieved.min(consumed).min(rate) * 0.8)
+                            .max(rate / 2.0)
+                            .max(floor);
                     }
                 }
                 shared.set_rate(rate / producers_total);
