@@ -211,3 +211,85 @@ async fn raw_sqs_ratio_on_sqs() {
     let url = url("MAILROOM_SQS_URL", "sqs://127.0.0.1:4566?region=us-east-1");
     ratio_on(&url, "sqs", "raw-sqs", 2).await;
 }
+
+#[test]
+fn report_says_no_sustainable_rate_instead_of_a_throughput() {
+    use mailroom::bench::compare::{BackendReport, Comparison, RunOutcome};
+    use mailroom::bench::result::{BaselineRatio, MaxRate, TestResult};
+
+    let result = |driver: &str, rate: f64, outcome: MaxRate| {
+        let mut r = TestResult {
+            workload: "max rate".into(),
+            driver: driver.into(),
+            ..TestResult::default()
+        };
+        r.mailroom.rate_search = vec![(0.5, 10_000.0, 9_000)];
+        r.mailroom.target_rate = rate;
+        r.mailroom.publish_rate_avg = rate;
+        r.mailroom.consume_rate_avg = rate;
+        r.mailroom.max_rate = Some(outcome);
+        r
+    };
+    let stuck = MaxRate::NotFound {
+        lowest_step: 100.0,
+        reason: "consumers took 3 msgs/s of 100 published; backlog grew to 900".into(),
+    };
+    let mut kafka = result("kafka", 100.0, stuck);
+    let raw = result("raw-rdkafka", 4000.0, MaxRate::Found { rate: 4000.0 });
+    kafka.mailroom.baseline = Some(BaselineRatio::of(&kafka, &raw));
+    let rabbit = result("rabbitmq", 3000.0, MaxRate::Found { rate: 3000.0 });
+    let backend = |name: &str, runs: Vec<TestResult>, baseline: Vec<TestResult>| BackendReport {
+        url: format!("{name}://"),
+        name: name.into(),
+        server_version: "test".into(),
+        capabilities: None,
+        conformance: Vec::new(),
+        runs: runs
+            .into_iter()
+            .map(|r| RunOutcome::Done(Box::new(r)))
+            .collect(),
+        baseline: baseline
+            .into_iter()
+            .map(|r| RunOutcome::Done(Box::new(r)))
+            .collect(),
+        error: None,
+    };
+    let c = Comparison {
+        backends: vec![
+            backend("kafka", vec![kafka], vec![raw]),
+            backend("rabbitmq", vec![rabbit], Vec::new()),
+        ],
+        overhead: None,
+        command: "test".into(),
+        started: "now".into(),
+        elapsed: Duration::from_secs(1),
+        machine: "test".into(),
+    };
+    let throughput = &report::needs(&c)[0];
+    assert_eq!(
+        throughput.choice,
+        "rabbitmq (the only one that found a sustainable rate)"
+    );
+    assert!(
+        throughput.evidence.contains(
+            "kafka: no sustainable rate found (lowest step 100 msgs/s: consumers took 3 msgs/s"
+        ),
+        "{}",
+        throughput.evidence
+    );
+    let charts = report::charts(&c);
+    let md = report::markdown(&c, &charts);
+    assert!(
+        md.contains("no ratio: kafka: no sustainable rate found"),
+        "{md}"
+    );
+    assert!(
+        md.contains("100 (lowest step; no sustainable rate)"),
+        "{md}"
+    );
+    let svg = &charts.iter().find(|(n, _)| n == "throughput").unwrap().1;
+    assert!(
+        svg.contains("no sustainable rate (lowest step 100 msgs/s)"),
+        "{svg}"
+    );
+}

@@ -130,6 +130,8 @@ pub fn needs(c: &Comparison) -> Vec<NeedLine> {
             need: format!("Highest sustainable throughput ({})", r.workload),
             choice: if r.no_sustainable_rate() {
                 "none found a sustainable rate".to_owned()
+            } else if found < tput.len() && found == 1 {
+                format!("{} (the only one that found a sustainable rate)", best.name)
             } else {
                 format!("{}{}", best.name, only(found))
             },
