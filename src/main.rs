@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -25,7 +24,8 @@ enum Command {
     /// Throughput and latency of one producer and one consumer (default: memory://, compared
     /// with a raw tokio mpsc channel doing the same work).
     Bench {
-        /// Broker URL.
+        /// Broker URL; with --workload, `raw+URL` runs the raw-client baseline alone
+        /// (raw+memory://, raw+amqp://..., raw+kafka://..., raw+sqs://...).
         #[arg(long, default_value = "memory://")]
         url: String,
         /// Messages in the throughput run.
@@ -185,6 +185,12 @@ async fn run(command: Command) -> Result<()> {
                 }
                 return Ok(());
             }
+            if url.starts_with(mailroom::bench::raw::RAW_PREFIX) {
+                return Err(mailroom::Error::config(format!(
+                    "--url {}: raw baselines run through the workload harness; add --workload FILE",
+                    mailroom::url::redact(&url)
+                )));
+            }
             if messages == 0 || rate == 0 || rounds == 0 {
                 return Err(mailroom::Error::config(
                     "--messages, --rate and --rounds must be at least 1",
@@ -255,12 +261,8 @@ async fn run(command: Command) -> Result<()> {
                 .filter_map(|o| o.result().cloned())
                 .collect();
             println!("\n{}", mailroom::bench::result::summary_table(&results));
-            for (b, raw, rate, raw_rate, ratio) in
-                mailroom::bench::report::baseline_ratios(&comparison)
-            {
-                println!(
-                    "abstraction overhead: {b} {rate:.0} msgs/s vs {raw} {raw_rate:.0} msgs/s, ratio {ratio:.3}"
-                );
+            for (b, workload, ratio) in mailroom::bench::report::baseline_ratios(&comparison) {
+                println!("{}", ratio.line(&b, &workload));
             }
             if let Some(o) = &comparison.overhead {
                 println!(
@@ -450,23 +452,20 @@ async fn run_workloads(
     options: &mailroom::bench::runner::RunOptions,
     baseline: bool,
 ) -> Result<()> {
-    use mailroom::bench::{driver, result, runner, workload};
+    use mailroom::bench::{result, runner, workload};
     // Every file is checked before anything runs, so a typo fails at once.
     let plans = files
         .iter()
         .map(|f| workload::load_plan(f))
         .collect::<Result<Vec<_>>>()?;
-    let backend = mailroom::connect(url).await?;
-    let name = backend.name();
-    let mailroom_driver: Arc<dyn driver::Driver> =
-        Arc::new(driver::MailroomDriver::new(backend.clone()));
+    let driver = mailroom::bench::raw::driver_for(url).await?;
     for plan in &plans {
-        mailroom_driver.check(plan)?;
+        driver.check(plan)?;
     }
-    let raw = if baseline {
-        driver::baseline_for(name)
-    } else {
-        None
+    // A raw+ URL is a baseline already; a backend URL gets its own beside it.
+    let raw = match (baseline, url.starts_with(mailroom::bench::raw::RAW_PREFIX)) {
+        (true, false) => mailroom::bench::raw::baseline_for(url).await?,
+        _ => None,
     };
     let mut results = Vec::new();
     for plan in &plans {
@@ -474,9 +473,9 @@ async fn run_workloads(
             "{} on {} ({})",
             plan.workload.name,
             options.url,
-            mailroom_driver.server_version().await
+            driver.server_version().await
         );
-        let r = runner::run(mailroom_driver.clone(), plan, options).await?;
+        let mut r = runner::run(driver.clone(), plan, options).await?;
         let raw_result = match &raw {
             Some(raw) => {
                 eprintln!("{} on {} (baseline)", plan.workload.name, raw.name());
@@ -489,25 +488,13 @@ async fn run_workloads(
             None => None,
         };
         if let Some(rr) = &raw_result {
-            let ratio = if rr.mailroom.consume_rate_avg > 0.0 {
-                r.mailroom.consume_rate_avg / rr.mailroom.consume_rate_avg
-            } else {
-                0.0
-            };
-            println!(
-                "{}: {name} {:.0} msgs/s vs {} {:.0} msgs/s, ratio {ratio:.3}; e2e p99 {} ms vs {} ms",
-                plan.workload.name,
-                r.mailroom.consume_rate_avg,
-                rr.driver,
-                rr.mailroom.consume_rate_avg,
-                result::ms(r.aggregated_end_to_end_latency_99pct),
-                result::ms(rr.aggregated_end_to_end_latency_99pct),
-            );
+            let ratio = result::BaselineRatio::of(&r, rr);
+            println!("{}", ratio.line(&r.driver, &plan.workload.name));
+            r.mailroom.baseline = Some(ratio);
         }
         results.push(r);
         results.extend(raw_result);
     }
-    backend.close().await?;
     println!("\n{}", result::summary_table(&results));
     if let Some(dir) = json {
         std::fs::create_dir_all(dir).map_err(|e| {

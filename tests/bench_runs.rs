@@ -1,8 +1,16 @@
 //! The bench moves every message and reports sane figures (no speed is asserted here; speed is
-//! what `mailroom bench` prints).
+//! what `mailroom bench` prints), and each raw-client baseline runs beside its backend with the
+//! "mailroom vs raw" ratio printed: memory:// (raw mpsc) always, RabbitMQ (raw lapin) with the
+//! `rabbitmq` feature, Kafka (raw rdkafka) and SQS (raw aws-sdk-sqs) with theirs, on the brokers
+//! `scripts/brokers.sh up` starts (`MAILROOM_RABBITMQ_URL`, `MAILROOM_KAFKA_URL`,
+//! `MAILROOM_SQS_URL` override the addresses).
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
+use mailroom::bench::compare::{self, CompareOptions};
+use mailroom::bench::report;
 use mailroom::bench::{self, BenchConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,4 +30,266 @@ async fn bench_moves_every_message_on_memory_and_on_raw_mpsc() {
     assert!(l.p50_us <= l.p99_us && l.p99_us <= l.p999_us && l.p999_us <= l.max_us);
     let raw = bench::throughput_raw_mpsc(&config).await;
     assert_eq!(raw.messages, 20_000);
+}
+
+fn tmp() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "mailroom-bench-runs-{}",
+        mailroom::MessageId::generate()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A short workload: `rate` 0 is a max-rate search starting at `start`.
+fn workload(dir: &std::path::Path, rate: u32, start: u32) -> PathBuf {
+    workload_warm(dir, rate, start, 2)
+}
+
+/// The same with `warmup` seconds of warm-up (a consumer group may take seconds to form).
+fn workload_warm(dir: &std::path::Path, rate: u32, start: u32, warmup: u32) -> PathBuf {
+    let path = dir.join(format!("w-{rate}-{warmup}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "name: baseline {rate}\ntopics: 1\npartitionsPerTopic: 1\nmessageSize: 256\n\
+             subscriptionsPerTopic: 1\nconsumerPerSubscription: 1\nproducersPerTopic: 1\n\
+             producerRate: {rate}\nproducerStartRate: {start}\nacceptableBacklog: 5000\n\
+             testDurationSeconds: 1.5\nwarmupDurationSeconds: {warmup}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `mailroom bench --url URL --workload FILE`: its stdout, after checking it succeeded.
+fn bench_cli(url: &str, file: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+        .args(["bench", "--url", url, "--workload"])
+        .arg(file)
+        .args(["--stats-interval", "10"])
+        .output()
+        .expect("mailroom runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "mailroom bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The ratio of the `mailroom vs raw: <backend> ... vs <raw> ...` line, which must be there.
+fn ratio_line(stdout: &str, backend: &str, raw: &str) -> Option<f64> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("mailroom vs raw: {backend} ")))
+        .unwrap_or_else(|| panic!("no `mailroom vs raw: {backend}` line in:\n{stdout}"));
+    assert!(line.contains(&format!(" vs {raw} ")), "{line}");
+    let ratio = line.split(", ratio ").nth(1)?;
+    let ratio: f64 = ratio.split(';').next().unwrap().trim().parse().unwrap();
+    Some(ratio)
+}
+
+#[test]
+fn bench_prints_the_raw_mpsc_ratio_for_memory() {
+    let dir = tmp();
+    let stdout = bench_cli("memory://", &workload(&dir, 2_000, 2_000));
+    let ratio = ratio_line(&stdout, "memory", "raw-mpsc").expect("a ratio at a fixed rate");
+    assert!(ratio > 0.0, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_writes_the_ratio_in_markdown_html_and_json() {
+    let dir = tmp();
+    let options = CompareOptions {
+        urls: vec!["memory://".into()],
+        workloads: vec![workload(&dir, 0, 2_000)],
+        out_dir: dir.join("report"),
+        conformance: false,
+        overhead: false,
+        baselines: true,
+        stats_interval: Duration::from_secs(10),
+        command: "test".into(),
+    };
+    let comparison = compare::compare(&options).await.unwrap();
+    let ratios = report::baseline_ratios(&comparison);
+    let [(backend, _, ratio)] = ratios.as_slice() else {
+        panic!("one ratio expected: {ratios:?}");
+    };
+    assert_eq!(backend, "memory");
+    assert_eq!(ratio.raw_driver, "raw-mpsc");
+    // The mpsc floor always finds a rate: a ratio must be there.
+    assert!(ratio.ratio.is_some_and(|r| r > 0.0), "{ratio:?}");
+    let (md, html) = compare::write(&comparison, &options.out_dir).unwrap();
+    let md = std::fs::read_to_string(md).unwrap();
+    assert!(md.contains("mailroom vs raw"), "{md}");
+    assert!(md.contains("| memory | raw-mpsc |"), "{md}");
+    let html = std::fs::read_to_string(html).unwrap();
+    assert!(html.contains("mailroom vs raw"));
+    let json = std::fs::read_dir(options.out_dir.join("results"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap())
+        .find(|v| v["driver"] == "memory")
+        .expect("the memory result");
+    assert!(json["mailroom"]["baseline"]["ratio"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["mailroom"]["maxRate"]["outcome"], "found");
+}
+
+/// Connect, retrying for a while: a broker restarted by another test may still be starting.
+#[cfg(any(feature = "rabbitmq", feature = "kafka", feature = "sqs"))]
+async fn reachable(url: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        match mailroom::connect(url).await {
+            Ok(broker) => {
+                let _ = broker.close().await;
+                return;
+            }
+            Err(e) if e.is_temporary() && started.elapsed() < Duration::from_secs(60) => {
+                eprintln!(
+                    "{} not reachable yet ({e}); retrying",
+                    mailroom::url::redact(url)
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => panic!("broker not reachable (scripts/brokers.sh up): {e}"),
+        }
+    }
+}
+
+#[cfg(any(feature = "rabbitmq", feature = "kafka", feature = "sqs"))]
+fn url(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// A fixed rate every broker here sustains, so the ratio compares two runs that both kept up.
+#[cfg(any(feature = "rabbitmq", feature = "kafka", feature = "sqs"))]
+async fn ratio_on(url: &str, backend: &str, raw: &str, warmup: u32) {
+    reachable(url).await;
+    let dir = tmp();
+    let file = workload_warm(&dir, 200, 200, warmup);
+    let url = url.to_owned();
+    let stdout = tokio::task::spawn_blocking(move || bench_cli(&url, &file))
+        .await
+        .unwrap();
+    let ratio = ratio_line(&stdout, backend, raw).expect("a ratio at a fixed rate");
+    assert!(ratio > 0.0, "{stdout}");
+}
+
+#[cfg(feature = "rabbitmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_lapin_ratio_on_rabbitmq() {
+    let url = url(
+        "MAILROOM_RABBITMQ_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    );
+    ratio_on(&url, "rabbitmq", "raw-lapin", 2).await;
+    // And the raw driver alone, by its raw+ URL.
+    let dir = tmp();
+    let file = workload(&dir, 200, 200);
+    let raw_url = format!("raw+{url}");
+    let stdout = tokio::task::spawn_blocking(move || bench_cli(&raw_url, &file))
+        .await
+        .unwrap();
+    assert!(stdout.contains("raw-lapin"), "{stdout}");
+    assert!(!stdout.contains("mailroom vs raw"), "{stdout}");
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_rdkafka_ratio_on_kafka() {
+    let url = url("MAILROOM_KAFKA_URL", "kafka://127.0.0.1:9092");
+    // Joining a consumer group on tansu takes seconds.
+    ratio_on(&url, "kafka", "raw-rdkafka", 8).await;
+}
+
+#[cfg(feature = "sqs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_sqs_ratio_on_sqs() {
+    let url = url("MAILROOM_SQS_URL", "sqs://127.0.0.1:4566?region=us-east-1");
+    ratio_on(&url, "sqs", "raw-sqs", 2).await;
+}
+
+#[test]
+fn report_says_no_sustainable_rate_instead_of_a_throughput() {
+    use mailroom::bench::compare::{BackendReport, Comparison, RunOutcome};
+    use mailroom::bench::result::{BaselineRatio, MaxRate, TestResult};
+
+    let result = |driver: &str, rate: f64, outcome: MaxRate| {
+        let mut r = TestResult {
+            workload: "max rate".into(),
+            driver: driver.into(),
+            ..TestResult::default()
+        };
+        r.mailroom.rate_search = vec![(0.5, 10_000.0, 9_000)];
+        r.mailroom.target_rate = rate;
+        r.mailroom.publish_rate_avg = rate;
+        r.mailroom.consume_rate_avg = rate;
+        r.mailroom.max_rate = Some(outcome);
+        r
+    };
+    let stuck = MaxRate::NotFound {
+        lowest_step: 100.0,
+        reason: "consumers took 3 msgs/s of 100 published; backlog grew to 900".into(),
+    };
+    let mut kafka = result("kafka", 100.0, stuck);
+    let raw = result("raw-rdkafka", 4000.0, MaxRate::Found { rate: 4000.0 });
+    kafka.mailroom.baseline = Some(BaselineRatio::of(&kafka, &raw));
+    let rabbit = result("rabbitmq", 3000.0, MaxRate::Found { rate: 3000.0 });
+    let backend = |name: &str, runs: Vec<TestResult>, baseline: Vec<TestResult>| BackendReport {
+        url: format!("{name}://"),
+        name: name.into(),
+        server_version: "test".into(),
+        capabilities: None,
+        conformance: Vec::new(),
+        runs: runs
+            .into_iter()
+            .map(|r| RunOutcome::Done(Box::new(r)))
+            .collect(),
+        baseline: baseline
+            .into_iter()
+            .map(|r| RunOutcome::Done(Box::new(r)))
+            .collect(),
+        error: None,
+    };
+    let c = Comparison {
+        backends: vec![
+            backend("kafka", vec![kafka], vec![raw]),
+            backend("rabbitmq", vec![rabbit], Vec::new()),
+        ],
+        overhead: None,
+        command: "test".into(),
+        started: "now".into(),
+        elapsed: Duration::from_secs(1),
+        machine: "test".into(),
+    };
+    let throughput = &report::needs(&c)[0];
+    assert_eq!(
+        throughput.choice,
+        "rabbitmq (the only one that found a sustainable rate)"
+    );
+    assert!(
+        throughput.evidence.contains(
+            "kafka: no sustainable rate found (lowest step 100 msgs/s: consumers took 3 msgs/s"
+        ),
+        "{}",
+        throughput.evidence
+    );
+    let charts = report::charts(&c);
+    let md = report::markdown(&c, &charts);
+    assert!(
+        md.contains("no ratio: kafka: no sustainable rate found"),
+        "{md}"
+    );
+    assert!(
+        md.contains("100 (lowest step; no sustainable rate)"),
+        "{md}"
+    );
+    let svg = &charts.iter().find(|(n, _)| n == "throughput").unwrap().1;
+    assert!(
+        svg.contains("no sustainable rate (lowest step 100 msgs/s)"),
+        "{svg}"
+    );
 }

@@ -3,8 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use mailroom::bench::driver::{Driver, MailroomDriver, RawMpscDriver};
+use mailroom::bench::driver::{
+    Driver, DriverConsumer, DriverProducer, Incoming, MailroomDriver, RawMpscDriver, TopicPlan,
+};
+use mailroom::bench::result::MaxRate;
 use mailroom::bench::runner::{self, RunOptions};
 use mailroom::bench::workload::{self, Workload};
 use mailroom::ErrorKind;
@@ -83,6 +87,12 @@ async fn max_rate_search_and_backlog_drain_on_raw_mpsc_and_memory() {
         .unwrap();
     assert!(!r.mailroom.rate_search.is_empty());
     assert!(r.mailroom.target_rate > 0.0);
+    assert_eq!(
+        r.mailroom.max_rate,
+        Some(MaxRate::Found {
+            rate: r.mailroom.target_rate
+        })
+    );
 
     let drain = SHORT
         .replace("consumerBacklogSizeGB: 0", "consumerBacklogSizeGB: 0.0001")
@@ -227,4 +237,99 @@ async fn harness_overhead_is_a_ratio() {
         .await
         .unwrap();
     assert!(o.bare_rate > 0.0 && o.harness_rate > 0.0 && o.ratio > 0.0);
+}
+
+/// Raw mpsc whose consumers take 20 ms per message: no step of a search is sustainable.
+struct SlowConsumers(RawMpscDriver);
+
+struct Slow(Box<dyn DriverConsumer>);
+
+#[async_trait::async_trait]
+impl DriverConsumer for Slow {
+    async fn receive(&mut self, timeout: Duration) -> mailroom::Result<Option<Incoming>> {
+        let got = self.0.receive(timeout).await?;
+        if got.is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(got)
+    }
+
+    async fn close(&mut self) -> mailroom::Result<()> {
+        self.0.close().await
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for SlowConsumers {
+    fn name(&self) -> String {
+        "slow".into()
+    }
+    async fn server_version(&self) -> String {
+        "slow consumers".into()
+    }
+    fn check(&self, plan: &workload::Plan) -> mailroom::Result<()> {
+        self.0.check(plan)
+    }
+    async fn create(&self, topic: &TopicPlan) -> mailroom::Result<()> {
+        self.0.create(topic).await
+    }
+    async fn producer(&self, topic: &TopicPlan) -> mailroom::Result<Box<dyn DriverProducer>> {
+        self.0.producer(topic).await
+    }
+    async fn consumer(
+        &self,
+        topic: &TopicPlan,
+        subscription: &str,
+    ) -> mailroom::Result<Box<dyn DriverConsumer>> {
+        Ok(Box::new(Slow(self.0.consumer(topic, subscription).await?)))
+    }
+    async fn delete(&self, topic: &TopicPlan) -> mailroom::Result<()> {
+        self.0.delete(topic).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_rate_search_reports_no_sustainable_rate_instead_of_collapsing() {
+    // Halving at most per missed step, 5000 msgs/s reaches the lowest step (50) in 7 steps.
+    let search = SHORT
+        .replace(
+            "producerRate: 500",
+            "producerRate: 0\nproducerStartRate: 5000\nacceptableBacklog: 100",
+        )
+        .replace("warmupDurationSeconds: 0.2", "warmupDurationSeconds: 4.5");
+    let plan = Workload::from_yaml(&search, "search.yaml")
+        .unwrap()
+        .plan("search.yaml", None)
+        .unwrap();
+    let r = runner::run(
+        Arc::new(SlowConsumers(RawMpscDriver::new())),
+        &plan,
+        &quiet(),
+    )
+    .await
+    .unwrap();
+    // The lowest step is producerStartRate / 100: the search never goes below it.
+    let lowest = 5000.0 / runner::SEARCH_FLOOR_DIVISOR;
+    match &r.mailroom.max_rate {
+        Some(MaxRate::NotFound {
+            lowest_step,
+            reason,
+        }) => {
+            assert_eq!(*lowest_step, lowest);
+            assert!(!reason.is_empty());
+        }
+        other => panic!("expected no sustainable rate, got {other:?}"),
+    }
+    assert!(r.mailroom.rate_search.iter().all(|s| s.1 >= lowest));
+    // The measured run held the lowest step, and says so.
+    assert_eq!(r.mailroom.target_rate, lowest);
+    let text = r.max_rate_text().unwrap();
+    assert!(
+        text.starts_with("no sustainable rate found (lowest step 50 msgs/s: "),
+        "{text}"
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["mailroom"]["maxRate"]["outcome"], "notFound");
+    assert_eq!(json["mailroom"]["maxRate"]["lowestStep"], 50.0);
+    assert!(mailroom::bench::result::summary_table(&[r]).contains("no sustainable rate found"));
 }

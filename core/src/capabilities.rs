@@ -51,6 +51,10 @@ pub struct Capabilities {
     pub persistence: bool,
     /// An unsettled delivery whose consumer goes away is delivered again.
     pub redelivery_on_drop: bool,
+    /// A queue can be split into partitions: [`QueueSpec::partitions`](crate::QueueSpec) is
+    /// honoured, each partition keeps its own order, and the message key picks the partition.
+    /// Backends without it ignore the partition count (one queue, one order).
+    pub partitioned_queues: bool,
     /// Largest message (payload, key and headers) accepted, in bytes.
     pub max_message_size: Option<usize>,
     /// Largest number of messages one batch call sends at once (the backend splits larger ones).
@@ -78,6 +82,7 @@ pub enum Capability {
     Transactions,
     Persistence,
     RedeliveryOnDrop,
+    PartitionedQueues,
     MaxMessageSize,
 }
 
@@ -102,6 +107,7 @@ impl Capability {
             Capability::Transactions => "transactions",
             Capability::Persistence => "persistence",
             Capability::RedeliveryOnDrop => "redelivery_on_drop",
+            Capability::PartitionedQueues => "partitioned_queues",
             Capability::MaxMessageSize => "max_message_size",
         }
     }
@@ -134,6 +140,7 @@ impl Capabilities {
             Capability::Transactions => self.transactions,
             Capability::Persistence => self.persistence,
             Capability::RedeliveryOnDrop => self.redelivery_on_drop,
+            Capability::PartitionedQueues => self.partitioned_queues,
             Capability::MaxMessageSize => self.max_message_size.is_some(),
         }
     }

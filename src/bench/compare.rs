@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use mailroom_core::testkit::{Conformance, Outcome};
 use mailroom_core::{Capabilities, Capability, Error, ErrorKind, Result};
 
-use super::driver::{baseline_for, Driver, MailroomDriver};
+use super::driver::{Driver, MailroomDriver};
 use super::overhead::{self, Overhead};
-use super::result::TestResult;
+use super::raw::baseline_for;
+use super::result::{BaselineRatio, TestResult};
 use super::runner::{self, RunOptions};
 use super::workload::{self, Plan};
 
@@ -183,6 +184,7 @@ pub fn capability_rows(c: &Capabilities) -> Vec<(&'static str, String)> {
         ("transactions", yes(c.transactions)),
         ("persistence", yes(c.persistence)),
         ("redelivery_on_drop", yes(c.redelivery_on_drop)),
+        ("partitioned_queues", yes(c.partitioned_queues)),
         ("max_message_size", opt(c.max_message_size)),
         ("max_batch_size", opt(c.max_batch_size)),
         ("max_headers", opt(c.max_headers)),
@@ -205,31 +207,67 @@ pub fn load_workloads(files: &[PathBuf]) -> Result<Vec<Plan>> {
     files.iter().map(|f| workload::load_plan(f)).collect()
 }
 
-async fn run_all(driver: Arc<dyn Driver>, plans: &[Plan], options: &RunOptions) -> Vec<RunOutcome> {
-    let mut out = Vec::new();
-    for plan in plans {
-        let name = plan.workload.name.clone();
-        if let Err(e) = driver.check(plan) {
-            eprintln!("  {name}: not run on {}: {e}", driver.name());
-            out.push(RunOutcome::NotExpressible {
+async fn run_one(driver: &Arc<dyn Driver>, plan: &Plan, options: &RunOptions) -> RunOutcome {
+    let name = plan.workload.name.clone();
+    if let Err(e) = driver.check(plan) {
+        eprintln!("  {name}: not run on {}: {e}", driver.name());
+        return RunOutcome::NotExpressible {
+            workload: name,
+            reason: e.message().to_owned(),
+        };
+    }
+    eprintln!("  {name} on {} ...", driver.name());
+    match runner::run(driver.clone(), plan, options).await {
+        Ok(r) => RunOutcome::Done(Box::new(r)),
+        Err(e) => {
+            eprintln!("  {name} on {} failed: {e}", driver.name());
+            RunOutcome::Failed {
                 workload: name,
-                reason: e.message().to_owned(),
-            });
-            continue;
-        }
-        eprintln!("  {name} on {} ...", driver.name());
-        match runner::run(driver.clone(), plan, options).await {
-            Ok(r) => out.push(RunOutcome::Done(Box::new(r))),
-            Err(e) => {
-                eprintln!("  {name} on {} failed: {e}", driver.name());
-                out.push(RunOutcome::Failed {
-                    workload: name,
-                    error: e.to_string(),
-                })
+                error: e.to_string(),
             }
         }
     }
-    out
+}
+
+/// Each workload on the backend; right after each max-rate one, the same on the raw baseline
+/// (its job is the throughput ratio, and running every workload twice would double the time),
+/// with the ratio stored in the backend's result. Returns (runs, baseline runs).
+async fn run_with_baseline(
+    driver: Arc<dyn Driver>,
+    baseline: Option<Result<Arc<dyn Driver>>>,
+    plans: &[Plan],
+    options: &RunOptions,
+) -> (Vec<RunOutcome>, Vec<RunOutcome>) {
+    let (mut runs, mut raw_runs) = (Vec::new(), Vec::new());
+    for plan in plans {
+        let mut outcome = run_one(&driver, plan, options).await;
+        if plan.rate.is_none() {
+            match &baseline {
+                Some(Ok(raw)) => {
+                    let raw_options = RunOptions {
+                        url: raw.name(),
+                        ..options.clone()
+                    };
+                    let raw_outcome = run_one(raw, plan, &raw_options).await;
+                    if let (RunOutcome::Done(r), RunOutcome::Done(rr)) =
+                        (&mut outcome, &raw_outcome)
+                    {
+                        let ratio = BaselineRatio::of(r, rr);
+                        eprintln!("  {}", ratio.line(&r.driver, &r.workload));
+                        r.mailroom.baseline = Some(ratio);
+                    }
+                    raw_runs.push(raw_outcome);
+                }
+                Some(Err(e)) => raw_runs.push(RunOutcome::Failed {
+                    workload: plan.workload.name.clone(),
+                    error: format!("the raw baseline could not be opened: {e}"),
+                }),
+                None => {}
+            }
+        }
+        runs.push(outcome);
+    }
+    (runs, raw_runs)
 }
 
 /// Run the comparison. Backends that cannot be opened are reported (and make the caller exit
@@ -273,21 +311,12 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
             url: shown.to_string(),
         };
         let driver: Arc<dyn Driver> = Arc::new(MailroomDriver::new(backend.clone()));
-        let runs = run_all(driver, &plans, &run_options).await;
-        let baseline = match (options.baselines, baseline_for(&name)) {
-            (true, Some(raw)) => {
-                let raw_options = RunOptions {
-                    url: raw.name(),
-                    ..run_options.clone()
-                };
-                // The baseline runs the max-rate workloads only: its job is the throughput
-                // ratio, and running everything twice would double the time.
-                let max_rate: Vec<Plan> =
-                    plans.iter().filter(|p| p.rate.is_none()).cloned().collect();
-                run_all(raw, &max_rate, &raw_options).await
-            }
-            _ => Vec::new(),
+        let raw = if options.baselines && plans.iter().any(|p| p.rate.is_none()) {
+            baseline_for(url).await.transpose()
+        } else {
+            None
         };
+        let (runs, baseline) = run_with_baseline(driver, raw, &plans, &run_options).await;
         let _ = backend.close().await;
         let conformance = if options.conformance {
             eprintln!("  conformance suite on {name} ...");

@@ -2,11 +2,9 @@
 //! `BenchmarkDriver` sees a broker.
 //!
 //! [`MailroomDriver`] runs every mailroom backend by URL through the traits; [`RawMpscDriver`]
-//! is the floor (a bounded `tokio::sync::mpsc` per subscription). Raw-client baselines for the
-//! other brokers (lapin, rdkafka, aws-sdk-sqs) are further [`Driver`] impls behind the same cargo
-//! features as their backends: implement the three traits below in `src/bench/raw_<broker>.rs`,
-//! add the module under `#[cfg(feature = "...")]` in `src/bench/mod.rs`, and return it from
-//! [`baseline_for`] for the URL scheme; `bench` and `compare` then print the ratio.
+//! is the floor (a bounded `tokio::sync::mpsc` per subscription). The raw-client baselines for
+//! the other brokers (lapin, rdkafka, aws-sdk-sqs) are in [`super::raw`], behind the same cargo
+//! features as their backends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -112,12 +110,6 @@ pub trait DriverConsumer: Send {
     async fn close(&mut self) -> Result<()>;
 }
 
-/// Backends whose queues take a partition count (`QueueSpec::partitions`); the others ignore
-/// it, so a workload with more than one partition is rejected on them, as OMB's RabbitMQ driver
-/// does. mailroom-core has no capability for this yet (see the issue note); until it does, this
-/// list is the one place that knows.
-pub const PARTITIONED_BACKENDS: &[&str] = &["kafka"];
-
 /// Every mailroom backend, through the traits.
 pub struct MailroomDriver {
     backend: Arc<dyn Backend>,
@@ -134,9 +126,10 @@ impl MailroomDriver {
         &self.backend
     }
 
-    fn destination(topic: &TopicPlan) -> Destination {
+    /// Where a topic's producers send: with one subscription the topic is its queue, as OMB's
+    /// drivers do for queue brokers; with several, a fanout exchange named after the topic.
+    pub fn destination(topic: &TopicPlan) -> Destination {
         match topic.subscriptions.as_slice() {
-            // One subscription: the topic is its queue, as OMB's drivers do for queue brokers.
             [only] => Destination::queue(only),
             _ => Destination::exchange(&topic.name, ""),
         }
@@ -166,13 +159,13 @@ impl Driver for MailroomDriver {
     fn check(&self, plan: &Plan) -> Result<()> {
         let name = self.backend.name();
         let caps = self.backend.capabilities();
-        if plan.partitions > 1 && !PARTITIONED_BACKENDS.contains(&name) {
+        if plan.partitions > 1 && !caps.supports(Capability::PartitionedQueues) {
             return Err(cannot_express(
                 plan,
                 name,
                 "partitionsPerTopic",
                 format!(
-                    "{} partitions asked, but {name} queues are not partitioned (OMB's RabbitMQ driver rejects this too); use 1",
+                    "{} partitions asked, but {name} queues are not partitioned (it declares no partitioned_queues; OMB's RabbitMQ driver rejects this too); use 1",
                     plan.partitions
                 ),
             ));
@@ -491,14 +484,5 @@ impl DriverConsumer for RawMpscConsumer {
 
     async fn close(&mut self) -> Result<()> {
         Ok(())
-    }
-}
-
-/// The raw-client baseline for a backend, when this build has one: `raw-mpsc` for memory://.
-/// Raw lapin / rdkafka / aws-sdk-sqs drivers plug in here behind their cargo features.
-pub fn baseline_for(backend: &str) -> Option<Arc<dyn Driver>> {
-    match backend {
-        "memory" => Some(Arc::new(RawMpscDriver::new())),
-        _ => None,
     }
 }

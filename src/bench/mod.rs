@@ -4,8 +4,8 @@
 //! - [`quick`]: one producer, one consumer, throughput + a paced latency run, and the same work
 //!   on a raw `tokio::sync::mpsc` channel (its items are re-exported here).
 //! - [`workload`]: workloads in OpenMessaging Benchmark YAML ([`workload::Workload`]).
-//! - [`driver`]: what the harness drives: every mailroom backend by URL, and raw baselines
-//!   (the extension point for raw lapin / rdkafka / aws-sdk-sqs drivers).
+//! - [`driver`]: what the harness drives: every mailroom backend by URL, and raw mpsc.
+//! - [`raw`]: raw-client baselines (lapin, rdkafka, aws-sdk-sqs, mpsc) by `raw+URL`.
 //! - [`runner`]: open-loop runs with HdrHistogram percentiles and periodic stats.
 //! - [`result`]: OMB-format result JSON and the summary table.
 //! - [`compare`] and [`report`]: runs on several backends, conformance, Markdown + HTML.
@@ -15,6 +15,13 @@ pub mod compare;
 pub mod driver;
 pub mod overhead;
 pub mod quick;
+pub mod raw;
+#[cfg(feature = "kafka")]
+pub mod raw_kafka;
+#[cfg(feature = "rabbitmq")]
+pub mod raw_lapin;
+#[cfg(feature = "sqs")]
+pub mod raw_sqs;
 pub mod report;
 pub mod result;
 pub mod runner;

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use mailroom_core::{Capability, ExchangeKind};
 
 use super::compare::{capability_rows, declares, BackendReport, Comparison, RunOutcome};
-use super::result::{ms, TestResult};
+use super::result::{ms, BaselineRatio, MaxRate, TestResult};
 
 const COLORS: &[&str] = &[
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
@@ -82,29 +82,20 @@ fn latency_workload(c: &Comparison) -> Option<String> {
     kib.or(candidates.first()).map(|n| (*n).clone())
 }
 
-/// (backend, raw driver, backend msgs/s, raw msgs/s, ratio) for every backend whose raw
-/// baseline ran the same max-rate workload: the abstraction's cost on the same broker.
-pub fn baseline_ratios(c: &Comparison) -> Vec<(String, String, f64, f64, f64)> {
-    let mut out = Vec::new();
-    for b in &c.backends {
-        for raw in b.baseline.iter().filter_map(RunOutcome::result) {
-            if let Some(r) = done(b).find(|r| r.workload == raw.workload) {
-                let ratio = if moved(raw) > 0.0 {
-                    moved(r) / moved(raw)
-                } else {
-                    0.0
-                };
-                out.push((
-                    b.name.clone(),
-                    raw.driver.clone(),
-                    moved(r),
-                    moved(raw),
-                    ratio,
-                ));
-            }
-        }
-    }
-    out
+/// (backend, workload, comparison) for every backend run that has its raw baseline's beside
+/// it: the abstraction's cost on the same broker in the same run.
+pub fn baseline_ratios(c: &Comparison) -> Vec<(String, String, BaselineRatio)> {
+    c.backends
+        .iter()
+        .flat_map(|b| {
+            done(b).filter_map(|r| {
+                r.mailroom
+                    .baseline
+                    .clone()
+                    .map(|ratio| (b.name.clone(), r.workload.clone(), ratio))
+            })
+        })
+        .collect()
 }
 
 /// The "which broker for which need" lines.
@@ -119,26 +110,45 @@ pub fn needs(c: &Comparison) -> Vec<NeedLine> {
         }
     };
 
-    // Throughput: the max-rate search's measured run.
+    // Throughput: the max-rate search's measured run; a search that found no sustainable rate
+    // is evidence, never a winner.
     let mut tput: Vec<(&BackendReport, &TestResult)> = reachable
         .iter()
         .filter_map(|b| done(b).find(|r| is_max_rate(r)).map(|r| (*b, r)))
         .collect();
-    tput.sort_by(|a, b| moved(b.1).total_cmp(&moved(a.1)));
+    tput.sort_by(|a, b| {
+        (a.1.no_sustainable_rate(), -moved(a.1))
+            .partial_cmp(&(b.1.no_sustainable_rate(), -moved(b.1)))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     if let Some((best, r)) = tput.first() {
+        let found = tput
+            .iter()
+            .filter(|(_, r)| !r.no_sustainable_rate())
+            .count();
         lines.push(NeedLine {
             need: format!("Highest sustainable throughput ({})", r.workload),
-            choice: format!("{}{}", best.name, only(tput.len())),
+            choice: if r.no_sustainable_rate() {
+                "none found a sustainable rate".to_owned()
+            } else if found < tput.len() && found == 1 {
+                format!("{} (the only one that found a sustainable rate)", best.name)
+            } else {
+                format!("{}{}", best.name, only(found))
+            },
             evidence: tput
                 .iter()
                 .map(|(b, r)| {
-                    format!(
-                        "{}: {:.0} msgs/s published, {:.0} consumed (search ended at {:.0})",
-                        b.name,
-                        r.mailroom.publish_rate_avg,
-                        r.mailroom.consume_rate_avg,
-                        r.mailroom.target_rate
-                    )
+                    if r.no_sustainable_rate() {
+                        format!("{}: {}", b.name, r.max_rate_text().unwrap_or_default())
+                    } else {
+                        format!(
+                            "{}: {:.0} msgs/s published, {:.0} consumed (search ended at {:.0})",
+                            b.name,
+                            r.mailroom.publish_rate_avg,
+                            r.mailroom.consume_rate_avg,
+                            r.mailroom.target_rate
+                        )
+                    }
                 })
                 .collect::<Vec<_>>()
                 .join("; "),
@@ -364,7 +374,8 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn bar_chart(title: &str, unit: &str, bars: &[(String, f64)]) -> String {
+/// Horizontal bars: (label, value, text shown instead of the value, if any).
+fn bar_chart(title: &str, unit: &str, bars: &[(String, f64, Option<String>)]) -> String {
     let (w, left, row) = (760.0, 260.0, 28.0);
     let h = 60.0 + row * bars.len().max(1) as f64;
     let max = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1.0);
@@ -373,12 +384,13 @@ fn bar_chart(title: &str, unit: &str, bars: &[(String, f64)]) -> String {
         esc(title),
         esc(title)
     );
-    for (i, (name, value)) in bars.iter().enumerate() {
+    for (i, (name, value, text)) in bars.iter().enumerate() {
         let y = 40.0 + row * i as f64;
         let bw = (w - left - 110.0) * value / max;
+        let text = text.clone().unwrap_or_else(|| format!("{value:.0} {unit}"));
         let _ = write!(
             s,
-            r#"<text x="{}" y="{}" text-anchor="end">{}</text><rect x="{left}" y="{y}" width="{bw:.1}" height="{}" fill="{}"/><text x="{}" y="{}">{value:.0} {}</text>"#,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text><rect x="{left}" y="{y}" width="{bw:.1}" height="{}" fill="{}"/><text x="{}" y="{}">{}</text>"#,
             left - 8.0,
             y + 16.0,
             esc(name),
@@ -386,7 +398,7 @@ fn bar_chart(title: &str, unit: &str, bars: &[(String, f64)]) -> String {
             COLORS[i % COLORS.len()],
             left + bw + 6.0,
             y + 16.0,
-            esc(unit)
+            esc(&text)
         );
     }
     if bars.is_empty() {
@@ -567,9 +579,26 @@ pub fn charts(c: &Comparison) -> Vec<(String, String)> {
     let mut out = Vec::new();
     // Throughput per backend (max-rate search), with raw baselines.
     let mut bars = Vec::new();
+    let bar = |label: String, r: &TestResult| {
+        if r.no_sustainable_rate() {
+            let lowest = match &r.mailroom.max_rate {
+                Some(MaxRate::NotFound { lowest_step, .. }) => *lowest_step,
+                _ => 0.0,
+            };
+            (
+                label,
+                0.0,
+                Some(format!(
+                    "no sustainable rate (lowest step {lowest:.0} msgs/s)"
+                )),
+            )
+        } else {
+            (label, moved(r), None)
+        }
+    };
     for b in &c.backends {
         if let Some(r) = done(b).find(|r| is_max_rate(r)) {
-            bars.push((b.name.clone(), moved(r)));
+            bars.push(bar(b.name.clone(), r));
         }
         if let Some(r) = b
             .baseline
@@ -577,7 +606,7 @@ pub fn charts(c: &Comparison) -> Vec<(String, String)> {
             .filter_map(RunOutcome::result)
             .find(|r| is_max_rate(r))
         {
-            bars.push((format!("{} (raw baseline)", r.driver), moved(r)));
+            bars.push(bar(format!("{} (raw baseline)", r.driver), r));
         }
     }
     out.push((
@@ -670,7 +699,14 @@ fn results_table(c: &Comparison) -> Vec<Vec<String>> {
                     rows.push(vec![
                         r.workload.clone(),
                         r.driver.clone(),
-                        format!("{:.0}", r.mailroom.target_rate),
+                        if r.no_sustainable_rate() {
+                            format!(
+                                "{:.0} (lowest step; no sustainable rate)",
+                                r.mailroom.target_rate
+                            )
+                        } else {
+                            format!("{:.0}", r.mailroom.target_rate)
+                        },
                         format!("{:.0}", r.mailroom.publish_rate_avg),
                         format!("{:.0}", r.mailroom.consume_rate_avg),
                         ms(e.p50),
@@ -802,12 +838,26 @@ pub fn markdown(c: &Comparison, charts: &[(String, String)]) -> String {
     }
     let ratios = baseline_ratios(c);
     if !ratios.is_empty() {
-        let _ = writeln!(s, "\n## Abstraction overhead (same broker, same run)\n");
-        let _ = writeln!(s, "| backend | raw baseline | backend msgs/s | raw msgs/s | ratio |\n|---|---|---|---|---|");
-        for (b, raw, rate, raw_rate, ratio) in &ratios {
+        let _ = writeln!(
+            s,
+            "\n## Abstraction overhead: mailroom vs raw client (same broker, same run)\n"
+        );
+        let _ = writeln!(
+            s,
+            "Each max-rate workload also ran on the raw client the backend is built on, configured as the backend configures it. Ratio = backend msgs/s ÷ raw msgs/s (moved end to end); 1.0 means the abstraction costs nothing.\n"
+        );
+        let _ = writeln!(s, "| backend | raw baseline | workload | backend msgs/s | raw msgs/s | mailroom vs raw | e2e p99 backend / raw (ms) |\n|---|---|---|---|---|---|---|");
+        for (b, workload, r) in &ratios {
             let _ = writeln!(
                 s,
-                "| {b} | {raw} | {rate:.0} | {raw_rate:.0} | **{ratio:.3}** |"
+                "| {b} | {} | {} | {:.0} | {:.0} | {} | {} / {} |",
+                r.raw_driver,
+                md_cell(workload),
+                r.rate,
+                r.raw_rate,
+                md_cell(&ratio_cell(r)),
+                ms(r.e2e_p99),
+                ms(r.raw_e2e_p99)
             );
         }
     }
@@ -849,6 +899,14 @@ pub fn markdown(c: &Comparison, charts: &[(String, String)]) -> String {
         }
     }
     s
+}
+
+/// The ratio, or why there is none.
+fn ratio_cell(r: &BaselineRatio) -> String {
+    match (r.ratio, &r.note) {
+        (Some(ratio), _) => format!("{ratio:.3}"),
+        (None, note) => format!("no ratio: {}", note.as_deref().unwrap_or("-")),
+    }
 }
 
 fn conformance_summary(b: &BackendReport) -> String {
@@ -940,13 +998,19 @@ pub fn html(c: &Comparison, charts: &[(String, String)]) -> String {
     s.push_str("</table>\n");
     let ratios = baseline_ratios(c);
     if !ratios.is_empty() {
-        s.push_str("<h2>Abstraction overhead (same broker, same run)</h2><table><tr><th>backend</th><th>raw baseline</th><th>backend msgs/s</th><th>raw msgs/s</th><th>ratio</th></tr>");
-        for (b, raw, rate, raw_rate, ratio) in &ratios {
+        s.push_str("<h2>Abstraction overhead: mailroom vs raw client (same broker, same run)</h2><p>Each max-rate workload also ran on the raw client the backend is built on, configured as the backend configures it. Ratio = backend msgs/s ÷ raw msgs/s (moved end to end); 1.0 means the abstraction costs nothing.</p><table><tr><th>backend</th><th>raw baseline</th><th>workload</th><th>backend msgs/s</th><th>raw msgs/s</th><th>mailroom vs raw</th><th>e2e p99 backend / raw (ms)</th></tr>");
+        for (b, workload, r) in &ratios {
             let _ = write!(
                 s,
-                "<tr><td>{}</td><td>{}</td><td class=\"num\">{rate:.0}</td><td class=\"num\">{raw_rate:.0}</td><td class=\"num\"><b>{ratio:.3}</b></td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{:.0}</td><td class=\"num\">{:.0}</td><td class=\"num\"><b>{}</b></td><td class=\"num\">{} / {}</td></tr>",
                 esc(b),
-                esc(raw)
+                esc(&r.raw_driver),
+                esc(workload),
+                r.rate,
+                r.raw_rate,
+                esc(&ratio_cell(r)),
+                ms(r.e2e_p99),
+                ms(r.raw_e2e_p99)
             );
         }
         s.push_str("</table>\n");

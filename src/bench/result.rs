@@ -233,6 +233,10 @@ pub struct Extra {
     pub consume_rate_avg: f64,
     /// The max-rate search: (seconds since start, target rate tried, backlog) per step.
     pub rate_search: Vec<(f64, f64, i64)>,
+    /// For a max-rate workload (`producerRate: 0`): what the search concluded.
+    pub max_rate: Option<MaxRate>,
+    /// This run against its raw-client baseline's run of the same workload, when one ran.
+    pub baseline: Option<BaselineRatio>,
     /// Backlog over the whole run, sampled: (seconds since start, messages).
     pub backlog_series: Vec<(f64, i64)>,
     /// For a backlog workload: seconds from the consumers' start until the backlog was gone.
@@ -243,6 +247,98 @@ pub struct Extra {
     pub stats_interval_seconds: f64,
     /// Subscriptions per topic (each receives every message).
     pub subscriptions: u32,
+}
+
+/// What a max-rate search (`producerRate: 0`) concluded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "outcome",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum MaxRate {
+    /// A step was sustained (producers hit the rate, consumers kept pace, the backlog stayed
+    /// under `acceptableBacklog`); the measured run held the highest such rate.
+    Found {
+        /// The rate held, msgs/s over all producers.
+        rate: f64,
+    },
+    /// No step was sustained, down to the lowest the search tried; the measured run held
+    /// that lowest step, so its numbers show what the broker does there.
+    NotFound {
+        /// The lowest rate tried, msgs/s over all producers.
+        lowest_step: f64,
+        /// What failed at that step (producers short of the rate, consumers behind, backlog).
+        reason: String,
+    },
+}
+
+/// A backend's run against its raw-client baseline's run of the same workload, on the same
+/// broker in the same process and comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineRatio {
+    /// The raw driver (`raw-lapin`, `raw-rdkafka`, `raw-sqs`, `raw-mpsc`).
+    pub raw_driver: String,
+    /// Messages per second the backend moved end to end (the lower of publish and consume).
+    pub rate: f64,
+    /// The same for the raw baseline.
+    pub raw_rate: f64,
+    /// `rate / raw_rate`: 1.0 means the abstraction costs nothing. `None` when a ratio would
+    /// mislead (see `note`).
+    pub ratio: Option<f64>,
+    /// Why there is no ratio (a max-rate search that found no sustainable rate).
+    pub note: Option<String>,
+    /// End-to-end p99 of the backend's run, ms.
+    pub e2e_p99: f64,
+    /// End-to-end p99 of the raw run, ms.
+    pub raw_e2e_p99: f64,
+}
+
+impl BaselineRatio {
+    /// Compare a backend's result with its baseline's result of the same workload. A ratio of
+    /// throughputs is only given where both sustained what they were asked: for a max-rate
+    /// workload, both searches found a rate.
+    pub fn of(backend: &TestResult, raw: &TestResult) -> BaselineRatio {
+        let moved = |r: &TestResult| r.mailroom.publish_rate_avg.min(r.mailroom.consume_rate_avg);
+        let not_found = |r: &TestResult| match &r.mailroom.max_rate {
+            Some(MaxRate::NotFound { .. }) => {
+                r.max_rate_text().map(|t| format!("{}: {t}", r.driver))
+            }
+            _ => None,
+        };
+        let note = match (not_found(backend), not_found(raw)) {
+            (None, None) if moved(raw) <= 0.0 => Some(format!("{} moved nothing", raw.driver)),
+            (None, None) => None,
+            (a, b) => Some(a.into_iter().chain(b).collect::<Vec<_>>().join("; ")),
+        };
+        BaselineRatio {
+            raw_driver: raw.driver.clone(),
+            rate: moved(backend),
+            raw_rate: moved(raw),
+            ratio: note.is_none().then(|| moved(backend) / moved(raw)),
+            note,
+            e2e_p99: backend.aggregated_end_to_end_latency_99pct,
+            raw_e2e_p99: raw.aggregated_end_to_end_latency_99pct,
+        }
+    }
+
+    /// The printed line: `mailroom vs raw: <backend> N msgs/s vs <raw> M msgs/s, ratio R ...`.
+    pub fn line(&self, backend: &str, workload: &str) -> String {
+        let ratio = match (self.ratio, &self.note) {
+            (Some(r), _) => format!("ratio {r:.3}"),
+            (None, Some(note)) => format!("no ratio: {note}"),
+            (None, None) => "no ratio".to_owned(),
+        };
+        format!(
+            "mailroom vs raw: {backend} {:.0} msgs/s vs {} {:.0} msgs/s, {ratio}; e2e p99 {} ms vs {} ms ({workload})",
+            self.rate,
+            self.raw_driver,
+            self.raw_rate,
+            ms(self.e2e_p99),
+            ms(self.raw_e2e_p99),
+        )
+    }
 }
 
 impl TestResult {
@@ -336,6 +432,26 @@ impl TestResult {
         self.aggregated_end_to_end_latency_quantiles = quantile_map(e2e, 1000.0);
     }
 
+    /// For a max-rate workload, the search's conclusion as a sentence: `found 2151 msgs/s`, or
+    /// `no sustainable rate found (lowest step 100 msgs/s: ...; e2e p99 ... ms there)`.
+    pub fn max_rate_text(&self) -> Option<String> {
+        Some(match self.mailroom.max_rate.as_ref()? {
+            MaxRate::Found { rate } => format!("found {rate:.0} msgs/s"),
+            MaxRate::NotFound {
+                lowest_step,
+                reason,
+            } => format!(
+                "no sustainable rate found (lowest step {lowest_step:.0} msgs/s: {reason}; e2e p99 {} ms there)",
+                ms(self.aggregated_end_to_end_latency_99pct)
+            ),
+        })
+    }
+
+    /// Whether this is a max-rate run whose search found no sustainable rate.
+    pub fn no_sustainable_rate(&self) -> bool {
+        matches!(self.mailroom.max_rate, Some(MaxRate::NotFound { .. }))
+    }
+
     /// The aggregated end-to-end percentiles, in ms.
     pub fn end_to_end(&self) -> Percentiles {
         Percentiles {
@@ -427,6 +543,15 @@ pub fn summary_table(results: &[TestResult]) -> String {
         out,
         "(latencies in ms; e2e = receive − intended send, publish = confirm − actual send, delay = actual − intended send)"
     );
+    for r in results {
+        if let Some(text) = r.max_rate_text() {
+            let _ = writeln!(
+                out,
+                "max-rate search, {} on {}: {text}",
+                r.workload, r.driver
+            );
+        }
+    }
     out
 }
 
@@ -437,5 +562,70 @@ fn truncate(s: &str, n: usize) -> String {
         let mut t: String = s.chars().take(n - 1).collect();
         t.push('…');
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(driver: &str, publish: f64, consume: f64, max_rate: Option<MaxRate>) -> TestResult {
+        let mut r = TestResult {
+            driver: driver.into(),
+            aggregated_end_to_end_latency_99pct: 12.5,
+            ..TestResult::default()
+        };
+        r.mailroom.publish_rate_avg = publish;
+        r.mailroom.consume_rate_avg = consume;
+        r.mailroom.max_rate = max_rate;
+        r
+    }
+
+    #[test]
+    fn ratio_of_messages_moved_end_to_end() {
+        let backend = run(
+            "rabbitmq",
+            900.0,
+            800.0,
+            Some(MaxRate::Found { rate: 900.0 }),
+        );
+        let raw = run(
+            "raw-lapin",
+            1000.0,
+            1000.0,
+            Some(MaxRate::Found { rate: 1000.0 }),
+        );
+        let r = BaselineRatio::of(&backend, &raw);
+        assert_eq!(r.ratio, Some(0.8));
+        assert_eq!((r.rate, r.raw_rate), (800.0, 1000.0));
+        let line = r.line("rabbitmq", "w");
+        assert!(
+            line.starts_with(
+                "mailroom vs raw: rabbitmq 800 msgs/s vs raw-lapin 1000 msgs/s, ratio 0.800;"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn no_ratio_when_a_search_found_no_sustainable_rate() {
+        let stuck = MaxRate::NotFound {
+            lowest_step: 100.0,
+            reason: "backlog 9000 over acceptableBacklog 5000".into(),
+        };
+        let backend = run("kafka", 90.0, 40.0, Some(stuck));
+        let raw = run(
+            "raw-rdkafka",
+            100.0,
+            90.0,
+            Some(MaxRate::Found { rate: 100.0 }),
+        );
+        let r = BaselineRatio::of(&backend, &raw);
+        assert_eq!(r.ratio, None);
+        let line = r.line("kafka", "w");
+        assert!(
+            line.contains("no ratio: kafka: no sustainable rate found (lowest step 100 msgs/s: backlog 9000 over acceptableBacklog 5000; e2e p99 12.5 ms there)"),
+            "{line}"
+        );
     }
 }

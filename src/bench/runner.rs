@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use mailroom_core::{Error, ErrorKind, Result};
 
 use super::driver::{now_us, Confirm, Driver, Outgoing, TopicPlan};
-use super::result::{Percentiles, TestResult};
+use super::result::{MaxRate, Percentiles, TestResult};
 use super::workload::{KeyDistributor, Plan};
 
 /// How a run reports while it goes.
@@ -57,6 +57,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_CONFIRMS_IN_FLIGHT: usize = 65_536;
 /// Step of the max-rate search.
 const SEARCH_STEP: Duration = Duration::from_millis(500);
+/// The max-rate search's lowest step is `producerStartRate` divided by this.
+pub const SEARCH_FLOOR_DIVISOR: f64 = 100.0;
 /// Backlog samples for the drain chart.
 const BACKLOG_SAMPLE: Duration = Duration::from_millis(250);
 
@@ -491,8 +493,13 @@ async fn run_on(
                 }
             }
         } else if plan.rate.is_none() {
+            // Never below the lowest step: a broker that cannot sustain even that gets an
+            // honest "no sustainable rate" rather than a search collapsing towards 1 msg/s.
+            let floor = (initial / SEARCH_FLOOR_DIVISOR).max(1.0);
             let mut rate = initial;
-            let mut last_ok = initial;
+            let mut lowest = initial;
+            let mut last_ok: Option<f64> = None;
+            let mut lowest_miss = String::from("the search ended before its first step");
             let mut backed_off = false;
             let mut last = (
                 Instant::now(),
@@ -517,23 +524,60 @@ async fn run_on(
                     .mailroom
                     .rate_search
                     .push((start.elapsed().as_secs_f64(), rate, b));
+                lowest = lowest.min(rate);
                 // Sustained = producers hit the rate and consumers kept pace with them.
-                let kept_up = achieved >= rate * 0.9 && consumed >= achieved * 0.9;
-                if b <= plan.acceptable_backlog as i64 && kept_up {
-                    last_ok = rate;
-                    rate *= if backed_off { 1.1 } else { 1.5 };
+                let miss = if achieved < rate * 0.9 {
+                    Some(format!("producers reached {achieved:.0} of {rate:.0} msgs/s"))
+                } else if consumed < achieved * 0.9 {
+                    Some(format!(
+                        "consumers took {consumed:.0} msgs/s of {achieved:.0} published; backlog grew to {b}"
+                    ))
+                } else if b > plan.acceptable_backlog as i64 {
+                    Some(format!(
+                        "backlog {b} over acceptableBacklog {}",
+                        plan.acceptable_backlog
+                    ))
                 } else {
-                    backed_off = true;
-                    // Below what was achieved, so the consumers catch up before the next step.
-                    rate = (achieved.min(consumed).min(rate) * 0.8).max(1.0);
+                    None
+                };
+                match miss {
+                    None => {
+                        last_ok = Some(rate);
+                        rate *= if backed_off { 1.1 } else { 1.5 };
+                    }
+                    Some(why) => {
+                        if rate <= lowest {
+                            lowest_miss = why;
+                        }
+                        backed_off = true;
+                        // Below what was achieved, so the consumers catch up before the next
+                        // step, but at most halved: consumers still starting (a first long
+                        // poll, a group join) take next to nothing in one step, and reading
+                        // that as their capacity would sink the search for good.
+                        rate = (achieved.min(consumed).min(rate) * 0.8)
+                            .max(rate / 2.0)
+                            .max(floor);
+                    }
                 }
                 shared.set_rate(rate / producers_total);
                 progress.show(&format!(
                     "searching max rate: tried {achieved:.0} msgs/s, backlog {b}, next {rate:.0}"
                 ));
             }
-            // The measured run holds the last rate that was sustained, not the next one tried.
-            shared.set_rate(last_ok / producers_total);
+            // The measured run holds the last rate that was sustained, not the next one tried;
+            // if none was, the lowest step, to show what the broker does there.
+            let (hold, outcome) = match last_ok {
+                Some(ok) => (ok, MaxRate::Found { rate: ok }),
+                None => (
+                    lowest,
+                    MaxRate::NotFound {
+                        lowest_step: lowest,
+                        reason: lowest_miss,
+                    },
+                ),
+            };
+            shared.set_rate(hold / producers_total);
+            result.mailroom.max_rate = Some(outcome);
         } else {
             let mut last_sample = Instant::now();
             while start.elapsed() < plan.warmup {

@@ -1,6 +1,7 @@
 //! mailroom-kafka vs raw rdkafka on the same broker, in one process: 1 KiB messages, produce
 //! with every delivery report awaited, then consume with offsets stored per message and
-//! committed (auto-commit of stored offsets, plus a final synchronous commit).
+//! committed (auto-commit of stored offsets, plus a final synchronous commit). Raw rdkafka uses
+//! the backend's own librdkafka properties.
 //!
 //! The raw producer writes the same record shape mailroom writes (key, payload, an id and a
 //! millisecond timestamp header), so the broker stores and serves the same bytes for both and
@@ -12,11 +13,10 @@
 use std::time::{Duration, Instant};
 
 use mailroom_core::{Backend, ConsumerOptions, Destination, Message, QueueSpec};
-use mailroom_kafka::{KafkaBackend, ID_HEADER, TIMESTAMP_HEADER};
+use mailroom_kafka::{KafkaBackend, KafkaConfig, ID_HEADER, TIMESTAMP_HEADER};
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 
 const SIZE: usize = 1024;
 
@@ -31,20 +31,9 @@ fn fresh(what: &str) -> String {
     )
 }
 
-/// The properties both sides use (mailroom's defaults, spelled out for raw rdkafka).
-fn raw_config(bootstrap: &str) -> ClientConfig {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("allow.auto.create.topics", "false")
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest");
-    cc
-}
-
-async fn raw_produce(bootstrap: &str, topic: &str, n: usize, payload: &[u8]) -> Duration {
-    let p: FutureProducer = raw_config(bootstrap).create().unwrap();
+async fn raw_produce(config: &KafkaConfig, topic: &str, n: usize, payload: &[u8]) -> Duration {
+    // The backend's own properties, so both sides produce alike.
+    let p: FutureProducer = config.producer_client_config().create().unwrap();
     let start = Instant::now();
     let mut pending = Vec::with_capacity(n);
     for i in 0..n {
@@ -76,10 +65,8 @@ async fn raw_produce(bootstrap: &str, topic: &str, n: usize, payload: &[u8]) -> 
     start.elapsed()
 }
 
-async fn raw_consume(bootstrap: &str, topic: &str, n: usize) -> ConsumeTiming {
-    let mut cc = raw_config(bootstrap);
-    cc.set("group.id", topic);
-    let c: StreamConsumer = cc.create().unwrap();
+async fn raw_consume(config: &KafkaConfig, topic: &str, n: usize) -> ConsumeTiming {
+    let c: StreamConsumer = config.consumer_client_config(topic).create().unwrap();
     c.subscribe(&[topic]).unwrap();
     let mut clock = ConsumeClock::start();
     for _ in 0..n {
@@ -178,10 +165,10 @@ async fn main() {
             .unwrap();
     }
     // Alternate who goes first so a warming broker favours neither.
-    let raw_p = raw_produce(&bootstrap, &raw_t, n, &payload).await;
+    let raw_p = raw_produce(b.config(), &raw_t, n, &payload).await;
     let mr_p = mailroom_produce(&b, &mr_t, n, &payload).await;
     let mr_c = mailroom_consume(&b, &mr_t, n).await;
-    let raw_c = raw_consume(&bootstrap, &raw_t, n).await;
+    let raw_c = raw_consume(b.config(), &raw_t, n).await;
 
     println!("kafka backend vs raw rdkafka, {n} x {SIZE} B, broker {bootstrap}");
     // The group join (subscribe to first message) is the broker's rebalance, not consumption;

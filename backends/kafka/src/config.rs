@@ -230,6 +230,31 @@ impl KafkaConfig {
             .clamp(1, 1_000_000)
     }
 
+    /// The librdkafka configuration of the backend's producers: idempotent, no topic
+    /// auto-creation, then every user property. Public so that a raw-rdkafka baseline (the
+    /// benchmark harness's) produces with exactly the backend's properties.
+    pub fn producer_client_config(&self) -> ClientConfig {
+        self.client_config(&[
+            ("enable.idempotence", "true"),
+            ("allow.auto.create.topics", "false"),
+        ])
+    }
+
+    /// The librdkafka configuration of the backend's consumers in consumer group `group`:
+    /// auto-commit of stored offsets, earliest start, no topic auto-creation, then every user
+    /// property; `group.id` and `enable.auto.offset.store=false` are not overridable, since
+    /// offsets are stored only for settled messages.
+    pub fn consumer_client_config(&self, group: &str) -> ClientConfig {
+        let mut cc = self.client_config(&[
+            ("enable.auto.commit", "true"),
+            ("auto.offset.reset", "earliest"),
+            ("allow.auto.create.topics", "false"),
+        ]);
+        cc.set("group.id", group)
+            .set("enable.auto.offset.store", "false");
+        cc
+    }
+
     /// A librdkafka client configuration: the bootstrap servers, `defaults` where the user set
     /// nothing, then every user property. Invalid properties are reported when a client is made
     /// from it ([`crate::error::client_error`]).

@@ -159,21 +159,9 @@ impl ConsumerContext for GroupContext {
 
 /// Check that consumer-only properties are valid (called by `connect`).
 pub(crate) fn check_consumer_config(config: &KafkaConfig) -> Result<()> {
-    let cc = consumer_config(config, "mailroom-config-check");
+    let cc = config.consumer_client_config("mailroom-config-check");
     let _: BaseConsumer = cc.create().map_err(|e| error::map(e, "connect"))?;
     Ok(())
-}
-
-fn consumer_config(config: &KafkaConfig, group: &str) -> rdkafka::ClientConfig {
-    let mut cc = config.client_config(&[
-        ("enable.auto.commit", "true"),
-        ("auto.offset.reset", "earliest"),
-        ("allow.auto.create.topics", "false"),
-    ]);
-    // Not overridable: the group is the queue, and offsets are stored only for settled prefixes.
-    cc.set("group.id", group)
-        .set("enable.auto.offset.store", "false");
-    cc
 }
 
 /// What every delivery of one consumer needs to settle.
@@ -246,7 +234,9 @@ impl KafkaConsumer {
             replay: Mutex::new(plan),
             timeout,
         };
-        let consumer: StreamConsumer<GroupContext> = consumer_config(&shared.config, queue)
+        let consumer: StreamConsumer<GroupContext> = shared
+            .config
+            .consumer_client_config(queue)
             .create_with_context(context)
             .map_err(|e| error::map(e, "consume"))?;
         let names: Vec<&str> = partitions.iter().map(|(t, _)| t.as_str()).collect();

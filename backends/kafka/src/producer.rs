@@ -107,10 +107,7 @@ pub(crate) struct ProducerCore {
 
 impl ProducerCore {
     pub(crate) fn new(config: &KafkaConfig, capabilities: Capabilities) -> Result<Arc<Self>> {
-        let cc = config.client_config(&[
-            ("enable.idempotence", "true"),
-            ("allow.auto.create.topics", "false"),
-        ]);
+        let cc = config.producer_client_config();
         let producer: ThreadedProducer<ReportContext> = cc
             .create_with_context(ReportContext)
             .map_err(|e| error::map(e, "producer"))?;

@@ -66,6 +66,7 @@ pub fn capabilities(config: &MemoryConfig) -> Capabilities {
     caps.transactions = false;
     caps.persistence = false;
     caps.redelivery_on_drop = true;
+    caps.partitioned_queues = false;
     caps.max_message_size = Some(config.max_message_size);
     caps.max_batch_size = None;
     caps.max_headers = None;

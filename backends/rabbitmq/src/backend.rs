@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lapin::tcp::OwnedTLSConfig;
-use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Channel, Connect, ConnectionProperties};
 use mailroom_core::{
     Backend, Binding, Capabilities, Consumer, ConsumerOptions, Error, ErrorKind, ExchangeSpec,
@@ -96,39 +95,15 @@ impl Shared {
         }
     }
 
-    fn uri(&self) -> AMQPUri {
-        let c = &self.config;
-        AMQPUri {
-            scheme: if c.tls {
-                AMQPScheme::AMQPS
-            } else {
-                AMQPScheme::AMQP
-            },
-            authority: AMQPAuthority {
-                userinfo: AMQPUserInfo {
-                    username: c.username.clone(),
-                    password: c.password.clone(),
-                },
-                host: c.host.clone(),
-                port: c.port,
-            },
-            vhost: c.vhost.clone(),
-            query: AMQPQueryString {
-                heartbeat: Some(c.heartbeat_secs),
-                connection_timeout: Some(c.connect_timeout_ms),
-                ..AMQPQueryString::default()
-            },
-        }
-    }
-
     /// Open one connection, bounded by the connect timeout; no retry.
     async fn open(&self) -> Result<lapin::Connection> {
         let target = self.config.display_target();
         let properties = ConnectionProperties::default().with_connection_name("mailroom".into());
         let runtime = lapin::runtime::default_runtime().map_err(|e| map(e, "connect", &target))?;
-        let attempt = self
-            .uri()
-            .connect_with_config(properties, self.tls.clone(), runtime);
+        let attempt =
+            self.config
+                .amqp_uri()
+                .connect_with_config(properties, self.tls.clone(), runtime);
         match tokio::time::timeout(self.config.connect_timeout(), attempt).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(connect_error(e, &self.config)),

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use mailroom_core::url::{percent_decode, query_pairs, redact};
 use mailroom_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -228,6 +229,33 @@ impl RabbitConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The lapin URI this configuration connects to (host, port, credentials, vhost, TLS,
+    /// heartbeat, connect timeout). Public so that a raw-lapin baseline (the benchmark
+    /// harness's) connects exactly as the backend does. It holds the password: never log it.
+    pub fn amqp_uri(&self) -> AMQPUri {
+        AMQPUri {
+            scheme: if self.tls {
+                AMQPScheme::AMQPS
+            } else {
+                AMQPScheme::AMQP
+            },
+            authority: AMQPAuthority {
+                userinfo: AMQPUserInfo {
+                    username: self.username.clone(),
+                    password: self.password.clone(),
+                },
+                host: self.host.clone(),
+                port: self.port,
+            },
+            vhost: self.vhost.clone(),
+            query: AMQPQueryString {
+                heartbeat: Some(self.heartbeat_secs),
+                connection_timeout: Some(self.connect_timeout_ms),
+                ..AMQPQueryString::default()
+            },
+        }
     }
 
     /// The connection target without secrets, for errors and logs.
