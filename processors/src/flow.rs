@@ -13,12 +13,12 @@ use futures_util::FutureExt;
 use mailroom_core::{Consumer, Delivery, Error, ErrorKind, Message, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch};
 
 use crate::concurrent::Concurrent;
 use crate::metrics::{add, Metrics};
 use crate::policy::{panic_error, ErrorPolicy, StageRt, StageSpec};
-use crate::token::{Settlement, Shared, Token, Tokens};
+use crate::token::{Settlement, Shared, Slots, Token, Tokens};
 
 /// How items are ordered while async stages work on several at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -146,11 +146,12 @@ impl PipelineBuilder {
 
     /// The merged stream of every source's messages, ready for stages.
     pub fn flow(self) -> Flow<Message> {
-        let permits = Arc::new(Semaphore::new(self.max_in_flight));
-        let metrics = Metrics::new(permits.clone(), self.max_in_flight);
+        let slots = Arc::new(Slots::new(self.max_in_flight));
+        let metrics = Metrics::new(slots.clone(), self.max_in_flight);
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             counters: metrics.pipeline.clone(),
+            slots,
             settle_tx,
             keep_originals: AtomicBool::new(false),
         });
@@ -171,10 +172,8 @@ impl PipelineBuilder {
             .map(|(index, source)| SourceState {
                 consumer: source.consumer,
                 index: index as u64,
-                permits: permits.clone(),
                 stop: stop_rx.clone(),
                 shared: shared.clone(),
-                max_in_flight: self.max_in_flight as u64,
             })
             .collect();
         let mut streams: Vec<BoxStream<'static, Step<Message>>> = sources
@@ -296,13 +295,12 @@ pub struct Flow<T> {
 struct SourceState {
     consumer: Box<dyn Consumer>,
     index: u64,
-    permits: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
-    max_in_flight: u64,
 }
 
-type Received = Option<Result<(Delivery, OwnedSemaphorePermit), Error>>;
+/// A delivery and how many slots were held once its slot was taken.
+type Received = Option<Result<(Delivery, usize), Error>>;
 
 /// One source as a stream, polled inside the pipeline's task.
 ///
@@ -343,7 +341,7 @@ impl futures_util::Stream for SourcePoll {
                         self.done = true;
                         Err(e)
                     }
-                    Some(Ok((delivery, permit))) => Ok(state.item(delivery, permit)),
+                    Some(Ok((delivery, held))) => Ok(state.item(delivery, held)),
                 };
                 self.state = Some(state);
                 return Poll::Ready(Some(item));
@@ -353,15 +351,15 @@ impl futures_util::Stream for SourcePoll {
                 continue;
             };
             if !*state.stop.borrow() {
-                if let Ok(permit) = state.permits.clone().try_acquire_owned() {
+                if let Some(held) = state.shared.slots.try_take() {
                     match state.consumer.receive().now_or_never() {
                         Some(Ok(delivery)) => {
-                            let item = state.item(delivery, permit);
+                            let item = state.item(delivery, held);
                             self.state = Some(state);
                             return Poll::Ready(Some(Ok(item)));
                         }
                         // Errors and waiting both go the slow way, which knows what to do.
-                        _ => drop(permit),
+                        _ => state.shared.slots.give_back(),
                     }
                 }
             }
@@ -371,15 +369,17 @@ impl futures_util::Stream for SourcePoll {
 }
 
 impl SourceState {
-    fn item(&self, delivery: Delivery, permit: OwnedSemaphorePermit) -> Item<Message> {
+    /// The item of a delivery that took a slot, `held` slots being taken then.
+    fn item(&self, delivery: Delivery, held: usize) -> Item<Message> {
         let counters = &self.shared.counters;
         add(&counters.received, 1);
-        let held = self
-            .max_in_flight
-            .saturating_sub(self.permits.available_permits() as u64);
-        counters
-            .in_flight_peak
-            .fetch_max(held, AtomicOrdering::Relaxed);
+        let held = held as u64;
+        // A plain read first: the peak rarely moves, and a read is cheaper than a fetch_max.
+        if held > counters.in_flight_peak.load(AtomicOrdering::Relaxed) {
+            counters
+                .in_flight_peak
+                .fetch_max(held, AtomicOrdering::Relaxed);
+        }
         let (value, info, obligation) = delivery.into_parts();
         // The key is shared with the message (one `Arc`), not copied.
         let (value, key) = if value.key().is_some() {
@@ -396,13 +396,7 @@ impl SourceState {
             .keep_originals
             .load(AtomicOrdering::Relaxed)
             .then(|| value.clone());
-        let token = Token::new(
-            obligation,
-            info,
-            original,
-            Some(permit),
-            self.shared.clone(),
-        );
+        let token = Token::new(obligation, info, original, self.shared.clone());
         Item {
             value,
             meta: Meta {
@@ -417,36 +411,57 @@ impl SourceState {
 
 /// Wait for a free slot and a delivery, or the stop signal (which closes the consumer).
 async fn wait_for_delivery(mut s: SourceState) -> (SourceState, Received) {
+    let shared = s.shared.clone();
     let mut failures = 0u32;
     loop {
         if *s.stop.borrow() {
             let _ = s.consumer.close().await;
             return (s, None);
         }
-        let permits = s.permits.clone();
-        let permit = tokio::select! {
+        let held = tokio::select! {
             biased;
-            permit = permits.acquire_owned() => permit.ok(),
+            held = shared.slots.take() => held,
             _ = s.stop.wait_for(|stop| *stop) => continue,
         };
-        let Some(permit) = permit else {
-            return (s, None);
-        };
+        // Gives the slot back on every way out but a delivery, including this future being
+        // dropped while it waits.
+        let slot = SlotGuard(Some(&shared.slots));
         let received = tokio::select! {
             biased;
             received = s.consumer.receive() => received,
             _ = s.stop.wait_for(|stop| *stop) => continue,
         };
         match received {
-            Ok(d) => return (s, Some(Ok((d, permit)))),
+            Ok(d) => {
+                slot.keep();
+                return (s, Some(Ok((d, held))));
+            }
             Err(e) if e.kind() == ErrorKind::Closed => return (s, None),
             Err(e) if e.is_temporary() && failures < 10 => {
                 failures += 1;
                 tracing::warn!(error = %e, failures, "source receive failed; retrying");
-                drop(permit);
+                drop(slot);
                 tokio::time::sleep(Duration::from_millis(50 << failures.min(6))).await;
             }
             Err(e) => return (s, Some(Err(e))),
+        }
+    }
+}
+
+/// A slot taken for a delivery that has not arrived yet.
+struct SlotGuard<'a>(Option<&'a Slots>);
+
+impl SlotGuard<'_> {
+    /// The delivery arrived: its input holds the slot from now on.
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(slots) = self.0.take() {
+            slots.give_back();
         }
     }
 }

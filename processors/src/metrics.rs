@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Semaphore;
+use crate::token::Slots;
 
 /// Counters of the whole pipeline.
 #[derive(Default)]
@@ -44,16 +44,16 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
 pub struct Metrics {
     pub(crate) pipeline: Arc<PipelineCounters>,
     pub(crate) stages: Arc<Mutex<Vec<Arc<StageCounters>>>>,
-    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) slots: Arc<Slots>,
     pub(crate) max_in_flight: usize,
 }
 
 impl Metrics {
-    pub(crate) fn new(permits: Arc<Semaphore>, max_in_flight: usize) -> Self {
+    pub(crate) fn new(slots: Arc<Slots>, max_in_flight: usize) -> Self {
         Metrics {
             pipeline: Arc::default(),
             stages: Arc::default(),
-            permits,
+            slots,
             max_in_flight,
         }
     }
@@ -72,8 +72,7 @@ impl Metrics {
 
     /// Inputs held right now (received and not yet settled).
     pub fn in_flight(&self) -> u64 {
-        self.max_in_flight
-            .saturating_sub(self.permits.available_permits()) as u64
+        self.slots.held() as u64
     }
 
     /// The counters as they are now.

@@ -2,6 +2,7 @@
 //! function picks; settle inputs once their outputs are confirmed.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -101,19 +102,32 @@ async fn drive(
     router: Router,
 ) -> Result<(), Error> {
     let mut confirms = Confirms::new();
+    let mut since_yield = 0u32;
     loop {
-        tokio::select! {
-            biased;
-            Some(failed) = confirms.next(), if !confirms.is_empty() => {
-                if let Some(e) = failed {
-                    return Err(e);
+        // The next item, collecting finished confirms first (a failed one stops the
+        // pipeline) and while waiting for it.
+        let next = std::future::poll_fn(|cx| {
+            while !confirms.is_empty() {
+                match confirms.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Some(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Some(None)) => {}
+                    Poll::Ready(None) | Poll::Pending => break,
                 }
             }
-            next = stream.next() => match next {
-                Some(Ok(item)) => dispatch(&st, &sinks, &router, item, &mut confirms).await?,
-                Some(Err(e)) => return Err(e),
-                None => break,
-            }
+            stream.poll_next_unpin(cx).map(Ok)
+        })
+        .await?;
+        match next {
+            Some(Ok(item)) => dispatch(&st, &sinks, &router, item, &mut confirms).await?,
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
+        // A source that always has a message ready and a sink that always confirms at once
+        // never make this task wait: let the others (the settler, the shutdown signal) run.
+        since_yield += 1;
+        if since_yield == YIELD_EVERY {
+            since_yield = 0;
+            tokio::task::yield_now().await;
         }
     }
     while let Some(failed) = confirms.next().await {
@@ -126,6 +140,9 @@ async fn drive(
     }
     Ok(())
 }
+
+/// How many items the sink handles in a row before letting other tasks run.
+const YIELD_EVERY: u32 = 256;
 
 async fn dispatch(
     st: &Arc<StageRt>,
@@ -202,7 +219,7 @@ async fn send(
 ) {
     match sink.producer.enqueue(&sink.destination, message).await {
         Ok(mut pending) => match (&mut pending).now_or_never() {
-            Some(Ok(_)) => confirmed(st, tokens).await,
+            Some(Ok(_)) => confirmed_now(st, tokens, confirms),
             Some(Err(e)) => confirms.push(failed(st.clone(), sink.clone(), tokens, e).boxed()),
             None => {
                 let st = st.clone();
@@ -223,6 +240,14 @@ async fn send(
         },
         Err(e) => confirms.push(failed(st.clone(), sink.clone(), tokens, e).boxed()),
     }
+}
+
+/// Count a confirmed output and settle its inputs; settles that wait for the broker join
+/// `confirms`.
+fn confirmed_now(st: &StageRt, tokens: Tokens, confirms: &mut Confirms) {
+    add(&st.counters.output, 1);
+    add(&st.pipeline.out, 1);
+    tokens.done_now(|later| confirms.push(later.map(|()| None).boxed()));
 }
 
 async fn confirmed(st: &StageRt, tokens: Tokens) {

@@ -11,17 +11,77 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use mailroom_core::delivery::Settlement as Obligation;
 use mailroom_core::{DeliveryInfo, Message, Nack};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, Notify};
 
 use crate::metrics::PipelineCounters;
+
+/// The bound on inputs held at once: a slot is taken when an input is received and given back
+/// once it is settled (or released unsettled).
+///
+/// A counter and a wake-up rather than a semaphore: a slot is taken and given back once per
+/// input, and giving it back here is one atomic add plus a wake-up that is lock-free while
+/// nobody waits, where a semaphore locks its waiter list on every release.
+pub(crate) struct Slots {
+    held: AtomicUsize,
+    max: usize,
+    freed: Notify,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Self {
+        Slots {
+            held: AtomicUsize::new(0),
+            max: max.max(1),
+            freed: Notify::new(),
+        }
+    }
+
+    /// Take a slot if one is free; returns how many are held now.
+    pub fn try_take(&self) -> Option<usize> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < self.max).then_some(held + 1)
+            })
+            .ok()
+            .map(|before| before + 1)
+    }
+
+    /// Wait for a free slot and take it; returns how many are held now. Cancel-safe: nothing
+    /// is taken unless this returns.
+    pub async fn take(&self) -> usize {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before looking, so a slot given back in between is not missed.
+            freed.as_mut().enable();
+            if let Some(held) = self.try_take() {
+                return held;
+            }
+            freed.await;
+        }
+    }
+
+    pub fn give_back(&self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_one();
+    }
+
+    /// Slots held right now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
 
 /// What the pipeline shares with every input it holds.
 pub(crate) struct Shared {
     pub counters: Arc<PipelineCounters>,
+    pub slots: Arc<Slots>,
     /// Settlements finished outside an async context (a filter) go to the settler task. The
-    /// channel holds at most `max_in_flight` entries: each carries its input's permit.
+    /// channel holds at most `max_in_flight` entries: each is an input that holds a slot.
     pub settle_tx: mpsc::UnboundedSender<Settlement>,
     /// Whether inputs keep a copy of their original message: only a dead-letter policy or a
     /// late side output reads it, so without one the message moves into the stages uncopied.
@@ -32,10 +92,13 @@ pub(crate) struct Shared {
 struct Held {
     /// The obligation to settle the input with its broker; taken once, by the last branch.
     obligation: Option<Obligation>,
-    permit: Option<OwnedSemaphorePermit>,
+    /// Whether the input still holds its in-flight slot.
+    slot: bool,
     /// The input as received, for dead letters and late data (see `Shared::keep_originals`).
     original: Option<Message>,
     info: DeliveryInfo,
+    /// Set when a branch asked for the input to be requeued (after this delay).
+    requeue: Option<Option<Duration>>,
 }
 
 /// One input delivery and how many branches derived from it are still open.
@@ -43,7 +106,6 @@ pub(crate) struct Input {
     held: Mutex<Held>,
     pending: AtomicUsize,
     abandoned: AtomicBool,
-    requeue: Mutex<Option<Option<Duration>>>,
     shared: Arc<Shared>,
 }
 
@@ -51,23 +113,6 @@ impl Input {
     fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
         // Critical sections are single `take`s: a poisoned lock still holds valid state.
         self.held.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn finish(&self) -> Option<Settlement> {
-        if self.abandoned.load(Ordering::Acquire) {
-            return None;
-        }
-        let mut held = self.lock();
-        let obligation = held.obligation.take()?;
-        let permit = held.permit.take();
-        drop(held);
-        let requeue = *self.requeue.lock().unwrap_or_else(|p| p.into_inner());
-        Some(Settlement {
-            obligation,
-            permit,
-            requeue,
-            counters: self.shared.counters.clone(),
-        })
     }
 }
 
@@ -83,41 +128,79 @@ impl Drop for Input {
                 .fetch_add(1, Ordering::Relaxed);
             drop(obligation);
         }
+        if std::mem::take(&mut held.slot) {
+            self.shared.slots.give_back();
+        }
     }
 }
 
 /// The settle of one input, ready to run: ack, or nack-requeue when a branch asked for it.
 pub(crate) struct Settlement {
-    obligation: Obligation,
-    permit: Option<OwnedSemaphorePermit>,
-    requeue: Option<Option<Duration>>,
-    counters: Arc<PipelineCounters>,
+    /// Every branch of it is finished; only a branch still dropping its handle may share it.
+    input: Arc<Input>,
 }
 
+/// How a settle that could not finish at once continues.
+pub(crate) type SettleLater = BoxFuture<'static, ()>;
+
 impl Settlement {
+    /// Take the obligation and the requeue request. The last branch usually holds the only
+    /// handle, so no lock is needed; one still being dropped elsewhere means a short lock.
+    fn take(&mut self) -> Option<(Obligation, Option<Option<Duration>>)> {
+        let held = match Arc::get_mut(&mut self.input) {
+            Some(input) => input.held.get_mut().unwrap_or_else(|p| p.into_inner()),
+            None => {
+                let mut held = self.input.lock();
+                let obligation = held.obligation.take()?;
+                return Some((obligation, held.requeue));
+            }
+        };
+        Some((held.obligation.take()?, held.requeue))
+    }
+
     /// Settle with the broker, then free the input's in-flight slot.
     pub async fn run(self) {
-        let Settlement {
-            obligation,
-            permit,
-            requeue,
-            counters,
-        } = self;
-        let result = match requeue {
-            None => obligation.ack().await,
+        if let Some(later) = self.start() {
+            later.await;
+        }
+    }
+
+    /// Settle with the broker without waiting when the broker answers at once (the usual
+    /// case for an ack); otherwise return what is left to await.
+    pub fn start(mut self) -> Option<SettleLater> {
+        let (obligation, requeue) = self.take()?;
+        let mut settling = match requeue {
+            None => obligation.ack().boxed(),
             Some(delay) => {
                 let nack = match delay {
                     Some(d) => Nack::requeue_after(d),
                     None => Nack::requeue(),
                 };
-                obligation.nack(nack).await
+                obligation.nack(nack).boxed()
             }
         };
-        match (result, requeue) {
-            (Ok(()), None) => {
+        match (&mut settling).now_or_never() {
+            Some(result) => {
+                self.settled(result, requeue.is_some());
+                None
+            }
+            None => Some(
+                async move {
+                    let result = settling.await;
+                    self.settled(result, requeue.is_some());
+                }
+                .boxed(),
+            ),
+        }
+    }
+
+    fn settled(self, result: mailroom_core::Result<()>, requeued: bool) {
+        let counters = &self.input.shared.counters;
+        match (result, requeued) {
+            (Ok(()), false) => {
                 counters.acked.fetch_add(1, Ordering::Relaxed);
             }
-            (Ok(()), Some(_)) => {
+            (Ok(()), true) => {
                 counters.requeued.fetch_add(1, Ordering::Relaxed);
             }
             // The broker keeps the message and redelivers it: a duplicate later, not a loss.
@@ -126,16 +209,15 @@ impl Settlement {
                 tracing::warn!(error = %e, "settling an input failed; the broker will redeliver it");
             }
         }
-        drop(permit);
+        // The slot is given back when the input is dropped, right here unless a branch is
+        // still dropping its handle.
     }
 
-    /// Settle inline when possible, else hand to the settler task.
+    /// Hand to the settler task (for code that cannot await).
     pub fn defer(self, shared: &Shared) {
-        if let Err(mpsc::error::SendError(settlement)) = shared.settle_tx.send(self) {
-            // The settler is gone only when the pipeline is being torn down: leave the input
-            // unsettled so that it is redelivered.
-            drop(settlement.obligation);
-        }
+        // The settler is gone only when the pipeline is being torn down: the input is then
+        // dropped unsettled, so that it is redelivered.
+        let _ = shared.settle_tx.send(self);
     }
 }
 
@@ -146,25 +228,25 @@ pub(crate) struct Token {
 
 impl Token {
     /// A token on an input received as `info`, settled through `obligation`; `original` is its
-    /// message when the pipeline keeps originals.
+    /// message when the pipeline keeps originals. The input holds one of `shared`'s slots,
+    /// given back when it is settled or dropped.
     pub fn new(
         obligation: Obligation,
         info: DeliveryInfo,
         original: Option<Message>,
-        permit: Option<OwnedSemaphorePermit>,
         shared: Arc<Shared>,
     ) -> Self {
         Token {
             input: Some(Arc::new(Input {
                 held: Mutex::new(Held {
                     obligation: Some(obligation),
-                    permit,
+                    slot: true,
                     original,
                     info,
+                    requeue: None,
                 }),
                 pending: AtomicUsize::new(1),
                 abandoned: AtomicBool::new(false),
-                requeue: Mutex::new(None),
                 shared,
             })),
         }
@@ -183,18 +265,19 @@ impl Token {
     /// This branch is finished; the settlement is returned when it was the last one.
     pub fn done(mut self) -> Option<Settlement> {
         let input = self.input.take()?;
-        if input.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            input.finish()
-        } else {
-            None
+        if input.pending.fetch_sub(1, Ordering::AcqRel) != 1
+            || input.abandoned.load(Ordering::Acquire)
+        {
+            return None;
         }
+        Some(Settlement { input })
     }
 
     /// This branch failed in a way the broker should retry: the input is requeued (after
     /// `delay`) once every branch is finished.
     pub fn requeue(self, delay: Option<Duration>) -> Option<Settlement> {
         if let Some(input) = &self.input {
-            *input.requeue.lock().unwrap_or_else(|p| p.into_inner()) = Some(delay);
+            input.lock().requeue = Some(delay);
         }
         self.done()
     }
@@ -261,6 +344,20 @@ impl Tokens {
                     }
                 }
             }
+        }
+    }
+
+    /// Finish every branch without waiting: settles that the broker does not answer at once
+    /// are handed to `later`, to be awaited by the caller's task.
+    pub fn done_now(self, mut later: impl FnMut(SettleLater)) {
+        let mut finish = |t: Token| {
+            if let Some(rest) = t.done().and_then(Settlement::start) {
+                later(rest);
+            }
+        };
+        match self {
+            Tokens::One(t) => finish(t),
+            Tokens::Many(ts) => ts.into_iter().for_each(finish),
         }
     }
 
