@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
-use mailroom_core::{Error, Message};
+use mailroom_core::{Error, Message, PendingConfirm};
 
 use crate::flow::{Flow, Item, Pipeline, Step};
 use crate::metrics::add;
@@ -118,6 +118,14 @@ async fn drive(
         })
         .await?;
         match next {
+            // The common shape, one sink: no nested future per item.
+            Some(Ok(item)) if matches!(router, Router::All) && sinks.len() == 1 => {
+                add(&st.counters.input, 1);
+                let sink = &sinks[0];
+                let Item { value, meta } = item;
+                let enqueued = sink.producer.enqueue(&sink.destination, value).await;
+                enqueued_now(&st, sink, enqueued, meta.tokens, &mut confirms);
+            }
             Some(Ok(item)) => dispatch(&st, &sinks, &router, item, &mut confirms).await?,
             Some(Err(e)) => return Err(e),
             None => break,
@@ -142,7 +150,7 @@ async fn drive(
 }
 
 /// How many items the sink handles in a row before letting other tasks run.
-const YIELD_EVERY: u32 = 256;
+const YIELD_EVERY: u32 = 1024;
 
 async fn dispatch(
     st: &Arc<StageRt>,
@@ -217,7 +225,20 @@ async fn send(
     tokens: Tokens,
     confirms: &mut Confirms,
 ) {
-    match sink.producer.enqueue(&sink.destination, message).await {
+    let enqueued = sink.producer.enqueue(&sink.destination, message).await;
+    enqueued_now(st, sink, enqueued, tokens, confirms);
+}
+
+/// After an enqueue: settle the tokens at once when the confirm is already known, else track
+/// the confirm in `confirms`.
+fn enqueued_now(
+    st: &Arc<StageRt>,
+    sink: &Sink,
+    enqueued: Result<PendingConfirm, Error>,
+    tokens: Tokens,
+    confirms: &mut Confirms,
+) {
+    match enqueued {
         Ok(mut pending) => match (&mut pending).now_or_never() {
             Some(Ok(_)) => confirmed_now(st, tokens, confirms),
             Some(Err(e)) => confirms.push(failed(st.clone(), sink.clone(), tokens, e).boxed()),

@@ -159,10 +159,15 @@ impl Settlement {
     }
 
     /// Settle with the broker, then free the input's in-flight slot.
-    pub async fn run(self) {
-        if let Some(later) = self.start() {
-            later.await;
-        }
+    pub async fn run(mut self) {
+        let Some((obligation, requeue)) = self.take() else {
+            return;
+        };
+        let result = match requeue {
+            None => obligation.ack().await,
+            Some(delay) => obligation.nack(nack(delay)).await,
+        };
+        self.settled(result, requeue.is_some());
     }
 
     /// Settle with the broker without waiting when the broker answers at once (the usual
@@ -171,13 +176,7 @@ impl Settlement {
         let (obligation, requeue) = self.take()?;
         let mut settling = match requeue {
             None => obligation.ack().boxed(),
-            Some(delay) => {
-                let nack = match delay {
-                    Some(d) => Nack::requeue_after(d),
-                    None => Nack::requeue(),
-                };
-                obligation.nack(nack).boxed()
-            }
+            Some(delay) => obligation.nack(nack(delay)).boxed(),
         };
         match (&mut settling).now_or_never() {
             Some(result) => {
@@ -218,6 +217,13 @@ impl Settlement {
         // The settler is gone only when the pipeline is being torn down: the input is then
         // dropped unsettled, so that it is redelivered.
         let _ = shared.settle_tx.send(self);
+    }
+}
+
+fn nack(delay: Option<Duration>) -> Nack {
+    match delay {
+        Some(d) => Nack::requeue_after(d),
+        None => Nack::requeue(),
     }
 }
 
