@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::concurrent::Concurrent;
-use crate::metrics::{add, Metrics};
+use crate::metrics::{add, bump, Metrics};
 use crate::policy::{panic_error, ErrorPolicy, StageRt, StageSpec};
 use crate::token::{Settlement, Shared, Slots, Token, Tokens};
 
@@ -372,7 +372,7 @@ impl SourceState {
     /// The item of a delivery that took a slot, `held` slots being taken then.
     fn item(&self, delivery: Delivery, held: usize) -> Item<Message> {
         let counters = &self.shared.counters;
-        add(&counters.received, 1);
+        bump(&counters.received, 1);
         let held = held as u64;
         // A plain read first: the peak rarely moves, and a read is cheaper than a fetch_max.
         if held > counters.in_flight_peak.load(AtomicOrdering::Relaxed) {
@@ -550,12 +550,12 @@ impl<T: Send + 'static> Flow<T> {
                 Ok(item) => item,
                 Err(e) => return Applied::Emit(Err(e)),
             };
-            add(&st.counters.input, 1);
+            bump(&st.counters.input, 1);
             let Item { value, meta } = item;
             let kept = retry_clone.map(|c| c(&value));
             match call(&st, &*f, value) {
                 Out::One(u) => {
-                    add(&st.counters.output, 1);
+                    bump(&st.counters.output, 1);
                     Applied::Emit(Ok(Item { value: u, meta }))
                 }
                 Out::Filtered => {

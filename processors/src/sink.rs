@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use mailroom_core::{Error, Message, PendingConfirm};
 
 use crate::flow::{Flow, Item, Pipeline, Step};
-use crate::metrics::add;
+use crate::metrics::{add, bump};
 use crate::policy::{stage, Backoff, ErrorPolicy, Sink, StageRt, StageSpec};
 use crate::token::Tokens;
 
@@ -120,7 +120,7 @@ async fn drive(
         match next {
             // The common shape, one sink: no nested future per item.
             Some(Ok(item)) if matches!(router, Router::All) && sinks.len() == 1 => {
-                add(&st.counters.input, 1);
+                bump(&st.counters.input, 1);
                 let sink = &sinks[0];
                 let Item { value, meta } = item;
                 let enqueued = sink.producer.enqueue(&sink.destination, value).await;
@@ -266,14 +266,14 @@ fn enqueued_now(
 /// Count a confirmed output and settle its inputs; settles that wait for the broker join
 /// `confirms`.
 fn confirmed_now(st: &StageRt, tokens: Tokens, confirms: &mut Confirms) {
-    add(&st.counters.output, 1);
-    add(&st.pipeline.out, 1);
+    bump(&st.counters.output, 1);
+    bump(&st.pipeline.out, 1);
     tokens.done_now(|later| confirms.push(later.map(|()| None).boxed()));
 }
 
 async fn confirmed(st: &StageRt, tokens: Tokens) {
-    add(&st.counters.output, 1);
-    add(&st.pipeline.out, 1);
+    bump(&st.counters.output, 1);
+    bump(&st.pipeline.out, 1);
     tokens.done().await;
 }
 

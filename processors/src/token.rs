@@ -28,6 +28,8 @@ use crate::metrics::PipelineCounters;
 pub(crate) struct Slots {
     held: AtomicUsize,
     max: usize,
+    /// Tasks waiting in `take`: a slot given back wakes one only when there is one.
+    waiters: AtomicUsize,
     freed: Notify,
 }
 
@@ -36,6 +38,7 @@ impl Slots {
         Slots {
             held: AtomicUsize::new(0),
             max: max.max(1),
+            waiters: AtomicUsize::new(0),
             freed: Notify::new(),
         }
     }
@@ -43,7 +46,7 @@ impl Slots {
     /// Take a slot if one is free; returns how many are held now.
     pub fn try_take(&self) -> Option<usize> {
         self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
                 (held < self.max).then_some(held + 1)
             })
             .ok()
@@ -53,10 +56,13 @@ impl Slots {
     /// Wait for a free slot and take it; returns how many are held now. Cancel-safe: nothing
     /// is taken unless this returns.
     pub async fn take(&self) -> usize {
+        let _waiting = Waiting::new(&self.waiters);
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
-            // Registered before looking, so a slot given back in between is not missed.
+            // Registered (as a waiter, then for the wake-up) before looking, so a slot given
+            // back in between is not missed: with both sides sequentially consistent, either
+            // this look sees the slot or `give_back` sees the waiter.
             freed.as_mut().enable();
             if let Some(held) = self.try_take() {
                 return held;
@@ -66,13 +72,31 @@ impl Slots {
     }
 
     pub fn give_back(&self) {
-        self.held.fetch_sub(1, Ordering::AcqRel);
-        self.freed.notify_one();
+        self.held.fetch_sub(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_one();
+        }
     }
 
     /// Slots held right now.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)
+    }
+}
+
+/// Counts a task in `Slots::take` for as long as it waits there.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(waiters: &'a AtomicUsize) -> Self {
+        waiters.fetch_add(1, Ordering::SeqCst);
+        Waiting(waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -94,8 +118,9 @@ struct Held {
     obligation: Option<Obligation>,
     /// Whether the input still holds its in-flight slot.
     slot: bool,
-    /// The input as received, for dead letters and late data (see `Shared::keep_originals`).
-    original: Option<Message>,
+    /// The input as received, for dead letters and late data (see `Shared::keep_originals`);
+    /// boxed so that inputs that keep none stay small.
+    original: Option<Box<Message>>,
     info: DeliveryInfo,
     /// Set when a branch asked for the input to be requeued (after this delay).
     requeue: Option<Option<Duration>>,
@@ -247,7 +272,7 @@ impl Token {
                 held: Mutex::new(Held {
                     obligation: Some(obligation),
                     slot: true,
-                    original,
+                    original: original.map(Box::new),
                     info,
                     requeue: None,
                 }),
@@ -294,7 +319,9 @@ impl Token {
         let input = self.input.as_ref()?;
         let held = input.lock();
         held.obligation.as_ref()?;
-        held.original.clone().map(|m| (m, held.info.clone()))
+        held.original
+            .as_deref()
+            .map(|m| (m.clone(), held.info.clone()))
     }
 }
 
