@@ -396,7 +396,7 @@ impl SourceState {
             .keep_originals
             .load(AtomicOrdering::Relaxed)
             .then(|| value.clone());
-        let token = Token::new(obligation, info, original, self.shared.clone());
+        let token = Token::new(obligation, info, lane, original, self.shared.clone());
         Item {
             value,
             meta: Meta {

@@ -126,9 +126,14 @@ struct Held {
     requeue: Option<Option<Duration>>,
 }
 
+/// Where an input sits in its source: (source lane, offset), for brokers with offsets.
+pub(crate) type Position = (u64, i64);
+
 /// One input delivery and how many branches derived from it are still open.
 pub(crate) struct Input {
     held: Mutex<Held>,
+    /// Set when the broker gives offsets: a redelivery of the same message has the same one.
+    position: Option<Position>,
     pending: AtomicUsize,
     abandoned: AtomicBool,
     shared: Arc<Shared>,
@@ -258,17 +263,20 @@ pub(crate) struct Token {
 }
 
 impl Token {
-    /// A token on an input received as `info`, settled through `obligation`; `original` is its
-    /// message when the pipeline keeps originals. The input holds one of `shared`'s slots,
-    /// given back when it is settled or dropped.
+    /// A token on an input received as `info` on `lane` (its source and partition), settled
+    /// through `obligation`; `original` is its message when the pipeline keeps originals. The
+    /// input holds one of `shared`'s slots, given back when it is settled or dropped.
     pub fn new(
         obligation: Obligation,
         info: DeliveryInfo,
+        lane: u64,
         original: Option<Message>,
         shared: Arc<Shared>,
     ) -> Self {
+        let position = info.offset.map(|offset| (lane, offset));
         Token {
             input: Some(Arc::new(Input {
+                position,
                 held: Mutex::new(Held {
                     obligation: Some(obligation),
                     slot: true,
@@ -311,6 +319,13 @@ impl Token {
             input.lock().requeue = Some(delay);
         }
         self.done()
+    }
+
+    /// Which delivery this token belongs to (an id unique while the token lives) and where that
+    /// delivery sits in its source, when the broker gives offsets.
+    pub fn identity(&self) -> Option<(usize, Position)> {
+        let input = self.input.as_ref()?;
+        Some((Arc::as_ptr(input) as usize, input.position?))
     }
 
     /// The input's original message and where it came from (for dead letters and late data).

@@ -1,12 +1,15 @@
 //! Windows through the test driver: tumbling, hopping, session; event time with watermarks,
 //! allowed lateness and late data; processing time on the paused clock; flush on shutdown;
-//! settle-after-result; the scale-out refusal.
+//! settle-after-result; the scale-out refusal; a rebalance that redelivers held inputs.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailroom_core::{Backend, ErrorKind, Message, Timestamp};
+use async_trait::async_trait;
+use mailroom_core::{
+    Backend, Consumer, Delivery, DeliveryInfo, ErrorKind, Message, Settle, Timestamp,
+};
 use mailroom_memory::MemoryBackend;
 use mailroom_processors::{Pipeline, Source, TestDriver, WindowSpec, Windowed};
 
@@ -275,4 +278,155 @@ async fn keyed_windows_on_a_scaled_out_pipeline_need_a_key_partitioned_source() 
         .map("render", render)
         .to(d.sink("out"));
     assert!(accepted.is_ok());
+}
+
+/// What a partitioned broker (Kafka) knows: every delivery of partition 0 so far, the current
+/// assignment, and the offsets settled under it.
+#[derive(Default)]
+struct Partition {
+    log: Vec<Message>,
+    assignment: u32,
+    committed: BTreeSet<i64>,
+    replay: VecDeque<i64>,
+}
+
+/// A source that behaves like a Kafka consumer on one partition, over a memory queue: its
+/// deliveries carry partition 0 and offsets, and `rebalance` acts out an eager rebalance that
+/// hands the partition straight back: delivery restarts at the first uncommitted offset under
+/// a new assignment, and settles of the old assignment's deliveries are ignored.
+struct Rebalancing {
+    inner: Box<dyn Consumer>,
+    partition: Arc<Mutex<Partition>>,
+}
+
+fn rebalance(partition: &Mutex<Partition>) {
+    let mut p = partition.lock().unwrap();
+    p.assignment += 1;
+    let first_open = (0..p.log.len() as i64)
+        .find(|o| !p.committed.contains(o))
+        .unwrap_or(p.log.len() as i64);
+    p.committed.retain(|o| *o < first_open);
+    p.replay = (first_open..p.log.len() as i64).collect();
+}
+
+struct PartitionSettle {
+    partition: Arc<Mutex<Partition>>,
+    assignment: u32,
+    offset: i64,
+}
+
+#[async_trait]
+impl Settle for PartitionSettle {
+    async fn ack(self: Box<Self>) -> mailroom_core::Result<()> {
+        let mut p = self.partition.lock().unwrap();
+        if p.assignment == self.assignment {
+            p.committed.insert(self.offset);
+        }
+        Ok(())
+    }
+    async fn nack(self: Box<Self>, _: mailroom_core::Nack) -> mailroom_core::Result<()> {
+        panic!("this test never nacks");
+    }
+    fn abandon(self: Box<Self>) {
+        // Only a revoked delivery is dropped here; its partition restarts from the commit.
+        assert_ne!(
+            self.partition.lock().unwrap().assignment,
+            self.assignment,
+            "a delivery of the current assignment was dropped"
+        );
+    }
+}
+
+#[async_trait]
+impl Consumer for Rebalancing {
+    async fn receive(&mut self) -> mailroom_core::Result<Delivery> {
+        let replayed = {
+            let mut p = self.partition.lock().unwrap();
+            p.replay
+                .pop_front()
+                .map(|o| (o, p.log[o as usize].clone(), p.assignment))
+        };
+        let (offset, message, assignment) = match replayed {
+            Some(r) => r,
+            None => {
+                let d = self.inner.receive().await?;
+                let message = d.message().clone();
+                d.ack().await?;
+                let mut p = self.partition.lock().unwrap();
+                p.log.push(message.clone());
+                (p.log.len() as i64 - 1, message, p.assignment)
+            }
+        };
+        let info = DeliveryInfo {
+            partition: Some(0),
+            offset: Some(offset),
+            ..DeliveryInfo::new("in")
+        };
+        let settle = PartitionSettle {
+            partition: self.partition.clone(),
+            assignment,
+            offset,
+        };
+        Ok(Delivery::new(message, info, Box::new(settle)))
+    }
+    async fn close(&mut self) -> mailroom_core::Result<()> {
+        self.inner.close().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rebalance_that_redelivers_held_inputs_does_not_count_them_twice() {
+    let (_broker, mut d) = driver().await;
+    let partition = Arc::new(Mutex::new(Partition::default()));
+    let source = Rebalancing {
+        inner: d.consumer("in").await.unwrap(),
+        partition: partition.clone(),
+    };
+    let pipeline = Pipeline::builder()
+        .source(Box::new(source) as Box<dyn Consumer>)
+        .flow()
+        .window(
+            "per-minute",
+            WindowSpec::tumbling(Duration::from_secs(60))
+                .max_out_of_order(Duration::from_secs(3600)),
+        )
+        .count()
+        .map("render", render)
+        .to(d.sink("out"))
+        .unwrap();
+    d.start(pipeline);
+    for (k, t) in [
+        ("a", 1_000),
+        ("b", 2_000),
+        ("a", 3_000),
+        ("a", 4_000),
+        ("b", 5_000),
+    ] {
+        d.pipe("in", event(k, t)).await.unwrap();
+    }
+    d.run_until_idle().await;
+    assert!(
+        d.read("out").await.unwrap().is_empty(),
+        "windows still open"
+    );
+    // The partition comes back from its last commit (none yet): all five again, then a new one.
+    rebalance(&partition);
+    d.pipe("in", event("c", 6_000)).await.unwrap();
+    d.run_until_idle().await;
+    assert_eq!(
+        d.snapshot().received,
+        11,
+        "the five held inputs were delivered again"
+    );
+    let report = d.shutdown().await.unwrap();
+    let mut out = d.read_text("out").await.unwrap();
+    out.sort();
+    assert_eq!(out, ["a 0-60000 3", "b 0-60000 2", "c 0-60000 1"]);
+    // Every offset is committed under the new assignment: nothing is lost either.
+    let p = partition.lock().unwrap();
+    assert_eq!(p.committed, (0..6).collect::<BTreeSet<i64>>());
+    assert_eq!(
+        report.metrics.abandoned, 5,
+        "the revoked deliveries were let go"
+    );
 }
