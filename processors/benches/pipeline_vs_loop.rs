@@ -48,7 +48,17 @@ async fn fill(broker: &MemoryBackend, queue: &str, n: usize) {
     }
 }
 
+/// The loop runs in a spawned task, as the pipeline does: both then run on a runtime worker
+/// thread, not one on the thread that filled the queues (which frees into its own malloc
+/// arena and keeps that thread's caches warm).
 async fn hand_loop(broker: &MemoryBackend, queue: &str, n: usize) -> Timing {
+    let (broker, queue) = (broker.clone(), queue.to_owned());
+    tokio::spawn(async move { hand_loop_task(&broker, &queue, n).await })
+        .await
+        .unwrap()
+}
+
+async fn hand_loop_task(broker: &MemoryBackend, queue: &str, n: usize) -> Timing {
     let mut consumer = broker.consumer(queue, Default::default()).await.unwrap();
     let producer = broker.producer().await.unwrap();
     let out = Destination::queue(format!("{queue}.out"));

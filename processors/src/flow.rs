@@ -174,6 +174,7 @@ impl PipelineBuilder {
                 index: index as u64,
                 stop: stop_rx.clone(),
                 shared: shared.clone(),
+                deliveries: std::cell::Cell::new(0),
             })
             .collect();
         let mut streams: Vec<BoxStream<'static, Step<Message>>> = sources
@@ -264,7 +265,7 @@ pub(crate) struct Meta {
 }
 
 impl Meta {
-    pub fn fork(&self) -> Meta {
+    pub fn fork(&mut self) -> Meta {
         Meta {
             tokens: self.tokens.fork(),
             key: self.key.clone(),
@@ -297,6 +298,8 @@ struct SourceState {
     index: u64,
     stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
+    /// Numbers this source's deliveries, to tell two deliveries of one message apart.
+    deliveries: std::cell::Cell<u64>,
 }
 
 /// A delivery and how many slots were held once its slot was taken.
@@ -396,7 +399,16 @@ impl SourceState {
             .keep_originals
             .load(AtomicOrdering::Relaxed)
             .then(|| value.clone());
-        let token = Token::new(obligation, info, lane, original, self.shared.clone());
+        let delivery = self.deliveries.get();
+        self.deliveries.set(delivery + 1);
+        let token = Token::new(
+            obligation,
+            info,
+            lane,
+            delivery,
+            original,
+            self.shared.clone(),
+        );
         Item {
             value,
             meta: Meta {
@@ -729,7 +741,7 @@ impl<T: Send + 'static> Flow<T> {
                                 let m = if i + 1 == n {
                                     meta.take()?
                                 } else {
-                                    meta.as_ref()?.fork()
+                                    meta.as_mut()?.fork()
                                 };
                                 Some(Ok(Item { value, meta: m }))
                             })

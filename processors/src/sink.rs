@@ -124,7 +124,10 @@ async fn drive(
                 let sink = &sinks[0];
                 let Item { value, meta } = item;
                 let enqueued = sink.producer.enqueue(&sink.destination, value).await;
-                enqueued_now(&st, sink, enqueued, meta.tokens, &mut confirms);
+                if let Some(tokens) = enqueued_now(&st, sink, enqueued, meta.tokens, &mut confirms)
+                {
+                    confirmed(&st, tokens).await;
+                }
             }
             Some(Ok(item)) => dispatch(&st, &sinks, &router, item, &mut confirms).await?,
             Some(Err(e)) => return Err(e),
@@ -172,7 +175,7 @@ async fn dispatch(
                 let t = if i == last {
                     tokens.take()
                 } else {
-                    tokens.as_ref().map(Tokens::fork)
+                    tokens.as_mut().map(Tokens::fork)
                 };
                 if let Some(t) = t {
                     send(st, sink, value.clone(), t, confirms).await;
@@ -226,21 +229,25 @@ async fn send(
     confirms: &mut Confirms,
 ) {
     let enqueued = sink.producer.enqueue(&sink.destination, message).await;
-    enqueued_now(st, sink, enqueued, tokens, confirms);
+    if let Some(tokens) = enqueued_now(st, sink, enqueued, tokens, confirms) {
+        confirmed(st, tokens).await;
+    }
 }
 
-/// After an enqueue: settle the tokens at once when the confirm is already known, else track
-/// the confirm in `confirms`.
+/// After an enqueue: the tokens back when the confirm is already there (the caller settles
+/// them, awaiting the settle in place: usually it completes at once), else the confirm is
+/// tracked in `confirms`.
+#[must_use]
 fn enqueued_now(
     st: &Arc<StageRt>,
     sink: &Sink,
     enqueued: Result<PendingConfirm, Error>,
     tokens: Tokens,
     confirms: &mut Confirms,
-) {
+) -> Option<Tokens> {
     match enqueued {
         Ok(mut pending) => match (&mut pending).now_or_never() {
-            Some(Ok(_)) => confirmed_now(st, tokens, confirms),
+            Some(Ok(_)) => return Some(tokens),
             Some(Err(e)) => confirms.push(failed(st.clone(), sink.clone(), tokens, e).boxed()),
             None => {
                 let st = st.clone();
@@ -261,14 +268,7 @@ fn enqueued_now(
         },
         Err(e) => confirms.push(failed(st.clone(), sink.clone(), tokens, e).boxed()),
     }
-}
-
-/// Count a confirmed output and settle its inputs; settles that wait for the broker join
-/// `confirms`.
-fn confirmed_now(st: &StageRt, tokens: Tokens, confirms: &mut Confirms) {
-    bump(&st.counters.output, 1);
-    bump(&st.pipeline.out, 1);
-    tokens.done_now(|later| confirms.push(later.map(|()| None).boxed()));
+    None
 }
 
 async fn confirmed(st: &StageRt, tokens: Tokens) {

@@ -1,18 +1,20 @@
-//! The settle obligation of one input, shared by everything derived from it.
+//! The settle obligation of one input, carried by everything derived from it.
 //!
-//! Every input delivery becomes an [`Input`] behind an `Arc`; every item derived from it carries a
-//! [`Token`]. A token is finished explicitly (`done`, `requeue`) when its branch is confirmed by a
-//! sink, filtered, skipped or dead-lettered. The input is acked when its last token is done. A
-//! token that is merely *dropped* (a failed pipeline, a drain timeout, an aborted task) marks its
-//! input abandoned: the delivery is then dropped unsettled and the broker redelivers it. So a
-//! crash at any point can only cause a duplicate, never a loss.
+//! Every item derived from an input delivery carries a [`Token`] on it. A token is finished
+//! explicitly (`done`, `requeue`) when its branch is confirmed by a sink, filtered, skipped or
+//! dead-lettered; the input is acked when its last token is done. A token that is merely
+//! *dropped* (a failed pipeline, a drain timeout, an aborted task) leaves its input unsettled:
+//! the delivery is released and the broker redelivers it. So a crash at any point can only
+//! cause a duplicate, never a loss.
+//!
+//! Most inputs never branch, so a token starts out owning its input outright; a fork (a
+//! flat_map, a fan-out, a hopping window) moves the input into an [`Input`] that its branches
+//! share and count down.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
 use mailroom_core::delivery::Settlement as Obligation;
 use mailroom_core::{DeliveryInfo, Message, Nack};
 use tokio::sync::{mpsc, Notify};
@@ -113,26 +115,41 @@ pub(crate) struct Shared {
     pub keep_originals: AtomicBool,
 }
 
-struct Held {
-    /// The obligation to settle the input with its broker; taken once, by the last branch.
-    obligation: Option<Obligation>,
-    /// Whether the input still holds its in-flight slot.
-    slot: bool,
-    /// The input as received, for dead letters and late data (see `Shared::keep_originals`);
-    /// boxed so that inputs that keep none stay small.
-    original: Option<Box<Message>>,
+/// Where an input sits in its source: (source lane, offset), for brokers with offsets.
+pub(crate) type Position = (u64, i64);
+
+/// What only some inputs need, boxed so that the others stay small: the original message
+/// (kept for dead letters and late data), where it came from, and its source position.
+struct Extra {
+    original: Option<Message>,
     info: DeliveryInfo,
+    position: Option<Position>,
+}
+
+/// An input with a single branch: the obligation travels with the item itself.
+struct Sole {
+    /// The obligation to settle the input with its broker. The input holds one of the
+    /// pipeline's slots for as long as this is unsettled.
+    obligation: Obligation,
+    /// Unique among the pipeline's inputs: tells two deliveries of one message apart.
+    delivery: u64,
+    extra: Option<Box<Extra>>,
+    shared: Arc<Shared>,
+}
+
+struct Held {
+    /// Taken once, by the last branch; the input holds a slot while it is here.
+    obligation: Option<Obligation>,
+    extra: Option<Box<Extra>>,
     /// Set when a branch asked for the input to be requeued (after this delay).
     requeue: Option<Option<Duration>>,
 }
 
-/// Where an input sits in its source: (source lane, offset), for brokers with offsets.
-pub(crate) type Position = (u64, i64);
-
-/// One input delivery and how many branches derived from it are still open.
+/// An input with several branches (a flat_map, a fan-out, a hopping window): shared by them,
+/// settled when the last one is finished.
 pub(crate) struct Input {
     held: Mutex<Held>,
-    /// Set when the broker gives offsets: a redelivery of the same message has the same one.
+    delivery: u64,
     position: Option<Position>,
     pending: AtomicUsize,
     abandoned: AtomicBool,
@@ -146,86 +163,43 @@ impl Input {
     }
 }
 
+/// An input dropped unsettled: the broker gets it back (redelivers it), and its slot is free.
+fn release(obligation: Obligation, shared: &Shared) {
+    shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+    drop(obligation);
+    shared.slots.give_back();
+}
+
 impl Drop for Input {
     fn drop(&mut self) {
         let held = self.held.get_mut().unwrap_or_else(|p| p.into_inner());
         if let Some(obligation) = held.obligation.take() {
-            // Dropping the obligation unsettled hands the input back to the broker for
-            // redelivery.
-            self.shared
-                .counters
-                .abandoned
-                .fetch_add(1, Ordering::Relaxed);
-            drop(obligation);
-        }
-        if std::mem::take(&mut held.slot) {
-            self.shared.slots.give_back();
+            release(obligation, &self.shared);
         }
     }
 }
 
 /// The settle of one input, ready to run: ack, or nack-requeue when a branch asked for it.
+/// Dropped without running, it releases the input unsettled.
 pub(crate) struct Settlement {
-    /// Every branch of it is finished; only a branch still dropping its handle may share it.
-    input: Arc<Input>,
+    obligation: Option<Obligation>,
+    requeue: Option<Option<Duration>>,
+    shared: Arc<Shared>,
 }
 
-/// How a settle that could not finish at once continues.
-pub(crate) type SettleLater = BoxFuture<'static, ()>;
-
 impl Settlement {
-    /// Take the obligation and the requeue request. The last branch usually holds the only
-    /// handle, so no lock is needed; one still being dropped elsewhere means a short lock.
-    fn take(&mut self) -> Option<(Obligation, Option<Option<Duration>>)> {
-        let held = match Arc::get_mut(&mut self.input) {
-            Some(input) => input.held.get_mut().unwrap_or_else(|p| p.into_inner()),
-            None => {
-                let mut held = self.input.lock();
-                let obligation = held.obligation.take()?;
-                return Some((obligation, held.requeue));
-            }
-        };
-        Some((held.obligation.take()?, held.requeue))
-    }
-
     /// Settle with the broker, then free the input's in-flight slot.
     pub async fn run(mut self) {
-        let Some((obligation, requeue)) = self.take() else {
+        let Some(obligation) = self.obligation.take() else {
             return;
         };
+        let requeue = self.requeue;
         let result = match requeue {
             None => obligation.ack().await,
             Some(delay) => obligation.nack(nack(delay)).await,
         };
-        self.settled(result, requeue.is_some());
-    }
-
-    /// Settle with the broker without waiting when the broker answers at once (the usual
-    /// case for an ack); otherwise return what is left to await.
-    pub fn start(mut self) -> Option<SettleLater> {
-        let (obligation, requeue) = self.take()?;
-        let mut settling = match requeue {
-            None => obligation.ack().boxed(),
-            Some(delay) => obligation.nack(nack(delay)).boxed(),
-        };
-        match (&mut settling).now_or_never() {
-            Some(result) => {
-                self.settled(result, requeue.is_some());
-                None
-            }
-            None => Some(
-                async move {
-                    let result = settling.await;
-                    self.settled(result, requeue.is_some());
-                }
-                .boxed(),
-            ),
-        }
-    }
-
-    fn settled(self, result: mailroom_core::Result<()>, requeued: bool) {
-        let counters = &self.input.shared.counters;
-        match (result, requeued) {
+        let counters = &self.shared.counters;
+        match (result, requeue.is_some()) {
             (Ok(()), false) => {
                 counters.acked.fetch_add(1, Ordering::Relaxed);
             }
@@ -238,15 +212,22 @@ impl Settlement {
                 tracing::warn!(error = %e, "settling an input failed; the broker will redeliver it");
             }
         }
-        // The slot is given back when the input is dropped, right here unless a branch is
-        // still dropping its handle.
+        self.shared.slots.give_back();
     }
 
     /// Hand to the settler task (for code that cannot await).
     pub fn defer(self, shared: &Shared) {
-        // The settler is gone only when the pipeline is being torn down: the input is then
-        // dropped unsettled, so that it is redelivered.
+        // The settler is gone only when the pipeline is being torn down: the settlement is
+        // then dropped, which releases the input unsettled, to be redelivered.
         let _ = shared.settle_tx.send(self);
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        if let Some(obligation) = self.obligation.take() {
+            release(obligation, &self.shared);
+        }
     }
 }
 
@@ -258,93 +239,165 @@ fn nack(delay: Option<Duration>) -> Nack {
 }
 
 /// The handle a derived item holds on its input.
+///
+/// Most inputs have exactly one branch from receive to settle, so a token starts out owning
+/// the obligation itself: no allocation, no lock, no reference count. Only a fork (a flat_map,
+/// a fan-out, a hopping window) moves it into an [`Input`] shared by the branches.
 pub(crate) struct Token {
-    input: Option<Arc<Input>>,
+    state: State,
+}
+
+enum State {
+    Sole(Sole),
+    Shared(Arc<Input>),
+    /// Finished (or moved out while forking).
+    Gone,
 }
 
 impl Token {
-    /// A token on an input received as `info` on `lane` (its source and partition), settled
-    /// through `obligation`; `original` is its message when the pipeline keeps originals. The
-    /// input holds one of `shared`'s slots, given back when it is settled or dropped.
+    /// A token on an input received as `info` on `lane` (its source and partition), the
+    /// pipeline's `delivery`-th, settled through `obligation`; `original` is its message when
+    /// the pipeline keeps originals. The input holds one of `shared`'s slots, given back when
+    /// it is settled or released.
     pub fn new(
         obligation: Obligation,
         info: DeliveryInfo,
         lane: u64,
+        delivery: u64,
         original: Option<Message>,
         shared: Arc<Shared>,
     ) -> Self {
         let position = info.offset.map(|offset| (lane, offset));
-        Token {
-            input: Some(Arc::new(Input {
+        let extra = (original.is_some() || position.is_some()).then(|| {
+            Box::new(Extra {
+                original,
+                info,
                 position,
-                held: Mutex::new(Held {
-                    obligation: Some(obligation),
-                    slot: true,
-                    original: original.map(Box::new),
-                    info,
-                    requeue: None,
-                }),
-                pending: AtomicUsize::new(1),
-                abandoned: AtomicBool::new(false),
+            })
+        });
+        Token {
+            state: State::Sole(Sole {
+                obligation,
+                delivery,
+                extra,
                 shared,
-            })),
+            }),
         }
     }
 
     /// Another open branch on the same input.
-    pub fn fork(&self) -> Token {
-        if let Some(input) = &self.input {
-            input.pending.fetch_add(1, Ordering::AcqRel);
-        }
+    pub fn fork(&mut self) -> Token {
+        let input = match std::mem::replace(&mut self.state, State::Gone) {
+            State::Sole(sole) => {
+                let position = sole.extra.as_ref().and_then(|e| e.position);
+                Arc::new(Input {
+                    held: Mutex::new(Held {
+                        obligation: Some(sole.obligation),
+                        extra: sole.extra,
+                        requeue: None,
+                    }),
+                    delivery: sole.delivery,
+                    position,
+                    pending: AtomicUsize::new(1),
+                    abandoned: AtomicBool::new(false),
+                    shared: sole.shared,
+                })
+            }
+            State::Shared(input) => input,
+            State::Gone => return Token { state: State::Gone },
+        };
+        input.pending.fetch_add(1, Ordering::AcqRel);
+        self.state = State::Shared(input.clone());
         Token {
-            input: self.input.clone(),
+            state: State::Shared(input),
         }
     }
 
     /// This branch is finished; the settlement is returned when it was the last one.
     pub fn done(mut self) -> Option<Settlement> {
-        let input = self.input.take()?;
-        if input.pending.fetch_sub(1, Ordering::AcqRel) != 1
-            || input.abandoned.load(Ordering::Acquire)
-        {
-            return None;
+        match std::mem::replace(&mut self.state, State::Gone) {
+            State::Sole(sole) => Some(Settlement {
+                obligation: Some(sole.obligation),
+                requeue: None,
+                shared: sole.shared,
+            }),
+            State::Shared(mut input) => {
+                if input.pending.fetch_sub(1, Ordering::AcqRel) != 1
+                    || input.abandoned.load(Ordering::Acquire)
+                {
+                    return None;
+                }
+                // The last branch usually holds the only handle left, so no lock is needed;
+                // one still being dropped elsewhere means a short lock.
+                let (obligation, requeue) = match Arc::get_mut(&mut input) {
+                    Some(i) => {
+                        let held = i.held.get_mut().unwrap_or_else(|p| p.into_inner());
+                        (held.obligation.take(), held.requeue)
+                    }
+                    None => {
+                        let mut held = input.lock();
+                        (held.obligation.take(), held.requeue)
+                    }
+                };
+                Some(Settlement {
+                    obligation: Some(obligation?),
+                    requeue,
+                    shared: input.shared.clone(),
+                })
+            }
+            State::Gone => None,
         }
-        Some(Settlement { input })
     }
 
     /// This branch failed in a way the broker should retry: the input is requeued (after
     /// `delay`) once every branch is finished.
     pub fn requeue(self, delay: Option<Duration>) -> Option<Settlement> {
-        if let Some(input) = &self.input {
-            input.lock().requeue = Some(delay);
+        match &self.state {
+            State::Sole(_) => self.done().map(|mut s| {
+                s.requeue = Some(delay);
+                s
+            }),
+            State::Shared(input) => {
+                input.lock().requeue = Some(delay);
+                self.done()
+            }
+            State::Gone => None,
         }
-        self.done()
     }
 
-    /// Which delivery this token belongs to (an id unique while the token lives) and where that
+    /// Which delivery this token belongs to (unique within the pipeline) and where that
     /// delivery sits in its source, when the broker gives offsets.
-    pub fn identity(&self) -> Option<(usize, Position)> {
-        let input = self.input.as_ref()?;
-        Some((Arc::as_ptr(input) as usize, input.position?))
+    pub fn identity(&self) -> Option<(u64, Position)> {
+        match &self.state {
+            State::Sole(sole) => Some((sole.delivery, sole.extra.as_ref()?.position?)),
+            State::Shared(input) => Some((input.delivery, input.position?)),
+            State::Gone => None,
+        }
     }
 
     /// The input's original message and where it came from (for dead letters and late data).
     /// `None` once the input is settled, or when the pipeline does not keep originals.
     pub fn original(&self) -> Option<(Message, DeliveryInfo)> {
-        let input = self.input.as_ref()?;
-        let held = input.lock();
-        held.obligation.as_ref()?;
-        held.original
-            .as_deref()
-            .map(|m| (m.clone(), held.info.clone()))
+        let from = |extra: &Extra| extra.original.clone().map(|m| (m, extra.info.clone()));
+        match &self.state {
+            State::Sole(sole) => from(sole.extra.as_deref()?),
+            State::Shared(input) => {
+                let held = input.lock();
+                held.obligation.as_ref()?;
+                from(held.extra.as_deref()?)
+            }
+            State::Gone => None,
+        }
     }
 }
 
 impl Drop for Token {
     fn drop(&mut self) {
-        if let Some(input) = self.input.take() {
+        match std::mem::replace(&mut self.state, State::Gone) {
             // An unfinished branch: never ack this input; the broker will redeliver it.
-            input.abandoned.store(true, Ordering::Release);
+            State::Sole(sole) => release(sole.obligation, &sole.shared),
+            State::Shared(input) => input.abandoned.store(true, Ordering::Release),
+            State::Gone => {}
         }
     }
 }
@@ -356,10 +409,10 @@ pub(crate) enum Tokens {
 }
 
 impl Tokens {
-    pub fn fork(&self) -> Tokens {
+    pub fn fork(&mut self) -> Tokens {
         match self {
             Tokens::One(t) => Tokens::One(t.fork()),
-            Tokens::Many(ts) => Tokens::Many(ts.iter().map(Token::fork).collect()),
+            Tokens::Many(ts) => Tokens::Many(ts.iter_mut().map(Token::fork).collect()),
         }
     }
 
@@ -392,20 +445,6 @@ impl Tokens {
                     }
                 }
             }
-        }
-    }
-
-    /// Finish every branch without waiting: settles that the broker does not answer at once
-    /// are handed to `later`, to be awaited by the caller's task.
-    pub fn done_now(self, mut later: impl FnMut(SettleLater)) {
-        let mut finish = |t: Token| {
-            if let Some(rest) = t.done().and_then(Settlement::start) {
-                later(rest);
-            }
-        };
-        match self {
-            Tokens::One(t) => finish(t),
-            Tokens::Many(ts) => ts.into_iter().for_each(finish),
         }
     }
 

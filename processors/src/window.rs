@@ -366,7 +366,7 @@ struct Pane<A> {
 /// The inputs at one source position that a pane has folded in.
 struct Seen {
     /// The latest delivery of that position.
-    input: usize,
+    input: u64,
     /// Tokens at that position the pane holds.
     count: usize,
     /// How many of them belong to earlier deliveries, still to be replaced.
@@ -626,7 +626,7 @@ impl<T: Clone, A> WindowOp<T, A> {
             let t = if last {
                 tokens.take()
             } else {
-                tokens.as_ref().map(Tokens::fork)
+                tokens.as_mut().map(Tokens::fork)
             };
             let v = if last { value.take() } else { value.clone() };
             let (Some(t), Some(v)) = (t, v) else {
