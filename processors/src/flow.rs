@@ -165,49 +165,51 @@ impl PipelineBuilder {
         if self.sources.is_empty() {
             errors.push(Error::config("a pipeline needs at least one source"));
         }
-        let sources: Vec<SourceState> = self
+        let mut ctx = Ctx {
+            metrics,
+            shared,
+            ordering: self.ordering,
+            max_in_flight: self.max_in_flight,
+            drain_timeout: self.drain_timeout,
+            log_every: self.log_every,
+            scaled_out: self.scaled_out,
+            keyed_sources,
+            stop: stop_tx,
+            settle_rx: Some(settle_rx),
+            errors,
+            sources: 0,
+        };
+        drop(stop_rx);
+        let mut streams: Vec<BoxStream<'static, Step<Message>>> = self
             .sources
             .into_iter()
-            .enumerate()
-            .map(|(index, source)| SourceState {
-                consumer: source.consumer,
-                index: index as u64,
-                stop: stop_rx.clone(),
-                shared: shared.clone(),
-                deliveries: std::cell::Cell::new(0),
-            })
-            .collect();
-        let mut streams: Vec<BoxStream<'static, Step<Message>>> = sources
-            .into_iter()
-            .map(|state: SourceState| {
-                SourcePoll {
-                    state: Some(state),
-                    slow: None,
-                    done: false,
-                }
-                .boxed()
-            })
+            .map(|source| ctx.add_source(source).boxed())
             .collect();
         let stream = if streams.len() == 1 {
             streams.remove(0)
         } else {
             stream::select_all(streams).boxed()
         };
-        Flow {
-            stream,
-            ctx: Ctx {
-                metrics,
-                shared,
-                ordering: self.ordering,
-                max_in_flight: self.max_in_flight,
-                drain_timeout: self.drain_timeout,
-                log_every: self.log_every,
-                scaled_out: self.scaled_out,
-                keyed_sources,
-                stop: stop_tx,
-                settle_rx: Some(settle_rx),
-                errors,
-            },
+        Flow { stream, ctx }
+    }
+}
+
+impl Ctx {
+    /// Another source of this pipeline, as a stream: it shares the in-flight bound and stops
+    /// on the pipeline's shutdown.
+    pub(crate) fn add_source(&mut self, source: Source) -> SourcePoll {
+        let index = self.sources;
+        self.sources += 1;
+        SourcePoll {
+            state: Some(SourceState {
+                consumer: source.consumer,
+                index,
+                stop: self.stop.subscribe(),
+                shared: self.shared.clone(),
+                deliveries: std::cell::Cell::new(0),
+            }),
+            slow: None,
+            done: false,
         }
     }
 }
@@ -226,6 +228,8 @@ pub(crate) struct Ctx {
     pub settle_rx: Option<mpsc::UnboundedReceiver<Settlement>>,
     /// Problems found while building, reported by the terminal step.
     pub errors: Vec<Error>,
+    /// Sources added so far (each one's index keeps its lanes apart).
+    pub sources: u64,
 }
 
 impl Ctx {
@@ -311,7 +315,7 @@ type Received = Option<Result<(Delivery, usize), Error>>;
 /// cancel-safe, so polling it once and dropping it loses nothing). Only when the source must
 /// wait does it box a future that owns the consumer and waits for a slot, a delivery or the
 /// stop signal.
-struct SourcePoll {
+pub(crate) struct SourcePoll {
     state: Option<SourceState>,
     slow: Option<BoxFuture<'static, (SourceState, Received)>>,
     done: bool,

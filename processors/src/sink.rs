@@ -19,7 +19,7 @@ type RouteFn = Arc<dyn Fn(&Message) -> Option<usize> + Send + Sync>;
 
 /// Which sinks a message goes to.
 #[derive(Clone)]
-enum Router {
+pub(crate) enum Router {
     All,
     By(RouteFn),
 }
@@ -30,7 +30,7 @@ pub fn default_sink_policy() -> ErrorPolicy {
     ErrorPolicy::retry(Backoff::exponential(Duration::from_millis(100), 4))
 }
 
-fn sink_stage(name: &str) -> StageSpec {
+pub(crate) fn sink_stage(name: &str) -> StageSpec {
     stage(name).on_error(default_sink_policy())
 }
 
@@ -95,7 +95,7 @@ impl Flow<Vec<Message>> {
     }
 }
 
-async fn drive(
+pub(crate) async fn drive(
     mut stream: BoxStream<'static, Step<Message>>,
     st: Arc<StageRt>,
     sinks: Vec<Sink>,

@@ -225,7 +225,7 @@ impl<T: Send + 'static> Flow<T> {
                 "window stage '{}' keeps state per key, but the pipeline is scaled out and not \
                  every source is partitioned by key: instances would each see part of a key. \
                  Declare the sources `partitioned_by_key` (a topic keyed the same way) or \
-                 repartition through a keyed topic first",
+                 repartition through a keyed topic first (`repartition_by_key`)",
                 stage.name
             )));
         }

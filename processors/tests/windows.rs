@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mailroom_core::{
-    Backend, Consumer, Delivery, DeliveryInfo, ErrorKind, Message, Settle, Timestamp,
+    Backend, Consumer, Delivery, DeliveryInfo, ErrorKind, Message, QueueSpec, Settle, Timestamp,
 };
 use mailroom_memory::MemoryBackend;
 use mailroom_processors::{Pipeline, Source, TestDriver, WindowSpec, Windowed};
@@ -428,5 +428,96 @@ async fn a_rebalance_that_redelivers_held_inputs_does_not_count_them_twice() {
     assert_eq!(
         report.metrics.abandoned, 5,
         "the revoked deliveries were let go"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn repartition_by_key_makes_keyed_windows_valid_when_scaled_out() {
+    let (broker, mut d) = driver().await;
+    d.declare(QueueSpec::new("keyed")).await.unwrap();
+    // The source is not partitioned by key, so windows right after it are refused (see the
+    // test above); through a keyed topic they are accepted.
+    let pipeline = Pipeline::builder()
+        .scaled_out()
+        .source(d.consumer("in").await.unwrap())
+        .flow()
+        // The key is in the payload ("user@time"): the messages themselves carry none.
+        .key_by("user", |m: &Message| {
+            let text = String::from_utf8_lossy(m.payload()).into_owned();
+            text.split('@').next().unwrap_or_default().to_owned()
+        })
+        .repartition_by_key(d.sink("keyed"), d.consumer("keyed").await.unwrap())
+        .window(
+            "per-minute",
+            WindowSpec::tumbling(Duration::from_secs(60))
+                .max_out_of_order(Duration::from_secs(3600)),
+        )
+        .count()
+        .map("render", render)
+        .to(d.sink("out"))
+        .expect("repartitioned by key: keyed windows are valid scaled out");
+    d.start(pipeline);
+    for (user, t) in [
+        ("ann", 1_000),
+        ("bob", 2_000),
+        ("ann", 3_000),
+        ("ann", 61_000),
+    ] {
+        let message = Message::builder(format!("{user}@{t}"))
+            .timestamp(Timestamp::from_millis(t))
+            .build()
+            .unwrap();
+        d.pipe("in", message).await.unwrap();
+    }
+    d.run_until_idle().await;
+    assert_eq!(
+        broker.queue_depth("in").unwrap().unacked,
+        0,
+        "the first half settles its inputs once they are in the keyed topic"
+    );
+    let report = d.shutdown().await.unwrap();
+    assert!(report.error.is_none(), "{report:?}");
+    let mut out = d.read_text("out").await.unwrap();
+    out.sort();
+    assert_eq!(
+        out,
+        ["ann 0-60000 2", "ann 60000-120000 1", "bob 0-60000 1"]
+    );
+    for queue in ["in", "keyed"] {
+        let depth = broker.queue_depth(queue).unwrap();
+        assert_eq!(
+            depth.ready + depth.unacked,
+            0,
+            "every input of {queue} settled"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn repartition_by_key_refuses_an_item_without_a_key() {
+    let (broker, mut d) = driver().await;
+    d.declare(QueueSpec::new("keyed")).await.unwrap();
+    let pipeline = Pipeline::builder()
+        .source(d.consumer("in").await.unwrap())
+        .flow()
+        .repartition_by_key(d.sink("keyed"), d.consumer("keyed").await.unwrap())
+        .map("pass", |m: Message| m)
+        .to(d.sink("out"))
+        .unwrap();
+    d.start(pipeline);
+    d.pipe("in", Message::new("no key")).await.unwrap();
+    let report = d.join().await.unwrap();
+    let error = report.error.expect("the pipeline fails");
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+    assert!(format!("{error:#}").contains("no key"), "{error:#}");
+    assert_eq!(
+        broker.queue_depth("keyed").unwrap().ready,
+        0,
+        "nothing sent"
+    );
+    assert_eq!(
+        broker.queue_depth("in").unwrap().ready,
+        1,
+        "the input is redelivered"
     );
 }
