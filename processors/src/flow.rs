@@ -353,7 +353,7 @@ impl futures_util::Stream for SourcePoll {
                 self.state = Some(state);
                 return Poll::Ready(Some(item));
             }
-            let Some(mut state) = self.state.take() else {
+            let Some(state) = self.state.as_mut() else {
                 self.done = true;
                 continue;
             };
@@ -361,16 +361,16 @@ impl futures_util::Stream for SourcePoll {
                 if let Some(held) = state.shared.slots.try_take() {
                     match state.consumer.receive().now_or_never() {
                         Some(Ok(delivery)) => {
-                            let item = state.item(delivery, held);
-                            self.state = Some(state);
-                            return Poll::Ready(Some(Ok(item)));
+                            return Poll::Ready(Some(Ok(state.item(delivery, held))));
                         }
                         // Errors and waiting both go the slow way, which knows what to do.
                         _ => state.shared.slots.give_back(),
                     }
                 }
             }
-            self.slow = Some(Box::pin(wait_for_delivery(state)));
+            if let Some(state) = self.state.take() {
+                self.slow = Some(Box::pin(wait_for_delivery(state)));
+            }
         }
     }
 }

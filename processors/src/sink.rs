@@ -109,14 +109,14 @@ pub(crate) async fn drive(
         let next = std::future::poll_fn(|cx| {
             while !confirms.is_empty() {
                 match confirms.poll_next_unpin(cx) {
-                    Poll::Ready(Some(Some(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Some(Some(e))) => return Poll::Ready(Some(Err(e))),
                     Poll::Ready(Some(None)) => {}
                     Poll::Ready(None) | Poll::Pending => break,
                 }
             }
-            stream.poll_next_unpin(cx).map(Ok)
+            stream.poll_next_unpin(cx)
         })
-        .await?;
+        .await;
         match next {
             // The common shape, one sink: no nested future per item.
             Some(Ok(item)) if matches!(router, Router::All) && sinks.len() == 1 => {
@@ -126,7 +126,17 @@ pub(crate) async fn drive(
                 let enqueued = sink.producer.enqueue(&sink.destination, value).await;
                 if let Some(tokens) = enqueued_now(&st, sink, enqueued, meta.tokens, &mut confirms)
                 {
-                    confirmed(&st, tokens).await;
+                    bump(&st.counters.output, 1);
+                    bump(&st.pipeline.out, 1);
+                    // Settled in place, without a future per layer: the usual single input.
+                    match tokens {
+                        Tokens::One(token) => {
+                            if let Some(settlement) = token.done() {
+                                settlement.run().await;
+                            }
+                        }
+                        tokens => tokens.done().await,
+                    }
                 }
             }
             Some(Ok(item)) => dispatch(&st, &sinks, &router, item, &mut confirms).await?,
