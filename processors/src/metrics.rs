@@ -15,7 +15,10 @@ pub(crate) struct PipelineCounters {
     pub dead_lettered: AtomicU64,
     pub skipped: AtomicU64,
     pub late: AtomicU64,
+    /// Acks made by the pipeline's own task (single writer, see `bump`).
     pub acked: AtomicU64,
+    /// Acks made by the settler task (its only writer).
+    pub acked_by_settler: AtomicU64,
     pub requeued: AtomicU64,
     pub abandoned: AtomicU64,
     pub settle_errors: AtomicU64,
@@ -39,10 +42,11 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
-/// Add to a counter that only the pipeline's own task writes (stages and sinks all run inside
-/// it; only settling and releasing inputs happen elsewhere). A plain load and store is enough
-/// there and costs much less than an atomic add on the per-message path; readers on other
-/// threads still see whole values.
+/// Add to a counter that one task alone writes: most are written only by the pipeline's own
+/// task (stages, sinks and their settles all run inside it), and the settler task has an ack
+/// counter of its own. A plain load and store is enough there and costs much less than an
+/// atomic add on the per-message path; readers on other threads still see whole values.
+/// Counters that any thread may touch (inputs released on drop) use `add`.
 pub(crate) fn bump(counter: &AtomicU64, n: u64) {
     counter.store(
         counter.load(Ordering::Relaxed).wrapping_add(n),
@@ -114,7 +118,7 @@ impl Metrics {
             dead_lettered: get(&p.dead_lettered),
             skipped: get(&p.skipped),
             late: get(&p.late),
-            acked: get(&p.acked),
+            acked: get(&p.acked) + get(&p.acked_by_settler),
             requeued: get(&p.requeued),
             abandoned: get(&p.abandoned),
             settle_errors: get(&p.settle_errors),

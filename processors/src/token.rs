@@ -19,7 +19,7 @@ use mailroom_core::delivery::Settlement as Obligation;
 use mailroom_core::{DeliveryInfo, Message, Nack};
 use tokio::sync::{mpsc, Notify};
 
-use crate::metrics::PipelineCounters;
+use crate::metrics::{bump, PipelineCounters};
 
 /// The bound on inputs held at once: a slot is taken when an input is received and given back
 /// once it is settled (or released unsettled).
@@ -188,8 +188,19 @@ pub(crate) struct Settlement {
 }
 
 impl Settlement {
-    /// Settle with the broker, then free the input's in-flight slot.
-    pub async fn run(mut self) {
+    /// Settle with the broker, then free the input's in-flight slot. Only the pipeline's own
+    /// task calls this (the settler task calls [`run_in_settler`](Settlement::run_in_settler)),
+    /// so the ack count has one writer each.
+    pub async fn run(self) {
+        self.settle(false).await;
+    }
+
+    /// [`run`](Settlement::run), from the settler task.
+    pub async fn run_in_settler(self) {
+        self.settle(true).await;
+    }
+
+    async fn settle(mut self, in_settler: bool) {
         let Some(obligation) = self.obligation.take() else {
             return;
         };
@@ -200,9 +211,8 @@ impl Settlement {
         };
         let counters = &self.shared.counters;
         match (result, requeue.is_some()) {
-            (Ok(()), false) => {
-                counters.acked.fetch_add(1, Ordering::Relaxed);
-            }
+            (Ok(()), false) if in_settler => bump(&counters.acked_by_settler, 1),
+            (Ok(()), false) => bump(&counters.acked, 1),
             (Ok(()), true) => {
                 counters.requeued.fetch_add(1, Ordering::Relaxed);
             }
