@@ -155,7 +155,8 @@ impl PipelineBuilder {
             settle_tx,
             keep_originals: AtomicBool::new(false),
         });
-        let (stop_tx, stop_rx) = watch::channel(false);
+        // Each source subscribes its own receiver.
+        let (stop_tx, _) = watch::channel(false);
         let keyed_sources = !self.sources.is_empty()
             && self
                 .sources
@@ -179,7 +180,6 @@ impl PipelineBuilder {
             errors,
             sources: 0,
         };
-        drop(stop_rx);
         let mut streams: Vec<BoxStream<'static, Step<Message>>> = self
             .sources
             .into_iter()
