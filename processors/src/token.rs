@@ -25,8 +25,8 @@ use crate::metrics::{bump, PipelineCounters};
 /// once it is settled (or released unsettled).
 ///
 /// A counter and a wake-up rather than a semaphore: a slot is taken and given back once per
-/// input, and giving it back here is one atomic add plus a wake-up that is lock-free while
-/// nobody waits, where a semaphore locks its waiter list on every release.
+/// input, and giving it back here is one atomic subtraction (plus a wake-up only when a source
+/// waits), where a semaphore locks its waiter list on every release.
 pub(crate) struct Slots {
     held: AtomicUsize,
     max: usize,
