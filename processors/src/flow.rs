@@ -13,12 +13,12 @@ use futures_util::FutureExt;
 use mailroom_core::{Consumer, Delivery, Error, ErrorKind, Message, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch};
 
 use crate::concurrent::Concurrent;
-use crate::metrics::{add, Metrics};
+use crate::metrics::{add, bump, Metrics};
 use crate::policy::{panic_error, ErrorPolicy, StageRt, StageSpec};
-use crate::token::{Settlement, Shared, Token, Tokens};
+use crate::token::{Settlement, Shared, Slots, Token, Tokens};
 
 /// How items are ordered while async stages work on several at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -146,15 +146,17 @@ impl PipelineBuilder {
 
     /// The merged stream of every source's messages, ready for stages.
     pub fn flow(self) -> Flow<Message> {
-        let permits = Arc::new(Semaphore::new(self.max_in_flight));
-        let metrics = Metrics::new(permits.clone(), self.max_in_flight);
+        let slots = Arc::new(Slots::new(self.max_in_flight));
+        let metrics = Metrics::new(slots.clone(), self.max_in_flight);
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             counters: metrics.pipeline.clone(),
+            slots,
             settle_tx,
             keep_originals: AtomicBool::new(false),
         });
-        let (stop_tx, stop_rx) = watch::channel(false);
+        // Each source subscribes its own receiver.
+        let (stop_tx, _) = watch::channel(false);
         let keyed_sources = !self.sources.is_empty()
             && self
                 .sources
@@ -164,50 +166,50 @@ impl PipelineBuilder {
         if self.sources.is_empty() {
             errors.push(Error::config("a pipeline needs at least one source"));
         }
-        let sources: Vec<SourceState> = self
+        let mut ctx = Ctx {
+            metrics,
+            shared,
+            ordering: self.ordering,
+            max_in_flight: self.max_in_flight,
+            drain_timeout: self.drain_timeout,
+            log_every: self.log_every,
+            scaled_out: self.scaled_out,
+            keyed_sources,
+            stop: stop_tx,
+            settle_rx: Some(settle_rx),
+            errors,
+            sources: 0,
+        };
+        let mut streams: Vec<BoxStream<'static, Step<Message>>> = self
             .sources
             .into_iter()
-            .enumerate()
-            .map(|(index, source)| SourceState {
-                consumer: source.consumer,
-                index: index as u64,
-                permits: permits.clone(),
-                stop: stop_rx.clone(),
-                shared: shared.clone(),
-                max_in_flight: self.max_in_flight as u64,
-            })
-            .collect();
-        let mut streams: Vec<BoxStream<'static, Step<Message>>> = sources
-            .into_iter()
-            .map(|state: SourceState| {
-                SourcePoll {
-                    state: Some(state),
-                    slow: None,
-                    done: false,
-                }
-                .boxed()
-            })
+            .map(|source| ctx.add_source(source).boxed())
             .collect();
         let stream = if streams.len() == 1 {
             streams.remove(0)
         } else {
             stream::select_all(streams).boxed()
         };
-        Flow {
-            stream,
-            ctx: Ctx {
-                metrics,
-                shared,
-                ordering: self.ordering,
-                max_in_flight: self.max_in_flight,
-                drain_timeout: self.drain_timeout,
-                log_every: self.log_every,
-                scaled_out: self.scaled_out,
-                keyed_sources,
-                stop: stop_tx,
-                settle_rx: Some(settle_rx),
-                errors,
-            },
+        Flow { stream, ctx }
+    }
+}
+
+impl Ctx {
+    /// Another source of this pipeline, as a stream: it shares the in-flight bound and stops
+    /// on the pipeline's shutdown.
+    pub(crate) fn add_source(&mut self, source: Source) -> SourcePoll {
+        let index = self.sources;
+        self.sources += 1;
+        SourcePoll {
+            state: Some(SourceState {
+                consumer: source.consumer,
+                index,
+                stop: self.stop.subscribe(),
+                shared: self.shared.clone(),
+                deliveries: std::cell::Cell::new(0),
+            }),
+            slow: None,
+            done: false,
         }
     }
 }
@@ -226,6 +228,8 @@ pub(crate) struct Ctx {
     pub settle_rx: Option<mpsc::UnboundedReceiver<Settlement>>,
     /// Problems found while building, reported by the terminal step.
     pub errors: Vec<Error>,
+    /// Sources added so far (each one's index keeps its lanes apart).
+    pub sources: u64,
 }
 
 impl Ctx {
@@ -265,7 +269,7 @@ pub(crate) struct Meta {
 }
 
 impl Meta {
-    pub fn fork(&self) -> Meta {
+    pub fn fork(&mut self) -> Meta {
         Meta {
             tokens: self.tokens.fork(),
             key: self.key.clone(),
@@ -296,13 +300,14 @@ pub struct Flow<T> {
 struct SourceState {
     consumer: Box<dyn Consumer>,
     index: u64,
-    permits: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
-    max_in_flight: u64,
+    /// Numbers this source's deliveries, to tell two deliveries of one message apart.
+    deliveries: std::cell::Cell<u64>,
 }
 
-type Received = Option<Result<(Delivery, OwnedSemaphorePermit), Error>>;
+/// A delivery and how many slots were held once its slot was taken.
+type Received = Option<Result<(Delivery, usize), Error>>;
 
 /// One source as a stream, polled inside the pipeline's task.
 ///
@@ -310,7 +315,7 @@ type Received = Option<Result<(Delivery, OwnedSemaphorePermit), Error>>;
 /// cancel-safe, so polling it once and dropping it loses nothing). Only when the source must
 /// wait does it box a future that owns the consumer and waits for a slot, a delivery or the
 /// stop signal.
-struct SourcePoll {
+pub(crate) struct SourcePoll {
     state: Option<SourceState>,
     slow: Option<BoxFuture<'static, (SourceState, Received)>>,
     done: bool,
@@ -343,43 +348,45 @@ impl futures_util::Stream for SourcePoll {
                         self.done = true;
                         Err(e)
                     }
-                    Some(Ok((delivery, permit))) => Ok(state.item(delivery, permit)),
+                    Some(Ok((delivery, held))) => Ok(state.item(delivery, held)),
                 };
                 self.state = Some(state);
                 return Poll::Ready(Some(item));
             }
-            let Some(mut state) = self.state.take() else {
+            let Some(state) = self.state.as_mut() else {
                 self.done = true;
                 continue;
             };
             if !*state.stop.borrow() {
-                if let Ok(permit) = state.permits.clone().try_acquire_owned() {
+                if let Some(held) = state.shared.slots.try_take() {
                     match state.consumer.receive().now_or_never() {
                         Some(Ok(delivery)) => {
-                            let item = state.item(delivery, permit);
-                            self.state = Some(state);
-                            return Poll::Ready(Some(Ok(item)));
+                            return Poll::Ready(Some(Ok(state.item(delivery, held))));
                         }
                         // Errors and waiting both go the slow way, which knows what to do.
-                        _ => drop(permit),
+                        _ => state.shared.slots.give_back(),
                     }
                 }
             }
-            self.slow = Some(Box::pin(wait_for_delivery(state)));
+            if let Some(state) = self.state.take() {
+                self.slow = Some(Box::pin(wait_for_delivery(state)));
+            }
         }
     }
 }
 
 impl SourceState {
-    fn item(&self, delivery: Delivery, permit: OwnedSemaphorePermit) -> Item<Message> {
+    /// The item of a delivery that took a slot, `held` slots being taken then.
+    fn item(&self, delivery: Delivery, held: usize) -> Item<Message> {
         let counters = &self.shared.counters;
-        add(&counters.received, 1);
-        let held = self
-            .max_in_flight
-            .saturating_sub(self.permits.available_permits() as u64);
-        counters
-            .in_flight_peak
-            .fetch_max(held, AtomicOrdering::Relaxed);
+        bump(&counters.received, 1);
+        let held = held as u64;
+        // A plain read first: the peak rarely moves, and a read is cheaper than a fetch_max.
+        if held > counters.in_flight_peak.load(AtomicOrdering::Relaxed) {
+            counters
+                .in_flight_peak
+                .fetch_max(held, AtomicOrdering::Relaxed);
+        }
         let (value, info, obligation) = delivery.into_parts();
         // The key is shared with the message (one `Arc`), not copied.
         let (value, key) = if value.key().is_some() {
@@ -396,11 +403,14 @@ impl SourceState {
             .keep_originals
             .load(AtomicOrdering::Relaxed)
             .then(|| value.clone());
+        let delivery = self.deliveries.get();
+        self.deliveries.set(delivery + 1);
         let token = Token::new(
             obligation,
             info,
+            lane,
+            delivery,
             original,
-            Some(permit),
             self.shared.clone(),
         );
         Item {
@@ -417,36 +427,57 @@ impl SourceState {
 
 /// Wait for a free slot and a delivery, or the stop signal (which closes the consumer).
 async fn wait_for_delivery(mut s: SourceState) -> (SourceState, Received) {
+    let shared = s.shared.clone();
     let mut failures = 0u32;
     loop {
         if *s.stop.borrow() {
             let _ = s.consumer.close().await;
             return (s, None);
         }
-        let permits = s.permits.clone();
-        let permit = tokio::select! {
+        let held = tokio::select! {
             biased;
-            permit = permits.acquire_owned() => permit.ok(),
+            held = shared.slots.take() => held,
             _ = s.stop.wait_for(|stop| *stop) => continue,
         };
-        let Some(permit) = permit else {
-            return (s, None);
-        };
+        // Gives the slot back on every way out but a delivery, including this future being
+        // dropped while it waits.
+        let slot = SlotGuard(Some(&shared.slots));
         let received = tokio::select! {
             biased;
             received = s.consumer.receive() => received,
             _ = s.stop.wait_for(|stop| *stop) => continue,
         };
         match received {
-            Ok(d) => return (s, Some(Ok((d, permit)))),
+            Ok(d) => {
+                slot.keep();
+                return (s, Some(Ok((d, held))));
+            }
             Err(e) if e.kind() == ErrorKind::Closed => return (s, None),
             Err(e) if e.is_temporary() && failures < 10 => {
                 failures += 1;
                 tracing::warn!(error = %e, failures, "source receive failed; retrying");
-                drop(permit);
+                drop(slot);
                 tokio::time::sleep(Duration::from_millis(50 << failures.min(6))).await;
             }
             Err(e) => return (s, Some(Err(e))),
+        }
+    }
+}
+
+/// A slot taken for a delivery that has not arrived yet.
+struct SlotGuard<'a>(Option<&'a Slots>);
+
+impl SlotGuard<'_> {
+    /// The delivery arrived: its input holds the slot from now on.
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(slots) = self.0.take() {
+            slots.give_back();
         }
     }
 }
@@ -535,12 +566,12 @@ impl<T: Send + 'static> Flow<T> {
                 Ok(item) => item,
                 Err(e) => return Applied::Emit(Err(e)),
             };
-            add(&st.counters.input, 1);
+            bump(&st.counters.input, 1);
             let Item { value, meta } = item;
             let kept = retry_clone.map(|c| c(&value));
             match call(&st, &*f, value) {
                 Out::One(u) => {
-                    add(&st.counters.output, 1);
+                    bump(&st.counters.output, 1);
                     Applied::Emit(Ok(Item { value: u, meta }))
                 }
                 Out::Filtered => {
@@ -714,7 +745,7 @@ impl<T: Send + 'static> Flow<T> {
                                 let m = if i + 1 == n {
                                     meta.take()?
                                 } else {
-                                    meta.as_ref()?.fork()
+                                    meta.as_mut()?.fork()
                                 };
                                 Some(Ok(Item { value, meta: m }))
                             })

@@ -58,7 +58,8 @@
 //! competing consumers or a Kafka consumer group. Keyed state is only correct when each key
 //! reaches one instance, so a keyed window in a pipeline marked
 //! [`scaled_out`](PipelineBuilder::scaled_out) is refused unless every source is declared
-//! [`partitioned_by_key`](Source::partitioned_by_key).
+//! [`partitioned_by_key`](Source::partitioned_by_key), or the flow first goes through a keyed
+//! topic with [`Flow::repartition_by_key`].
 //!
 //! [`TestDriver`] runs a pipeline on the in-memory broker under tokio's paused clock, for
 //! deterministic tests without sleeps.
@@ -69,6 +70,7 @@ mod concurrent;
 mod flow;
 mod metrics;
 mod policy;
+mod repartition;
 mod run;
 mod sink;
 pub mod testing;

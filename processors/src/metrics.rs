@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Semaphore;
+use crate::token::Slots;
 
 /// Counters of the whole pipeline.
 #[derive(Default)]
@@ -15,7 +15,10 @@ pub(crate) struct PipelineCounters {
     pub dead_lettered: AtomicU64,
     pub skipped: AtomicU64,
     pub late: AtomicU64,
+    /// Acks made by the pipeline's own task (single writer, see `bump`).
     pub acked: AtomicU64,
+    /// Acks made by the settler task (its only writer).
+    pub acked_by_settler: AtomicU64,
     pub requeued: AtomicU64,
     pub abandoned: AtomicU64,
     pub settle_errors: AtomicU64,
@@ -39,21 +42,33 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
+/// Add to a counter that one task alone writes: most are written only by the pipeline's own
+/// task (stages, sinks and their settles all run inside it), and the settler task has an ack
+/// counter of its own. A plain load and store is enough there and costs much less than an
+/// atomic add on the per-message path; readers on other threads still see whole values.
+/// Counters that any thread may touch (inputs released on drop) use `add`.
+pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
 /// A live view of a pipeline's counters; cheap to clone, usable from any task.
 #[derive(Clone)]
 pub struct Metrics {
     pub(crate) pipeline: Arc<PipelineCounters>,
     pub(crate) stages: Arc<Mutex<Vec<Arc<StageCounters>>>>,
-    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) slots: Arc<Slots>,
     pub(crate) max_in_flight: usize,
 }
 
 impl Metrics {
-    pub(crate) fn new(permits: Arc<Semaphore>, max_in_flight: usize) -> Self {
+    pub(crate) fn new(slots: Arc<Slots>, max_in_flight: usize) -> Self {
         Metrics {
             pipeline: Arc::default(),
             stages: Arc::default(),
-            permits,
+            slots,
             max_in_flight,
         }
     }
@@ -72,8 +87,7 @@ impl Metrics {
 
     /// Inputs held right now (received and not yet settled).
     pub fn in_flight(&self) -> u64 {
-        self.max_in_flight
-            .saturating_sub(self.permits.available_permits()) as u64
+        self.slots.held() as u64
     }
 
     /// The counters as they are now.
@@ -104,7 +118,7 @@ impl Metrics {
             dead_lettered: get(&p.dead_lettered),
             skipped: get(&p.skipped),
             late: get(&p.late),
-            acked: get(&p.acked),
+            acked: get(&p.acked) + get(&p.acked_by_settler),
             requeued: get(&p.requeued),
             abandoned: get(&p.abandoned),
             settle_errors: get(&p.settle_errors),

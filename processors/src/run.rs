@@ -50,7 +50,7 @@ impl Pipeline {
         let settler = ctx.settle_rx.take().map(|mut rx| {
             tokio::spawn(async move {
                 while let Some(settlement) = rx.recv().await {
-                    settlement.run().await;
+                    settlement.run_in_settler().await;
                 }
             })
         });

@@ -1,11 +1,15 @@
-//! The settle obligation of one input, shared by everything derived from it.
+//! The settle obligation of one input, carried by everything derived from it.
 //!
-//! Every input delivery becomes an [`Input`] behind an `Arc`; every item derived from it carries a
-//! [`Token`]. A token is finished explicitly (`done`, `requeue`) when its branch is confirmed by a
-//! sink, filtered, skipped or dead-lettered. The input is acked when its last token is done. A
-//! token that is merely *dropped* (a failed pipeline, a drain timeout, an aborted task) marks its
-//! input abandoned: the delivery is then dropped unsettled and the broker redelivers it. So a
-//! crash at any point can only cause a duplicate, never a loss.
+//! Every item derived from an input delivery carries a [`Token`] on it. A token is finished
+//! explicitly (`done`, `requeue`) when its branch is confirmed by a sink, filtered, skipped or
+//! dead-lettered; the input is acked when its last token is done. A token that is merely
+//! *dropped* (a failed pipeline, a drain timeout, an aborted task) leaves its input unsettled:
+//! the delivery is released and the broker redelivers it. So a crash at any point can only
+//! cause a duplicate, never a loss.
+//!
+//! Most inputs never branch, so a token starts out owning its input outright; a fork (a
+//! flat_map, a fan-out, a hopping window) moves the input into an [`Input`] that its branches
+//! share and count down.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,15 +17,97 @@ use std::time::Duration;
 
 use mailroom_core::delivery::Settlement as Obligation;
 use mailroom_core::{DeliveryInfo, Message, Nack};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, Notify};
 
-use crate::metrics::PipelineCounters;
+use crate::metrics::{bump, PipelineCounters};
+
+/// The bound on inputs held at once: a slot is taken when an input is received and given back
+/// once it is settled (or released unsettled).
+///
+/// A counter and a wake-up rather than a semaphore: a slot is taken and given back once per
+/// input, and giving it back here is one atomic subtraction (plus a wake-up only when a source
+/// waits), where a semaphore locks its waiter list on every release.
+pub(crate) struct Slots {
+    held: AtomicUsize,
+    max: usize,
+    /// Tasks waiting in `take`: a slot given back wakes one only when there is one.
+    waiters: AtomicUsize,
+    freed: Notify,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Self {
+        Slots {
+            held: AtomicUsize::new(0),
+            max: max.max(1),
+            waiters: AtomicUsize::new(0),
+            freed: Notify::new(),
+        }
+    }
+
+    /// Take a slot if one is free; returns how many are held now.
+    pub fn try_take(&self) -> Option<usize> {
+        self.held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                (held < self.max).then_some(held + 1)
+            })
+            .ok()
+            .map(|before| before + 1)
+    }
+
+    /// Wait for a free slot and take it; returns how many are held now. Cancel-safe: nothing
+    /// is taken unless this returns.
+    pub async fn take(&self) -> usize {
+        let _waiting = Waiting::new(&self.waiters);
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered (as a waiter, then for the wake-up) before looking, so a slot given
+            // back in between is not missed: with both sides sequentially consistent, either
+            // this look sees the slot or `give_back` sees the waiter.
+            freed.as_mut().enable();
+            if let Some(held) = self.try_take() {
+                return held;
+            }
+            freed.await;
+        }
+    }
+
+    pub fn give_back(&self) {
+        self.held.fetch_sub(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_one();
+        }
+    }
+
+    /// Slots held right now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// Counts a task in `Slots::take` for as long as it waits there.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(waiters: &'a AtomicUsize) -> Self {
+        waiters.fetch_add(1, Ordering::SeqCst);
+        Waiting(waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// What the pipeline shares with every input it holds.
 pub(crate) struct Shared {
     pub counters: Arc<PipelineCounters>,
+    pub slots: Arc<Slots>,
     /// Settlements finished outside an async context (a filter) go to the settler task. The
-    /// channel holds at most `max_in_flight` entries: each carries its input's permit.
+    /// channel holds at most `max_in_flight` entries: each is an input that holds a slot.
     pub settle_tx: mpsc::UnboundedSender<Settlement>,
     /// Whether inputs keep a copy of their original message: only a dead-letter policy or a
     /// late side output reads it, so without one the message moves into the stages uncopied.
@@ -29,21 +115,44 @@ pub(crate) struct Shared {
     pub keep_originals: AtomicBool,
 }
 
-struct Held {
-    /// The obligation to settle the input with its broker; taken once, by the last branch.
-    obligation: Option<Obligation>,
-    permit: Option<OwnedSemaphorePermit>,
-    /// The input as received, for dead letters and late data (see `Shared::keep_originals`).
+/// Where an input sits in its source: (source lane, offset), for brokers with offsets.
+pub(crate) type Position = (u64, i64);
+
+/// What only some inputs need, boxed so that the others stay small: the original message
+/// (kept for dead letters and late data), where it came from, and its source position.
+struct Extra {
     original: Option<Message>,
     info: DeliveryInfo,
+    position: Option<Position>,
 }
 
-/// One input delivery and how many branches derived from it are still open.
+/// An input with a single branch: the obligation travels with the item itself.
+struct Sole {
+    /// The obligation to settle the input with its broker. The input holds one of the
+    /// pipeline's slots for as long as this is unsettled.
+    obligation: Obligation,
+    /// Unique among the pipeline's inputs: tells two deliveries of one message apart.
+    delivery: u64,
+    extra: Option<Box<Extra>>,
+    shared: Arc<Shared>,
+}
+
+struct Held {
+    /// Taken once, by the last branch; the input holds a slot while it is here.
+    obligation: Option<Obligation>,
+    extra: Option<Box<Extra>>,
+    /// Set when a branch asked for the input to be requeued (after this delay).
+    requeue: Option<Option<Duration>>,
+}
+
+/// An input with several branches (a flat_map, a fan-out, a hopping window): shared by them,
+/// settled when the last one is finished.
 pub(crate) struct Input {
     held: Mutex<Held>,
+    delivery: u64,
+    position: Option<Position>,
     pending: AtomicUsize,
     abandoned: AtomicBool,
-    requeue: Mutex<Option<Option<Duration>>>,
     shared: Arc<Shared>,
 }
 
@@ -52,72 +161,59 @@ impl Input {
         // Critical sections are single `take`s: a poisoned lock still holds valid state.
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    fn finish(&self) -> Option<Settlement> {
-        if self.abandoned.load(Ordering::Acquire) {
-            return None;
-        }
-        let mut held = self.lock();
-        let obligation = held.obligation.take()?;
-        let permit = held.permit.take();
-        drop(held);
-        let requeue = *self.requeue.lock().unwrap_or_else(|p| p.into_inner());
-        Some(Settlement {
-            obligation,
-            permit,
-            requeue,
-            counters: self.shared.counters.clone(),
-        })
-    }
+/// An input dropped unsettled: the broker gets it back (redelivers it), and its slot is free.
+fn release(obligation: Obligation, shared: &Shared) {
+    shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+    drop(obligation);
+    shared.slots.give_back();
 }
 
 impl Drop for Input {
     fn drop(&mut self) {
         let held = self.held.get_mut().unwrap_or_else(|p| p.into_inner());
         if let Some(obligation) = held.obligation.take() {
-            // Dropping the obligation unsettled hands the input back to the broker for
-            // redelivery.
-            self.shared
-                .counters
-                .abandoned
-                .fetch_add(1, Ordering::Relaxed);
-            drop(obligation);
+            release(obligation, &self.shared);
         }
     }
 }
 
 /// The settle of one input, ready to run: ack, or nack-requeue when a branch asked for it.
+/// Dropped without running, it releases the input unsettled.
 pub(crate) struct Settlement {
-    obligation: Obligation,
-    permit: Option<OwnedSemaphorePermit>,
+    obligation: Option<Obligation>,
     requeue: Option<Option<Duration>>,
-    counters: Arc<PipelineCounters>,
+    shared: Arc<Shared>,
 }
 
 impl Settlement {
-    /// Settle with the broker, then free the input's in-flight slot.
+    /// Settle with the broker, then free the input's in-flight slot. Only the pipeline's own
+    /// task calls this (the settler task calls [`run_in_settler`](Settlement::run_in_settler)),
+    /// so the ack count has one writer each.
     pub async fn run(self) {
-        let Settlement {
-            obligation,
-            permit,
-            requeue,
-            counters,
-        } = self;
+        self.settle(false).await;
+    }
+
+    /// [`run`](Settlement::run), from the settler task.
+    pub async fn run_in_settler(self) {
+        self.settle(true).await;
+    }
+
+    async fn settle(mut self, in_settler: bool) {
+        let Some(obligation) = self.obligation.take() else {
+            return;
+        };
+        let requeue = self.requeue;
         let result = match requeue {
             None => obligation.ack().await,
-            Some(delay) => {
-                let nack = match delay {
-                    Some(d) => Nack::requeue_after(d),
-                    None => Nack::requeue(),
-                };
-                obligation.nack(nack).await
-            }
+            Some(delay) => obligation.nack(nack(delay)).await,
         };
-        match (result, requeue) {
-            (Ok(()), None) => {
-                counters.acked.fetch_add(1, Ordering::Relaxed);
-            }
-            (Ok(()), Some(_)) => {
+        let counters = &self.shared.counters;
+        match (result, requeue.is_some()) {
+            (Ok(()), false) if in_settler => bump(&counters.acked_by_settler, 1),
+            (Ok(()), false) => bump(&counters.acked, 1),
+            (Ok(()), true) => {
                 counters.requeued.fetch_add(1, Ordering::Relaxed);
             }
             // The broker keeps the message and redelivers it: a duplicate later, not a loss.
@@ -126,94 +222,192 @@ impl Settlement {
                 tracing::warn!(error = %e, "settling an input failed; the broker will redeliver it");
             }
         }
-        drop(permit);
+        self.shared.slots.give_back();
     }
 
-    /// Settle inline when possible, else hand to the settler task.
+    /// Hand to the settler task (for code that cannot await).
     pub fn defer(self, shared: &Shared) {
-        if let Err(mpsc::error::SendError(settlement)) = shared.settle_tx.send(self) {
-            // The settler is gone only when the pipeline is being torn down: leave the input
-            // unsettled so that it is redelivered.
-            drop(settlement.obligation);
+        // The settler is gone only when the pipeline is being torn down: the settlement is
+        // then dropped, which releases the input unsettled, to be redelivered.
+        let _ = shared.settle_tx.send(self);
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        if let Some(obligation) = self.obligation.take() {
+            release(obligation, &self.shared);
         }
+    }
+}
+
+fn nack(delay: Option<Duration>) -> Nack {
+    match delay {
+        Some(d) => Nack::requeue_after(d),
+        None => Nack::requeue(),
     }
 }
 
 /// The handle a derived item holds on its input.
+///
+/// Most inputs have exactly one branch from receive to settle, so a token starts out owning
+/// the obligation itself: no allocation, no lock, no reference count. Only a fork (a flat_map,
+/// a fan-out, a hopping window) moves it into an [`Input`] shared by the branches.
 pub(crate) struct Token {
-    input: Option<Arc<Input>>,
+    state: State,
+}
+
+enum State {
+    Sole(Sole),
+    Shared(Arc<Input>),
+    /// Finished (or moved out while forking).
+    Gone,
 }
 
 impl Token {
-    /// A token on an input received as `info`, settled through `obligation`; `original` is its
-    /// message when the pipeline keeps originals.
+    /// A token on an input received as `info` on `lane` (its source and partition), the
+    /// pipeline's `delivery`-th, settled through `obligation`; `original` is its message when
+    /// the pipeline keeps originals. The input holds one of `shared`'s slots, given back when
+    /// it is settled or released.
     pub fn new(
         obligation: Obligation,
         info: DeliveryInfo,
+        lane: u64,
+        delivery: u64,
         original: Option<Message>,
-        permit: Option<OwnedSemaphorePermit>,
         shared: Arc<Shared>,
     ) -> Self {
+        let position = info.offset.map(|offset| (lane, offset));
+        let extra = (original.is_some() || position.is_some()).then(|| {
+            Box::new(Extra {
+                original,
+                info,
+                position,
+            })
+        });
         Token {
-            input: Some(Arc::new(Input {
-                held: Mutex::new(Held {
-                    obligation: Some(obligation),
-                    permit,
-                    original,
-                    info,
-                }),
-                pending: AtomicUsize::new(1),
-                abandoned: AtomicBool::new(false),
-                requeue: Mutex::new(None),
+            state: State::Sole(Sole {
+                obligation,
+                delivery,
+                extra,
                 shared,
-            })),
+            }),
         }
     }
 
     /// Another open branch on the same input.
-    pub fn fork(&self) -> Token {
-        if let Some(input) = &self.input {
-            input.pending.fetch_add(1, Ordering::AcqRel);
-        }
+    pub fn fork(&mut self) -> Token {
+        let input = match std::mem::replace(&mut self.state, State::Gone) {
+            State::Sole(sole) => {
+                let position = sole.extra.as_ref().and_then(|e| e.position);
+                Arc::new(Input {
+                    held: Mutex::new(Held {
+                        obligation: Some(sole.obligation),
+                        extra: sole.extra,
+                        requeue: None,
+                    }),
+                    delivery: sole.delivery,
+                    position,
+                    pending: AtomicUsize::new(1),
+                    abandoned: AtomicBool::new(false),
+                    shared: sole.shared,
+                })
+            }
+            State::Shared(input) => input,
+            State::Gone => return Token { state: State::Gone },
+        };
+        input.pending.fetch_add(1, Ordering::AcqRel);
+        self.state = State::Shared(input.clone());
         Token {
-            input: self.input.clone(),
+            state: State::Shared(input),
         }
     }
 
     /// This branch is finished; the settlement is returned when it was the last one.
     pub fn done(mut self) -> Option<Settlement> {
-        let input = self.input.take()?;
-        if input.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            input.finish()
-        } else {
-            None
+        match std::mem::replace(&mut self.state, State::Gone) {
+            State::Sole(sole) => Some(Settlement {
+                obligation: Some(sole.obligation),
+                requeue: None,
+                shared: sole.shared,
+            }),
+            State::Shared(mut input) => {
+                if input.pending.fetch_sub(1, Ordering::AcqRel) != 1
+                    || input.abandoned.load(Ordering::Acquire)
+                {
+                    return None;
+                }
+                // The last branch usually holds the only handle left, so no lock is needed;
+                // one still being dropped elsewhere means a short lock.
+                let (obligation, requeue) = match Arc::get_mut(&mut input) {
+                    Some(i) => {
+                        let held = i.held.get_mut().unwrap_or_else(|p| p.into_inner());
+                        (held.obligation.take(), held.requeue)
+                    }
+                    None => {
+                        let mut held = input.lock();
+                        (held.obligation.take(), held.requeue)
+                    }
+                };
+                Some(Settlement {
+                    obligation: Some(obligation?),
+                    requeue,
+                    shared: input.shared.clone(),
+                })
+            }
+            State::Gone => None,
         }
     }
 
     /// This branch failed in a way the broker should retry: the input is requeued (after
     /// `delay`) once every branch is finished.
     pub fn requeue(self, delay: Option<Duration>) -> Option<Settlement> {
-        if let Some(input) = &self.input {
-            *input.requeue.lock().unwrap_or_else(|p| p.into_inner()) = Some(delay);
+        match &self.state {
+            State::Sole(_) => self.done().map(|mut s| {
+                s.requeue = Some(delay);
+                s
+            }),
+            State::Shared(input) => {
+                input.lock().requeue = Some(delay);
+                self.done()
+            }
+            State::Gone => None,
         }
-        self.done()
+    }
+
+    /// Which delivery this token belongs to (unique within the pipeline) and where that
+    /// delivery sits in its source, when the broker gives offsets.
+    pub fn identity(&self) -> Option<(u64, Position)> {
+        match &self.state {
+            State::Sole(sole) => Some((sole.delivery, sole.extra.as_ref()?.position?)),
+            State::Shared(input) => Some((input.delivery, input.position?)),
+            State::Gone => None,
+        }
     }
 
     /// The input's original message and where it came from (for dead letters and late data).
     /// `None` once the input is settled, or when the pipeline does not keep originals.
     pub fn original(&self) -> Option<(Message, DeliveryInfo)> {
-        let input = self.input.as_ref()?;
-        let held = input.lock();
-        held.obligation.as_ref()?;
-        held.original.clone().map(|m| (m, held.info.clone()))
+        let from = |extra: &Extra| extra.original.clone().map(|m| (m, extra.info.clone()));
+        match &self.state {
+            State::Sole(sole) => from(sole.extra.as_deref()?),
+            State::Shared(input) => {
+                let held = input.lock();
+                held.obligation.as_ref()?;
+                from(held.extra.as_deref()?)
+            }
+            State::Gone => None,
+        }
     }
 }
 
 impl Drop for Token {
     fn drop(&mut self) {
-        if let Some(input) = self.input.take() {
+        match std::mem::replace(&mut self.state, State::Gone) {
             // An unfinished branch: never ack this input; the broker will redeliver it.
-            input.abandoned.store(true, Ordering::Release);
+            State::Sole(sole) => release(sole.obligation, &sole.shared),
+            State::Shared(input) => input.abandoned.store(true, Ordering::Release),
+            State::Gone => {}
         }
     }
 }
@@ -225,10 +419,10 @@ pub(crate) enum Tokens {
 }
 
 impl Tokens {
-    pub fn fork(&self) -> Tokens {
+    pub fn fork(&mut self) -> Tokens {
         match self {
             Tokens::One(t) => Tokens::One(t.fork()),
-            Tokens::Many(ts) => Tokens::Many(ts.iter().map(Token::fork).collect()),
+            Tokens::Many(ts) => Tokens::Many(ts.iter_mut().map(Token::fork).collect()),
         }
     }
 

@@ -6,6 +6,13 @@
 //! crash before that leaves them unsettled; they are redelivered and the restarted pipeline
 //! computes the window again. No state store is needed.
 //!
+//! Redelivered while held: a consumer-group rebalance can restart a partition from its last
+//! commit while this stage still holds inputs from it (uncommitted, since their window is
+//! open). With offsets from the broker, a pane recognises such an input by its partition and
+//! offset: the new delivery's token replaces the old one (the broker ignores settles from a
+//! revoked assignment) and the value is not folded twice. An input whose window already fired
+//! is counted again in a new result for that window: a duplicate, as at-least-once allows.
+//!
 //! Event time: the watermark is the largest event time seen minus `max_out_of_order`. A window
 //! fires once `end + allowed_lateness <= watermark`, exactly once (unless fired early, see
 //! below). An input whose every window has already fired is late: it goes to the late side
@@ -31,7 +38,7 @@ use tokio::time::{Instant, Sleep};
 use crate::flow::{Flow, Item, Meta, Step};
 use crate::metrics::add;
 use crate::policy::{Sink, StageRt, StageSpec};
-use crate::token::{Token, Tokens};
+use crate::token::{Position, Token, Tokens};
 
 /// Header on a late input sent to the late side output: the end of the window it missed.
 pub const LATE_WINDOW_END_HEADER: &str = "x-mailroom-late-window-end";
@@ -218,7 +225,7 @@ impl<T: Send + 'static> Flow<T> {
                 "window stage '{}' keeps state per key, but the pipeline is scaled out and not \
                  every source is partitioned by key: instances would each see part of a key. \
                  Declare the sources `partitioned_by_key` (a topic keyed the same way) or \
-                 repartition through a keyed topic first",
+                 repartition through a keyed topic first (`repartition_by_key`)",
                 stage.name
             )));
         }
@@ -352,6 +359,106 @@ struct Pane<A> {
     tokens: Vec<Token>,
     count: u64,
     lane: u64,
+    /// The source positions of the inputs folded in (brokers with offsets only).
+    positions: HashMap<Position, Seen>,
+}
+
+/// The inputs at one source position that a pane has folded in.
+struct Seen {
+    /// The latest delivery of that position.
+    input: u64,
+    /// Tokens at that position the pane holds.
+    count: usize,
+    /// How many of them belong to earlier deliveries, still to be replaced.
+    older: usize,
+}
+
+impl<A> Pane<A> {
+    fn new(id: u64, start: u64, end: u64, acc: A, lane: u64) -> Self {
+        Pane {
+            id,
+            start,
+            end,
+            acc,
+            tokens: Vec::new(),
+            count: 0,
+            lane,
+            positions: HashMap::new(),
+        }
+    }
+
+    /// Hold an item's tokens. Returns false when the item is a redelivery of an input this
+    /// pane already folded in: its token then takes the place of the earlier delivery's, and
+    /// the item must not be folded again.
+    ///
+    /// Why: a consumer-group rebalance (Kafka's eager protocol revokes every partition and
+    /// often hands it straight back) restarts a partition from its last commit, and the inputs
+    /// of open windows are not committed yet, so they arrive a second time while the first
+    /// delivery is still held here. Counting them again would double the window's result;
+    /// keeping the first token would not do either, since the broker ignores settles from a
+    /// revoked assignment: the new delivery's token is the one whose ack commits the offset.
+    /// The earlier token is dropped, which leaves its (revoked) delivery unsettled.
+    fn hold(&mut self, tokens: Tokens) -> bool {
+        let token = match tokens {
+            Tokens::One(token) => token,
+            Tokens::Many(tokens) => {
+                self.tokens.extend(tokens);
+                return true;
+            }
+        };
+        let Some((input, position)) = token.identity() else {
+            self.tokens.push(token);
+            return true;
+        };
+        let seen = match self.positions.entry(position) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Seen {
+                    input,
+                    count: 1,
+                    older: 0,
+                });
+                self.tokens.push(token);
+                return true;
+            }
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+        };
+        if seen.input != input {
+            // A newer delivery: every token held at this position is from an earlier one.
+            seen.input = input;
+            seen.older = seen.count;
+        }
+        if seen.older == 0 {
+            // Another item derived from the same delivery (a flat_map): a distinct input.
+            seen.count += 1;
+            self.tokens.push(token);
+            return true;
+        }
+        let earlier = self
+            .tokens
+            .iter()
+            .position(|t| matches!(t.identity(), Some((i, p)) if p == position && i != input));
+        match earlier {
+            Some(i) => {
+                seen.older -= 1;
+                self.tokens[i] = token;
+                false
+            }
+            None => {
+                seen.older = 0;
+                seen.count += 1;
+                self.tokens.push(token);
+                true
+            }
+        }
+    }
+
+    /// Take over another pane of the same key (merging sessions).
+    fn absorb(&mut self, tokens: Vec<Token>, positions: HashMap<Position, Seen>) {
+        self.tokens.extend(tokens);
+        for (position, seen) in positions {
+            self.positions.entry(position).or_insert(seen);
+        }
+    }
 }
 
 type Key = Option<Arc<str>>;
@@ -519,7 +626,7 @@ impl<T: Clone, A> WindowOp<T, A> {
             let t = if last {
                 tokens.take()
             } else {
-                tokens.as_ref().map(Tokens::fork)
+                tokens.as_mut().map(Tokens::fork)
             };
             let v = if last { value.take() } else { value.clone() };
             let (Some(t), Some(v)) = (t, v) else {
@@ -532,11 +639,12 @@ impl<T: Clone, A> WindowOp<T, A> {
                 &*self.init,
                 (key.clone(), start, start + size, meta.lane),
             );
-            (self.fold)(&mut pane.acc, v);
-            pane.count += 1;
             let added = t.len();
-            pane.tokens.extend(t.into_vec());
-            self.held += added;
+            if pane.hold(t) {
+                (self.fold)(&mut pane.acc, v);
+                pane.count += 1;
+                self.held += added;
+            }
         }
     }
 
@@ -564,15 +672,10 @@ impl<T: Clone, A> WindowOp<T, A> {
             let mut acc = (self.init)();
             (self.fold)(&mut acc, value);
             self.held += meta.tokens.len();
-            panes.push(Pane {
-                id,
-                start: ts,
-                end: ts + gap,
-                acc,
-                tokens: meta.tokens.into_vec(),
-                count: 1,
-                lane: meta.lane,
-            });
+            let mut pane = Pane::new(id, ts, ts + gap, acc, meta.lane);
+            pane.count = 1;
+            pane.hold(meta.tokens);
+            panes.push(pane);
             return;
         }
         // Merge every touched session into the first (indices ascend), then add the item.
@@ -587,16 +690,25 @@ impl<T: Clone, A> WindowOp<T, A> {
             self.index.remove(&(other.end, other.id));
             target.start = target.start.min(other.start);
             target.end = target.end.max(other.end);
-            (self.merge)(&mut target.acc, other.acc);
-            target.count += other.count;
-            target.tokens.extend(other.tokens);
+            let Pane {
+                acc,
+                count,
+                tokens,
+                positions,
+                ..
+            } = other;
+            (self.merge)(&mut target.acc, acc);
+            target.count += count;
+            target.absorb(tokens, positions);
         }
         target.start = target.start.min(ts);
         target.end = target.end.max(ts + gap);
-        (self.fold)(&mut target.acc, value);
-        target.count += 1;
-        self.held += meta.tokens.len();
-        target.tokens.extend(meta.tokens.into_vec());
+        let added = meta.tokens.len();
+        if target.hold(meta.tokens) {
+            (self.fold)(&mut target.acc, value);
+            target.count += 1;
+            self.held += added;
+        }
         self.index.insert((target.end, target.id), key);
     }
 
@@ -710,15 +822,7 @@ fn pane_mut<'a, A>(
             let id = *next_id;
             *next_id += 1;
             index.insert((end, id), key);
-            list.push(Pane {
-                id,
-                start,
-                end,
-                acc: init(),
-                tokens: Vec::new(),
-                count: 0,
-                lane,
-            });
+            list.push(Pane::new(id, start, end, init(), lane));
             list.len() - 1
         }
     };

@@ -1,12 +1,15 @@
 //! Windows through the test driver: tumbling, hopping, session; event time with watermarks,
 //! allowed lateness and late data; processing time on the paused clock; flush on shutdown;
-//! settle-after-result; the scale-out refusal.
+//! settle-after-result; the scale-out refusal; a rebalance that redelivers held inputs.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailroom_core::{Backend, ErrorKind, Message, Timestamp};
+use async_trait::async_trait;
+use mailroom_core::{
+    Backend, Consumer, Delivery, DeliveryInfo, ErrorKind, Message, QueueSpec, Settle, Timestamp,
+};
 use mailroom_memory::MemoryBackend;
 use mailroom_processors::{Pipeline, Source, TestDriver, WindowSpec, Windowed};
 
@@ -275,4 +278,246 @@ async fn keyed_windows_on_a_scaled_out_pipeline_need_a_key_partitioned_source() 
         .map("render", render)
         .to(d.sink("out"));
     assert!(accepted.is_ok());
+}
+
+/// What a partitioned broker (Kafka) knows: every delivery of partition 0 so far, the current
+/// assignment, and the offsets settled under it.
+#[derive(Default)]
+struct Partition {
+    log: Vec<Message>,
+    assignment: u32,
+    committed: BTreeSet<i64>,
+    replay: VecDeque<i64>,
+}
+
+/// A source that behaves like a Kafka consumer on one partition, over a memory queue: its
+/// deliveries carry partition 0 and offsets, and `rebalance` acts out an eager rebalance that
+/// hands the partition straight back: delivery restarts at the first uncommitted offset under
+/// a new assignment, and settles of the old assignment's deliveries are ignored.
+struct Rebalancing {
+    inner: Box<dyn Consumer>,
+    partition: Arc<Mutex<Partition>>,
+}
+
+fn rebalance(partition: &Mutex<Partition>) {
+    let mut p = partition.lock().unwrap();
+    p.assignment += 1;
+    let first_open = (0..p.log.len() as i64)
+        .find(|o| !p.committed.contains(o))
+        .unwrap_or(p.log.len() as i64);
+    p.committed.retain(|o| *o < first_open);
+    p.replay = (first_open..p.log.len() as i64).collect();
+}
+
+struct PartitionSettle {
+    partition: Arc<Mutex<Partition>>,
+    assignment: u32,
+    offset: i64,
+}
+
+#[async_trait]
+impl Settle for PartitionSettle {
+    async fn ack(self: Box<Self>) -> mailroom_core::Result<()> {
+        let mut p = self.partition.lock().unwrap();
+        if p.assignment == self.assignment {
+            p.committed.insert(self.offset);
+        }
+        Ok(())
+    }
+    async fn nack(self: Box<Self>, _: mailroom_core::Nack) -> mailroom_core::Result<()> {
+        panic!("this test never nacks");
+    }
+    fn abandon(self: Box<Self>) {
+        // Only a revoked delivery is dropped here; its partition restarts from the commit.
+        assert_ne!(
+            self.partition.lock().unwrap().assignment,
+            self.assignment,
+            "a delivery of the current assignment was dropped"
+        );
+    }
+}
+
+#[async_trait]
+impl Consumer for Rebalancing {
+    async fn receive(&mut self) -> mailroom_core::Result<Delivery> {
+        let replayed = {
+            let mut p = self.partition.lock().unwrap();
+            p.replay
+                .pop_front()
+                .map(|o| (o, p.log[o as usize].clone(), p.assignment))
+        };
+        let (offset, message, assignment) = match replayed {
+            Some(r) => r,
+            None => {
+                let d = self.inner.receive().await?;
+                let message = d.message().clone();
+                d.ack().await?;
+                let mut p = self.partition.lock().unwrap();
+                p.log.push(message.clone());
+                (p.log.len() as i64 - 1, message, p.assignment)
+            }
+        };
+        let info = DeliveryInfo {
+            partition: Some(0),
+            offset: Some(offset),
+            ..DeliveryInfo::new("in")
+        };
+        let settle = PartitionSettle {
+            partition: self.partition.clone(),
+            assignment,
+            offset,
+        };
+        Ok(Delivery::new(message, info, Box::new(settle)))
+    }
+    async fn close(&mut self) -> mailroom_core::Result<()> {
+        self.inner.close().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rebalance_that_redelivers_held_inputs_does_not_count_them_twice() {
+    let (_broker, mut d) = driver().await;
+    let partition = Arc::new(Mutex::new(Partition::default()));
+    let source = Rebalancing {
+        inner: d.consumer("in").await.unwrap(),
+        partition: partition.clone(),
+    };
+    let pipeline = Pipeline::builder()
+        .source(Box::new(source) as Box<dyn Consumer>)
+        .flow()
+        .window(
+            "per-minute",
+            WindowSpec::tumbling(Duration::from_secs(60))
+                .max_out_of_order(Duration::from_secs(3600)),
+        )
+        .count()
+        .map("render", render)
+        .to(d.sink("out"))
+        .unwrap();
+    d.start(pipeline);
+    for (k, t) in [
+        ("a", 1_000),
+        ("b", 2_000),
+        ("a", 3_000),
+        ("a", 4_000),
+        ("b", 5_000),
+    ] {
+        d.pipe("in", event(k, t)).await.unwrap();
+    }
+    d.run_until_idle().await;
+    assert!(
+        d.read("out").await.unwrap().is_empty(),
+        "windows still open"
+    );
+    // The partition comes back from its last commit (none yet): all five again, then a new one.
+    rebalance(&partition);
+    d.pipe("in", event("c", 6_000)).await.unwrap();
+    d.run_until_idle().await;
+    assert_eq!(
+        d.snapshot().received,
+        11,
+        "the five held inputs were delivered again"
+    );
+    let report = d.shutdown().await.unwrap();
+    let mut out = d.read_text("out").await.unwrap();
+    out.sort();
+    assert_eq!(out, ["a 0-60000 3", "b 0-60000 2", "c 0-60000 1"]);
+    // Every offset is committed under the new assignment: nothing is lost either.
+    let p = partition.lock().unwrap();
+    assert_eq!(p.committed, (0..6).collect::<BTreeSet<i64>>());
+    assert_eq!(
+        report.metrics.abandoned, 5,
+        "the revoked deliveries were let go"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn repartition_by_key_makes_keyed_windows_valid_when_scaled_out() {
+    let (broker, mut d) = driver().await;
+    d.declare(QueueSpec::new("keyed")).await.unwrap();
+    // The source is not partitioned by key, so windows right after it are refused (see the
+    // test above); through a keyed topic they are accepted.
+    let pipeline = Pipeline::builder()
+        .scaled_out()
+        .source(d.consumer("in").await.unwrap())
+        .flow()
+        // The key is in the payload ("user@time"): the messages themselves carry none.
+        .key_by("user", |m: &Message| {
+            let text = String::from_utf8_lossy(m.payload()).into_owned();
+            text.split('@').next().unwrap_or_default().to_owned()
+        })
+        .repartition_by_key(d.sink("keyed"), d.consumer("keyed").await.unwrap())
+        .window(
+            "per-minute",
+            WindowSpec::tumbling(Duration::from_secs(60))
+                .max_out_of_order(Duration::from_secs(3600)),
+        )
+        .count()
+        .map("render", render)
+        .to(d.sink("out"))
+        .expect("repartitioned by key: keyed windows are valid scaled out");
+    d.start(pipeline);
+    for (user, t) in [
+        ("ann", 1_000),
+        ("bob", 2_000),
+        ("ann", 3_000),
+        ("ann", 61_000),
+    ] {
+        let message = Message::builder(format!("{user}@{t}"))
+            .timestamp(Timestamp::from_millis(t))
+            .build()
+            .unwrap();
+        d.pipe("in", message).await.unwrap();
+    }
+    d.run_until_idle().await;
+    assert_eq!(
+        broker.queue_depth("in").unwrap().unacked,
+        0,
+        "the first half settles its inputs once they are in the keyed topic"
+    );
+    let report = d.shutdown().await.unwrap();
+    assert!(report.error.is_none(), "{report:?}");
+    let mut out = d.read_text("out").await.unwrap();
+    out.sort();
+    assert_eq!(
+        out,
+        ["ann 0-60000 2", "ann 60000-120000 1", "bob 0-60000 1"]
+    );
+    for queue in ["in", "keyed"] {
+        let depth = broker.queue_depth(queue).unwrap();
+        assert_eq!(
+            depth.ready + depth.unacked,
+            0,
+            "every input of {queue} settled"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn repartition_by_key_refuses_an_item_without_a_key() {
+    let (broker, mut d) = driver().await;
+    d.declare(QueueSpec::new("keyed")).await.unwrap();
+    let pipeline = Pipeline::builder()
+        .source(d.consumer("in").await.unwrap())
+        .flow()
+        .repartition_by_key(d.sink("keyed"), d.consumer("keyed").await.unwrap())
+        .map("pass", |m: Message| m)
+        .to(d.sink("out"))
+        .unwrap();
+    d.start(pipeline);
+    d.pipe("in", Message::new("no key")).await.unwrap();
+    let report = d.join().await.unwrap();
+    let error = report.error.expect("the pipeline fails");
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+    assert!(format!("{error:#}").contains("no key"), "{error:#}");
+    assert_eq!(
+        broker.queue_depth("keyed").unwrap().ready,
+        0,
+        "nothing sent"
+    );
+    assert_eq!(
+        broker.queue_depth("in").unwrap().ready,
+        1,
+        "the input is redelivered"
+    );
 }
