@@ -333,3 +333,91 @@ async fn max_rate_search_reports_no_sustainable_rate_instead_of_collapsing() {
     assert_eq!(json["mailroom"]["maxRate"]["lowestStep"], 50.0);
     assert!(mailroom::bench::result::summary_table(&[r]).contains("no sustainable rate found"));
 }
+
+/// Raw mpsc that hands each message out 300 ms after it was meant to be sent, in order: a
+/// broker that keeps up at any rate but always holds 0.3 s of messages in flight (as tansu does).
+struct Lagging(RawMpscDriver);
+
+struct LaggingConsumer(Box<dyn DriverConsumer>);
+
+const LAG_US: u64 = 300_000;
+
+#[async_trait::async_trait]
+impl DriverConsumer for LaggingConsumer {
+    async fn receive(&mut self, timeout: Duration) -> mailroom::Result<Option<Incoming>> {
+        let got = self.0.receive(timeout).await?;
+        if let Some(intended) = got.as_ref().and_then(|m| m.intended_us) {
+            let due = intended + LAG_US;
+            let now = mailroom::bench::driver::now_us();
+            if due > now {
+                tokio::time::sleep(Duration::from_micros(due - now)).await;
+            }
+        }
+        Ok(got)
+    }
+
+    async fn close(&mut self) -> mailroom::Result<()> {
+        self.0.close().await
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for Lagging {
+    fn name(&self) -> String {
+        "lagging".into()
+    }
+    async fn server_version(&self) -> String {
+        "in-order consumers 300 ms behind".into()
+    }
+    fn check(&self, plan: &workload::Plan) -> mailroom::Result<()> {
+        self.0.check(plan)
+    }
+    async fn create(&self, topic: &TopicPlan) -> mailroom::Result<()> {
+        self.0.create(topic).await
+    }
+    async fn producer(&self, topic: &TopicPlan) -> mailroom::Result<Box<dyn DriverProducer>> {
+        self.0.producer(topic).await
+    }
+    async fn consumer(
+        &self,
+        topic: &TopicPlan,
+        subscription: &str,
+    ) -> mailroom::Result<Box<dyn DriverConsumer>> {
+        Ok(Box::new(LaggingConsumer(
+            self.0.consumer(topic, subscription).await?,
+        )))
+    }
+    async fn delete(&self, topic: &TopicPlan) -> mailroom::Result<()> {
+        self.0.delete(topic).await
+    }
+    fn delivers_in_order(&self) -> bool {
+        self.0.delivers_in_order()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_drain_ends_when_an_in_order_broker_has_caught_up_despite_its_latency() {
+    // At 500 msgs/s a 0.3 s lag keeps ~150 messages in flight, above the count threshold
+    // (100 ms of production = 50): only "a message sent after the drain began arrived" can
+    // end this drain.
+    let drain = SHORT
+        .replace("consumerBacklogSizeGB: 0", "consumerBacklogSizeGB: 0.0001")
+        .replace("warmupDurationSeconds: 0.2", "warmupDurationSeconds: 0")
+        .replace("testDurationSeconds: 1", "testDurationSeconds: 15");
+    let plan = Workload::from_yaml(&drain, "drain.yaml")
+        .unwrap()
+        .plan("drain.yaml", None)
+        .unwrap();
+    let r = runner::run(Arc::new(Lagging(RawMpscDriver::new())), &plan, &quiet())
+        .await
+        .unwrap();
+    let from = r.mailroom.drain_from.unwrap();
+    assert!(from >= 900, "backlog built: {from}");
+    let took = r
+        .mailroom
+        .drain_seconds
+        .expect("an in-order broker that caught up counts as drained");
+    // The backlog's newest message is due 0.3 s after the drain began, the first new one
+    // right after it.
+    assert!((0.25..5.0).contains(&took), "drain took {took} s");
+}

@@ -89,6 +89,12 @@ pub trait Driver: Send + Sync {
     ) -> Result<Box<dyn DriverConsumer>>;
     /// Delete the topic and its subscriptions (best effort).
     async fn delete(&self, topic: &TopicPlan) -> Result<()>;
+    /// Whether one partition (a queue) hands its messages out in the order they were sent.
+    /// A backlog drain on such a broker is over once a message sent after the drain began
+    /// arrives; otherwise only the backlog count can tell.
+    fn delivers_in_order(&self) -> bool {
+        false
+    }
 }
 
 /// Sends for the harness.
@@ -145,6 +151,10 @@ fn cannot_express(plan: &Plan, backend: &str, field: &str, why: String) -> Error
 
 #[async_trait]
 impl Driver for MailroomDriver {
+    fn delivers_in_order(&self) -> bool {
+        self.backend.capabilities().per_key_ordering
+    }
+
     fn name(&self) -> String {
         self.backend.name().to_owned()
     }
@@ -372,6 +382,10 @@ impl RawMpscDriver {
 
 #[async_trait]
 impl Driver for RawMpscDriver {
+    fn delivers_in_order(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> String {
         "raw-mpsc".to_owned()
     }

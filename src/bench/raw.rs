@@ -57,6 +57,10 @@ impl<C: RawClient> RawDriver<C> {
 
 #[async_trait]
 impl<C: RawClient> Driver for RawDriver<C> {
+    fn delivers_in_order(&self) -> bool {
+        self.topology.delivers_in_order()
+    }
+
     fn name(&self) -> String {
         self.client.name()
     }
