@@ -2,7 +2,7 @@
 //! read outputs and side outputs — deterministic, with no sleeps.
 //!
 //! Use it under tokio's paused clock (`#[tokio::test(start_paused = true)]`, which needs tokio's
-//! `test-util` feature; [`TestDriver::advance`] needs this crate's `test-driver` feature). The
+//! `test-util` feature; `TestDriver::advance` needs this crate's `test-driver` feature). The
 //! driver never sleeps: it yields until the pipeline stops making progress, so timers (batch
 //! deadlines, processing-time windows, retry backoff) fire only when the test advances time.
 //!
