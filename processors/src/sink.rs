@@ -259,6 +259,7 @@ async fn send(
 /// them, awaiting the settle in place: usually it completes at once), else the confirm is
 /// tracked in `confirms`.
 #[must_use]
+#[inline(always)]
 fn enqueued_now(
     st: &Arc<StageRt>,
     sink: &Sink,
