@@ -562,6 +562,77 @@ where
     }
 }
 
+/// A `map` stage as a stream: [`SyncStream`] without the `Out` wrapper around each result
+/// (a map neither filters nor fails, except by panicking), which is one copy less of every
+/// message on the busiest kind of stage.
+struct MapStream<T, U, F> {
+    upstream: BoxStream<'static, Step<T>>,
+    st: Arc<StageRt>,
+    f: F,
+    recovering: Option<BoxFuture<'static, Option<Step<U>>>>,
+}
+
+impl<T, U, F> futures_util::Stream for MapStream<T, U, F>
+where
+    T: Send + 'static,
+    U: Send + 'static,
+    F: Fn(T) -> U + Send + Sync + 'static,
+{
+    type Item = Step<U>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Step<U>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if let Some(recovering) = this.recovering.as_mut() {
+                let out = match recovering.as_mut().poll(cx) {
+                    Poll::Ready(out) => out,
+                    Poll::Pending => return Poll::Pending,
+                };
+                this.recovering = None;
+                match out {
+                    Some(step) => return Poll::Ready(Some(step)),
+                    None => continue,
+                }
+            }
+            let (value, meta) = match this.upstream.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(Item { value, meta }))) => (value, meta),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            let st = &this.st;
+            bump(&st.counters.input, 1);
+            let entered = st.span.enter();
+            let mapped = catch_unwind(AssertUnwindSafe(|| (this.f)(value)));
+            drop(entered);
+            match mapped {
+                Ok(u) => {
+                    bump(&st.counters.output, 1);
+                    return Poll::Ready(Some(Ok(Item { value: u, meta })));
+                }
+                Err(panic) => {
+                    // As `recover` does for a stage that keeps no copy to retry with: the
+                    // policy is consulted (and counts the error), then the item is given up.
+                    let error = panic_error(&st.name, panic);
+                    let st = st.clone();
+                    this.recovering = Some(Box::pin(async move {
+                        let _ = st.retry_delay(&error, 1);
+                        give_up(st, meta, error, 1).await
+                    }));
+                }
+            }
+        }
+    }
+}
+
+// The function is only ever called through a shared reference, never pinned, so moving the
+// stage is sound whatever its type.
+impl<T, U, F> Unpin for MapStream<T, U, F> {}
+
 /// What a synchronous stage function made of one item.
 pub(crate) enum Out<U> {
     One(U),
@@ -603,7 +674,17 @@ impl<T: Send + 'static> Flow<T> {
         U: Send + 'static,
         F: Fn(T) -> U + Send + Sync + 'static,
     {
-        self.sync_stage(spec.into(), None, move |t| Out::One(f(t)))
+        let st = self.ctx.stage(spec.into());
+        Flow {
+            stream: MapStream {
+                upstream: self.stream,
+                st,
+                f,
+                recovering: None,
+            }
+            .boxed(),
+            ctx: self.ctx,
+        }
     }
 
     /// Keep the items `f` accepts; the inputs of the others are acked.
