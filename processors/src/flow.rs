@@ -357,7 +357,10 @@ impl futures_util::Stream for SourcePoll {
                 self.done = true;
                 continue;
             };
-            if !*state.stop.borrow() {
+            // Only `true` is ever sent, so an unchanged value means "not stopping": a version
+            // check is one atomic load, where `borrow` takes the channel's read lock.
+            let stopping = state.stop.has_changed().unwrap_or(false) && *state.stop.borrow();
+            if !stopping {
                 if let Some(held) = state.shared.slots.try_take() {
                     match state.consumer.receive().now_or_never() {
                         Some(Ok(delivery)) => {
@@ -377,6 +380,7 @@ impl futures_util::Stream for SourcePoll {
 
 impl SourceState {
     /// The item of a delivery that took a slot, `held` slots being taken then.
+    #[inline(always)]
     fn item(&self, delivery: Delivery, held: usize) -> Item<Message> {
         let counters = &self.shared.counters;
         bump(&counters.received, 1);
@@ -482,28 +486,27 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
-/// What a synchronous stage did with one upstream step.
-enum Applied<U> {
-    /// Pass this on now.
-    Emit(Step<U>),
-    /// Nothing to pass on (filtered; its input is settled).
-    Drop,
-    /// A failure whose handling waits (backoff, a dead letter): pass on what it yields.
-    Later(BoxFuture<'static, Option<Step<U>>>),
-}
-
 /// A synchronous stage as a stream: the stage runs inside the poll that received the item
-/// and hands the result straight on, so the common case stores no future and moves the item
-/// as few times as possible; only a failed item's recovery is boxed.
+/// and hands the result straight on, so the common case stores no future; only a failed
+/// item's recovery is boxed.
+///
+/// The item is taken apart right where the upstream poll returns it and the output item is
+/// built right where this poll returns it: an item is a few hundred bytes, and each extra
+/// hand-over (a closure's argument, an intermediate enum) is another copy of it on every
+/// message.
 struct SyncStream<T, U, F> {
     upstream: BoxStream<'static, Step<T>>,
-    apply: F,
+    st: Arc<StageRt>,
+    f: Arc<F>,
+    retry_clone: Option<fn(&T) -> T>,
     recovering: Option<BoxFuture<'static, Option<Step<U>>>>,
 }
 
 impl<T, U, F> futures_util::Stream for SyncStream<T, U, F>
 where
-    F: FnMut(Step<T>) -> Applied<U> + Unpin,
+    T: Send + 'static,
+    U: Send + 'static,
+    F: Fn(T) -> Out<U> + Send + Sync + 'static,
 {
     type Item = Step<U>;
 
@@ -525,19 +528,110 @@ where
                     None => continue,
                 }
             }
-            let step = match this.upstream.poll_next_unpin(cx) {
-                Poll::Ready(Some(step)) => step,
+            let (value, meta) = match this.upstream.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(Item { value, meta }))) => (value, meta),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             };
-            match (this.apply)(step) {
-                Applied::Emit(step) => return Poll::Ready(Some(step)),
-                Applied::Drop => {}
-                Applied::Later(recovering) => this.recovering = Some(recovering),
+            let st = &this.st;
+            bump(&st.counters.input, 1);
+            let kept = this.retry_clone.map(|c| c(&value));
+            match call(st, &*this.f, value) {
+                Out::One(u) => {
+                    bump(&st.counters.output, 1);
+                    return Poll::Ready(Some(Ok(Item { value: u, meta })));
+                }
+                Out::Filtered => {
+                    add(&st.counters.filtered, 1);
+                    add(&st.pipeline.filtered, meta.tokens.len() as u64);
+                    meta.tokens.done_deferred(&st.shared);
+                }
+                Out::Failed(error) => {
+                    this.recovering = Some(Box::pin(recover(
+                        st.clone(),
+                        this.f.clone(),
+                        meta,
+                        kept,
+                        this.retry_clone,
+                        error,
+                    )));
+                }
             }
         }
     }
 }
+
+/// A `map` stage as a stream: [`SyncStream`] without the `Out` wrapper around each result
+/// (a map neither filters nor fails, except by panicking), which is one copy less of every
+/// message on the busiest kind of stage.
+struct MapStream<T, U, F> {
+    upstream: BoxStream<'static, Step<T>>,
+    st: Arc<StageRt>,
+    f: F,
+    recovering: Option<BoxFuture<'static, Option<Step<U>>>>,
+}
+
+impl<T, U, F> futures_util::Stream for MapStream<T, U, F>
+where
+    T: Send + 'static,
+    U: Send + 'static,
+    F: Fn(T) -> U + Send + Sync + 'static,
+{
+    type Item = Step<U>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Step<U>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if let Some(recovering) = this.recovering.as_mut() {
+                let out = match recovering.as_mut().poll(cx) {
+                    Poll::Ready(out) => out,
+                    Poll::Pending => return Poll::Pending,
+                };
+                this.recovering = None;
+                match out {
+                    Some(step) => return Poll::Ready(Some(step)),
+                    None => continue,
+                }
+            }
+            let (value, meta) = match this.upstream.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(Item { value, meta }))) => (value, meta),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            let st = &this.st;
+            bump(&st.counters.input, 1);
+            let entered = st.span.enter();
+            let mapped = catch_unwind(AssertUnwindSafe(|| (this.f)(value)));
+            drop(entered);
+            match mapped {
+                Ok(u) => {
+                    bump(&st.counters.output, 1);
+                    return Poll::Ready(Some(Ok(Item { value: u, meta })));
+                }
+                Err(panic) => {
+                    // As `recover` does for a stage that keeps no copy to retry with: the
+                    // policy is consulted (and counts the error), then the item is given up.
+                    let error = panic_error(&st.name, panic);
+                    let st = st.clone();
+                    this.recovering = Some(Box::pin(async move {
+                        let _ = st.retry_delay(&error, 1);
+                        give_up(st, meta, error, 1).await
+                    }));
+                }
+            }
+        }
+    }
+}
+
+// The function is only ever called through a shared reference, never pinned, so moving the
+// stage is sound whatever its type.
+impl<T, U, F> Unpin for MapStream<T, U, F> {}
 
 /// What a synchronous stage function made of one item.
 pub(crate) enum Out<U> {
@@ -561,39 +655,12 @@ impl<T: Send + 'static> Flow<T> {
         let st = self.ctx.stage(spec);
         let f = Arc::new(f);
         let retry_clone = retry_clone.filter(|_| st.policy.backoff().is_some());
-        let apply = move |step: Step<T>| {
-            let item = match step {
-                Ok(item) => item,
-                Err(e) => return Applied::Emit(Err(e)),
-            };
-            bump(&st.counters.input, 1);
-            let Item { value, meta } = item;
-            let kept = retry_clone.map(|c| c(&value));
-            match call(&st, &*f, value) {
-                Out::One(u) => {
-                    bump(&st.counters.output, 1);
-                    Applied::Emit(Ok(Item { value: u, meta }))
-                }
-                Out::Filtered => {
-                    add(&st.counters.filtered, 1);
-                    add(&st.pipeline.filtered, meta.tokens.len() as u64);
-                    meta.tokens.done_deferred(&st.shared);
-                    Applied::Drop
-                }
-                Out::Failed(error) => Applied::Later(Box::pin(recover(
-                    st.clone(),
-                    f.clone(),
-                    meta,
-                    kept,
-                    retry_clone,
-                    error,
-                ))),
-            }
-        };
         Flow {
             stream: SyncStream {
                 upstream: self.stream,
-                apply,
+                st,
+                f,
+                retry_clone,
                 recovering: None,
             }
             .boxed(),
@@ -607,7 +674,17 @@ impl<T: Send + 'static> Flow<T> {
         U: Send + 'static,
         F: Fn(T) -> U + Send + Sync + 'static,
     {
-        self.sync_stage(spec.into(), None, move |t| Out::One(f(t)))
+        let st = self.ctx.stage(spec.into());
+        Flow {
+            stream: MapStream {
+                upstream: self.stream,
+                st,
+                f,
+                recovering: None,
+            }
+            .boxed(),
+            ctx: self.ctx,
+        }
     }
 
     /// Keep the items `f` accepts; the inputs of the others are acked.
@@ -874,6 +951,7 @@ impl Flow<Message> {
 }
 
 /// Call a stage function, turning a panic into a failure.
+#[inline(always)]
 fn call<T, U, F>(st: &StageRt, f: &F, value: T) -> Out<U>
 where
     F: Fn(T) -> Out<U>,

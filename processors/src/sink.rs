@@ -10,7 +10,7 @@ use futures_util::stream::{BoxStream, FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use mailroom_core::{Error, Message, PendingConfirm};
 
-use crate::flow::{Flow, Item, Pipeline, Step};
+use crate::flow::{Flow, Item, Meta, Pipeline, Step};
 use crate::metrics::{add, bump};
 use crate::policy::{stage, Backoff, ErrorPolicy, Sink, StageRt, StageSpec};
 use crate::token::Tokens;
@@ -120,13 +120,16 @@ pub(crate) async fn drive(
         .await;
         match next {
             // The common shape, one sink: no nested future per item.
-            Some(Ok(item)) if matches!(router, Router::All) && sinks.len() == 1 => {
+            // Only the fields used are moved out of the item (it is 216 bytes; a whole copy of
+            // it per message is measurable).
+            Some(Ok(Item {
+                value,
+                meta: Meta { tokens, .. },
+            })) if matches!(router, Router::All) && sinks.len() == 1 => {
                 bump(&st.counters.input, 1);
                 let sink = &sinks[0];
-                let Item { value, meta } = item;
                 let enqueued = sink.producer.enqueue(&sink.destination, value).await;
-                if let Some(tokens) = enqueued_now(&st, sink, enqueued, meta.tokens, &mut confirms)
-                {
+                if let Some(tokens) = enqueued_now(&st, sink, enqueued, tokens, &mut confirms) {
                     bump(&st.counters.output, 1);
                     bump(&st.pipeline.out, 1);
                     // Settled in place, without a future per layer: the usual single input.
@@ -259,6 +262,7 @@ async fn send(
 /// them, awaiting the settle in place: usually it completes at once), else the confirm is
 /// tracked in `confirms`.
 #[must_use]
+#[inline(always)]
 fn enqueued_now(
     st: &Arc<StageRt>,
     sink: &Sink,
