@@ -144,7 +144,23 @@ impl Shared {
                     let live = Arc::new(Live { generation, conn });
                     if generation > 1 {
                         tracing::info!(generation, "reconnected to RabbitMQ");
-                        self.replay_topology(&live).await;
+                        // A broker still booting can accept the connection and never answer
+                        // channel.open; waiting for it would hold every caller on the
+                        // reconnect lock forever, so such a connection counts as a failed try.
+                        let wait = self.config.connect_timeout();
+                        if tokio::time::timeout(wait, self.replay_topology(&live))
+                            .await
+                            .is_err()
+                        {
+                            tracing::warn!(
+                                ?wait,
+                                "RabbitMQ did not answer on a new connection; reconnecting"
+                            );
+                            abandon(live);
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                            continue;
+                        }
                     }
                     *self.current() = Some(live.clone());
                     return Ok(live);
@@ -173,10 +189,36 @@ impl Shared {
 
     /// A fresh channel on the current connection.
     pub async fn channel(&self) -> Result<(u64, Channel)> {
-        let live = self.connection().await?;
-        match live.conn.create_channel().await {
-            Ok(ch) => Ok((live.generation, ch)),
-            Err(e) => Err(map(e, "open channel", "the connection")),
+        let deadline = Instant::now() + self.config.reconnect_timeout();
+        loop {
+            let live = self.connection().await?;
+            let wait = self.config.connect_timeout();
+            match tokio::time::timeout(wait, live.conn.create_channel()).await {
+                Ok(Ok(ch)) => return Ok((live.generation, ch)),
+                Ok(Err(e)) => return Err(map(e, "open channel", "the connection")),
+                Err(_) if Instant::now() < deadline => {
+                    // No answer to channel.open: the connection is unusable, open another.
+                    tracing::warn!(?wait, "RabbitMQ did not open a channel; reconnecting");
+                    {
+                        let mut current = self.current();
+                        if current
+                            .as_ref()
+                            .is_some_and(|c| c.generation == live.generation)
+                        {
+                            *current = None;
+                        }
+                    }
+                    abandon(live);
+                }
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("RabbitMQ did not open a channel within {wait:?}"),
+                    )
+                    .with_backend(BACKEND)
+                    .with_operation("open channel"))
+                }
+            }
         }
     }
 
@@ -264,6 +306,17 @@ impl Shared {
             );
         }
     }
+}
+
+/// Close a connection that stopped answering, without waiting for the broker to agree.
+fn abandon(live: Arc<Live>) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            live.conn.close(320, "unresponsive".into()),
+        )
+        .await;
+    });
 }
 
 fn note(result: lapin::Result<()>, what: impl FnOnce() -> String, channel: &mut Option<Channel>) {
