@@ -517,22 +517,9 @@ where
         use std::task::Poll;
         let this = &mut *self;
         loop {
-            if let Some(recovering) = this.recovering.as_mut() {
-                let out = match recovering.as_mut().poll(cx) {
-                    Poll::Ready(out) => out,
-                    Poll::Pending => return Poll::Pending,
-                };
-                this.recovering = None;
-                match out {
-                    Some(step) => return Poll::Ready(Some(step)),
-                    None => continue,
-                }
-            }
-            let (value, meta) = match this.upstream.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(Item { value, meta }))) => (value, meta),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
+            let (value, meta) = match next_input(&mut this.recovering, &mut this.upstream, cx) {
+                Ok(input) => input,
+                Err(poll) => return poll,
             };
             let st = &this.st;
             bump(&st.counters.input, 1);
@@ -562,6 +549,34 @@ where
     }
 }
 
+/// What a synchronous stage's poll does before its own work: finish a recovery in progress
+/// (emitting what it yields), then take the next item from upstream. `Err` is the poll result
+/// to return as it is.
+#[inline]
+fn next_input<T, U>(
+    recovering: &mut Option<BoxFuture<'static, Option<Step<U>>>>,
+    upstream: &mut BoxStream<'static, Step<T>>,
+    cx: &mut std::task::Context<'_>,
+) -> Result<(T, Meta), std::task::Poll<Option<Step<U>>>> {
+    use std::task::Poll;
+    if let Some(pending) = recovering.as_mut() {
+        let out = match pending.as_mut().poll(cx) {
+            Poll::Ready(out) => out,
+            Poll::Pending => return Err(Poll::Pending),
+        };
+        *recovering = None;
+        if let Some(step) = out {
+            return Err(Poll::Ready(Some(step)));
+        }
+    }
+    match upstream.poll_next_unpin(cx) {
+        Poll::Ready(Some(Ok(Item { value, meta }))) => Ok((value, meta)),
+        Poll::Ready(Some(Err(e))) => Err(Poll::Ready(Some(Err(e)))),
+        Poll::Ready(None) => Err(Poll::Ready(None)),
+        Poll::Pending => Err(Poll::Pending),
+    }
+}
+
 /// A `map` stage as a stream: [`SyncStream`] without the `Out` wrapper around each result
 /// (a map neither filters nor fails, except by panicking), which is one copy less of every
 /// message on the busiest kind of stage.
@@ -587,22 +602,9 @@ where
         use std::task::Poll;
         let this = &mut *self;
         loop {
-            if let Some(recovering) = this.recovering.as_mut() {
-                let out = match recovering.as_mut().poll(cx) {
-                    Poll::Ready(out) => out,
-                    Poll::Pending => return Poll::Pending,
-                };
-                this.recovering = None;
-                match out {
-                    Some(step) => return Poll::Ready(Some(step)),
-                    None => continue,
-                }
-            }
-            let (value, meta) = match this.upstream.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(Item { value, meta }))) => (value, meta),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
+            let (value, meta) = match next_input(&mut this.recovering, &mut this.upstream, cx) {
+                Ok(input) => input,
+                Err(poll) => return poll,
             };
             let st = &this.st;
             bump(&st.counters.input, 1);
