@@ -239,52 +239,86 @@ async fn harness_overhead_is_a_ratio() {
     assert!(o.bare_rate > 0.0 && o.harness_rate > 0.0 && o.ratio > 0.0);
 }
 
-/// Raw mpsc whose consumers take 20 ms per message: no step of a search is sustainable.
-struct SlowConsumers(RawMpscDriver);
+/// Raw mpsc (in order) whose consumers hold each message for `hold(message)` before handing
+/// it out: a stand-in for a slow or a high-latency broker.
+struct Holding {
+    inner: RawMpscDriver,
+    hold: fn(&Incoming) -> Duration,
+}
 
-struct Slow(Box<dyn DriverConsumer>);
+impl Holding {
+    fn new(hold: fn(&Incoming) -> Duration) -> Self {
+        Holding {
+            inner: RawMpscDriver::new(),
+            hold,
+        }
+    }
+}
+
+/// Consumers that take 20 ms per message: no step of a search is sustainable.
+fn slow(_: &Incoming) -> Duration {
+    Duration::from_millis(20)
+}
+
+/// Each message handed out 300 ms after it was meant to be sent: a broker that keeps up at
+/// any rate but always holds 0.3 s of messages in flight (as tansu does).
+fn lagging(m: &Incoming) -> Duration {
+    let due = m.intended_us.unwrap_or(0) + 300_000;
+    Duration::from_micros(due.saturating_sub(mailroom::bench::driver::now_us()))
+}
+
+struct HoldingConsumer {
+    inner: Box<dyn DriverConsumer>,
+    hold: fn(&Incoming) -> Duration,
+}
 
 #[async_trait::async_trait]
-impl DriverConsumer for Slow {
+impl DriverConsumer for HoldingConsumer {
     async fn receive(&mut self, timeout: Duration) -> mailroom::Result<Option<Incoming>> {
-        let got = self.0.receive(timeout).await?;
-        if got.is_some() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let got = self.inner.receive(timeout).await?;
+        if let Some(m) = &got {
+            tokio::time::sleep((self.hold)(m)).await;
         }
         Ok(got)
     }
 
     async fn close(&mut self) -> mailroom::Result<()> {
-        self.0.close().await
+        self.inner.close().await
     }
 }
 
 #[async_trait::async_trait]
-impl Driver for SlowConsumers {
+impl Driver for Holding {
     fn name(&self) -> String {
-        "slow".into()
+        "holding".into()
     }
     async fn server_version(&self) -> String {
-        "slow consumers".into()
+        "raw mpsc with consumers that hold each message".into()
     }
     fn check(&self, plan: &workload::Plan) -> mailroom::Result<()> {
-        self.0.check(plan)
+        self.inner.check(plan)
     }
     async fn create(&self, topic: &TopicPlan) -> mailroom::Result<()> {
-        self.0.create(topic).await
+        self.inner.create(topic).await
     }
     async fn producer(&self, topic: &TopicPlan) -> mailroom::Result<Box<dyn DriverProducer>> {
-        self.0.producer(topic).await
+        self.inner.producer(topic).await
     }
     async fn consumer(
         &self,
         topic: &TopicPlan,
         subscription: &str,
     ) -> mailroom::Result<Box<dyn DriverConsumer>> {
-        Ok(Box::new(Slow(self.0.consumer(topic, subscription).await?)))
+        Ok(Box::new(HoldingConsumer {
+            inner: self.inner.consumer(topic, subscription).await?,
+            hold: self.hold,
+        }))
     }
     async fn delete(&self, topic: &TopicPlan) -> mailroom::Result<()> {
-        self.0.delete(topic).await
+        self.inner.delete(topic).await
+    }
+    fn delivers_in_order(&self) -> bool {
+        self.inner.delivers_in_order()
     }
 }
 
@@ -301,13 +335,9 @@ async fn max_rate_search_reports_no_sustainable_rate_instead_of_collapsing() {
         .unwrap()
         .plan("search.yaml", None)
         .unwrap();
-    let r = runner::run(
-        Arc::new(SlowConsumers(RawMpscDriver::new())),
-        &plan,
-        &quiet(),
-    )
-    .await
-    .unwrap();
+    let r = runner::run(Arc::new(Holding::new(slow)), &plan, &quiet())
+        .await
+        .unwrap();
     // The lowest step is producerStartRate / 100: the search never goes below it.
     let lowest = 5000.0 / runner::SEARCH_FLOOR_DIVISOR;
     match &r.mailroom.max_rate {
@@ -334,67 +364,6 @@ async fn max_rate_search_reports_no_sustainable_rate_instead_of_collapsing() {
     assert!(mailroom::bench::result::summary_table(&[r]).contains("no sustainable rate found"));
 }
 
-/// Raw mpsc that hands each message out 300 ms after it was meant to be sent, in order: a
-/// broker that keeps up at any rate but always holds 0.3 s of messages in flight (as tansu does).
-struct Lagging(RawMpscDriver);
-
-struct LaggingConsumer(Box<dyn DriverConsumer>);
-
-const LAG_US: u64 = 300_000;
-
-#[async_trait::async_trait]
-impl DriverConsumer for LaggingConsumer {
-    async fn receive(&mut self, timeout: Duration) -> mailroom::Result<Option<Incoming>> {
-        let got = self.0.receive(timeout).await?;
-        if let Some(intended) = got.as_ref().and_then(|m| m.intended_us) {
-            let due = intended + LAG_US;
-            let now = mailroom::bench::driver::now_us();
-            if due > now {
-                tokio::time::sleep(Duration::from_micros(due - now)).await;
-            }
-        }
-        Ok(got)
-    }
-
-    async fn close(&mut self) -> mailroom::Result<()> {
-        self.0.close().await
-    }
-}
-
-#[async_trait::async_trait]
-impl Driver for Lagging {
-    fn name(&self) -> String {
-        "lagging".into()
-    }
-    async fn server_version(&self) -> String {
-        "in-order consumers 300 ms behind".into()
-    }
-    fn check(&self, plan: &workload::Plan) -> mailroom::Result<()> {
-        self.0.check(plan)
-    }
-    async fn create(&self, topic: &TopicPlan) -> mailroom::Result<()> {
-        self.0.create(topic).await
-    }
-    async fn producer(&self, topic: &TopicPlan) -> mailroom::Result<Box<dyn DriverProducer>> {
-        self.0.producer(topic).await
-    }
-    async fn consumer(
-        &self,
-        topic: &TopicPlan,
-        subscription: &str,
-    ) -> mailroom::Result<Box<dyn DriverConsumer>> {
-        Ok(Box::new(LaggingConsumer(
-            self.0.consumer(topic, subscription).await?,
-        )))
-    }
-    async fn delete(&self, topic: &TopicPlan) -> mailroom::Result<()> {
-        self.0.delete(topic).await
-    }
-    fn delivers_in_order(&self) -> bool {
-        self.0.delivers_in_order()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_drain_ends_when_an_in_order_broker_has_caught_up_despite_its_latency() {
     // At 500 msgs/s a 0.3 s lag keeps ~150 messages in flight, above the count threshold
@@ -408,7 +377,7 @@ async fn backlog_drain_ends_when_an_in_order_broker_has_caught_up_despite_its_la
         .unwrap()
         .plan("drain.yaml", None)
         .unwrap();
-    let r = runner::run(Arc::new(Lagging(RawMpscDriver::new())), &plan, &quiet())
+    let r = runner::run(Arc::new(Holding::new(lagging)), &plan, &quiet())
         .await
         .unwrap();
     let from = r.mailroom.drain_from.unwrap();
