@@ -116,6 +116,15 @@ impl PendingConfirm {
         PendingConfirm(ConfirmState::Ready(Some(result)))
     }
 
+    /// The confirm, if it is already known (a broker that confirms synchronously), without
+    /// polling; `None` when it is still to come or was already taken.
+    pub fn take_if_ready(&mut self) -> Option<Result<Receipt>> {
+        match &mut self.0 {
+            ConfirmState::Ready(result) => result.take(),
+            ConfirmState::Waiting(_) => None,
+        }
+    }
+
     /// A confirm that resolves later.
     pub fn waiting(future: impl Future<Output = Result<Receipt>> + Send + 'static) -> Self {
         PendingConfirm(ConfirmState::Waiting(Box::pin(future)))
@@ -159,6 +168,27 @@ pub trait Producer: Send + Sync {
     /// Hand a message to the producer. Resolves once it is accepted into the producer's bounded
     /// in-flight window (this is where backpressure waits), returning the pending confirm.
     async fn enqueue(&self, destination: &Destination, message: Message) -> Result<PendingConfirm>;
+
+    /// Hand several messages to the producer, in order: drains `messages` and appends one
+    /// result per message to `pending`, as `enqueue` gives it. Both vectors keep their
+    /// capacity, so a caller that sends batch after batch allocates nothing per batch. A
+    /// message refused does not stop the ones after it (each comes back inside its own
+    /// error), so a caller that retries a refused message sends it after them.
+    ///
+    /// The default enqueues one by one; a backend that can take many messages for the price of
+    /// one (one lock, one call) overrides it. Pipelines hand their sinks whatever is ready
+    /// through this.
+    async fn enqueue_batch(
+        &self,
+        destination: &Destination,
+        messages: &mut Vec<Message>,
+        pending: &mut Vec<Result<PendingConfirm>>,
+    ) {
+        pending.reserve(messages.len());
+        for message in messages.drain(..) {
+            pending.push(self.enqueue(destination, message).await);
+        }
+    }
 
     /// Send one message and wait for the broker's confirm.
     async fn send(&self, destination: &Destination, message: Message) -> Result<Receipt> {

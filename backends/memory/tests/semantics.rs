@@ -128,3 +128,146 @@ async fn acking_after_the_consumer_closed_still_settles() {
     assert_eq!(broker.queue_depth("q").unwrap().unacked, 0);
     assert_eq!(broker.queue_depth("q").unwrap().ready, 0);
 }
+
+/// Payloads of everything `consumer` can take now, acked.
+async fn drain_now(consumer: &mut Box<dyn mailroom_core::Consumer>) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Some(d) = consumer
+        .receive_timeout(Duration::from_millis(100))
+        .await
+        .unwrap()
+    {
+        got.push(String::from_utf8_lossy(d.message().payload()).into_owned());
+        d.ack().await.unwrap();
+    }
+    got
+}
+
+fn numbered(range: std::ops::Range<usize>) -> Vec<Message> {
+    range.map(|i| Message::new(i.to_string())).collect()
+}
+
+fn strings(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| i.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_into_a_full_backpressure_queue_waits_for_room_and_keeps_its_order() {
+    let broker = MemoryBackend::new();
+    broker
+        .topology()
+        .declare_queue(&QueueSpec::new("q").max_length(10, Overflow::Backpressure))
+        .await
+        .unwrap();
+    let producer = broker.producer().await.unwrap();
+    let mut consumer = broker.consumer("q", Default::default()).await.unwrap();
+    let sender = tokio::spawn(async move {
+        let (mut messages, mut pending) = (numbered(0..30), Vec::new());
+        producer
+            .enqueue_batch(&Destination::queue("q"), &mut messages, &mut pending)
+            .await;
+        pending
+    });
+    // The batch fills the queue and waits: only the first ten are in.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !sender.is_finished(),
+        "the batch must wait while the queue is full"
+    );
+    assert_eq!(broker.queue_depth("q").unwrap().ready, 10);
+    let mut got = Vec::new();
+    while got.len() < 30 {
+        let d = consumer.receive().await.unwrap();
+        got.push(String::from_utf8_lossy(d.message().payload()).into_owned());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(got, strings(0..30));
+    let pending = sender.await.unwrap();
+    assert_eq!(pending.len(), 30);
+    for confirm in pending {
+        confirm.unwrap().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_batch_into_a_full_reject_queue_refuses_the_overflow_and_returns_each_message() {
+    let broker = MemoryBackend::new();
+    broker
+        .topology()
+        .declare_queue(&QueueSpec::new("q").max_length(10, Overflow::Reject))
+        .await
+        .unwrap();
+    let producer = broker.producer().await.unwrap();
+    let (mut messages, mut pending) = (numbered(0..15), Vec::new());
+    let ids: Vec<_> = messages.iter().map(|m| m.id().clone()).collect();
+    producer
+        .enqueue_batch(&Destination::queue("q"), &mut messages, &mut pending)
+        .await;
+    assert!(messages.is_empty());
+    assert_eq!(pending.len(), 15);
+    for (i, result) in pending.into_iter().enumerate() {
+        match result {
+            Ok(confirm) if i < 10 => {
+                confirm.await.unwrap();
+            }
+            Err(e) if i >= 10 => {
+                assert_eq!(e.kind(), ErrorKind::QueueFull, "{e}");
+                assert_eq!(e.undelivered().map(Message::id), Some(&ids[i]));
+            }
+            other => panic!("entry {i}: unexpected {:?}", other.map(drop)),
+        }
+    }
+    let mut consumer = broker.consumer("q", Default::default()).await.unwrap();
+    assert_eq!(drain_now(&mut consumer).await, strings(0..10));
+}
+
+#[tokio::test]
+async fn a_batch_to_an_exchange_is_routed_message_by_message() {
+    use mailroom_core::{Binding, ExchangeKind, ExchangeSpec};
+    let broker = MemoryBackend::new();
+    let topo = broker.topology();
+    topo.declare_exchange(&ExchangeSpec::new("x", ExchangeKind::Direct))
+        .await
+        .unwrap();
+    for q in ["even", "odd"] {
+        topo.declare_queue(&QueueSpec::new(q)).await.unwrap();
+        topo.bind(&Binding::key("x", q, q)).await.unwrap();
+    }
+    let producer = broker.producer().await.unwrap();
+    let mut pending = Vec::new();
+    for i in 0..6 {
+        let key = if i % 2 == 0 { "even" } else { "odd" };
+        let mut messages = numbered(i..i + 1);
+        producer
+            .enqueue_batch(
+                &Destination::exchange("x", key),
+                &mut messages,
+                &mut pending,
+            )
+            .await;
+    }
+    for confirm in pending {
+        confirm.unwrap().await.unwrap();
+    }
+    let mut even = broker.consumer("even", Default::default()).await.unwrap();
+    let mut odd = broker.consumer("odd", Default::default()).await.unwrap();
+    assert_eq!(drain_now(&mut even).await, ["0", "2", "4"]);
+    assert_eq!(drain_now(&mut odd).await, ["1", "3", "5"]);
+}
+
+#[tokio::test]
+async fn a_batch_to_a_missing_queue_returns_every_message_as_not_found() {
+    let broker = MemoryBackend::new();
+    let producer = broker.producer().await.unwrap();
+    let (mut messages, mut pending) = (numbered(0..3), Vec::new());
+    let ids: Vec<_> = messages.iter().map(|m| m.id().clone()).collect();
+    producer
+        .enqueue_batch(&Destination::queue("nowhere"), &mut messages, &mut pending)
+        .await;
+    assert_eq!(pending.len(), 3);
+    for (result, id) in pending.into_iter().zip(&ids) {
+        let e = result.expect_err("a send to a missing queue must fail");
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert_eq!(e.undelivered().map(Message::id), Some(id));
+    }
+}
