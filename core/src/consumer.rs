@@ -65,6 +65,15 @@ pub trait Consumer: Send {
         }
     }
 
+    /// A delivery that is already here, without waiting: `None` when `receive` would wait.
+    ///
+    /// The default polls `receive` once (it is cancel-safe, so nothing is lost when it is not
+    /// ready); a backend that can look without building a future overrides it. A loop that
+    /// takes what is ready before it waits (a pipeline's source) calls this per message.
+    fn try_receive(&mut self) -> Option<Result<Delivery>> {
+        futures_util::FutureExt::now_or_never(self.receive())
+    }
+
     /// Stop receiving. Deliveries handed out and never settled are redelivered; settling them
     /// after close works where the backend's settle path outlives the consumer (memory, SQS,
     /// Kafka) and fails with `Closed` where it does not (RabbitMQ's channel).

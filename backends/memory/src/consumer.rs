@@ -111,6 +111,18 @@ impl Consumer for MemoryConsumer {
         }
     }
 
+    /// Looks at the queue directly: no future is built for a message that is already there.
+    fn try_receive(&mut self) -> Option<Result<Delivery>> {
+        if self.closed || self.broker.is_closed() {
+            return Some(Err(closed_consumer(BACKEND)));
+        }
+        match self.try_take() {
+            Ok(Next::Delivery(d)) => Some(Ok(d)),
+            Ok(Next::Wait(_)) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     async fn close(&mut self) -> Result<()> {
         self.closed = true;
         Ok(())

@@ -43,6 +43,11 @@ pub(super) static ALL: &[Case] = &[
         []
     ),
     case!(
+        try_receive_never_waits,
+        "try_receive: None on an empty queue, the message once it is there, Closed after close",
+        []
+    ),
+    case!(
         missing_queue_is_not_found,
         "consuming a queue that does not exist is NotFound",
         []
@@ -323,6 +328,47 @@ async fn receive_timeout_on_empty_queue(ctx: Ctx) -> Result<String> {
     c.close().await?;
     cleanup(&ctx, &[&q], &[]).await;
     Ok(String::new())
+}
+
+async fn try_receive_never_waits(ctx: Ctx) -> Result<String> {
+    let q = fresh_queue(&ctx, "q").await?;
+    let mut c = consumer(&ctx, &q).await?;
+    let started = Instant::now();
+    let empty = c.try_receive().transpose()?;
+    ensure(empty.is_none(), || {
+        "try_receive on an empty queue returned a delivery".into()
+    })?;
+    ensure(started.elapsed() < Duration::from_millis(100), || {
+        format!("try_receive on an empty queue took {:?}", started.elapsed())
+    })?;
+    let sent = Message::new("ready");
+    let producer = ctx.backend.producer().await?;
+    producer.send(&Destination::queue(&q), sent.clone()).await?;
+    // A broker delivers in the background: the message is there once the client has it.
+    let deadline = Instant::now() + WAIT;
+    let mut polls = 0u32;
+    let delivery = loop {
+        if let Some(d) = c.try_receive().transpose()? {
+            break d;
+        }
+        polls += 1;
+        ensure(Instant::now() < deadline, || {
+            format!("try_receive never returned the sent message within {WAIT:?}")
+        })?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    ensure(delivery.message().id() == sent.id(), || {
+        "try_receive returned a different message".into()
+    })?;
+    delivery.ack().await?;
+    c.close().await?;
+    let closed = c.try_receive().transpose();
+    ensure(
+        matches!(&closed, Err(e) if e.kind() == ErrorKind::Closed),
+        || format!("try_receive after close: expected Closed, got {closed:?}"),
+    )?;
+    cleanup(&ctx, &[&q], &[]).await;
+    Ok(format!("{polls} empty polls before it arrived"))
 }
 
 async fn missing_queue_is_not_found(ctx: Ctx) -> Result<String> {
