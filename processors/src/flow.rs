@@ -311,8 +311,8 @@ type Received = Option<Result<(Delivery, usize), Error>>;
 
 /// One source as a stream, polled inside the pipeline's task.
 ///
-/// The busy path takes a free slot and a ready delivery without awaiting (receive is
-/// cancel-safe, so polling it once and dropping it loses nothing). Only when the source must
+/// The busy path takes a free slot and a ready delivery without awaiting
+/// (`Consumer::try_receive`, which loses nothing when none is ready). Only when the source must
 /// wait does it box a future that owns the consumer and waits for a slot, a delivery or the
 /// stop signal.
 pub(crate) struct SourcePoll {
@@ -362,7 +362,7 @@ impl futures_util::Stream for SourcePoll {
             let stopping = state.stop.has_changed().unwrap_or(false) && *state.stop.borrow();
             if !stopping {
                 if let Some(held) = state.shared.slots.try_take() {
-                    match state.consumer.receive().now_or_never() {
+                    match state.consumer.try_receive() {
                         Some(Ok(delivery)) => {
                             return Poll::Ready(Some(Ok(state.item(delivery, held))));
                         }

@@ -37,6 +37,11 @@
 //! **Bounded.** At most `max_in_flight` inputs are held at once, from receive to settle; the
 //! sources wait for a free slot, so a slow sink slows the sources and memory stays bounded.
 //!
+//! **Batched hand-over.** A pipeline with one sink hands the producer everything the stages have
+//! ready (up to 64 messages) in one [`enqueue_batch`](mailroom_core::Producer::enqueue_batch),
+//! in order; it never waits to fill a batch, so latency does not grow. Each message is still
+//! confirmed and settled on its own.
+//!
 //! **Ordering.** Synchronous stages keep arrival order. Async stages ([`Flow::then`]) run
 //! several items at once under the pipeline's [`Ordering`]: per key (same key in order, different
 //! keys in parallel), per partition, or unordered.

@@ -66,7 +66,12 @@ impl Flow<Message> {
         self.deliver(spec.into(), sinks, Router::By(Arc::new(route)))
     }
 
-    fn deliver(self, spec: StageSpec, sinks: Vec<Sink>, router: Router) -> Result<Pipeline, Error> {
+    fn deliver(
+        self,
+        spec: StageSpec,
+        mut sinks: Vec<Sink>,
+        router: Router,
+    ) -> Result<Pipeline, Error> {
         let Flow { stream, mut ctx } = self;
         if sinks.is_empty() {
             ctx.errors
@@ -76,7 +81,10 @@ impl Flow<Message> {
             return Err(error);
         }
         let st = ctx.stage(spec);
-        let drive = drive(stream, st, sinks, router).boxed();
+        let drive = match (sinks.len(), &router) {
+            (1, Router::All) => drive_one(stream, st, sinks.remove(0)).boxed(),
+            _ => drive(stream, st, sinks, router).boxed(),
+        };
         Ok(Pipeline { ctx, drive })
     }
 }
@@ -102,8 +110,7 @@ pub(crate) async fn drive(
     router: Router,
 ) -> Result<(), Error> {
     let mut confirms = Confirms::new();
-    let mut since_check = 0u32;
-    let mut last_yield = std::time::Instant::now();
+    let mut pacer = Pacer::new();
     loop {
         // The next item, collecting finished confirms first (a failed one stops the
         // pipeline) and while waiting for it.
@@ -119,48 +126,11 @@ pub(crate) async fn drive(
         })
         .await;
         match next {
-            // The common shape, one sink: no nested future per item.
-            // Only the fields used are moved out of the item (it is 216 bytes; a whole copy of
-            // it per message is measurable).
-            Some(Ok(Item {
-                value,
-                meta: Meta { tokens, .. },
-            })) if matches!(router, Router::All) && sinks.len() == 1 => {
-                bump(&st.counters.input, 1);
-                let sink = &sinks[0];
-                let enqueued = sink.producer.enqueue(&sink.destination, value).await;
-                if let Some(tokens) = enqueued_now(&st, sink, enqueued, tokens, &mut confirms) {
-                    bump(&st.counters.output, 1);
-                    bump(&st.pipeline.out, 1);
-                    // Settled in place, without a future per layer: the usual single input.
-                    match tokens {
-                        Tokens::One(token) => {
-                            if let Some(settlement) = token.done() {
-                                settlement.run().await;
-                            }
-                        }
-                        tokens => tokens.done().await,
-                    }
-                }
-            }
             Some(Ok(item)) => dispatch(&st, &sinks, &router, item, &mut confirms).await?,
             Some(Err(e)) => return Err(e),
             None => break,
         }
-        // A source that always has a message ready and a sink that always confirms at once
-        // never make this task wait: let the others (the settler, the shutdown signal) run
-        // now and then. By time, not by count: a yield can move the task to another worker,
-        // whose cold caches cost far more than the yield, so yielding every thousand fast
-        // items costs about a tenth of the throughput (measured), every few milliseconds
-        // nothing visible.
-        since_check += 1;
-        if since_check == YIELD_CHECK_EVERY {
-            since_check = 0;
-            if last_yield.elapsed() >= YIELD_AFTER {
-                tokio::task::yield_now().await;
-                last_yield = std::time::Instant::now();
-            }
-        }
+        pacer.passed(1).await;
     }
     while let Some(failed) = confirms.next().await {
         if let Some(e) = failed {
@@ -173,11 +143,157 @@ pub(crate) async fn drive(
     Ok(())
 }
 
-/// How often (in items) the sink looks at the clock to decide whether to let other tasks run.
-const YIELD_CHECK_EVERY: u32 = 256;
+/// Lets the pipeline's other tasks run now and then.
+///
+/// A source that always has a message ready and a sink that always confirms at once never make
+/// the sink's task wait, so the settler and the shutdown signal would starve. By time, not by
+/// count: a yield can move the task to another worker, whose cold caches cost far more than the
+/// yield, so yielding every thousand fast items costs about a tenth of the throughput
+/// (measured), every few milliseconds nothing visible.
+struct Pacer {
+    since_check: u32,
+    last_yield: std::time::Instant,
+}
 
-/// How long the sink works without waiting before it lets other tasks run.
-const YIELD_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
+impl Pacer {
+    /// How many items pass between looks at the clock.
+    const CHECK_EVERY: u32 = 256;
+    /// How long the sink works without waiting before it lets other tasks run.
+    const YIELD_AFTER: Duration = Duration::from_millis(5);
+
+    fn new() -> Self {
+        Pacer {
+            since_check: 0,
+            last_yield: std::time::Instant::now(),
+        }
+    }
+
+    /// `items` more went through: yield if it has been a while.
+    async fn passed(&mut self, items: u32) {
+        self.since_check += items;
+        if self.since_check >= Self::CHECK_EVERY {
+            self.since_check = 0;
+            if self.last_yield.elapsed() >= Self::YIELD_AFTER {
+                tokio::task::yield_now().await;
+                self.last_yield = std::time::Instant::now();
+            }
+        }
+    }
+}
+
+/// Most messages handed to a sink in one `enqueue_batch`.
+const SINK_BATCH: usize = 64;
+
+/// The common shape, every message to one sink: whatever the stages have ready (up to
+/// [`SINK_BATCH`]) goes to the producer in one `enqueue_batch`, which costs a backend that
+/// takes batches (one lock, one call) far less than a call per message. Nothing waits to fill
+/// a batch: it holds only what was already there, so latency does not grow.
+pub(crate) async fn drive_one(
+    mut stream: BoxStream<'static, Step<Message>>,
+    st: Arc<StageRt>,
+    sink: Sink,
+) -> Result<(), Error> {
+    let mut confirms = Confirms::new();
+    let mut pacer = Pacer::new();
+    // Reused from batch to batch: nothing is allocated per batch.
+    let mut values = Vec::with_capacity(SINK_BATCH);
+    let mut tokens = Vec::with_capacity(SINK_BATCH);
+    let mut pending = Vec::with_capacity(SINK_BATCH);
+    // Set when the stream ended (`None`) or failed (`Some`): what was gathered before it is
+    // still sent.
+    let mut end: Option<Option<Error>> = None;
+    while end.is_none() {
+        // Finished confirms first (a failed one stops the pipeline), then every ready item.
+        let polled = std::future::poll_fn(|cx| {
+            while !confirms.is_empty() {
+                match confirms.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Some(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Some(None)) => {}
+                    Poll::Ready(None) | Poll::Pending => break,
+                }
+            }
+            while values.len() < SINK_BATCH {
+                match stream.poll_next_unpin(cx) {
+                    // Only the fields used are moved out of the item (it is a few hundred
+                    // bytes; a whole copy per message is measurable).
+                    Poll::Ready(Some(Ok(Item {
+                        value,
+                        meta: Meta { tokens: t, .. },
+                    }))) => {
+                        values.push(value);
+                        tokens.push(t);
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        end = Some(Some(e));
+                        break;
+                    }
+                    Poll::Ready(None) => {
+                        end = Some(None);
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if values.is_empty() && end.is_none() {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        })
+        .await;
+        polled?;
+        let n = values.len();
+        if n == 0 {
+            break;
+        }
+        add(&st.counters.input, n as u64);
+        if n == 1 {
+            let Some(value) = values.pop() else { break };
+            pending.push(sink.producer.enqueue(&sink.destination, value).await);
+        } else {
+            sink.producer
+                .enqueue_batch(&sink.destination, &mut values, &mut pending)
+                .await;
+        }
+        // A producer that answered fewer messages than it was given leaves the rest's tokens
+        // unfinished: dropped below, their inputs are redelivered, not lost.
+        for (enqueued, t) in pending.drain(..).zip(tokens.drain(..)) {
+            if let Some(t) = enqueued_now(&st, &sink, enqueued, t, &mut confirms) {
+                count_output(&st);
+                // Settled in place, without a future per layer: the usual single input.
+                match t.single() {
+                    Ok(Some(settlement)) => settlement.run().await,
+                    Ok(None) => {}
+                    Err(many) => many.done().await,
+                }
+            }
+        }
+        values.clear();
+        pacer.passed(n as u32).await;
+    }
+    if let Some(Some(e)) = end {
+        return Err(e);
+    }
+    while let Some(failed) = confirms.next().await {
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
+    sink.producer.flush().await
+}
+
+/// After an enqueue: settle now when the confirm is already there, else track it.
+async fn settle_enqueued(
+    st: &Arc<StageRt>,
+    sink: &Sink,
+    enqueued: Result<PendingConfirm, Error>,
+    tokens: Tokens,
+    confirms: &mut Confirms,
+) {
+    if let Some(tokens) = enqueued_now(st, sink, enqueued, tokens, confirms) {
+        confirmed(st, tokens).await;
+    }
+}
 
 async fn dispatch(
     st: &Arc<StageRt>,
@@ -253,9 +369,7 @@ async fn send(
     confirms: &mut Confirms,
 ) {
     let enqueued = sink.producer.enqueue(&sink.destination, message).await;
-    if let Some(tokens) = enqueued_now(st, sink, enqueued, tokens, confirms) {
-        confirmed(st, tokens).await;
-    }
+    settle_enqueued(st, sink, enqueued, tokens, confirms).await;
 }
 
 /// After an enqueue: the tokens back when the confirm is already there (the caller settles
@@ -271,7 +385,7 @@ fn enqueued_now(
     confirms: &mut Confirms,
 ) -> Option<Tokens> {
     match enqueued {
-        Ok(mut pending) => match (&mut pending).now_or_never() {
+        Ok(mut pending) => match pending.take_if_ready() {
             Some(Ok(_)) => return Some(tokens),
             Some(Err(e)) => confirms.push(failed(st.clone(), sink.clone(), tokens, e).boxed()),
             None => {
@@ -297,9 +411,19 @@ fn enqueued_now(
 }
 
 async fn confirmed(st: &StageRt, tokens: Tokens) {
+    count_output(st);
+    match tokens.single() {
+        Ok(Some(settlement)) => settlement.run().await,
+        Ok(None) => {}
+        Err(many) => many.done().await,
+    }
+}
+
+/// One more message confirmed by a sink.
+#[inline(always)]
+fn count_output(st: &StageRt) {
     bump(&st.counters.output, 1);
     bump(&st.pipeline.out, 1);
-    tokens.done().await;
 }
 
 /// A send failed: retry it as the policy says, then give up.

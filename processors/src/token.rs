@@ -191,8 +191,9 @@ impl Settlement {
     /// Settle with the broker, then free the input's in-flight slot. Only the pipeline's own
     /// task calls this (the settler task calls [`run_in_settler`](Settlement::run_in_settler)),
     /// so the ack count has one writer each.
-    pub async fn run(self) {
-        self.settle(false).await;
+    pub fn run(self) -> impl std::future::Future<Output = ()> + Send {
+        // The settle's own future, not one wrapped around it: this runs once per message.
+        self.settle(false)
     }
 
     /// [`run`](Settlement::run), from the settler task.
@@ -430,6 +431,16 @@ impl Tokens {
         match self {
             Tokens::One(t) => vec![t],
             Tokens::Many(ts) => ts,
+        }
+    }
+
+    /// The usual single input without a future: its settlement when this was its last
+    /// branch. `Err` hands back several tokens, to finish with [`done`](Tokens::done).
+    #[inline(always)]
+    pub fn single(self) -> Result<Option<Settlement>, Tokens> {
+        match self {
+            Tokens::One(token) => Ok(token.done()),
+            many => Err(many),
         }
     }
 
