@@ -260,3 +260,65 @@ async fn large_messages_are_split_across_batch_calls_by_total_size() {
     c.close().await.unwrap();
     b.topology().delete_queue(&q).await.unwrap();
 }
+
+/// Acks return once the delete is queued for the next batch call; `close` waits for those
+/// calls, so after it the queue holds nothing, not even messages hidden by their visibility.
+#[tokio::test]
+async fn acks_made_one_by_one_are_deleted_by_the_time_close_returns() {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    const N: usize = 200;
+    let b = backend().await;
+    let q = fresh("acks");
+    b.topology()
+        .declare_queue(&QueueSpec::new(&q))
+        .await
+        .unwrap();
+    let producer = b.producer().await.unwrap();
+    let messages: Vec<_> = (0..N).map(|i| Message::new(format!("m{i}"))).collect();
+    for r in producer
+        .send_batch(&Destination::queue(&q), messages)
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let url = b
+        .client()
+        .get_queue_url()
+        .queue_name(&q)
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let mut c = b.consumer(&q, ConsumerOptions::default()).await.unwrap();
+    for _ in 0..N {
+        let d = c.receive().await.unwrap();
+        d.ack().await.unwrap();
+    }
+    c.close().await.unwrap();
+    let attrs = b
+        .client()
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap();
+    let count = |name: A| -> u64 {
+        attrs
+            .attributes()
+            .and_then(|a| a.get(&name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    assert_eq!(count(A::ApproximateNumberOfMessages), 0);
+    assert_eq!(
+        count(A::ApproximateNumberOfMessagesNotVisible),
+        0,
+        "acked messages still in the queue after close"
+    );
+    b.topology().delete_queue(&q).await.unwrap();
+}
