@@ -55,6 +55,9 @@ struct Control {
     /// Receipt handles not yet settled, and when their visibility was last set.
     held: Mutex<HashMap<u64, (String, Instant)>>,
     next: AtomicU64,
+    /// Set when the consumer is closed or dropped: from then on no `close` is left to wait
+    /// for queued settles, so each one waits for its own call.
+    consumer_gone: AtomicBool,
 }
 
 impl Control {
@@ -69,16 +72,31 @@ impl Control {
     /// acks one message at a time pay a round trip per message, and send one delete per call
     /// (measured at 0.16 of the raw client's rate). A call that fails is logged, and its
     /// messages come back when their visibility runs out: a duplicate later, never a loss.
+    ///
+    /// After the consumer is closed (a pipeline draining its last deliveries, say) nothing
+    /// would wait for a queued call before the process exits, so the settle waits for its own
+    /// call and returns its answer.
     async fn settle(&self, op: Op, receipt: String, operation: &'static str) -> Result<()> {
-        let req = SettleReq {
-            op,
-            receipt,
-            reply: None,
+        let gone = self.consumer_gone.load(Ordering::Acquire);
+        let (reply, answer) = if gone {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
         };
+        let req = SettleReq { op, receipt, reply };
         if self.settler.send(req).await.is_err() {
             return Err(ctx(Error::closed("the settle task stopped"), operation));
         }
-        Ok(())
+        match answer {
+            Some(answer) => answer.await.unwrap_or_else(|_| {
+                Err(ctx(
+                    Error::closed("the settle task stopped before answering"),
+                    operation,
+                ))
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Wait until every settle queued so far has had its call.
@@ -280,6 +298,7 @@ impl SqsConsumer {
             settler: settle_tx,
             held: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
+            consumer_gone: AtomicBool::new(false),
         });
         tokio::spawn(run_settler(shared.clone(), url, settle_rx));
         tokio::spawn(run_extender(Arc::downgrade(&control), visibility));
@@ -302,6 +321,7 @@ impl SqsConsumer {
 
     fn shut(&mut self) {
         self.closed = true;
+        self.control.consumer_gone.store(true, Ordering::Release);
         self.stop.store(true, Ordering::Release);
         self.rx.close();
         // Buffered deliveries are released (visibility 0) as they drop.

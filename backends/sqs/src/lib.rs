@@ -14,7 +14,7 @@
 //! | exchanges               | none (SNS topics + filtered subscriptions are the intended mapping)  |
 //! | competing consumers     | yes: a received message is invisible to the others                   |
 //! | ordering                | none declared: standard queues do not order; FIFO queues (`*.fifo`) order per key (message group) |
-//! | ack / nack              | ack = DeleteMessage, batched: `ack` returns once the delete is queued for the next batch call (a failed call is logged; its messages come back after their visibility timeout), and `close` waits for the calls queued so far; nack = visibility to 0 or to the delay, the same way |
+//! | ack / nack              | ack = DeleteMessage, batched: `ack` returns once the delete is queued for the next batch call (a failed call is logged; its messages come back after their visibility timeout), and `close` waits for the calls queued so far (after `close`, an ack waits for its own call, since nothing else would); nack = visibility to 0 or to the delay, the same way |
 //! | attempt count           | yes: `ApproximateReceiveCount`                                       |
 //! | dead letters            | redrive policy (DLQ + `maxReceiveCount`); `Nack::DeadLetter` sends to the DLQ client-side, stamped, then deletes |
 //! | max delivery attempts   | yes: the redrive policy's `maxReceiveCount`                          |

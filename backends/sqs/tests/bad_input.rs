@@ -265,16 +265,49 @@ async fn large_messages_are_split_across_batch_calls_by_total_size() {
 /// calls, so after it the queue holds nothing, not even messages hidden by their visibility.
 #[tokio::test]
 async fn acks_made_one_by_one_are_deleted_by_the_time_close_returns() {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    const N: usize = 200;
+    let (b, q, url) = queue_of("acks").await;
+    let mut c = b.consumer(&q, ConsumerOptions::default()).await.unwrap();
+    for _ in 0..N_SETTLE {
+        let d = c.receive().await.unwrap();
+        d.ack().await.unwrap();
+    }
+    c.close().await.unwrap();
+    assert_queue_empty(&b, &url, "acked messages still in the queue after close").await;
+    b.topology().delete_queue(&q).await.unwrap();
+}
+
+/// A pipeline drains its last deliveries after closing its source: those acks have no `close`
+/// left to wait for them, so each one returns only once its delete is done.
+#[tokio::test]
+async fn acks_made_after_close_are_deleted_by_the_time_they_return() {
+    let (b, q, url) = queue_of("late-acks").await;
+    let mut c = b.consumer(&q, ConsumerOptions::default()).await.unwrap();
+    let mut held = Vec::with_capacity(N_SETTLE);
+    while held.len() < N_SETTLE {
+        held.push(c.receive().await.unwrap());
+    }
+    c.close().await.unwrap();
+    for d in held {
+        d.ack().await.unwrap();
+    }
+    assert_queue_empty(&b, &url, "messages acked after close still in the queue").await;
+    b.topology().delete_queue(&q).await.unwrap();
+}
+
+const N_SETTLE: usize = 200;
+
+/// A fresh queue holding `N_SETTLE` messages, and its URL for reading its counts.
+async fn queue_of(prefix: &str) -> (SqsBackend, String, String) {
     let b = backend().await;
-    let q = fresh("acks");
+    let q = fresh(prefix);
     b.topology()
         .declare_queue(&QueueSpec::new(&q))
         .await
         .unwrap();
     let producer = b.producer().await.unwrap();
-    let messages: Vec<_> = (0..N).map(|i| Message::new(format!("m{i}"))).collect();
+    let messages: Vec<_> = (0..N_SETTLE)
+        .map(|i| Message::new(format!("m{i}")))
+        .collect();
     for r in producer
         .send_batch(&Destination::queue(&q), messages)
         .await
@@ -292,16 +325,16 @@ async fn acks_made_one_by_one_are_deleted_by_the_time_close_returns() {
         .queue_url()
         .unwrap()
         .to_owned();
-    let mut c = b.consumer(&q, ConsumerOptions::default()).await.unwrap();
-    for _ in 0..N {
-        let d = c.receive().await.unwrap();
-        d.ack().await.unwrap();
-    }
-    c.close().await.unwrap();
+    (b, q, url)
+}
+
+/// Neither visible nor in-flight messages are left (fauxqs's counts are exact).
+async fn assert_queue_empty(b: &SqsBackend, url: &str, what: &str) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
     let attrs = b
         .client()
         .get_queue_attributes()
-        .queue_url(&url)
+        .queue_url(url)
         .attribute_names(A::ApproximateNumberOfMessages)
         .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
         .send()
@@ -314,11 +347,6 @@ async fn acks_made_one_by_one_are_deleted_by_the_time_close_returns() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(u64::MAX)
     };
-    assert_eq!(count(A::ApproximateNumberOfMessages), 0);
-    assert_eq!(
-        count(A::ApproximateNumberOfMessagesNotVisible),
-        0,
-        "acked messages still in the queue after close"
-    );
-    b.topology().delete_queue(&q).await.unwrap();
+    assert_eq!(count(A::ApproximateNumberOfMessages), 0, "{what}");
+    assert_eq!(count(A::ApproximateNumberOfMessagesNotVisible), 0, "{what}");
 }
