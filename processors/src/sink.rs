@@ -255,8 +255,20 @@ pub(crate) async fn drive_one(
                 .enqueue_batch(&sink.destination, &mut values, &mut pending)
                 .await;
         }
-        // A producer that answered fewer messages than it was given leaves the rest's tokens
-        // unfinished: dropped below, their inputs are redelivered, not lost.
+        if pending.len() != n {
+            // Results can no longer be matched to inputs, so none is acked: settling by
+            // position could ack an input whose output was never sent. Dropped tokens release
+            // every input of the batch for redelivery: duplicates of what was sent, no loss.
+            tracing::error!(
+                parent: &st.span,
+                given = n,
+                answered = pending.len(),
+                "the producer answered for a different number of messages than it was given; \
+                 the batch's inputs are released for redelivery"
+            );
+            pending.clear();
+            tokens.clear();
+        }
         for (enqueued, t) in pending.drain(..).zip(tokens.drain(..)) {
             if let Some(t) = enqueued_now(&st, &sink, enqueued, t, &mut confirms) {
                 count_output(&st);
