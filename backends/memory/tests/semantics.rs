@@ -271,3 +271,69 @@ async fn a_batch_to_a_missing_queue_returns_every_message_as_not_found() {
         assert_eq!(e.undelivered().map(Message::id), Some(id));
     }
 }
+
+#[tokio::test]
+async fn a_batch_of_several_to_a_fanout_exchange_reaches_every_bound_queue_in_order() {
+    use mailroom_core::{Binding, ExchangeKind, ExchangeSpec};
+    let broker = MemoryBackend::new();
+    let topo = broker.topology();
+    topo.declare_exchange(&ExchangeSpec::new("x", ExchangeKind::Fanout))
+        .await
+        .unwrap();
+    for q in ["a", "b"] {
+        topo.declare_queue(&QueueSpec::new(q)).await.unwrap();
+        topo.bind(&Binding::fanout("x", q)).await.unwrap();
+    }
+    let producer = broker.producer().await.unwrap();
+    let (mut messages, mut pending) = (numbered(0..20), Vec::new());
+    producer
+        .enqueue_batch(&Destination::exchange("x", ""), &mut messages, &mut pending)
+        .await;
+    assert_eq!(pending.len(), 20);
+    for confirm in pending {
+        confirm.unwrap().await.unwrap();
+    }
+    for q in ["a", "b"] {
+        let mut consumer = broker.consumer(q, Default::default()).await.unwrap();
+        assert_eq!(drain_now(&mut consumer).await, strings(0..20), "queue {q}");
+    }
+}
+
+/// A batch wakes one waiting consumer per message it adds, not just the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_wakes_as_many_waiting_consumers_as_it_adds_messages() {
+    const WAITING: usize = 4;
+    let broker = MemoryBackend::new();
+    broker
+        .topology()
+        .declare_queue(&QueueSpec::new("q"))
+        .await
+        .unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..WAITING {
+        let mut consumer = broker.consumer("q", Default::default()).await.unwrap();
+        waiters.push(tokio::spawn(async move {
+            let d = consumer.receive().await.unwrap();
+            let payload = String::from_utf8_lossy(d.message().payload()).into_owned();
+            d.ack().await.unwrap();
+            payload
+        }));
+    }
+    // Every consumer is parked in `receive` before the batch lands.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let producer = broker.producer().await.unwrap();
+    let (mut messages, mut pending) = (numbered(0..WAITING), Vec::new());
+    producer
+        .enqueue_batch(&Destination::queue("q"), &mut messages, &mut pending)
+        .await;
+    let mut got = Vec::new();
+    for w in waiters {
+        let payload = tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .expect("a waiting consumer was not woken by the batch")
+            .unwrap();
+        got.push(payload);
+    }
+    got.sort();
+    assert_eq!(got, strings(0..WAITING));
+}
