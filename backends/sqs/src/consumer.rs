@@ -77,26 +77,38 @@ impl Control {
     /// would wait for a queued call before the process exits, so the settle waits for its own
     /// call and returns its answer.
     async fn settle(&self, op: Op, receipt: String, operation: &'static str) -> Result<()> {
-        let gone = self.consumer_gone.load(Ordering::Acquire);
-        let (reply, answer) = if gone {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let req = SettleReq { op, receipt, reply };
-        if self.settler.send(req).await.is_err() {
-            return Err(ctx(Error::closed("the settle task stopped"), operation));
-        }
-        match answer {
-            Some(answer) => answer.await.unwrap_or_else(|_| {
+        // SeqCst pairs with the store in `shut`: if the second load below still reads false,
+        // the store (and so close's flush) comes after this request in the channel.
+        if self.consumer_gone.load(Ordering::SeqCst) {
+            let (reply, answer) = oneshot::channel();
+            let req = SettleReq {
+                op,
+                receipt,
+                reply: Some(reply),
+            };
+            if self.settler.send(req).await.is_err() {
+                return Err(ctx(Error::closed("the settle task stopped"), operation));
+            }
+            return answer.await.unwrap_or_else(|_| {
                 Err(ctx(
                     Error::closed("the settle task stopped before answering"),
                     operation,
                 ))
-            }),
-            None => Ok(()),
+            });
         }
+        let req = SettleReq {
+            op,
+            receipt,
+            reply: None,
+        };
+        if self.settler.send(req).await.is_err() {
+            return Err(ctx(Error::closed("the settle task stopped"), operation));
+        }
+        // Closed while this was queued, maybe after close's flush went by: wait here instead.
+        if self.consumer_gone.load(Ordering::SeqCst) {
+            self.flush().await;
+        }
+        Ok(())
     }
 
     /// Wait until every settle queued so far has had its call.
@@ -321,7 +333,7 @@ impl SqsConsumer {
 
     fn shut(&mut self) {
         self.closed = true;
-        self.control.consumer_gone.store(true, Ordering::Release);
+        self.control.consumer_gone.store(true, Ordering::SeqCst);
         self.stop.store(true, Ordering::Release);
         self.rx.close();
         // Buffered deliveries are released (visibility 0) as they drop.
@@ -566,9 +578,15 @@ fn reply_results(
             }
         }
     }
+    // An entry SQS named in neither list: its outcome is unknown, so it is not called done.
     for r in reqs.iter_mut() {
         if let Some(reply) = r.reply.take() {
-            let _ = reply.send(Ok(()));
+            let _ = reply.send(Err(Error::new(
+                ErrorKind::Broker,
+                "SQS answered the batch call without naming this entry",
+            )
+            .with_backend(BACKEND)
+            .with_operation("settle")));
         }
     }
 }
