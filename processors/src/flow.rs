@@ -3,7 +3,7 @@
 use std::future::{ready, Future};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -177,6 +177,7 @@ impl PipelineBuilder {
             keyed_sources,
             stop: stop_tx,
             settle_rx: Some(settle_rx),
+            stopped: Arc::new(Mutex::new(Vec::new())),
             errors,
             sources: 0,
         };
@@ -206,6 +207,7 @@ impl Ctx {
                 index,
                 stop: self.stop.subscribe(),
                 shared: self.shared.clone(),
+                stopped: self.stopped.clone(),
                 deliveries: std::cell::Cell::new(0),
             }),
             slow: None,
@@ -226,6 +228,8 @@ pub(crate) struct Ctx {
     pub keyed_sources: bool,
     pub stop: watch::Sender<bool>,
     pub settle_rx: Option<mpsc::UnboundedReceiver<Settlement>>,
+    /// Sources whose intake stopped, closed once the drain is over (see `StoppedSources`).
+    pub stopped: StoppedSources,
     /// Problems found while building, reported by the terminal step.
     pub errors: Vec<Error>,
     /// Sources added so far (each one's index keeps its lanes apart).
@@ -297,11 +301,19 @@ pub struct Flow<T> {
     pub(crate) ctx: Ctx,
 }
 
+/// Consumers whose intake has stopped, kept open until the pipeline has drained.
+///
+/// A consumer is closed only after the inputs it delivered are settled: a backend may batch
+/// acks and wait for them in `close` (SQS does), so closing first would leave the drain's acks
+/// with nothing waiting for them, or make each one wait on its own.
+pub(crate) type StoppedSources = Arc<Mutex<Vec<Box<dyn Consumer>>>>;
+
 struct SourceState {
     consumer: Box<dyn Consumer>,
     index: u64,
     stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
+    stopped: StoppedSources,
     /// Numbers this source's deliveries, to tell two deliveries of one message apart.
     deliveries: std::cell::Cell<u64>,
 }
@@ -342,6 +354,7 @@ impl futures_util::Stream for SourcePoll {
                 let item = match received {
                     None => {
                         self.done = true;
+                        state.park();
                         return Poll::Ready(None);
                     }
                     Some(Err(e)) => {
@@ -379,6 +392,12 @@ impl futures_util::Stream for SourcePoll {
 }
 
 impl SourceState {
+    /// Intake is over: the consumer waits, open, for the end of the drain.
+    fn park(self) {
+        let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        stopped.push(self.consumer);
+    }
+
     /// The item of a delivery that took a slot, `held` slots being taken then.
     #[inline(always)]
     fn item(&self, delivery: Delivery, held: usize) -> Item<Message> {
@@ -429,13 +448,13 @@ impl SourceState {
     }
 }
 
-/// Wait for a free slot and a delivery, or the stop signal (which closes the consumer).
+/// Wait for a free slot and a delivery, or the stop signal (which ends intake; the consumer
+/// is closed after the drain).
 async fn wait_for_delivery(mut s: SourceState) -> (SourceState, Received) {
     let shared = s.shared.clone();
     let mut failures = 0u32;
     loop {
         if *s.stop.borrow() {
-            let _ = s.consumer.close().await;
             return (s, None);
         }
         let held = tokio::select! {

@@ -40,7 +40,14 @@
 //! **Batched hand-over.** A pipeline with one sink hands the producer everything the stages have
 //! ready (up to 64 messages) in one [`enqueue_batch`](mailroom_core::Producer::enqueue_batch),
 //! in order; it never waits to fill a batch, so latency does not grow. Each message is still
-//! confirmed and settled on its own.
+//! confirmed and settled on its own. A producer that answers for a different number of
+//! messages than it was given stops the pipeline, with none of that batch's inputs acked.
+//!
+//! **Shutdown.** On a signal or a handle the sources stop taking deliveries, the stages drain
+//! (batches and open windows are flushed) within the drain timeout, and only then are the
+//! sources closed: a backend may finish batched acks in `close` (SQS), and RabbitMQ hands back
+//! every unacked delivery when its channel closes, so closing first would turn the drain's acks
+//! into duplicates. The [`Report`] names what could not be finished.
 //!
 //! **Ordering.** Synchronous stages keep arrival order. Async stages ([`Flow::then`]) run
 //! several items at once under the pipeline's [`Ordering`]: per key (same key in order, different

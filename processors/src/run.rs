@@ -3,9 +3,10 @@
 
 use mailroom_core::Error;
 use std::future::Future;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 
-use crate::flow::Pipeline;
+use crate::flow::{Pipeline, StoppedSources};
 use crate::metrics::{Metrics, Snapshot};
 
 /// What a pipeline run did and how it ended.
@@ -91,10 +92,14 @@ impl Pipeline {
         // Dropping the driver releases every input it still holds, unsettled.
         drop(drive);
         let _ = ctx.stop.send(true);
+        let stopped = ctx.stopped.clone();
+        let drain_timeout = ctx.drain_timeout;
         drop(ctx);
         if let Some(settler) = settler {
             let _ = settler.await;
         }
+        // Every settle has been made by now; closing lets a backend finish the acks it batched.
+        close_stopped(&stopped, drain_timeout).await;
         let snapshot = metrics.snapshot();
         if timed_out {
             tracing::warn!(
@@ -192,5 +197,18 @@ impl PipelineHandle {
         let _ = self.join.await;
         // Let the settler (a separate task) settle what was already finished.
         tokio::task::yield_now().await;
+    }
+}
+
+/// Close the sources whose intake stopped, each within `timeout`.
+async fn close_stopped(stopped: &StoppedSources, timeout: Duration) {
+    let consumers = std::mem::take(&mut *stopped.lock().unwrap_or_else(|p| p.into_inner()));
+    for mut consumer in consumers {
+        match tokio::time::timeout(timeout, consumer.close()).await {
+            Ok(Ok(())) => {}
+            // Inputs it did not settle come back to the next consumer: duplicates, no loss.
+            Ok(Err(e)) => tracing::warn!(error = %e, "closing a source failed"),
+            Err(_) => tracing::warn!(?timeout, "closing a source timed out"),
+        }
     }
 }

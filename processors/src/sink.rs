@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
-use mailroom_core::{Error, Message, PendingConfirm};
+use mailroom_core::{Error, ErrorKind, Message, PendingConfirm};
 
 use crate::flow::{Flow, Item, Meta, Pipeline, Step};
 use crate::metrics::{add, bump};
@@ -257,17 +257,22 @@ pub(crate) async fn drive_one(
         }
         if pending.len() != n {
             // Results can no longer be matched to inputs, so none is acked: settling by
-            // position could ack an input whose output was never sent. Dropped tokens release
-            // every input of the batch for redelivery: duplicates of what was sent, no loss.
-            tracing::error!(
-                parent: &st.span,
-                given = n,
-                answered = pending.len(),
-                "the producer answered for a different number of messages than it was given; \
-                 the batch's inputs are released for redelivery"
-            );
+            // position could ack an input whose output was never sent. The inputs are
+            // released for redelivery (duplicates of what was sent, no loss), and the
+            // pipeline stops, since a producer that breaks the batch contract once may
+            // break it on every batch.
+            add(&st.counters.errors, n as u64);
+            let answered = pending.len();
             pending.clear();
             tokens.clear();
+            return Err(Error::new(
+                ErrorKind::Broker,
+                format!(
+                    "sink '{}': the producer answered for {answered} of the {n} messages it \
+                     was given; the batch's inputs are released for redelivery",
+                    st.name
+                ),
+            ));
         }
         for (enqueued, t) in pending.drain(..).zip(tokens.drain(..)) {
             if let Some(t) = enqueued_now(&st, &sink, enqueued, t, &mut confirms) {

@@ -1,0 +1,132 @@
+//! On shutdown a pipeline stops intake but closes its sources only after the drain: a backend
+//! may batch acks and finish them in `close` (SQS does), and RabbitMQ hands every unacked
+//! delivery back when its channel closes, so a source closed before the drain would turn the
+//! drain's acks into duplicates.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mailroom_core::{
+    Backend, Consumer, Delivery, Destination, Message, Nack, QueueSpec, Result, Settle,
+};
+use mailroom_memory::MemoryBackend;
+use mailroom_processors::{stage, Pipeline, Sink};
+
+#[derive(Debug, Clone, PartialEq)]
+enum Event {
+    Ack,
+    Close,
+}
+
+type Log = Arc<Mutex<Vec<Event>>>;
+
+/// A memory consumer whose acks and close are written to one log, in the order they happen.
+struct Logged {
+    inner: Box<dyn Consumer>,
+    log: Log,
+}
+
+struct LoggedSettle {
+    inner: Delivery,
+    log: Log,
+}
+
+#[async_trait]
+impl Settle for LoggedSettle {
+    async fn ack(self: Box<Self>) -> Result<()> {
+        self.inner.ack().await?;
+        self.log.lock().unwrap().push(Event::Ack);
+        Ok(())
+    }
+    async fn nack(self: Box<Self>, nack: Nack) -> Result<()> {
+        self.inner.nack(nack).await
+    }
+    fn abandon(self: Box<Self>) {
+        // Dropping the inner delivery releases it to the broker.
+    }
+}
+
+#[async_trait]
+impl Consumer for Logged {
+    async fn receive(&mut self) -> Result<Delivery> {
+        let d = self.inner.receive().await?;
+        let (message, info) = (d.message().clone(), d.info().clone());
+        let settle = LoggedSettle {
+            inner: d,
+            log: self.log.clone(),
+        };
+        Ok(Delivery::new(message, info, Box::new(settle)))
+    }
+    async fn close(&mut self) -> Result<()> {
+        self.log.lock().unwrap().push(Event::Close);
+        self.inner.close().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sources_are_closed_once_after_the_drain_has_settled_every_input() {
+    const N: usize = 200;
+    let broker = MemoryBackend::new();
+    for q in ["in", "out"] {
+        broker
+            .topology()
+            .declare_queue(&QueueSpec::new(q))
+            .await
+            .unwrap();
+    }
+    let producer = broker.producer().await.unwrap();
+    for i in 0..N {
+        producer
+            .send(&Destination::queue("in"), Message::new(i.to_string()))
+            .await
+            .unwrap();
+    }
+    let log = Log::default();
+    let source = Logged {
+        inner: broker.consumer("in", Default::default()).await.unwrap(),
+        log: log.clone(),
+    };
+    let pipeline = Pipeline::builder()
+        .max_in_flight(16)
+        .source(Box::new(source) as Box<dyn Consumer>)
+        .flow()
+        .then(stage("slow").concurrency(8), |m: Message| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, mailroom_core::Error>(m)
+        })
+        .to(Sink::new(
+            Arc::from(broker.producer().await.unwrap()),
+            Destination::queue("out"),
+        ))
+        .unwrap();
+    let handle = pipeline.spawn();
+    while handle.metrics().snapshot().acked < 20 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let in_flight_at_stop = handle.metrics().snapshot().in_flight;
+    let acks_at_stop = log.lock().unwrap().len();
+    let report = handle.shutdown().await.unwrap();
+    assert!(report.error.is_none() && !report.timed_out, "{report:?}");
+    assert!(in_flight_at_stop > 0, "nothing was in flight to drain");
+
+    let log = log.lock().unwrap().clone();
+    let acks = log.iter().filter(|e| **e == Event::Ack).count();
+    assert_eq!(acks as u64, report.metrics.acked, "{report:?}");
+    assert!(
+        acks > acks_at_stop,
+        "the drain acked nothing after the stop ({acks} acks, {acks_at_stop} before it)"
+    );
+    assert_eq!(
+        log.iter().position(|e| *e == Event::Close),
+        Some(log.len() - 1),
+        "the source must be closed once, after the last ack: {log:?}"
+    );
+    // Every input was either acked or handed back unread: none is left held.
+    let depth = broker.queue_depth("in").unwrap();
+    assert_eq!(
+        depth.ready as u64 + report.metrics.acked,
+        N as u64,
+        "{depth:?}"
+    );
+}
