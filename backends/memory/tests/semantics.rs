@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use mailroom_core::{Backend, Destination, ErrorKind, Message, Overflow, QueueSpec};
+use mailroom_core::{
+    Backend, Binding, Destination, ErrorKind, ExchangeKind, ExchangeSpec, Message, Overflow,
+    QueueSpec,
+};
 use mailroom_memory::{MemoryBackend, MemoryConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,18 +224,32 @@ async fn a_batch_into_a_full_reject_queue_refuses_the_overflow_and_returns_each_
     assert_eq!(drain_now(&mut consumer).await, strings(0..10));
 }
 
-#[tokio::test]
-async fn a_batch_to_an_exchange_is_routed_message_by_message() {
-    use mailroom_core::{Binding, ExchangeKind, ExchangeSpec};
+/// A broker with exchange "x" of `kind`, and each binding's queue declared and bound.
+async fn with_exchange(kind: ExchangeKind, bindings: &[Binding]) -> MemoryBackend {
     let broker = MemoryBackend::new();
     let topo = broker.topology();
-    topo.declare_exchange(&ExchangeSpec::new("x", ExchangeKind::Direct))
+    topo.declare_exchange(&ExchangeSpec::new("x", kind))
         .await
         .unwrap();
-    for q in ["even", "odd"] {
-        topo.declare_queue(&QueueSpec::new(q)).await.unwrap();
-        topo.bind(&Binding::key("x", q, q)).await.unwrap();
+    for binding in bindings {
+        topo.declare_queue(&QueueSpec::new(&binding.queue))
+            .await
+            .unwrap();
+        topo.bind(binding).await.unwrap();
     }
+    broker
+}
+
+#[tokio::test]
+async fn a_batch_to_an_exchange_is_routed_message_by_message() {
+    let broker = with_exchange(
+        ExchangeKind::Direct,
+        &[
+            Binding::key("x", "even", "even"),
+            Binding::key("x", "odd", "odd"),
+        ],
+    )
+    .await;
     let producer = broker.producer().await.unwrap();
     let mut pending = Vec::new();
     for i in 0..6 {
@@ -274,16 +291,11 @@ async fn a_batch_to_a_missing_queue_returns_every_message_as_not_found() {
 
 #[tokio::test]
 async fn a_batch_of_several_to_a_fanout_exchange_reaches_every_bound_queue_in_order() {
-    use mailroom_core::{Binding, ExchangeKind, ExchangeSpec};
-    let broker = MemoryBackend::new();
-    let topo = broker.topology();
-    topo.declare_exchange(&ExchangeSpec::new("x", ExchangeKind::Fanout))
-        .await
-        .unwrap();
-    for q in ["a", "b"] {
-        topo.declare_queue(&QueueSpec::new(q)).await.unwrap();
-        topo.bind(&Binding::fanout("x", q)).await.unwrap();
-    }
+    let broker = with_exchange(
+        ExchangeKind::Fanout,
+        &[Binding::fanout("x", "a"), Binding::fanout("x", "b")],
+    )
+    .await;
     let producer = broker.producer().await.unwrap();
     let (mut messages, mut pending) = (numbered(0..20), Vec::new());
     producer
