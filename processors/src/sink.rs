@@ -485,6 +485,21 @@ async fn drive_batches(
             let mut retry = Vec::new();
             let mut error = None;
             match results {
+                Ok(results) if results.len() as u64 != count => {
+                    // As in `drive_one`: results that cannot be matched to messages settle
+                    // nothing. Dropping the tokens releases the batch's inputs.
+                    add(&st.counters.errors, count);
+                    drop(meta);
+                    return Err(Error::new(
+                        ErrorKind::Broker,
+                        format!(
+                            "sink '{}': the producer answered for {} of the {count} messages \
+                             of a batch; the batch's inputs are released for redelivery",
+                            st.name,
+                            results.len()
+                        ),
+                    ));
+                }
                 Ok(results) => {
                     for (i, r) in results.into_iter().enumerate() {
                         if let Err(e) = r {

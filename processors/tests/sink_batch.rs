@@ -1,19 +1,22 @@
 //! A one-sink pipeline hands the producer whatever is ready in one `enqueue_batch`: order is
 //! kept, nothing waits to fill a batch, and a producer that answers for fewer messages than it
-//! was given stops the pipeline with no input of that batch acked: all are redelivered.
+//! was given stops the pipeline with no input of that batch acked: all are redelivered. The
+//! same holds for a batch stage's `send_batch` (`to_batched`).
 
 use std::sync::atomic::{AtomicBool, Ordering as A};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mailroom_core::{Backend, Destination, Message, PendingConfirm, Producer, QueueSpec, Result};
+use mailroom_core::{
+    Backend, Destination, Message, PendingConfirm, Producer, QueueSpec, Receipt, Result,
+};
 use mailroom_memory::MemoryBackend;
-use mailroom_processors::{Pipeline, Sink};
+use mailroom_processors::{Batch, Pipeline, Sink};
 
 /// Passes everything to the memory producer, noting the size of every batch; when `drop_once`
-/// is set, its first batch loses a message from its middle, and that message's result, so
-/// results after it no longer line up with their inputs.
+/// is set, its first batch (by `enqueue_batch` or `send_batch`) loses a message from its
+/// middle, and that message's result, so results after it no longer line up with their inputs.
 struct Recording {
     inner: Arc<dyn Producer>,
     batches: Mutex<Vec<usize>>,
@@ -43,6 +46,19 @@ impl Producer for Recording {
         self.inner
             .enqueue_batch(destination, messages, pending)
             .await;
+    }
+
+    async fn send_batch(
+        &self,
+        destination: &Destination,
+        mut messages: Vec<Message>,
+    ) -> Result<Vec<Result<Receipt>>> {
+        self.batches.lock().unwrap().push(messages.len());
+        if self.drop_once.swap(false, A::SeqCst) {
+            *self.dropped_from.lock().unwrap() = Some(messages.len());
+            messages.remove(messages.len() / 2);
+        }
+        self.inner.send_batch(destination, messages).await
     }
 
     async fn flush(&self) -> Result<()> {
@@ -76,10 +92,30 @@ async fn seeded() -> MemoryBackend {
     broker
 }
 
+/// How the pipeline hands messages to its sink.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// `to`: the sink gathers whatever is ready into one `enqueue_batch`.
+    PerMessage,
+    /// A batch stage, then `to_batched`: one `send_batch` per batch.
+    Batched,
+}
+
+impl Shape {
+    /// The name of the stage that sends.
+    fn sink_stage(self) -> &'static str {
+        match self {
+            Shape::PerMessage => "sink",
+            Shape::Batched => "batch-sink",
+        }
+    }
+}
+
 /// Run in -> tag -> out until every input is acked or the pipeline stops by itself.
 async fn run(
     broker: &MemoryBackend,
     drop_once: bool,
+    shape: Shape,
 ) -> (Arc<Recording>, mailroom_processors::Report) {
     let sink = Arc::new(Recording {
         inner: Arc::from(broker.producer().await.unwrap()),
@@ -87,14 +123,20 @@ async fn run(
         drop_once: AtomicBool::new(drop_once),
         dropped_from: Mutex::new(None),
     });
-    let pipeline = Pipeline::builder()
+    let tagged = Pipeline::builder()
         .source(broker.consumer("in", Default::default()).await.unwrap())
         .flow()
         .map("tag", |m: Message| {
             Message::new(format!("out-{}", String::from_utf8_lossy(m.payload())))
-        })
-        .to(Sink::new(sink.clone(), Destination::queue("out")))
-        .unwrap();
+        });
+    let to = Sink::new(sink.clone(), Destination::queue("out"));
+    let pipeline = match shape {
+        Shape::PerMessage => tagged.to(to),
+        Shape::Batched => tagged
+            .batch("batch", Batch::count(16).wait(Duration::from_millis(20)))
+            .to_batched(to),
+    }
+    .unwrap();
     let handle = pipeline.spawn();
     for _ in 0..1000 {
         if handle.metrics().snapshot().acked >= N as u64 || handle.is_finished() {
@@ -123,7 +165,7 @@ async fn outputs(broker: &MemoryBackend) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_messages_go_to_the_producer_in_batches_in_their_order() {
     let broker = seeded().await;
-    let (sink, report) = run(&broker, false).await;
+    let (sink, report) = run(&broker, false, Shape::PerMessage).await;
     assert!(report.error.is_none(), "{report:?}");
     assert_eq!(report.metrics.acked, N as u64);
     let expected: Vec<String> = (0..N).map(|i| format!("out-{i}")).collect();
@@ -139,8 +181,17 @@ async fn ready_messages_go_to_the_producer_in_batches_in_their_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_that_answers_short_stops_the_pipeline_and_its_batch_is_redelivered() {
+    answering_short_redelivers_the_batch(Shape::PerMessage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_batch_that_answers_short_stops_the_pipeline_and_its_batch_is_redelivered() {
+    answering_short_redelivers_the_batch(Shape::Batched).await;
+}
+
+async fn answering_short_redelivers_the_batch(shape: Shape) {
     let broker = seeded().await;
-    let (sink, report) = run(&broker, true).await;
+    let (sink, report) = run(&broker, true, shape).await;
     let error = report.error.as_ref().expect("the pipeline must stop");
     assert!(
         error.to_string().contains("answered for"),
@@ -152,7 +203,11 @@ async fn a_producer_that_answers_short_stops_the_pipeline_and_its_batch_is_redel
         .unwrap()
         .expect("a batch of several");
     assert!(batch > 1);
-    let sink_stage = report.metrics.stages.iter().find(|s| s.name == "sink");
+    let sink_stage = report
+        .metrics
+        .stages
+        .iter()
+        .find(|s| s.name == shape.sink_stage());
     assert_eq!(
         sink_stage.map(|s| s.errors),
         Some(batch as u64),
@@ -161,7 +216,7 @@ async fn a_producer_that_answers_short_stops_the_pipeline_and_its_batch_is_redel
     // Nothing of that batch was acked: a second run finds every input not yet acked and
     // sends it, so every output is there at least once.
     assert!(report.metrics.acked < N as u64, "{report:?}");
-    let (_, second) = run(&broker, false).await;
+    let (_, second) = run(&broker, false, shape).await;
     assert!(second.error.is_none(), "{second:?}");
     assert_eq!(report.metrics.acked + second.metrics.acked, N as u64);
     let mut got = outputs(&broker).await;
