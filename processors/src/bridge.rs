@@ -6,7 +6,8 @@ use std::sync::Arc;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use mailroom_core::{Consumer, Destination, Message, Nack, Producer, Result};
 
-/// Turns one input into at most one output; `Ok(None)` filters the input out.
+/// Turns one input into at most one output; `Ok(None)` filters the input out. An `Err` (or a
+/// panic) dead-letters the input.
 pub type Transform = Box<dyn FnMut(&Message) -> Result<Option<Message>> + Send>;
 
 /// What a bridge run did.
@@ -95,7 +96,13 @@ impl Bridge {
                 },
             };
             stats.received += 1;
-            match (self.transform)(delivery.message()) {
+            // A panic in the transform is its failure on this input, like an `Err`.
+            let transform = &mut self.transform;
+            let transformed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                transform(delivery.message())
+            }))
+            .unwrap_or_else(|panic| Err(crate::policy::panic_error("transform", panic)));
+            match transformed {
                 Ok(None) => {
                     delivery.ack().await?;
                     stats.filtered += 1;

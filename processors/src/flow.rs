@@ -750,15 +750,36 @@ impl<T: Send + 'static> Flow<T> {
     where
         F: Fn(&T) -> String + Send + Sync + 'static,
     {
-        let st = self.ctx.stage(spec.into());
+        self.annotate(spec.into(), f, |meta, key| meta.key = Some(Arc::from(key)))
+    }
+
+    /// Set each item's event time (windows on event time read it).
+    pub fn event_time<F>(self, spec: impl Into<StageSpec>, f: F) -> Flow<T>
+    where
+        F: Fn(&T) -> Timestamp + Send + Sync + 'static,
+    {
+        self.annotate(spec.into(), f, |meta, at| meta.event_time = Some(at))
+    }
+
+    /// A stage that passes each item on unchanged, with one field of its metadata set from
+    /// its value by `f`. A panic in `f` goes to the stage's error policy.
+    fn annotate<V, F>(self, spec: StageSpec, f: F, set: fn(&mut Meta, V)) -> Flow<T>
+    where
+        V: 'static,
+        F: Fn(&T) -> V + Send + Sync + 'static,
+    {
+        let st = self.ctx.stage(spec);
         let stream = self.stream.filter_map(move |step| {
             let out = match step {
                 Ok(mut item) => {
                     add(&st.counters.input, 1);
-                    match catch_unwind(AssertUnwindSafe(|| f(&item.value))) {
-                        Ok(key) => {
+                    let value = st
+                        .span
+                        .in_scope(|| catch_unwind(AssertUnwindSafe(|| f(&item.value))));
+                    match value {
+                        Ok(value) => {
                             add(&st.counters.output, 1);
-                            item.meta.key = Some(Arc::from(key));
+                            set(&mut item.meta, value);
                             Some(Ok(item))
                         }
                         Err(panic) => {
@@ -775,26 +796,6 @@ impl<T: Send + 'static> Flow<T> {
                 Err(e) => Some(Err(e)),
             };
             Either::Left(ready(out))
-        });
-        Flow {
-            stream: stream.boxed(),
-            ctx: self.ctx,
-        }
-    }
-
-    /// Set each item's event time (windows on event time read it).
-    pub fn event_time<F>(self, spec: impl Into<StageSpec>, f: F) -> Flow<T>
-    where
-        F: Fn(&T) -> Timestamp + Send + Sync + 'static,
-    {
-        let st = self.ctx.stage(spec.into());
-        let stream = self.stream.map(move |step| {
-            step.map(|mut item| {
-                add(&st.counters.input, 1);
-                add(&st.counters.output, 1);
-                item.meta.event_time = Some(f(&item.value));
-                item
-            })
         });
         Flow {
             stream: stream.boxed(),

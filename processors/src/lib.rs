@@ -56,7 +56,9 @@
 //! **Errors.** Each stage has an [`ErrorPolicy`]: fail the pipeline, skip, retry with
 //! exponential backoff and jitter, dead-letter the original input to any producer (with headers
 //! naming the stage, the error, the attempt and the source), or requeue it to the broker. A
-//! panic in user code is caught and handled as an error.
+//! panic in user code (every stage function, key and event-time extractors, a window's `init`
+//! and `fold`, a router) is caught and handled as that input's error; a panic in a session
+//! window's `merge` blames no one input, so it fails the pipeline.
 //!
 //! **Windows.** [`Flow::window`] groups items per key into tumbling, hopping or session windows
 //! on event time (watermarks, allowed lateness, late data to a side output) or processing time.

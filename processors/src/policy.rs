@@ -305,7 +305,7 @@ impl StageRt {
         }
     }
 
-    fn context(&self, error: Error) -> Error {
+    pub(crate) fn context(&self, error: Error) -> Error {
         let kind = error.kind();
         let temporary = error.is_temporary();
         Error::new(kind, format!("pipeline stage '{}' failed", self.name))

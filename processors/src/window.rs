@@ -21,9 +21,19 @@
 //! Bounded: the inputs of open windows count against the pipeline's `max_in_flight`. When a
 //! window stage holds `max_held` inputs, it fires its oldest window early with `partial: true`
 //! and starts that window afresh; results of one key and window then add up to the total.
+//!
+//! User code: a panic in `init` or `fold` is blamed on the input being added, which goes to
+//! the stage's error policy (skip, dead-letter, ...) and is left out of the window; whatever
+//! `fold` changed in the accumulator before it panicked stays. A panic in `merge` (two session
+//! windows joined) cannot be blamed on one input and leaves both sessions half combined, so it
+//! fails the stage: the pipeline stops and every input the stage held is redelivered.
+//!
+//! Time: event times come from messages and may be anything up to the largest timestamp; a
+//! window whose end would lie past it ends at the largest timestamp.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -37,7 +47,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::flow::{Flow, Item, Meta, Step};
 use crate::metrics::add;
-use crate::policy::{Sink, StageRt, StageSpec};
+use crate::policy::{panic_error, Sink, StageRt, StageSpec};
 use crate::token::{Position, Token, Tokens};
 
 /// Header on a late input sent to the late side output: the end of the window it missed.
@@ -452,6 +462,35 @@ impl<A> Pane<A> {
         }
     }
 
+    /// Give back the last tokens [`hold`](Pane::hold) took, `taken` of them from `was_one`
+    /// (a single token), when their item could not be folded in after all.
+    fn unhold(&mut self, taken: usize, was_one: bool) -> Tokens {
+        let mut tokens = self
+            .tokens
+            .split_off(self.tokens.len().saturating_sub(taken));
+        if was_one {
+            // `hold` tracks the position of a single token only.
+            if let Some(position) = tokens.first().and_then(Token::identity).map(|(_, p)| p) {
+                if let std::collections::hash_map::Entry::Occupied(mut seen) =
+                    self.positions.entry(position)
+                {
+                    seen.get_mut().count = seen.get().count.saturating_sub(1);
+                    if seen.get().count == 0 {
+                        seen.remove();
+                    }
+                }
+            }
+        }
+        match (was_one, tokens.pop()) {
+            (true, Some(token)) if tokens.is_empty() => Tokens::One(token),
+            (_, Some(token)) => {
+                tokens.push(token);
+                Tokens::Many(tokens)
+            }
+            (_, None) => Tokens::Many(tokens),
+        }
+    }
+
     /// Take over another pane of the same key (merging sessions).
     fn absorb(&mut self, tokens: Vec<Token>, positions: HashMap<Position, Seen>) {
         self.tokens.extend(tokens);
@@ -549,10 +588,10 @@ impl<T: Clone, A> WindowOp<T, A> {
                 let mut starts = Vec::new();
                 let mut s = ts - ts % hop;
                 loop {
-                    if s + size > ts {
+                    if s.saturating_add(size) > ts {
                         starts.push(s);
                     }
-                    if s < hop || s + size <= ts {
+                    if s < hop || s.saturating_add(size) <= ts {
                         break;
                     }
                     s -= hop;
@@ -611,7 +650,7 @@ impl<T: Clone, A> WindowOp<T, A> {
     fn add_fixed(&mut self, key: Key, starts: Vec<u64>, size: u64, value: T, meta: Meta) {
         let open: Vec<u64> = starts
             .into_iter()
-            .filter(|s| !self.closed(s + size))
+            .filter(|s| !self.closed(s.saturating_add(size)))
             .collect();
         if open.is_empty() {
             let end = ts_end(&meta, size);
@@ -632,52 +671,114 @@ impl<T: Clone, A> WindowOp<T, A> {
             let (Some(t), Some(v)) = (t, v) else {
                 continue;
             };
-            let pane = pane_mut(
-                &mut self.panes,
-                &mut self.index,
-                &mut self.next_id,
-                &*self.init,
-                (key.clone(), start, start + size, meta.lane),
-            );
-            let added = t.len();
-            if pane.hold(t) {
-                (self.fold)(&mut pane.acc, v);
-                pane.count += 1;
-                self.held += added;
+            let at = (key.clone(), start, start.saturating_add(size), meta.lane);
+            if let Some((t, error)) = self.fold_into(at, t, v) {
+                // The input goes to the policy through this share alone: the shares no
+                // window took yet are finished here, so the policy's outcome settles the
+                // input (once the windows that did take it have fired).
+                if let Some(rest) = tokens.take() {
+                    rest.done_deferred(&self.st.shared);
+                }
+                self.reject(t, error);
+                return;
             }
         }
     }
 
-    fn add_session(&mut self, key: Key, ts: u64, gap: u64, value: T, meta: Meta) {
-        let closed = self.closed(ts + gap);
-        let panes = self.panes.entry(key.clone()).or_default();
-        // Sessions this item touches: it falls within `gap` of them.
-        let touching: Vec<usize> = panes
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| ts + gap >= p.start && ts < p.end)
-            .map(|(i, _)| i)
-            .collect();
-        if touching.is_empty() {
-            if closed {
-                if panes.is_empty() {
-                    self.panes.remove(&key);
+    /// Fold `value` into the pane `at` names (opened if need be), holding its tokens. When
+    /// `init` or `fold` panics, the tokens come back with the error and a pane opened for
+    /// them is closed again.
+    fn fold_into(&mut self, at: PaneAt, tokens: Tokens, value: T) -> Option<(Tokens, Error)> {
+        let key = at.0.clone();
+        let st = &self.st;
+        let init = &self.init;
+        let opened = pane_mut(
+            &mut self.panes,
+            &mut self.index,
+            &mut self.next_id,
+            || guarded(st, init),
+            at,
+        );
+        let pane = match opened {
+            Ok(pane) => pane,
+            Err(error) => return Some((tokens, error)),
+        };
+        let added = tokens.len();
+        let was_one = matches!(tokens, Tokens::One(_));
+        if !pane.hold(tokens) {
+            return None;
+        }
+        let fold = &self.fold;
+        match guarded(st, || fold(&mut pane.acc, value)) {
+            Ok(()) => {
+                pane.count += 1;
+                self.held += added;
+                None
+            }
+            Err(error) => {
+                let tokens = pane.unhold(added, was_one);
+                if pane.tokens.is_empty() {
+                    let (end, id) = (pane.end, pane.id);
+                    self.index.remove(&(end, id));
+                    if let Some(list) = self.panes.get_mut(&key) {
+                        list.retain(|p| p.id != id);
+                        if list.is_empty() {
+                            self.panes.remove(&key);
+                        }
+                    }
                 }
-                self.late(meta, ts + gap);
+                Some((tokens, error))
+            }
+        }
+    }
+
+    /// An input that cannot be added: to the stage's error policy.
+    fn reject(&mut self, tokens: Tokens, error: Error) {
+        add(&self.st.counters.errors, 1);
+        let st = self.st.clone();
+        self.side
+            .push(async move { st.give_up(tokens, error, 1).await }.boxed());
+    }
+
+    fn add_session(&mut self, key: Key, ts: u64, gap: u64, value: T, meta: Meta) {
+        let end = ts.saturating_add(gap);
+        // Sessions this item touches: it falls within `gap` of them.
+        let touching: Vec<usize> = self.panes.get(&key).map_or_else(Vec::new, |panes| {
+            panes
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| end >= p.start && ts < p.end)
+                .map(|(i, _)| i)
+                .collect()
+        });
+        if touching.is_empty() {
+            if self.closed(end) {
+                self.late(meta, end);
                 return;
             }
+            let (init, fold) = (&self.init, &self.fold);
+            let folded = guarded(&self.st, || {
+                let mut acc = init();
+                fold(&mut acc, value);
+                acc
+            });
+            let acc = match folded {
+                Ok(acc) => acc,
+                Err(error) => return self.reject(meta.tokens, error),
+            };
             let id = self.next_id;
             self.next_id += 1;
-            self.index.insert((ts + gap, id), key);
-            let mut acc = (self.init)();
-            (self.fold)(&mut acc, value);
+            self.index.insert((end, id), key.clone());
             self.held += meta.tokens.len();
-            let mut pane = Pane::new(id, ts, ts + gap, acc, meta.lane);
+            let mut pane = Pane::new(id, ts, end, acc, meta.lane);
             pane.count = 1;
             pane.hold(meta.tokens);
-            panes.push(pane);
+            self.panes.entry(key).or_default().push(pane);
             return;
         }
+        let Some(panes) = self.panes.get_mut(&key) else {
+            return;
+        };
         // Merge every touched session into the first (indices ascend), then add the item.
         let first = touching[0];
         let mut merged: Vec<Pane<A>> = Vec::new();
@@ -697,19 +798,38 @@ impl<T: Clone, A> WindowOp<T, A> {
                 positions,
                 ..
             } = other;
-            (self.merge)(&mut target.acc, acc);
+            let merge = &self.merge;
+            if let Err(error) = guarded(&self.st, || merge(&mut target.acc, acc)) {
+                // Two sessions are half combined and no one input is to blame: the stage
+                // fails, and every input it holds (these sessions' too, dropped here) is
+                // released for redelivery, where the merge runs again from the start.
+                tracing::error!(parent: &self.st.span, error = %error, "merge panicked; stopping the pipeline");
+                self.ready.push_back(Err(self.st.context(error)));
+                self.done = true;
+                return;
+            }
             target.count += count;
             target.absorb(tokens, positions);
         }
-        target.start = target.start.min(ts);
-        target.end = target.end.max(ts + gap);
         let added = meta.tokens.len();
+        let was_one = matches!(meta.tokens, Tokens::One(_));
+        let mut rejected = None;
         if target.hold(meta.tokens) {
-            (self.fold)(&mut target.acc, value);
-            target.count += 1;
-            self.held += added;
+            let fold = &self.fold;
+            match guarded(&self.st, || fold(&mut target.acc, value)) {
+                Ok(()) => {
+                    target.start = target.start.min(ts);
+                    target.end = target.end.max(end);
+                    target.count += 1;
+                    self.held += added;
+                }
+                Err(error) => rejected = Some((target.unhold(added, was_one), error)),
+            }
         }
         self.index.insert((target.end, target.id), key);
+        if let Some((tokens, error)) = rejected {
+            self.reject(tokens, error);
+        }
     }
 
     /// Fire every window that is due; with `all`, every open window (end of input).
@@ -807,31 +927,45 @@ impl<T: Clone, A> WindowOp<T, A> {
 
 type PaneAt = (Key, u64, u64, u64);
 
-/// The pane of `key` starting at `start`, created empty if it is not open yet.
+/// The pane of `key` starting at `start`, opened with `init`'s accumulator if it is not open
+/// yet.
 fn pane_mut<'a, A>(
     panes: &'a mut HashMap<Key, Vec<Pane<A>>>,
     index: &mut BTreeMap<(u64, u64), Key>,
     next_id: &mut u64,
-    init: &dyn Fn() -> A,
+    init: impl FnOnce() -> Result<A, Error>,
     (key, start, end, lane): PaneAt,
-) -> &'a mut Pane<A> {
-    let list = panes.entry(key.clone()).or_default();
-    let pos = match list.iter().position(|p| p.start == start) {
+) -> Result<&'a mut Pane<A>, Error> {
+    let found = panes
+        .get(&key)
+        .and_then(|list| list.iter().position(|p| p.start == start));
+    let pos = match found {
         Some(pos) => pos,
         None => {
+            // Called before the key's entry is made, so a failed init leaves nothing behind.
+            let acc = init()?;
             let id = *next_id;
             *next_id += 1;
-            index.insert((end, id), key);
-            list.push(Pane::new(id, start, end, init(), lane));
+            index.insert((end, id), key.clone());
+            let list = panes.entry(key.clone()).or_default();
+            list.push(Pane::new(id, start, end, acc, lane));
             list.len() - 1
         }
     };
-    &mut list[pos]
+    let list = panes.entry(key).or_default();
+    Ok(&mut list[pos])
+}
+
+/// Run user code (`init`, `fold`, `merge`) as the stage `st`, a panic turned into an error.
+fn guarded<R>(st: &StageRt, f: impl FnOnce() -> R) -> Result<R, Error> {
+    st.span
+        .in_scope(|| catch_unwind(AssertUnwindSafe(f)))
+        .map_err(|panic| panic_error(&st.name, panic))
 }
 
 fn ts_end(meta: &Meta, size: u64) -> u64 {
     let ts = meta.event_time.map_or(0, Timestamp::as_millis);
-    ts - ts % size + size
+    (ts - ts % size).saturating_add(size)
 }
 
 impl<T: Clone, A> Stream for WindowOp<T, A> {

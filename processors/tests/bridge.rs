@@ -1,4 +1,5 @@
-//! The bridge on the in-memory broker: outputs confirmed before inputs are acked.
+//! The bridge on the in-memory broker: outputs confirmed before inputs are acked; a failing or
+//! panicking transform dead-letters its input.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ async fn forwards_transforms_filters_and_dead_letters() {
         let text = match i % 10 {
             0 => format!("skip {i}"),
             1 => format!("bad {i}"),
+            2 => format!("boom {i}"),
             _ => format!("item {i}"),
         };
         producer
@@ -46,6 +48,8 @@ async fn forwards_transforms_filters_and_dead_letters() {
             let text = String::from_utf8_lossy(m.payload()).to_string();
             if text.starts_with("skip") {
                 Ok(None)
+            } else if text.starts_with("boom") {
+                panic!("transform exploded on {text:?}");
             } else if text.starts_with("bad") {
                 Err(Error::new(
                     ErrorKind::Decode,
@@ -61,10 +65,11 @@ async fn forwards_transforms_filters_and_dead_letters() {
         .unwrap();
     assert_eq!(stats.received, 1000);
     assert_eq!(stats.filtered, 100);
-    assert_eq!(stats.dead_lettered, 100);
-    assert_eq!(stats.forwarded, 800);
-    assert_eq!(broker.queue_depth("out").unwrap().ready, 800);
-    assert_eq!(broker.queue_depth("dead").unwrap().ready, 100);
+    // A panic in the transform is an error like any other: dead-lettered.
+    assert_eq!(stats.dead_lettered, 200);
+    assert_eq!(stats.forwarded, 700);
+    assert_eq!(broker.queue_depth("out").unwrap().ready, 700);
+    assert_eq!(broker.queue_depth("dead").unwrap().ready, 200);
     let mut out = broker.consumer("out", Default::default()).await.unwrap();
     let first = out.receive().await.unwrap();
     assert!(first.message().payload().starts_with(b"ITEM"));

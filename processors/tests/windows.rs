@@ -223,6 +223,50 @@ async fn processing_time_windows_fire_when_the_virtual_clock_passes_their_end() 
     d.shutdown().await.unwrap();
 }
 
+/// Event times come from messages, so they can be anything a producer wrote, up to the
+/// largest timestamp. A window ending past it ends at the largest timestamp instead.
+#[tokio::test(start_paused = true)]
+async fn event_times_at_the_end_of_the_clock_do_not_break_any_window_kind() {
+    // Each kind, with the result expected for the ordinary first event.
+    let kinds = [
+        (WindowSpec::tumbling(Duration::from_secs(60)), "k 0-60000 1"),
+        (
+            WindowSpec::hopping(Duration::from_secs(60), Duration::from_secs(20)),
+            "k 0-60000 1",
+        ),
+        (
+            WindowSpec::session(Duration::from_secs(60)),
+            "k 5000-65000 1",
+        ),
+    ];
+    for (kind, first) in kinds {
+        let (broker, mut d) = driver().await;
+        let pipeline = Pipeline::builder()
+            .source(d.consumer("in").await.unwrap())
+            .flow()
+            .window("w", kind.clone().late_to(d.sink("late")))
+            .count()
+            .map("render", render)
+            .to(d.sink("out"))
+            .unwrap();
+        d.start(pipeline);
+        for t in [5_000, u64::MAX - 1, u64::MAX] {
+            d.pipe("in", event("k", t)).await.unwrap();
+        }
+        d.run_until_idle().await;
+        let report = d.shutdown().await.unwrap();
+        assert!(report.error.is_none(), "{kind:?}: {report:?}");
+        let out = d.read_text("out").await.unwrap();
+        assert!(out.iter().any(|l| l == first), "{kind:?}: {out:?}");
+        let depth = broker.queue_depth("in").unwrap();
+        assert_eq!(
+            depth.ready + depth.unacked,
+            0,
+            "{kind:?}: every input settled"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_full_window_fires_early_as_partial_and_totals_still_add_up() {
     let (broker, mut d) = driver().await;
