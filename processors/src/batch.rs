@@ -79,7 +79,8 @@ impl Batch {
 
 impl<T: ByteSize + Send + 'static> Flow<T> {
     /// Group items into batches; a batch's inputs are settled when the batch is. A shutdown
-    /// flushes the open batch.
+    /// flushes the open batch, and so does a pipeline holding `max_in_flight` inputs (no more
+    /// could arrive to fill it).
     pub fn batch(self, spec: impl Into<StageSpec>, batch: Batch) -> Flow<Vec<T>> {
         let st = self.ctx.stage(spec.into());
         let stream = Batcher {
@@ -186,6 +187,14 @@ impl<T: ByteSize> Stream for Batcher<T> {
                         if deadline.as_mut().poll(cx).is_ready() && !this.values.is_empty() {
                             return Poll::Ready(Some(this.emit()));
                         }
+                    }
+                    // With every slot held, no input arrives until one is settled, and the
+                    // inputs of this batch are settled only once it goes out: waiting to
+                    // fill it would stall the pipeline (a bound above `max_in_flight`, or
+                    // other stages holding slots). A slot is taken before its item is
+                    // passed on, so the last item in is seen before this check.
+                    if !this.values.is_empty() && this.st.shared.slots.all_held() {
+                        return Poll::Ready(Some(this.emit()));
                     }
                     return Poll::Pending;
                 }

@@ -84,6 +84,11 @@ impl Slots {
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)
     }
+
+    /// Whether every slot is held: no input can be received until one is settled.
+    pub fn all_held(&self) -> bool {
+        self.held() >= self.max
+    }
 }
 
 /// Counts a task in `Slots::take` for as long as it waits there.

@@ -530,6 +530,32 @@ async fn batched_sink_sends_whole_batches() {
     d.shutdown().await.unwrap();
 }
 
+/// A batch that could only fill with more inputs than the pipeline may hold would wait for
+/// inputs that cannot come: once every slot is held, the batch goes out as it is.
+#[tokio::test(start_paused = true)]
+async fn a_batch_larger_than_max_in_flight_goes_out_when_every_slot_is_held() {
+    let (broker, mut d) = driver(&["in", "out"]).await;
+    let pipeline = Pipeline::builder()
+        .max_in_flight(8)
+        .source(d.consumer("in").await.unwrap())
+        .flow()
+        .batch("batch", Batch::count(100).bytes(1 << 20))
+        .to_batched(d.sink("out"))
+        .unwrap();
+    d.start(pipeline);
+    for i in 0..20 {
+        d.pipe("in", Message::new(i.to_string())).await.unwrap();
+    }
+    d.run_until_idle().await;
+    let sent = |range: std::ops::Range<u32>| range.map(|i| i.to_string()).collect::<Vec<_>>();
+    // Twice every slot was held; the last 4 leave 4 free, so their batch waits for more.
+    assert_eq!(d.read_text("out").await.unwrap(), sent(0..16));
+    assert_eq!(broker.queue_depth("in").unwrap().unacked, 4);
+    d.shutdown().await.unwrap();
+    assert_eq!(d.read_text("out").await.unwrap(), sent(16..20), "flushed");
+    assert!(settled(&broker, "in"));
+}
+
 #[tokio::test(start_paused = true)]
 async fn drain_timeout_reports_unfinished_inputs_and_releases_them() {
     let (broker, mut d) = driver(&["in", "out"]).await;
