@@ -111,8 +111,15 @@ impl Backoff {
             .powi(attempt.saturating_sub(1).min(64) as i32);
         let base = self.initial.as_secs_f64() * exp;
         let base = base.min(self.max.as_secs_f64());
-        let jitter = base * self.jitter * random_unit();
-        Duration::from_secs_f64((base - jitter).max(0.0))
+        // The fields are public: a NaN or out-of-range jitter means none or all of it, and a
+        // delay past what a Duration holds is the cap.
+        let fraction = if self.jitter.is_nan() {
+            0.0
+        } else {
+            self.jitter.clamp(0.0, 1.0)
+        };
+        let jitter = base * fraction * random_unit();
+        Duration::try_from_secs_f64((base - jitter).max(0.0)).unwrap_or(self.max)
     }
 
     pub(crate) fn should_retry(&self, error: &Error, attempt: u32) -> bool {
@@ -394,6 +401,29 @@ mod tests {
             let d = jittered.delay(2);
             assert!(d <= Duration::from_millis(20) && d >= Duration::from_millis(10));
         }
+    }
+
+    /// The fields are public, so any value can reach `delay`: it must not panic on them.
+    #[test]
+    fn backoff_delay_stays_a_duration_for_extreme_settings() {
+        let huge = Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::MAX,
+            jitter: 0.0,
+            ..Backoff::default()
+        };
+        assert_eq!(huge.delay(200), Duration::MAX);
+        let odd = Backoff {
+            multiplier: f64::NAN,
+            jitter: f64::NAN,
+            ..Backoff::default()
+        };
+        assert_eq!(odd.delay(3), Duration::from_millis(100));
+        let over = Backoff {
+            jitter: 5.0,
+            ..Backoff::default()
+        };
+        assert!(over.delay(2) <= Duration::from_millis(200));
     }
 
     #[test]
