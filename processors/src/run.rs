@@ -3,8 +3,8 @@
 
 use mailroom_core::Error;
 use std::future::Future;
-use std::time::Duration;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::flow::{Pipeline, StoppedSources};
 use crate::metrics::{Metrics, Snapshot};
@@ -16,9 +16,12 @@ pub struct Report {
     pub metrics: Snapshot,
     /// The error that stopped the pipeline (a stage with the `Fail` policy, a source error).
     pub error: Option<Error>,
-    /// Whether the drain after a shutdown signal ran out of time.
+    /// Whether the drain after a shutdown signal, or the settling and closing after it, ran
+    /// out of time.
     pub timed_out: bool,
-    /// Inputs still held when the run ended (released unsettled: the broker redelivers them).
+    /// Inputs released unsettled during the run, which the broker redelivers: those held when
+    /// the drain timed out or a stage failed the pipeline, and those whose settle had not run
+    /// when settling timed out.
     pub unfinished: u64,
 }
 
@@ -44,10 +47,13 @@ impl Pipeline {
     }
 
     /// Run until `shutdown` resolves, then stop intake, drain what is in flight (flushing
-    /// batches and open windows) within the drain timeout, and report.
+    /// batches and open windows) within the drain timeout, and report. Settling what the
+    /// drain finished and closing the sources then get one more drain timeout, so a broker
+    /// that stops answering holds a shutdown for at most twice the drain timeout.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Report {
         let Pipeline { mut ctx, drive } = self;
         let metrics = ctx.metrics.clone();
+        let released_before = metrics.snapshot().abandoned;
         let settler = ctx.settle_rx.take().map(|mut rx| {
             tokio::spawn(async move {
                 while let Some(settlement) = rx.recv().await {
@@ -88,23 +94,31 @@ impl Pipeline {
                 }
             }
         };
-        let unfinished = metrics.in_flight();
         // Dropping the driver releases every input it still holds, unsettled.
         drop(drive);
         let _ = ctx.stop.send(true);
         let stopped = ctx.stopped.clone();
-        let drain_timeout = ctx.drain_timeout;
+        let tail = tokio::time::Instant::now() + ctx.drain_timeout;
         drop(ctx);
-        if let Some(settler) = settler {
-            let _ = settler.await;
+        if let Some(mut settler) = settler {
+            if tokio::time::timeout_at(tail, &mut settler).await.is_err() {
+                // The settles it had not run are dropped with it: their inputs are released
+                // unsettled, and redelivered.
+                settler.abort();
+                let _ = settler.await;
+                timed_out = true;
+                tracing::warn!("settling timed out; the broker is not answering acks");
+            }
         }
         // Every settle has been made by now; closing lets a backend finish the acks it batched.
-        close_stopped(&stopped, drain_timeout).await;
+        close_stopped(&stopped, tail).await;
         let snapshot = metrics.snapshot();
-        if timed_out {
+        let unfinished = snapshot.abandoned.saturating_sub(released_before);
+        if unfinished > 0 {
             tracing::warn!(
                 unfinished,
-                "drain timed out; unfinished inputs will be redelivered"
+                timed_out,
+                "inputs released unsettled; the broker will redeliver them"
             );
         }
         log_snapshot(&snapshot);
@@ -112,7 +126,7 @@ impl Pipeline {
             metrics: snapshot,
             error: result.err(),
             timed_out,
-            unfinished: if timed_out { unfinished } else { 0 },
+            unfinished,
         }
     }
 
@@ -200,15 +214,16 @@ impl PipelineHandle {
     }
 }
 
-/// Close the sources whose intake stopped, each within `timeout`.
-async fn close_stopped(stopped: &StoppedSources, timeout: Duration) {
+/// Close the sources whose intake stopped, all at once, by `deadline`.
+async fn close_stopped(stopped: &StoppedSources, deadline: Instant) {
     let consumers = std::mem::take(&mut *stopped.lock().unwrap_or_else(|p| p.into_inner()));
-    for mut consumer in consumers {
-        match tokio::time::timeout(timeout, consumer.close()).await {
+    let closes = consumers.into_iter().map(|mut consumer| async move {
+        match tokio::time::timeout_at(deadline, consumer.close()).await {
             Ok(Ok(())) => {}
             // Inputs it did not settle come back to the next consumer: duplicates, no loss.
             Ok(Err(e)) => tracing::warn!(error = %e, "closing a source failed"),
-            Err(_) => tracing::warn!(?timeout, "closing a source timed out"),
+            Err(_) => tracing::warn!("closing a source timed out"),
         }
-    }
+    });
+    futures_util::future::join_all(closes).await;
 }

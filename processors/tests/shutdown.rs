@@ -1,7 +1,8 @@
 //! On shutdown a pipeline stops intake but closes its sources only after the drain: a backend
 //! may batch acks and finish them in `close` (SQS does), and RabbitMQ hands every unacked
 //! delivery back when its channel closes, so a source closed before the drain would turn the
-//! drain's acks into duplicates.
+//! drain's acks into duplicates. Settling and closing are bounded too: a broker that never
+//! answers an ack cannot hold a shutdown forever.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,20 +22,26 @@ enum Event {
 
 type Log = Arc<Mutex<Vec<Event>>>;
 
-/// A memory consumer whose acks and close are written to one log, in the order they happen.
+/// A memory consumer whose acks and close are written to one log, in the order they happen;
+/// with `hang_acks`, an ack never returns (a broker that stopped answering).
 struct Logged {
     inner: Box<dyn Consumer>,
     log: Log,
+    hang_acks: bool,
 }
 
 struct LoggedSettle {
     inner: Delivery,
     log: Log,
+    hang: bool,
 }
 
 #[async_trait]
 impl Settle for LoggedSettle {
     async fn ack(self: Box<Self>) -> Result<()> {
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
         self.inner.ack().await?;
         self.log.lock().unwrap().push(Event::Ack);
         Ok(())
@@ -55,6 +62,7 @@ impl Consumer for Logged {
         let settle = LoggedSettle {
             inner: d,
             log: self.log.clone(),
+            hang: self.hang_acks,
         };
         Ok(Delivery::new(message, info, Box::new(settle)))
     }
@@ -86,6 +94,7 @@ async fn sources_are_closed_once_after_the_drain_has_settled_every_input() {
     let source = Logged {
         inner: broker.consumer("in", Default::default()).await.unwrap(),
         log: log.clone(),
+        hang_acks: false,
     };
     let pipeline = Pipeline::builder()
         .max_in_flight(16)
@@ -129,4 +138,61 @@ async fn sources_are_closed_once_after_the_drain_has_settled_every_input() {
         N as u64,
         "{depth:?}"
     );
+}
+
+/// Filtered inputs are acked by the pipeline's settler task; with acks that never return, the
+/// shutdown still ends, says it timed out, and leaves every input to the broker.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_ends_even_when_acks_never_return() {
+    const N: usize = 10;
+    let broker = MemoryBackend::new();
+    broker
+        .topology()
+        .declare_queue(&QueueSpec::new("in"))
+        .await
+        .unwrap();
+    let producer = broker.producer().await.unwrap();
+    for i in 0..N {
+        producer
+            .send(&Destination::queue("in"), Message::new(i.to_string()))
+            .await
+            .unwrap();
+    }
+    let log = Log::default();
+    let source = Logged {
+        inner: broker.consumer("in", Default::default()).await.unwrap(),
+        log: log.clone(),
+        hang_acks: true,
+    };
+    let pipeline = Pipeline::builder()
+        .drain_timeout(Duration::from_secs(2))
+        .source(Box::new(source) as Box<dyn Consumer>)
+        .flow()
+        .filter("drop-all", |_: &Message| false)
+        .to(Sink::new(
+            Arc::from(broker.producer().await.unwrap()),
+            Destination::queue("unused"),
+        ))
+        .unwrap();
+    let handle = pipeline.spawn();
+    while handle.metrics().snapshot().received < N as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = tokio::time::Instant::now();
+    // Paused clock: this timeout passes (virtually) only if the shutdown hangs.
+    let report = tokio::time::timeout(Duration::from_secs(600), handle.shutdown())
+        .await
+        .expect("the shutdown must end")
+        .unwrap();
+    assert!(report.timed_out, "{report:?}");
+    assert!(
+        started.elapsed() <= Duration::from_secs(4),
+        "bounded by twice the drain timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(report.metrics.acked, 0);
+    assert!(report.unfinished > 0, "{report:?}");
+    assert_eq!(log.lock().unwrap().last(), Some(&Event::Close));
+    let depth = broker.queue_depth("in").unwrap();
+    assert_eq!(depth.ready, N, "every input back in the queue: {depth:?}");
 }
