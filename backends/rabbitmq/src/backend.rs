@@ -308,6 +308,26 @@ impl Shared {
     }
 }
 
+/// Wait at most `wait` for the broker to answer a close (of a connection or a channel).
+///
+/// Why: lapin's close future resolves on the broker's CloseOk, so a broker that went silent
+/// without hanging up (a frozen host, a stalled path, and no heartbeat yet) held `close`
+/// forever. Giving up drops the handle; the broker requeues whatever was unacked on it once it
+/// notices the connection is gone, so nothing is lost.
+pub(crate) async fn close_within(
+    wait: Duration,
+    what: &str,
+    close: impl Future<Output = lapin::Result<()>>,
+) {
+    if tokio::time::timeout(wait, close).await.is_err() {
+        tracing::warn!(
+            backend = BACKEND,
+            ?wait,
+            "no answer to the {what} close in time; dropping it"
+        );
+    }
+}
+
 /// Close a connection that stopped answering, without waiting for the broker to agree.
 fn abandon(live: Arc<Live>) {
     tokio::spawn(async move {
@@ -485,7 +505,8 @@ impl Backend for RabbitBackend {
         let live = self.shared.current().take();
         if let Some(live) = live {
             if live.conn.status().connected() {
-                let _ = live.conn.close(200, "OK".into()).await;
+                let wait = self.shared.config.connect_timeout();
+                close_within(wait, "connection", live.conn.close(200, "OK".into())).await;
             }
         }
         Ok(())

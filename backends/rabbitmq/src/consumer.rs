@@ -16,7 +16,7 @@ use mailroom_core::{
 };
 use tokio::time::Instant;
 
-use crate::backend::{QueueFacts, Shared};
+use crate::backend::{close_within, QueueFacts, Shared};
 use crate::codec;
 use crate::error::{is_connection_loss, map};
 use crate::producer::{with_delay, RabbitProducer};
@@ -192,7 +192,8 @@ impl Consumer for RabbitConsumer {
             drop(live.consumer);
             if live.channel.status().connected() {
                 // Closing the channel hands every unacked delivery back to the queue.
-                let _ = live.channel.close(200, "OK".into()).await;
+                let wait = self.shared.config.connect_timeout();
+                close_within(wait, "channel", live.channel.close(200, "OK".into())).await;
             }
         }
         if let Some(side) = self.side.get() {

@@ -19,7 +19,7 @@ use mailroom_core::{
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::backend::Shared;
+use crate::backend::{close_within, Shared};
 use crate::codec::{self, Stamp};
 use crate::error::{is_connection_loss, map};
 use crate::BACKEND;
@@ -487,7 +487,8 @@ impl Producer for RabbitProducer {
         self.flush().await?;
         if let Some(ch) = self.inner.channel.lock().await.take() {
             if ch.status().connected() {
-                let _ = ch.close(200, "OK".into()).await;
+                let wait = self.inner.shared.config.connect_timeout();
+                close_within(wait, "channel", ch.close(200, "OK".into())).await;
             }
         }
         Ok(())

@@ -296,6 +296,18 @@ impl Conformance {
         report
     }
 
+    /// Close the case's backend. A close error is the backend's to report elsewhere; a close
+    /// that does not return is a failure here, so one hang cannot stall the whole suite.
+    async fn close(&self, backend: &Arc<dyn Backend>) -> std::result::Result<(), String> {
+        match tokio::time::timeout(self.case_timeout, backend.close()).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!(
+                "the backend's close did not return within {:?}",
+                self.case_timeout
+            )),
+        }
+    }
+
     async fn run_case(&self, case: &'static Case) -> CaseResult {
         let start = Instant::now();
         let outcome = match (self.factory)().await {
@@ -310,8 +322,10 @@ impl Conformance {
                     .filter(|c| !backend.capabilities().supports(*c))
                     .collect();
                 if !missing.is_empty() {
-                    let _ = backend.close().await;
-                    Outcome::Skipped { missing }
+                    match self.close(&backend).await {
+                        Ok(()) => Outcome::Skipped { missing },
+                        Err(error) => Outcome::Failed { error },
+                    }
                 } else {
                     let ctx = Ctx {
                         backend: backend.clone(),
@@ -319,13 +333,14 @@ impl Conformance {
                         cleanup: self.cleanup,
                     };
                     let result = tokio::time::timeout(self.case_timeout, (case.run)(ctx)).await;
-                    let _ = backend.close().await;
-                    match result {
-                        Ok(Ok(note)) => Outcome::Passed { note },
-                        Ok(Err(e)) => Outcome::Failed {
+                    let closed = self.close(&backend).await;
+                    match (result, closed) {
+                        (Ok(Ok(note)), Ok(())) => Outcome::Passed { note },
+                        (Ok(Ok(_)), Err(error)) => Outcome::Failed { error },
+                        (Ok(Err(e)), _) => Outcome::Failed {
                             error: e.to_string(),
                         },
-                        Err(_) => Outcome::Failed {
+                        (Err(_), _) => Outcome::Failed {
                             error: format!("timed out after {:?}", self.case_timeout),
                         },
                     }
