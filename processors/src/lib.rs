@@ -51,7 +51,11 @@
 //!
 //! **Ordering.** Synchronous stages keep arrival order. Async stages ([`Flow::then`]) run
 //! several items at once under the pipeline's [`Ordering`]: per key (same key in order, different
-//! keys in parallel), per partition, or unordered.
+//! keys in parallel), per partition, or unordered. That is the order items reach the sink
+//! in, and the order of the outputs while sends succeed. Sends are pipelined, so a message
+//! whose send fails lands after those sent behind it, whether the sink retries it or the
+//! pipeline stops and its input is redelivered (as with any producer that keeps more than one
+//! send in flight); at-least-once holds either way, order per key does not.
 //!
 //! **Errors.** Each stage has an [`ErrorPolicy`]: fail the pipeline, skip, retry with
 //! exponential backoff and jitter, dead-letter the original input to any producer (with headers

@@ -25,7 +25,8 @@ pub(crate) enum Router {
 }
 
 /// The default policy of a sink stage: retry temporary send failures a few times, then fail
-/// the pipeline (every unsettled input is then redelivered).
+/// the pipeline (every unsettled input is then redelivered). A retried message lands after
+/// those sent while it waited: see the crate docs on ordering.
 pub fn default_sink_policy() -> ErrorPolicy {
     ErrorPolicy::retry(Backoff::exponential(Duration::from_millis(100), 4))
 }
