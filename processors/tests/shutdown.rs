@@ -72,9 +72,8 @@ impl Consumer for Logged {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn sources_are_closed_once_after_the_drain_has_settled_every_input() {
-    const N: usize = 200;
+/// A broker whose queue "in" holds `n` numbered messages, and an empty queue "out".
+async fn seeded(n: usize) -> MemoryBackend {
     let broker = MemoryBackend::new();
     for q in ["in", "out"] {
         broker
@@ -84,12 +83,19 @@ async fn sources_are_closed_once_after_the_drain_has_settled_every_input() {
             .unwrap();
     }
     let producer = broker.producer().await.unwrap();
-    for i in 0..N {
+    for i in 0..n {
         producer
             .send(&Destination::queue("in"), Message::new(i.to_string()))
             .await
             .unwrap();
     }
+    broker
+}
+
+#[tokio::test(start_paused = true)]
+async fn sources_are_closed_once_after_the_drain_has_settled_every_input() {
+    const N: usize = 200;
+    let broker = seeded(N).await;
     let log = Log::default();
     let source = Logged {
         inner: broker.consumer("in", Default::default()).await.unwrap(),
@@ -145,19 +151,7 @@ async fn sources_are_closed_once_after_the_drain_has_settled_every_input() {
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_ends_even_when_acks_never_return() {
     const N: usize = 10;
-    let broker = MemoryBackend::new();
-    broker
-        .topology()
-        .declare_queue(&QueueSpec::new("in"))
-        .await
-        .unwrap();
-    let producer = broker.producer().await.unwrap();
-    for i in 0..N {
-        producer
-            .send(&Destination::queue("in"), Message::new(i.to_string()))
-            .await
-            .unwrap();
-    }
+    let broker = seeded(N).await;
     let log = Log::default();
     let source = Logged {
         inner: broker.consumer("in", Default::default()).await.unwrap(),
@@ -171,7 +165,7 @@ async fn a_shutdown_ends_even_when_acks_never_return() {
         .filter("drop-all", |_: &Message| false)
         .to(Sink::new(
             Arc::from(broker.producer().await.unwrap()),
-            Destination::queue("unused"),
+            Destination::queue("out"),
         ))
         .unwrap();
     let handle = pipeline.spawn();
