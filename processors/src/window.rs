@@ -481,13 +481,13 @@ impl<A> Pane<A> {
                 }
             }
         }
-        match (was_one, tokens.pop()) {
-            (true, Some(token)) if tokens.is_empty() => Tokens::One(token),
-            (_, Some(token)) => {
+        match tokens.pop() {
+            Some(token) if was_one && tokens.is_empty() => Tokens::One(token),
+            Some(token) => {
                 tokens.push(token);
                 Tokens::Many(tokens)
             }
-            (_, None) => Tokens::Many(tokens),
+            None => Tokens::Many(tokens),
         }
     }
 

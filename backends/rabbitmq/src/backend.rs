@@ -331,11 +331,8 @@ pub(crate) async fn close_within(
 /// Close a connection that stopped answering, without waiting for the broker to agree.
 fn abandon(live: Arc<Live>) {
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            live.conn.close(320, "unresponsive".into()),
-        )
-        .await;
+        let close = live.conn.close(320, "unresponsive".into());
+        close_within(Duration::from_secs(1), "unresponsive connection", close).await;
     });
 }
 
