@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod relay;
+pub mod restart;
 
 use std::collections::BTreeMap;
 use std::future::Future;
