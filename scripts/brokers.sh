@@ -7,16 +7,29 @@ export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 export PATH="$HOME/.cargo/bin:$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 BROKERS_HOME="${MAILROOM_BROKERS_HOME:-$HOME/.local/share/mailroom-brokers}"
+SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ALL_BROKERS=(rabbitmq kafka sqs)
 
 RABBITMQ_PORT=5672
 RABBITMQ_START_TIMEOUT="${MAILROOM_RABBITMQ_START_TIMEOUT:-90}"
 
-TANSU_VERSION=0.6.0
-TANSU_FEATURES=dynostore,libsql
+# Apache Kafka, pinned: its broker jars come from Maven Central (scripts/kafka/pom.xml).
+KAFKA_VERSION=4.1.1
 KAFKA_PORT=9092
 KAFKA_DIR="$BROKERS_HOME/kafka"
-KAFKA_START_TIMEOUT="${MAILROOM_KAFKA_START_TIMEOUT:-60}"
+KAFKA_START_TIMEOUT="${MAILROOM_KAFKA_START_TIMEOUT:-90}"
+KAFKA_HEAP="${MAILROOM_KAFKA_HEAP:-1g}"
+KAFKA_POM="$SCRIPTS_DIR/kafka/pom.xml"
+KAFKA_CONF_TEMPLATE="$SCRIPTS_DIR/kafka/server.properties"
+KAFKA_LOG_CONFIG="$SCRIPTS_DIR/kafka/log4j2.yaml"
+
+# tansu, a Kafka-protocol broker in Rust: opt-in only (`up tansu`), on its own port, for
+# checking the Kafka backend against a second implementation. Not what `kafka` means.
+TANSU_VERSION=0.6.0
+TANSU_FEATURES=dynostore,libsql
+TANSU_PORT=9192
+TANSU_DIR="$BROKERS_HOME/tansu"
+TANSU_START_TIMEOUT="${MAILROOM_TANSU_START_TIMEOUT:-60}"
 # A fresh `cargo install tansu` takes ~12 min on 2 cores; allow for a slow machine.
 TANSU_INSTALL_TIMEOUT="${MAILROOM_TANSU_INSTALL_TIMEOUT:-3600}"
 
@@ -31,7 +44,7 @@ usage() {
     cat <<EOF
 usage: scripts/brokers.sh COMMAND [NAME...]
 
-NAME is one or more of: ${ALL_BROKERS[*]} (default: all).
+NAME is one or more of: ${ALL_BROKERS[*]} (default: all), or tansu (opt-in, never a default).
 
 commands:
   up [NAME...]       install what is missing, start what is not running, wait until it answers.
@@ -40,19 +53,25 @@ commands:
                      RabbitMQ is the machine's own service and is left running unless
                      MAILROOM_STOP_SYSTEM_BROKERS=1 (then: rabbitmqctl stop).
   restart [NAME...]  down, then up.
-  reset kafka        stop tansu, drop its storage, start it empty (test runs use this).
-  kill NAME...       SIGKILL at once, for fault tests (kafka, sqs). Bring back with 'up'.
+  reset kafka|tansu  stop it, drop its data, start it empty.
+  kill NAME...       SIGKILL at once, for fault tests (kafka, sqs, tansu). Bring back with 'up'.
                      For RabbitMQ use 'rabbitmqctl stop_app'; 'up rabbitmq' runs start_app.
   status [NAME...]   one line per broker: up/down, address, version. Always exits 0.
+  version NAME       the implementation and version serving NAME's port, when this script
+                     started it (e.g. "Apache Kafka 4.1.1"); exits 1 if it is not running.
+                     Test reports name the broker with it.
 
 brokers (all on loopback):
   rabbitmq  amqp://guest:guest@127.0.0.1:${RABBITMQ_PORT}  Debian package rabbitmq-server
-  kafka     127.0.0.1:${KAFKA_PORT}   tansu ${TANSU_VERSION} (cargo install), sqlite storage in ${KAFKA_DIR}
+  kafka     127.0.0.1:${KAFKA_PORT}   Apache Kafka ${KAFKA_VERSION} (jars from Maven Central), KRaft, one
+                                    broker+controller node (controller on 127.0.0.1:9093), data in ${KAFKA_DIR}
+  tansu     127.0.0.1:${TANSU_PORT}   tansu ${TANSU_VERSION} (cargo install, ~12 min), sqlite storage in ${TANSU_DIR}
   sqs       http://127.0.0.1:${SQS_PORT}  fauxqs ${FAUXQS_VERSION} (npm), in-memory, in ${SQS_DIR}
 
 environment:
   MAILROOM_BROKERS_HOME          data dir (default: \$HOME/.local/share/mailroom-brokers)
   MAILROOM_STOP_SYSTEM_BROKERS=1 let 'down rabbitmq' stop the machine's RabbitMQ
+  MAILROOM_KAFKA_HEAP            Apache Kafka's JVM heap (default 1g)
   MAILROOM_SQS_LOG=1             fauxqs logs every request (off by default: it skews benchmarks)
 EOF
 }
@@ -242,7 +261,135 @@ rabbitmq_status() {
     printf '%-9s %-5s %-28s %s\n' rabbitmq "$state" "amqp://127.0.0.1:$RABBITMQ_PORT" "${version:+rabbitmq $version}"
 }
 
-# ---------------------------------------------------------------- kafka (tansu)
+# ---------------------------------------------------------------- kafka (Apache Kafka)
+
+# The broker's jars come from Maven Central through scripts/kafka/pom.xml, once per version.
+kafka_dist() { printf '%s/apache-kafka-%s' "$KAFKA_DIR" "$KAFKA_VERSION"; }
+kafka_java() { java -Xms256m -Xmx"$KAFKA_HEAP" -cp "$(kafka_dist)/libs/*" "$@"; }
+
+kafka_install() {
+    local dist libs
+    dist=$(kafka_dist)
+    libs="$dist/libs"
+    [[ -f $dist/.complete ]] && return 0
+    command -v java >/dev/null 2>&1 || die "kafka: java not found (Apache Kafka $KAFKA_VERSION needs Java 17+): apt-get install -y openjdk-17-jre-headless"
+    command -v mvn >/dev/null 2>&1 || die "kafka: mvn not found (it fetches the broker's jars from Maven Central): apt-get install -y maven"
+    local java_major
+    java_major=$(java -XshowSettings:properties -version 2>&1 | awk -F' = ' '/java.specification.version/ {print $2}')
+    [[ ${java_major%%.*} -ge 17 ]] 2>/dev/null || die "kafka: Apache Kafka $KAFKA_VERSION needs Java 17+, found '${java_major:-unknown}'"
+    mkdir -p "$KAFKA_DIR"
+    exec 8>"$KAFKA_DIR/install.lock"
+    flock -w 600 8 || die "kafka: timed out waiting for another brokers.sh to finish fetching Apache Kafka"
+    if [[ ! -f $dist/.complete ]]; then
+        log "kafka: fetching Apache Kafka $KAFKA_VERSION's jars from Maven Central (log: $KAFKA_DIR/install.log)"
+        rm -rf "$dist"
+        if ! mvn -B -q -f "$KAFKA_POM" -Dkafka.version="$KAFKA_VERSION" \
+            dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$libs" \
+            >"$KAFKA_DIR/install.log" 2>&1; then
+            log_tail "$KAFKA_DIR/install.log"
+            die "kafka: mvn dependency:copy-dependencies for org.apache.kafka:kafka_2.13:$KAFKA_VERSION failed"
+        fi
+        [[ -f $libs/kafka_2.13-$KAFKA_VERSION.jar ]] || die "kafka: $libs/kafka_2.13-$KAFKA_VERSION.jar missing after mvn"
+        touch "$dist/.complete"
+    fi
+    flock -u 8
+    exec 8>&-
+}
+
+# Writes server.properties into the data dir and formats the storage once (a KRaft node will not
+# start on an unformatted log dir).
+kafka_format() {
+    local conf="$KAFKA_DIR/server.properties" data="$KAFKA_DIR/data"
+    sed "s#@LOG_DIR@#$data#" "$KAFKA_CONF_TEMPLATE" >"$conf"
+    [[ -f $data/meta.properties ]] && return 0
+    mkdir -p "$data"
+    log "kafka: formatting $data (KRaft, one standalone controller)"
+    local cluster_id
+    cluster_id=$(kafka_java kafka.tools.StorageTool random-uuid 2>>"$KAFKA_DIR/install.log") ||
+        die "kafka: StorageTool random-uuid failed (see $KAFKA_DIR/install.log)"
+    kafka_java kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$conf" \
+        >>"$KAFKA_DIR/install.log" 2>&1 || {
+        log_tail "$KAFKA_DIR/install.log"
+        die "kafka: StorageTool format failed"
+    }
+}
+
+# The server logs this once it serves clients; an open port alone can precede that.
+kafka_started_since_last_start() {
+    awk '/^=== brokers.sh: starting Apache Kafka/ { ok = 0 } /Kafka Server started/ { ok = 1 } END { exit !ok }' \
+        "$KAFKA_DIR/kafka.log" 2>/dev/null
+}
+
+kafka_up() {
+    local pidfile="$KAFKA_DIR/kafka.pid" logfile="$KAFKA_DIR/kafka.log" pid deadline
+    if pid_alive "$pidfile" kafka.Kafka && tcp_open "$KAFKA_PORT" && kafka_started_since_last_start; then
+        log "kafka: already up on 127.0.0.1:$KAFKA_PORT (pid $(<"$pidfile"))"
+        return 0
+    fi
+    kafka_install
+    if ! pid_alive "$pidfile" kafka.Kafka && tcp_open "$KAFKA_PORT"; then
+        die "kafka: something not started by this script already listens on 127.0.0.1:$KAFKA_PORT ($(ss -ltnp "sport = :$KAFKA_PORT" 2>/dev/null | tail -n +2 | tr -s ' ' | head -n 1))"
+    fi
+    if pid_alive "$pidfile" kafka.Kafka; then
+        pid=$(<"$pidfile")
+        log "kafka: pid $pid is running but not serving yet; waiting"
+    else
+        kafka_format
+        printf '\n=== brokers.sh: starting Apache Kafka %s at %s\n' "$KAFKA_VERSION" "$(date -u +%FT%TZ)" >>"$logfile"
+        (
+            cd "$KAFKA_DIR"
+            exec setsid nohup java -Xms256m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+                -Djava.awt.headless=true -Dlog4j2.configurationFile="$KAFKA_LOG_CONFIG" \
+                -cp "$(kafka_dist)/libs/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
+                </dev/null >>"$logfile" 2>&1
+        ) &
+        pid=$!
+        echo "$pid" >"$pidfile"
+        log "kafka: started Apache Kafka $KAFKA_VERSION (pid $pid, heap $KAFKA_HEAP), data $KAFKA_DIR/data, log $logfile"
+    fi
+    deadline=$((SECONDS + KAFKA_START_TIMEOUT))
+    until tcp_open "$KAFKA_PORT" && kafka_started_since_last_start; do
+        if ! proc_alive "$pid"; then
+            rm -f "$pidfile"
+            log_tail "$logfile"
+            die "kafka: Apache Kafka exited before serving on 127.0.0.1:$KAFKA_PORT"
+        fi
+        if ((SECONDS >= deadline)); then
+            log_tail "$logfile"
+            die "kafka: Apache Kafka (pid $pid) not serving on 127.0.0.1:$KAFKA_PORT after ${KAFKA_START_TIMEOUT}s"
+        fi
+        sleep 0.2
+    done
+    log "kafka: up on 127.0.0.1:$KAFKA_PORT"
+}
+
+# A controlled shutdown of one node takes a few seconds; STOP_TIMEOUT covers it.
+kafka_down() { stop_pidfile kafka "$KAFKA_DIR/kafka.pid" kafka.Kafka TERM; }
+kafka_kill() { stop_pidfile kafka "$KAFKA_DIR/kafka.pid" kafka.Kafka KILL; }
+kafka_reset() {
+    kafka_down
+    rm -rf "$KAFKA_DIR/data"
+    log "kafka: data dropped"
+    kafka_up
+}
+
+kafka_status() {
+    local state=down version="" pid=""
+    if [[ -f $(kafka_dist)/.complete ]]; then
+        version="Apache Kafka $KAFKA_VERSION"
+    else
+        state="down (not installed)"
+    fi
+    if pid_alive "$KAFKA_DIR/kafka.pid" kafka.Kafka; then
+        pid=$(<"$KAFKA_DIR/kafka.pid")
+        tcp_open "$KAFKA_PORT" && kafka_started_since_last_start && state=up || state="down (pid $pid not serving)"
+    elif tcp_open "$KAFKA_PORT"; then
+        state="up (not started by this script)"
+    fi
+    printf '%-9s %-5s %-28s %s\n' kafka "$state" "127.0.0.1:$KAFKA_PORT" "$version${pid:+ pid $pid}"
+}
+
+# ---------------------------------------------------------------- tansu (opt-in: a second Kafka-protocol implementation)
 
 tansu_installed_version() {
     command -v tansu >/dev/null 2>&1 || return 1
@@ -255,27 +402,27 @@ tansu_install() {
     v=$(tansu_installed_version || true)
     [[ $v == "$TANSU_VERSION" ]] && return 0
 
-    mkdir -p "$KAFKA_DIR"
+    mkdir -p "$TANSU_DIR"
     # One install at a time: our own (lock) and any other running `cargo install tansu`.
-    exec 8>"$KAFKA_DIR/install.lock"
-    flock -w "$TANSU_INSTALL_TIMEOUT" 8 || die "kafka: timed out waiting for another brokers.sh to finish installing tansu"
+    exec 8>"$TANSU_DIR/install.lock"
+    flock -w "$TANSU_INSTALL_TIMEOUT" 8 || die "tansu: timed out waiting for another brokers.sh to finish installing tansu"
     deadline=$((SECONDS + TANSU_INSTALL_TIMEOUT))
     while pgrep -f "cargo install .*tansu" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "kafka: another 'cargo install tansu' is still running after ${TANSU_INSTALL_TIMEOUT}s"
-        log "kafka: another 'cargo install tansu' is running; waiting for it"
+        ((SECONDS < deadline)) || die "tansu: another 'cargo install tansu' is still running after ${TANSU_INSTALL_TIMEOUT}s"
+        log "tansu: another 'cargo install tansu' is running; waiting for it"
         sleep 15
     done
     v=$(tansu_installed_version || true)
     if [[ $v != "$TANSU_VERSION" ]]; then
-        command -v cargo >/dev/null 2>&1 || die "kafka: cargo not found (need a Rust toolchain to install tansu)"
-        log "kafka: installing tansu $TANSU_VERSION (found: ${v:-none}); cargo install takes ~12 min on 2 cores, log: $KAFKA_DIR/install.log"
+        command -v cargo >/dev/null 2>&1 || die "tansu: cargo not found (need a Rust toolchain to install tansu)"
+        log "tansu: installing tansu $TANSU_VERSION (found: ${v:-none}); cargo install takes ~12 min on 2 cores, log: $TANSU_DIR/install.log"
         if ! cargo install tansu --locked --version "$TANSU_VERSION" --features "$TANSU_FEATURES" \
-            >"$KAFKA_DIR/install.log" 2>&1; then
-            log_tail "$KAFKA_DIR/install.log"
-            die "kafka: cargo install tansu --version $TANSU_VERSION failed"
+            >"$TANSU_DIR/install.log" 2>&1; then
+            log_tail "$TANSU_DIR/install.log"
+            die "tansu: cargo install tansu --version $TANSU_VERSION failed"
         fi
         v=$(tansu_installed_version || true)
-        [[ $v == "$TANSU_VERSION" ]] || die "kafka: after install, 'tansu --version' reports '${v:-nothing}', wanted $TANSU_VERSION"
+        [[ $v == "$TANSU_VERSION" ]] || die "tansu: after install, 'tansu --version' reports '${v:-nothing}', wanted $TANSU_VERSION"
     fi
     flock -u 8
     exec 8>&-
@@ -287,8 +434,8 @@ tansu_install() {
 # stalled. The index turns that scan into a lookup; it is idempotent and tansu's own queries
 # are unchanged.
 tansu_index_headers() {
-    command -v python3 >/dev/null 2>&1 || die "kafka: python3 not found (needed to add tansu's missing header index)"
-    python3 - "$KAFKA_DIR/tansu.db" <<'PY' || die "kafka: could not add the header index to $KAFKA_DIR/tansu.db"
+    command -v python3 >/dev/null 2>&1 || die "tansu: python3 not found (needed to add tansu's missing header index)"
+    python3 - "$TANSU_DIR/tansu.db" <<'PY' || die "tansu: could not add the header index to $TANSU_DIR/tansu.db"
 import sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], timeout=60)
 for _ in range(300):
@@ -306,89 +453,89 @@ PY
 # request with an error; such a broker is down for our purposes. The log since our last start
 # tells.
 tansu_wedged() {
-    local logfile="$KAFKA_DIR/tansu.log"
+    local logfile="$TANSU_DIR/tansu.log"
     [[ -f $logfile ]] || return 1
     awk '/^=== brokers.sh: starting tansu/ { bad = 0 } /panicked at/ { bad = 1 } END { exit !bad }' "$logfile"
 }
 
-kafka_up() {
-    local pidfile="$KAFKA_DIR/tansu.pid" logfile="$KAFKA_DIR/tansu.log" pid deadline
-    if pid_alive "$pidfile" tansu && tcp_open "$KAFKA_PORT" && tansu_wedged; then
-        log "kafka: tansu (pid $(<"$pidfile")) is up but its storage task panicked (see $logfile); restarting it"
-        kafka_down
+tansu_up() {
+    local pidfile="$TANSU_DIR/tansu.pid" logfile="$TANSU_DIR/tansu.log" pid deadline
+    if pid_alive "$pidfile" tansu && tcp_open "$TANSU_PORT" && tansu_wedged; then
+        log "tansu: tansu (pid $(<"$pidfile")) is up but its storage task panicked (see $logfile); restarting it"
+        tansu_down
     fi
-    if pid_alive "$pidfile" tansu && tcp_open "$KAFKA_PORT"; then
+    if pid_alive "$pidfile" tansu && tcp_open "$TANSU_PORT"; then
         tansu_index_headers
-        log "kafka: already up on 127.0.0.1:$KAFKA_PORT (pid $(<"$pidfile"))"
+        log "tansu: already up on 127.0.0.1:$TANSU_PORT (pid $(<"$pidfile"))"
         return 0
     fi
     tansu_install
-    if ! pid_alive "$pidfile" tansu && tcp_open "$KAFKA_PORT"; then
-        die "kafka: something not started by this script already listens on 127.0.0.1:$KAFKA_PORT ($(ss -ltnp "sport = :$KAFKA_PORT" 2>/dev/null | tail -n +2 | tr -s ' ' | head -n 1))"
+    if ! pid_alive "$pidfile" tansu && tcp_open "$TANSU_PORT"; then
+        die "tansu: something not started by this script already listens on 127.0.0.1:$TANSU_PORT ($(ss -ltnp "sport = :$TANSU_PORT" 2>/dev/null | tail -n +2 | tr -s ' ' | head -n 1))"
     fi
     if pid_alive "$pidfile" tansu; then
         # Alive but not (yet) accepting: it may still be starting; the wait below decides.
         pid=$(<"$pidfile")
-        log "kafka: tansu pid $pid is running but not accepting yet; waiting"
+        log "tansu: tansu pid $pid is running but not accepting yet; waiting"
     else
-        mkdir -p "$KAFKA_DIR"
+        mkdir -p "$TANSU_DIR"
         printf '\n=== brokers.sh: starting tansu at %s\n' "$(date -u +%FT%TZ)" >>"$logfile"
         # tansu 0.6.0 resolves a sqlite:// URL against its working directory, even an
         # absolute one (sqlite:///abs/path -> $PWD/abs/path), so run it in the data dir.
         # Environment variables that tansu would read for options we do not pass are dropped.
         (
-            cd "$KAFKA_DIR"
+            cd "$TANSU_DIR"
             exec env -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT -u CLUSTER_ID \
                 setsid nohup tansu broker \
-                --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-                --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+                --listener-url "tcp://127.0.0.1:$TANSU_PORT" \
+                --advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" \
                 --storage-engine "sqlite://tansu.db" \
                 </dev/null >>"$logfile" 2>&1
         ) &
         pid=$!
         echo "$pid" >"$pidfile"
-        log "kafka: started tansu $TANSU_VERSION (pid $pid), storage $KAFKA_DIR/tansu.db, log $logfile"
+        log "tansu: started tansu $TANSU_VERSION (pid $pid), storage $TANSU_DIR/tansu.db, log $logfile"
     fi
-    deadline=$((SECONDS + KAFKA_START_TIMEOUT))
-    until tcp_open "$KAFKA_PORT"; do
+    deadline=$((SECONDS + TANSU_START_TIMEOUT))
+    until tcp_open "$TANSU_PORT"; do
         if ! proc_alive "$pid"; then
             rm -f "$pidfile"
             log_tail "$logfile"
-            die "kafka: tansu exited before accepting connections on 127.0.0.1:$KAFKA_PORT"
+            die "tansu: tansu exited before accepting connections on 127.0.0.1:$TANSU_PORT"
         fi
         if ((SECONDS >= deadline)); then
             log_tail "$logfile"
-            die "kafka: tansu (pid $pid) not accepting on 127.0.0.1:$KAFKA_PORT after ${KAFKA_START_TIMEOUT}s"
+            die "tansu: tansu (pid $pid) not accepting on 127.0.0.1:$TANSU_PORT after ${TANSU_START_TIMEOUT}s"
         fi
         sleep 0.2
     done
     tansu_index_headers
-    log "kafka: up on 127.0.0.1:$KAFKA_PORT"
+    log "tansu: up on 127.0.0.1:$TANSU_PORT"
 }
 
-kafka_down() { stop_pidfile kafka "$KAFKA_DIR/tansu.pid" tansu TERM; }
-kafka_kill() { stop_pidfile kafka "$KAFKA_DIR/tansu.pid" tansu KILL; }
+tansu_down() { stop_pidfile kafka "$TANSU_DIR/tansu.pid" tansu TERM; }
+tansu_kill() { stop_pidfile kafka "$TANSU_DIR/tansu.pid" tansu KILL; }
 # Stop tansu, drop its storage and start it empty: test runs start from a known state, since
 # tansu 0.6's sqlite storage can carry a wedged state from an earlier crash.
-kafka_reset() {
-    kafka_down
-    rm -f "$KAFKA_DIR"/tansu.db "$KAFKA_DIR"/tansu.db-*
-    log "kafka: storage dropped"
-    kafka_up
+tansu_reset() {
+    tansu_down
+    rm -f "$TANSU_DIR"/tansu.db "$TANSU_DIR"/tansu.db-*
+    log "tansu: storage dropped"
+    tansu_up
 }
 
-kafka_status() {
+tansu_status() {
     local state=down version="" v pid=""
     v=$(tansu_installed_version || true)
     [[ -n $v ]] && version="tansu $v" || state="down (not installed)"
-    if pid_alive "$KAFKA_DIR/tansu.pid" tansu; then
-        pid=$(<"$KAFKA_DIR/tansu.pid")
-        tcp_open "$KAFKA_PORT" && state=up || state="down (pid $pid not accepting)"
+    if pid_alive "$TANSU_DIR/tansu.pid" tansu; then
+        pid=$(<"$TANSU_DIR/tansu.pid")
+        tcp_open "$TANSU_PORT" && state=up || state="down (pid $pid not accepting)"
         [[ $state == up ]] && tansu_wedged && state="down (storage panicked; 'up' restarts it)"
-    elif tcp_open "$KAFKA_PORT"; then
+    elif tcp_open "$TANSU_PORT"; then
         state="up (not started by this script)"
     fi
-    printf '%-9s %-5s %-28s %s\n' kafka "$state" "127.0.0.1:$KAFKA_PORT" "$version${pid:+ pid $pid}"
+    printf '%-9s %-5s %-28s %s\n' tansu "$state" "127.0.0.1:$TANSU_PORT" "$version${pid:+ pid $pid}"
 }
 
 # ---------------------------------------------------------------- sqs (fauxqs)
@@ -508,8 +655,8 @@ names_or_all() {
     fi
     for n in "$@"; do
         case $n in
-            rabbitmq | kafka | sqs) printf '%s\n' "$n" ;;
-            *) die "unknown broker '$n' (expected one of: ${ALL_BROKERS[*]})" ;;
+            rabbitmq | kafka | sqs | tansu) printf '%s\n' "$n" ;;
+            *) die "unknown broker '$n' (expected one of: ${ALL_BROKERS[*]} tansu)" ;;
         esac
     done
 }
@@ -520,11 +667,12 @@ main() {
     local names n
     case $cmd in
         reset)
-            (($# > 0)) || die "reset needs a broker name (kafka)"
+            (($# > 0)) || die "reset needs a broker name (kafka or tansu)"
             for n in "$@"; do
                 case $n in
                     kafka) mkdir -p "$BROKERS_HOME" && kafka_reset ;;
-                    *) die "reset supports kafka only (the others keep nothing or are machine services)" ;;
+                    tansu) mkdir -p "$BROKERS_HOME" && tansu_reset ;;
+                    *) die "reset supports kafka and tansu only (the others keep nothing or are machine services)" ;;
                 esac
             done
             ;;
@@ -540,14 +688,25 @@ main() {
                 esac
             done
             ;;
+        version)
+            (($# == 1)) || die "version needs one broker name"
+            case $1 in
+                kafka) pid_alive "$KAFKA_DIR/kafka.pid" kafka.Kafka && echo "Apache Kafka $KAFKA_VERSION" ;;
+                tansu) pid_alive "$TANSU_DIR/tansu.pid" tansu && echo "tansu $(tansu_installed_version)" ;;
+                sqs) pid_alive "$SQS_DIR/fauxqs.pid" run-fauxqs && echo "fauxqs $(fauxqs_installed_version)" ;;
+                rabbitmq) tcp_open "$RABBITMQ_PORT" && echo "RabbitMQ $(rabbit_version)" ;;
+                *) die "unknown broker '$1'" ;;
+            esac
+            ;;
         kill)
-            (($# > 0)) || die "kill needs a broker name (kafka or sqs)"
+            (($# > 0)) || die "kill needs a broker name (kafka, sqs or tansu)"
             for n in "$@"; do
                 case $n in
                     kafka) kafka_kill ;;
+                    tansu) tansu_kill ;;
                     sqs) sqs_kill ;;
                     rabbitmq) die "kill rabbitmq is not supported (machine service); use 'rabbitmqctl stop_app' and then 'scripts/brokers.sh up rabbitmq'" ;;
-                    *) die "unknown broker '$n' (expected kafka or sqs)" ;;
+                    *) die "unknown broker '$n' (expected kafka, sqs or tansu)" ;;
                 esac
             done
             ;;

@@ -201,7 +201,7 @@ async fn raw_lapin_ratio_on_rabbitmq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_rdkafka_ratio_on_kafka() {
     let url = url("MAILROOM_KAFKA_URL", "kafka://127.0.0.1:9092");
-    // Joining a consumer group on tansu takes seconds.
+    // Joining a consumer group takes a moment: a longer run keeps that out of the ratio.
     ratio_on(&url, "kafka", "raw-rdkafka", 8).await;
 }
 

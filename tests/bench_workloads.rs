@@ -261,7 +261,8 @@ fn slow(_: &Incoming) -> Duration {
 }
 
 /// Each message handed out 300 ms after it was meant to be sent: a broker that keeps up at
-/// any rate but always holds 0.3 s of messages in flight (as tansu does).
+/// any rate but always holds 0.3 s of messages in flight (as a broker with a long fetch wait
+/// does).
 fn lagging(m: &Incoming) -> Duration {
     let due = m.intended_us.unwrap_or(0) + 300_000;
     Duration::from_micros(due.saturating_sub(mailroom::bench::driver::now_us()))

@@ -183,6 +183,5 @@ async fn ten_thousand_messages_from_rabbitmq_to_kafka_none_lost() {
     leftover.close().await.unwrap();
     reader.close().await.unwrap();
     let _ = rabbit.topology().delete_queue(&input).await;
-    // Kafka topics are left in place: tansu 0.6 can wedge on topic deletes under load (see
-    // scripts/test.sh); the names are fresh per run.
+    let _ = kafka.topology().delete_queue(&output).await;
 }

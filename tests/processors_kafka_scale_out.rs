@@ -277,6 +277,7 @@ async fn two_instances_with_a_rebalance_match_one_instance() {
     );
     assert_eq!(two, one, "two instances report the same totals as one");
 
-    // Topics are left in place: tansu 0.6 can wedge on topic deletes under load (see
-    // scripts/test.sh); the names are fresh per run.
+    for q in [&single_in, &single_out, &multi_in, &multi_out] {
+        let _ = kafka.topology().delete_queue(q).await;
+    }
 }

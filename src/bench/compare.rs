@@ -15,30 +15,49 @@ use super::result::{BaselineRatio, TestResult};
 use super::runner::{self, RunOptions};
 use super::workload::{self, Plan};
 
+/// The brokers `scripts/brokers.sh up` starts: URL scheme, the variable that overrides the
+/// URL, the default URL, and the broker's name in the script.
+const LOCAL_BROKERS: [(&str, &str, &str, &str); 3] = [
+    (
+        "amqp",
+        "MAILROOM_RABBITMQ_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        "rabbitmq",
+    ),
+    (
+        "kafka",
+        "MAILROOM_KAFKA_URL",
+        "kafka://127.0.0.1:9092",
+        "kafka",
+    ),
+    (
+        "sqs",
+        "MAILROOM_SQS_URL",
+        "sqs://127.0.0.1:4566?region=us-east-1",
+        "sqs",
+    ),
+];
+
 /// The URLs `--local` uses: the brokers `scripts/brokers.sh up` starts, for each scheme this
 /// build has (memory:// always). `MAILROOM_RABBITMQ_URL`, `MAILROOM_KAFKA_URL` and
 /// `MAILROOM_SQS_URL` override them, as in the backends' own tests.
 pub fn local_urls(schemes: &[&str]) -> Vec<String> {
     let mut urls = vec!["memory://".to_owned()];
-    let candidates = [
-        (
-            "amqp",
-            "MAILROOM_RABBITMQ_URL",
-            "amqp://guest:guest@127.0.0.1:5672/%2f",
-        ),
-        ("kafka", "MAILROOM_KAFKA_URL", "kafka://127.0.0.1:9092"),
-        (
-            "sqs",
-            "MAILROOM_SQS_URL",
-            "sqs://127.0.0.1:4566?region=us-east-1",
-        ),
-    ];
-    for (scheme, var, default) in candidates {
+    for (scheme, var, default, _) in LOCAL_BROKERS {
         if schemes.contains(&scheme) {
             urls.push(std::env::var(var).unwrap_or_else(|_| default.to_owned()));
         }
     }
     urls
+}
+
+/// The implementation `scripts/brokers.sh` runs behind `url`, when `url` is one of its default
+/// addresses (e.g. "Apache Kafka 4.1.1": the Kafka protocol does not tell).
+fn local_implementation(url: &str) -> Option<String> {
+    let (_, _, _, broker) = LOCAL_BROKERS
+        .into_iter()
+        .find(|(_, _, default, _)| *default == url)?;
+    mailroom_core::testkit::local_broker(broker)
 }
 
 /// What `compare` does.
@@ -298,10 +317,15 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
             }
         };
         let name = backend.name().to_owned();
-        let server_version = backend
+        let reported = backend
             .server_version()
             .await
             .unwrap_or_else(|e| format!("version unknown: {e}"));
+        let implementation = local_implementation(url);
+        let server_version = match &implementation {
+            Some(implementation) => format!("{implementation}; {reported}"),
+            None => reported,
+        };
         eprintln!("  {name}: {server_version}");
         let capabilities = backend.capabilities().clone();
         let run_options = RunOptions {

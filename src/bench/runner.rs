@@ -609,8 +609,8 @@ async fn run_on(
         let measure_start = Instant::now();
         let drain_start_us = now_us();
         // On one in-order partition the drain is over when the first message sent after it
-        // began arrives, whatever the broker keeps in flight at this rate (tansu holds ~0.4 s
-        // of messages, more than the count threshold below allows).
+        // began arrives, whatever the broker keeps in flight at this rate (a broker that
+        // batches can hold more messages than the count threshold below allows).
         let drain_ends_in_order = driver.delivers_in_order() && plan.partitions == 1;
         if backlog_run {
             let b = backlog(&shared);

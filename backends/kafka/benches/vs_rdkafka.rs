@@ -76,7 +76,7 @@ async fn raw_consume(config: &KafkaConfig, topic: &str, n: usize) -> ConsumeTimi
     }
     // Both sides stop the clock at the last settled message: auto-commit runs during both runs,
     // and the final commit (here) and close (mailroom: commit + leave the group) are left out
-    // of both, since leaving a group on tansu takes seconds and is not consumption.
+    // of both, since leaving a group is not consumption.
     let timing = clock.stop();
     c.commit_consumer_state(CommitMode::Sync).unwrap();
     timing
@@ -189,9 +189,6 @@ async fn main() {
             m / r
         );
     }
-    // tansu 0.6 panics on a fetch from a deleted topic: let the raw consumer's last long-poll
-    // fetch end first (mailroom's own consumers are waited for by delete_queue).
-    tokio::time::sleep(Duration::from_secs(2)).await;
     for t in [&raw_t, &mr_t] {
         let _ = b.topology().delete_queue(t.as_str()).await;
     }

@@ -41,9 +41,80 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Most unsettled deliveries one consumer holds when `ConsumerOptions::prefetch` is unset.
     pub default_prefetch: u32,
-    /// Whether the broker keeps messages across a restart. Kafka does; tansu only with durable
-    /// storage (sqlite, postgres, s3), which is what `scripts/brokers.sh` starts.
+    /// Whether the broker keeps messages across a restart. Apache Kafka does; a Kafka-protocol
+    /// broker on memory storage does not (`?persistent=false` declares that).
     pub persistent: bool,
+    /// How a producer maps a key to a partition.
+    pub partitioner: Partitioner,
+}
+
+/// How a producer maps a record's key to a partition (librdkafka's `partitioner`).
+///
+/// The default is [`Partitioner::Murmur2Random`], the Java client's mapping: librdkafka's own
+/// default (CRC32) puts most keys on other partitions than Java, Go (sarama's compat mode,
+/// franz-go) and Python's kafka clients do, so a mailroom service and a Java service writing the
+/// same topic would break each other's per-key order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Partitioner {
+    /// murmur2 of the key, as the Java client; records without a key go to a random partition.
+    #[default]
+    Murmur2Random,
+    /// murmur2 of the key; records without a key all go to one partition.
+    Murmur2,
+    /// CRC32 of the key (librdkafka's default); records without a key to a random partition.
+    ConsistentRandom,
+    /// CRC32 of the key; records without a key all go to one partition.
+    Consistent,
+    /// FNV-1a of the key (Sarama's default); records without a key to a random partition.
+    Fnv1aRandom,
+    /// FNV-1a of the key; records without a key all go to one partition.
+    Fnv1a,
+    /// A random partition for every record, key or not (no per-key order).
+    Random,
+}
+
+impl Partitioner {
+    const ALL: [Partitioner; 7] = [
+        Partitioner::Murmur2Random,
+        Partitioner::Murmur2,
+        Partitioner::ConsistentRandom,
+        Partitioner::Consistent,
+        Partitioner::Fnv1aRandom,
+        Partitioner::Fnv1a,
+        Partitioner::Random,
+    ];
+
+    /// librdkafka's name for it, as in `?partitioner=murmur2_random`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Partitioner::Murmur2Random => "murmur2_random",
+            Partitioner::Murmur2 => "murmur2",
+            Partitioner::ConsistentRandom => "consistent_random",
+            Partitioner::Consistent => "consistent",
+            Partitioner::Fnv1aRandom => "fnv1a_random",
+            Partitioner::Fnv1a => "fnv1a",
+            Partitioner::Random => "random",
+        }
+    }
+}
+
+impl std::str::FromStr for Partitioner {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        Partitioner::ALL
+            .into_iter()
+            .find(|p| p.as_str() == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Partitioner::ALL.iter().map(|p| p.as_str()).collect();
+                Error::config(format!(
+                    "unknown kafka:// partitioner {name:?}; expected one of {}",
+                    known.join(", ")
+                ))
+                .with_backend(BACKEND)
+            })
+    }
 }
 
 impl Default for KafkaConfig {
@@ -57,6 +128,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             default_prefetch: 1_000,
             persistent: true,
+            partitioner: Partitioner::default(),
         }
     }
 }
@@ -95,7 +167,7 @@ impl KafkaConfig {
     ///
     /// Query names with a dot are librdkafka properties (`?security.protocol=SASL_SSL`); the
     /// others are mailroom settings: `connect_timeout_ms`, `operation_timeout_ms`, `partitions`,
-    /// `replication_factor`, `prefetch`, `persistent`. A user and password become `sasl.username`
+    /// `replication_factor`, `prefetch`, `persistent`, `partitioner` ([`Partitioner`]'s names). A user and password become `sasl.username`
     /// and `sasl.password` (with `sasl.mechanism=PLAIN` and `security.protocol=SASL_PLAINTEXT`
     /// unless given).
     pub fn from_url(url: &str) -> Result<Self> {
@@ -173,6 +245,7 @@ impl KafkaConfig {
                         .with_backend(BACKEND)
                     })?
                 }
+                "partitioner" => config.partitioner = value.parse()?,
                 _ if key.contains('.') => {
                     config.properties.insert(key, value);
                 }
@@ -180,7 +253,7 @@ impl KafkaConfig {
                     return Err(Error::config(format!(
                         "unknown kafka:// parameter {other:?}; mailroom's are connect_timeout_ms, \
                          operation_timeout_ms, partitions, replication_factor, prefetch, \
-                         persistent, and librdkafka properties have a dot (e.g. linger.ms)"
+                         persistent, partitioner, and librdkafka properties have a dot (e.g. linger.ms)"
                     ))
                     .with_backend(BACKEND))
                 }
@@ -231,12 +304,14 @@ impl KafkaConfig {
     }
 
     /// The librdkafka configuration of the backend's producers: idempotent, no topic
-    /// auto-creation, then every user property. Public so that a raw-rdkafka baseline (the
-    /// benchmark harness's) produces with exactly the backend's properties.
+    /// auto-creation, the configured partitioner, then every user property. Public so that a
+    /// raw-rdkafka baseline (the benchmark harness's) produces with exactly the backend's
+    /// properties.
     pub fn producer_client_config(&self) -> ClientConfig {
         self.client_config(&[
             ("enable.idempotence", "true"),
             ("allow.auto.create.topics", "false"),
+            ("partitioner", self.partitioner.as_str()),
         ])
     }
 
@@ -304,6 +379,7 @@ impl fmt::Debug for KafkaConfig {
             .field("replication_factor", &self.replication_factor)
             .field("default_prefetch", &self.default_prefetch)
             .field("persistent", &self.persistent)
+            .field("partitioner", &self.partitioner)
             .finish()
     }
 }
@@ -354,6 +430,28 @@ mod tests {
             assert!(!shown.contains(secret), "{shown}");
         }
         assert!(shown.contains("alice"));
+    }
+
+    #[test]
+    fn partitioner_is_java_compatible_unless_chosen() {
+        let producer = |c: &KafkaConfig| {
+            c.producer_client_config()
+                .get("partitioner")
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            producer(&KafkaConfig::default()).as_deref(),
+            Some("murmur2_random")
+        );
+        let c = KafkaConfig::from_url("kafka://h:1?partitioner=consistent_random").unwrap();
+        assert_eq!(c.partitioner, Partitioner::ConsistentRandom);
+        assert_eq!(producer(&c).as_deref(), Some("consistent_random"));
+        let e = KafkaConfig::from_url("kafka://h:1?partitioner=crc").unwrap_err();
+        assert_eq!(e.kind(), mailroom_core::ErrorKind::Config);
+        assert!(
+            e.message().contains("\"crc\"") && e.message().contains("murmur2_random"),
+            "{e}"
+        );
     }
 
     #[test]

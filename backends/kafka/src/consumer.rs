@@ -180,9 +180,6 @@ struct SettleCtx {
 /// long — call [`Consumer::close`] to do it without blocking.
 pub struct KafkaConsumer {
     consumer: Option<StreamConsumer<GroupContext>>,
-    shared: Arc<Shared>,
-    /// The topics it fetches (the queue's and its bound exchanges').
-    subscribed: Vec<String>,
     ctx: Arc<SettleCtx>,
     topics: HashMap<String, Arc<str>>,
     prefetch: usize,
@@ -244,12 +241,8 @@ impl KafkaConsumer {
             .subscribe(&names)
             .map_err(|e| error::map(e, "consume"))?;
         let producer = shared.internal_producer()?;
-        let subscribed: Vec<String> = partitions.iter().map(|(t, _)| t.clone()).collect();
-        shared.registry.consumer_opened(&subscribed);
         Ok(KafkaConsumer {
             consumer: Some(consumer),
-            shared: shared.clone(),
-            subscribed,
             ctx: Arc::new(SettleCtx {
                 book,
                 producer,
@@ -448,11 +441,8 @@ impl Consumer for KafkaConsumer {
                     .await;
         }
         let book = self.ctx.book.clone();
-        let shared = self.shared.clone();
-        let topics = std::mem::take(&mut self.subscribed);
         blocking(move || {
             finish(consumer, &book);
-            crate::topology::consumer_closed(&shared, &topics);
             Ok(())
         })
         .await
@@ -475,7 +465,6 @@ impl Drop for KafkaConsumer {
         }
         if let Some(consumer) = self.consumer.take() {
             finish(consumer, &self.ctx.book);
-            crate::topology::consumer_closed(&self.shared, &self.subscribed);
         }
     }
 }

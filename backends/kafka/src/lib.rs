@@ -3,7 +3,9 @@
 //! `mailroom::connect("kafka://127.0.0.1:9092")`; the URL takes several brokers
 //! (`kafka://a:9092,b:9092`), `user:password@` for SASL/PLAIN, and any librdkafka property as a
 //! query parameter (`?security.protocol=SASL_SSL&linger.ms=10`); see [`KafkaConfig::from_url`].
-//! Tested against tansu 0.6 (sqlite storage) on loopback.
+//! Tested against Apache Kafka 4.1.1 (KRaft, one node, from `scripts/brokers.sh`) on loopback;
+//! any Kafka-protocol broker that implements the same requests works (`scripts/brokers.sh up
+//! tansu` starts a second implementation for comparison).
 //!
 //! | capability              | kafka                                                          |
 //! |-------------------------|----------------------------------------------------------------|
@@ -21,7 +23,7 @@
 //! | bounded queues / TTL    | no (retention is not a TTL; pass topic configs via `extra`)    |
 //! | batching                | yes: librdkafka batches pipelined sends (`linger.ms`)          |
 //! | transactions            | no (see below)                                                 |
-//! | persistence             | yes (tansu: with durable storage; `?persistent=false` if not)  |
+//! | persistence             | yes (`?persistent=false` for a broker on memory storage)       |
 //! | dropped delivery        | requeued (copy with attempt + 1); dropped consumer commits     |
 //! | max message size        | `message.max.bytes` (default 1,000,000) less 512 bytes framing |
 //!
@@ -54,12 +56,14 @@
 //! `QueueSpec::extra` passes topic configs. A dead letter without a dead-letter queue is
 //! discarded with a warning, as in AMQP.
 //!
-//! **Transactions** are off. Probed on tansu 0.6 with plain rdkafka (a transactional producer,
-//! a `read_committed` consumer group): `init_transactions`, `begin_transaction` and
-//! `send_offsets_to_transaction` succeed, but `commit_transaction` fails with "EndTxnRequest
-//! (KIP-98) not supported by broker", after which the producer is stuck in the commit. Without
-//! a commit there is no exactly-once consume→produce to offer, so the capability stays off and
-//! mailroom-core has no transactional API yet; on Apache Kafka it is the next thing to build.
+//! **Transactions** are off: mailroom-core has no transactional API yet. Apache Kafka supports
+//! them (tansu 0.6 does not: its `commit_transaction` fails with "EndTxnRequest not supported");
+//! an exactly-once consume→produce mode for Kafka → Kafka pipelines is the next thing to build.
+//!
+//! **Partitioner.** Keys are mapped to partitions with murmur2, as the Java client does
+//! ([`Partitioner::Murmur2Random`], librdkafka's `murmur2_random`), not librdkafka's own CRC32
+//! default, so a mailroom service and a Java service writing one topic keep one order per key;
+//! `?partitioner=` picks another ([`Partitioner`]).
 //!
 //! **Failures.** `connect` waits at most `connect_timeout_ms` (default 10 s) for the cluster's
 //! metadata, then fails with `Connection`; an invalid librdkafka property is a `Config` error
@@ -79,7 +83,7 @@ use async_trait::async_trait;
 use mailroom_core::{Backend, BackendFactory, Capabilities, Result};
 
 pub use backend::KafkaBackend;
-pub use config::{KafkaConfig, DEFAULT_MESSAGE_MAX_BYTES, FRAMING_RESERVE};
+pub use config::{KafkaConfig, Partitioner, DEFAULT_MESSAGE_MAX_BYTES, FRAMING_RESERVE};
 pub use consumer::KafkaConsumer;
 pub use producer::{KafkaProducer, ATTEMPT_HEADER, ID_HEADER, TIMESTAMP_HEADER};
 pub use topology::KafkaTopology;

@@ -44,17 +44,10 @@ struct RegistryState {
     exchanges: HashMap<String, ExchangeKind>,
     /// queue -> the fanout exchanges it is bound to.
     bindings: HashMap<String, BTreeSet<String>>,
-    /// topic -> consumers of this process fetching from it.
-    active: HashMap<String, usize>,
-    /// Topics deleted while consumers of this process still fetched them.
-    doomed: BTreeSet<String>,
-    /// When a consumer of this process last closed.
-    last_close: Option<Instant>,
 }
 
-/// How long after a consumer closes its last long-poll fetch may still be running on the
-/// broker (librdkafka's `fetch.wait.max.ms` is 500 ms), with a margin.
-const FETCH_DRAIN: Duration = Duration::from_secs(2);
+/// How often a new topic's metadata is looked up until the broker serves it.
+const TOPIC_VISIBLE_POLL: Duration = Duration::from_millis(20);
 
 /// Queue settings and bindings of one cluster, shared in this process.
 #[derive(Default)]
@@ -79,65 +72,6 @@ impl Registry {
 
     pub fn queue_meta(&self, queue: &str) -> QueueMeta {
         self.lock().queues.get(queue).cloned().unwrap_or_default()
-    }
-
-    /// A consumer started fetching these topics.
-    pub fn consumer_opened(&self, topics: &[String]) {
-        let mut state = self.lock();
-        for t in topics {
-            *state.active.entry(t.clone()).or_default() += 1;
-        }
-    }
-
-    /// A consumer stopped fetching these topics.
-    pub fn consumer_closed(&self, topics: &[String]) {
-        let mut state = self.lock();
-        state.last_close = Some(Instant::now());
-        for t in topics {
-            if let Some(n) = state.active.get_mut(t) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    state.active.remove(t);
-                }
-            }
-        }
-    }
-
-    /// The doomed topics, if nothing fetches now and the last close has drained.
-    fn take_doomed_if_idle(&self) -> Vec<String> {
-        let mut state = self.lock();
-        let drained = match state.last_close {
-            Some(t) => t.elapsed() >= FETCH_DRAIN,
-            None => true,
-        };
-        if state.active.is_empty() && drained {
-            std::mem::take(&mut state.doomed).into_iter().collect()
-        } else {
-            Vec::new()
-        }
-    }
-
-    fn has_doomed(&self) -> bool {
-        !self.lock().doomed.is_empty()
-    }
-
-    /// How long to wait before deleting, so that a closed consumer's last fetch has ended.
-    fn drain_wait(&self) -> Duration {
-        self.lock()
-            .last_close
-            .map(|t| FETCH_DRAIN.saturating_sub(t.elapsed()))
-            .unwrap_or_default()
-    }
-
-    /// Defer deleting `topic` while any consumer of this process fetches from the cluster.
-    fn defer_delete(&self, topic: &str) -> bool {
-        let mut state = self.lock();
-        if state.active.is_empty() {
-            false
-        } else {
-            state.doomed.insert(topic.to_owned());
-            true
-        }
     }
 
     pub fn bound_exchanges(&self, queue: &str) -> Vec<String> {
@@ -182,31 +116,6 @@ pub(crate) async fn delete_topics(
     Ok(())
 }
 
-/// A consumer closed: once nothing of this process fetches and its last fetch has drained,
-/// delete the topics whose deletion waited (a later close retries if another consumer opened).
-pub(crate) fn consumer_closed(shared: &Arc<Shared>, topics: &[String]) {
-    shared.registry.consumer_closed(topics);
-    if !shared.registry.has_doomed() {
-        return;
-    }
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => {
-            let shared = shared.clone();
-            handle.spawn(async move {
-                tokio::time::sleep(FETCH_DRAIN).await;
-                let free = shared.registry.take_doomed_if_idle();
-                if free.is_empty() {
-                    return;
-                }
-                if let Err(e) = delete_topics(&shared, &free, "delete_queue").await {
-                    tracing::warn!(error = %e, topics = ?free, "deferred topic deletion failed");
-                }
-            });
-        }
-        Err(_) => tracing::warn!("no runtime to delete deferred topics"),
-    }
-}
-
 /// The topology API of a Kafka connection.
 #[derive(Clone)]
 pub struct KafkaTopology {
@@ -247,7 +156,10 @@ impl KafkaTopology {
             .map_err(|e| error::map(e, operation))?;
         for result in results {
             match result {
-                Ok(_) => {}
+                Ok(_) => {
+                    self.await_topic_visible(name, count as usize, operation)
+                        .await?
+                }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
                     if let Some(want) = partitions {
                         let have = self.shared.partitions(name).await?.unwrap_or_default();
@@ -277,24 +189,40 @@ impl KafkaTopology {
     }
 
     async fn delete_topic(&self, name: &str, operation: &'static str) -> Result<()> {
-        // tansu 0.6 mishandles fetches around a topic deletion: a fetch from the deleted topic
-        // panics its storage (the whole broker stops answering), and fetches of *other* topics
-        // running at that moment can come back as "unknown topic" with a zero topic id and a
-        // current-leader tag, on which librdkafka 2.12 dereferences a null topic name. So topics are deleted only when no consumer of this process is fetching,
-        // and not before the last fetch of a consumer that just closed has ended.
-        if self.shared.registry.defer_delete(name) {
-            tracing::debug!(topic = name, "deletion deferred until its consumers close");
-            return Ok(());
-        }
-        // A consumer that just closed may have a long-poll fetch still running on the broker.
-        let wait = self.shared.registry.drain_wait();
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-            if self.shared.registry.defer_delete(name) {
+        delete_topics(&self.shared, &[name.to_owned()], operation).await
+    }
+
+    /// Wait until the broker serves `name`'s metadata with `partitions` partitions.
+    ///
+    /// CreateTopics returns once the controller has recorded the topic; the broker that answers
+    /// metadata requests learns of it a moment later. Without this wait a bind, a send or a
+    /// consumer right after `declare_queue` could find no such topic.
+    async fn await_topic_visible(
+        &self,
+        name: &str,
+        partitions: usize,
+        operation: &'static str,
+    ) -> Result<()> {
+        let deadline = Instant::now() + self.shared.config.operation_timeout;
+        loop {
+            let have = self.shared.partitions(name).await?;
+            if have.is_some_and(|p| p.len() >= partitions) {
                 return Ok(());
             }
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    mailroom_core::ErrorKind::Timeout,
+                    format!(
+                        "topic '{name}' was created but the broker did not serve it with \
+                         {partitions} partitions within {:?}",
+                        self.shared.config.operation_timeout
+                    ),
+                )
+                .with_backend(BACKEND)
+                .with_operation(operation));
+            }
+            tokio::time::sleep(TOPIC_VISIBLE_POLL).await;
         }
-        delete_topics(&self.shared, &[name.to_owned()], operation).await
     }
 
     /// Point group `queue` at the end of `exchange`, where it has no committed offset yet.
@@ -366,7 +294,6 @@ impl Topology for KafkaTopology {
                 .with_operation("declare_exchange"));
             }
         }
-        self.shared.registry.lock().doomed.remove(&spec.name);
         self.create_topic(&spec.name, None, &[], "declare_exchange")
             .await?;
         self.shared
@@ -429,7 +356,6 @@ impl Topology for KafkaTopology {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        self.shared.registry.lock().doomed.remove(&spec.name);
         self.create_topic(&spec.name, spec.partitions, &configs, "declare_queue")
             .await?;
         self.shared

@@ -1,5 +1,5 @@
-//! 10,000 messages while tansu is killed (SIGKILL) and restarted twice mid-run on durable
-//! storage: every message is received at least once; duplicates are counted, none is lost.
+//! 10,000 messages while Apache Kafka is killed (SIGKILL) and restarted twice mid-run: every
+//! message is received at least once; duplicates are counted, none is lost.
 //!
 //! Ignored by default because it stops the shared broker; run it alone:
 //! `cargo test -p mailroom-kafka --test faults -- --ignored --nocapture`
@@ -30,8 +30,21 @@ fn brokers(args: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "kills and restarts the shared tansu broker; run alone with --ignored"]
+#[ignore = "kills and restarts the shared Kafka broker; run alone with --ignored"]
 async fn ten_thousand_messages_survive_two_broker_kills() {
+    // The whole run is bounded, so that a send or receive that never returns fails the test,
+    // saying which phase it was in, instead of holding CI.
+    let phase = Arc::new(Mutex::new("connecting"));
+    let run = tokio::time::timeout(Duration::from_secs(480), kill_run(phase.clone())).await;
+    if run.is_err() {
+        panic!(
+            "the fault run did not finish within 480 s; it was {}",
+            phase.lock().unwrap()
+        );
+    }
+}
+
+async fn kill_run(phase: Arc<Mutex<&'static str>>) {
     let b = KafkaBackend::from_url(&url()).await.unwrap();
     let q = format!(
         "mr-kafka-fault-{}",
@@ -73,6 +86,7 @@ async fn ten_thousand_messages_survive_two_broker_kills() {
         let _ = c.close().await;
     });
 
+    *phase.lock().unwrap() = "sending (kills at 3,000 and 7,000)";
     let producer: Arc<dyn Producer> = Arc::from(b.producer().await.unwrap());
     let confirmed = Arc::new(AtomicUsize::new(0));
     let retries = Arc::new(AtomicUsize::new(0));
@@ -104,12 +118,13 @@ async fn ten_thousand_messages_survive_two_broker_kills() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if senders.len() == 3_000 || senders.len() == 7_000 {
-            eprintln!("killing tansu after {} enqueued", senders.len());
+            eprintln!("killing Kafka after {} enqueued", senders.len());
             brokers(&["kill", "kafka"]);
             tokio::time::sleep(Duration::from_secs(2)).await;
             brokers(&["up", "kafka"]);
         }
     }
+    *phase.lock().unwrap() = "waiting for every send's confirm";
     for s in senders {
         s.await.unwrap();
     }
@@ -118,6 +133,7 @@ async fn ten_thousand_messages_survive_two_broker_kills() {
         confirmed.load(Ordering::Relaxed),
         retries.load(Ordering::Relaxed)
     );
+    *phase.lock().unwrap() = "waiting for the consumer to receive every message";
     consumer.await.unwrap();
     let tally = tally.lock().unwrap().clone();
     let ids: Vec<_> = sent.iter().map(|m| m.id().clone()).collect();
@@ -128,6 +144,5 @@ async fn ten_thousand_messages_survive_two_broker_kills() {
         "{} of {N} lost ({tally})",
         missing.len()
     );
-    // Left in place: tansu 0.6 can wedge its storage when a topic is deleted while fetches are
-    // in flight; the name is random and scripts/test.sh starts tansu empty.
+    b.topology().delete_queue(&q).await.unwrap();
 }

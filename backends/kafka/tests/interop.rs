@@ -80,8 +80,7 @@ async fn mailroom_to_plain_rdkafka_keeps_key_headers_and_payload() {
     assert_eq!(headers[ID_HEADER], sent.id().to_string());
     drop(m);
     drop(plain);
-    // Topics are left in place: tansu 0.6 can wedge its storage when a topic is deleted while
-    // fetches are in flight, names are random, and scripts/test.sh starts tansu empty.
+    b.topology().delete_queue(&q).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -244,4 +243,79 @@ async fn replay_from_earliest_offset_and_time() {
     );
     assert!(drain(&b, &q, Some(Replay::Latest)).await.is_empty());
     // Left in place: see the note at the end of the first test.
+}
+
+/// Where the Java client puts each key on a 16-partition topic: `toPositive(murmur2(key)) % 16`,
+/// computed with `org.apache.kafka.common.utils.Utils` from kafka-clients 4.1.1. A mailroom
+/// service and a Java service writing the same topic must agree, or per-key order breaks.
+const JAVA_CLIENT_PARTITION_OF_16: &[(&str, i32)] = &[
+    ("customer-1", 1),
+    ("customer-2", 6),
+    ("customer-3", 10),
+    ("customer-7", 7),
+    ("customer-42", 9),
+    ("order-1001", 6),
+    ("order-1002", 12),
+    ("eu", 10),
+    ("us", 9),
+    ("apac", 9),
+    ("a", 12),
+    ("b", 4),
+    ("c", 10),
+    ("key", 9),
+    ("0", 4),
+    ("1", 15),
+    ("2", 8),
+    ("3", 15),
+    ("4", 1),
+    ("5", 6),
+    ("alice", 5),
+    ("bob", 14),
+    ("carol", 2),
+    ("dave", 6),
+    ("eve", 4),
+    ("mallory", 11),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_land_on_the_partitions_the_java_client_picks() {
+    let b = backend().await;
+    let q = fresh("murmur2");
+    b.topology()
+        .declare_queue(&QueueSpec::new(&q).partitions(16))
+        .await
+        .unwrap();
+    let p = b.producer().await.unwrap();
+    for (key, _) in JAVA_CLIENT_PARTITION_OF_16 {
+        let m = Message::builder(*key).key(*key).build().unwrap();
+        p.send(&Destination::queue(&q), m).await.unwrap();
+    }
+
+    let plain: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", fresh("murmur2-group"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    plain.subscribe(&[&q]).unwrap();
+    let mut landed = HashMap::new();
+    while landed.len() < JAVA_CLIENT_PARTITION_OF_16.len() {
+        let m = tokio::time::timeout(Duration::from_secs(30), plain.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} keys read back", landed.len()))
+            .unwrap();
+        let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+        landed.insert(key, m.partition());
+    }
+    let disagree: Vec<_> = JAVA_CLIENT_PARTITION_OF_16
+        .iter()
+        .filter(|(key, java)| landed[*key] != *java)
+        .map(|(key, java)| format!("{key}: java {java}, mailroom {}", landed[*key]))
+        .collect();
+    assert!(
+        disagree.is_empty(),
+        "keys on other partitions: {disagree:?}"
+    );
+    drop(plain);
+    b.topology().delete_queue(&q).await.unwrap();
 }

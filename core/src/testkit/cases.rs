@@ -167,9 +167,6 @@ async fn fresh_queue(ctx: &Ctx, what: &str) -> Result<String> {
 }
 
 async fn cleanup(ctx: &Ctx, queues: &[&str], exchanges: &[&str]) {
-    if !ctx.cleanup {
-        return;
-    }
     for q in queues {
         let _ = ctx.backend.topology().delete_queue(q).await;
     }

@@ -15,6 +15,7 @@
 //! report says which. `MAILROOM_CONFORMANCE_CASES=a,b` runs only the named cases.
 
 mod cases;
+mod local_broker;
 mod tally;
 
 use std::fmt;
@@ -28,6 +29,7 @@ use crate::backend::Backend;
 use crate::capabilities::Capability;
 use crate::error::{Error, Result};
 
+pub use local_broker::local_broker;
 pub use tally::Tally;
 
 /// Opens a fresh connection to the backend under test.
@@ -50,7 +52,6 @@ pub struct Ctx {
     /// The backend under test.
     pub backend: Arc<dyn Backend>,
     case: &'static str,
-    cleanup: bool,
 }
 
 impl Ctx {
@@ -217,7 +218,7 @@ impl fmt::Display for Report {
 pub struct Conformance {
     factory: Factory,
     case_timeout: Duration,
-    cleanup: bool,
+    broker: Option<String>,
 }
 
 impl Conformance {
@@ -230,16 +231,14 @@ impl Conformance {
         Conformance {
             factory: Arc::new(move || Box::pin(factory())),
             case_timeout: Duration::from_secs(120),
-            cleanup: true,
+            broker: None,
         }
     }
 
-    /// Leave each case's queues and exchanges in place instead of deleting them at its end.
-    ///
-    /// For brokers whose deletes race with other work (tansu 0.6 can wedge its storage when a
-    /// topic is deleted under load); names are random, so what is left never collides.
-    pub fn keep_topology(mut self) -> Self {
-        self.cleanup = false;
+    /// Name the broker implementation in the report's header (e.g. `"Apache Kafka 4.1.1"`, from
+    /// [`local_broker`]), beside what the backend itself reports.
+    pub fn broker(mut self, implementation: Option<String>) -> Self {
+        self.broker = implementation;
         self
     }
 
@@ -267,10 +266,14 @@ impl Conformance {
         match (self.factory)().await {
             Ok(b) => {
                 report.backend = b.name().to_owned();
-                report.server = b
+                let reported = b
                     .server_version()
                     .await
                     .unwrap_or_else(|e| format!("version unknown: {e}"));
+                report.server = match &self.broker {
+                    Some(implementation) => format!("{implementation}; {reported}"),
+                    None => reported,
+                };
                 let _ = b.close().await;
             }
             Err(e) => {
@@ -330,7 +333,6 @@ impl Conformance {
                     let ctx = Ctx {
                         backend: backend.clone(),
                         case: case.name,
-                        cleanup: self.cleanup,
                     };
                     let result = tokio::time::timeout(self.case_timeout, (case.run)(ctx)).await;
                     let closed = self.close(&backend).await;
