@@ -20,6 +20,11 @@ pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// headers (id, timestamp, attempt), so that a message that passes the pre-I/O size check is not
 /// refused by librdkafka afterwards.
 pub const FRAMING_RESERVE: usize = 512;
+/// How long a consumer group waits for a silent member (see
+/// [`KafkaConfig::consumer_client_config`]); brokers accept 6 s to 30 min by default.
+const CONSUMER_SESSION_TIMEOUT_MS: &str = "10000";
+/// A third of the session timeout, as Kafka recommends, so two lost heartbeats are survived.
+const CONSUMER_HEARTBEAT_INTERVAL_MS: &str = "3000";
 /// librdkafka's own default `queue.buffering.max.messages`.
 const DEFAULT_QUEUE_BUFFERING_MAX_MESSAGES: usize = 100_000;
 
@@ -316,14 +321,25 @@ impl KafkaConfig {
     }
 
     /// The librdkafka configuration of the backend's consumers in consumer group `group`:
-    /// auto-commit of stored offsets, earliest start, no topic auto-creation, then every user
-    /// property; `group.id` and `enable.auto.offset.store=false` are not overridable, since
-    /// offsets are stored only for settled messages.
+    /// auto-commit of stored offsets, earliest start, no topic auto-creation, a 10 s session
+    /// timeout, then every user property; `group.id` and `enable.auto.offset.store=false` are
+    /// not overridable, since offsets are stored only for settled messages.
+    ///
+    /// The session timeout is how long the group waits for a member that stopped heartbeating
+    /// before handing its partitions to the others: after a consumer process crashes, its
+    /// partitions receive nothing for that long. librdkafka's 45 s default made a restarted
+    /// consumer wait 46–63 s. Heartbeats come from librdkafka's own thread, whatever the
+    /// application is doing (slow processing is `max.poll.interval.ms`'s business), so 10 s
+    /// trips only on a frozen process or a network cut that long. An instance that restarts
+    /// under the same name can skip the wait entirely: `?group.instance.id=NAME` (static
+    /// membership) gives it its partitions back at once.
     pub fn consumer_client_config(&self, group: &str) -> ClientConfig {
         let mut cc = self.client_config(&[
             ("enable.auto.commit", "true"),
             ("auto.offset.reset", "earliest"),
             ("allow.auto.create.topics", "false"),
+            ("session.timeout.ms", CONSUMER_SESSION_TIMEOUT_MS),
+            ("heartbeat.interval.ms", CONSUMER_HEARTBEAT_INTERVAL_MS),
         ]);
         cc.set("group.id", group)
             .set("enable.auto.offset.store", "false");
@@ -452,6 +468,18 @@ mod tests {
             e.message().contains("\"crc\"") && e.message().contains("murmur2_random"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_crashed_member_is_given_up_after_ten_seconds_unless_configured() {
+        let session = |c: &KafkaConfig| {
+            c.consumer_client_config("g")
+                .get("session.timeout.ms")
+                .map(str::to_owned)
+        };
+        assert_eq!(session(&KafkaConfig::default()).as_deref(), Some("10000"));
+        let c = KafkaConfig::from_url("kafka://h:1?session.timeout.ms=30000").unwrap();
+        assert_eq!(session(&c).as_deref(), Some("30000"));
     }
 
     #[test]
