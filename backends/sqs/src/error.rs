@@ -42,14 +42,24 @@ where
                 ),
             )
         }
-        SdkError::ResponseError(_) => (
-            ErrorKind::Broker,
-            true,
-            format!(
-                "the SQS endpoint sent a response that is not SQS's: {}",
-                DisplayErrorContext(&err)
+        SdkError::ResponseError(_) => match broken_off(&err) {
+            Some(kind) => (
+                kind,
+                true,
+                format!(
+                    "the SQS endpoint's answer broke off before its end: {}",
+                    DisplayErrorContext(&err)
+                ),
             ),
-        ),
+            None => (
+                ErrorKind::Broker,
+                true,
+                format!(
+                    "the SQS endpoint's answer could not be read: {}",
+                    DisplayErrorContext(&err)
+                ),
+            ),
+        },
         SdkError::ServiceError(e) => {
             let code = e.err().code().unwrap_or("unknown");
             let (kind, temporary) = classify_code(code, false);
@@ -73,6 +83,33 @@ where
         .with_backend(BACKEND)
         .with_operation(operation)
         .with_source(err)
+}
+
+/// `Connection` or `Timeout` if an answer whose head arrived broke off in transport; `None` if
+/// the cause is something else.
+///
+/// The SDK reports such an answer as a response error, the same variant as any answer it could
+/// not read; left at that, a peer that hung up or stalled mid-answer would read as a fault of
+/// the service, not of the path to it.
+fn broken_off(err: &(dyn StdError + 'static)) -> Option<ErrorKind> {
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(if io.kind() == std::io::ErrorKind::TimedOut {
+                ErrorKind::Timeout
+            } else {
+                ErrorKind::Connection
+            });
+        }
+        // The SDK's stalled-stream protection ends a body that delivered nothing for its grace
+        // period (aws-smithy-runtime's `minimum_throughput::Error`, a type it does not export,
+        // hence the name). tests/silent_peer.rs has a body stall run into it.
+        if format!("{e:?}").starts_with("ThroughputBelowMinimum") {
+            return Some(ErrorKind::Timeout);
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// The kind and temporariness of an SQS error code (from a call or a batch entry).
@@ -146,4 +183,56 @@ pub(crate) fn from_entry(
 /// Add backend and operation context to an error made here.
 pub(crate) fn ctx(err: Error, operation: &'static str) -> Error {
     err.with_backend(BACKEND).with_operation(operation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error whose source is `inner`, as the SDK's response error wraps what broke.
+    #[derive(Debug)]
+    struct Wrap(Box<dyn StdError + Send + Sync>);
+
+    impl std::fmt::Display for Wrap {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("response error")
+        }
+    }
+
+    impl StdError for Wrap {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    /// Stands in for aws-smithy-runtime's unexported stalled-stream error, by its Debug form.
+    #[derive(Debug)]
+    enum Stall {
+        ThroughputBelowMinimum,
+    }
+
+    impl std::fmt::Display for Stall {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{self:?}")
+        }
+    }
+
+    impl StdError for Stall {}
+
+    #[test]
+    fn an_answer_broken_off_in_transport_is_a_connection_or_timeout_error() {
+        let io = |kind| Wrap(Box::new(Wrap(Box::new(std::io::Error::from(kind)))));
+        assert_eq!(
+            broken_off(&io(std::io::ErrorKind::UnexpectedEof)),
+            Some(ErrorKind::Connection)
+        );
+        assert_eq!(
+            broken_off(&io(std::io::ErrorKind::TimedOut)),
+            Some(ErrorKind::Timeout)
+        );
+        let stalled = Wrap(Box::new(Stall::ThroughputBelowMinimum));
+        assert_eq!(broken_off(&stalled), Some(ErrorKind::Timeout));
+        let other = Wrap("unexpected end of JSON".into());
+        assert_eq!(broken_off(&other), None);
+    }
 }
