@@ -59,7 +59,7 @@ pub(super) static ALL: &[Case] = &[
     ),
     case!(
         competing_consumers_share,
-        "each message is processed by exactly one of two consumers",
+        "two consumers both get work, and each message is processed by exactly one of them",
         [Capability::CompetingConsumers]
     ),
     case!(
@@ -81,6 +81,11 @@ pub(super) static ALL: &[Case] = &[
         per_key_order,
         "16 keys interleaved: each key arrives in send order",
         [Capability::PerKeyOrdering]
+    ),
+    case!(
+        replay_from_earliest,
+        "after every message is acked, a consumer replaying from the earliest position reads them all again",
+        [Capability::Replay]
     ),
     case!(
         fanout_reaches_every_queue,
@@ -422,21 +427,44 @@ async fn many_consumers_lose_nothing(ctx: Ctx) -> Result<String> {
 
 async fn competing_consumers_share(ctx: Ctx) -> Result<String> {
     const N: usize = 1_000;
-    let q = fresh_queue(&ctx, "q").await?;
-    let sent = numbered(N, "share")?;
+    const CONSUMERS: usize = 2;
+    // A partitioned queue gives each partition to one member of the group: with fewer
+    // partitions than consumers, a consumer idles by design. One partition per consumer, and
+    // keyed messages spread over them, so the case shows the sharing the broker can do.
+    let partitioned = ctx.backend.capabilities().partitioned_queues;
+    let mut spec = QueueSpec::new(ctx.name("q"));
+    if partitioned {
+        spec = spec.partitions(CONSUMERS as u32);
+    }
+    let q = queue(&ctx, spec).await?;
+    let keyed = |prefix: &str, i: usize| {
+        Message::builder(format!("{prefix}-{i}"))
+            .key(i.to_string())
+            .header("seq", i.to_string())
+            .build()
+    };
+    let sent: Vec<Message> = (0..N).map(|i| keyed("share", i)).collect::<Result<_>>()?;
+    let real: HashSet<MessageId> = ids(&sent).into_iter().collect();
     let producer = ctx.backend.producer().await?;
     let total = Arc::new(Mutex::new(Tally::new()));
+    // Per consumer: probes seen (the warm-up below), and the real messages it processed.
+    let probed: Arc<Vec<Mutex<usize>>> = Arc::new((0..CONSUMERS).map(|_| Mutex::new(0)).collect());
+    let real = Arc::new(real);
     let mut tasks = Vec::new();
-    for _ in 0..2 {
+    for me in 0..CONSUMERS {
         let mut c = consumer(&ctx, &q).await?;
-        let total = total.clone();
+        let (total, probed, real) = (total.clone(), probed.clone(), real.clone());
         tasks.push(tokio::spawn(async move {
             let mut mine = Tally::new();
-            let deadline = Instant::now() + WAIT * 2;
+            let deadline = Instant::now() + WAIT * 3;
             while total.lock().unwrap().unique() < N && Instant::now() < deadline {
                 if let Some(d) = c.receive_timeout(Duration::from_millis(200)).await? {
-                    mine.record(d.message().id());
-                    total.lock().unwrap().record(d.message().id());
+                    if real.contains(d.message().id()) {
+                        mine.record(d.message().id());
+                        total.lock().unwrap().record(d.message().id());
+                    } else {
+                        *probed[me].lock().unwrap() += 1;
+                    }
                     d.ack().await?;
                 }
             }
@@ -444,7 +472,18 @@ async fn competing_consumers_share(ctx: Ctx) -> Result<String> {
             Ok::<_, crate::Error>(mine)
         }));
     }
-    send_all(producer.as_ref(), &Destination::queue(&q), &sent).await?;
+    // Warm-up: probes, one every 50 ms over every key, until each consumer has had one. A group
+    // that is still handing out partitions would otherwise give the whole run to the member that
+    // joined first, and a hand-over in the middle of the run redelivers what was in flight.
+    let dest = Destination::queue(&q);
+    let warm_deadline = Instant::now() + WAIT * 2;
+    let mut probes = 0;
+    while probed.iter().any(|n| *n.lock().unwrap() == 0) && Instant::now() < warm_deadline {
+        producer.send(&dest, keyed("probe", probes)?).await?;
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send_all(producer.as_ref(), &dest, &sent).await?;
     let mut per_consumer = Vec::new();
     for t in tasks {
         per_consumer.push(
@@ -460,11 +499,57 @@ async fn competing_consumers_share(ctx: Ctx) -> Result<String> {
             total.duplicates()
         )
     })?;
+    let split: Vec<String> = per_consumer
+        .iter()
+        .map(|t| t.unique().to_string())
+        .collect();
+    ensure(per_consumer.iter().all(|t| t.unique() > 0), || {
+        format!(
+            "one consumer did all the work: split {} after {probes} warm-up probes",
+            split.join(" / ")
+        )
+    })?;
     cleanup(&ctx, &[&q], &[]).await;
     Ok(format!(
-        "split {} / {}",
-        per_consumer[0].unique(),
-        per_consumer[1].unique()
+        "split {}{}",
+        split.join(" / "),
+        if partitioned {
+            format!(" (one partition per consumer, {CONSUMERS} partitions)")
+        } else {
+            String::new()
+        }
+    ))
+}
+
+async fn replay_from_earliest(ctx: Ctx) -> Result<String> {
+    const N: usize = 20;
+    let q = fresh_queue(&ctx, "q").await?;
+    let sent = numbered(N, "replay")?;
+    let producer = ctx.backend.producer().await?;
+    send_all(producer.as_ref(), &Destination::queue(&q), &sent).await?;
+    let mut first = consumer(&ctx, &q).await?;
+    let mut acked = Tally::new();
+    while acked.unique() < N {
+        let d = receive(&mut first, "every message, before the replay").await?;
+        acked.record(d.message().id());
+        d.ack().await?;
+    }
+    first.close().await?;
+    let mut replaying = ctx
+        .backend
+        .consumer(&q, ConsumerOptions::default().replay(Replay::Earliest))
+        .await?;
+    let mut again = Tally::new();
+    while again.unique() < N {
+        let d = receive(&mut replaying, "every acked message again, replayed").await?;
+        again.record(d.message().id());
+        d.ack().await?;
+    }
+    replaying.close().await?;
+    ensure_all_seen(&again, &sent, "replay from the earliest position")?;
+    cleanup(&ctx, &[&q], &[]).await;
+    Ok(format!(
+        "{N} sent and acked, all {N} read again from the earliest position"
     ))
 }
 
