@@ -189,7 +189,7 @@ pub(crate) fn ctx(err: Error, operation: &'static str) -> Error {
 mod tests {
     use super::*;
 
-    /// An error whose source is `inner`, as the SDK's response error wraps what broke.
+    /// An error whose source is the one it holds, as the SDK's response error wraps what broke.
     #[derive(Debug)]
     struct Wrap(Box<dyn StdError + Send + Sync>);
 
