@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::capabilities::Capabilities;
+use crate::capabilities::{Capabilities, Capability};
 use crate::consumer::{Consumer, ConsumerOptions};
 use crate::error::{Error, Result};
 use crate::producer::Producer;
 use crate::topology::Topology;
+use crate::transaction::{TransactionOptions, Transactional};
 
 /// A connection to one broker: the source of producers, consumers and the topology API.
 #[async_trait]
@@ -31,6 +32,36 @@ pub trait Backend: Send + Sync {
 
     /// The topology API (exchanges, queues, bindings).
     fn topology(&self) -> &dyn Topology;
+
+    /// A transactional unit consuming `queue`: what it receives and what it sends are committed
+    /// together or not at all (see [`Transactional`]).
+    ///
+    /// Needs the `transactions` capability: a backend without it answers `Unsupported` before
+    /// any network call. This default does exactly that, so only a backend that declares
+    /// `transactions` overrides it.
+    async fn transactional(
+        &self,
+        queue: &str,
+        options: TransactionOptions,
+    ) -> Result<Box<dyn Transactional>> {
+        let _ = (queue, options);
+        self.capabilities()
+            .require(Capability::Transactions, self.name(), "transactional")?;
+        Err(Error::unsupported(format!(
+            "backend '{}' declares transactions but does not implement Backend::transactional",
+            self.name()
+        ))
+        .with_backend(self.name())
+        .with_operation("transactional"))
+    }
+
+    /// The identity of the broker cluster this backend is connected to, when the broker has
+    /// one: two backends with the same identity reach the same cluster, so one transaction can
+    /// span both (a pipeline's source and sink). `None` when the backend cannot tell; this
+    /// default says so without any I/O.
+    async fn cluster_id(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
 
     /// Close the connection; producers and consumers made from it stop working.
     async fn close(&self) -> Result<()>;
@@ -136,4 +167,76 @@ pub fn parse_scheme(url: &str) -> Result<&str> {
         )));
     }
     Ok(scheme)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    /// A backend whose every I/O method panics: whatever answers without panicking did no I/O.
+    struct NoIo(Capabilities);
+
+    #[async_trait]
+    impl Backend for NoIo {
+        fn name(&self) -> &'static str {
+            "no-io"
+        }
+        fn capabilities(&self) -> &Capabilities {
+            &self.0
+        }
+        async fn server_version(&self) -> Result<String> {
+            panic!("server_version does I/O")
+        }
+        async fn producer(&self) -> Result<Box<dyn Producer>> {
+            panic!("producer does I/O")
+        }
+        async fn consumer(&self, _: &str, _: ConsumerOptions) -> Result<Box<dyn Consumer>> {
+            panic!("consumer does I/O")
+        }
+        fn topology(&self) -> &dyn Topology {
+            panic!("topology does I/O")
+        }
+        async fn close(&self) -> Result<()> {
+            panic!("close does I/O")
+        }
+    }
+
+    fn now<F: std::future::Future>(f: F) -> F::Output {
+        futures_util::FutureExt::now_or_never(f).expect("answers at once, without waiting")
+    }
+
+    #[test]
+    fn transactional_without_the_capability_is_unsupported_before_any_io() {
+        let backend = NoIo(Capabilities::default());
+        let err = match now(backend.transactional("q", TransactionOptions::new("t-1"))) {
+            Ok(_) => panic!("a backend without transactions opened a transactional unit"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(!err.is_temporary());
+        assert_eq!(err.backend(), Some("no-io"));
+        assert_eq!(err.operation(), Some("transactional"));
+        assert!(err.message().contains("transactions"), "{err}");
+    }
+
+    #[test]
+    fn declaring_transactions_without_implementing_them_is_still_unsupported() {
+        let backend = NoIo(Capabilities {
+            transactions: true,
+            ..Capabilities::default()
+        });
+        let err = match now(backend.transactional("q", TransactionOptions::new("t-1"))) {
+            Ok(_) => panic!("the default method opened a transactional unit"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.message().contains("does not implement"), "{err}");
+    }
+
+    #[test]
+    fn cluster_identity_is_unknown_by_default_without_io() {
+        let backend = NoIo(Capabilities::default());
+        assert_eq!(now(backend.cluster_id()).unwrap(), None);
+    }
 }

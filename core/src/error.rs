@@ -43,6 +43,12 @@ pub enum ErrorKind {
     Closed,
     /// A delivery was already settled (only reachable through backend misuse).
     AlreadySettled,
+    /// A transaction was rolled back: its outputs are discarded and its inputs will be received
+    /// again. Temporary: the transactional unit carries on.
+    Aborted,
+    /// Another instance with the same transactional identity took over, so this one may not
+    /// commit anything any more. Permanent: stop this instance.
+    Fenced,
 }
 
 impl ErrorKind {
@@ -50,7 +56,11 @@ impl ErrorKind {
     pub fn default_temporary(self) -> bool {
         matches!(
             self,
-            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::QueueFull | ErrorKind::Broker
+            ErrorKind::Connection
+                | ErrorKind::Timeout
+                | ErrorKind::QueueFull
+                | ErrorKind::Broker
+                | ErrorKind::Aborted
         )
     }
 
@@ -74,6 +84,8 @@ impl ErrorKind {
             ErrorKind::Broker => "broker",
             ErrorKind::Closed => "closed",
             ErrorKind::AlreadySettled => "already settled",
+            ErrorKind::Aborted => "aborted",
+            ErrorKind::Fenced => "fenced",
         }
     }
 }

@@ -4,7 +4,9 @@
 //! A [`Producer`] sends it to a [`Destination`] and learns when the broker confirmed it; a
 //! [`Consumer`] receives [`Delivery`]s that must be settled once; [`Topology`] declares exchanges,
 //! queues and bindings. Each [`Backend`] declares its [`Capabilities`], and asking for an absent one
-//! is an [`ErrorKind::Unsupported`] error before any I/O. Nothing here names a broker.
+//! is an [`ErrorKind::Unsupported`] error before any I/O. Where a backend declares
+//! `transactions`, [`Backend::transactional`] opens a [`Transactional`] unit that commits the
+//! inputs it consumed and the outputs it produced atomically. Nothing here names a broker.
 
 pub mod backend;
 pub mod capabilities;
@@ -17,6 +19,7 @@ pub mod message;
 pub mod pattern;
 pub mod producer;
 pub mod topology;
+pub mod transaction;
 pub mod url;
 
 #[cfg(feature = "testkit")]
@@ -34,6 +37,7 @@ pub use producer::{Destination, PendingConfirm, Producer, Receipt};
 pub use topology::{
     Binding, ExchangeKind, ExchangeSpec, HeaderMatch, Overflow, QueueSpec, Route, Topology,
 };
+pub use transaction::{TransactionCounts, TransactionInput, TransactionOptions, Transactional};
 
 #[cfg(feature = "mock")]
 pub use consumer::MockConsumer;
@@ -41,3 +45,5 @@ pub use consumer::MockConsumer;
 pub use producer::MockProducer;
 #[cfg(feature = "mock")]
 pub use topology::MockTopology;
+#[cfg(feature = "mock")]
+pub use transaction::MockTransactional;
