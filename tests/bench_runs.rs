@@ -293,3 +293,111 @@ fn report_says_no_sustainable_rate_instead_of_a_throughput() {
         "{svg}"
     );
 }
+
+#[test]
+fn the_choice_is_among_networked_brokers_and_each_shape_of_work_gets_a_verdict() {
+    use mailroom::bench::compare::{BackendReport, CaseLine, Comparison, RunOutcome};
+    use mailroom::bench::result::{MaxRate, TestResult};
+    use mailroom::Capabilities;
+
+    let max_rate = |driver: &str, rate: f64| {
+        let mut r = TestResult {
+            workload: "max rate".into(),
+            driver: driver.into(),
+            ..TestResult::default()
+        };
+        r.mailroom.rate_search = vec![(0.5, rate, 9_000)];
+        r.mailroom.target_rate = rate;
+        r.mailroom.publish_rate_avg = rate;
+        r.mailroom.consume_rate_avg = rate;
+        r.mailroom.max_rate = Some(MaxRate::Found { rate });
+        RunOutcome::Done(Box::new(r))
+    };
+    let pass = |name: &str, detail: &str| CaseLine {
+        name: name.into(),
+        status: "pass",
+        detail: detail.into(),
+        seconds: 1.0,
+    };
+    let backend = |url: &str, name: &str, caps: Capabilities, rate: f64, cases: Vec<CaseLine>| {
+        BackendReport {
+            url: url.into(),
+            name: name.into(),
+            server_version: "test".into(),
+            capabilities: Some(caps),
+            conformance: cases,
+            runs: vec![max_rate(name, rate)],
+            baseline: Vec::new(),
+            error: None,
+        }
+    };
+    let mut queue_caps = Capabilities::default();
+    queue_caps.competing_consumers = true;
+    queue_caps.attempt_count = true;
+    queue_caps.dead_letter = true;
+    queue_caps.max_delivery_attempts = true;
+    let mut log_caps = queue_caps.clone();
+    log_caps.replay = true;
+    log_caps.persistence = true;
+    log_caps.per_key_ordering = true;
+    log_caps.partitioned_queues = true;
+    let c = Comparison {
+        backends: vec![
+            backend(
+                "memory://",
+                "memory",
+                log_caps.clone(),
+                600_000.0,
+                Vec::new(),
+            ),
+            backend("amqp://x", "rabbitmq", queue_caps, 7_000.0, Vec::new()),
+            backend(
+                "kafka://x",
+                "kafka",
+                log_caps,
+                20_000.0,
+                vec![pass("competing_consumers_share", "split 503 / 497")],
+            ),
+        ],
+        overhead: None,
+        command: "test".into(),
+        started: "now".into(),
+        elapsed: Duration::from_secs(1),
+        machine: "test".into(),
+    };
+    let lines = report::needs(&c);
+    let line = |need: &str| {
+        lines
+            .iter()
+            .find(|l| l.need.starts_with(need))
+            .unwrap_or_else(|| panic!("no line {need:?} in {lines:?}"))
+    };
+    let throughput = line("Highest sustainable throughput");
+    assert_eq!(throughput.choice, "kafka", "{throughput:?}");
+    assert!(
+        throughput
+            .evidence
+            .contains("reference line, in-process (not a choice): memory: 600000 msgs/s"),
+        "{throughput:?}"
+    );
+    let sharing = line("Competing consumers");
+    assert!(
+        sharing
+            .evidence
+            .contains("(split 503 / 497); work is shared per partition"),
+        "{sharing:?}"
+    );
+    let log = line("Verdict: event log with replay");
+    assert_eq!(log.choice, "kafka (the only one able)", "{log:?}");
+    assert!(log.evidence.contains("rabbitmq lacks replay"), "{log:?}");
+    let tasks = line("Verdict: task queue with retries");
+    assert!(
+        tasks.evidence.contains("kafka: has them all")
+            && tasks.evidence.contains("rabbitmq: has them all"),
+        "{tasks:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.choice.contains("memory")),
+        "{lines:?}"
+    );
+}

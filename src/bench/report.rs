@@ -98,10 +98,105 @@ pub fn baseline_ratios(c: &Comparison) -> Vec<(String, String, BaselineRatio)> {
         .collect()
 }
 
-/// The "which broker for which need" lines.
+/// The in-process broker runs inside the benchmark itself: no network, no disk, no other
+/// process. Its figures are a reference line (the cost floor of the harness and the traits),
+/// shown beside the choice, never the choice for a system of services.
+fn is_reference(b: &BackendReport) -> bool {
+    b.url.starts_with("memory:")
+}
+
+/// The semantic needs: the capability that meets each, and the conformance case that checks it.
+const SEMANTICS: &[(&str, Capability, Option<&str>)] = &[
+    (
+        "Per-key ordering",
+        Capability::PerKeyOrdering,
+        Some("per_key_order"),
+    ),
+    (
+        "Competing consumers on one queue",
+        Capability::CompetingConsumers,
+        Some("competing_consumers_share"),
+    ),
+    (
+        "Replay from an earlier position",
+        Capability::Replay,
+        Some("replay_from_earliest"),
+    ),
+    (
+        "Routing by exact key (direct exchange)",
+        Capability::Exchange(ExchangeKind::Direct),
+        Some("direct_routing"),
+    ),
+    (
+        "Routing by pattern (topic exchange)",
+        Capability::Exchange(ExchangeKind::Topic),
+        Some("topic_routing"),
+    ),
+    (
+        "Routing by headers (headers exchange)",
+        Capability::Exchange(ExchangeKind::Headers),
+        Some("headers_routing"),
+    ),
+    (
+        "Fanout to several queues",
+        Capability::Exchange(ExchangeKind::Fanout),
+        Some("fanout_reaches_every_queue"),
+    ),
+    (
+        "Delayed delivery",
+        Capability::DelayedDelivery,
+        Some("delayed_delivery"),
+    ),
+    (
+        "Dead letters on nack",
+        Capability::DeadLetter,
+        Some("dead_letter_on_nack"),
+    ),
+    (
+        "Dead letter after max attempts",
+        Capability::MaxDeliveryAttempts,
+        Some("dead_letter_after_max_attempts"),
+    ),
+    (
+        "Atomic consume-then-produce (transactions)",
+        Capability::Transactions,
+        None,
+    ),
+    (
+        "Messages survive a broker restart (persistence)",
+        Capability::Persistence,
+        None,
+    ),
+];
+
+/// The "which broker for which need" lines, chosen among the networked brokers measured (the
+/// in-process broker's evidence is appended as a reference line), then a verdict per common
+/// shape of work, computed from those lines' figures and checks.
 pub fn needs(c: &Comparison) -> Vec<NeedLine> {
-    let mut lines = Vec::new();
     let reachable: Vec<&BackendReport> = c.backends.iter().filter(|b| b.error.is_none()).collect();
+    let (references, contenders): (Vec<&BackendReport>, Vec<&BackendReport>) =
+        reachable.iter().partition(|b| is_reference(b));
+    if contenders.is_empty() {
+        return need_lines(c, &references);
+    }
+    let mut lines = need_lines(c, &contenders);
+    let reference_lines = need_lines(c, &references);
+    for line in &mut lines {
+        if let Some(r) = reference_lines.iter().find(|r| r.need == line.need) {
+            let _ = write!(
+                line.evidence,
+                " — reference line, in-process (not a choice): {}",
+                r.evidence
+            );
+        }
+    }
+    lines.extend(verdicts(c, &contenders));
+    lines
+}
+
+/// One need line per measured need and per semantic, chosen among `reachable`.
+fn need_lines(c: &Comparison, reachable: &[&BackendReport]) -> Vec<NeedLine> {
+    let mut lines = Vec::new();
     let only = |n: usize| {
         if n == 1 {
             " (the only backend measured)"
@@ -260,76 +355,37 @@ pub fn needs(c: &Comparison) -> Vec<NeedLine> {
     }
 
     // Semantics: declared capability, confirmed by its conformance case where there is one.
-    let semantics: &[(&str, Capability, Option<&str>)] = &[
-        (
-            "Per-key ordering",
-            Capability::PerKeyOrdering,
-            Some("per_key_order"),
-        ),
-        (
-            "Competing consumers on one queue",
-            Capability::CompetingConsumers,
-            Some("competing_consumers_share"),
-        ),
-        ("Replay from an earlier position", Capability::Replay, None),
-        (
-            "Routing by exact key (direct exchange)",
-            Capability::Exchange(ExchangeKind::Direct),
-            Some("direct_routing"),
-        ),
-        (
-            "Routing by pattern (topic exchange)",
-            Capability::Exchange(ExchangeKind::Topic),
-            Some("topic_routing"),
-        ),
-        (
-            "Routing by headers (headers exchange)",
-            Capability::Exchange(ExchangeKind::Headers),
-            Some("headers_routing"),
-        ),
-        (
-            "Fanout to several queues",
-            Capability::Exchange(ExchangeKind::Fanout),
-            Some("fanout_reaches_every_queue"),
-        ),
-        (
-            "Delayed delivery",
-            Capability::DelayedDelivery,
-            Some("delayed_delivery"),
-        ),
-        (
-            "Dead letters on nack",
-            Capability::DeadLetter,
-            Some("dead_letter_on_nack"),
-        ),
-        (
-            "Dead letter after max attempts",
-            Capability::MaxDeliveryAttempts,
-            Some("dead_letter_after_max_attempts"),
-        ),
-        (
-            "Atomic consume-then-produce (transactions)",
-            Capability::Transactions,
-            None,
-        ),
-        (
-            "Messages survive a broker restart (persistence)",
-            Capability::Persistence,
-            None,
-        ),
-    ];
+    let semantics = SEMANTICS;
     for (need, capability, case) in semantics {
         let mut confirmed = Vec::new();
         let mut declared_only = Vec::new();
         let mut evidence = Vec::new();
-        for b in &reachable {
+        for b in reachable {
             let declared = declares(b, *capability);
             let checked = case.and_then(|c| b.case_passed(c));
             let text = match (declared, case, checked) {
                 (false, _, _) => format!("{}: declares no {capability}", b.name),
                 (true, Some(c), Some(true)) => {
                     confirmed.push(b.name.clone());
-                    format!("{}: declared, conformance case {c} passed", b.name)
+                    let detail = b
+                        .conformance
+                        .iter()
+                        .find(|line| line.name == *c)
+                        .map(|line| line.detail.as_str())
+                        .filter(|d| !d.is_empty())
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default();
+                    let per_partition = if *capability == Capability::CompetingConsumers
+                        && declares(b, Capability::PartitionedQueues)
+                    {
+                        "; work is shared per partition: one busy consumer per partition at most"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "{}: declared, conformance case {c} passed{detail}{per_partition}",
+                        b.name
+                    )
                 }
                 (true, Some(c), Some(false)) => {
                     format!("{}: declared, but conformance case {c} FAILED", b.name)
@@ -337,6 +393,15 @@ pub fn needs(c: &Comparison) -> Vec<NeedLine> {
                 (true, Some(c), None) => {
                     declared_only.push(b.name.clone());
                     format!("{}: declared; case {c} not run", b.name)
+                }
+                (true, None, _) if *capability == Capability::Persistence => {
+                    declared_only.push(b.name.clone());
+                    format!(
+                        "{}: declared; shown by the broker-restart fault test of its crate \
+                         (10,000 messages, two restarts, 0 lost; scripts/test.sh runs it, \
+                         compare does not)",
+                        b.name
+                    )
                 }
                 (true, None, _) => {
                     declared_only.push(b.name.clone());
@@ -362,6 +427,144 @@ pub fn needs(c: &Comparison) -> Vec<NeedLine> {
         });
     }
     lines
+}
+
+/// What ranks the brokers that can do a shape of work.
+#[derive(Clone, Copy)]
+enum Rank {
+    /// The highest max-rate figure.
+    Throughput,
+    /// The lowest e2e p99 on the first fixed-rate workload.
+    Latency,
+}
+
+/// A common shape of work: the capabilities it cannot do without, and what ranks the brokers
+/// that have them all.
+struct Shape {
+    name: &'static str,
+    needs: &'static [Capability],
+    rank: Rank,
+}
+
+const SHAPES: &[Shape] = &[
+    Shape {
+        name: "task queue with retries",
+        needs: &[
+            Capability::CompetingConsumers,
+            Capability::AttemptCount,
+            Capability::DeadLetter,
+            Capability::MaxDeliveryAttempts,
+        ],
+        rank: Rank::Latency,
+    },
+    Shape {
+        name: "event log with replay",
+        needs: &[
+            Capability::Replay,
+            Capability::Persistence,
+            Capability::PerKeyOrdering,
+        ],
+        rank: Rank::Throughput,
+    },
+    Shape {
+        name: "fan-out to many subscribers",
+        needs: &[Capability::Exchange(ExchangeKind::Fanout)],
+        rank: Rank::Latency,
+    },
+    Shape {
+        name: "high-rate keyed stream",
+        needs: &[
+            Capability::PerKeyOrdering,
+            Capability::PartitionedQueues,
+            Capability::CompetingConsumers,
+        ],
+        rank: Rank::Throughput,
+    },
+];
+
+/// The capabilities of `needs` that `b` lacks: not declared, or declared but failing the
+/// conformance case that checks it.
+fn lacks(b: &BackendReport, needs: &[Capability]) -> Vec<String> {
+    needs
+        .iter()
+        .filter(|cap| {
+            let case = SEMANTICS
+                .iter()
+                .find(|(_, c, _)| c == *cap)
+                .and_then(|(_, _, case)| *case);
+            !declares(b, **cap) || case.and_then(|c| b.case_passed(c)) == Some(false)
+        })
+        .map(|cap| cap.to_string())
+        .collect()
+}
+
+/// `b`'s figure for `rank`, as (value, text); `None` when it has none (not run, or the run
+/// found no sustainable rate / did not sustain its rate).
+fn rank_figure(c: &Comparison, b: &BackendReport, rank: Rank) -> Option<(f64, String)> {
+    match rank {
+        Rank::Throughput => done(b)
+            .find(|r| is_max_rate(r) && !r.no_sustainable_rate())
+            .map(|r| (moved(r), format!("{:.0} msgs/s at max rate", moved(r)))),
+        Rank::Latency => {
+            let workload = fixed_rate_workloads(c).into_iter().next()?;
+            done(b)
+                .find(|r| r.workload == workload && sustained(r))
+                .map(|r| {
+                    let p99 = r.aggregated_end_to_end_latency_99pct;
+                    (p99, format!("e2e p99 {} ms ({workload})", ms(p99)))
+                })
+        }
+    }
+}
+
+/// One verdict per shape of work, among the networked brokers: those with every capability
+/// the shape needs, ranked by the shape's figure.
+fn verdicts(c: &Comparison, contenders: &[&BackendReport]) -> Vec<NeedLine> {
+    SHAPES
+        .iter()
+        .map(|shape| {
+            let mut able: Vec<(&BackendReport, Option<(f64, String)>)> = Vec::new();
+            let mut unable = Vec::new();
+            for b in contenders {
+                let missing = lacks(b, shape.needs);
+                if missing.is_empty() {
+                    able.push((*b, rank_figure(c, b, shape.rank)));
+                } else {
+                    unable.push(format!("{} lacks {}", b.name, missing.join(", ")));
+                }
+            }
+            // Measured before unmeasured; then the better figure first.
+            able.sort_by(|(_, x), (_, y)| match (x, y, shape.rank) {
+                (Some((x, _)), Some((y, _)), Rank::Throughput) => y.total_cmp(x),
+                (Some((x, _)), Some((y, _)), Rank::Latency) => x.total_cmp(y),
+                (Some(_), None, _) => std::cmp::Ordering::Less,
+                (None, Some(_), _) => std::cmp::Ordering::Greater,
+                (None, None, _) => std::cmp::Ordering::Equal,
+            });
+            let needs: Vec<String> = shape.needs.iter().map(|c| c.to_string()).collect();
+            let ranked_by = match shape.rank {
+                Rank::Throughput => "ranked by max sustainable throughput",
+                Rank::Latency => "ranked by e2e p99 at a fixed rate",
+            };
+            let mut evidence = vec![format!("needs {}; {ranked_by}", needs.join(", "))];
+            evidence.extend(able.iter().map(|(b, figure)| match figure {
+                Some((_, text)) => format!("{}: has them all, {text}", b.name),
+                None => format!("{}: has them all, no figure measured", b.name),
+            }));
+            evidence.extend(unable);
+            let choice = match able.first() {
+                Some((b, _)) if able.len() == 1 => format!("{} (the only one able)", b.name),
+                Some((b, Some(_))) => b.name.clone(),
+                Some((b, None)) => format!("{} (able; not measured)", b.name),
+                None => "none of the measured brokers".to_owned(),
+            };
+            NeedLine {
+                need: format!("Verdict: {}", shape.name),
+                choice,
+                evidence: evidence.join("; "),
+            }
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
