@@ -1,6 +1,16 @@
 //! The connection: opening it, reopening it after a broker restart, and the Backend over it.
+//!
+//! **Every wait on the broker is bounded.** A broker that restarts can come back half-way: a
+//! connection it accepted and then never answers, a method it never replies to, a confirm that
+//! never comes. So each request/reply method goes through [`Shared::answer`], which waits at
+//! most the connect timeout (less when the operation's budget, the reconnect timeout counted
+//! from when the operation began, is nearly spent). A connection that leaves a method
+//! unanswered for a whole connect timeout is given up ([`Live::retire`]): it is closed, and
+//! every producer and consumer on it moves to a new one. An operation whose budget runs out
+//! fails with a temporary `Timeout` or `Connection` error; a send hands its message back.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,6 +23,7 @@ use mailroom_core::{
     Backend, Binding, Capabilities, Consumer, ConsumerOptions, Error, ErrorKind, ExchangeSpec,
     Producer, QueueSpec, Result, Topology,
 };
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::RabbitConfig;
@@ -22,10 +33,81 @@ use crate::producer::RabbitProducer;
 use crate::topology::RabbitTopology;
 use crate::BACKEND;
 
+/// Pause before another try after a lost connection, so a broken connection that still reports
+/// itself open is not retried in a tight loop.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// One open AMQP connection and the generation it belongs to (bumped on every reconnect).
 pub(crate) struct Live {
     pub generation: u64,
     pub conn: lapin::Connection,
+    /// Set once the backend stopped using this connection. lapin tells its users about a
+    /// connection that broke, but not about one that went silent: this tells them about both.
+    retired: watch::Sender<bool>,
+}
+
+impl Live {
+    fn new(generation: u64, conn: lapin::Connection) -> Self {
+        Live {
+            generation,
+            conn,
+            retired: watch::Sender::new(false),
+        }
+    }
+
+    /// Open, and not given up by the backend.
+    pub fn usable(&self) -> bool {
+        !*self.retired.borrow() && self.conn.status().connected()
+    }
+
+    /// Resolves once the backend has given this connection up.
+    pub async fn retired(&self) {
+        let mut retired = self.retired.subscribe();
+        // The sender lives as long as `self`, so this only returns once retired.
+        let _ = retired.wait_for(|r| *r).await;
+    }
+
+    /// Stop using this connection; returns whether it was in use until now.
+    fn retire(&self) -> bool {
+        !self.retired.send_replace(true)
+    }
+}
+
+/// The end of one operation's budget: the reconnect timeout, counted from when it began.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline(Instant);
+
+impl Deadline {
+    pub fn remaining(self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    pub fn passed(self) -> bool {
+        Instant::now() >= self.0
+    }
+}
+
+/// Why a step on the broker did not succeed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The broker refused it (a protocol error on a working connection): report it as it is.
+    Refused(lapin::Error),
+    /// The connection broke, or did not answer in time: another try may work.
+    Lost(Lost),
+}
+
+/// A step lost to its connection: what happened, and whether it was silence (no answer in
+/// time) rather than a broken connection, which decides the kind of the final error.
+#[derive(Debug)]
+pub(crate) struct Lost {
+    pub why: String,
+    pub silent: bool,
+}
+
+impl fmt::Display for Lost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.why)
+    }
 }
 
 /// What this backend declared, replayed after a reconnect and consulted by producers and
@@ -69,6 +151,22 @@ impl Shared {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The current connection if it is usable. One that is not is retired here, so whoever
+    /// still waits on it (a consumer for deliveries, an ack) stops waiting: lapin does not
+    /// always tell them.
+    fn usable_current(&self) -> Option<Arc<Live>> {
+        let mut current = self.current();
+        match current.as_ref() {
+            Some(live) if live.usable() => Some(live.clone()),
+            Some(live) => {
+                live.retire();
+                *current = None;
+                None
+            }
+            None => None,
+        }
+    }
+
     pub fn queue_facts(&self, queue: &str) -> QueueFacts {
         let registry = self.registry();
         match registry.queues.get(queue) {
@@ -95,8 +193,79 @@ impl Shared {
         }
     }
 
-    /// Open one connection, bounded by the connect timeout; no retry.
-    async fn open(&self) -> Result<lapin::Connection> {
+    /// The budget of an operation that begins now.
+    pub fn deadline(&self) -> Deadline {
+        Deadline(Instant::now() + self.config.reconnect_timeout())
+    }
+
+    /// How long one step may wait for the broker: the connect timeout, or what is left of the
+    /// operation's budget if that is less.
+    pub fn step_wait(&self, deadline: Deadline) -> Duration {
+        self.config.connect_timeout().min(deadline.remaining())
+    }
+
+    /// Await one request to the broker on `live`, bounded by [`Shared::step_wait`].
+    ///
+    /// A connection that leaves the request unanswered for the whole connect timeout is given
+    /// up (the broker accepted it and went quiet: booting, frozen, or a stalled path), so the
+    /// next try opens a new one. A wait cut short by the operation's budget gives nothing up:
+    /// the caller is out of time, not the connection.
+    pub async fn answer<T>(
+        &self,
+        live: &Arc<Live>,
+        deadline: Deadline,
+        what: &str,
+        request: impl Future<Output = lapin::Result<T>>,
+    ) -> std::result::Result<T, Failure> {
+        let wait = self.step_wait(deadline);
+        tokio::select! {
+            // An answer that is already there wins over a connection given up at that moment.
+            biased;
+            answered = tokio::time::timeout(wait, request) => match answered {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) if is_connection_loss(&e) => {
+                    self.forget(live);
+                    Err(Failure::Lost(Lost { why: format!("{what}: {e}"), silent: false }))
+                }
+                Ok(Err(e)) => Err(Failure::Refused(e)),
+                Err(_) => {
+                    if wait >= self.config.connect_timeout() {
+                        self.give_up(live, what, wait);
+                    }
+                    Err(Failure::Lost(Lost {
+                        why: format!("RabbitMQ did not answer {what} within {wait:?}"),
+                        silent: true,
+                    }))
+                }
+            },
+            () = live.retired() => Err(Failure::Lost(Lost {
+                why: format!("{what}: the connection was given up"),
+                silent: false,
+            })),
+        }
+    }
+
+    /// The error for an operation whose budget ran out, the last failure as its cause.
+    pub fn gave_up(&self, operation: &'static str, last: &Lost) -> Error {
+        let kind = if last.silent {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Connection
+        };
+        Error::new(
+            kind,
+            format!(
+                "gave up on {operation} at {} after the reconnect timeout ({:?}); last: {last}",
+                self.config.display_target(),
+                self.config.reconnect_timeout()
+            ),
+        )
+        .with_backend(BACKEND)
+        .with_operation(operation)
+    }
+
+    /// Open one connection, bounded by the connect timeout (or the deadline); no retry.
+    async fn open(&self, deadline: Option<Deadline>) -> Result<lapin::Connection> {
         let target = self.config.display_target();
         let properties = ConnectionProperties::default().with_connection_name("mailroom".into());
         let runtime = lapin::runtime::default_runtime().map_err(|e| map(e, "connect", &target))?;
@@ -104,68 +273,67 @@ impl Shared {
             self.config
                 .amqp_uri()
                 .connect_with_config(properties, self.tls.clone(), runtime);
-        match tokio::time::timeout(self.config.connect_timeout(), attempt).await {
+        let wait = match deadline {
+            Some(deadline) => self.step_wait(deadline),
+            None => self.config.connect_timeout(),
+        };
+        match tokio::time::timeout(wait, attempt).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(connect_error(e, &self.config)),
             Err(_) => Err(Error::new(
                 ErrorKind::Connection,
-                format!(
-                    "could not connect to {target} within {:?}",
-                    self.config.connect_timeout()
-                ),
+                format!("could not connect to {target} within {wait:?}"),
             )
             .with_backend(BACKEND)
             .with_operation("connect")),
         }
     }
 
-    /// The open connection, reconnecting (with backoff, up to the reconnect timeout) when the
-    /// last one broke. After a reconnect the declared topology is replayed.
-    pub async fn connection(&self) -> Result<Arc<Live>> {
+    /// The open connection, reconnecting (with backoff, until `deadline`) when the last one
+    /// broke or was given up. After a reconnect the declared topology is replayed; a new
+    /// connection that does not answer the replay is given up and another one tried.
+    pub async fn connection(&self, deadline: Deadline) -> Result<Arc<Live>> {
         self.check_open("connect")?;
-        if let Some(live) = self.current().as_ref() {
-            if live.conn.status().connected() {
-                return Ok(live.clone());
-            }
+        if let Some(live) = self.usable_current() {
+            return Ok(live);
         }
-        let _one_at_a_time = self.reconnect.lock().await;
-        if let Some(live) = self.current().as_ref() {
-            if live.conn.status().connected() {
-                return Ok(live.clone());
-            }
+        // The holder of the lock is bounded by its own deadline; this wait by ours.
+        let Ok(_one_at_a_time) =
+            tokio::time::timeout(deadline.remaining(), self.reconnect.lock()).await
+        else {
+            let last = Lost {
+                why: "another reconnect was still under way".into(),
+                silent: true,
+            };
+            return Err(self.gave_up("reconnect", &last));
+        };
+        if let Some(live) = self.usable_current() {
+            return Ok(live);
         }
-        let deadline = Instant::now() + self.config.reconnect_timeout();
         let mut backoff = Duration::from_millis(100);
         loop {
             self.check_open("connect")?;
-            match self.open().await {
+            let attempt = match self.open(Some(deadline)).await {
                 Ok(conn) => {
                     let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                    let live = Arc::new(Live { generation, conn });
-                    if generation > 1 {
-                        tracing::info!(generation, "reconnected to RabbitMQ");
-                        // A broker still booting can accept the connection and never answer
-                        // channel.open; waiting for it would hold every caller on the
-                        // reconnect lock forever, so such a connection counts as a failed try.
-                        let wait = self.config.connect_timeout();
-                        if tokio::time::timeout(wait, self.replay_topology(&live))
-                            .await
-                            .is_err()
-                        {
-                            tracing::warn!(
-                                ?wait,
-                                "RabbitMQ did not answer on a new connection; reconnecting"
-                            );
-                            abandon(live);
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(2));
-                            continue;
+                    let live = Arc::new(Live::new(generation, conn));
+                    tracing::info!(generation, "reconnected to RabbitMQ");
+                    match self.replay_topology(&live, deadline).await {
+                        Ok(()) => Ok(live),
+                        Err(lost) => {
+                            self.give_up(&live, "the topology replay", Duration::ZERO);
+                            Err(self.gave_up("reconnect", &lost))
                         }
                     }
+                }
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(live) => {
                     *self.current() = Some(live.clone());
                     return Ok(live);
                 }
-                Err(e) if Instant::now() + backoff > deadline => {
+                Err(e) if deadline.remaining() <= backoff => {
                     return Err(Error::new(
                         e.kind(),
                         format!(
@@ -174,6 +342,7 @@ impl Shared {
                             self.config.reconnect_timeout()
                         ),
                     )
+                    .set_temporary(true)
                     .with_backend(BACKEND)
                     .with_operation("reconnect")
                     .with_source(e));
@@ -187,43 +356,27 @@ impl Shared {
         }
     }
 
-    /// A fresh channel on the current connection.
-    pub async fn channel(&self) -> Result<(u64, Channel)> {
-        let deadline = Instant::now() + self.config.reconnect_timeout();
+    /// A fresh channel, on a new connection if the current one broke or does not answer.
+    pub async fn channel(&self, deadline: Deadline) -> Result<(Arc<Live>, Channel)> {
         loop {
-            let live = self.connection().await?;
-            let wait = self.config.connect_timeout();
-            match tokio::time::timeout(wait, live.conn.create_channel()).await {
-                Ok(Ok(ch)) => return Ok((live.generation, ch)),
-                Ok(Err(e)) => return Err(map(e, "open channel", "the connection")),
-                Err(_) if Instant::now() < deadline => {
-                    // No answer to channel.open: the connection is unusable, open another.
-                    tracing::warn!(?wait, "RabbitMQ did not open a channel; reconnecting");
-                    {
-                        let mut current = self.current();
-                        if current
-                            .as_ref()
-                            .is_some_and(|c| c.generation == live.generation)
-                        {
-                            *current = None;
-                        }
-                    }
-                    abandon(live);
+            let live = self.connection(deadline).await?;
+            let open = live.conn.create_channel();
+            match self.answer(&live, deadline, "channel.open", open).await {
+                Ok(ch) => return Ok((live, ch)),
+                Err(Failure::Refused(e)) => return Err(map(e, "open channel", "the connection")),
+                Err(Failure::Lost(lost)) if deadline.passed() => {
+                    return Err(self.gave_up("open channel", &lost))
                 }
-                Err(_) => {
-                    return Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!("RabbitMQ did not open a channel within {wait:?}"),
-                    )
-                    .with_backend(BACKEND)
-                    .with_operation("open channel"))
+                Err(Failure::Lost(lost)) => {
+                    tracing::debug!(%lost, "no channel; trying again");
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 }
             }
         }
     }
 
-    /// Run `op` on a fresh channel, again on a new connection if the connection broke under it
-    /// (until the reconnect timeout). Protocol errors are returned as they are.
+    /// Run `op` on a fresh channel, again on a new connection if the connection broke or went
+    /// silent under it (until the reconnect timeout). Protocol errors are returned as they are.
     pub async fn with_channel<T, F, Fut>(
         &self,
         operation: &'static str,
@@ -234,36 +387,73 @@ impl Shared {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = lapin::Result<T>>,
     {
-        let deadline = Instant::now() + self.config.reconnect_timeout();
+        let deadline = self.deadline();
         loop {
-            let (_, channel) = self
-                .channel()
+            let (live, channel) = self
+                .channel(deadline)
                 .await
                 .map_err(|e| e.with_operation(operation))?;
-            match op(channel).await {
+            match self.answer(&live, deadline, operation, op(channel)).await {
                 Ok(v) => return Ok(v),
-                Err(e) if is_connection_loss(&e) && Instant::now() < deadline => {
-                    tracing::debug!(error = %e, operation, "connection lost; retrying");
-                    self.forget_broken();
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(Failure::Refused(e)) => return Err(map(e, operation, what)),
+                Err(Failure::Lost(lost)) if deadline.passed() => {
+                    return Err(self.gave_up(operation, &lost))
                 }
-                Err(e) => return Err(map(e, operation, what)),
+                Err(Failure::Lost(lost)) => {
+                    tracing::debug!(%lost, operation, "connection lost; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
             }
         }
     }
 
-    /// Drop the current connection if it is no longer usable, so the next call reconnects.
-    pub fn forget_broken(&self) {
+    /// Stop using `live` if it broke, so the next call reconnects. (A closed channel alone
+    /// leaves its connection in use.)
+    pub fn forget(&self, live: &Live) {
+        if !live.conn.status().connected() {
+            self.drop_current(live);
+            live.retire();
+        }
+    }
+
+    /// Give up a connection that did not answer: every user of it moves to a new one, and it
+    /// is closed without waiting for the broker to agree.
+    pub fn give_up(&self, live: &Arc<Live>, what: &str, wait: Duration) {
+        self.drop_current(live);
+        if live.retire() {
+            tracing::warn!(
+                backend = BACKEND,
+                generation = live.generation,
+                ?wait,
+                "RabbitMQ did not answer {what}; reconnecting"
+            );
+            let live = live.clone();
+            let wait = self.config.connect_timeout();
+            tokio::spawn(async move {
+                let close = live.conn.close(320, "unresponsive".into());
+                close_within(wait, "unresponsive connection", close).await;
+            });
+        }
+    }
+
+    fn drop_current(&self, live: &Live) {
         let mut current = self.current();
         if current
             .as_ref()
-            .is_some_and(|live| !live.conn.status().connected())
+            .is_some_and(|c| c.generation == live.generation)
         {
             *current = None;
         }
     }
 
-    async fn replay_topology(&self, live: &Live) {
+    /// Re-declare what this backend declared, each step bounded. A declaration the broker
+    /// refuses is logged and skipped (it closed that channel; the rest go on a new one); a
+    /// connection that breaks or does not answer fails the replay, so the caller tries another.
+    async fn replay_topology(
+        &self,
+        live: &Arc<Live>,
+        deadline: Deadline,
+    ) -> std::result::Result<(), Lost> {
         let (exchanges, queues, bindings) = {
             let r = self.registry();
             let queues: Vec<QueueSpec> = r
@@ -273,37 +463,56 @@ impl Shared {
                 .collect();
             (r.exchanges.clone(), queues, r.bindings.clone())
         };
-        let Ok(channel) = live.conn.create_channel().await else {
-            return;
-        };
-        let mut channel = Some(channel);
+        let mut channel: Option<Channel> = None;
         for spec in &exchanges {
-            let Some(ch) = channel_or_new(&mut channel, live).await else {
-                return;
-            };
-            let r = crate::topology::declare_exchange_on(&ch, spec).await;
-            note(r, || format!("exchange {}", spec.name), &mut channel);
+            let ch = self.replay_channel(&mut channel, live, deadline).await?;
+            let r = crate::topology::declare_exchange_on(&ch, spec);
+            let r = self.answer(live, deadline, "exchange.declare", r).await;
+            note(r, || format!("exchange {}", spec.name), &mut channel)?;
         }
         for spec in &queues {
-            let Some(ch) = channel_or_new(&mut channel, live).await else {
-                return;
+            let Ok(args) = crate::topology::queue_arguments(spec) else {
+                continue;
             };
-            let r = match crate::topology::queue_arguments(spec) {
-                Ok(args) => crate::topology::declare_queue_on(&ch, spec, args).await,
-                Err(_) => Ok(()),
-            };
-            note(r, || format!("queue {}", spec.name), &mut channel);
+            let ch = self.replay_channel(&mut channel, live, deadline).await?;
+            let r = crate::topology::declare_queue_on(&ch, spec, args);
+            let r = self.answer(live, deadline, "queue.declare", r).await;
+            note(r, || format!("queue {}", spec.name), &mut channel)?;
         }
         for binding in &bindings {
-            let Some(ch) = channel_or_new(&mut channel, live).await else {
-                return;
-            };
-            let r = crate::topology::bind_on(&ch, binding).await;
+            let ch = self.replay_channel(&mut channel, live, deadline).await?;
+            let r = crate::topology::bind_on(&ch, binding);
+            let r = self.answer(live, deadline, "queue.bind", r).await;
             note(
                 r,
                 || format!("binding of {} to {}", binding.queue, binding.exchange),
                 &mut channel,
-            );
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The replay's channel, opened when there is none yet or the last one was closed.
+    async fn replay_channel(
+        &self,
+        slot: &mut Option<Channel>,
+        live: &Arc<Live>,
+        deadline: Deadline,
+    ) -> std::result::Result<Channel, Lost> {
+        if let Some(ch) = slot.as_ref() {
+            return Ok(ch.clone());
+        }
+        let open = live.conn.create_channel();
+        match self.answer(live, deadline, "channel.open", open).await {
+            Ok(ch) => {
+                *slot = Some(ch.clone());
+                Ok(ch)
+            }
+            Err(Failure::Lost(lost)) => Err(lost),
+            Err(Failure::Refused(e)) => Err(Lost {
+                why: format!("channel.open refused: {e}"),
+                silent: false,
+            }),
         }
     }
 }
@@ -328,27 +537,21 @@ pub(crate) async fn close_within(
     }
 }
 
-/// Close a connection that stopped answering, without waiting for the broker to agree.
-fn abandon(live: Arc<Live>) {
-    tokio::spawn(async move {
-        let close = live.conn.close(320, "unresponsive".into());
-        close_within(Duration::from_secs(1), "unresponsive connection", close).await;
-    });
-}
-
-fn note(result: lapin::Result<()>, what: impl FnOnce() -> String, channel: &mut Option<Channel>) {
-    if let Err(e) = result {
-        tracing::warn!(error = %e, what = what(), "could not re-declare after reconnect");
-        // A failed declaration closes the channel; the rest need a new one.
-        *channel = None;
+fn note(
+    result: std::result::Result<(), Failure>,
+    what: impl FnOnce() -> String,
+    channel: &mut Option<Channel>,
+) -> std::result::Result<(), Lost> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(Failure::Refused(e)) => {
+            tracing::warn!(error = %e, what = what(), "could not re-declare after reconnect");
+            // A refused declaration closes the channel; the rest need a new one.
+            *channel = None;
+            Ok(())
+        }
+        Err(Failure::Lost(lost)) => Err(lost),
     }
-}
-
-async fn channel_or_new(slot: &mut Option<Channel>, live: &Live) -> Option<Channel> {
-    if slot.is_none() {
-        *slot = live.conn.create_channel().await.ok();
-    }
-    slot.clone()
 }
 
 /// A failed first connect, explained for a new user: refused login, unknown vhost, no broker.
@@ -427,9 +630,9 @@ impl RabbitBackend {
             registry: Mutex::new(Registry::default()),
             tls,
         });
-        let conn = shared.open().await?;
+        let conn = shared.open(None).await?;
         let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        *shared.current() = Some(Arc::new(Live { generation, conn }));
+        *shared.current() = Some(Arc::new(Live::new(generation, conn)));
         Ok(RabbitBackend {
             topology: RabbitTopology::new(shared.clone()),
             shared,
@@ -501,6 +704,8 @@ impl Backend for RabbitBackend {
         self.shared.closed.store(true, Ordering::Release);
         let live = self.shared.current().take();
         if let Some(live) = live {
+            // Consumers waiting for deliveries on it stop waiting and report the close.
+            live.retire();
             if live.conn.status().connected() {
                 let wait = self.shared.config.connect_timeout();
                 close_within(wait, "connection", live.conn.close(200, "OK".into())).await;

@@ -52,10 +52,13 @@ pub struct RabbitConfig {
     pub persistent: bool,
     /// Largest message (payload, key, headers) accepted, checked before any I/O.
     pub max_message_size: usize,
-    /// How long the first connect may take, in milliseconds.
+    /// How long a connect may take, and how long any one request waits for the broker (a
+    /// method's reply, a publish's confirm, an ack's hand-over, a close) before the connection
+    /// counts as unresponsive and is replaced, in milliseconds.
     pub connect_timeout_ms: u64,
-    /// How long producers and consumers keep trying to reconnect after the connection broke,
-    /// in milliseconds, before they give up with a `Connection` error.
+    /// How long an operation keeps trying across reconnects after the connection broke or went
+    /// silent, in milliseconds, before it gives up with a temporary `Connection` or `Timeout`
+    /// error.
     pub reconnect_timeout_ms: u64,
     /// AMQP heartbeat in seconds (0 disables it).
     pub heartbeat_secs: u16,

@@ -14,9 +14,9 @@ use mailroom_core::{
     Capability, Consumer, ConsumerOptions, Delivery, DeliveryInfo, Destination, Error, ErrorKind,
     Message, Nack, Producer, Result, Settle,
 };
-use tokio::time::Instant;
+use tokio::task::JoinHandle;
 
-use crate::backend::{close_within, QueueFacts, Shared};
+use crate::backend::{close_within, Failure, QueueFacts, Shared};
 use crate::codec;
 use crate::error::{is_connection_loss, map};
 use crate::producer::{with_delay, RabbitProducer};
@@ -25,19 +25,25 @@ use crate::BACKEND;
 /// A consumer on one RabbitMQ queue (its own channel, `basic.qos` prefetch, manual acks).
 ///
 /// After a lost connection the next `receive` reconnects and consumes again; deliveries that
-/// were unacked on the old channel come back from the broker marked redelivered.
+/// were unacked on the old channel come back from the broker marked redelivered. Consuming
+/// again runs in a task of its own, so a `receive` that is cancelled (`receive_timeout`) does
+/// not cancel it: the next `receive` picks it up where it was, and it ends, consuming or with
+/// an error, within the reconnect timeout.
 pub struct RabbitConsumer {
     shared: Arc<Shared>,
     queue: String,
     prefetch: u16,
     facts: QueueFacts,
     state: Option<Live>,
+    /// Consuming again after a lost connection, while it is under way.
+    restart: Option<JoinHandle<Result<Live>>>,
     closed: bool,
     /// Publishes client-side requeues and dead letters; opened on first use.
     side: Arc<OnceLock<RabbitProducer>>,
 }
 
 struct Live {
+    conn: Arc<crate::backend::Live>,
     channel: Channel,
     consumer: lapin::Consumer,
 }
@@ -77,46 +83,17 @@ impl RabbitConsumer {
             prefetch,
             facts,
             state: None,
+            restart: None,
             closed: false,
             side: Arc::new(OnceLock::new()),
         };
         // Start at once so a missing queue is reported here, not on the first receive.
-        consumer.state = Some(consumer.start().await?);
+        let live = start(consumer.shared.clone(), consumer.queue.clone(), prefetch).await?;
+        consumer.state = Some(live);
         Ok(consumer)
     }
 
-    /// Open a channel, set the prefetch and start consuming, across reconnects.
-    async fn start(&self) -> Result<Live> {
-        let what = format!("queue '{}'", self.queue);
-        let deadline = Instant::now() + self.shared.config.reconnect_timeout();
-        loop {
-            let (_, channel) = self.shared.channel().await?;
-            let result = async {
-                channel
-                    .basic_qos(self.prefetch, BasicQosOptions::default())
-                    .await?;
-                channel
-                    .basic_consume(
-                        self.queue.as_str().into(),
-                        "".into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-            }
-            .await;
-            match result {
-                Ok(consumer) => return Ok(Live { channel, consumer }),
-                Err(e) if is_connection_loss(&e) && Instant::now() < deadline => {
-                    self.shared.forget_broken();
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(map(e, "consume", &what)),
-            }
-        }
-    }
-
-    fn delivery(&self, d: lapin::message::Delivery) -> Delivery {
+    fn delivery(&self, d: lapin::message::Delivery, conn: Arc<crate::backend::Live>) -> Delivery {
         let lapin::message::Delivery {
             redelivered,
             properties,
@@ -137,6 +114,7 @@ impl RabbitConsumer {
         };
         let settle = RabbitSettle {
             acker: Some(acker),
+            conn,
             shared: self.shared.clone(),
             side: self.side.clone(),
             queue: self.queue.clone(),
@@ -148,6 +126,51 @@ impl RabbitConsumer {
     }
 }
 
+/// Open a channel, set the prefetch and start consuming, across reconnects, each step bounded
+/// (see `Shared::answer`), the whole within the reconnect timeout.
+async fn start(shared: Arc<Shared>, queue: String, prefetch: u16) -> Result<Live> {
+    let what = format!("queue '{queue}'");
+    let deadline = shared.deadline();
+    loop {
+        let (conn, channel) = shared
+            .channel(deadline)
+            .await
+            .map_err(|e| e.with_operation("consume"))?;
+        let qos = channel.basic_qos(prefetch, BasicQosOptions::default());
+        let consumed = match shared.answer(&conn, deadline, "basic.qos", qos).await {
+            Ok(()) => {
+                let consume = channel.basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                );
+                shared
+                    .answer(&conn, deadline, "basic.consume", consume)
+                    .await
+            }
+            Err(failure) => Err(failure),
+        };
+        match consumed {
+            Ok(consumer) => {
+                return Ok(Live {
+                    conn,
+                    channel,
+                    consumer,
+                })
+            }
+            Err(Failure::Refused(e)) => return Err(map(e, "consume", &what)),
+            Err(Failure::Lost(lost)) if deadline.passed() => {
+                return Err(shared.gave_up("consume", &lost))
+            }
+            Err(Failure::Lost(lost)) => {
+                tracing::debug!(%lost, queue = %queue, "could not consume; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Consumer for RabbitConsumer {
     async fn receive(&mut self) -> Result<Delivery> {
@@ -155,21 +178,50 @@ impl Consumer for RabbitConsumer {
             if self.closed || self.shared.is_closed() {
                 return Err(closed_consumer(BACKEND));
             }
-            let live = match self.state.as_mut() {
-                Some(live) => live,
-                None => {
-                    let live = self.start().await?;
-                    self.state.insert(live)
+            if self.state.is_none() {
+                let restart = self.restart.get_or_insert_with(|| {
+                    let (shared, queue) = (self.shared.clone(), self.queue.clone());
+                    tokio::spawn(start(shared, queue, self.prefetch))
+                });
+                // Awaiting the handle, not the task: a cancelled receive leaves it running.
+                let started = restart.await;
+                self.restart = None;
+                match started {
+                    Ok(Ok(live)) => self.state = Some(live),
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => {
+                        return Err(Error::new(
+                            ErrorKind::Broker,
+                            format!("consuming again after a lost connection failed: {e}"),
+                        )
+                        .with_backend(BACKEND)
+                        .with_operation("receive"))
+                    }
                 }
+            }
+            let Some(live) = self.state.as_mut() else {
+                continue;
             };
             // `next` takes a delivery only when it is ready, so dropping this future loses
-            // nothing: receive is cancel-safe.
-            match live.consumer.next().await {
-                Some(Ok(d)) => return Ok(self.delivery(d)),
+            // nothing: receive is cancel-safe. A connection the backend gave up (it went
+            // silent) ends the wait too: lapin reports broken connections, not silent ones.
+            let conn = live.conn.clone();
+            let next = tokio::select! {
+                biased;
+                next = live.consumer.next() => next,
+                () = live.conn.retired() => {
+                    tracing::debug!(queue = %self.queue, "the consumer's connection was given up; resuming");
+                    self.state = None;
+                    continue;
+                }
+            };
+            match next {
+                Some(Ok(d)) => return Ok(self.delivery(d, conn)),
                 Some(Err(e)) if is_connection_loss(&e) => {
                     tracing::debug!(error = %e, queue = %self.queue, "consumer lost its connection; resuming");
-                    self.state = None;
-                    self.shared.forget_broken();
+                    if let Some(live) = self.state.take() {
+                        self.shared.forget(&live.conn);
+                    }
                 }
                 Some(Err(e)) => {
                     self.state = None;
@@ -178,8 +230,9 @@ impl Consumer for RabbitConsumer {
                 None => {
                     // Cancelled by the broker (queue deleted) or the channel closed: consuming
                     // again either resumes or reports why not (e.g. NotFound).
-                    self.state = None;
-                    self.shared.forget_broken();
+                    if let Some(live) = self.state.take() {
+                        self.shared.forget(&live.conn);
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             }
@@ -188,6 +241,9 @@ impl Consumer for RabbitConsumer {
 
     async fn close(&mut self) -> Result<()> {
         self.closed = true;
+        if let Some(restart) = self.restart.take() {
+            restart.abort();
+        }
         if let Some(live) = self.state.take() {
             drop(live.consumer);
             if live.channel.status().connected() {
@@ -208,12 +264,17 @@ impl Drop for RabbitConsumer {
         // Dropping the lapin channel and consumer closes the channel in the background, and the
         // broker requeues what was unacked.
         self.state.take();
+        if let Some(restart) = self.restart.take() {
+            restart.abort();
+        }
     }
 }
 
 /// Settles one delivery on the channel it came from.
 struct RabbitSettle {
     acker: Option<Acker>,
+    /// The connection the delivery came on: once the backend gives it up, the channel is gone.
+    conn: Arc<crate::backend::Live>,
     shared: Arc<Shared>,
     side: Arc<OnceLock<RabbitProducer>>,
     queue: String,
@@ -242,10 +303,42 @@ impl RabbitSettle {
         let Some(acker) = self.acker.take() else {
             return Err(channel_gone(operation));
         };
-        match acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(channel_gone(operation)),
-            Err(e) => Err(map(e, operation, &format!("queue '{}'", self.queue))),
+        let ack = acker.ack(BasicAckOptions::default());
+        self.settled(operation, ack).await
+    }
+
+    /// The outcome of an ack or nack, waiting at most the connect timeout for lapin to hand it
+    /// to the broker (there is no reply to wait for), and no longer than the connection is in
+    /// use.
+    ///
+    /// Why: an ack made as the connection was breaking in a broker restart could wait in lapin
+    /// for ever (the consumer of the restart fault test hung there: issue 20), and a silent
+    /// connection never takes it.
+    async fn settled(
+        &self,
+        operation: &'static str,
+        settle: impl std::future::Future<Output = lapin::Result<bool>>,
+    ) -> Result<()> {
+        let wait = self.shared.config.connect_timeout();
+        let settled = tokio::select! {
+            biased;
+            settled = tokio::time::timeout(wait, settle) => settled,
+            () = self.conn.retired() => return Err(channel_gone(operation)),
+        };
+        match settled {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(channel_gone(operation)),
+            Ok(Err(e)) if is_connection_loss(&e) => Err(channel_gone(operation).with_source(e)),
+            Ok(Err(e)) => Err(map(e, operation, &format!("queue '{}'", self.queue))),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the {operation} was not handed to RabbitMQ within {wait:?}; if it never \
+                     arrives, the broker redelivers the message"
+                ),
+            )
+            .with_backend(BACKEND)
+            .with_operation(operation)),
         }
     }
 
@@ -257,11 +350,8 @@ impl RabbitSettle {
             multiple: false,
             requeue,
         };
-        match acker.nack(options).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(channel_gone(operation)),
-            Err(e) => Err(map(e, operation, &format!("queue '{}'", self.queue))),
-        }
+        let nack = acker.nack(options);
+        self.settled(operation, nack).await
     }
 
     /// Publish `message` to `destination` and, once the broker confirmed it, ack the original.
@@ -337,14 +427,14 @@ impl Settle for RabbitSettle {
             return;
         };
         // The broker would requeue it anyway when the channel closes; a nack returns it now.
+        let wait = self.shared.config.connect_timeout();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                let _ = acker
-                    .nack(BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    })
-                    .await;
+                let nack = acker.nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                });
+                let _ = tokio::time::timeout(wait, nack).await;
             });
         }
     }

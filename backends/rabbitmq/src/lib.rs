@@ -36,6 +36,16 @@
 //! arrive twice, never zero times), consumers consume again and the broker redelivers what was
 //! unacked. An ack on a channel that died is a `Closed` error: the broker redelivers that message.
 //!
+//! **Every wait on the broker is bounded.** A broker coming back from a restart can accept a
+//! connection and then leave a request unanswered. Each request (channel.open, confirm.select,
+//! basic.qos, basic.consume, a declaration, a publish's write) waits at most `connect_timeout_ms`
+//! (default 10 s); a connection that leaves one unanswered that long is given up, and its
+//! producers and consumers move to a new one. A confirm that does not come within
+//! `connect_timeout_ms` of its publish is re-published on a new channel; an ack or nack that
+//! cannot be handed over in that time fails with `Timeout`. An operation that cannot get
+//! through within `reconnect_timeout_ms` fails with a temporary `Timeout` or `Connection` error
+//! (a send hands its message back); closes give up after `connect_timeout_ms`.
+//!
 //! **Confirms.** One driver task per producer awaits the broker's confirms in publish order (one
 //! wake-up per confirm, not a task per message); only a send that needs more than a plain ack
 //! (a re-publish after a lost connection, a refused or returned message) gets a task of its own.
@@ -43,9 +53,13 @@
 //! mailroom-rabbitmq --bench vs_lapin`), publish-with-confirms and consume-with-ack run at parity.
 //!
 //! **Tests.** `tests/conformance.rs` (the shared suite), `tests/interop.rs` (plain lapin both
-//! ways), `tests/bad_input.rs`, and `tests/faults.rs`, which stops and starts the shared broker
-//! and is therefore `#[ignore]`d: run it alone with
+//! ways), `tests/bad_input.rs`, `tests/reconnect.rs` and `tests/unresponsive.rs` (a relay that
+//! stalls, swallows or cuts a connection at a chosen AMQP method: every reconnect step and every
+//! wait is bounded), and `tests/faults.rs`, which stops and starts the shared broker and is
+//! therefore `#[ignore]`d: run it alone with
 //! `cargo test -p mailroom-rabbitmq --test faults -- --ignored --nocapture` (scripts/test.sh does).
+//! `tests/restart_soak.rs` runs the same restart scenario 20 times in a row (about 8 minutes;
+//! `--test restart_soak -- --ignored`).
 //!
 //! **Limits, honestly.** Facts about a queue (quorum or classic, its dead-letter queue, its
 //! overflow) are known for queues declared through the same backend; for other queues a

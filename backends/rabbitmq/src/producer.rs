@@ -2,7 +2,7 @@
 //! reconnect until the broker confirms them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use mailroom_core::{
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::backend::{close_within, Shared};
+use crate::backend::{close_within, Deadline, Failure, Live, Lost, Shared};
 use crate::codec::{self, Stamp};
 use crate::error::{is_connection_loss, map};
 use crate::BACKEND;
@@ -30,16 +30,19 @@ const DELAY_QUEUE_REFRESH: Duration = Duration::from_secs(60);
 const FULL_QUEUE_RETRY_MAX: Duration = Duration::from_millis(500);
 /// How many times a send is re-published after its channel was closed by a channel error.
 const CHANNEL_ERROR_RETRIES: u32 = 3;
+/// Pause before publishing again after a lost connection or channel.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// A producer on RabbitMQ.
 ///
 /// Publisher confirms are always on. `enqueue` waits for room in the window of unconfirmed
-/// messages (`confirm_window`), publishes, and returns a pending confirm that resolves on the
-/// broker's ack. A broker nack is `QueueFull` (a bounded queue refused it) or `Rejected`; a
-/// mandatory message no queue took is `NotFound` (queue destination) or `Unroutable` (exchange).
-/// When the connection breaks, unconfirmed messages are re-published on the new connection
-/// (so a message can arrive twice, never zero times) until `reconnect_timeout_ms` runs out.
-/// Every failure hands the message back in the error.
+/// messages (`confirm_window`; at most `reconnect_timeout_ms`, then `Timeout`), publishes, and
+/// returns a pending confirm that resolves on the broker's ack. A broker nack is `QueueFull` (a
+/// bounded queue refused it) or `Rejected`; a mandatory message no queue took is `NotFound`
+/// (queue destination) or `Unroutable` (exchange). When the connection breaks, or a confirm
+/// does not come within `connect_timeout_ms` of its publish, the message is re-published on a
+/// new channel (so it can arrive twice, never zero times) until `reconnect_timeout_ms` passes
+/// without an answer from the broker. Every failure hands the message back in the error.
 pub struct RabbitProducer {
     inner: Arc<Inner>,
 }
@@ -47,35 +50,105 @@ pub struct RabbitProducer {
 /// A published message whose confirm the driver awaits.
 struct Job {
     send: Send,
-    confirm: PublisherConfirm,
+    published: Published,
     /// Its place in the window, released once the outcome is known.
     permit: OwnedSemaphorePermit,
     tx: oneshot::Sender<Result<Receipt>>,
 }
 
+/// The producer's confirm channel and the connection it is on.
+#[derive(Clone)]
+struct ConfirmChannel {
+    live: Arc<Live>,
+    channel: Channel,
+    /// Numbers the producer's channels, so a confirm that never came discards the channel it
+    /// was published on and not a newer one.
+    epoch: u64,
+}
+
+/// A message handed to the broker, whose confirm is awaited.
+struct Published {
+    confirm: PublisherConfirm,
+    live: Arc<Live>,
+    epoch: u64,
+    at: Instant,
+}
+
+/// How the wait for a confirm ended.
+// Boxing the answer would cost an allocation per confirm on the fast path to save a move of a
+// few hundred bytes.
+#[allow(clippy::large_enum_variant)]
+enum Verdict {
+    /// What the broker said, or the error lapin raised for the channel or connection.
+    Answer(lapin::Result<Confirmation>),
+    /// No confirm within the connect timeout, or the connection was given up meanwhile.
+    Silent(Lost),
+}
+
+/// Wait for a confirm at most `connect_timeout` from its publish.
+///
+/// Why bounded: a confirm is the broker's answer to a publish like any other, and a broker
+/// that came back from a restart half-way (or a path that stalled) never sends it; waiting for
+/// it held the window, then every `enqueue` and `flush`, forever.
+async fn await_verdict(
+    published: Published,
+    connect_timeout: Duration,
+) -> (Verdict, Arc<Live>, u64) {
+    let Published {
+        confirm,
+        live,
+        epoch,
+        at,
+    } = published;
+    let wait = connect_timeout.saturating_sub(at.elapsed());
+    let verdict = tokio::select! {
+        // A confirm that is already there wins over a connection given up at the same moment.
+        biased;
+        answer = tokio::time::timeout(wait, confirm) => match answer {
+            Ok(answer) => Verdict::Answer(answer),
+            Err(_) => Verdict::Silent(Lost {
+                why: format!("no confirm within {connect_timeout:?} of the publish"),
+                silent: true,
+            }),
+        },
+        () = live.retired() => Verdict::Silent(Lost {
+            why: "the connection was given up before the confirm came".into(),
+            silent: false,
+        }),
+    };
+    (verdict, live, epoch)
+}
+
 /// Awaits confirms in publish order (the order the broker sends them), so a window of
 /// unconfirmed messages costs one task and one wake-up per confirm instead of a task each.
-/// Anything but a plain ack (a lost connection to re-publish across, a refusal to explain) moves
-/// to a task of its own so the rest of the window is not held up.
+/// Anything but a plain ack (a lost connection to re-publish across, a refusal to explain, a
+/// confirm that did not come in time) moves to a task of its own so the rest of the window is
+/// not held up. Each wait is bounded (see [`await_verdict`]), and the deadlines of a window
+/// published together run out together, so a silent broker costs the window one connect
+/// timeout, not one per message.
 ///
 /// The queue is unbounded in type only: every job holds a permit of the producer's window.
-async fn drive(inner: Weak<Inner>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+async fn drive(
+    inner: Weak<Inner>,
+    connect_timeout: Duration,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
     while let Some(job) = jobs.recv().await {
         let Job {
             send,
-            confirm,
+            published,
             permit,
             tx,
         } = job;
-        match confirm.await {
-            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
+        match await_verdict(published, connect_timeout).await {
+            (Verdict::Answer(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)), _, _) => {
                 drop(permit);
                 let _ = tx.send(Ok(Receipt::new(send.message.id().clone())));
             }
-            outcome => match inner.upgrade() {
+            (verdict, live, epoch) => match inner.upgrade() {
                 Some(inner) => {
                     tokio::spawn(async move {
-                        let result = inner.await_confirm(send, outcome).await;
+                        let result = inner.await_confirm(send, verdict, live, epoch).await;
                         drop(permit);
                         let _ = tx.send(result);
                     });
@@ -98,7 +171,11 @@ struct Inner {
     me: Weak<Inner>,
     driver: OnceLock<mpsc::UnboundedSender<Job>>,
     shared: Arc<Shared>,
-    channel: tokio::sync::Mutex<Option<Channel>>,
+    channel: tokio::sync::Mutex<Option<ConfirmChannel>>,
+    /// The last epoch handed out to a confirm channel.
+    epochs: AtomicU64,
+    /// Channels of a lower epoch are not published on any more.
+    trusted_from: AtomicU64,
     window: Arc<Semaphore>,
     window_size: u32,
     closed: AtomicBool,
@@ -117,6 +194,8 @@ impl RabbitProducer {
                 window_size,
                 shared,
                 channel: tokio::sync::Mutex::new(None),
+                epochs: AtomicU64::new(0),
+                trusted_from: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 known_exchanges: Mutex::new(HashSet::new()),
                 delay_queues: Mutex::new(HashMap::new()),
@@ -149,12 +228,29 @@ impl RabbitProducer {
         {
             return Err(e.with_undelivered(message));
         }
-        let permit = match inner.window.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => {
-                return Err(ctx(Error::closed("producer is closed")).with_undelivered(message))
-            }
-        };
+        // The window frees up as confirms come or their bounded waits end; this wait is bounded
+        // too, by the same budget a reconnect has.
+        let deadline = inner.shared.deadline();
+        let permit =
+            match tokio::time::timeout(deadline.remaining(), inner.window.clone().acquire_owned())
+                .await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => {
+                    return Err(ctx(Error::closed("producer is closed")).with_undelivered(message))
+                }
+                Err(_) => {
+                    let e = Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "no room in the confirm window ({} unconfirmed) within {:?}",
+                            inner.window_size,
+                            inner.shared.config.reconnect_timeout()
+                        ),
+                    );
+                    return Err(ctx(e).with_undelivered(message));
+                }
+            };
         let send = Send::new(
             destination.clone(),
             message,
@@ -165,14 +261,14 @@ impl RabbitProducer {
             Ok(send) => send,
             Err((e, message)) => return Err(e.with_undelivered(message)),
         };
-        let confirm = match inner.publish(&send).await {
-            Ok(c) => c,
+        let published = match inner.publish(&send, deadline).await {
+            Ok(p) => p,
             Err(e) => return Err(e.with_undelivered(send.message)),
         };
         let (tx, rx) = oneshot::channel();
         let job = Job {
             send,
-            confirm,
+            published,
             permit,
             tx,
         };
@@ -307,80 +403,158 @@ impl Inner {
         Ok(name)
     }
 
-    /// The producer's confirm channel, reopened (and the connection with it) when it broke.
-    async fn channel(&self) -> Result<Channel> {
-        let mut slot = self.channel.lock().await;
-        if let Some(ch) = slot.as_ref() {
-            if ch.status().connected() {
-                return Ok(ch.clone());
+    /// The producer's confirm channel, reopened (and the connection with it) when it broke,
+    /// went silent, or was discarded after a confirm that never came.
+    async fn channel(&self, deadline: Deadline) -> Result<ConfirmChannel> {
+        // Whoever holds the slot is reopening it, bounded by their own deadline.
+        let Ok(mut slot) = tokio::time::timeout(deadline.remaining(), self.channel.lock()).await
+        else {
+            let last = Lost {
+                why: "the producer channel was still being reopened".into(),
+                silent: true,
+            };
+            return Err(self.shared.gave_up("send", &last));
+        };
+        if let Some(cc) = slot.as_ref() {
+            let trusted = cc.epoch >= self.trusted_from.load(Ordering::Acquire);
+            if trusted && cc.live.usable() && cc.channel.status().connected() {
+                return Ok(cc.clone());
             }
         }
-        *slot = None;
-        let (_, ch) = self.shared.channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| map(e, "confirm_select", "the producer channel"))?;
-        *slot = Some(ch.clone());
-        Ok(ch)
+        if let Some(old) = slot.take() {
+            if old.channel.status().connected() {
+                // Its unconfirmed messages are re-published elsewhere; closing it tells the
+                // broker to stop sending for it.
+                let wait = self.shared.config.connect_timeout();
+                tokio::spawn(async move {
+                    close_within(wait, "channel", old.channel.close(200, "OK".into())).await;
+                });
+            }
+        }
+        loop {
+            let (live, ch) = self.shared.channel(deadline).await?;
+            let select = ch.confirm_select(ConfirmSelectOptions::default());
+            match self
+                .shared
+                .answer(&live, deadline, "confirm.select", select)
+                .await
+            {
+                Ok(()) => {
+                    let epoch = self.epochs.fetch_add(1, Ordering::AcqRel) + 1;
+                    let cc = ConfirmChannel {
+                        live,
+                        channel: ch,
+                        epoch,
+                    };
+                    *slot = Some(cc.clone());
+                    return Ok(cc);
+                }
+                Err(Failure::Refused(e)) => {
+                    return Err(map(e, "confirm_select", "the producer channel"))
+                }
+                Err(Failure::Lost(lost)) if deadline.passed() => {
+                    return Err(self.shared.gave_up("send", &lost))
+                }
+                Err(Failure::Lost(lost)) => {
+                    tracing::debug!(%lost, "no confirm channel; trying again");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    /// Stop publishing on the channel of `epoch` (and older ones).
+    fn discard(&self, epoch: u64) {
+        self.trusted_from.fetch_max(epoch + 1, Ordering::AcqRel);
     }
 
     /// Publish once the connection allows, retrying across reconnects until the deadline.
-    async fn publish(&self, send: &Send) -> Result<PublisherConfirm> {
-        let deadline = Instant::now() + self.shared.config.reconnect_timeout();
+    async fn publish(&self, send: &Send, deadline: Deadline) -> Result<Published> {
         loop {
-            let ch = self.channel().await?;
-            let result = ch
-                .basic_publish(
-                    send.exchange.clone(),
-                    send.routing_key.clone(),
-                    BasicPublishOptions {
-                        mandatory: self.shared.config.mandatory,
-                        immediate: false,
-                    },
-                    send.message.payload(),
-                    codec::properties(&send.message, send.stamp),
-                )
-                .await;
-            match result {
-                Ok(confirm) => return Ok(confirm),
-                Err(e) if is_connection_loss(&e) && Instant::now() < deadline => {
-                    self.shared.forget_broken();
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            let cc = self.channel(deadline).await?;
+            // lapin resolves a publish once its frames are written: a connection that takes a
+            // connect timeout to take them is as silent as one that does not answer.
+            let publish = cc.channel.basic_publish(
+                send.exchange.clone(),
+                send.routing_key.clone(),
+                BasicPublishOptions {
+                    mandatory: self.shared.config.mandatory,
+                    immediate: false,
+                },
+                send.message.payload(),
+                codec::properties(&send.message, send.stamp),
+            );
+            match self
+                .shared
+                .answer(&cc.live, deadline, "basic.publish", publish)
+                .await
+            {
+                Ok(confirm) => {
+                    return Ok(Published {
+                        confirm,
+                        live: cc.live,
+                        epoch: cc.epoch,
+                        at: Instant::now(),
+                    })
                 }
-                Err(e) => return Err(map(e, "send", &send.destination.to_string())),
+                Err(Failure::Refused(e)) => {
+                    return Err(map(e, "send", &send.destination.to_string()))
+                }
+                Err(Failure::Lost(lost)) => {
+                    self.discard(cc.epoch);
+                    if deadline.passed() {
+                        return Err(self.shared.gave_up("send", &lost));
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
             }
         }
     }
 
-    /// Wait for the broker's verdict, re-publishing after a lost connection.
+    /// Wait for the broker's verdict, re-publishing after a lost connection or a confirm that
+    /// did not come, until the reconnect timeout has passed without an answer from the broker.
     async fn await_confirm(
         &self,
         send: Send,
-        mut outcome: lapin::Result<Confirmation>,
+        mut verdict: Verdict,
+        mut live: Arc<Live>,
+        mut epoch: u64,
     ) -> Result<Receipt> {
         let ctx = |e: Error| e.with_backend(BACKEND).with_operation("send");
         let mut full_backoff = Duration::from_millis(20);
         let mut channel_errors = 0;
+        let mut deadline = self.shared.deadline();
         loop {
-            match outcome {
-                Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
+            let lost = match verdict {
+                Verdict::Answer(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {
                     return Ok(Receipt::new(send.message.id().clone()))
                 }
-                Ok(Confirmation::Ack(Some(returned))) => {
+                Verdict::Answer(Ok(Confirmation::Ack(Some(returned)))) => {
                     return Err(ctx(returned_error(&send, &returned)).with_undelivered(send.message))
                 }
-                Ok(Confirmation::Nack(_)) => match self.refused(&send) {
+                Verdict::Answer(Ok(Confirmation::Nack(_))) => match self.refused(&send) {
                     Some(e) => return Err(ctx(e).with_undelivered(send.message)),
                     None => {
+                        // The broker answered: the budget for reaching it starts again. Offering
+                        // again until there is room is the `Backpressure` policy itself.
+                        deadline = self.shared.deadline();
                         tokio::time::sleep(full_backoff).await;
                         full_backoff = (full_backoff * 2).min(FULL_QUEUE_RETRY_MAX);
+                        None
                     }
                 },
-                Err(e) if is_connection_loss(&e) => {
+                Verdict::Answer(Err(e)) if is_connection_loss(&e) => {
                     tracing::debug!(error = %e, id = %send.message.id(), "re-publishing after a lost connection");
-                    self.shared.forget_broken();
+                    self.shared.forget(&live);
+                    self.discard(epoch);
+                    Some(Lost {
+                        why: format!("the connection broke before the confirm: {e}"),
+                        silent: false,
+                    })
                 }
-                Err(e) if e.is_amqp_soft_error() && channel_errors < CHANNEL_ERROR_RETRIES => {
+                Verdict::Answer(Err(e))
+                    if e.is_amqp_soft_error() && channel_errors < CHANNEL_ERROR_RETRIES =>
+                {
                     // Another publish on the channel (e.g. to an exchange deleted since) closed
                     // it; this message was not at fault unless its own exchange is gone.
                     channel_errors += 1;
@@ -390,16 +564,32 @@ impl Inner {
                             return Err(e.with_undelivered(send.message));
                         }
                     }
+                    None
                 }
-                Err(e) => {
+                Verdict::Answer(Err(e)) => {
                     return Err(map(e, "send", &send.destination.to_string())
                         .with_undelivered(send.message))
                 }
+                Verdict::Silent(lost) => {
+                    tracing::debug!(%lost, id = %send.message.id(), "re-publishing on a new channel");
+                    self.discard(epoch);
+                    Some(lost)
+                }
+            };
+            if let Some(lost) = lost {
+                if deadline.passed() {
+                    return Err(self
+                        .shared
+                        .gave_up("send", &lost)
+                        .with_undelivered(send.message));
+                }
             }
-            outcome = match self.publish(&send).await {
-                Ok(c) => c.await,
+            let published = match self.publish(&send, deadline).await {
+                Ok(p) => p,
                 Err(e) => return Err(e.with_undelivered(send.message)),
             };
+            (verdict, live, epoch) =
+                await_verdict(published, self.shared.config.connect_timeout()).await;
         }
     }
 
@@ -407,7 +597,8 @@ impl Inner {
     fn driver(&self) -> &mpsc::UnboundedSender<Job> {
         self.driver.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(drive(self.me.clone(), rx));
+            let wait = self.shared.config.connect_timeout();
+            tokio::spawn(drive(self.me.clone(), wait, rx));
             tx
         })
     }
@@ -484,11 +675,13 @@ impl Producer for RabbitProducer {
 
     async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::Release);
+        // Bounded: every send in the window ends within its own bounds (a confirm within the
+        // connect timeout of its publish, re-publishing within the reconnect timeout).
         self.flush().await?;
-        if let Some(ch) = self.inner.channel.lock().await.take() {
-            if ch.status().connected() {
+        if let Some(cc) = self.inner.channel.lock().await.take() {
+            if cc.channel.status().connected() {
                 let wait = self.inner.shared.config.connect_timeout();
-                close_within(wait, "channel", ch.close(200, "OK".into())).await;
+                close_within(wait, "channel", cc.channel.close(200, "OK".into())).await;
             }
         }
         Ok(())

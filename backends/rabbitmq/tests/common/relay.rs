@@ -137,6 +137,9 @@ impl fmt::Display for Fault {
 struct Conn {
     n: usize,
     stalled: AtomicBool,
+    /// The client's bytes are no longer read, so its writes back up once the socket buffers
+    /// are full; the broker's still reach it.
+    blocked: AtomicBool,
     kill: watch::Sender<bool>,
 }
 
@@ -229,6 +232,7 @@ impl Relay {
                 let conn = Arc::new(Conn {
                     n,
                     stalled: AtomicBool::new(false),
+                    blocked: AtomicBool::new(false),
                     kill,
                 });
                 shared.conns.lock().unwrap().push(conn.clone());
@@ -280,6 +284,31 @@ impl Relay {
         }
     }
 
+    /// Close the connections that are stalled or blocked, as the broker does once its
+    /// heartbeat notices them (until then it keeps what it delivered on them); returns how many.
+    pub fn cut_stalled(&self) -> usize {
+        let mut conns = self.inner.conns.lock().unwrap();
+        let before = conns.len();
+        conns.retain(|conn| {
+            let stalled =
+                conn.stalled.load(Ordering::SeqCst) || conn.blocked.load(Ordering::SeqCst);
+            if stalled {
+                conn.cut();
+            }
+            !stalled
+        });
+        before - conns.len()
+    }
+
+    /// Stop reading what the clients of the open connections send (a broker that stopped
+    /// taking a connection's bytes), while what the broker sends still reaches them.
+    pub fn block(&self) {
+        for conn in self.inner.conns.lock().unwrap().iter() {
+            conn.blocked.store(true, Ordering::SeqCst);
+        }
+        self.inner.event("all connections blocked".into());
+    }
+
     /// Silence every open connection: nothing more is forwarded, the sockets stay open.
     pub fn freeze(&self) {
         for conn in self.inner.conns.lock().unwrap().iter() {
@@ -326,7 +355,7 @@ async fn upstream(
     let mut swallowing: Option<u16> = None;
     loop {
         loop {
-            if conn.stalled.load(Ordering::SeqCst) {
+            if conn.stalled.load(Ordering::SeqCst) || conn.blocked.load(Ordering::SeqCst) {
                 until_cut(&mut kill).await;
                 return;
             }
