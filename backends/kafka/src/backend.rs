@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mailroom_core::{
-    Backend, Capabilities, Consumer, ConsumerOptions, Error, ErrorKind, Producer, Result, Topology,
+    Backend, Capabilities, Capability, Consumer, ConsumerOptions, Error, ErrorKind, Producer,
+    Result, Topology, TransactionOptions, Transactional,
 };
 use rdkafka::admin::AdminClient;
 use rdkafka::client::{Client, DefaultClientContext};
@@ -19,6 +20,7 @@ use crate::config::KafkaConfig;
 use crate::consumer::KafkaConsumer;
 use crate::producer::{KafkaProducer, ProducerCore};
 use crate::topology::{KafkaTopology, Registry};
+use crate::transaction::KafkaTransactional;
 use crate::{error, BACKEND};
 
 /// What every handle of one connection shares.
@@ -193,6 +195,20 @@ impl KafkaBackend {
         self.shared.check_open("consume")?;
         KafkaConsumer::open(self.shared.clone(), queue, options).await
     }
+
+    /// A typed transactional unit (the same as `Backend::transactional`, without the box).
+    /// `Unsupported` before any I/O when the backend was opened with `?transactions=false`.
+    pub async fn kafka_transactional(
+        &self,
+        queue: &str,
+        options: TransactionOptions,
+    ) -> Result<KafkaTransactional> {
+        self.shared
+            .capabilities
+            .require(Capability::Transactions, BACKEND, "transactional")?;
+        self.shared.check_open("transactional")?;
+        KafkaTransactional::open(self.shared.clone(), queue, options).await
+    }
 }
 
 impl fmt::Debug for KafkaBackend {
@@ -245,6 +261,27 @@ impl Backend for KafkaBackend {
 
     fn topology(&self) -> &dyn Topology {
         &self.topology
+    }
+
+    async fn transactional(
+        &self,
+        queue: &str,
+        options: TransactionOptions,
+    ) -> Result<Box<dyn Transactional>> {
+        Ok(Box::new(self.kafka_transactional(queue, options).await?))
+    }
+
+    /// The cluster id the brokers report (KIP-78), the same whichever brokers the URL lists.
+    async fn cluster_id(&self) -> Result<Option<String>> {
+        self.shared.check_open("cluster_id")?;
+        let shared = self.shared.clone();
+        blocking(move || {
+            Ok(shared
+                .admin
+                .inner()
+                .fetch_cluster_id(shared.config.operation_timeout))
+        })
+        .await
     }
 
     async fn close(&self) -> Result<()> {

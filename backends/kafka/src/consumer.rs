@@ -57,7 +57,7 @@ pub(crate) struct GroupContext {
 
 impl ClientContext for GroupContext {}
 
-fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
+pub(crate) fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
     tpl.elements()
         .iter()
         .map(|e| (Arc::from(e.topic()), e.partition()))
@@ -339,7 +339,7 @@ async fn replay_plan(
 }
 
 /// A Kafka record as a mailroom message, and its attempt (internal headers are stripped).
-fn decode(m: &BorrowedMessage<'_>) -> (Message, u32) {
+pub(crate) fn decode(m: &BorrowedMessage<'_>) -> (Message, u32) {
     let mut headers = Headers::new();
     let mut id = None;
     let mut timestamp = None;
@@ -390,7 +390,7 @@ fn decode(m: &BorrowedMessage<'_>) -> (Message, u32) {
     (message, attempt)
 }
 
-fn is_moot(e: &KafkaError) -> bool {
+pub(crate) fn is_moot(e: &KafkaError) -> bool {
     // Errors librdkafka recovers from by itself (it reconnects and refetches).
     matches!(
         e.rdkafka_error_code().map(error::kind_of_code),

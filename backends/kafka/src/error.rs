@@ -35,12 +35,15 @@ pub fn kind_of_code(code: Code) -> ErrorKind {
         | Code::ClusterAuthorizationFailed
         | Code::TransactionalIdAuthorizationFailed => ErrorKind::Auth,
         Code::TopicAlreadyExists => ErrorKind::Conflict,
+        // A newer producer with the same transactional.id took over (zombie fencing).
+        Code::Fenced | Code::ProducerFenced | Code::InvalidProducerEpoch => ErrorKind::Fenced,
         Code::InvalidConfig
         | Code::InvalidPartitions
         | Code::InvalidReplicationFactor
         | Code::InvalidReplicaAssignment
         | Code::InvalidTopic
         | Code::InvalidRequiredAcks
+        | Code::InvalidTransactionTimeout
         | Code::InvalidArgument => ErrorKind::Config,
         Code::PurgeQueue | Code::PurgeInflight => ErrorKind::Closed,
         _ => ErrorKind::Broker,
@@ -68,6 +71,10 @@ pub fn map(error: KafkaError, operation: &'static str) -> Error {
         ErrorKind::Timeout => "the Kafka operation timed out",
         ErrorKind::PayloadTooLarge => "the broker refused the message as too large",
         ErrorKind::Auth => "the broker refused the credentials or the ACLs deny it",
+        ErrorKind::Fenced => {
+            "a newer transactional unit with the same id took over (zombie fencing); this one \
+             can no longer send or commit"
+        }
         _ => "librdkafka reported an error",
     };
     Error::new(kind, message)
@@ -115,6 +122,8 @@ mod tests {
         assert_eq!(kind_of_code(Code::AllBrokersDown), ErrorKind::Connection);
         assert_eq!(kind_of_code(Code::MessageTimedOut), ErrorKind::Timeout);
         assert_eq!(kind_of_code(Code::TopicAlreadyExists), ErrorKind::Conflict);
+        assert_eq!(kind_of_code(Code::ProducerFenced), ErrorKind::Fenced);
+        assert_eq!(kind_of_code(Code::Fenced), ErrorKind::Fenced);
     }
 
     #[test]

@@ -22,7 +22,9 @@
 //! | delayed delivery        | no                                                             |
 //! | bounded queues / TTL    | no (retention is not a TTL; pass topic configs via `extra`)    |
 //! | batching                | yes: librdkafka batches pipelined sends (`linger.ms`)          |
-//! | transactions            | no (see below)                                                 |
+//! | transactions            | yes: [`KafkaTransactional`] consumes, produces, commits as one  |
+//! |                         | (`?transactions=false` for a broker without them; see below)   |
+//! | read committed          | yes, by default (`?isolation.level=read_uncommitted` to see all) |
 //! | persistence             | yes (`?persistent=false` for a broker on memory storage)       |
 //! | dropped delivery        | requeued (copy with attempt + 1); dropped consumer commits     |
 //! | max message size        | `message.max.bytes` (default 1,000,000) less 512 bytes framing |
@@ -56,9 +58,32 @@
 //! `QueueSpec::extra` passes topic configs. A dead letter without a dead-letter queue is
 //! discarded with a warning, as in AMQP.
 //!
-//! **Transactions** are off: mailroom-core has no transactional API yet. Apache Kafka supports
-//! them (tansu 0.6 does not: its `commit_transaction` fails with "EndTxnRequest not supported");
-//! an exactly-once consume→produce mode for Kafka → Kafka pipelines is the next thing to build.
+//! **Transactions.** `Backend::transactional(queue, TransactionOptions::new(id))` opens a
+//! [`KafkaTransactional`]: a consumer in group `queue` with automatic commits off and
+//! `isolation.level=read_committed`, and a producer with `transactional.id` = `id`. `commit`
+//! hands the transaction the offsets after the inputs received (`send_offsets_to_transaction`
+//! with the consumer's group metadata, so a member that lost the partitions cannot commit them)
+//! and commits: the outputs become visible and the inputs consumed at once. `abort`, and every
+//! abortable failure (an output not delivered, the broker refusing the commit, an input partition
+//! revoked mid-transaction), discards the outputs and seeks the inputs back, so the same unit
+//! receives them again; the error is `Aborted` (temporary). Opening calls `init_transactions`
+//! first: it aborts whatever transaction a previous holder of the id left open and fences that
+//! holder, whose later calls fail with `Fenced` (permanent). A commit that times out has an
+//! unknown outcome, so the unit stops with a permanent error and a new unit with the same id
+//! settles it. The transactional calls block; they run on the blocking pool, each bounded by
+//! `operation_timeout_ms`. `TransactionOptions::timeout` sets `transaction.timeout.ms`
+//! (librdkafka's default 60 s, capped by the broker's `transaction.max.timeout.ms`): a unit that
+//! dies mid-transaction and is not restarted holds up `read_committed` readers of the partitions
+//! it wrote that long. A restarted instance gets its partitions back at once with static
+//! membership (`?group.instance.id=NAME`, one name per instance) instead of after the 10 s
+//! session timeout. tansu 0.6 has no transactions (its `commit_transaction` fails with
+//! "EndTxnRequest not supported"): open it with `?transactions=false`.
+//!
+//! **Reading committed data.** librdkafka consumers default to `isolation.level=read_committed`
+//! and mailroom keeps that default: a mailroom consumer never receives records of an aborted
+//! transaction, and receives a committed transaction's records once it commits (each partition
+//! is read only up to its oldest open transaction). `?isolation.level=read_uncommitted` receives
+//! everything in the log, aborted records included (`tests/transactions.rs` shows both).
 //!
 //! **Partitioner.** Keys are mapped to partitions with murmur2, as the Java client does
 //! ([`Partitioner::Murmur2Random`], librdkafka's `murmur2_random`), not librdkafka's own CRC32
@@ -76,6 +101,7 @@ mod error;
 mod offsets;
 mod producer;
 mod topology;
+mod transaction;
 
 use std::sync::Arc;
 
@@ -87,6 +113,7 @@ pub use config::{KafkaConfig, Partitioner, DEFAULT_MESSAGE_MAX_BYTES, FRAMING_RE
 pub use consumer::KafkaConsumer;
 pub use producer::{KafkaProducer, ATTEMPT_HEADER, ID_HEADER, TIMESTAMP_HEADER};
 pub use topology::KafkaTopology;
+pub use transaction::KafkaTransactional;
 
 /// The backend's name in errors and reports.
 pub const BACKEND: &str = "kafka";
@@ -109,7 +136,7 @@ pub fn capabilities(config: &KafkaConfig) -> Capabilities {
     caps.max_queue_length = false;
     caps.message_ttl = false;
     caps.batch_send = true;
-    caps.transactions = false;
+    caps.transactions = config.transactions;
     caps.persistence = config.persistent;
     caps.redelivery_on_drop = true;
     caps.partitioned_queues = true;

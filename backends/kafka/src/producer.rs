@@ -107,7 +107,16 @@ pub(crate) struct ProducerCore {
 
 impl ProducerCore {
     pub(crate) fn new(config: &KafkaConfig, capabilities: Capabilities) -> Result<Arc<Self>> {
-        let cc = config.producer_client_config();
+        Self::with_client_config(&config.producer_client_config(), config, capabilities)
+    }
+
+    /// A producer made from `cc` (a transactional producer's configuration, say), with the
+    /// window and timeouts `config` sets.
+    pub(crate) fn with_client_config(
+        cc: &rdkafka::ClientConfig,
+        config: &KafkaConfig,
+        capabilities: Capabilities,
+    ) -> Result<Arc<Self>> {
         let producer: ThreadedProducer<ReportContext> = cc
             .create_with_context(ReportContext)
             .map_err(|e| error::map(e, "producer"))?;
@@ -125,6 +134,11 @@ impl ProducerCore {
     /// The capabilities it checks messages against.
     pub(crate) fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    /// The librdkafka producer, for the transactional calls.
+    pub(crate) fn client(&self) -> &ThreadedProducer<ReportContext> {
+        &self.producer
     }
 
     /// `NotFound` unless the topic exists (asked once per topic, then remembered).
@@ -284,7 +298,7 @@ impl ProducerCore {
         rx.await.unwrap_or_else(|_| Err(lost_report()))
     }
 
-    async fn acquire(&self) -> Result<OwnedSemaphorePermit> {
+    pub(crate) async fn acquire(&self) -> Result<OwnedSemaphorePermit> {
         self.window
             .clone()
             .acquire_owned()
@@ -304,7 +318,7 @@ impl ProducerCore {
     }
 }
 
-fn lost_report() -> Error {
+pub(crate) fn lost_report() -> Error {
     Error::closed("the producer went away before the delivery report arrived")
         .with_backend(BACKEND)
         .with_operation("send")
