@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use mailroom_core::testkit::Conformance;
+use mailroom_core::testkit::{local_broker, Conformance};
 use mailroom_core::Backend;
 use mailroom_sqs::{SqsBackend, DEFAULT_URL};
 
@@ -15,6 +15,13 @@ async fn conformance() {
     let report = Conformance::new(|| async {
         Ok(Arc::new(SqsBackend::from_url(&url()).await?) as Arc<dyn Backend>)
     })
+    // The report names the server scripts/brokers.sh runs, unless the URL points elsewhere.
+    .broker(
+        std::env::var_os("MAILROOM_SQS_URL")
+            .is_none()
+            .then(|| local_broker("sqs"))
+            .flatten(),
+    )
     .run()
     .await;
     report.print();
