@@ -79,12 +79,22 @@
 //! [`partitioned_by_key`](Source::partitioned_by_key), or the flow first goes through a keyed
 //! topic with [`Flow::repartition_by_key`].
 //!
+//! **Exactly-once (Kafka → Kafka).** A [`Pipeline`] is at least once: a crash between an
+//! output's confirm and its input's ack produces the output again. Where the source and the sink
+//! are one cluster that declares `transactions` (Kafka), [`ExactlyOnce`] runs a transform in
+//! broker transactions instead: a batch of inputs, their outputs and their dead letters commit
+//! together, so readers of committed data (Kafka consumers by default) see each output once,
+//! across crashes and restarts. Side effects outside the broker stay at least once; each output
+//! waits for its batch's commit. See [`exactly_once`] for what it covers, what it does not, and
+//! its costs; building one on any other pair of backends is `Unsupported` or `Config`.
+//!
 //! [`TestDriver`] runs a pipeline on the in-memory broker under tokio's paused clock, for
 //! deterministic tests without sleeps.
 
 mod batch;
 mod bridge;
 mod concurrent;
+pub mod exactly_once;
 mod flow;
 mod metrics;
 mod policy;
@@ -97,6 +107,7 @@ mod window;
 
 pub use batch::{Batch, ByteSize};
 pub use bridge::{Bridge, BridgeStats, Transform};
+pub use exactly_once::{ExactlyOnce, ExactlyOnceBuilder, ExactlyOnceReport, ExactlyOnceTransform};
 pub use flow::{Flow, Ordering, Partitioning, Pipeline, PipelineBuilder, Source};
 pub use metrics::{Metrics, Snapshot, StageSnapshot};
 pub use policy::{
