@@ -1,7 +1,11 @@
 //! The shared conformance suite against the real RabbitMQ on 127.0.0.1:5672.
 
-use std::sync::Arc;
+mod common;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{within, Waypoints};
 use mailroom_core::testkit::Conformance;
 use mailroom_core::Backend;
 use mailroom_rabbitmq::RabbitBackend;
@@ -14,11 +18,20 @@ fn url() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_passes_the_conformance_suite() {
-    let report = Conformance::new(|| async {
-        Ok(Arc::new(RabbitBackend::from_url(&url()).await?) as Arc<dyn Backend>)
+    let waypoints = Waypoints::default();
+    waypoints.at(
+        "suite",
+        "running the cases (the testkit bounds each at 120 s)",
+    );
+    // The suite's overall bound, far above its usual half a minute.
+    within(Duration::from_secs(600), &waypoints, async {
+        let report = Conformance::new(|| async {
+            Ok(Arc::new(RabbitBackend::from_url(&url()).await?) as Arc<dyn Backend>)
+        })
+        .run()
+        .await;
+        report.print();
+        report.assert_passed();
     })
-    .run()
     .await;
-    report.print();
-    report.assert_passed();
 }
