@@ -49,7 +49,9 @@
 //! - *Latency:* an output becomes visible when its transaction commits, up to
 //!   [`commit_interval`](ExactlyOnceBuilder::commit_interval) after its input arrived, plus the
 //!   commit itself (the offsets to the group coordinator, then the commit to the transaction
-//!   coordinator and its markers on every partition written: several round trips per batch).
+//!   coordinator and its markers on every partition written: several round trips per batch;
+//!   about 10 ms for a small batch against Apache Kafka 4.1.1 on loopback on a 2-core machine,
+//!   as `backends/kafka/tests/transactions.rs` prints).
 //!   Committed-only readers of a partition also wait behind the oldest transaction still open
 //!   on it.
 //! - *Throughput:* one commit per batch, not pipelined with the next batch.

@@ -194,7 +194,12 @@ async fn an_aborted_transaction_is_invisible_to_read_committed_readers() {
             .await
             .unwrap();
         }
+        let commit_started = Instant::now();
         let committed = unit.commit().await.unwrap();
+        println!(
+            "commit of 10 inputs + 10 outputs: {:?}",
+            commit_started.elapsed()
+        );
         assert_eq!(
             committed,
             TransactionCounts {
