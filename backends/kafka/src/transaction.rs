@@ -313,8 +313,8 @@ impl KafkaTransactional {
         let mut error = Error::new(
             ErrorKind::Aborted,
             format!(
-                "the transaction was aborted: {why}; its outputs are discarded and its {inputs} \
-                 inputs will be received again"
+                "the transaction was aborted: {why}; its outputs are discarded and the {inputs} \
+                 inputs received in it will be delivered again"
             ),
         )
         .with_backend(BACKEND)

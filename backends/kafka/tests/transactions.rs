@@ -6,6 +6,9 @@
 //!   inputs come back; the committed retry's outputs are seen once and its inputs are consumed;
 //! - a unit opened with the id of a live one fences it: the old one's commit is `Fenced` and its
 //!   outputs are never visible;
+//! - a rebalance that revokes a unit's input partitions mid-transaction turns its commit into an
+//!   abort; with a second unit in the group, every input is consumed once and its output seen
+//!   once;
 //! - `?transactions=false` declares a broker without transactions: `Unsupported` before I/O.
 //!
 //! Each test runs under an overall bound and fails naming the phase it was in.
@@ -355,6 +358,133 @@ async fn a_broker_declared_without_transactions_is_unsupported_before_io() {
         assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
         assert_eq!(err.operation(), Some("transactional"));
         assert!(started.elapsed() < Duration::from_secs(1));
+    })
+    .await;
+}
+
+/// Receive, send one output per input and commit every few inputs until `consumed` reaches
+/// `total` (counting only committed inputs); aborted commits are carried on from.
+async fn drain(
+    mut unit: Box<dyn Transactional>,
+    out: Destination,
+    consumed: Arc<std::sync::atomic::AtomicUsize>,
+    total: usize,
+) -> (usize, usize) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut commits, mut aborts) = (0, 0);
+    while consumed.load(SeqCst) < total {
+        let input = unit
+            .receive_timeout(Duration::from_millis(300))
+            .await
+            .unwrap();
+        if let Some(input) = &input {
+            unit.send(&out, Message::new(format!("out-{}", text(&input.message))))
+                .await
+                .unwrap();
+        }
+        if input.is_none() || unit.pending().inputs >= 4 {
+            match unit.commit().await {
+                Ok(counts) => {
+                    commits += 1;
+                    consumed.fetch_add(counts.inputs, SeqCst);
+                }
+                Err(e) if e.kind() == ErrorKind::Aborted => aborts += 1,
+                Err(e) => panic!("commit failed: {e}"),
+            }
+        }
+    }
+    unit.close().await.unwrap();
+    (commits, aborts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebalance_mid_transaction_aborts_it_instead_of_committing_revoked_inputs() {
+    bounded("rebalance test", |phase| async move {
+        use std::sync::atomic::AtomicUsize;
+        phase.set("connecting and declaring");
+        let b = KafkaBackend::from_url(&url()).await.unwrap();
+        let (input, output) = (fresh("in"), fresh("out"));
+        declare(&b, &input, 4).await;
+        declare(&b, &output, 2).await;
+        let payloads: Vec<String> = (0..40).map(|i| format!("in-{i}")).collect();
+        let producer = b.producer().await.unwrap();
+        for (i, p) in payloads.iter().enumerate() {
+            let m = Message::builder(p.clone())
+                .key(format!("k{i}"))
+                .build()
+                .unwrap();
+            producer.send(&Destination::queue(&input), m).await.unwrap();
+        }
+        let out = Destination::queue(&output);
+
+        phase.set("first unit: a transaction with inputs from every partition");
+        let mut first = b
+            .transactional(&input, TransactionOptions::new(fresh("a")))
+            .await
+            .unwrap();
+        for i in receive_n(&mut first, 8).await {
+            first
+                .send(&out, Message::new(format!("out-{}", text(&i.message))))
+                .await
+                .unwrap();
+        }
+
+        phase.set("second unit joins the group; the first keeps polling");
+        let second = b
+            .transactional(&input, TransactionOptions::new(fresh("b")))
+            .await
+            .unwrap();
+        let consumed = Arc::new(AtomicUsize::new(0));
+        let joined = tokio::spawn(drain(second, out.clone(), consumed.clone(), payloads.len()));
+        // The rebalance's revoke runs inside the first unit's receive; poll until it has.
+        let started = Instant::now();
+        let error = loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no rebalance within 30 s"
+            );
+            if let Some(i) = first
+                .receive_timeout(Duration::from_millis(200))
+                .await
+                .unwrap()
+            {
+                first
+                    .send(&out, Message::new(format!("out-{}", text(&i.message))))
+                    .await
+                    .unwrap();
+            }
+            if consumed.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                // The second unit committed inputs: the group was rebalanced.
+                break first.commit().await.unwrap_err();
+            }
+        };
+        println!("first unit's commit after the rebalance: {error}");
+        assert_eq!(error.kind(), ErrorKind::Aborted, "{error}");
+        assert!(error.is_temporary());
+        assert!(error.message().contains("revoked"), "{error}");
+
+        phase.set("both units drain the queue");
+        let (first_stats, second_stats) = tokio::join!(
+            drain(first, out.clone(), consumed.clone(), payloads.len()),
+            joined
+        );
+        let second_stats = second_stats.unwrap();
+        println!(
+            "first unit: {} commits, {} aborts after the rebalance; second: {} commits, {} aborts",
+            first_stats.0, first_stats.1, second_stats.0, second_stats.1
+        );
+        assert_eq!(
+            consumed.load(std::sync::atomic::Ordering::SeqCst),
+            payloads.len(),
+            "each input consumed once"
+        );
+
+        phase.set("read_committed reader");
+        let view = read_all(&output, "read_committed", 40, Duration::from_secs(3)).await;
+        for p in &payloads {
+            assert_eq!(view.get(&format!("out-{p}")), Some(&1), "{view:?}");
+        }
+        assert_eq!(view.len(), 40, "{view:?}");
     })
     .await;
 }
