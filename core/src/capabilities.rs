@@ -45,7 +45,8 @@ pub struct Capabilities {
     pub message_ttl: bool,
     /// A batch send is cheaper than the same sends one by one.
     pub batch_send: bool,
-    /// Consume-then-produce can be committed atomically.
+    /// Consume-then-produce can be committed atomically
+    /// ([`Backend::transactional`](crate::Backend::transactional)).
     pub transactions: bool,
     /// Messages survive a broker restart (in the configuration this backend was opened with).
     pub persistence: bool,
