@@ -208,6 +208,10 @@ async fn parent(phase: Arc<Mutex<String>>) {
             worker.check_alive();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The reader has just seen a commit: half a commit interval later the worker is inside
+        // its next transaction with some of its outputs in the log, where a kill must not leak
+        // them.
+        tokio::time::sleep(Duration::from_millis(25)).await;
         worker.kill();
         killed_at.push(distinct(&committed));
         worker = Worker::start(&id, &input, &output);
