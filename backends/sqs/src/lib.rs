@@ -56,6 +56,23 @@
 //! A consumer long-polls (`WaitTimeSeconds`) for up to 10 messages at a time into a buffer bounded
 //! by its prefetch, extends the visibility of deliveries held longer than half the visibility
 //! timeout, and releases (visibility 0) whatever is dropped unsettled.
+//!
+//! # Latency and throughput
+//!
+//! Every send and receive is an HTTPS call, so SQS trades latency for throughput through
+//! batching and calls in flight:
+//!
+//! | setting (URL) | default | buys | costs |
+//! |---|---|---|---|
+//! | `linger_ms` | 1 | a partial batch goes out after 1 ms: one message sent alone waits at most that long | under load, batches fill by themselves; raising it fills more of them (fewer calls, which AWS bills per call) at that much added latency per send |
+//! | `send_concurrency` | 8 | up to 8 `SendMessageBatch` calls per queue in flight, so throughput is not one call's round trip / 10 | more concurrent calls against the service's per-queue limits |
+//! | `send_window` | 10,000 | that many unconfirmed messages per producer before `enqueue` waits (backpressure) | memory for that many messages |
+//! | `wait_time_ms` | 20,000 | long polling: an empty queue costs one call per 20 s and a message is handed over as soon as it arrives | nothing in latency; `close` of an idle consumer can take up to that long on AWS |
+//! | prefetch (`ConsumerOptions::prefetch`) | 10 | up to 10 messages per receive call, buffered ahead of `receive` | buffered messages are invisible to other consumers (their visibility timeout runs) |
+//! | acks | batched `DeleteMessageBatch` | one call per 10 acks | an ack is durable once its batch call returns (`close` waits for it) |
+//!
+//! There is no per-message durability knob: SQS stores a message redundantly before it answers a
+//! send, and `send` resolves on that answer.
 
 mod backend;
 mod codec;
