@@ -231,26 +231,31 @@ impl RabbitProducer {
         // The window frees up as confirms come or their bounded waits end; this wait is bounded
         // too, by the same budget a reconnect has.
         let deadline = inner.shared.deadline();
-        let permit =
-            match tokio::time::timeout(deadline.remaining(), inner.window.clone().acquire_owned())
-                .await
-            {
-                Ok(Ok(p)) => p,
-                Ok(Err(_)) => {
-                    return Err(ctx(Error::closed("producer is closed")).with_undelivered(message))
-                }
-                Err(_) => {
-                    let e = Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "no room in the confirm window ({} unconfirmed) within {:?}",
-                            inner.window_size,
-                            inner.shared.config.reconnect_timeout()
-                        ),
-                    );
-                    return Err(ctx(e).with_undelivered(message));
-                }
-            };
+        // Room is usually there: take it without arming a timer.
+        let permit = match inner.window.clone().try_acquire_owned() {
+            Ok(p) => Ok(Ok(p)),
+            Err(_) => {
+                let acquire = inner.window.clone().acquire_owned();
+                tokio::time::timeout(deadline.remaining(), acquire).await
+            }
+        };
+        let permit = match permit {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => {
+                return Err(ctx(Error::closed("producer is closed")).with_undelivered(message))
+            }
+            Err(_) => {
+                let e = Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no room in the confirm window ({} unconfirmed) within {:?}",
+                        inner.window_size,
+                        inner.shared.config.reconnect_timeout()
+                    ),
+                );
+                return Err(ctx(e).with_undelivered(message));
+            }
+        };
         let send = Send::new(
             destination.clone(),
             message,
@@ -406,9 +411,13 @@ impl Inner {
     /// The producer's confirm channel, reopened (and the connection with it) when it broke,
     /// went silent, or was discarded after a confirm that never came.
     async fn channel(&self, deadline: Deadline) -> Result<ConfirmChannel> {
-        // Whoever holds the slot is reopening it, bounded by their own deadline.
-        let Ok(mut slot) = tokio::time::timeout(deadline.remaining(), self.channel.lock()).await
-        else {
+        // Whoever holds the slot is reopening it, bounded by their own deadline. The slot is
+        // usually free: take it without arming a timer.
+        let slot = match self.channel.try_lock() {
+            Ok(slot) => Ok(slot),
+            Err(_) => tokio::time::timeout(deadline.remaining(), self.channel.lock()).await,
+        };
+        let Ok(mut slot) = slot else {
             let last = Lost {
                 why: "the producer channel was still being reopened".into(),
                 silent: true,
