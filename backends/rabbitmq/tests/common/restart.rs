@@ -242,7 +242,8 @@ async fn run_inner(n: usize, guard: &Arc<RestartGuard>, waypoints: &Waypoints) -
                     if up.elapsed() > RECONNECT_TIMEOUT {
                         panic!(
                             "no recovery {RECONNECT_TIMEOUT:?} after the restart (producing \
-                             {producing}, consuming {consuming})"
+                             {producing}, consuming {consuming}); waiting in: {}",
+                            waypoints.report()
                         );
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
