@@ -322,9 +322,12 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
             .await
             .unwrap_or_else(|e| format!("version unknown: {e}"));
         let implementation = local_implementation(url);
+        // Named only where the broker does not already say it (RabbitMQ does).
         let server_version = match &implementation {
-            Some(implementation) => format!("{implementation}; {reported}"),
-            None => reported,
+            Some(implementation) if !reported.contains(implementation.as_str()) => {
+                format!("{implementation}; {reported}")
+            }
+            _ => reported,
         };
         eprintln!("  {name}: {server_version}");
         let capabilities = backend.capabilities().clone();

@@ -160,7 +160,7 @@ const SEMANTICS: &[(&str, Capability, Option<&str>)] = &[
     (
         "Atomic consume-then-produce (transactions)",
         Capability::Transactions,
-        None,
+        Some("transaction_commits_or_aborts_as_one"),
     ),
     (
         "Messages survive a broker restart (persistence)",

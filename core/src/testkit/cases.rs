@@ -14,6 +14,7 @@ use crate::error::{ErrorKind, Result};
 use crate::message::{Message, MessageId, Timestamp};
 use crate::producer::{Destination, Producer};
 use crate::topology::{Binding, ExchangeKind, ExchangeSpec, HeaderMatch, Overflow, QueueSpec};
+use crate::transaction::TransactionOptions;
 
 /// How long a case waits for one expected delivery.
 const WAIT: Duration = Duration::from_secs(15);
@@ -86,6 +87,11 @@ pub(super) static ALL: &[Case] = &[
         replay_from_earliest,
         "after every message is acked, a consumer replaying from the earliest position reads them all again",
         [Capability::Replay]
+    ),
+    case!(
+        transaction_commits_or_aborts_as_one,
+        "an aborted transaction's outputs are never received and its inputs come back; a committed one's outputs arrive once and its inputs are consumed",
+        [Capability::Transactions]
     ),
     case!(
         fanout_reaches_every_queue,
@@ -518,6 +524,93 @@ async fn competing_consumers_share(ctx: Ctx) -> Result<String> {
         } else {
             String::new()
         }
+    ))
+}
+
+async fn transaction_commits_or_aborts_as_one(ctx: Ctx) -> Result<String> {
+    const N: usize = 5;
+    let input = fresh_queue(&ctx, "in").await?;
+    let output = fresh_queue(&ctx, "out").await?;
+    let sent = numbered(N, "tx")?;
+    let producer = ctx.backend.producer().await?;
+    send_all(producer.as_ref(), &Destination::queue(&input), &sent).await?;
+    let mut reader = consumer(&ctx, &output).await?;
+    let mut unit = ctx
+        .backend
+        .transactional(&input, TransactionOptions::new(ctx.name("tx")))
+        .await?;
+    let out = Destination::queue(&output);
+    let transform = |m: &Message, phase: &str| {
+        Message::builder(m.payload().clone())
+            .header("phase", phase)
+            .build()
+    };
+
+    // Abort: nothing of it may reach the reader, and the same inputs come back.
+    let mut first = Tally::new();
+    while first.unique() < N {
+        let input = unit
+            .receive_timeout(WAIT)
+            .await?
+            .ok_or_else(|| check_failed("no input within the wait, before the abort"))?;
+        first.record(input.message.id());
+        unit.send(&out, transform(&input.message, "aborted")?)
+            .await?;
+    }
+    // A send may only hand the output to the client's batcher; waiting lets it reach the
+    // broker's log, so the abort has written records to hide instead of dropping them unsent.
+    tokio::time::sleep(QUIET).await;
+    unit.abort().await?;
+    expect_quiet(&mut reader, "an aborted transaction's output").await?;
+
+    // Commit: the same inputs again, each output received exactly once.
+    let mut again = Tally::new();
+    while again.unique() < N {
+        let input = unit
+            .receive_timeout(WAIT)
+            .await?
+            .ok_or_else(|| check_failed("the aborted inputs did not come back"))?;
+        again.record(input.message.id());
+        unit.send(&out, transform(&input.message, "committed")?)
+            .await?;
+    }
+    ensure_all_seen(&again, &sent, "inputs after the abort")?;
+    let counts = unit.commit().await?;
+    let mut outputs = Tally::new();
+    while outputs.unique() < N {
+        let d = receive(&mut reader, "a committed transaction's output").await?;
+        ensure(
+            d.message().headers().get("phase") == Some("committed"),
+            || {
+                format!(
+                    "received an output of the aborted transaction: {}",
+                    d.message().id()
+                )
+            },
+        )?;
+        outputs.record(d.message().id());
+        d.ack().await?;
+    }
+    expect_quiet(&mut reader, "a second copy of a committed output").await?;
+    unit.close().await?;
+
+    // The committed inputs are consumed: a new unit on the same queue gets none of them.
+    let mut next = ctx
+        .backend
+        .transactional(&input, TransactionOptions::new(ctx.name("tx")))
+        .await?;
+    if let Some(left) = next.receive_timeout(QUIET).await? {
+        return Err(check_failed(format!(
+            "input {} was received again after its transaction committed",
+            left.message.id()
+        )));
+    }
+    next.close().await?;
+    reader.close().await?;
+    cleanup(&ctx, &[&input, &output], &[]).await;
+    Ok(format!(
+        "{N} inputs: aborted once (0 outputs seen, inputs back), then committed ({} in, {} out, each output once)",
+        counts.inputs, counts.outputs
     ))
 }
 
@@ -1227,6 +1320,15 @@ async fn absent_capability_is_unsupported(ctx: Ctx) -> Result<String> {
             .map(drop);
         expect_unsupported(Capability::DelayedDelivery, r)?;
         probed.push(Capability::DelayedDelivery);
+    }
+    if !caps.transactions {
+        let r = ctx
+            .backend
+            .transactional(&missing_q, TransactionOptions::new(ctx.name("tx")))
+            .await
+            .map(drop);
+        expect_unsupported(Capability::Transactions, r)?;
+        probed.push(Capability::Transactions);
     }
     for kind in ExchangeKind::ALL {
         let cap = Capability::Exchange(kind);
