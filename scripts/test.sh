@@ -45,6 +45,14 @@ rm -rf "$MAILROOM_CONFORMANCE_REPORT_DIR"
 step "cargo test --workspace --all-features $*"
 bounded 2400 cargo test --workspace --all-features "$@"
 
+# The raw-client benchmarks are measured with `cargo bench`; here they run small, in the test
+# profile, so that CI shows they still run against the real brokers (their figures here mean
+# nothing: debug build, a few hundred messages).
+step "benchmarks run (small, debug build: that they work, not what they measure)"
+MAILROOM_BENCH_N=200 MAILROOM_BENCH_ROUNDS=1 bounded 600 cargo test --all-features \
+    -p mailroom-rabbitmq -p mailroom-kafka -p mailroom-sqs \
+    --bench vs_lapin --bench vs_rdkafka --bench vs_sdk
+
 step "RabbitMQ fault test (stops and starts the shared broker, so it runs alone)"
 bounded 600 cargo test -p mailroom-rabbitmq --all-features --test faults -- --ignored --nocapture
 

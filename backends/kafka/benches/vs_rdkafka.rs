@@ -12,7 +12,7 @@
 //! side goes first; medians and ranges are printed.
 //!
 //! `cargo bench -p mailroom-kafka --bench vs_rdkafka` (env `MAILROOM_KAFKA_URL`,
-//! `MAILROOM_BENCH_MESSAGES`, default 10,000, `MAILROOM_BENCH_ROUNDS`).
+//! `MAILROOM_BENCH_N`, default 10,000, `MAILROOM_BENCH_ROUNDS`).
 
 use std::time::{Duration, Instant};
 
@@ -243,7 +243,7 @@ async fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let n = env("MAILROOM_BENCH_MESSAGES", 10_000);
+    let n = env("MAILROOM_BENCH_N", 10_000);
     let rounds = env("MAILROOM_BENCH_ROUNDS", 5).max(1);
     let b = KafkaBackend::from_url(&url()).await.unwrap();
     let bootstrap = b.config().bootstrap_servers();
