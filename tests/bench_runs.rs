@@ -400,4 +400,12 @@ fn the_choice_is_among_networked_brokers_and_each_shape_of_work_gets_a_verdict()
         !lines.iter().any(|l| l.choice.contains("memory")),
         "{lines:?}"
     );
+    let md = report::markdown(&c, &[]);
+    assert!(
+        md.contains(
+            "\"Latency and throughput\" section of backends/rabbitmq/src/lib.rs, \
+             backends/kafka/src/lib.rs"
+        ),
+        "{md}"
+    );
 }

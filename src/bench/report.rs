@@ -1007,6 +1007,7 @@ pub fn markdown(c: &Comparison, charts: &[(String, String)]) -> String {
             md_cell(&conf)
         );
     }
+    let _ = writeln!(s, "\n{}", settings_note(c));
     let _ = writeln!(s, "\n## Which broker for which need\n");
     let _ = writeln!(
         s,
@@ -1104,6 +1105,26 @@ pub fn markdown(c: &Comparison, charts: &[(String, String)]) -> String {
     s
 }
 
+/// Where the settings that trade latency for throughput are: each backend runs with its
+/// defaults unless its URL above sets them, and its crate's docs say what each one costs.
+fn settings_note(c: &Comparison) -> String {
+    let networked: Vec<String> = c
+        .backends
+        .iter()
+        .filter(|b| b.error.is_none() && !is_reference(b))
+        .map(|b| format!("backends/{}/src/lib.rs", b.name))
+        .collect();
+    if networked.is_empty() {
+        return "Each backend ran with its defaults unless its URL sets them.".to_owned();
+    }
+    format!(
+        "Each backend ran with its defaults unless its URL above sets them. What each latency / \
+         throughput setting (batching, linger, confirm window, prefetch, acks, fetch wait) buys \
+         and costs, with measured figures, is in the \"Latency and throughput\" section of {}.",
+        networked.join(", ")
+    )
+}
+
 /// The ratio, or why there is none.
 fn ratio_cell(r: &BaselineRatio) -> String {
     match (r.ratio, &r.note) {
@@ -1159,7 +1180,8 @@ pub fn html(c: &Comparison, charts: &[(String, String)]) -> String {
             esc(&conformance_summary(b))
         );
     }
-    s.push_str("</table>\n<h2>Which broker for which need</h2><p>Computed from this run's numbers and from each backend's declared capabilities, checked by the conformance suite where it has a case. Nothing here is written by hand.</p><table><tr><th>need</th><th>choice</th><th>evidence</th></tr>\n");
+    let _ = write!(s, "</table>\n<p>{}</p>", esc(&settings_note(c)));
+    s.push_str("\n<h2>Which broker for which need</h2><p>Computed from this run's numbers and from each backend's declared capabilities, checked by the conformance suite where it has a case. Nothing here is written by hand.</p><table><tr><th>need</th><th>choice</th><th>evidence</th></tr>\n");
     for n in needs(c) {
         let _ = writeln!(
             s,
