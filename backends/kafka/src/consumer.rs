@@ -22,8 +22,8 @@ use bytes::Bytes;
 use mailroom_core::consumer::closed_consumer;
 use mailroom_core::delivery::stamp_dead_letter;
 use mailroom_core::{
-    Capability, Consumer, ConsumerOptions, Delivery, DeliveryInfo, Error, Headers, Message,
-    MessageId, MessageParts, Nack, Replay, Result, Settle, Timestamp,
+    Capability, Consumer, ConsumerOptions, Delivery, DeliveryInfo, Error, ErrorKind, Headers,
+    Message, MessageId, MessageParts, Nack, Replay, Result, Settle, Timestamp,
 };
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
@@ -289,11 +289,18 @@ impl KafkaConsumer {
         Delivery::new(message, info, Box::new(settle))
     }
 
-    fn wait_for_requeues_blocking(&self) {
-        let deadline = Instant::now() + self.timeout.min(Duration::from_secs(10));
-        while self.ctx.book.requeues() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    fn close_timed_out(&self) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "closing the consumer of '{}' did not finish within {:?} (the group coordinator \
+                 does not answer): settled deliveries not committed yet are delivered again; \
+                 leaving the group goes on in the background",
+                self.ctx.queue, self.timeout
+            ),
+        )
+        .with_backend(BACKEND)
+        .with_operation("close")
     }
 }
 
@@ -434,22 +441,26 @@ impl Consumer for KafkaConsumer {
         let Some(consumer) = self.consumer.take() else {
             return Ok(());
         };
-        let deadline = Instant::now() + self.timeout.min(Duration::from_secs(10));
+        // One bound for the whole close: the requeues in flight, the commit and the leave.
+        let deadline = Instant::now() + self.timeout;
         while self.ctx.book.requeues() > 0 && Instant::now() < deadline {
             let _ =
                 tokio::time::timeout(Duration::from_millis(20), self.ctx.book.settled.notified())
                     .await;
         }
-        let book = self.ctx.book.clone();
-        blocking(move || {
-            finish(consumer, &book);
-            Ok(())
-        })
-        .await
+        let (done, finished) = tokio::sync::oneshot::channel();
+        finish_in_background(consumer, self.ctx.book.clone(), move || {
+            let _ = done.send(());
+        });
+        match tokio::time::timeout_at(deadline.into(), finished).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(self.close_timed_out()),
+        }
     }
 }
 
-/// Store and commit the settled prefix, then leave the group (blocking).
+/// Store and commit the settled prefix, then leave the group (blocking: librdkafka's consumer
+/// close waits for the group coordinator, however long it is unreachable).
 fn finish(consumer: StreamConsumer<GroupContext>, book: &OffsetBook) {
     store(&consumer, book);
     commit_now(&consumer);
@@ -458,13 +469,45 @@ fn finish(consumer: StreamConsumer<GroupContext>, book: &OffsetBook) {
     drop(consumer);
 }
 
+/// [`finish`] on a thread of its own, then `done`, so that the caller can give up waiting
+/// (a thread, not the blocking pool: a runtime shutting down waits for its blocking tasks).
+fn finish_in_background(
+    consumer: StreamConsumer<GroupContext>,
+    book: Arc<OffsetBook>,
+    done: impl FnOnce() + Send + 'static,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("mailroom-kafka-close".into())
+        .spawn(move || {
+            finish(consumer, &book);
+            done();
+        });
+    if let Err(e) = spawned {
+        // The closure, consumer included, was dropped by the failed spawn, on this thread.
+        tracing::warn!(error = %e, "no thread to close the consumer on; closed in place");
+    }
+}
+
 impl Drop for KafkaConsumer {
     fn drop(&mut self) {
-        if self.consumer.is_some() {
-            self.wait_for_requeues_blocking();
+        if self.consumer.is_none() {
+            return;
+        }
+        let deadline = Instant::now() + self.timeout;
+        while self.ctx.book.requeues() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
         if let Some(consumer) = self.consumer.take() {
-            finish(consumer, &self.ctx.book);
+            let (done, finished) = std::sync::mpsc::sync_channel(1);
+            finish_in_background(consumer, self.ctx.book.clone(), move || {
+                let _ = done.send(());
+            });
+            if finished
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_err()
+            {
+                tracing::warn!(error = %self.close_timed_out(), "dropped consumer");
+            }
         }
     }
 }
@@ -589,7 +632,9 @@ impl Settle for KafkaSettle {
             return;
         }
         ctx.book.requeue_started();
-        let done = ctx.clone();
+        // Only the book: a callback holding the producer could drop its last handle on the
+        // producer's own polling thread, which cannot join itself.
+        let done = ctx.book.clone();
         let sent = ctx.producer.send_detached(
             &ctx.queue,
             message,
@@ -597,14 +642,14 @@ impl Settle for KafkaSettle {
             Completion::Callback(Box::new(move |result| {
                 match result {
                     Ok(_) => {
-                        done.book.settle(&tp, offset, epoch);
+                        done.settle(&tp, offset, epoch);
                     }
                     Err(e) => tracing::warn!(
                         error = %e,
                         "requeue of a dropped delivery failed; it is redelivered after a restart"
                     ),
                 }
-                done.book.requeue_finished();
+                done.requeue_finished();
             })),
         );
         if !sent {
