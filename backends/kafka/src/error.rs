@@ -56,6 +56,8 @@ pub fn map(error: KafkaError, operation: &'static str) -> Error {
         KafkaError::ClientConfig(..) => ErrorKind::Config,
         KafkaError::Canceled => ErrorKind::Closed,
         KafkaError::Nul(_) => ErrorKind::InvalidInput,
+        // rdkafka gives no code for a failed admin request, though it carries one.
+        KafkaError::AdminOp(code) => kind_of_code(*code),
         other => other
             .rdkafka_error_code()
             .map(kind_of_code)
@@ -124,6 +126,21 @@ mod tests {
         assert_eq!(kind_of_code(Code::TopicAlreadyExists), ErrorKind::Conflict);
         assert_eq!(kind_of_code(Code::ProducerFenced), ErrorKind::Fenced);
         assert_eq!(kind_of_code(Code::Fenced), ErrorKind::Fenced);
+    }
+
+    #[test]
+    fn a_timed_out_admin_request_is_a_timeout() {
+        let e = map(
+            KafkaError::AdminOp(Code::OperationTimedOut),
+            "declare_queue",
+        );
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert!(e.is_temporary());
+        let e = map(
+            KafkaError::AdminOp(Code::BrokerTransportFailure),
+            "delete_queue",
+        );
+        assert_eq!(e.kind(), ErrorKind::Connection);
     }
 
     #[test]
