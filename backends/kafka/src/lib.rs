@@ -113,6 +113,15 @@
 //! **Failures.** `connect` waits at most `connect_timeout_ms` (default 10 s) for the cluster's
 //! metadata, then fails with `Connection`; an invalid librdkafka property is a `Config` error
 //! naming it; secrets (`sasl.password`, `ssl.key.password`, ...) never appear in `Debug` or errors.
+//! Against a broker that goes silent or refuses connections (`tests/silent_peer.rs`): a send's
+//! confirm, `flush` and producer or backend `close` end within `message.timeout.ms` (librdkafka's
+//! default 300 s; set it lower for a service that must notice sooner), plus up to
+//! `reconnect.backoff.max.ms` (10 s) while connections are refused, the send failing with a
+//! temporary `Timeout` that hands the message back (its outcome is unknown: a request already on
+//! the wire may still land); admin calls and consumer `close` end within `operation_timeout_ms`,
+//! a close that cannot commit failing with `Timeout` while leaving the group goes on in the
+//! background (what was not committed is delivered again); the backend works again once the
+//! broker answers, without a new `connect`.
 
 mod backend;
 mod config;
