@@ -177,7 +177,8 @@ struct SettleCtx {
 /// Several consumers of one queue share its partitions (competing consumers; at most one per
 /// partition is busy). Dropping the consumer closes it: requeues in flight are awaited (bounded),
 /// the settled prefix is committed and the group is left, blocking the dropping thread for that
-/// long — call [`Consumer::close`] to do it without blocking.
+/// long, at most `operation_timeout_ms` (then the leave goes on in the background) — call
+/// [`Consumer::close`] to do it without blocking.
 pub struct KafkaConsumer {
     consumer: Option<StreamConsumer<GroupContext>>,
     ctx: Arc<SettleCtx>,
