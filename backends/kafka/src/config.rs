@@ -20,6 +20,9 @@ pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// headers (id, timestamp, attempt), so that a message that passes the pre-I/O size check is not
 /// refused by librdkafka afterwards.
 pub const FRAMING_RESERVE: usize = 512;
+/// The longest a send waits for its delivery report, retries included (see
+/// [`KafkaConfig::producer_client_config`]).
+const PRODUCER_MESSAGE_TIMEOUT_MS: &str = "120000";
 /// How long a consumer group waits for a silent member (see
 /// [`KafkaConfig::consumer_client_config`]); brokers accept 6 s to 30 min by default.
 const CONSUMER_SESSION_TIMEOUT_MS: &str = "10000";
@@ -324,14 +327,19 @@ impl KafkaConfig {
     }
 
     /// The librdkafka configuration of the backend's producers: idempotent, no topic
-    /// auto-creation, the configured partitioner, then every user property. Public so that a
-    /// raw-rdkafka baseline (the benchmark harness's) produces with exactly the backend's
-    /// properties.
+    /// auto-creation, the configured partitioner, a 120 s delivery bound, then every user
+    /// property. Public so that a raw-rdkafka baseline (the benchmark harness's) produces with
+    /// exactly the backend's properties.
+    ///
+    /// `message.timeout.ms` bounds a send, retries included: librdkafka's 300 s left a send to a
+    /// silent broker pending for five minutes. 120 s is the Java client's `delivery.timeout.ms`,
+    /// long enough to ride out a broker restart (the fault test's take ~15 s each).
     pub fn producer_client_config(&self) -> ClientConfig {
         self.client_config(&[
             ("enable.idempotence", "true"),
             ("allow.auto.create.topics", "false"),
             ("partitioner", self.partitioner.as_str()),
+            ("message.timeout.ms", PRODUCER_MESSAGE_TIMEOUT_MS),
         ])
     }
 
@@ -518,6 +526,18 @@ mod tests {
             e.message().contains("\"crc\"") && e.message().contains("murmur2_random"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_send_gives_up_after_two_minutes_unless_configured() {
+        let timeout = |c: &KafkaConfig| {
+            c.producer_client_config()
+                .get("message.timeout.ms")
+                .map(str::to_owned)
+        };
+        assert_eq!(timeout(&KafkaConfig::default()).as_deref(), Some("120000"));
+        let c = KafkaConfig::from_url("kafka://h:1?message.timeout.ms=5000").unwrap();
+        assert_eq!(timeout(&c).as_deref(), Some("5000"));
     }
 
     #[test]

@@ -114,8 +114,8 @@
 //! metadata, then fails with `Connection`; an invalid librdkafka property is a `Config` error
 //! naming it; secrets (`sasl.password`, `ssl.key.password`, ...) never appear in `Debug` or errors.
 //! Against a broker that goes silent or refuses connections (`tests/silent_peer.rs`): a send's
-//! confirm, `flush` and producer or backend `close` end within `message.timeout.ms` (librdkafka's
-//! default 300 s; set it lower for a service that must notice sooner), plus up to
+//! confirm, `flush` and producer or backend `close` end within `message.timeout.ms` (120 s by
+//! default, the Java client's `delivery.timeout.ms`; librdkafka's own is 300 s), plus up to
 //! `reconnect.backoff.max.ms` (10 s) while connections are refused, the send failing with a
 //! temporary `Timeout` that hands the message back (its outcome is unknown: a request already on
 //! the wire may still land); admin calls and consumer `close` end within `operation_timeout_ms`,
