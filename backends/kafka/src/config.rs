@@ -23,6 +23,8 @@ pub const FRAMING_RESERVE: usize = 512;
 /// The longest a send waits for its delivery report, retries included (see
 /// [`KafkaConfig::producer_client_config`]).
 const PRODUCER_MESSAGE_TIMEOUT_MS: &str = "120000";
+/// librdkafka's own `transaction.timeout.ms`, used when neither the unit nor the URL sets one.
+const LIBRDKAFKA_TRANSACTION_TIMEOUT_MS: &str = "60000";
 /// How long a consumer group waits for a silent member (see
 /// [`KafkaConfig::consumer_client_config`]); brokers accept 6 s to 30 min by default.
 const CONSUMER_SESSION_TIMEOUT_MS: &str = "10000";
@@ -389,6 +391,16 @@ impl KafkaConfig {
                     .to_string(),
             );
         }
+        // librdkafka refuses a transactional producer whose sends may outlive its transaction
+        // (`message.timeout.ms` must be <= `transaction.timeout.ms`): unless the user set it, a
+        // send's bound is the transaction's.
+        if !self.properties.contains_key("message.timeout.ms") {
+            let transaction = cc
+                .get("transaction.timeout.ms")
+                .unwrap_or(LIBRDKAFKA_TRANSACTION_TIMEOUT_MS)
+                .to_owned();
+            cc.set("message.timeout.ms", transaction);
+        }
         cc
     }
 
@@ -538,6 +550,25 @@ mod tests {
         assert_eq!(timeout(&KafkaConfig::default()).as_deref(), Some("120000"));
         let c = KafkaConfig::from_url("kafka://h:1?message.timeout.ms=5000").unwrap();
         assert_eq!(timeout(&c).as_deref(), Some("5000"));
+    }
+
+    #[test]
+    fn a_transactional_send_never_outlives_its_transaction() {
+        let send_bound = |c: &KafkaConfig, t: Option<Duration>| {
+            c.transactional_producer_client_config("t", t)
+                .get("message.timeout.ms")
+                .map(str::to_owned)
+        };
+        let c = KafkaConfig::default();
+        assert_eq!(
+            send_bound(&c, Some(Duration::from_secs(10))).as_deref(),
+            Some("10000")
+        );
+        assert_eq!(send_bound(&c, None).as_deref(), Some("60000"));
+        let c = KafkaConfig::from_url("kafka://h:1?transaction.timeout.ms=30000").unwrap();
+        assert_eq!(send_bound(&c, None).as_deref(), Some("30000"));
+        let c = KafkaConfig::from_url("kafka://h:1?message.timeout.ms=5000").unwrap();
+        assert_eq!(send_bound(&c, None).as_deref(), Some("5000"));
     }
 
     #[test]
