@@ -153,6 +153,31 @@ log_tail() {
     fi
 }
 
+# await_serving NAME PID PIDFILE LOGFILE TIMEOUT WHAT CHECK...: wait until CHECK succeeds;
+# fail loudly, with the log's tail, if the process dies first or TIMEOUT seconds pass.
+await_serving() {
+    local name=$1 pid=$2 pidfile=$3 logfile=$4 timeout=$5 what=$6 deadline
+    shift 6
+    deadline=$((SECONDS + timeout))
+    until "$@"; do
+        if ! proc_alive "$pid"; then
+            rm -f "$pidfile"
+            log_tail "$logfile"
+            die "$name: exited before $what"
+        fi
+        if ((SECONDS >= deadline)); then
+            log_tail "$logfile"
+            die "$name: pid $pid not $what after ${timeout}s"
+        fi
+        sleep 0.2
+    done
+}
+
+# refuse_foreign NAME PORT: something this script did not start holds the port; say what.
+refuse_foreign() {
+    die "$1: something not started by this script already listens on 127.0.0.1:$2 ($(ss -ltnp "sport = :$2" 2>/dev/null | tail -n +2 | tr -s ' ' | head -n 1))"
+}
+
 # ---------------------------------------------------------------- rabbitmq
 
 rabbit_node_up() { timeout 20 rabbitmq-diagnostics -q ping >/dev/null 2>&1; }
@@ -320,15 +345,17 @@ kafka_started_since_last_start() {
         "$KAFKA_DIR/kafka.log" 2>/dev/null
 }
 
+kafka_serving() { tcp_open "$KAFKA_PORT" && kafka_started_since_last_start; }
+
 kafka_up() {
-    local pidfile="$KAFKA_DIR/kafka.pid" logfile="$KAFKA_DIR/kafka.log" pid deadline
+    local pidfile="$KAFKA_DIR/kafka.pid" logfile="$KAFKA_DIR/kafka.log" pid
     if pid_alive "$pidfile" kafka.Kafka && tcp_open "$KAFKA_PORT" && kafka_started_since_last_start; then
         log "kafka: already up on 127.0.0.1:$KAFKA_PORT (pid $(<"$pidfile"))"
         return 0
     fi
     kafka_install
     if ! pid_alive "$pidfile" kafka.Kafka && tcp_open "$KAFKA_PORT"; then
-        die "kafka: something not started by this script already listens on 127.0.0.1:$KAFKA_PORT ($(ss -ltnp "sport = :$KAFKA_PORT" 2>/dev/null | tail -n +2 | tr -s ' ' | head -n 1))"
+        refuse_foreign kafka "$KAFKA_PORT"
     fi
     if pid_alive "$pidfile" kafka.Kafka; then
         pid=$(<"$pidfile")
@@ -347,19 +374,8 @@ kafka_up() {
         echo "$pid" >"$pidfile"
         log "kafka: started Apache Kafka $KAFKA_VERSION (pid $pid, heap $KAFKA_HEAP), data $KAFKA_DIR/data, log $logfile"
     fi
-    deadline=$((SECONDS + KAFKA_START_TIMEOUT))
-    until tcp_open "$KAFKA_PORT" && kafka_started_since_last_start; do
-        if ! proc_alive "$pid"; then
-            rm -f "$pidfile"
-            log_tail "$logfile"
-            die "kafka: Apache Kafka exited before serving on 127.0.0.1:$KAFKA_PORT"
-        fi
-        if ((SECONDS >= deadline)); then
-            log_tail "$logfile"
-            die "kafka: Apache Kafka (pid $pid) not serving on 127.0.0.1:$KAFKA_PORT after ${KAFKA_START_TIMEOUT}s"
-        fi
-        sleep 0.2
-    done
+    await_serving kafka "$pid" "$pidfile" "$logfile" "$KAFKA_START_TIMEOUT" \
+        "serving on 127.0.0.1:$KAFKA_PORT" kafka_serving
     log "kafka: up on 127.0.0.1:$KAFKA_PORT"
 }
 
@@ -459,7 +475,7 @@ tansu_wedged() {
 }
 
 tansu_up() {
-    local pidfile="$TANSU_DIR/tansu.pid" logfile="$TANSU_DIR/tansu.log" pid deadline
+    local pidfile="$TANSU_DIR/tansu.pid" logfile="$TANSU_DIR/tansu.log" pid
     if pid_alive "$pidfile" tansu && tcp_open "$TANSU_PORT" && tansu_wedged; then
         log "tansu: tansu (pid $(<"$pidfile")) is up but its storage task panicked (see $logfile); restarting it"
         tansu_down
@@ -471,7 +487,7 @@ tansu_up() {
     fi
     tansu_install
     if ! pid_alive "$pidfile" tansu && tcp_open "$TANSU_PORT"; then
-        die "tansu: something not started by this script already listens on 127.0.0.1:$TANSU_PORT ($(ss -ltnp "sport = :$TANSU_PORT" 2>/dev/null | tail -n +2 | tr -s ' ' | head -n 1))"
+        refuse_foreign tansu "$TANSU_PORT"
     fi
     if pid_alive "$pidfile" tansu; then
         # Alive but not (yet) accepting: it may still be starting; the wait below decides.
@@ -496,19 +512,8 @@ tansu_up() {
         echo "$pid" >"$pidfile"
         log "tansu: started tansu $TANSU_VERSION (pid $pid), storage $TANSU_DIR/tansu.db, log $logfile"
     fi
-    deadline=$((SECONDS + TANSU_START_TIMEOUT))
-    until tcp_open "$TANSU_PORT"; do
-        if ! proc_alive "$pid"; then
-            rm -f "$pidfile"
-            log_tail "$logfile"
-            die "tansu: tansu exited before accepting connections on 127.0.0.1:$TANSU_PORT"
-        fi
-        if ((SECONDS >= deadline)); then
-            log_tail "$logfile"
-            die "tansu: tansu (pid $pid) not accepting on 127.0.0.1:$TANSU_PORT after ${TANSU_START_TIMEOUT}s"
-        fi
-        sleep 0.2
-    done
+    await_serving tansu "$pid" "$pidfile" "$logfile" "$TANSU_START_TIMEOUT" \
+        "accepting on 127.0.0.1:$TANSU_PORT" tcp_open "$TANSU_PORT"
     tansu_index_headers
     log "tansu: up on 127.0.0.1:$TANSU_PORT"
 }
@@ -582,7 +587,7 @@ EOF
 }
 
 sqs_up() {
-    local pidfile="$SQS_DIR/fauxqs.pid" logfile="$SQS_DIR/fauxqs.log" pid deadline
+    local pidfile="$SQS_DIR/fauxqs.pid" logfile="$SQS_DIR/fauxqs.log" pid
     local health="http://127.0.0.1:$SQS_PORT/health"
     if pid_alive "$pidfile" run-fauxqs && http_ok "$health"; then
         log "sqs: already up on http://127.0.0.1:$SQS_PORT (pid $(<"$pidfile"))"
@@ -590,7 +595,7 @@ sqs_up() {
     fi
     fauxqs_install
     if ! pid_alive "$pidfile" run-fauxqs && tcp_open "$SQS_PORT"; then
-        die "sqs: something not started by this script already listens on 127.0.0.1:$SQS_PORT ($(ss -ltnp "sport = :$SQS_PORT" 2>/dev/null | tail -n +2 | tr -s ' ' | head -n 1))"
+        refuse_foreign sqs "$SQS_PORT"
     fi
     if pid_alive "$pidfile" run-fauxqs; then
         pid=$(<"$pidfile")
@@ -609,19 +614,8 @@ sqs_up() {
         echo "$pid" >"$pidfile"
         log "sqs: started fauxqs $FAUXQS_VERSION (pid $pid), log $logfile"
     fi
-    deadline=$((SECONDS + SQS_START_TIMEOUT))
-    until http_ok "$health"; do
-        if ! proc_alive "$pid"; then
-            rm -f "$pidfile"
-            log_tail "$logfile"
-            die "sqs: fauxqs exited before answering $health"
-        fi
-        if ((SECONDS >= deadline)); then
-            log_tail "$logfile"
-            die "sqs: fauxqs (pid $pid) did not answer $health within ${SQS_START_TIMEOUT}s"
-        fi
-        sleep 0.2
-    done
+    await_serving sqs "$pid" "$pidfile" "$logfile" "$SQS_START_TIMEOUT" \
+        "answering $health" http_ok "$health"
     log "sqs: up on http://127.0.0.1:$SQS_PORT"
 }
 
