@@ -22,9 +22,6 @@ pub mod topology;
 pub mod transaction;
 pub mod url;
 
-#[cfg(feature = "testkit")]
-pub mod testkit;
-
 pub use backend::{Backend, BackendFactory, Registry};
 pub use capabilities::{Capabilities, Capability};
 pub use consumer::{Consumer, ConsumerExt, ConsumerOptions, Replay};

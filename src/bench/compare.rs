@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailroom_core::testkit::{Conformance, Outcome};
+use mailroom_testkit::{Conformance, Outcome};
 use mailroom_core::{Capabilities, Capability, Error, ErrorKind, Result};
 
 use super::driver::{Driver, MailroomDriver};
@@ -57,7 +57,7 @@ fn local_implementation(url: &str) -> Option<String> {
     let (_, _, _, broker) = LOCAL_BROKERS
         .into_iter()
         .find(|(_, _, default, _)| *default == url)?;
-    mailroom_core::testkit::local_broker(broker)
+    mailroom_testkit::local_broker(broker)
 }
 
 /// What `compare` does.

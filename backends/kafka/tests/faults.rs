@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mailroom_core::testkit::Tally;
+use mailroom_testkit::Tally;
 use mailroom_core::{Backend, ConsumerOptions, Destination, Message, Producer, QueueSpec};
 use mailroom_kafka::KafkaBackend;
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use mailroom_core::testkit::Conformance;
+use mailroom_testkit::Conformance;
 use mailroom_core::Backend;
 use mailroom_memory::MemoryBackend;
 

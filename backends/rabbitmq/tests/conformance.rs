@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{within, Waypoints};
-use mailroom_core::testkit::Conformance;
+use mailroom_testkit::Conformance;
 use mailroom_core::Backend;
 use mailroom_rabbitmq::RabbitBackend;
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use mailroom_core::testkit::{local_broker, Conformance};
+use mailroom_testkit::{local_broker, Conformance};
 use mailroom_core::Backend;
 use mailroom_sqs::{SqsBackend, DEFAULT_URL};
 

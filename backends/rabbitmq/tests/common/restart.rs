@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mailroom_core::testkit::Tally;
+use mailroom_testkit::Tally;
 use mailroom_core::{Backend, ConsumerOptions, Destination, Message, QueueSpec};
 use mailroom_rabbitmq::RabbitBackend;
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::message::MessageId;
+use mailroom_core::MessageId;
 
 /// Counts deliveries by message id, so duplicates are reported rather than hidden.
 #[derive(Debug, Default, Clone)]

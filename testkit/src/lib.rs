@@ -1,0 +1,46 @@
+//! The conformance suite every backend runs, gated by the capabilities it declares.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use mailroom_testkit::Conformance;
+//! # async fn open() -> mailroom_core::Result<std::sync::Arc<dyn mailroom_core::Backend>> { todo!() }
+//! let report = Conformance::new(|| open()).run().await;
+//! report.print();
+//! report.assert_passed();
+//! # }
+//! ```
+//!
+//! Each case opens its own backend from the factory, works on fresh random queue and exchange
+//! names, and is skipped only when the backend declares it lacks a capability the case needs; the
+//! report says which. `MAILROOM_CONFORMANCE_CASES=a,b` runs only the named cases.
+
+mod cases;
+mod local_broker;
+mod report;
+mod restart;
+mod suite;
+mod tally;
+mod waypoints;
+
+use mailroom_core::{Error, ErrorKind, Result};
+
+pub use local_broker::local_broker;
+pub use report::{CaseResult, Outcome, Report};
+pub use restart::{Failure, RestartHook, RestartReport, RestartScenario, Retention};
+pub use suite::{Case, Conformance, Factory, Fixture};
+pub use tally::Tally;
+pub use waypoints::{within, Waypoints};
+
+/// A failed check inside a case.
+pub fn check_failed(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Broker, message).with_operation("conformance check")
+}
+
+/// `Err(check_failed(..))` unless `cond` holds.
+pub fn ensure(cond: bool, message: impl FnOnce() -> String) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(check_failed(message()))
+    }
+}
