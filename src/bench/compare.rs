@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailroom_testkit::{Conformance, Outcome};
 use mailroom_core::{Capabilities, Capability, Error, ErrorKind, Result};
+use mailroom_testkit::{Conformance, Outcome};
 
 use super::driver::{Driver, MailroomDriver};
 use super::overhead::{self, Overhead};

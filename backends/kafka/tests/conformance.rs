@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use mailroom_testkit::{local_broker, Conformance};
 use mailroom_core::Backend;
 use mailroom_kafka::KafkaBackend;
+use mailroom_testkit::{local_broker, Conformance};
 
 fn url() -> String {
     std::env::var("MAILROOM_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into())

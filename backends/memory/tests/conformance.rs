@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use mailroom_testkit::Conformance;
 use mailroom_core::Backend;
 use mailroom_memory::MemoryBackend;
+use mailroom_testkit::Conformance;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_passes_the_whole_conformance_suite() {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{within, Waypoints};
-use mailroom_testkit::Conformance;
 use mailroom_core::Backend;
 use mailroom_rabbitmq::RabbitBackend;
+use mailroom_testkit::Conformance;
 
 /// The broker under test; `MAILROOM_RABBITMQ_URL` overrides it.
 fn url() -> String {

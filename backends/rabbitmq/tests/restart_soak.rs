@@ -1,5 +1,5 @@
-//! The broker-restart scenario of tests/faults.rs, many times in a row: a hang or a loss that
-//! shows in one run out of a few shows here.
+//! The broker-restart scenario of tests/faults.rs (the testkit's, with `common/restart.rs`'s
+//! hook), many times in a row: a hang or a loss that shows in one run out of a few shows here.
 //!
 //! A run takes about 25 s, so 20 runs take about 8 minutes: too long for scripts/test.sh. Run it
 //! alone (it stops the shared broker):
@@ -11,7 +11,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::restart::{self, Outcome};
+use common::restart;
+use mailroom_testkit::RestartReport;
 
 const MESSAGES: usize = 10_000;
 
@@ -22,11 +23,12 @@ async fn the_restart_scenario_twenty_times_in_a_row() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let mut all: Vec<Outcome> = Vec::with_capacity(runs);
+    let mut all: Vec<RestartReport> = Vec::with_capacity(runs);
     for run in 1..=runs {
-        let outcome = restart::run(MESSAGES).await;
-        eprintln!("run {run}/{runs}: {outcome}");
-        all.push(outcome);
+        let report = restart::run(MESSAGES).await;
+        eprintln!("run {run}/{runs}: {report}");
+        restart::check(&report);
+        all.push(report);
     }
     let messages: usize = all.iter().map(|o| o.messages).sum();
     let lost: usize = all.iter().map(|o| o.lost).sum();
@@ -34,7 +36,7 @@ async fn the_restart_scenario_twenty_times_in_a_row() {
     let restarts: usize = all.iter().map(|o| o.restarts_done).sum();
     let longest = all
         .iter()
-        .map(Outcome::longest_recovery)
+        .map(RestartReport::longest_recovery)
         .max()
         .unwrap_or(Duration::ZERO);
     eprintln!(

@@ -1,6 +1,7 @@
 //! The cases of the conformance suite, one file per area, and the helpers they share.
 
 mod batch;
+mod binary;
 mod capabilities;
 mod dead_letter;
 mod limits;
@@ -41,6 +42,11 @@ pub(crate) static ALL: &[Case] = &[
     case!(
         send::round_trip,
         "payload (binary), headers, key, id and timestamp arrive intact",
+        []
+    ),
+    case!(
+        binary::binary_round_trip_1000_random,
+        "1,000 random messages (NULs, invalid UTF-8, odd header names and values) arrive exactly",
         []
     ),
     case!(
