@@ -54,10 +54,11 @@ step "benchmarks run (small, debug build: that they work, not what they measure)
 MAILROOM_BENCH_N=200 MAILROOM_BENCH_ROUNDS=1 bounded 600 cargo test --workspace --all-features \
     --bench vs_lapin --bench vs_rdkafka --bench vs_sdk
 
-# Every `faults` test binary, one after another: RabbitMQ's stops and starts the shared broker,
-# Kafka's kills and restarts it twice, so they run alone. Same selection flags as above so that
-# nothing is rebuilt.
-step "fault tests (RabbitMQ and Kafka brokers restarted; run alone)"
+# Every `faults` test binary, one after another: the testkit's restart scenario on each backend.
+# RabbitMQ's stops and starts the shared broker, Kafka's kills and restarts it twice, so they run
+# alone; SQS's restarts a fauxqs of its own. Same selection flags as above so that nothing is
+# rebuilt.
+step "fault tests (RabbitMQ and Kafka brokers restarted, SQS on its own fauxqs; run alone)"
 bounded 1200 cargo test --workspace --all-features --test faults -- --ignored --nocapture
 
 step "conformance reports"

@@ -12,7 +12,14 @@
 //!
 //! Each case opens its own backend from the factory, works on fresh random queue and exchange
 //! names, and is skipped only when the backend declares it lacks a capability the case needs; the
-//! report says which. `MAILROOM_CONFORMANCE_CASES=a,b` runs only the named cases.
+//! report says which. `MAILROOM_CONFORMANCE_CASES=a,b` runs only the named cases. The cases live
+//! in one file per area (send, receive, settle, timing, routing, dead letters, limits, declared
+//! absences, batch, binary safety, replay, transactions).
+//!
+//! Beside the suite: [`RestartScenario`], the one broker-restart fault scenario every backend
+//! that can restart its broker runs with its own [`RestartHook`]; [`Tally`] for duplicate-aware
+//! counting; [`Waypoints`] and [`within`] to bound a long test and name where it hung; and
+//! [`local_broker`] to name the broker `scripts/brokers.sh` runs.
 
 mod cases;
 mod local_broker;

@@ -11,157 +11,25 @@
 //! restart's recovery (until both the producer and the consumer made progress again) is timed.
 
 use std::collections::HashSet;
-use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailroom_core::{
-    Backend, Consumer, ConsumerOptions, Destination, Error, ErrorKind, Message, MessageId,
-    QueueSpec, Result,
-};
+use mailroom_core::{Backend, Destination, Message, MessageId, QueueSpec, Result};
 
-use crate::{check_failed, Tally, Waypoints};
+use crate::{check_failed, Waypoints};
 
-/// What a broker keeps across a restart, as its [`RestartHook`] declares it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retention {
-    /// Queues and the messages they hold survive a restart: every message sent must arrive.
-    QueuesAndMessages,
-    /// Nothing survives (an in-memory server): the scenario declares the queue again after each
-    /// restart, and only messages sent after the last restart must arrive. What the run checks
-    /// on such a broker is the weaker property: every send and receive succeeds or fails with a
-    /// typed error in bounded time, and the same backend works again after the restart.
-    Nothing,
-}
+mod consume;
+mod hook;
+mod progress;
+mod report;
 
-/// Stops and starts the broker under test. The calls block (they run commands or kill
-/// processes); the scenario makes them on a blocking thread.
-pub trait RestartHook: Send + Sync + 'static {
-    /// What the broker keeps across a restart.
-    fn retention(&self) -> Retention;
-    /// Stop (or kill) the broker; returns once it no longer serves.
-    fn stop(&self) -> std::result::Result<(), String>;
-    /// Start the broker again; returns once it serves.
-    fn start(&self) -> std::result::Result<(), String>;
-}
+pub use hook::{RestartHook, Retention};
+pub use report::{Failure, RestartReport};
 
-/// One failed operation of a run.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    /// `send` (an enqueue or its confirm), `re-send`, `receive` or `open consumer`.
-    pub operation: &'static str,
-    /// The error's kind.
-    pub kind: ErrorKind,
-    /// Whether the error said trying again may work.
-    pub temporary: bool,
-    /// How long the operation took to fail.
-    pub took: Duration,
-}
-
-impl Failure {
-    /// Whether this is a failure a restart explains: a temporary error, or the queue (and so a
-    /// consumer of it) gone with a broker that keeps nothing.
-    pub fn expected(&self) -> bool {
-        self.temporary || matches!(self.kind, ErrorKind::NotFound | ErrorKind::Closed)
-    }
-}
-
-/// What one run saw.
-#[derive(Debug, Clone)]
-pub struct RestartReport {
-    /// What the hook declared the broker keeps.
-    pub retention: Retention,
-    /// Messages sent (each distinct).
-    pub messages: usize,
-    /// Messages that had to arrive: all of them on a broker that keeps messages; on one that
-    /// keeps nothing, those sent after the last restart and the re-sent ones.
-    pub required: usize,
-    /// Deliveries received, duplicates included.
-    pub deliveries: usize,
-    /// Deliveries of a message already received.
-    pub duplicates: usize,
-    /// Required messages never received.
-    pub lost: usize,
-    /// Messages confirmed before a restart of a broker that keeps nothing, and never received:
-    /// the broker's loss, declared by its [`Retention`], not the client's.
-    pub lost_to_restart: usize,
-    /// Messages whose send failed and that the scenario sent again.
-    pub resent: usize,
-    /// Failed sends whose error did not hand the message back (the contract says it must).
-    pub unreturned: usize,
-    /// Acks that failed (the broker redelivers those, or the restart dropped them).
-    pub failed_acks: usize,
-    /// Every failed send, re-send, receive and consumer open, in the order seen.
-    pub failures: Vec<Failure>,
-    /// The longest any send took, from its enqueue to its confirm or error.
-    pub slowest_send: Duration,
-    /// Per restart: from the broker serving again until both the producer and the consumer
-    /// made progress.
-    pub recoveries: Vec<Duration>,
-    /// Restarts whose stop and start both succeeded.
-    pub restarts_done: usize,
-    /// What the hook reported when a stop or start failed.
-    pub hook_errors: Vec<String>,
-    /// The whole run.
-    pub elapsed: Duration,
-}
-
-impl RestartReport {
-    /// The longest recovery of this run.
-    pub fn longest_recovery(&self) -> Duration {
-        self.recoveries.iter().copied().max().unwrap_or_default()
-    }
-
-    /// Failures of one operation (`send`, `re-send`, `receive`, `open consumer`).
-    pub fn failures_of(&self, operation: &str) -> usize {
-        self.failures
-            .iter()
-            .filter(|f| f.operation == operation)
-            .count()
-    }
-
-    /// Failures a restart does not explain (see [`Failure::expected`]).
-    pub fn unexpected_failures(&self) -> Vec<&Failure> {
-        self.failures.iter().filter(|f| !f.expected()).collect()
-    }
-
-    /// The longest any failed operation took to fail.
-    pub fn slowest_failure(&self) -> Duration {
-        self.failures
-            .iter()
-            .map(|f| f.took)
-            .max()
-            .unwrap_or_default()
-    }
-}
-
-impl fmt::Display for RestartReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} sent in {:.1?} ({:?}); {} restarts, recovered in {:?}; {} required, {} deliveries, \
-             {} duplicates, {} lost, {} lost to the restart; {} re-sent; {} failed sends, {} \
-             failed receives (slowest failure {:.2?}, slowest send {:.2?}); {} acks failed",
-            self.messages,
-            self.elapsed,
-            self.retention,
-            self.restarts_done,
-            self.recoveries,
-            self.required,
-            self.deliveries,
-            self.duplicates,
-            self.lost,
-            self.lost_to_restart,
-            self.resent,
-            self.failures_of("send") + self.failures_of("re-send"),
-            self.failures_of("receive"),
-            self.slowest_failure(),
-            self.slowest_send,
-            self.failed_acks
-        )
-    }
-}
+use consume::consume;
+use hook::Restarter;
+use progress::{lock, Progress};
 
 /// The scenario's parameters; [`RestartScenario::run`] runs it against one backend.
 #[derive(Debug, Clone)]
@@ -179,7 +47,7 @@ const PAUSE: Duration = Duration::from_millis(100);
 /// After a failed send, as an application backs off before the next one.
 const BACKOFF: Duration = Duration::from_millis(100);
 /// After a failed receive or re-send.
-const RETRY: Duration = Duration::from_millis(500);
+pub(super) const RETRY: Duration = Duration::from_millis(500);
 
 impl RestartScenario {
     /// `messages` sends across two restarts; the broker stays down 2 s each time, each restart
@@ -484,163 +352,4 @@ impl RestartScenario {
         waypoints.at("faults", "done");
         Ok((recoveries, done, hook_errors))
     }
-}
-
-/// The consumer: acks everything until every required message arrived (or `deadline`). A
-/// failed receive is recorded and retried; one that says the queue or the consumer is gone
-/// (a broker that kept nothing) opens a new consumer, as an application would.
-async fn consume(
-    backend: Arc<dyn Backend>,
-    queue: String,
-    progress: Arc<Progress>,
-    waypoints: Waypoints,
-    deadline: Instant,
-) -> Result<usize> {
-    waypoints.at("consumer", "opening");
-    let mut c = backend.consumer(&queue, ConsumerOptions::default()).await?;
-    let mut failed_acks = 0usize;
-    let mut checked = Instant::now();
-    while Instant::now() < deadline {
-        if checked.elapsed() > Duration::from_millis(250) {
-            checked = Instant::now();
-            if progress.all_required_received() {
-                break;
-            }
-        }
-        waypoints.at("consumer", "receive_timeout");
-        let at = Instant::now();
-        match c.receive_timeout(Duration::from_secs(1)).await {
-            Ok(Some(d)) => {
-                lock(&progress.tally).record(d.message().id());
-                waypoints.at("consumer", format!("ack of {}", d.message().id()));
-                if d.ack().await.is_err() {
-                    failed_acks += 1;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                let gone = matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Closed);
-                lock(&progress.failures).push(Failure::of("receive", &e, at.elapsed()));
-                tokio::time::sleep(RETRY).await;
-                if gone {
-                    waypoints.at("consumer", "opening a new consumer");
-                    c = reopen(&backend, &queue, c, &progress, deadline).await?;
-                }
-            }
-        }
-    }
-    waypoints.at("consumer", "close");
-    c.close().await?;
-    waypoints.at("consumer", "done");
-    Ok(failed_acks)
-}
-
-async fn reopen(
-    backend: &Arc<dyn Backend>,
-    queue: &str,
-    mut old: Box<dyn Consumer>,
-    progress: &Progress,
-    deadline: Instant,
-) -> Result<Box<dyn Consumer>> {
-    // The old consumer is finished; its close may fail like its receive did.
-    let _ = tokio::time::timeout(Duration::from_secs(10), old.close()).await;
-    loop {
-        let at = Instant::now();
-        match backend.consumer(queue, ConsumerOptions::default()).await {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() < deadline => {
-                lock(&progress.failures).push(Failure::of("open consumer", &e, at.elapsed()));
-                tokio::time::sleep(RETRY).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Stops and starts the broker through the hook, and starts it again on drop if a run ended
-/// (failed, timed out) while it was stopped, so the broker is never left down.
-struct Restarter {
-    hook: Arc<dyn RestartHook>,
-    stopped: AtomicBool,
-}
-
-impl Restarter {
-    fn stop(&self) -> std::result::Result<(), String> {
-        self.stopped.store(true, Ordering::SeqCst);
-        self.hook.stop()
-    }
-
-    fn start(&self) -> std::result::Result<(), String> {
-        self.hook.start()?;
-        self.stopped.store(false, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-impl Drop for Restarter {
-    fn drop(&mut self) {
-        if self.stopped.load(Ordering::SeqCst) {
-            for _ in 0..5 {
-                if self.hook.start().is_ok() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
-    }
-}
-
-/// What the tasks of one run share.
-#[derive(Default)]
-struct Progress {
-    enqueued: AtomicUsize,
-    restarts_over: AtomicBool,
-    tally: Mutex<Tally>,
-    failures: Mutex<Vec<Failure>>,
-    returned: Mutex<Vec<Message>>,
-    unreturned: AtomicUsize,
-    confirmed_before: Mutex<Vec<MessageId>>,
-    confirmed_after: Mutex<Vec<MessageId>>,
-    required: Mutex<Option<HashSet<MessageId>>>,
-    slowest_send: Mutex<Duration>,
-}
-
-impl Progress {
-    fn sent(&self, took: Duration) {
-        let mut slowest = lock(&self.slowest_send);
-        *slowest = (*slowest).max(took);
-    }
-
-    fn send_failed(&self, mut e: Error, m: Message, took: Duration) {
-        lock(&self.failures).push(Failure::of("send", &e, took));
-        let back = e.take_undelivered().unwrap_or_else(|| {
-            self.unreturned.fetch_add(1, Ordering::SeqCst);
-            m
-        });
-        lock(&self.returned).push(back);
-    }
-
-    fn all_required_received(&self) -> bool {
-        let required = lock(&self.required);
-        let tally = lock(&self.tally);
-        required
-            .as_ref()
-            .is_some_and(|r| r.iter().all(|id| tally.contains(id)))
-    }
-}
-
-impl Failure {
-    fn of(operation: &'static str, e: &Error, took: Duration) -> Failure {
-        Failure {
-            operation,
-            kind: e.kind(),
-            temporary: e.is_temporary(),
-            took,
-        }
-    }
-}
-
-/// A poisoned lock only means another task panicked; the data is still what it counted.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
