@@ -63,7 +63,7 @@ impl Conformance {
     }
 
     /// Name the broker implementation in the report's header (e.g. `"Apache Kafka 4.1.1"`, from
-    /// [`local_broker`]), beside what the backend itself reports.
+    /// [`local_broker`](crate::local_broker)), beside what the backend itself reports.
     pub fn broker(mut self, implementation: Option<String>) -> Self {
         self.broker = implementation;
         self
