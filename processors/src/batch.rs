@@ -13,7 +13,7 @@ use tokio::time::Sleep;
 
 use crate::flow::{Flow, Item, Meta, Step};
 use crate::metrics::add;
-use crate::policy::{StageRt, StageSpec};
+use crate::stage::{StageRt, StageSpec};
 use crate::token::Tokens;
 
 /// How big an item is, for batches bounded by bytes.

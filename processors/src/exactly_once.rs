@@ -85,7 +85,7 @@ use mailroom_core::{
 };
 use tokio::time::Instant;
 
-use crate::policy::panic_error;
+use crate::stage::panic_error;
 
 /// Turns one input into its outputs (none filters it out). An `Err` or a panic dead-letters
 /// the input when a dead-letter destination is set, and stops the pipeline otherwise.

@@ -96,11 +96,13 @@ mod bridge;
 mod concurrent;
 pub mod exactly_once;
 mod flow;
+mod in_flight;
 mod metrics;
 mod policy;
 mod repartition;
 mod run;
 mod sink;
+mod stage;
 pub mod testing;
 mod token;
 mod window;
@@ -110,12 +112,12 @@ pub use bridge::{Bridge, BridgeStats, Transform};
 pub use exactly_once::{ExactlyOnce, ExactlyOnceBuilder, ExactlyOnceReport, ExactlyOnceTransform};
 pub use flow::{Flow, Ordering, Partitioning, Pipeline, PipelineBuilder, Source};
 pub use metrics::{Metrics, Snapshot, StageSnapshot};
-pub use policy::{
-    stage, Backoff, ErrorPolicy, Sink, StageSpec, DEAD_LETTER_DELIVERY_ATTEMPT_HEADER,
-    DEAD_LETTER_ERROR_KIND_HEADER, DEAD_LETTER_OFFSET_HEADER, DEAD_LETTER_PARTITION_HEADER,
-    DEAD_LETTER_STAGE_HEADER,
-};
+pub use policy::{Backoff, ErrorPolicy};
 pub use run::{PipelineHandle, Report};
-pub use sink::default_sink_policy;
+pub use sink::{default_sink_policy, Sink};
+pub use stage::{
+    stage, StageSpec, DEAD_LETTER_DELIVERY_ATTEMPT_HEADER, DEAD_LETTER_ERROR_KIND_HEADER,
+    DEAD_LETTER_OFFSET_HEADER, DEAD_LETTER_PARTITION_HEADER, DEAD_LETTER_STAGE_HEADER,
+};
 pub use testing::TestDriver;
 pub use window::{Window, WindowProbe, WindowSpec, Windowed, WindowedFlow};

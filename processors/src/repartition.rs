@@ -19,8 +19,8 @@ use mailroom_core::{Error, Message};
 
 use crate::flow::{Flow, Item, Step};
 use crate::metrics::add;
-use crate::policy::{Sink, StageSpec};
-use crate::sink::{drive, sink_stage, Router};
+use crate::sink::{drive, sink_stage, Router, Sink};
+use crate::stage::StageSpec;
 
 impl Flow<Message> {
     /// Send every message to `through`, a topic partitioned by message key, keyed by its

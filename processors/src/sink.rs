@@ -8,12 +8,41 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
-use mailroom_core::{Error, ErrorKind, Message, PendingConfirm};
+use mailroom_core::{Destination, Error, ErrorKind, Message, PendingConfirm, Producer};
 
 use crate::flow::{Flow, Item, Meta, Pipeline, Step};
 use crate::metrics::{add, bump};
-use crate::policy::{stage, Backoff, ErrorPolicy, Sink, StageRt, StageSpec};
+use crate::policy::{Backoff, ErrorPolicy};
+use crate::stage::{stage, StageRt, StageSpec};
 use crate::token::Tokens;
+
+/// A producer and the destination it sends to: a pipeline's sink, dead-letter or side output.
+#[derive(Clone)]
+pub struct Sink {
+    pub(crate) producer: Arc<dyn Producer>,
+    pub(crate) destination: Destination,
+}
+
+impl Sink {
+    /// Send to `destination` through `producer`.
+    pub fn new(producer: Arc<dyn Producer>, destination: Destination) -> Self {
+        Sink {
+            producer,
+            destination,
+        }
+    }
+
+    /// The destination.
+    pub fn destination(&self) -> &Destination {
+        &self.destination
+    }
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sink({})", self.destination)
+    }
+}
 
 type RouteFn = Arc<dyn Fn(&Message) -> Option<usize> + Send + Sync>;
 
@@ -361,7 +390,7 @@ async fn dispatch(
                     meta.tokens.done().await;
                 }
                 Err(panic) => {
-                    let error = crate::policy::panic_error(&st.name, panic);
+                    let error = crate::stage::panic_error(&st.name, panic);
                     if let Some(e) = st.give_up(meta.tokens, error, 1).await {
                         return Err(e);
                     }

@@ -11,7 +11,7 @@ use mailroom_core::Error;
 
 use super::{give_up, Item, Meta, Step};
 use crate::metrics::add;
-use crate::policy::{panic_error, StageRt};
+use crate::stage::{panic_error, StageRt};
 
 /// One item through an async stage, with retries and panic catching.
 pub(super) async fn run_async<T, U, F, Fut>(

@@ -10,8 +10,8 @@ use mailroom_core::{Consumer, Error, Message};
 use tokio::sync::{mpsc, watch};
 
 use super::{Ctx, Flow, Step};
+use crate::in_flight::{Shared, Slots};
 use crate::metrics::Metrics;
-use crate::token::{Shared, Slots};
 
 /// How items are ordered while async stages work on several at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use futures_util::stream::BoxStream;
 use mailroom_core::{Error, Timestamp};
 
-use crate::policy::StageRt;
+use crate::stage::StageRt;
 use crate::token::Tokens;
 
 mod async_stage;

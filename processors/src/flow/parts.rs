@@ -11,9 +11,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::source::SourcePoll;
 use super::{Ordering, Source};
+use crate::in_flight::Shared;
 use crate::metrics::Metrics;
-use crate::policy::{ErrorPolicy, StageRt, StageSpec};
-use crate::token::{Settlement, Shared};
+use crate::policy::ErrorPolicy;
+use crate::stage::{StageRt, StageSpec};
+use crate::token::Settlement;
 
 /// What every flow of one pipeline shares, moved from stage to stage.
 pub(crate) struct Ctx {

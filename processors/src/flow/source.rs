@@ -10,8 +10,9 @@ use mailroom_core::{Consumer, Delivery, Error, ErrorKind, Message};
 use tokio::sync::watch;
 
 use super::{Item, Meta, Step, StoppedSources};
+use crate::in_flight::{Shared, Slots};
 use crate::metrics::bump;
-use crate::token::{Shared, Slots, Token, Tokens};
+use crate::token::{Token, Tokens};
 
 struct SourceState {
     consumer: Box<dyn Consumer>,

@@ -18,7 +18,7 @@ use super::sync_stage::{MapStream, Out, SyncStream};
 use super::{give_up, Flow, Item, Meta};
 use crate::concurrent::Concurrent;
 use crate::metrics::{add, Metrics};
-use crate::policy::{panic_error, StageSpec};
+use crate::stage::{panic_error, StageSpec};
 
 impl<T: Send + 'static> Flow<T> {
     /// The pipeline's live counters (also available from the built pipeline).

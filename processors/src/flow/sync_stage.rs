@@ -10,7 +10,7 @@ use mailroom_core::Error;
 
 use super::{give_up, Item, Meta, Step};
 use crate::metrics::{add, bump};
-use crate::policy::{panic_error, StageRt};
+use crate::stage::{panic_error, StageRt};
 
 /// A synchronous stage as a stream: the stage runs inside the poll that received the item
 /// and hands the result straight on, so the common case stores no future; only a failed

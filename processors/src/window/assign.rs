@@ -13,7 +13,7 @@ use super::spec::{Kind, Time};
 use super::LATE_WINDOW_END_HEADER;
 use crate::flow::{Item, Meta};
 use crate::metrics::add;
-use crate::policy::{panic_error, StageRt};
+use crate::stage::{panic_error, StageRt};
 use crate::token::Tokens;
 
 impl<T: Clone, A> WindowOp<T, A> {

@@ -20,7 +20,7 @@ use super::spec::{ms, Time};
 use super::{Window, WindowProbe, WindowSpec, Windowed};
 use crate::flow::{Item, Meta, Step};
 use crate::metrics::add;
-use crate::policy::StageRt;
+use crate::stage::StageRt;
 use crate::token::Tokens;
 
 /// The key a window stage groups by (`None` for items without one).

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mailroom_core::Timestamp;
 
-use crate::policy::Sink;
+use crate::sink::Sink;
 
 /// A window's bounds in milliseconds since the epoch: `start` inclusive, `end` exclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

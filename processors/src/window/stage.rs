@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::operator::WindowOp;
 use super::{WindowProbe, WindowSpec, Windowed};
 use crate::flow::Flow;
-use crate::policy::StageSpec;
+use crate::stage::StageSpec;
 
 /// A window stage being configured: pick the aggregate next.
 pub struct WindowedFlow<T> {
