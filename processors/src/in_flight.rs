@@ -1,5 +1,5 @@
 //! The pipeline's inputs in flight: the bound on how many are held at once ([`Slots`]) and
-//! what every held input shares with the pipeline ([`Shared`]): its counters, the channel to
+//! what every held input shares with the pipeline ([`InFlight`]): its counters, the channel to
 //! the settler task and whether originals are kept.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -8,15 +8,15 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 
 use crate::metrics::PipelineCounters;
-use crate::token::Settlement;
+use crate::token::SettleJob;
 
 /// What the pipeline shares with every input it holds.
-pub(crate) struct Shared {
+pub(crate) struct InFlight {
     pub counters: Arc<PipelineCounters>,
     pub slots: Arc<Slots>,
-    /// Settlements finished outside an async context (a filter) go to the settler task. The
+    /// Settle jobs finished outside an async context (a filter) go to the settler task. The
     /// channel holds at most `max_in_flight` entries: each is an input that holds a slot.
-    pub settle_tx: mpsc::UnboundedSender<Settlement>,
+    pub settle_tx: mpsc::UnboundedSender<SettleJob>,
     /// Whether inputs keep a copy of their original message: only a dead-letter policy or a
     /// late side output reads it, so without one the message moves into the stages uncopied.
     /// Set while the pipeline is built, before any input arrives.

@@ -103,7 +103,7 @@ mod repartition;
 mod run;
 mod sink;
 mod stage;
-pub mod testing;
+pub mod test_driver;
 mod token;
 mod window;
 
@@ -119,5 +119,16 @@ pub use stage::{
     stage, StageSpec, DEAD_LETTER_DELIVERY_ATTEMPT_HEADER, DEAD_LETTER_ERROR_KIND_HEADER,
     DEAD_LETTER_OFFSET_HEADER, DEAD_LETTER_PARTITION_HEADER, DEAD_LETTER_STAGE_HEADER,
 };
-pub use testing::TestDriver;
+pub use test_driver::TestDriver;
 pub use window::{Window, WindowProbe, WindowSpec, Windowed, WindowedFlow};
+
+/// The pipeline test driver under its former name.
+///
+/// Renamed to [`test_driver`] after what it holds, so that it does not read as the backend
+/// conformance kit (`mailroom_core::testkit`, becoming the `mailroom-testkit` crate).
+#[deprecated(
+    note = "renamed to `mailroom_processors::test_driver` (or use `mailroom_processors::TestDriver`)"
+)]
+pub mod testing {
+    pub use crate::test_driver::TestDriver;
+}

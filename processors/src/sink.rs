@@ -13,7 +13,7 @@ use mailroom_core::{Destination, Error, ErrorKind, Message, PendingConfirm, Prod
 use crate::flow::{Flow, Item, Meta, Pipeline, Step};
 use crate::metrics::{add, bump};
 use crate::policy::{Backoff, ErrorPolicy};
-use crate::stage::{stage, StageRt, StageSpec};
+use crate::stage::{stage, RunningStage, StageSpec};
 use crate::token::Tokens;
 
 /// A producer and the destination it sends to: a pipeline's sink, dead-letter or side output.
@@ -102,20 +102,21 @@ impl Flow<Message> {
         mut sinks: Vec<Sink>,
         router: Router,
     ) -> Result<Pipeline, Error> {
-        let Flow { stream, mut ctx } = self;
+        let Flow { stream, mut parts } = self;
         if sinks.is_empty() {
-            ctx.errors
+            parts
+                .errors
                 .push(Error::config("a pipeline needs at least one sink"));
         }
-        if let Some(error) = ctx.errors.drain(..).next() {
+        if let Some(error) = parts.errors.drain(..).next() {
             return Err(error);
         }
-        let st = ctx.stage(spec);
+        let stage = parts.stage(spec);
         let drive = match (sinks.len(), &router) {
-            (1, Router::All) => drive_one(stream, st, sinks.remove(0)).boxed(),
-            _ => drive(stream, st, sinks, router).boxed(),
+            (1, Router::All) => drive_one(stream, stage, sinks.remove(0)).boxed(),
+            _ => drive_routed(stream, stage, sinks, router).boxed(),
         };
-        Ok(Pipeline { ctx, drive })
+        Ok(Pipeline { parts, drive })
     }
 }
 
@@ -123,19 +124,21 @@ impl Flow<Vec<Message>> {
     /// Send each batch to `sink` with one `send_batch` call; its inputs are settled once every
     /// message of the batch is confirmed.
     pub fn to_batched(self, sink: Sink) -> Result<Pipeline, Error> {
-        let Flow { stream, mut ctx } = self;
-        if let Some(error) = ctx.errors.drain(..).next() {
+        let Flow { stream, mut parts } = self;
+        if let Some(error) = parts.errors.drain(..).next() {
             return Err(error);
         }
-        let st = ctx.stage(sink_stage("batch-sink"));
-        let drive = drive_batches(stream, st, sink).boxed();
-        Ok(Pipeline { ctx, drive })
+        let stage = parts.stage(sink_stage("batch-sink"));
+        let drive = drive_batches(stream, stage, sink).boxed();
+        Ok(Pipeline { parts, drive })
     }
 }
 
-pub(crate) async fn drive(
+/// Every message to each sink, or to the one the router picks: one send per message and sink,
+/// each input settled once every output made from it is confirmed.
+pub(crate) async fn drive_routed(
     mut stream: BoxStream<'static, Step<Message>>,
-    st: Arc<StageRt>,
+    stage: Arc<RunningStage>,
     sinks: Vec<Sink>,
     router: Router,
 ) -> Result<(), Error> {
@@ -156,7 +159,7 @@ pub(crate) async fn drive(
         })
         .await;
         match next {
-            Some(Ok(item)) => dispatch(&st, &sinks, &router, item, &mut confirms).await?,
+            Some(Ok(item)) => dispatch(&stage, &sinks, &router, item, &mut confirms).await?,
             Some(Err(e)) => return Err(e),
             None => break,
         }
@@ -220,7 +223,7 @@ const SINK_BATCH: usize = 64;
 /// a batch: it holds only what was already there, so latency does not grow.
 pub(crate) async fn drive_one(
     mut stream: BoxStream<'static, Step<Message>>,
-    st: Arc<StageRt>,
+    stage: Arc<RunningStage>,
     sink: Sink,
 ) -> Result<(), Error> {
     let mut confirms = Confirms::new();
@@ -276,7 +279,7 @@ pub(crate) async fn drive_one(
         if n == 0 {
             break;
         }
-        add(&st.counters.input, n as u64);
+        add(&stage.counters.input, n as u64);
         if n == 1 {
             let Some(value) = values.pop() else { break };
             pending.push(sink.producer.enqueue(&sink.destination, value).await);
@@ -291,7 +294,7 @@ pub(crate) async fn drive_one(
             // released for redelivery (duplicates of what was sent, no loss), and the
             // pipeline stops, since a producer that breaks the batch contract once may
             // break it on every batch.
-            add(&st.counters.errors, n as u64);
+            add(&stage.counters.errors, n as u64);
             let answered = pending.len();
             pending.clear();
             tokens.clear();
@@ -300,16 +303,16 @@ pub(crate) async fn drive_one(
                 format!(
                     "sink '{}': the producer answered for {answered} of the {n} messages it \
                      was given; the batch's inputs are released for redelivery",
-                    st.name
+                    stage.name
                 ),
             ));
         }
         for (enqueued, t) in pending.drain(..).zip(tokens.drain(..)) {
-            if let Some(t) = enqueued_now(&st, &sink, enqueued, t, &mut confirms) {
-                count_output(&st);
+            if let Some(t) = enqueued_now(&stage, &sink, enqueued, t, &mut confirms) {
+                count_output(&stage);
                 // Settled in place, without a future per layer: the usual single input.
                 match t.single() {
-                    Ok(Some(settlement)) => settlement.run().await,
+                    Ok(Some(job)) => job.run().await,
                     Ok(None) => {}
                     Err(many) => many.done().await,
                 }
@@ -331,29 +334,29 @@ pub(crate) async fn drive_one(
 
 /// After an enqueue: settle now when the confirm is already there, else track it.
 async fn settle_enqueued(
-    st: &Arc<StageRt>,
+    stage: &Arc<RunningStage>,
     sink: &Sink,
     enqueued: Result<PendingConfirm, Error>,
     tokens: Tokens,
     confirms: &mut Confirms,
 ) {
-    if let Some(tokens) = enqueued_now(st, sink, enqueued, tokens, confirms) {
-        confirmed(st, tokens).await;
+    if let Some(tokens) = enqueued_now(stage, sink, enqueued, tokens, confirms) {
+        confirmed(stage, tokens).await;
     }
 }
 
 async fn dispatch(
-    st: &Arc<StageRt>,
+    stage: &Arc<RunningStage>,
     sinks: &[Sink],
     router: &Router,
     item: Item<Message>,
     confirms: &mut Confirms,
 ) -> Result<(), Error> {
-    add(&st.counters.input, 1);
+    add(&stage.counters.input, 1);
     let Item { value, meta } = item;
     match router {
         Router::All if sinks.len() == 1 => {
-            send(st, &sinks[0], value, meta.tokens, confirms).await;
+            send(stage, &sinks[0], value, meta.tokens, confirms).await;
         }
         Router::All => {
             let last = sinks.len() - 1;
@@ -365,33 +368,33 @@ async fn dispatch(
                     tokens.as_mut().map(Tokens::fork)
                 };
                 if let Some(t) = t {
-                    send(st, sink, value.clone(), t, confirms).await;
+                    send(stage, sink, value.clone(), t, confirms).await;
                 }
             }
         }
         Router::By(route) => {
-            let _entered = st.span.enter();
+            let _entered = stage.span.enter();
             let picked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route(&value)));
             drop(_entered);
             match picked {
                 Ok(Some(i)) if i < sinks.len() => {
-                    send(st, &sinks[i], value, meta.tokens, confirms).await;
+                    send(stage, &sinks[i], value, meta.tokens, confirms).await;
                 }
                 Ok(Some(i)) => {
                     return Err(Error::config(format!(
                         "stage '{}': the router picked sink {i}, but there are only {}",
-                        st.name,
+                        stage.name,
                         sinks.len()
                     )));
                 }
                 Ok(None) => {
-                    add(&st.counters.filtered, 1);
-                    add(&st.pipeline.filtered, meta.tokens.len() as u64);
+                    add(&stage.counters.filtered, 1);
+                    add(&stage.pipeline.filtered, meta.tokens.len() as u64);
                     meta.tokens.done().await;
                 }
                 Err(panic) => {
-                    let error = crate::stage::panic_error(&st.name, panic);
-                    if let Some(e) = st.give_up(meta.tokens, error, 1).await {
+                    let error = crate::stage::panic_error(&stage.name, panic);
+                    if let Some(e) = stage.give_up(meta.tokens, error, 1).await {
                         return Err(e);
                     }
                 }
@@ -409,14 +412,14 @@ async fn dispatch(
 /// return it is given up to the stage's policy (the input is then redelivered or dead-lettered,
 /// never lost).
 async fn send(
-    st: &Arc<StageRt>,
+    stage: &Arc<RunningStage>,
     sink: &Sink,
     message: Message,
     tokens: Tokens,
     confirms: &mut Confirms,
 ) {
     let enqueued = sink.producer.enqueue(&sink.destination, message).await;
-    settle_enqueued(st, sink, enqueued, tokens, confirms).await;
+    settle_enqueued(stage, sink, enqueued, tokens, confirms).await;
 }
 
 /// After an enqueue: the tokens back when the confirm is already there (the caller settles
@@ -425,7 +428,7 @@ async fn send(
 #[must_use]
 #[inline(always)]
 fn enqueued_now(
-    st: &Arc<StageRt>,
+    stage: &Arc<RunningStage>,
     sink: &Sink,
     enqueued: Result<PendingConfirm, Error>,
     tokens: Tokens,
@@ -434,33 +437,33 @@ fn enqueued_now(
     match enqueued {
         Ok(mut pending) => match pending.take_if_ready() {
             Some(Ok(_)) => return Some(tokens),
-            Some(Err(e)) => confirms.push(failed(st.clone(), sink.clone(), tokens, e).boxed()),
+            Some(Err(e)) => confirms.push(failed(stage.clone(), sink.clone(), tokens, e).boxed()),
             None => {
-                let st = st.clone();
+                let stage = stage.clone();
                 let sink = sink.clone();
                 confirms.push(
                     async move {
                         match pending.await {
                             Ok(_) => {
-                                confirmed(&st, tokens).await;
+                                confirmed(&stage, tokens).await;
                                 None
                             }
-                            Err(e) => failed(st, sink, tokens, e).await,
+                            Err(e) => failed(stage, sink, tokens, e).await,
                         }
                     }
                     .boxed(),
                 );
             }
         },
-        Err(e) => confirms.push(failed(st.clone(), sink.clone(), tokens, e).boxed()),
+        Err(e) => confirms.push(failed(stage.clone(), sink.clone(), tokens, e).boxed()),
     }
     None
 }
 
-async fn confirmed(st: &StageRt, tokens: Tokens) {
-    count_output(st);
+async fn confirmed(stage: &RunningStage, tokens: Tokens) {
+    count_output(stage);
     match tokens.single() {
-        Ok(Some(settlement)) => settlement.run().await,
+        Ok(Some(job)) => job.run().await,
         Ok(None) => {}
         Err(many) => many.done().await,
     }
@@ -468,25 +471,30 @@ async fn confirmed(st: &StageRt, tokens: Tokens) {
 
 /// One more message confirmed by a sink.
 #[inline(always)]
-fn count_output(st: &StageRt) {
-    bump(&st.counters.output, 1);
-    bump(&st.pipeline.out, 1);
+fn count_output(stage: &RunningStage) {
+    bump(&stage.counters.output, 1);
+    bump(&stage.pipeline.out, 1);
 }
 
 /// A send failed: retry it as the policy says, then give up.
-async fn failed(st: Arc<StageRt>, sink: Sink, tokens: Tokens, mut error: Error) -> Option<Error> {
+async fn failed(
+    stage: Arc<RunningStage>,
+    sink: Sink,
+    tokens: Tokens,
+    mut error: Error,
+) -> Option<Error> {
     let mut attempt = 1;
     loop {
         let message = error.take_undelivered();
-        let (Some(delay), Some(message)) = (st.retry_delay(&error, attempt), message) else {
-            return st.give_up(tokens, error, attempt).await;
+        let (Some(delay), Some(message)) = (stage.retry_delay(&error, attempt), message) else {
+            return stage.give_up(tokens, error, attempt).await;
         };
-        tracing::warn!(parent: &st.span, error = %error, attempt, "send failed; retrying");
+        tracing::warn!(parent: &stage.span, error = %error, attempt, "send failed; retrying");
         tokio::time::sleep(delay).await;
         attempt += 1;
         match sink.producer.send(&sink.destination, message).await {
             Ok(_) => {
-                confirmed(&st, tokens).await;
+                confirmed(&stage, tokens).await;
                 return None;
             }
             Err(e) => error = e,
@@ -494,18 +502,19 @@ async fn failed(st: Arc<StageRt>, sink: Sink, tokens: Tokens, mut error: Error) 
     }
 }
 
+/// Each batch to one sink in one `send_batch`, retried as the stage's policy says.
 async fn drive_batches(
     mut stream: BoxStream<'static, Step<Vec<Message>>>,
-    st: Arc<StageRt>,
+    stage: Arc<RunningStage>,
     sink: Sink,
 ) -> Result<(), Error> {
     while let Some(step) = stream.next().await {
         let Item { value, meta } = step?;
-        add(&st.counters.input, 1);
+        add(&stage.counters.input, 1);
         let mut pending = value;
         let mut attempt = 1;
         loop {
-            let kept = st.policy.backoff().map(|_| pending.clone());
+            let kept = stage.policy.backoff().map(|_| pending.clone());
             let count = pending.len() as u64;
             let results = sink
                 .producer
@@ -518,14 +527,14 @@ async fn drive_batches(
                 Ok(results) if results.len() as u64 != count => {
                     // As in `drive_one`: results that cannot be matched to messages settle
                     // nothing. Dropping the tokens releases the batch's inputs.
-                    add(&st.counters.errors, count);
+                    add(&stage.counters.errors, count);
                     drop(meta);
                     return Err(Error::new(
                         ErrorKind::Broker,
                         format!(
                             "sink '{}': the producer answered for {} of the {count} messages \
                              of a batch; the batch's inputs are released for redelivery",
-                            st.name,
+                            stage.name,
                             results.len()
                         ),
                     ));
@@ -546,19 +555,19 @@ async fn drive_batches(
                 }
             }
             let Some(e) = error else {
-                add(&st.counters.output, 1);
-                add(&st.pipeline.out, count);
+                add(&stage.counters.output, 1);
+                add(&stage.pipeline.out, count);
                 meta.tokens.done().await;
                 break;
             };
-            match st.retry_delay(&e, attempt) {
+            match stage.retry_delay(&e, attempt) {
                 Some(delay) if !retry.is_empty() => {
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                     pending = retry;
                 }
                 _ => {
-                    if let Some(e) = st.give_up(meta.tokens, e, attempt).await {
+                    if let Some(e) = stage.give_up(meta.tokens, e, attempt).await {
                         return Err(e);
                     }
                     break;

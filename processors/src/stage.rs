@@ -9,7 +9,7 @@ use std::time::Duration;
 use mailroom_core::delivery::stamp_dead_letter;
 use mailroom_core::{Error, ErrorKind};
 
-use crate::in_flight::Shared;
+use crate::in_flight::InFlight;
 use crate::metrics::{add, PipelineCounters, StageCounters};
 use crate::policy::ErrorPolicy;
 use crate::sink::Sink;
@@ -72,12 +72,12 @@ impl From<String> for StageSpec {
 }
 
 /// A stage as it runs: its span, counters and policy.
-pub(crate) struct StageRt {
+pub(crate) struct RunningStage {
     pub name: Arc<str>,
     pub span: tracing::Span,
     pub counters: Arc<StageCounters>,
     pub pipeline: Arc<PipelineCounters>,
-    pub shared: Arc<Shared>,
+    pub in_flight: Arc<InFlight>,
     pub policy: ErrorPolicy,
     pub concurrency: usize,
 }
@@ -98,7 +98,7 @@ pub(crate) fn panic_error(stage: &str, payload: Box<dyn Any + Send>) -> Error {
     .set_temporary(false)
 }
 
-impl StageRt {
+impl RunningStage {
     /// Count a failure and decide whether to retry after `attempt` attempts.
     pub fn retry_delay(&self, error: &Error, attempt: u32) -> Option<Duration> {
         add(&self.counters.errors, 1);

@@ -11,11 +11,11 @@ use mailroom_core::Error;
 
 use super::{give_up, Item, Meta, Step};
 use crate::metrics::add;
-use crate::stage::{panic_error, StageRt};
+use crate::stage::{panic_error, RunningStage};
 
 /// One item through an async stage, with retries and panic catching.
 pub(super) async fn run_async<T, U, F, Fut>(
-    st: Arc<StageRt>,
+    stage: Arc<RunningStage>,
     f: Arc<F>,
     item: Item<T>,
 ) -> Option<Step<U>>
@@ -25,40 +25,40 @@ where
     Fut: Future<Output = Result<U, Error>>,
 {
     use tracing::Instrument;
-    add(&st.counters.input, 1);
+    add(&stage.counters.input, 1);
     let Item { value, meta } = item;
-    let (arg, kept) = if st.policy.backoff().is_some() {
+    let (arg, kept) = if stage.policy.backoff().is_some() {
         (value.clone(), Some(value))
     } else {
         (value, None)
     };
     let called = catch_unwind(AssertUnwindSafe(|| f(arg)));
     let result = match called {
-        Ok(fut) => AssertUnwindSafe(fut.instrument(st.span.clone()))
+        Ok(fut) => AssertUnwindSafe(fut.instrument(stage.span.clone()))
             .catch_unwind()
             .await
-            .unwrap_or_else(|panic| Err(panic_error(&st.name, panic))),
-        Err(panic) => Err(panic_error(&st.name, panic)),
+            .unwrap_or_else(|panic| Err(panic_error(&stage.name, panic))),
+        Err(panic) => Err(panic_error(&stage.name, panic)),
     };
     let error = match result {
         Ok(u) => {
-            add(&st.counters.output, 1);
+            add(&stage.counters.output, 1);
             return Some(Ok(Item { value: u, meta }));
         }
         Err(e) => e,
     };
-    match (st.retry_delay(&error, 1), kept) {
+    match (stage.retry_delay(&error, 1), kept) {
         (Some(delay), Some(value)) => {
             tokio::time::sleep(delay).await;
-            retry_async(st, f, value, meta, 2).await
+            retry_async(stage, f, value, meta, 2).await
         }
-        _ => give_up(st, meta, error, 1).await,
+        _ => give_up(stage, meta, error, 1).await,
     }
 }
 
 /// Further attempts of an async stage (the first attempt moved nothing out of `value`).
 async fn retry_async<T, U, F, Fut>(
-    st: Arc<StageRt>,
+    stage: Arc<RunningStage>,
     f: Arc<F>,
     value: T,
     meta: Meta,
@@ -73,23 +73,23 @@ where
     loop {
         let called = catch_unwind(AssertUnwindSafe(|| f(value.clone())));
         let result = match called {
-            Ok(fut) => AssertUnwindSafe(fut.instrument(st.span.clone()))
+            Ok(fut) => AssertUnwindSafe(fut.instrument(stage.span.clone()))
                 .catch_unwind()
                 .await
-                .unwrap_or_else(|panic| Err(panic_error(&st.name, panic))),
-            Err(panic) => Err(panic_error(&st.name, panic)),
+                .unwrap_or_else(|panic| Err(panic_error(&stage.name, panic))),
+            Err(panic) => Err(panic_error(&stage.name, panic)),
         };
         match result {
             Ok(u) => {
-                add(&st.counters.output, 1);
+                add(&stage.counters.output, 1);
                 return Some(Ok(Item { value: u, meta }));
             }
-            Err(error) => match st.retry_delay(&error, attempt) {
+            Err(error) => match stage.retry_delay(&error, attempt) {
                 Some(delay) => {
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                None => return give_up(st, meta, error, attempt).await,
+                None => return give_up(stage, meta, error, attempt).await,
             },
         }
     }

@@ -9,8 +9,8 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use mailroom_core::{Consumer, Error, Message};
 use tokio::sync::{mpsc, watch};
 
-use super::{Ctx, Flow, Step};
-use crate::in_flight::{Shared, Slots};
+use super::{Flow, PipelineParts, Step};
+use crate::in_flight::{InFlight, Slots};
 use crate::metrics::Metrics;
 
 /// How items are ordered while async stages work on several at once.
@@ -70,7 +70,7 @@ impl From<Box<dyn Consumer>> for Source {
 
 /// The settings of a pipeline, set before its sources.
 pub struct Pipeline {
-    pub(crate) ctx: Ctx,
+    pub(crate) parts: PipelineParts,
     pub(crate) drive: futures_util::future::BoxFuture<'static, Result<(), Error>>,
 }
 
@@ -142,7 +142,7 @@ impl PipelineBuilder {
         let slots = Arc::new(Slots::new(self.max_in_flight));
         let metrics = Metrics::new(slots.clone(), self.max_in_flight);
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
+        let in_flight = Arc::new(InFlight {
             counters: metrics.pipeline.clone(),
             slots,
             settle_tx,
@@ -159,9 +159,9 @@ impl PipelineBuilder {
         if self.sources.is_empty() {
             errors.push(Error::config("a pipeline needs at least one source"));
         }
-        let mut ctx = Ctx {
+        let mut parts = PipelineParts {
             metrics,
-            shared,
+            in_flight,
             ordering: self.ordering,
             max_in_flight: self.max_in_flight,
             drain_timeout: self.drain_timeout,
@@ -177,13 +177,13 @@ impl PipelineBuilder {
         let mut streams: Vec<BoxStream<'static, Step<Message>>> = self
             .sources
             .into_iter()
-            .map(|source| ctx.add_source(source).boxed())
+            .map(|source| parts.add_source(source).boxed())
             .collect();
         let stream = if streams.len() == 1 {
             streams.remove(0)
         } else {
             stream::select_all(streams).boxed()
         };
-        Flow { stream, ctx }
+        Flow { stream, parts }
     }
 }

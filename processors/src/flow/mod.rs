@@ -18,7 +18,7 @@ use std::sync::Arc;
 use futures_util::stream::BoxStream;
 use mailroom_core::{Error, Timestamp};
 
-use crate::stage::StageRt;
+use crate::stage::RunningStage;
 use crate::token::Tokens;
 
 mod async_stage;
@@ -29,7 +29,7 @@ mod stages;
 mod sync_stage;
 
 pub use builder::{Ordering, Partitioning, Pipeline, PipelineBuilder, Source};
-pub(crate) use parts::{Ctx, StoppedSources};
+pub(crate) use parts::{PipelineParts, StoppedSources};
 
 /// Where an item came from and what it must settle.
 pub(crate) struct Meta {
@@ -65,15 +65,15 @@ pub(crate) type Step<T> = Result<Item<T>, Error>;
 /// that expects the wrong type does not compile.
 pub struct Flow<T> {
     pub(crate) stream: BoxStream<'static, Step<T>>,
-    pub(crate) ctx: Ctx,
+    pub(crate) parts: PipelineParts,
 }
 
 /// Apply the stage's terminal policy: `Some(Err)` fails the pipeline, `None` drops the item.
 pub(crate) async fn give_up<U>(
-    st: Arc<StageRt>,
+    stage: Arc<RunningStage>,
     meta: Meta,
     error: Error,
     attempts: u32,
 ) -> Option<Step<U>> {
-    st.give_up(meta.tokens, error, attempts).await.map(Err)
+    stage.give_up(meta.tokens, error, attempts).await.map(Err)
 }

@@ -11,16 +11,16 @@ use tokio::sync::{mpsc, watch};
 
 use super::source::SourcePoll;
 use super::{Ordering, Source};
-use crate::in_flight::Shared;
+use crate::in_flight::InFlight;
 use crate::metrics::Metrics;
 use crate::policy::ErrorPolicy;
-use crate::stage::{StageRt, StageSpec};
-use crate::token::Settlement;
+use crate::stage::{RunningStage, StageSpec};
+use crate::token::SettleJob;
 
 /// What every flow of one pipeline shares, moved from stage to stage.
-pub(crate) struct Ctx {
+pub(crate) struct PipelineParts {
     pub metrics: Metrics,
-    pub shared: Arc<Shared>,
+    pub in_flight: Arc<InFlight>,
     pub ordering: Ordering,
     pub max_in_flight: usize,
     pub drain_timeout: Duration,
@@ -28,7 +28,7 @@ pub(crate) struct Ctx {
     pub scaled_out: bool,
     pub keyed_sources: bool,
     pub stop: watch::Sender<bool>,
-    pub settle_rx: Option<mpsc::UnboundedReceiver<Settlement>>,
+    pub settle_rx: Option<mpsc::UnboundedReceiver<SettleJob>>,
     /// Sources whose intake stopped, closed once the drain is over (see `StoppedSources`).
     pub stopped: StoppedSources,
     /// Problems found while building, reported by the terminal step.
@@ -44,7 +44,7 @@ pub(crate) struct Ctx {
 /// with nothing waiting for them, or make each one wait on its own.
 pub(crate) type StoppedSources = Arc<Mutex<Vec<Box<dyn Consumer>>>>;
 
-impl Ctx {
+impl PipelineParts {
     /// Another source of this pipeline, as a stream: it shares the in-flight bound and stops
     /// on the pipeline's shutdown.
     pub(crate) fn add_source(&mut self, source: Source) -> SourcePoll {
@@ -54,23 +54,23 @@ impl Ctx {
             source.consumer,
             index,
             self.stop.subscribe(),
-            self.shared.clone(),
+            self.in_flight.clone(),
             self.stopped.clone(),
         )
     }
 
     /// The running form of a stage added to this pipeline: its span, counters and policy.
-    pub fn stage(&self, spec: StageSpec) -> Arc<StageRt> {
+    pub fn stage(&self, spec: StageSpec) -> Arc<RunningStage> {
         if matches!(spec.policy.terminal(), ErrorPolicy::DeadLetter(_)) {
             self.keep_originals();
         }
         let counters = self.metrics.stage(&spec.name);
-        Arc::new(StageRt {
+        Arc::new(RunningStage {
             span: tracing::info_span!("stage", name = %spec.name),
             name: Arc::from(spec.name.as_str()),
             counters,
             pipeline: self.metrics.pipeline.clone(),
-            shared: self.shared.clone(),
+            in_flight: self.in_flight.clone(),
             policy: spec.policy,
             concurrency: spec.concurrency,
         })
@@ -79,7 +79,7 @@ impl Ctx {
     /// Make every input keep its original message, for a stage that sends it on (a dead
     /// letter, a late input).
     pub fn keep_originals(&self) {
-        self.shared
+        self.in_flight
             .keep_originals
             .store(true, AtomicOrdering::Relaxed);
     }

@@ -10,7 +10,7 @@ use mailroom_core::{Consumer, Delivery, Error, ErrorKind, Message};
 use tokio::sync::watch;
 
 use super::{Item, Meta, Step, StoppedSources};
-use crate::in_flight::{Shared, Slots};
+use crate::in_flight::{InFlight, Slots};
 use crate::metrics::bump;
 use crate::token::{Token, Tokens};
 
@@ -18,7 +18,7 @@ struct SourceState {
     consumer: Box<dyn Consumer>,
     index: u64,
     stop: watch::Receiver<bool>,
-    shared: Arc<Shared>,
+    in_flight: Arc<InFlight>,
     stopped: StoppedSources,
     /// Numbers this source's deliveries, to tell two deliveries of one message apart.
     deliveries: std::cell::Cell<u64>,
@@ -46,7 +46,7 @@ impl SourcePoll {
         consumer: Box<dyn Consumer>,
         index: u64,
         stop: watch::Receiver<bool>,
-        shared: Arc<Shared>,
+        in_flight: Arc<InFlight>,
         stopped: StoppedSources,
     ) -> Self {
         SourcePoll {
@@ -54,7 +54,7 @@ impl SourcePoll {
                 consumer,
                 index,
                 stop,
-                shared,
+                in_flight,
                 stopped,
                 deliveries: std::cell::Cell::new(0),
             }),
@@ -105,13 +105,13 @@ impl futures_util::Stream for SourcePoll {
             // check is one atomic load, where `borrow` takes the channel's read lock.
             let stopping = state.stop.has_changed().unwrap_or(false) && *state.stop.borrow();
             if !stopping {
-                if let Some(held) = state.shared.slots.try_take() {
+                if let Some(held) = state.in_flight.slots.try_take() {
                     match state.consumer.try_receive() {
                         Some(Ok(delivery)) => {
                             return Poll::Ready(Some(Ok(state.item(delivery, held))));
                         }
                         // Errors and waiting both go the slow way, which knows what to do.
-                        _ => state.shared.slots.give_back(),
+                        _ => state.in_flight.slots.give_back(),
                     }
                 }
             }
@@ -132,7 +132,7 @@ impl SourceState {
     /// The item of a delivery that took a slot, `held` slots being taken then.
     #[inline(always)]
     fn item(&self, delivery: Delivery, held: usize) -> Item<Message> {
-        let counters = &self.shared.counters;
+        let counters = &self.in_flight.counters;
         bump(&counters.received, 1);
         let held = held as u64;
         // A plain read first: the peak rarely moves, and a read is cheaper than a fetch_max.
@@ -153,7 +153,7 @@ impl SourceState {
         let event_time = value.timestamp();
         let lane = (self.index << 32) ^ info.partition.map_or(0, |p| u64::from(p as u32));
         let original = self
-            .shared
+            .in_flight
             .keep_originals
             .load(AtomicOrdering::Relaxed)
             .then(|| value.clone());
@@ -165,7 +165,7 @@ impl SourceState {
             lane,
             delivery,
             original,
-            self.shared.clone(),
+            self.in_flight.clone(),
         );
         Item {
             value,
@@ -182,7 +182,7 @@ impl SourceState {
 /// Wait for a free slot and a delivery, or the stop signal (which ends intake; the consumer
 /// is closed after the drain).
 async fn wait_for_delivery(mut s: SourceState) -> (SourceState, Received) {
-    let shared = s.shared.clone();
+    let in_flight = s.in_flight.clone();
     let mut failures = 0u32;
     loop {
         if *s.stop.borrow() {
@@ -190,12 +190,12 @@ async fn wait_for_delivery(mut s: SourceState) -> (SourceState, Received) {
         }
         let held = tokio::select! {
             biased;
-            held = shared.slots.take() => held,
+            held = in_flight.slots.take() => held,
             _ = s.stop.wait_for(|stop| *stop) => continue,
         };
         // Gives the slot back on every way out but a delivery, including this future being
         // dropped while it waits.
-        let slot = SlotGuard(Some(&shared.slots));
+        let slot = SlotGuard(Some(&in_flight.slots));
         let received = tokio::select! {
             biased;
             received = s.consumer.receive() => received,

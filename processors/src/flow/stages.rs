@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::async_stage::run_async;
-use super::sync_stage::{MapStream, Out, SyncStream};
+use super::sync_stage::{MapStream, SyncOutput, SyncStream};
 use super::{give_up, Flow, Item, Meta};
 use crate::concurrent::Concurrent;
 use crate::metrics::{add, Metrics};
@@ -23,28 +23,28 @@ use crate::stage::{panic_error, StageSpec};
 impl<T: Send + 'static> Flow<T> {
     /// The pipeline's live counters (also available from the built pipeline).
     pub fn metrics(&self) -> Metrics {
-        self.ctx.metrics.clone()
+        self.parts.metrics.clone()
     }
 
     /// Apply a synchronous stage that emits zero or one item per input.
     fn sync_stage<U, F>(self, spec: StageSpec, retry_clone: Option<fn(&T) -> T>, f: F) -> Flow<U>
     where
         U: Send + 'static,
-        F: Fn(T) -> Out<U> + Send + Sync + 'static,
+        F: Fn(T) -> SyncOutput<U> + Send + Sync + 'static,
     {
-        let st = self.ctx.stage(spec);
+        let stage = self.parts.stage(spec);
         let f = Arc::new(f);
-        let retry_clone = retry_clone.filter(|_| st.policy.backoff().is_some());
+        let retry_clone = retry_clone.filter(|_| stage.policy.backoff().is_some());
         Flow {
             stream: SyncStream {
                 upstream: self.stream,
-                st,
+                stage,
                 f,
                 retry_clone,
                 recovering: None,
             }
             .boxed(),
-            ctx: self.ctx,
+            parts: self.parts,
         }
     }
 
@@ -54,16 +54,16 @@ impl<T: Send + 'static> Flow<T> {
         U: Send + 'static,
         F: Fn(T) -> U + Send + Sync + 'static,
     {
-        let st = self.ctx.stage(spec.into());
+        let stage = self.parts.stage(spec.into());
         Flow {
             stream: MapStream {
                 upstream: self.stream,
-                st,
+                stage,
                 f,
                 recovering: None,
             }
             .boxed(),
-            ctx: self.ctx,
+            parts: self.parts,
         }
     }
 
@@ -74,9 +74,9 @@ impl<T: Send + 'static> Flow<T> {
     {
         self.sync_stage(spec.into(), None, move |t| {
             if f(&t) {
-                Out::One(t)
+                SyncOutput::One(t)
             } else {
-                Out::Filtered
+                SyncOutput::Filtered
             }
         })
     }
@@ -88,8 +88,8 @@ impl<T: Send + 'static> Flow<T> {
         F: Fn(T) -> Option<U> + Send + Sync + 'static,
     {
         self.sync_stage(spec.into(), None, move |t| match f(t) {
-            Some(u) => Out::One(u),
-            None => Out::Filtered,
+            Some(u) => SyncOutput::One(u),
+            None => SyncOutput::Filtered,
         })
     }
 
@@ -100,7 +100,7 @@ impl<T: Send + 'static> Flow<T> {
     {
         self.sync_stage(spec.into(), None, move |t| {
             f(&t);
-            Out::One(t)
+            SyncOutput::One(t)
         })
     }
 
@@ -127,24 +127,24 @@ impl<T: Send + 'static> Flow<T> {
         V: 'static,
         F: Fn(&T) -> V + Send + Sync + 'static,
     {
-        let st = self.ctx.stage(spec);
+        let stage = self.parts.stage(spec);
         let stream = self.stream.filter_map(move |step| {
             let out = match step {
                 Ok(mut item) => {
-                    add(&st.counters.input, 1);
-                    let value = st
+                    add(&stage.counters.input, 1);
+                    let value = stage
                         .span
                         .in_scope(|| catch_unwind(AssertUnwindSafe(|| f(&item.value))));
                     match value {
                         Ok(value) => {
-                            add(&st.counters.output, 1);
+                            add(&stage.counters.output, 1);
                             set(&mut item.meta, value);
                             Some(Ok(item))
                         }
                         Err(panic) => {
-                            let error = panic_error(&st.name, panic);
+                            let error = panic_error(&stage.name, panic);
                             return Either::Right(Box::pin(give_up(
-                                st.clone(),
+                                stage.clone(),
                                 item.meta,
                                 error,
                                 1,
@@ -158,7 +158,7 @@ impl<T: Send + 'static> Flow<T> {
         });
         Flow {
             stream: stream.boxed(),
-            ctx: self.ctx,
+            parts: self.parts,
         }
     }
 
@@ -170,30 +170,30 @@ impl<T: Send + 'static> Flow<T> {
         I: IntoIterator<Item = U>,
         F: Fn(T) -> I + Send + Sync + 'static,
     {
-        let st = self.ctx.stage(spec.into());
+        let stage = self.parts.stage(spec.into());
         let stream = self
             .stream
             .then(move |step| {
-                let st = st.clone();
+                let stage = stage.clone();
                 let item = match step {
                     Ok(item) => item,
                     Err(e) => return Either::Left(ready(vec![Err(e)])),
                 };
-                add(&st.counters.input, 1);
+                add(&stage.counters.input, 1);
                 let Item { value, meta } = item;
-                let outputs = st
+                let outputs = stage
                     .span
                     .in_scope(|| catch_unwind(AssertUnwindSafe(|| f(value).into_iter().collect())));
                 match outputs {
                     Ok(outputs) => {
                         let outputs: Vec<U> = outputs;
                         if outputs.is_empty() {
-                            add(&st.counters.filtered, 1);
-                            add(&st.pipeline.filtered, meta.tokens.len() as u64);
-                            meta.tokens.done_deferred(&st.shared);
+                            add(&stage.counters.filtered, 1);
+                            add(&stage.pipeline.filtered, meta.tokens.len() as u64);
+                            meta.tokens.done_deferred(&stage.in_flight);
                             return Either::Left(ready(Vec::new()));
                         }
-                        add(&st.counters.output, outputs.len() as u64);
+                        add(&stage.counters.output, outputs.len() as u64);
                         let n = outputs.len();
                         let mut meta = Some(meta);
                         let items = outputs
@@ -211,20 +211,22 @@ impl<T: Send + 'static> Flow<T> {
                         Either::Left(ready(items))
                     }
                     Err(panic) => {
-                        let error = panic_error(&st.name, panic);
-                        Either::Right(give_up(st, meta, error, 1).map(|r| r.into_iter().collect()))
+                        let error = panic_error(&stage.name, panic);
+                        Either::Right(
+                            give_up(stage, meta, error, 1).map(|r| r.into_iter().collect()),
+                        )
                     }
                 }
             })
             .flat_map(stream::iter);
         Flow {
             stream: stream.boxed(),
-            ctx: self.ctx,
+            parts: self.parts,
         }
     }
 
     /// An async stage: up to the stage's concurrency items at once, ordered as the pipeline's
-    /// [`Ordering`] says. Errors and panics go to the stage's error policy; a retry calls `f`
+    /// [`Ordering`](crate::Ordering) says. Errors and panics go to the stage's error policy; a retry calls `f`
     /// again on a clone of the same item.
     pub fn then<U, F, Fut>(self, spec: impl Into<StageSpec>, f: F) -> Flow<U>
     where
@@ -233,21 +235,21 @@ impl<T: Send + 'static> Flow<T> {
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<U, Error>> + Send + 'static,
     {
-        let st = self.ctx.stage(spec.into());
+        let stage = self.parts.stage(spec.into());
         let f = Arc::new(f);
-        let concurrency = st.concurrency;
-        let ordering = self.ctx.ordering;
-        let make = move |item: Item<T>| run_async(st.clone(), f.clone(), item).boxed();
+        let concurrency = stage.concurrency;
+        let ordering = self.parts.ordering;
+        let make = move |item: Item<T>| run_async(stage.clone(), f.clone(), item).boxed();
         let stream = Concurrent::new(
             self.stream,
             Box::new(make),
             concurrency,
-            self.ctx.max_in_flight,
+            self.parts.max_in_flight,
             ordering,
         );
         Flow {
             stream: stream.boxed(),
-            ctx: self.ctx,
+            parts: self.parts,
         }
     }
 
@@ -256,13 +258,13 @@ impl<T: Send + 'static> Flow<T> {
     where
         T: Serialize,
     {
-        let st = self.ctx.stage(spec.into());
+        let stage = self.parts.stage(spec.into());
         let stream = self.stream.filter_map(move |step| {
             let item = match step {
                 Ok(item) => item,
                 Err(e) => return Either::Left(ready(Some(Err(e)))),
             };
-            add(&st.counters.input, 1);
+            add(&stage.counters.input, 1);
             let encoded = mailroom_core::json::builder(&item.value).and_then(|b| {
                 let b = match &item.meta.key {
                     Some(k) => b.key(&**k),
@@ -276,18 +278,18 @@ impl<T: Send + 'static> Flow<T> {
             });
             match encoded {
                 Ok(message) => {
-                    add(&st.counters.output, 1);
+                    add(&stage.counters.output, 1);
                     Either::Left(ready(Some(Ok(Item {
                         value: message,
                         meta: item.meta,
                     }))))
                 }
-                Err(error) => Either::Right(Box::pin(give_up(st.clone(), item.meta, error, 1))),
+                Err(error) => Either::Right(Box::pin(give_up(stage.clone(), item.meta, error, 1))),
             }
         });
         Flow {
             stream: stream.boxed(),
-            ctx: self.ctx,
+            parts: self.parts,
         }
     }
 }
@@ -301,8 +303,8 @@ impl<T: Clone + Send + 'static> Flow<T> {
         F: Fn(T) -> Result<U, Error> + Send + Sync + 'static,
     {
         self.sync_stage(spec.into(), Some(T::clone), move |t| match f(t) {
-            Ok(u) => Out::One(u),
-            Err(e) => Out::Failed(e),
+            Ok(u) => SyncOutput::One(u),
+            Err(e) => SyncOutput::Failed(e),
         })
     }
 
@@ -313,9 +315,9 @@ impl<T: Clone + Send + 'static> Flow<T> {
         F: Fn(T) -> Result<Option<U>, Error> + Send + Sync + 'static,
     {
         self.sync_stage(spec.into(), Some(T::clone), move |t| match f(t) {
-            Ok(Some(u)) => Out::One(u),
-            Ok(None) => Out::Filtered,
-            Err(e) => Out::Failed(e),
+            Ok(Some(u)) => SyncOutput::One(u),
+            Ok(None) => SyncOutput::Filtered,
+            Err(e) => SyncOutput::Failed(e),
         })
     }
 }

@@ -10,7 +10,7 @@ use mailroom_core::Error;
 
 use super::{give_up, Item, Meta, Step};
 use crate::metrics::{add, bump};
-use crate::stage::{panic_error, StageRt};
+use crate::stage::{panic_error, RunningStage};
 
 /// A synchronous stage as a stream: the stage runs inside the poll that received the item
 /// and hands the result straight on, so the common case stores no future; only a failed
@@ -22,7 +22,7 @@ use crate::stage::{panic_error, StageRt};
 /// message.
 pub(super) struct SyncStream<T, U, F> {
     pub(super) upstream: BoxStream<'static, Step<T>>,
-    pub(super) st: Arc<StageRt>,
+    pub(super) stage: Arc<RunningStage>,
     pub(super) f: Arc<F>,
     pub(super) retry_clone: Option<fn(&T) -> T>,
     pub(super) recovering: Option<BoxFuture<'static, Option<Step<U>>>>,
@@ -32,7 +32,7 @@ impl<T, U, F> futures_util::Stream for SyncStream<T, U, F>
 where
     T: Send + 'static,
     U: Send + 'static,
-    F: Fn(T) -> Out<U> + Send + Sync + 'static,
+    F: Fn(T) -> SyncOutput<U> + Send + Sync + 'static,
 {
     type Item = Step<U>;
 
@@ -47,22 +47,22 @@ where
                 Ok(input) => input,
                 Err(poll) => return poll,
             };
-            let st = &this.st;
-            bump(&st.counters.input, 1);
+            let stage = &this.stage;
+            bump(&stage.counters.input, 1);
             let kept = this.retry_clone.map(|c| c(&value));
-            match call(st, &*this.f, value) {
-                Out::One(u) => {
-                    bump(&st.counters.output, 1);
+            match call(stage, &*this.f, value) {
+                SyncOutput::One(u) => {
+                    bump(&stage.counters.output, 1);
                     return Poll::Ready(Some(Ok(Item { value: u, meta })));
                 }
-                Out::Filtered => {
-                    add(&st.counters.filtered, 1);
-                    add(&st.pipeline.filtered, meta.tokens.len() as u64);
-                    meta.tokens.done_deferred(&st.shared);
+                SyncOutput::Filtered => {
+                    add(&stage.counters.filtered, 1);
+                    add(&stage.pipeline.filtered, meta.tokens.len() as u64);
+                    meta.tokens.done_deferred(&stage.in_flight);
                 }
-                Out::Failed(error) => {
+                SyncOutput::Failed(error) => {
                     this.recovering = Some(Box::pin(recover(
-                        st.clone(),
+                        stage.clone(),
                         this.f.clone(),
                         meta,
                         kept,
@@ -103,12 +103,12 @@ fn next_input<T, U>(
     }
 }
 
-/// A `map` stage as a stream: [`SyncStream`] without the `Out` wrapper around each result
+/// A `map` stage as a stream: [`SyncStream`] without the `SyncOutput` wrapper around each result
 /// (a map neither filters nor fails, except by panicking), which is one copy less of every
 /// message on the busiest kind of stage.
 pub(super) struct MapStream<T, U, F> {
     pub(super) upstream: BoxStream<'static, Step<T>>,
-    pub(super) st: Arc<StageRt>,
+    pub(super) stage: Arc<RunningStage>,
     pub(super) f: F,
     pub(super) recovering: Option<BoxFuture<'static, Option<Step<U>>>>,
 }
@@ -132,24 +132,24 @@ where
                 Ok(input) => input,
                 Err(poll) => return poll,
             };
-            let st = &this.st;
-            bump(&st.counters.input, 1);
-            let entered = st.span.enter();
+            let stage = &this.stage;
+            bump(&stage.counters.input, 1);
+            let entered = stage.span.enter();
             let mapped = catch_unwind(AssertUnwindSafe(|| (this.f)(value)));
             drop(entered);
             match mapped {
                 Ok(u) => {
-                    bump(&st.counters.output, 1);
+                    bump(&stage.counters.output, 1);
                     return Poll::Ready(Some(Ok(Item { value: u, meta })));
                 }
                 Err(panic) => {
                     // As `recover` does for a stage that keeps no copy to retry with: the
                     // policy is consulted (and counts the error), then the item is given up.
-                    let error = panic_error(&st.name, panic);
-                    let st = st.clone();
+                    let error = panic_error(&stage.name, panic);
+                    let stage = stage.clone();
                     this.recovering = Some(Box::pin(async move {
-                        let _ = st.retry_delay(&error, 1);
-                        give_up(st, meta, error, 1).await
+                        let _ = stage.retry_delay(&error, 1);
+                        give_up(stage, meta, error, 1).await
                     }));
                 }
             }
@@ -162,7 +162,7 @@ where
 impl<T, U, F> Unpin for MapStream<T, U, F> {}
 
 /// What a synchronous stage function made of one item.
-pub(super) enum Out<U> {
+pub(super) enum SyncOutput<U> {
     One(U),
     Filtered,
     Failed(Error),
@@ -170,20 +170,20 @@ pub(super) enum Out<U> {
 
 /// Call a stage function, turning a panic into a failure.
 #[inline(always)]
-fn call<T, U, F>(st: &StageRt, f: &F, value: T) -> Out<U>
+fn call<T, U, F>(stage: &RunningStage, f: &F, value: T) -> SyncOutput<U>
 where
-    F: Fn(T) -> Out<U>,
+    F: Fn(T) -> SyncOutput<U>,
 {
-    let _entered = st.span.enter();
+    let _entered = stage.span.enter();
     match catch_unwind(AssertUnwindSafe(|| f(value))) {
         Ok(out) => out,
-        Err(panic) => Out::Failed(panic_error(&st.name, panic)),
+        Err(panic) => SyncOutput::Failed(panic_error(&stage.name, panic)),
     }
 }
 
 /// A failed synchronous stage: retry as the policy says, then give up.
 async fn recover<T, U, F>(
-    st: Arc<StageRt>,
+    stage: Arc<RunningStage>,
     f: Arc<F>,
     meta: Meta,
     mut kept: Option<T>,
@@ -191,31 +191,31 @@ async fn recover<T, U, F>(
     mut error: Error,
 ) -> Option<Step<U>>
 where
-    F: Fn(T) -> Out<U>,
+    F: Fn(T) -> SyncOutput<U>,
 {
     let mut attempt = 1;
     loop {
-        let Some(delay) = st.retry_delay(&error, attempt) else {
-            return give_up(st, meta, error, attempt).await;
+        let Some(delay) = stage.retry_delay(&error, attempt) else {
+            return give_up(stage, meta, error, attempt).await;
         };
         let Some(value) = kept.take() else {
-            return give_up(st, meta, error, attempt).await;
+            return give_up(stage, meta, error, attempt).await;
         };
         tokio::time::sleep(delay).await;
         attempt += 1;
         kept = retry_clone.map(|c| c(&value));
-        match call(&st, &*f, value) {
-            Out::One(u) => {
-                add(&st.counters.output, 1);
+        match call(&stage, &*f, value) {
+            SyncOutput::One(u) => {
+                add(&stage.counters.output, 1);
                 return Some(Ok(Item { value: u, meta }));
             }
-            Out::Filtered => {
-                add(&st.counters.filtered, 1);
-                add(&st.pipeline.filtered, meta.tokens.len() as u64);
+            SyncOutput::Filtered => {
+                add(&stage.counters.filtered, 1);
+                add(&stage.pipeline.filtered, meta.tokens.len() as u64);
                 meta.tokens.done().await;
                 return None;
             }
-            Out::Failed(e) => error = e,
+            SyncOutput::Failed(e) => error = e,
         }
     }
 }

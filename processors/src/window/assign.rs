@@ -13,12 +13,12 @@ use super::spec::{Kind, Time};
 use super::LATE_WINDOW_END_HEADER;
 use crate::flow::{Item, Meta};
 use crate::metrics::add;
-use crate::stage::{panic_error, StageRt};
+use crate::stage::{panic_error, RunningStage};
 use crate::token::Tokens;
 
 impl<T: Clone, A> WindowOp<T, A> {
     pub(super) fn on_item(&mut self, item: Item<T>) {
-        add(&self.st.counters.input, 1);
+        add(&self.stage.counters.input, 1);
         let ts = match self.spec.time {
             Time::Processing => self.now_ms(),
             Time::Event => match item.meta.event_time {
@@ -27,12 +27,12 @@ impl<T: Clone, A> WindowOp<T, A> {
                     let error = Error::invalid_input(format!(
                         "window stage '{}' works on event time, but an item has none (set the \
                          message timestamp or add an event_time stage)",
-                        self.st.name
+                        self.stage.name
                     ));
-                    let st = self.st.clone();
+                    let stage = self.stage.clone();
                     let tokens = item.meta.tokens;
                     self.side
-                        .push(async move { st.give_up(tokens, error, 1).await }.boxed());
+                        .push(async move { stage.give_up(tokens, error, 1).await }.boxed());
                     return;
                 }
             },
@@ -67,11 +67,11 @@ impl<T: Clone, A> WindowOp<T, A> {
     }
 
     fn late(&mut self, meta: Meta, window_end: u64) {
-        add(&self.st.pipeline.late, meta.tokens.len() as u64);
-        let st = self.st.clone();
+        add(&self.stage.pipeline.late, meta.tokens.len() as u64);
+        let stage = self.stage.clone();
         match self.spec.late.clone() {
             None => {
-                tracing::warn!(parent: &st.span, window_end, "late input acked without a late side output (configure late_to)");
+                tracing::warn!(parent: &stage.span, window_end, "late input acked without a late side output (configure late_to)");
                 self.side.push(
                     async move {
                         meta.tokens.done().await;
@@ -93,7 +93,7 @@ impl<T: Clone, A> WindowOp<T, A> {
                                         e.kind(),
                                         format!(
                                             "window stage '{}': cannot send late input to {}",
-                                            st.name, sink.destination
+                                            stage.name, sink.destination
                                         ),
                                     )
                                     .with_source(e),
@@ -141,7 +141,7 @@ impl<T: Clone, A> WindowOp<T, A> {
                 // window took yet are finished here, so the policy's outcome settles the
                 // input (once the windows that did take it have fired).
                 if let Some(rest) = tokens.take() {
-                    rest.done_deferred(&self.st.shared);
+                    rest.done_deferred(&self.stage.in_flight);
                 }
                 self.reject(t, error);
                 return;
@@ -154,13 +154,13 @@ impl<T: Clone, A> WindowOp<T, A> {
     /// them is closed again.
     fn fold_into(&mut self, at: PaneAt, tokens: Tokens, value: T) -> Option<(Tokens, Error)> {
         let key = at.0.clone();
-        let st = &self.st;
+        let stage = &self.stage;
         let init = &self.init;
         let opened = pane_mut(
             &mut self.panes,
             &mut self.index,
             &mut self.next_id,
-            || guarded(st, init),
+            || guarded(stage, init),
             at,
         );
         let pane = match opened {
@@ -173,7 +173,7 @@ impl<T: Clone, A> WindowOp<T, A> {
             return None;
         }
         let fold = &self.fold;
-        match guarded(st, || fold(&mut pane.acc, value)) {
+        match guarded(stage, || fold(&mut pane.acc, value)) {
             Ok(()) => {
                 pane.count += 1;
                 self.held += added;
@@ -198,10 +198,10 @@ impl<T: Clone, A> WindowOp<T, A> {
 
     /// An input that cannot be added: to the stage's error policy.
     fn reject(&mut self, tokens: Tokens, error: Error) {
-        add(&self.st.counters.errors, 1);
-        let st = self.st.clone();
+        add(&self.stage.counters.errors, 1);
+        let stage = self.stage.clone();
         self.side
-            .push(async move { st.give_up(tokens, error, 1).await }.boxed());
+            .push(async move { stage.give_up(tokens, error, 1).await }.boxed());
     }
 
     fn add_session(&mut self, key: Key, ts: u64, gap: u64, value: T, meta: Meta) {
@@ -221,7 +221,7 @@ impl<T: Clone, A> WindowOp<T, A> {
                 return;
             }
             let (init, fold) = (&self.init, &self.fold);
-            let folded = guarded(&self.st, || {
+            let folded = guarded(&self.stage, || {
                 let mut acc = init();
                 fold(&mut acc, value);
                 acc
@@ -263,12 +263,12 @@ impl<T: Clone, A> WindowOp<T, A> {
                 ..
             } = other;
             let merge = &self.merge;
-            if let Err(error) = guarded(&self.st, || merge(&mut target.acc, acc)) {
+            if let Err(error) = guarded(&self.stage, || merge(&mut target.acc, acc)) {
                 // Two sessions are half combined and no one input is to blame: the stage
                 // fails, and every input it holds (these sessions' too, dropped here) is
                 // released for redelivery, where the merge runs again from the start.
-                tracing::error!(parent: &self.st.span, error = %error, "merge panicked; stopping the pipeline");
-                self.ready.push_back(Err(self.st.context(error)));
+                tracing::error!(parent: &self.stage.span, error = %error, "merge panicked; stopping the pipeline");
+                self.ready.push_back(Err(self.stage.context(error)));
                 self.done = true;
                 return;
             }
@@ -280,7 +280,7 @@ impl<T: Clone, A> WindowOp<T, A> {
         let mut rejected = None;
         if target.hold(meta.tokens) {
             let fold = &self.fold;
-            match guarded(&self.st, || fold(&mut target.acc, value)) {
+            match guarded(&self.stage, || fold(&mut target.acc, value)) {
                 Ok(()) => {
                     target.start = target.start.min(ts);
                     target.end = target.end.max(end);
@@ -297,11 +297,12 @@ impl<T: Clone, A> WindowOp<T, A> {
     }
 }
 
-/// Run user code (`init`, `fold`, `merge`) as the stage `st`, a panic turned into an error.
-fn guarded<R>(st: &StageRt, f: impl FnOnce() -> R) -> Result<R, Error> {
-    st.span
+/// Run user code (`init`, `fold`, `merge`) as `stage`, a panic turned into an error.
+fn guarded<R>(stage: &RunningStage, f: impl FnOnce() -> R) -> Result<R, Error> {
+    stage
+        .span
         .in_scope(|| catch_unwind(AssertUnwindSafe(f)))
-        .map_err(|panic| panic_error(&st.name, panic))
+        .map_err(|panic| panic_error(&stage.name, panic))
 }
 
 fn ts_end(meta: &Meta, size: u64) -> u64 {

@@ -20,7 +20,7 @@ use super::spec::{ms, Time};
 use super::{Window, WindowProbe, WindowSpec, Windowed};
 use crate::flow::{Item, Meta, Step};
 use crate::metrics::add;
-use crate::stage::StageRt;
+use crate::stage::RunningStage;
 use crate::token::Tokens;
 
 /// The key a window stage groups by (`None` for items without one).
@@ -33,7 +33,7 @@ pub(super) struct WindowOp<T, A> {
     pub(super) upstream: BoxStream<'static, Step<T>>,
     pub(super) done: bool,
     pub(super) spec: WindowSpec,
-    pub(super) st: Arc<StageRt>,
+    pub(super) stage: Arc<RunningStage>,
     pub(super) init: Box<dyn Fn() -> A + Send + Sync>,
     pub(super) fold: FoldFn<A, T>,
     pub(super) merge: FoldFn<A, A>,
@@ -99,7 +99,7 @@ impl<T: Clone, A> WindowOp<T, A> {
             let Some((&(end, id), _)) = self.index.iter().next() else {
                 break;
             };
-            tracing::debug!(parent: &self.st.span, held = self.held, "window stage holds too many inputs; firing the oldest window early");
+            tracing::debug!(parent: &self.stage.span, held = self.held, "window stage holds too many inputs; firing the oldest window early");
             self.fire(end, id, true);
         }
     }
@@ -119,7 +119,7 @@ impl<T: Clone, A> WindowOp<T, A> {
             self.panes.remove(&key);
         }
         self.held = self.held.saturating_sub(pane.tokens.len());
-        add(&self.st.counters.output, 1);
+        add(&self.stage.counters.output, 1);
         let result = Windowed {
             key: key.as_deref().map(str::to_owned),
             window: Window {

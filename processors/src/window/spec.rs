@@ -95,7 +95,7 @@ impl WindowSpec {
         })
     }
 
-    /// Use each item's event time (the message timestamp, or what [`Flow::event_time`] set).
+    /// Use each item's event time (the message timestamp, or what [`Flow::event_time`](crate::Flow::event_time) set).
     /// This is the default.
     pub fn event_time(mut self) -> Self {
         self.time = Time::Event;

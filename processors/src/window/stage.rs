@@ -25,8 +25,8 @@ impl<T: Send + 'static> Flow<T> {
     /// Group items per key into windows; choose the aggregate on the returned value.
     pub fn window(mut self, spec: impl Into<StageSpec>, window: WindowSpec) -> WindowedFlow<T> {
         let stage = spec.into();
-        if self.ctx.scaled_out && !self.ctx.keyed_sources {
-            self.ctx.errors.push(Error::config(format!(
+        if self.parts.scaled_out && !self.parts.keyed_sources {
+            self.parts.errors.push(Error::config(format!(
                 "window stage '{}' keeps state per key, but the pipeline is scaled out and not \
                  every source is partitioned by key: instances would each see part of a key. \
                  Declare the sources `partitioned_by_key` (a topic keyed the same way) or \
@@ -35,11 +35,11 @@ impl<T: Send + 'static> Flow<T> {
             )));
         }
         if let Some(held) = window.max_held {
-            if held >= self.ctx.max_in_flight {
-                self.ctx.errors.push(Error::config(format!(
+            if held >= self.parts.max_in_flight {
+                self.parts.errors.push(Error::config(format!(
                     "window stage '{}': max_held ({held}) must be below the pipeline's \
                      max_in_flight ({}), or the stage could hold every slot and stall",
-                    stage.name, self.ctx.max_in_flight
+                    stage.name, self.parts.max_in_flight
                 )));
             }
         }
@@ -121,18 +121,18 @@ impl<T: Clone + Send + 'static> WindowedFlow<T> {
             stage,
             probe,
         } = self;
-        let st = flow.ctx.stage(stage);
+        let stage = flow.parts.stage(stage);
         if spec.late.is_some() {
-            flow.ctx.keep_originals();
+            flow.parts.keep_originals();
         }
         let max_held = spec
             .max_held
-            .unwrap_or((flow.ctx.max_in_flight * 3 / 4).max(1));
+            .unwrap_or((flow.parts.max_in_flight * 3 / 4).max(1));
         let op = WindowOp {
             upstream: flow.stream,
             done: false,
             spec,
-            st,
+            stage,
             init: Box::new(init),
             fold: Box::new(fold),
             merge: Box::new(merge),
@@ -151,7 +151,7 @@ impl<T: Clone + Send + 'static> WindowedFlow<T> {
         };
         Flow {
             stream: op.boxed(),
-            ctx: flow.ctx,
+            parts: flow.parts,
         }
     }
 }
