@@ -37,6 +37,10 @@ pub(crate) struct Slots {
     freed: Notify,
 }
 
+// The per-message methods are `#[inline]`: they are a few atomics, called from the source and
+// the settle code in other modules, which may land in other codegen units, where a function
+// without it cannot be inlined. They stay as inlinable as when they shared token.rs with the
+// settle code.
 impl Slots {
     pub fn new(max: usize) -> Self {
         Slots {
@@ -48,6 +52,7 @@ impl Slots {
     }
 
     /// Take a slot if one is free; returns how many are held now.
+    #[inline]
     pub fn try_take(&self) -> Option<usize> {
         self.held
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
@@ -75,6 +80,8 @@ impl Slots {
         }
     }
 
+    /// Give back a slot taken by `take` or `try_take`, waking a waiting source if there is one.
+    #[inline]
     pub fn give_back(&self) {
         self.held.fetch_sub(1, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) > 0 {
@@ -83,11 +90,13 @@ impl Slots {
     }
 
     /// Slots held right now.
+    #[inline]
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)
     }
 
     /// Whether every slot is held: no input can be received until one is settled.
+    #[inline]
     pub fn all_held(&self) -> bool {
         self.held() >= self.max
     }
