@@ -126,9 +126,11 @@ pub use window::{Window, WindowProbe, WindowSpec, Windowed, WindowedFlow};
 ///
 /// Renamed to [`test_driver`] after what it holds, so that it does not read as the backend
 /// conformance kit (`mailroom_core::testkit`, becoming the `mailroom-testkit` crate).
-#[deprecated(
-    note = "renamed to `mailroom_processors::test_driver` (or use `mailroom_processors::TestDriver`)"
-)]
+#[deprecated(note = "renamed to `mailroom_processors::test_driver`")]
 pub mod testing {
-    pub use crate::test_driver::TestDriver;
+    /// [`TestDriver`](crate::TestDriver) under its former path.
+    // A deprecated alias rather than a `pub use`: rustc does not warn on a path through a
+    // deprecated module, but does on a deprecated alias.
+    #[deprecated(note = "use `mailroom_processors::TestDriver` (or `test_driver::TestDriver`)")]
+    pub type TestDriver = crate::test_driver::TestDriver;
 }
