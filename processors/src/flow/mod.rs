@@ -33,13 +33,19 @@ pub(crate) use parts::{PipelineParts, StoppedSources};
 
 /// Where an item came from and what it must settle.
 pub(crate) struct Meta {
+    /// The settle tokens of every input this item was made from.
     pub tokens: Tokens,
+    /// What per-key ordering and keyed windows group by: the message key, or what `key_by` set.
     pub key: Option<Arc<str>>,
+    /// The source and partition the item came from (`source index << 32 ^ partition`), which
+    /// per-partition ordering follows and a window pane's result keeps.
     pub lane: u64,
+    /// The message timestamp, or what `event_time` set; event-time windows read it.
     pub event_time: Option<Timestamp>,
 }
 
 impl Meta {
+    /// The metadata of another item made from the same inputs (a share of each token).
     pub fn fork(&mut self) -> Meta {
         Meta {
             tokens: self.tokens.fork(),
