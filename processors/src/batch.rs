@@ -13,7 +13,7 @@ use tokio::time::Sleep;
 
 use crate::flow::{Flow, Item, Meta, Step};
 use crate::metrics::add;
-use crate::policy::{StageRt, StageSpec};
+use crate::stage::{RunningStage, StageSpec};
 use crate::token::Tokens;
 
 /// How big an item is, for batches bounded by bytes.
@@ -82,7 +82,7 @@ impl<T: ByteSize + Send + 'static> Flow<T> {
     /// flushes the open batch, and so does a pipeline holding `max_in_flight` inputs (no more
     /// could arrive to fill it).
     pub fn batch(self, spec: impl Into<StageSpec>, batch: Batch) -> Flow<Vec<T>> {
-        let st = self.ctx.stage(spec.into());
+        let stage = self.parts.stage(spec.into());
         let stream = Batcher {
             upstream: self.stream,
             done: false,
@@ -91,11 +91,11 @@ impl<T: ByteSize + Send + 'static> Flow<T> {
             bytes: 0,
             deadline: None,
             batch,
-            st,
+            stage,
         };
         Flow {
             stream: stream.boxed(),
-            ctx: self.ctx,
+            parts: self.parts,
         }
     }
 }
@@ -108,7 +108,7 @@ struct Batcher<T> {
     bytes: usize,
     deadline: Option<Pin<Box<Sleep>>>,
     batch: Batch,
-    st: Arc<StageRt>,
+    stage: Arc<RunningStage>,
 }
 
 impl<T> Batcher<T> {
@@ -117,7 +117,7 @@ impl<T> Batcher<T> {
         self.bytes = 0;
         let values = std::mem::take(&mut self.values);
         let metas = std::mem::take(&mut self.metas);
-        add(&self.st.counters.output, 1);
+        add(&self.stage.counters.output, 1);
         Ok(Item {
             value: values,
             meta: merge(metas),
@@ -166,7 +166,7 @@ impl<T: ByteSize> Stream for Batcher<T> {
             }
             match this.upstream.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(item))) => {
-                    add(&this.st.counters.input, 1);
+                    add(&this.stage.counters.input, 1);
                     if this.values.is_empty() {
                         this.deadline =
                             this.batch.max_wait.map(|d| Box::pin(tokio::time::sleep(d)));
@@ -193,7 +193,7 @@ impl<T: ByteSize> Stream for Batcher<T> {
                     // fill it would stall the pipeline (a bound above `max_in_flight`, or
                     // other stages holding slots). A slot is taken before its item is
                     // passed on, so the last item in is seen before this check.
-                    if !this.values.is_empty() && this.st.shared.slots.all_held() {
+                    if !this.values.is_empty() && this.stage.in_flight.slots.all_held() {
                         return Poll::Ready(Some(this.emit()));
                     }
                     return Poll::Pending;

@@ -101,7 +101,7 @@ impl Bridge {
             let transformed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 transform(delivery.message())
             }))
-            .unwrap_or_else(|panic| Err(crate::policy::panic_error("transform", panic)));
+            .unwrap_or_else(|panic| Err(crate::stage::panic_error("transform", panic)));
             match transformed {
                 Ok(None) => {
                     delivery.ack().await?;

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::token::Slots;
+use crate::in_flight::Slots;
 
 /// Counters of the whole pipeline.
 #[derive(Default)]

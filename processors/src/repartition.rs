@@ -19,8 +19,8 @@ use mailroom_core::{Error, Message};
 
 use crate::flow::{Flow, Item, Step};
 use crate::metrics::add;
-use crate::policy::{Sink, StageSpec};
-use crate::sink::{drive, sink_stage, Router};
+use crate::sink::{drive_routed, sink_stage, Router, Sink};
+use crate::stage::StageSpec;
 
 impl Flow<Message> {
     /// Send every message to `through`, a topic partitioned by message key, keyed by its
@@ -46,10 +46,10 @@ impl Flow<Message> {
         through: Sink,
         source: impl Into<crate::Source>,
     ) -> Flow<Message> {
-        let Flow { stream, mut ctx } = self;
-        let st = ctx.stage(spec.into());
+        let Flow { stream, mut parts } = self;
+        let stage = parts.stage(spec.into());
         let keyed = {
-            let st = st.clone();
+            let stage = stage.clone();
             stream
                 .filter_map(move |step| {
                     let item = match step {
@@ -65,12 +65,13 @@ impl Flow<Message> {
                         let error = Error::invalid_input(format!(
                             "repartition stage '{}': an item has no key to partition by (set one \
                              with key_by, or send keyed messages)",
-                            st.name
+                            stage.name
                         ));
-                        add(&st.counters.input, 1);
-                        let st = st.clone();
+                        add(&stage.counters.input, 1);
+                        let stage = stage.clone();
                         return futures_util::future::Either::Right(
-                            async move { st.give_up(meta.tokens, error, 1).await.map(Err) }.boxed(),
+                            async move { stage.give_up(meta.tokens, error, 1).await.map(Err) }
+                                .boxed(),
                         );
                     };
                     let value = if value.key() == Some(&*key) {
@@ -87,9 +88,9 @@ impl Flow<Message> {
                 })
                 .boxed()
         };
-        let upstream = drive(keyed, st, vec![through], Router::All).boxed();
-        let downstream = ctx.add_source(source.into());
-        ctx.keyed_sources = true;
+        let upstream = drive_routed(keyed, stage, vec![through], Router::All).boxed();
+        let downstream = parts.add_source(source.into());
+        parts.keyed_sources = true;
         Flow {
             stream: Repartitioned {
                 upstream: Some(upstream),
@@ -97,7 +98,7 @@ impl Flow<Message> {
                 downstream_done: false,
             }
             .boxed(),
-            ctx,
+            parts,
         }
     }
 }

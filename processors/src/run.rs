@@ -38,7 +38,7 @@ impl Report {
 impl Pipeline {
     /// The pipeline's live counters.
     pub fn metrics(&self) -> Metrics {
-        self.ctx.metrics.clone()
+        self.parts.metrics.clone()
     }
 
     /// Run until every source has ended (or a stage fails the pipeline).
@@ -51,18 +51,18 @@ impl Pipeline {
     /// drain finished and closing the sources then get one more drain timeout, so a broker
     /// that stops answering holds a shutdown for at most twice the drain timeout.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Report {
-        let Pipeline { mut ctx, drive } = self;
-        let metrics = ctx.metrics.clone();
+        let Pipeline { mut parts, drive } = self;
+        let metrics = parts.metrics.clone();
         let released_before = metrics.snapshot().abandoned;
-        let settler = ctx.settle_rx.take().map(|mut rx| {
+        let settler = parts.settle_rx.take().map(|mut rx| {
             tokio::spawn(async move {
-                while let Some(settlement) = rx.recv().await {
-                    settlement.run_in_settler().await;
+                while let Some(job) = rx.recv().await {
+                    job.run_in_settler().await;
                 }
             })
         });
         let mut drive = tracing::Instrument::instrument(drive, tracing::info_span!("pipeline"));
-        let mut ticker = ctx.log_every.map(|d| {
+        let mut ticker = parts.log_every.map(|d| {
             let mut t = tokio::time::interval(d);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
@@ -77,8 +77,8 @@ impl Pipeline {
                 _ = &mut shutdown, if !stopping => {
                     stopping = true;
                     tracing::info!(in_flight = metrics.in_flight(), "shutdown: stopping intake and draining");
-                    let _ = ctx.stop.send(true);
-                    deadline = Some(tokio::time::Instant::now() + ctx.drain_timeout);
+                    let _ = parts.stop.send(true);
+                    deadline = Some(tokio::time::Instant::now() + parts.drain_timeout);
                 }
                 _ = async {
                     match ticker.as_mut() {
@@ -96,10 +96,10 @@ impl Pipeline {
         };
         // Dropping the driver releases every input it still holds, unsettled.
         drop(drive);
-        let _ = ctx.stop.send(true);
-        let stopped = ctx.stopped.clone();
-        let tail = tokio::time::Instant::now() + ctx.drain_timeout;
-        drop(ctx);
+        let _ = parts.stop.send(true);
+        let stopped = parts.stopped.clone();
+        let tail = tokio::time::Instant::now() + parts.drain_timeout;
+        drop(parts);
         if let Some(mut settler) = settler {
             if tokio::time::timeout_at(tail, &mut settler).await.is_err() {
                 // The settles it had not run are dropped with it: their inputs are released

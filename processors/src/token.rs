@@ -15,110 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailroom_core::delivery::Settlement as Obligation;
+use crate::in_flight::InFlight;
+use crate::metrics::bump;
+use mailroom_core::delivery::Settlement;
 use mailroom_core::{DeliveryInfo, Message, Nack};
-use tokio::sync::{mpsc, Notify};
-
-use crate::metrics::{bump, PipelineCounters};
-
-/// The bound on inputs held at once: a slot is taken when an input is received and given back
-/// once it is settled (or released unsettled).
-///
-/// A counter and a wake-up rather than a semaphore: a slot is taken and given back once per
-/// input, and giving it back here is one atomic subtraction (plus a wake-up only when a source
-/// waits), where a semaphore locks its waiter list on every release.
-pub(crate) struct Slots {
-    held: AtomicUsize,
-    max: usize,
-    /// Tasks waiting in `take`: a slot given back wakes one only when there is one.
-    waiters: AtomicUsize,
-    freed: Notify,
-}
-
-impl Slots {
-    pub fn new(max: usize) -> Self {
-        Slots {
-            held: AtomicUsize::new(0),
-            max: max.max(1),
-            waiters: AtomicUsize::new(0),
-            freed: Notify::new(),
-        }
-    }
-
-    /// Take a slot if one is free; returns how many are held now.
-    pub fn try_take(&self) -> Option<usize> {
-        self.held
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
-                (held < self.max).then_some(held + 1)
-            })
-            .ok()
-            .map(|before| before + 1)
-    }
-
-    /// Wait for a free slot and take it; returns how many are held now. Cancel-safe: nothing
-    /// is taken unless this returns.
-    pub async fn take(&self) -> usize {
-        let _waiting = Waiting::new(&self.waiters);
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            // Registered (as a waiter, then for the wake-up) before looking, so a slot given
-            // back in between is not missed: with both sides sequentially consistent, either
-            // this look sees the slot or `give_back` sees the waiter.
-            freed.as_mut().enable();
-            if let Some(held) = self.try_take() {
-                return held;
-            }
-            freed.await;
-        }
-    }
-
-    pub fn give_back(&self) {
-        self.held.fetch_sub(1, Ordering::SeqCst);
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            self.freed.notify_one();
-        }
-    }
-
-    /// Slots held right now.
-    pub fn held(&self) -> usize {
-        self.held.load(Ordering::Acquire)
-    }
-
-    /// Whether every slot is held: no input can be received until one is settled.
-    pub fn all_held(&self) -> bool {
-        self.held() >= self.max
-    }
-}
-
-/// Counts a task in `Slots::take` for as long as it waits there.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(waiters: &'a AtomicUsize) -> Self {
-        waiters.fetch_add(1, Ordering::SeqCst);
-        Waiting(waiters)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// What the pipeline shares with every input it holds.
-pub(crate) struct Shared {
-    pub counters: Arc<PipelineCounters>,
-    pub slots: Arc<Slots>,
-    /// Settlements finished outside an async context (a filter) go to the settler task. The
-    /// channel holds at most `max_in_flight` entries: each is an input that holds a slot.
-    pub settle_tx: mpsc::UnboundedSender<Settlement>,
-    /// Whether inputs keep a copy of their original message: only a dead-letter policy or a
-    /// late side output reads it, so without one the message moves into the stages uncopied.
-    /// Set while the pipeline is built, before any input arrives.
-    pub keep_originals: AtomicBool,
-}
 
 /// Where an input sits in its source: (source lane, offset), for brokers with offsets.
 pub(crate) type Position = (u64, i64);
@@ -135,16 +35,16 @@ struct Extra {
 struct Sole {
     /// The obligation to settle the input with its broker. The input holds one of the
     /// pipeline's slots for as long as this is unsettled.
-    obligation: Obligation,
+    obligation: Settlement,
     /// Unique among the pipeline's inputs: tells two deliveries of one message apart.
     delivery: u64,
     extra: Option<Box<Extra>>,
-    shared: Arc<Shared>,
+    in_flight: Arc<InFlight>,
 }
 
 struct Held {
     /// Taken once, by the last branch; the input holds a slot while it is here.
-    obligation: Option<Obligation>,
+    obligation: Option<Settlement>,
     extra: Option<Box<Extra>>,
     /// Set when a branch asked for the input to be requeued (after this delay).
     requeue: Option<Option<Duration>>,
@@ -158,7 +58,7 @@ pub(crate) struct Input {
     position: Option<Position>,
     pending: AtomicUsize,
     abandoned: AtomicBool,
-    shared: Arc<Shared>,
+    in_flight: Arc<InFlight>,
 }
 
 impl Input {
@@ -169,39 +69,39 @@ impl Input {
 }
 
 /// An input dropped unsettled: the broker gets it back (redelivers it), and its slot is free.
-fn release(obligation: Obligation, shared: &Shared) {
-    shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+fn release(obligation: Settlement, in_flight: &InFlight) {
+    in_flight.counters.abandoned.fetch_add(1, Ordering::Relaxed);
     drop(obligation);
-    shared.slots.give_back();
+    in_flight.slots.give_back();
 }
 
 impl Drop for Input {
     fn drop(&mut self) {
         let held = self.held.get_mut().unwrap_or_else(|p| p.into_inner());
         if let Some(obligation) = held.obligation.take() {
-            release(obligation, &self.shared);
+            release(obligation, &self.in_flight);
         }
     }
 }
 
 /// The settle of one input, ready to run: ack, or nack-requeue when a branch asked for it.
 /// Dropped without running, it releases the input unsettled.
-pub(crate) struct Settlement {
-    obligation: Option<Obligation>,
+pub(crate) struct SettleJob {
+    obligation: Option<Settlement>,
     requeue: Option<Option<Duration>>,
-    shared: Arc<Shared>,
+    in_flight: Arc<InFlight>,
 }
 
-impl Settlement {
+impl SettleJob {
     /// Settle with the broker, then free the input's in-flight slot. Only the pipeline's own
-    /// task calls this (the settler task calls [`run_in_settler`](Settlement::run_in_settler)),
+    /// task calls this (the settler task calls [`run_in_settler`](SettleJob::run_in_settler)),
     /// so the ack count has one writer each.
     pub fn run(self) -> impl std::future::Future<Output = ()> + Send {
         // The settle's own future, not one wrapped around it: this runs once per message.
         self.settle(false)
     }
 
-    /// [`run`](Settlement::run), from the settler task.
+    /// [`run`](SettleJob::run), from the settler task.
     pub async fn run_in_settler(self) {
         self.settle(true).await;
     }
@@ -215,7 +115,7 @@ impl Settlement {
             None => obligation.ack().await,
             Some(delay) => obligation.nack(nack(delay)).await,
         };
-        let counters = &self.shared.counters;
+        let counters = &self.in_flight.counters;
         match (result, requeue.is_some()) {
             (Ok(()), false) if in_settler => bump(&counters.acked_by_settler, 1),
             (Ok(()), false) => bump(&counters.acked, 1),
@@ -228,21 +128,21 @@ impl Settlement {
                 tracing::warn!(error = %e, "settling an input failed; the broker will redeliver it");
             }
         }
-        self.shared.slots.give_back();
+        self.in_flight.slots.give_back();
     }
 
     /// Hand to the settler task (for code that cannot await).
-    pub fn defer(self, shared: &Shared) {
-        // The settler is gone only when the pipeline is being torn down: the settlement is
+    pub fn defer(self, in_flight: &InFlight) {
+        // The settler is gone only when the pipeline is being torn down: the settle job is
         // then dropped, which releases the input unsettled, to be redelivered.
-        let _ = shared.settle_tx.send(self);
+        let _ = in_flight.settle_tx.send(self);
     }
 }
 
-impl Drop for Settlement {
+impl Drop for SettleJob {
     fn drop(&mut self) {
         if let Some(obligation) = self.obligation.take() {
-            release(obligation, &self.shared);
+            release(obligation, &self.in_flight);
         }
     }
 }
@@ -265,7 +165,7 @@ pub(crate) struct Token {
 
 enum State {
     Sole(Sole),
-    Shared(Arc<Input>),
+    Forked(Arc<Input>),
     /// Finished (or moved out while forking).
     Gone,
 }
@@ -273,15 +173,15 @@ enum State {
 impl Token {
     /// A token on an input received as `info` on `lane` (its source and partition), the
     /// pipeline's `delivery`-th, settled through `obligation`; `original` is its message when
-    /// the pipeline keeps originals. The input holds one of `shared`'s slots, given back when
+    /// the pipeline keeps originals. The input holds one of `in_flight`'s slots, given back when
     /// it is settled or released.
     pub fn new(
-        obligation: Obligation,
+        obligation: Settlement,
         info: DeliveryInfo,
         lane: u64,
         delivery: u64,
         original: Option<Message>,
-        shared: Arc<Shared>,
+        in_flight: Arc<InFlight>,
     ) -> Self {
         let position = info.offset.map(|offset| (lane, offset));
         let extra = (original.is_some() || position.is_some()).then(|| {
@@ -296,7 +196,7 @@ impl Token {
                 obligation,
                 delivery,
                 extra,
-                shared,
+                in_flight,
             }),
         }
     }
@@ -316,28 +216,28 @@ impl Token {
                     position,
                     pending: AtomicUsize::new(1),
                     abandoned: AtomicBool::new(false),
-                    shared: sole.shared,
+                    in_flight: sole.in_flight,
                 })
             }
-            State::Shared(input) => input,
+            State::Forked(input) => input,
             State::Gone => return Token { state: State::Gone },
         };
         input.pending.fetch_add(1, Ordering::AcqRel);
-        self.state = State::Shared(input.clone());
+        self.state = State::Forked(input.clone());
         Token {
-            state: State::Shared(input),
+            state: State::Forked(input),
         }
     }
 
-    /// This branch is finished; the settlement is returned when it was the last one.
-    pub fn done(mut self) -> Option<Settlement> {
+    /// This branch is finished; the input's settle job is returned when it was the last one.
+    pub fn done(mut self) -> Option<SettleJob> {
         match std::mem::replace(&mut self.state, State::Gone) {
-            State::Sole(sole) => Some(Settlement {
+            State::Sole(sole) => Some(SettleJob {
                 obligation: Some(sole.obligation),
                 requeue: None,
-                shared: sole.shared,
+                in_flight: sole.in_flight,
             }),
-            State::Shared(mut input) => {
+            State::Forked(mut input) => {
                 if input.pending.fetch_sub(1, Ordering::AcqRel) != 1
                     || input.abandoned.load(Ordering::Acquire)
                 {
@@ -355,10 +255,10 @@ impl Token {
                         (held.obligation.take(), held.requeue)
                     }
                 };
-                Some(Settlement {
+                Some(SettleJob {
                     obligation: Some(obligation?),
                     requeue,
-                    shared: input.shared.clone(),
+                    in_flight: input.in_flight.clone(),
                 })
             }
             State::Gone => None,
@@ -367,13 +267,13 @@ impl Token {
 
     /// This branch failed in a way the broker should retry: the input is requeued (after
     /// `delay`) once every branch is finished.
-    pub fn requeue(self, delay: Option<Duration>) -> Option<Settlement> {
+    pub fn requeue(self, delay: Option<Duration>) -> Option<SettleJob> {
         match &self.state {
             State::Sole(_) => self.done().map(|mut s| {
                 s.requeue = Some(delay);
                 s
             }),
-            State::Shared(input) => {
+            State::Forked(input) => {
                 input.lock().requeue = Some(delay);
                 self.done()
             }
@@ -386,7 +286,7 @@ impl Token {
     pub fn identity(&self) -> Option<(u64, Position)> {
         match &self.state {
             State::Sole(sole) => Some((sole.delivery, sole.extra.as_ref()?.position?)),
-            State::Shared(input) => Some((input.delivery, input.position?)),
+            State::Forked(input) => Some((input.delivery, input.position?)),
             State::Gone => None,
         }
     }
@@ -397,7 +297,7 @@ impl Token {
         let from = |extra: &Extra| extra.original.clone().map(|m| (m, extra.info.clone()));
         match &self.state {
             State::Sole(sole) => from(sole.extra.as_deref()?),
-            State::Shared(input) => {
+            State::Forked(input) => {
                 let held = input.lock();
                 held.obligation.as_ref()?;
                 from(held.extra.as_deref()?)
@@ -411,8 +311,8 @@ impl Drop for Token {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.state, State::Gone) {
             // An unfinished branch: never ack this input; the broker will redeliver it.
-            State::Sole(sole) => release(sole.obligation, &sole.shared),
-            State::Shared(input) => input.abandoned.store(true, Ordering::Release),
+            State::Sole(sole) => release(sole.obligation, &sole.in_flight),
+            State::Forked(input) => input.abandoned.store(true, Ordering::Release),
             State::Gone => {}
         }
     }
@@ -439,10 +339,10 @@ impl Tokens {
         }
     }
 
-    /// The usual single input without a future: its settlement when this was its last
+    /// The usual single input without a future: its settle job when this was its last
     /// branch. `Err` hands back several tokens, to finish with [`done`](Tokens::done).
     #[inline(always)]
-    pub fn single(self) -> Result<Option<Settlement>, Tokens> {
+    pub fn single(self) -> Result<Option<SettleJob>, Tokens> {
         match self {
             Tokens::One(token) => Ok(token.done()),
             many => Err(many),
@@ -475,10 +375,10 @@ impl Tokens {
     }
 
     /// Finish every branch from a synchronous context (the settler task acks).
-    pub fn done_deferred(self, shared: &Shared) {
+    pub fn done_deferred(self, in_flight: &InFlight) {
         for t in self.into_vec() {
             if let Some(s) = t.done() {
-                s.defer(shared);
+                s.defer(in_flight);
             }
         }
     }

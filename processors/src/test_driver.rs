@@ -32,8 +32,8 @@ use mailroom_core::{Backend, Consumer, Destination, Error, Message, Producer, Qu
 
 use crate::flow::Pipeline;
 use crate::metrics::{Metrics, Snapshot};
-use crate::policy::Sink;
 use crate::run::{PipelineHandle, Report};
+use crate::sink::Sink;
 
 /// Drives a pipeline on a broker (normally the in-memory one) for tests.
 pub struct TestDriver {
