@@ -1,5 +1,9 @@
-//! Measuring brokers: the quick `mailroom bench`, the OMB-compatible workload harness, and
-//! `mailroom compare`.
+//! mailroom-bench: measuring brokers. The quick `mailroom bench`, the OMB-compatible workload
+//! harness, and `mailroom compare` (the `mailroom` command itself is the `mailroom-cli` crate).
+//!
+//! Broker features (`rabbitmq`, `kafka`, `sqs`) add the backend and its raw-client baseline. The
+//! built-in workloads are `bench/workloads/*.yaml`; the raw-client benchmarks (`cargo bench -p
+//! mailroom-bench --all-features --bench vs_lapin`, `vs_rdkafka`, `vs_sdk`) are `bench/benches/`.
 //!
 //! - [`quick`]: one producer, one consumer, throughput + a paced latency run, and the same work
 //!   on a raw `tokio::sync::mpsc` channel (its items are re-exported here).

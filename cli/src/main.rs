@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use mailroom::bench::{self, BenchConfig};
 use mailroom::{ConsumerOptions, Destination, Message, QueueSpec, Result};
+use mailroom_bench::{self as bench, BenchConfig};
 
 #[derive(Parser)]
 #[command(
@@ -68,7 +68,7 @@ enum Command {
         /// Use the brokers scripts/brokers.sh starts (every scheme this build has) plus memory://.
         #[arg(long)]
         local: bool,
-        /// Workload files (default: the built-in workloads/).
+        /// Workload files (default: the built-in bench/workloads/).
         #[arg(long = "workloads", value_name = "FILE", num_args = 1..)]
         workloads: Vec<PathBuf>,
         /// Report folder (default: reports/compare-<UTC time>).
@@ -178,7 +178,7 @@ async fn run(command: Command) -> Result<()> {
             harness_overhead,
         } => {
             if !workloads.is_empty() {
-                let options = mailroom::bench::runner::RunOptions {
+                let options = mailroom_bench::runner::RunOptions {
                     stats_interval: positive_duration(stats_interval, "stats-interval")?,
                     url: mailroom::url::redact(&url).to_string(),
                     ..Default::default()
@@ -189,7 +189,7 @@ async fn run(command: Command) -> Result<()> {
                 }
                 return Ok(());
             }
-            if url.starts_with(mailroom::bench::raw::RAW_PREFIX) {
+            if url.starts_with(mailroom_bench::raw::RAW_PREFIX) {
                 return Err(mailroom::Error::config(format!(
                     "--url {}: raw baselines run through the workload harness; add --workload FILE",
                     mailroom::url::redact(&url)
@@ -225,7 +225,7 @@ async fn run(command: Command) -> Result<()> {
         } => {
             let mut urls = urls;
             if local {
-                for u in mailroom::bench::compare::local_urls(&mailroom::registry().schemes()) {
+                for u in mailroom_bench::compare::local_urls(&mailroom::registry().schemes()) {
                     if !urls.contains(&u) {
                         urls.push(u);
                     }
@@ -238,10 +238,10 @@ async fn run(command: Command) -> Result<()> {
                 .map(|a| mailroom::url::redact(&a).to_string())
                 .collect::<Vec<_>>()
                 .join(" ");
-            let options = mailroom::bench::compare::CompareOptions {
+            let options = mailroom_bench::compare::CompareOptions {
                 urls,
                 workloads,
-                out_dir: out.unwrap_or_else(mailroom::bench::compare::default_out_dir),
+                out_dir: out.unwrap_or_else(mailroom_bench::compare::default_out_dir),
                 conformance: !no_conformance,
                 overhead: !no_overhead,
                 baselines: !no_baseline,
@@ -253,9 +253,9 @@ async fn run(command: Command) -> Result<()> {
                         .map_or(String::new(), |(_, rest)| rest.to_owned())
                 ),
             };
-            let comparison = mailroom::bench::compare::compare(&options).await?;
-            let (md, html) = mailroom::bench::compare::write(&comparison, &options.out_dir)?;
-            for n in mailroom::bench::report::needs(&comparison) {
+            let comparison = mailroom_bench::compare::compare(&options).await?;
+            let (md, html) = mailroom_bench::compare::write(&comparison, &options.out_dir)?;
+            for n in mailroom_bench::report::needs(&comparison) {
                 println!("  {:<58} {}", n.need, n.choice);
             }
             let results: Vec<_> = comparison
@@ -264,8 +264,8 @@ async fn run(command: Command) -> Result<()> {
                 .flat_map(|b| b.runs.iter().chain(&b.baseline))
                 .filter_map(|o| o.result().cloned())
                 .collect();
-            println!("\n{}", mailroom::bench::result::summary_table(&results));
-            for (b, workload, ratio) in mailroom::bench::report::baseline_ratios(&comparison) {
+            println!("\n{}", mailroom_bench::result::summary_table(&results));
+            for (b, workload, ratio) in mailroom_bench::report::baseline_ratios(&comparison) {
                 println!("{}", ratio.line(&b, &workload));
             }
             if let Some(o) = &comparison.overhead {
@@ -485,7 +485,7 @@ async fn run_bench(url: &str, config: &BenchConfig, rounds: usize) -> Result<()>
 }
 
 async fn print_overhead() -> Result<()> {
-    let o = mailroom::bench::overhead::measure(Duration::from_secs(1), 3, 100).await?;
+    let o = mailroom_bench::overhead::measure(Duration::from_secs(1), 3, 100).await?;
     println!(
         "  harness     {:>12.0} msgs/s   raw tokio mpsc through the harness (open-loop scheduling, timestamps, histograms)",
         o.harness_rate
@@ -505,22 +505,22 @@ async fn run_workloads(
     url: &str,
     files: &[PathBuf],
     json: Option<&std::path::Path>,
-    options: &mailroom::bench::runner::RunOptions,
+    options: &mailroom_bench::runner::RunOptions,
     baseline: bool,
 ) -> Result<()> {
-    use mailroom::bench::{result, runner, workload};
+    use mailroom_bench::{result, runner, workload};
     // Every file is checked before anything runs, so a typo fails at once.
     let plans = files
         .iter()
         .map(|f| workload::load_plan(f))
         .collect::<Result<Vec<_>>>()?;
-    let driver = mailroom::bench::raw::driver_for(url).await?;
+    let driver = mailroom_bench::raw::driver_for(url).await?;
     for plan in &plans {
         driver.check(plan)?;
     }
     // A raw+ URL is a baseline already; a backend URL gets its own beside it.
-    let raw = match (baseline, url.starts_with(mailroom::bench::raw::RAW_PREFIX)) {
-        (true, false) => mailroom::bench::raw::baseline_for(url).await?,
+    let raw = match (baseline, url.starts_with(mailroom_bench::raw::RAW_PREFIX)) {
+        (true, false) => mailroom_bench::raw::baseline_for(url).await?,
         _ => None,
     };
     let mut results = Vec::new();
@@ -560,7 +560,7 @@ async fn run_workloads(
             let path = dir.join(format!(
                 "{}-{i:02}-{}.json",
                 r.driver,
-                mailroom::bench::compare::slug(&r.workload)
+                mailroom_bench::compare::slug(&r.workload)
             ));
             let text = serde_json::to_string_pretty(r)
                 .map_err(|e| mailroom::Error::config(format!("result JSON: {e}")))?;
