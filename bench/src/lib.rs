@@ -14,6 +14,7 @@
 //! - [`result`]: OMB-format result JSON and the summary table.
 //! - [`compare`] and [`report`]: runs on several backends, conformance, Markdown + HTML.
 //! - [`overhead`]: the harness's own cost, raw mpsc through the harness vs a bare loop.
+//! - [`versus`]: closed-loop rounds, a backend against its raw client (the `vs_*` benches).
 
 pub mod compare;
 pub mod driver;
@@ -29,6 +30,7 @@ pub mod raw_sqs;
 pub mod report;
 pub mod result;
 pub mod runner;
+pub mod versus;
 pub mod workload;
 
 pub use quick::*;
