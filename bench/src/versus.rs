@@ -3,7 +3,7 @@
 //! awaited, then consumes them with an ack each. What `cargo bench --bench vs_lapin`,
 //! `vs_rdkafka` and `vs_sdk` print (`bench/benches/`).
 //!
-//! Both sides are the harness's drivers: the backend through [`MailroomDriver`], the raw client
+//! Both sides are the harness's drivers: the backend through [`crate::driver::MailroomDriver`], the raw client
 //! through its baseline in [`crate::raw`] (raw lapin, rdkafka, aws-sdk-sqs, configured from the
 //! same URL as the backend configures itself). So the raw clients are written once, for the
 //! open-loop harness and for these closed-loop rounds alike.
