@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's chromium for the headless report test (tests/compare_report_renders.rs).
+# Install Debian's chromium for the headless report test (bench/tests/compare_report_renders.rs).
 # Idempotent: does nothing when /usr/bin/chromium is already there; otherwise refreshes the
 # package lists once and installs it. Any failure stops the script with a non-zero exit.
 set -euo pipefail

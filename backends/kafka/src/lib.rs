@@ -92,7 +92,7 @@
 //!
 //! **Latency and throughput.** librdkafka's defaults, which mailroom keeps, favour throughput
 //! by a few milliseconds; each is a URL property. Measured with `mailroom bench --url
-//! 'kafka://127.0.0.1:9092?…' --workload workloads/1-topic-1-partition-1kb.yaml --no-baseline`
+//! 'kafka://127.0.0.1:9092?…' --workload bench/workloads/1-topic-1-partition-1kb.yaml --no-baseline`
 //! (2,000 msgs/s of 1 KiB, one partition, Apache Kafka 4.1.1 on the same 2-core machine):
 //!
 //! | setting | default | buys | costs (measured: e2e p50 / p99) |

@@ -49,8 +49,8 @@
 //! **Confirms.** One driver task per producer awaits the broker's confirms in publish order (one
 //! wake-up per confirm, not a task per message); only a send that needs more than a plain ack
 //! (a re-publish after a lost connection, a refused or returned message) gets a task of its own.
-//! Measured against raw lapin with the same window and prefetch (`cargo bench -p
-//! mailroom-rabbitmq --bench vs_lapin`), publish-with-confirms and consume-with-ack run at parity.
+//! Measured against raw lapin with the same window and prefetch (`cargo bench -p mailroom-bench
+//! --features rabbitmq --bench vs_lapin`), publish-with-confirms and consume-with-ack run at parity.
 //!
 //! **Latency and throughput.** Each setting is a URL parameter
 //! (`amqp://…?confirm_window=4096&prefetch=500`). With the defaults, `compare --local` measured

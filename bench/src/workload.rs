@@ -399,28 +399,28 @@ pub fn load_plan(path: &Path) -> Result<Plan> {
     workload.plan(&path.display().to_string(), path.parent())
 }
 
-/// The workloads shipped in `workloads/` (compiled in, so `compare` works from any folder),
+/// The workloads shipped in `bench/workloads/` (compiled in, so `compare` works from any folder),
 /// as (file name, YAML text).
 pub const BUILTIN: &[(&str, &str)] = &[
     (
         "1-topic-1-partition-100b.yaml",
-        include_str!("../../workloads/1-topic-1-partition-100b.yaml"),
+        include_str!("../workloads/1-topic-1-partition-100b.yaml"),
     ),
     (
         "1-topic-1-partition-1kb.yaml",
-        include_str!("../../workloads/1-topic-1-partition-1kb.yaml"),
+        include_str!("../workloads/1-topic-1-partition-1kb.yaml"),
     ),
     (
         "1-topic-16-partitions-1kb.yaml",
-        include_str!("../../workloads/1-topic-16-partitions-1kb.yaml"),
+        include_str!("../workloads/1-topic-16-partitions-1kb.yaml"),
     ),
     (
         "max-rate-1-topic-1-partition-1kb.yaml",
-        include_str!("../../workloads/max-rate-1-topic-1-partition-1kb.yaml"),
+        include_str!("../workloads/max-rate-1-topic-1-partition-1kb.yaml"),
     ),
     (
         "backlog-drain-1-topic-1-partition-1kb.yaml",
-        include_str!("../../workloads/backlog-drain-1-topic-1-partition-1kb.yaml"),
+        include_str!("../workloads/backlog-drain-1-topic-1-partition-1kb.yaml"),
     ),
 ];
 
@@ -429,7 +429,7 @@ pub fn builtin_plans() -> Result<Vec<Plan>> {
     BUILTIN
         .iter()
         .map(|(file, text)| {
-            let source = format!("workloads/{file}");
+            let source = format!("bench/workloads/{file}");
             Workload::from_yaml(text, &source)?.plan(&source, None)
         })
         .collect()

@@ -121,10 +121,10 @@ pub async fn baseline_for(url: &str) -> Result<Option<Arc<dyn Driver>>> {
 }
 
 /// What the harness drives for a URL: `raw+URL` is the raw baseline for `URL`
-/// ([`baseline_for`]), anything else the mailroom backend ([`crate::connect`]).
+/// ([`baseline_for`]), anything else the mailroom backend ([`mailroom::connect`]).
 pub async fn driver_for(url: &str) -> Result<Arc<dyn Driver>> {
     let Some(inner) = url.strip_prefix(RAW_PREFIX) else {
-        return Ok(Arc::new(MailroomDriver::new(crate::connect(url).await?)));
+        return Ok(Arc::new(MailroomDriver::new(mailroom::connect(url).await?)));
     };
     baseline_for(inner).await?.ok_or_else(|| {
         Error::config(format!(

@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailroom::bench::driver::{
+use mailroom::ErrorKind;
+use mailroom_bench::driver::{
     Driver, DriverConsumer, DriverProducer, Incoming, MailroomDriver, RawMpscDriver, TopicPlan,
 };
-use mailroom::bench::result::MaxRate;
-use mailroom::bench::runner::{self, RunOptions};
-use mailroom::bench::workload::{self, Workload};
-use mailroom::ErrorKind;
+use mailroom_bench::result::MaxRate;
+use mailroom_bench::runner::{self, RunOptions};
+use mailroom_bench::workload::{self, Workload};
 
 const SHORT: &str = "name: short\ntopics: 1\npartitionsPerTopic: 1\nmessageSize: 100\n\
 subscriptionsPerTopic: 1\nconsumerPerSubscription: 1\nproducersPerTopic: 1\nproducerRate: 500\n\
@@ -233,7 +233,7 @@ async fn unreachable_or_unknown_backend_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harness_overhead_is_a_ratio() {
-    let o = mailroom::bench::overhead::measure(std::time::Duration::from_millis(300), 1, 100)
+    let o = mailroom_bench::overhead::measure(std::time::Duration::from_millis(300), 1, 100)
         .await
         .unwrap();
     assert!(o.bare_rate > 0.0 && o.harness_rate > 0.0 && o.ratio > 0.0);
@@ -265,7 +265,7 @@ fn slow(_: &Incoming) -> Duration {
 /// does).
 fn lagging(m: &Incoming) -> Duration {
     let due = m.intended_us.unwrap_or(0) + 300_000;
-    Duration::from_micros(due.saturating_sub(mailroom::bench::driver::now_us()))
+    Duration::from_micros(due.saturating_sub(mailroom_bench::driver::now_us()))
 }
 
 struct HoldingConsumer {
@@ -362,7 +362,7 @@ async fn max_rate_search_reports_no_sustainable_rate_instead_of_collapsing() {
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["mailroom"]["maxRate"]["outcome"], "notFound");
     assert_eq!(json["mailroom"]["maxRate"]["lowestStep"], 50.0);
-    assert!(mailroom::bench::result::summary_table(&[r]).contains("no sustainable rate found"));
+    assert!(mailroom_bench::result::summary_table(&[r]).contains("no sustainable rate found"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use mailroom::bench::compare::{self, CompareOptions};
+use mailroom_bench::compare::{self, CompareOptions};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 

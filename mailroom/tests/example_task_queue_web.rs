@@ -134,8 +134,9 @@ async fn a_failing_task_ends_failed_with_its_reason() {
 async fn the_page_shows_queued_running_done_in_headless_chromium() {
     // scripts/e2e.sh installs chromium and playwright-core (scripts/test.sh runs it first) and
     // prints where playwright-core is.
+    // The script sits at the workspace root, one level above this crate.
     let setup = std::process::Command::new("scripts/e2e.sh")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .expect("scripts/e2e.sh runs");
     assert!(

@@ -20,9 +20,9 @@
 //! ```
 //!
 //! The in-memory broker is always compiled in; cargo features `rabbitmq`, `kafka` and `sqs` add
-//! the others, each picked at run time by its URL scheme.
-
-pub mod bench;
+//! the others, each picked at run time by its URL scheme. The default feature `processors` adds
+//! the pipelines (`mailroom::processors`). Measuring brokers is the `mailroom-bench` crate, the
+//! `mailroom` command the `mailroom-cli` crate.
 
 use std::sync::Arc;
 
@@ -30,6 +30,7 @@ pub use mailroom_core::*;
 #[cfg(feature = "kafka")]
 pub use mailroom_kafka as kafka;
 pub use mailroom_memory as memory;
+#[cfg(feature = "processors")]
 pub use mailroom_processors as processors;
 #[cfg(feature = "rabbitmq")]
 pub use mailroom_rabbitmq as rabbitmq;

@@ -65,7 +65,7 @@ fn local_implementation(url: &str) -> Option<String> {
 pub struct CompareOptions {
     /// Backend URLs, in report order.
     pub urls: Vec<String>,
-    /// Workload files; empty = the built-in `workloads/`.
+    /// Workload files; empty = the built-in `bench/workloads/`.
     pub workloads: Vec<PathBuf>,
     /// Where the report goes (a fresh folder under `reports/` by default).
     pub out_dir: PathBuf,
@@ -299,7 +299,7 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
     for url in &options.urls {
         let shown = mailroom_core::url::redact(url);
         eprintln!("== {shown}");
-        let backend = match crate::connect(url).await {
+        let backend = match mailroom::connect(url).await {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("  cannot open {shown}: {e}");
@@ -350,7 +350,7 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
             let target = url.clone();
             let report = Conformance::new(move || {
                 let target = target.clone();
-                async move { crate::connect(&target).await }
+                async move { mailroom::connect(&target).await }
             })
             .case_timeout(Duration::from_secs(60))
             .run()

@@ -115,7 +115,9 @@ fn record(part: &Part, us: u64) {
     }
 }
 
-struct Shared {
+/// The live state of one run, read and written by its producers, its consumers and the loop that
+/// paces them: stop flags, the target rate, counters and latency histograms.
+struct RunState {
     stop_producers: AtomicBool,
     stop_consumers: AtomicBool,
     consumers_paused: AtomicBool,
@@ -138,9 +140,9 @@ struct Shared {
     e2e: Hists,
 }
 
-impl Shared {
-    fn new() -> Result<Shared> {
-        Ok(Shared {
+impl RunState {
+    fn new() -> Result<RunState> {
+        Ok(RunState {
             stop_producers: AtomicBool::new(false),
             stop_consumers: AtomicBool::new(false),
             consumers_paused: AtomicBool::new(false),
@@ -191,13 +193,13 @@ async fn produce(
     topic: TopicPlan,
     plan: Arc<Plan>,
     index: usize,
-    shared: Arc<Shared>,
+    state: Arc<RunState>,
 ) -> Result<()> {
     let producer = driver.producer(&topic).await?;
-    let publish = shared.publish.part();
-    let delay = shared.delay.part();
+    let publish = state.publish.part();
+    let delay = state.delay.part();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Confirm, Instant)>(4096);
-    let confirm_shared = shared.clone();
+    let confirm_state = state.clone();
     // Confirms are awaited apart from the sends so a slow confirm never holds the schedule up.
     let confirms = tokio::spawn(async move {
         let mut in_flight = FuturesUnordered::new();
@@ -214,12 +216,12 @@ async fn produce(
                 Some((r, sent_at)) = in_flight.next(), if !in_flight.is_empty() => match r {
                     Ok(()) => {
                         record(&publish, sent_at.elapsed().as_micros() as u64);
-                        confirm_shared.sent.fetch_add(1, Ordering::Relaxed);
-                        confirm_shared.sent_total.fetch_add(1, Ordering::Relaxed);
+                        confirm_state.sent.fetch_add(1, Ordering::Relaxed);
+                        confirm_state.sent_total.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        confirm_shared.note_error(&e);
-                        confirm_shared.send_errors.fetch_add(1, Ordering::Relaxed);
+                        confirm_state.note_error(&e);
+                        confirm_state.send_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 },
                 else => break,
@@ -231,16 +233,16 @@ async fn produce(
     let mut next = Instant::now();
     let mut i: u64 = 0;
     let mut result = Ok(());
-    while !shared.stop_producers.load(Ordering::Acquire) {
-        let current = shared.epoch.load(Ordering::Acquire);
+    while !state.stop_producers.load(Ordering::Acquire) {
+        let current = state.epoch.load(Ordering::Acquire);
         if current != epoch {
             epoch = current;
             next = Instant::now();
         }
-        let interval = Duration::from_secs_f64(1.0 / shared.rate());
+        let interval = Duration::from_secs_f64(1.0 / state.rate());
         if next > Instant::now() {
             tokio::time::sleep_until(next.into()).await;
-            if shared.stop_producers.load(Ordering::Acquire) {
+            if state.stop_producers.load(Ordering::Acquire) {
                 break;
             }
         }
@@ -270,8 +272,8 @@ async fn produce(
                 }
             }
             Err(e) => {
-                shared.note_error(&e);
-                shared.send_errors.fetch_add(1, Ordering::Relaxed);
+                state.note_error(&e);
+                state.send_errors.fetch_add(1, Ordering::Relaxed);
                 if !e.is_temporary() {
                     result = Err(e);
                     break;
@@ -289,13 +291,13 @@ async fn consume(
     driver: Arc<dyn Driver>,
     topic: TopicPlan,
     subscription: String,
-    shared: Arc<Shared>,
+    state: Arc<RunState>,
 ) -> Result<()> {
     let mut consumer = driver.consumer(&topic, &subscription).await?;
-    let e2e = shared.e2e.part();
+    let e2e = state.e2e.part();
     let mut result = Ok(());
-    while !shared.stop_consumers.load(Ordering::Acquire) {
-        if shared.consumers_paused.load(Ordering::Acquire) {
+    while !state.stop_consumers.load(Ordering::Acquire) {
+        if state.consumers_paused.load(Ordering::Acquire) {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
@@ -303,17 +305,17 @@ async fn consume(
             Ok(Some(incoming)) => {
                 if let Some(intended) = incoming.intended_us {
                     record(&e2e, now_us().saturating_sub(intended));
-                    shared
+                    state
                         .newest_received_intended_us
                         .fetch_max(intended, Ordering::Relaxed);
                 }
-                shared.received.fetch_add(1, Ordering::Relaxed);
-                shared.received_total.fetch_add(1, Ordering::Relaxed);
+                state.received.fetch_add(1, Ordering::Relaxed);
+                state.received_total.fetch_add(1, Ordering::Relaxed);
             }
             Ok(None) => {}
             Err(e) if e.kind() == ErrorKind::Closed => break,
             Err(e) => {
-                shared.note_error(&e);
+                state.note_error(&e);
                 if !e.is_temporary() {
                     result = Err(e);
                     break;
@@ -411,22 +413,20 @@ async fn run_on(
     topics: &[TopicPlan],
     options: &RunOptions,
 ) -> Result<TestResult> {
-    let shared = Arc::new(Shared::new()?);
+    let state = Arc::new(RunState::new()?);
     let producers_total = (plan.topics * plan.producers) as f64;
     let subs = plan.subscriptions as i64;
     let initial = plan.rate.unwrap_or(plan.start_rate) as f64;
-    shared.set_rate(initial / producers_total);
+    state.set_rate(initial / producers_total);
     let backlog_run = plan.backlog_bytes > 0;
-    shared
-        .consumers_paused
-        .store(backlog_run, Ordering::Release);
+    state.consumers_paused.store(backlog_run, Ordering::Release);
 
     // Consumers first, so every subscription is live before the first send.
     let mut consumers: Vec<JoinHandle<Result<()>>> = Vec::new();
     for topic in topics {
         for sub in &topic.subscriptions {
             for _ in 0..plan.consumers {
-                let consumer = consume(driver.clone(), topic.clone(), sub.clone(), shared.clone());
+                let consumer = consume(driver.clone(), topic.clone(), sub.clone(), state.clone());
                 consumers.push(tokio::spawn(consumer));
             }
         }
@@ -439,7 +439,7 @@ async fn run_on(
                 topic.clone(),
                 plan.clone(),
                 p as usize,
-                shared.clone(),
+                state.clone(),
             );
             producers.push(tokio::spawn(producer));
         }
@@ -466,9 +466,9 @@ async fn run_on(
         label: format!("{} on {}", plan.workload.name, driver.name()),
     };
     // A receive can be counted before its send's confirm is: never show a negative backlog.
-    let backlog = |shared: &Shared| -> i64 {
-        (shared.sent_total.load(Ordering::Relaxed) as i64 * subs
-            - shared.received_total.load(Ordering::Relaxed) as i64)
+    let backlog = |state: &RunState| -> i64 {
+        (state.sent_total.load(Ordering::Relaxed) as i64 * subs
+            - state.received_total.load(Ordering::Relaxed) as i64)
             .max(0)
     };
     let failed = |tasks: &[JoinHandle<Result<()>>]| tasks.iter().any(|t| t.is_finished());
@@ -480,21 +480,21 @@ async fn run_on(
             let target = (plan.backlog_bytes / size).max(1) as i64;
             let limit = plan.duration.max(Duration::from_secs(60)) * 4;
             let mut last_sample = Instant::now();
-            while backlog(&shared) < target {
+            while backlog(&state) < target {
                 if start.elapsed() > limit || failed(&producers) {
                     return Err(Error::new(
                         ErrorKind::Timeout,
                         format!(
                             "workload {}: the backlog of {target} messages (consumerBacklogSizeGB) was not built within {limit:?}; {} confirmed",
                             plan.source,
-                            shared.sent_total.load(Ordering::Relaxed)
+                            state.sent_total.load(Ordering::Relaxed)
                         ),
                     ));
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 if last_sample.elapsed() >= BACKLOG_SAMPLE {
                     last_sample = Instant::now();
-                    let b = backlog(&shared);
+                    let b = backlog(&state);
                     result.mailroom.backlog_series.push((start.elapsed().as_secs_f64(), b));
                     progress.show(&format!("building backlog {b}/{target}"));
                 }
@@ -510,8 +510,8 @@ async fn run_on(
             let mut backed_off = false;
             let mut last = (
                 Instant::now(),
-                shared.sent_total.load(Ordering::Relaxed),
-                shared.received_total.load(Ordering::Relaxed),
+                state.sent_total.load(Ordering::Relaxed),
+                state.received_total.load(Ordering::Relaxed),
             );
             let search_until = start + plan.warmup.max(SEARCH_STEP * 4);
             while Instant::now() < search_until {
@@ -519,14 +519,14 @@ async fn run_on(
                 if failed(&producers) || failed(&consumers) {
                     break;
                 }
-                let sent = shared.sent_total.load(Ordering::Relaxed);
-                let received = shared.received_total.load(Ordering::Relaxed);
+                let sent = state.sent_total.load(Ordering::Relaxed);
+                let received = state.received_total.load(Ordering::Relaxed);
                 let secs = last.0.elapsed().as_secs_f64();
                 let achieved = (sent - last.1) as f64 / secs;
                 // Consumed per subscription, comparable with the publish rate.
                 let consumed = (received - last.2) as f64 / secs / subs as f64;
                 last = (Instant::now(), sent, received);
-                let b = backlog(&shared);
+                let b = backlog(&state);
                 result
                     .mailroom
                     .rate_search
@@ -566,7 +566,7 @@ async fn run_on(
                             .max(floor);
                     }
                 }
-                shared.set_rate(rate / producers_total);
+                state.set_rate(rate / producers_total);
                 progress.show(&format!(
                     "searching max rate: tried {achieved:.0} msgs/s, backlog {b}, next {rate:.0}"
                 ));
@@ -583,7 +583,7 @@ async fn run_on(
                     },
                 ),
             };
-            shared.set_rate(hold / producers_total);
+            state.set_rate(hold / producers_total);
             result.mailroom.max_rate = Some(outcome);
         } else {
             let mut last_sample = Instant::now();
@@ -599,13 +599,13 @@ async fn run_on(
                 }
             }
         }
-        result.mailroom.target_rate = shared.rate() * producers_total;
+        result.mailroom.target_rate = state.rate() * producers_total;
 
         // Phase 2: the measured run. Everything recorded so far is the warm-up's: dropped.
-        let _ = (shared.publish.take(), shared.delay.take(), shared.e2e.take());
-        shared.sent.store(0, Ordering::Relaxed);
-        shared.received.store(0, Ordering::Relaxed);
-        shared.send_errors.store(0, Ordering::Relaxed);
+        let _ = (state.publish.take(), state.delay.take(), state.e2e.take());
+        state.sent.store(0, Ordering::Relaxed);
+        state.received.store(0, Ordering::Relaxed);
+        state.send_errors.store(0, Ordering::Relaxed);
         let measure_start = Instant::now();
         let drain_start_us = now_us();
         // On one in-order partition the drain is over when the first message sent after it
@@ -613,10 +613,10 @@ async fn run_on(
         // batches can hold more messages than the count threshold below allows).
         let drain_ends_in_order = driver.delivers_in_order() && plan.partitions == 1;
         if backlog_run {
-            let b = backlog(&shared);
+            let b = backlog(&state);
             result.mailroom.drain_from = Some(b);
             result.mailroom.backlog_series.push((start.elapsed().as_secs_f64(), b));
-            shared.consumers_paused.store(false, Ordering::Release);
+            state.consumers_paused.store(false, Ordering::Release);
         }
         let mut agg = (histogram()?, histogram()?, histogram()?);
         let mut period = Period {
@@ -637,7 +637,7 @@ async fn run_on(
             tokio::time::sleep(tick).await;
             let now = Instant::now();
             let elapsed = now - measure_start;
-            let b = backlog(&shared);
+            let b = backlog(&state);
             // A drain can take a fraction of a sample period: sample every tick while it runs.
             let draining = backlog_run && result.mailroom.drain_seconds.is_none();
             if draining || now - last_sample >= BACKLOG_SAMPLE {
@@ -645,7 +645,7 @@ async fn run_on(
                 result.mailroom.backlog_series.push((start.elapsed().as_secs_f64(), b));
             }
             let caught_up = drain_ends_in_order
-                && shared.newest_received_intended_us.load(Ordering::Relaxed) >= drain_start_us;
+                && state.newest_received_intended_us.load(Ordering::Relaxed) >= drain_start_us;
             if draining && (caught_up || b <= drained_below(result.mailroom.target_rate)) {
                 result.mailroom.drain_seconds = Some(elapsed.as_secs_f64());
             }
@@ -656,13 +656,13 @@ async fn run_on(
             };
             if now - period.at >= options.stats_interval || done {
                 let secs = (now - period.at).as_secs_f64().max(1e-9);
-                let sent = shared.sent.swap(0, Ordering::Relaxed);
-                let received = shared.received.swap(0, Ordering::Relaxed);
-                let errors = shared.send_errors.swap(0, Ordering::Relaxed);
+                let sent = state.sent.swap(0, Ordering::Relaxed);
+                let received = state.received.swap(0, Ordering::Relaxed);
+                let errors = state.send_errors.swap(0, Ordering::Relaxed);
                 sent_all += sent;
                 received_all += received;
                 errors_all += errors;
-                let (p, d, e) = (shared.publish.take(), shared.delay.take(), shared.e2e.take());
+                let (p, d, e) = (state.publish.take(), state.delay.take(), state.e2e.take());
                 let _ = agg.0.add(&p);
                 let _ = agg.1.add(&d);
                 let _ = agg.2.add(&e);
@@ -698,14 +698,14 @@ async fn run_on(
                 }
                 period = Period {
                     at: now,
-                    sent_total: shared.sent_total.load(Ordering::Relaxed),
-                    received_total: shared.received_total.load(Ordering::Relaxed),
+                    sent_total: state.sent_total.load(Ordering::Relaxed),
+                    received_total: state.received_total.load(Ordering::Relaxed),
                 };
             } else if now - last_progress >= Duration::from_secs(1) {
                 last_progress = now;
                 let secs = (now - period.at).as_secs_f64().max(1e-9);
-                let sent = shared.sent_total.load(Ordering::Relaxed) - period.sent_total;
-                let received = shared.received_total.load(Ordering::Relaxed) - period.received_total;
+                let sent = state.sent_total.load(Ordering::Relaxed) - period.sent_total;
+                let received = state.received_total.load(Ordering::Relaxed) - period.received_total;
                 progress.show(&format!(
                     "{:.0}/{:.0}s  pub {:.0} msg/s  cons {:.0} msg/s  backlog {b}",
                     elapsed.as_secs_f64(),
@@ -735,8 +735,8 @@ async fn run_on(
     .await;
 
     // Stop: producers first (they flush), then let the consumers take what is in flight.
-    shared.stop_producers.store(true, Ordering::Release);
-    shared.consumers_paused.store(false, Ordering::Release);
+    state.stop_producers.store(true, Ordering::Release);
+    state.consumers_paused.store(false, Ordering::Release);
     let mut first_failure: Option<Error> = None;
     for p in producers {
         if let Err(e) = join_within(p, "producer").await {
@@ -744,17 +744,17 @@ async fn run_on(
         }
     }
     let grace = Instant::now();
-    while backlog(&shared) > 0 && grace.elapsed() < DRAIN_GRACE && !failed(&consumers) {
+    while backlog(&state) > 0 && grace.elapsed() < DRAIN_GRACE && !failed(&consumers) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    shared.stop_consumers.store(true, Ordering::Release);
+    state.stop_consumers.store(true, Ordering::Release);
     for c in consumers {
         if let Err(e) = join_within(c, "consumer").await {
             first_failure.get_or_insert(e);
         }
     }
     outcome?;
-    result.mailroom.first_error = shared.first_error.lock().ok().and_then(|e| e.clone());
+    result.mailroom.first_error = state.first_error.lock().ok().and_then(|e| e.clone());
     if let Some(e) = first_failure {
         return Err(e);
     }

@@ -1,5 +1,9 @@
-//! Measuring brokers: the quick `mailroom bench`, the OMB-compatible workload harness, and
-//! `mailroom compare`.
+//! mailroom-bench: measuring brokers. The quick `mailroom bench`, the OMB-compatible workload
+//! harness, and `mailroom compare` (the `mailroom` command itself is the `mailroom-cli` crate).
+//!
+//! Broker features (`rabbitmq`, `kafka`, `sqs`) add the backend and its raw-client baseline. The
+//! built-in workloads are `bench/workloads/*.yaml`; the raw-client benchmarks (`cargo bench -p
+//! mailroom-bench --all-features --bench vs_lapin`, `vs_rdkafka`, `vs_sdk`) are `bench/benches/`.
 //!
 //! - [`quick`]: one producer, one consumer, throughput + a paced latency run, and the same work
 //!   on a raw `tokio::sync::mpsc` channel (its items are re-exported here).
@@ -10,6 +14,7 @@
 //! - [`result`]: OMB-format result JSON and the summary table.
 //! - [`compare`] and [`report`]: runs on several backends, conformance, Markdown + HTML.
 //! - [`overhead`]: the harness's own cost, raw mpsc through the harness vs a bare loop.
+//! - [`versus`]: closed-loop rounds, a backend against its raw client (the `vs_*` benches).
 
 pub mod compare;
 pub mod driver;
@@ -25,6 +30,7 @@ pub mod raw_sqs;
 pub mod report;
 pub mod result;
 pub mod runner;
+pub mod versus;
 pub mod workload;
 
 pub use quick::*;

@@ -1,0 +1,21 @@
+//! The comparison report: Markdown, a self-contained HTML page with inline SVG charts, and the
+//! "which broker for which need" lines, each computed from what was measured or declared, with
+//! its evidence beside it.
+//!
+//! One file per job: `select` (which of a comparison's results each part reads), `needs` (the
+//! "which broker for which need" lines), `verdicts` (one per shape of work), `charts` (the SVG
+//! charts), `tables` (the cells both pages show), `markdown` and `html` (the two pages).
+
+mod charts;
+mod html;
+mod markdown;
+mod needs;
+mod select;
+mod tables;
+mod verdicts;
+
+pub use charts::charts;
+pub use html::html;
+pub use markdown::markdown;
+pub use needs::{needs, NeedLine};
+pub use select::baseline_ratios;
