@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 
 use super::{wrap_settle, Layer, Open};
 use crate::backend::Backend;
@@ -165,65 +166,125 @@ struct CheckedProducer {
     rules: Rules,
 }
 
-#[async_trait]
+// The checks are synchronous, so a message that passes goes on with the backend's own future:
+// these methods return it as it is instead of wrapping it in one of their own, which would cost
+// an allocation per message (the signatures are those `async_trait` gives the trait).
 impl Producer for CheckedProducer {
-    async fn enqueue(&self, destination: &Destination, message: Message) -> Result<PendingConfirm> {
+    fn enqueue<'a, 'b, 'f>(
+        &'a self,
+        destination: &'b Destination,
+        message: Message,
+    ) -> BoxFuture<'f, Result<PendingConfirm>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
         if let Err(e) = self.rules.check_send(destination, &message) {
-            return Err(e.with_undelivered(message));
+            return Box::pin(std::future::ready(Err(e.with_undelivered(message))));
         }
-        self.inner.enqueue(destination, message).await
+        self.inner.enqueue(destination, message)
     }
 
-    async fn enqueue_batch(
-        &self,
-        destination: &Destination,
-        messages: &mut Vec<Message>,
-        pending: &mut Vec<Result<PendingConfirm>>,
-    ) {
+    fn enqueue_batch<'a, 'b, 'c, 'd, 'f>(
+        &'a self,
+        destination: &'b Destination,
+        messages: &'c mut Vec<Message>,
+        pending: &'d mut Vec<Result<PendingConfirm>>,
+    ) -> BoxFuture<'f, ()>
+    where
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+        'd: 'f,
+        Self: 'f,
+    {
         if messages
             .iter()
             .all(|m| self.rules.check_send(destination, m).is_ok())
         {
-            return self
-                .inner
-                .enqueue_batch(destination, messages, pending)
-                .await;
+            return self.inner.enqueue_batch(destination, messages, pending);
         }
         // A refused message keeps its place among the results: the rest go one by one.
-        pending.reserve(messages.len());
-        for message in messages.drain(..) {
-            pending.push(self.enqueue(destination, message).await);
-        }
+        Box::pin(async move {
+            pending.reserve(messages.len());
+            for message in messages.drain(..) {
+                pending.push(self.enqueue(destination, message).await);
+            }
+        })
     }
 
-    async fn send(&self, destination: &Destination, message: Message) -> Result<Receipt> {
+    fn send<'a, 'b, 'f>(
+        &'a self,
+        destination: &'b Destination,
+        message: Message,
+    ) -> BoxFuture<'f, Result<Receipt>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
         if let Err(e) = self.rules.check_send(destination, &message) {
-            return Err(e.with_undelivered(message));
+            return Box::pin(std::future::ready(Err(e.with_undelivered(message))));
         }
-        self.inner.send(destination, message).await
+        self.inner.send(destination, message)
     }
 
-    async fn send_batch(
+    fn send_batch<'a, 'b, 'f>(
+        &'a self,
+        destination: &'b Destination,
+        messages: Vec<Message>,
+    ) -> BoxFuture<'f, Result<Vec<Result<Receipt>>>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        if messages
+            .iter()
+            .all(|m| self.rules.check_send(destination, m).is_ok())
+        {
+            return self.inner.send_batch(destination, messages);
+        }
+        Box::pin(self.send_batch_refusing(destination, messages))
+    }
+
+    fn flush<'a, 'f>(&'a self) -> BoxFuture<'f, Result<()>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        self.inner.flush()
+    }
+
+    fn close<'a, 'f>(&'a self) -> BoxFuture<'f, Result<()>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        self.inner.close()
+    }
+}
+
+impl CheckedProducer {
+    /// A batch with refused messages: the rest go to the backend as one batch, and every
+    /// message's result keeps its place.
+    async fn send_batch_refusing(
         &self,
         destination: &Destination,
         messages: Vec<Message>,
     ) -> Result<Vec<Result<Receipt>>> {
-        let refused: Vec<usize> = messages
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| self.rules.check_send(destination, m).is_err())
-            .map(|(i, _)| i)
-            .collect();
-        if refused.is_empty() {
-            return self.inner.send_batch(destination, messages).await;
-        }
         let total = messages.len();
-        let mut accepted = Vec::with_capacity(total - refused.len());
-        let mut errors = Vec::with_capacity(refused.len());
+        let mut accepted = Vec::with_capacity(total);
+        // `None` where the message went to the backend, the refusal where it did not.
+        let mut refusals = Vec::with_capacity(total);
         for message in messages {
             match self.rules.check_send(destination, &message) {
-                Ok(()) => accepted.push(message),
-                Err(e) => errors.push(e.with_undelivered(message)),
+                Ok(()) => {
+                    accepted.push(message);
+                    refusals.push(None);
+                }
+                Err(e) => refusals.push(Some(e.with_undelivered(message))),
             }
         }
         let mut sent = self
@@ -231,28 +292,14 @@ impl Producer for CheckedProducer {
             .send_batch(destination, accepted)
             .await?
             .into_iter();
-        let mut errors = errors.into_iter();
-        let mut refused = refused.into_iter().peekable();
         let mut results = Vec::with_capacity(total);
-        for i in 0..total {
-            if refused.peek() == Some(&i) {
-                refused.next();
-                if let Some(e) = errors.next() {
-                    results.push(Err(e));
-                }
-            } else if let Some(result) = sent.next() {
-                results.push(result);
+        for refusal in refusals {
+            match refusal {
+                Some(e) => results.push(Err(e)),
+                None => results.extend(sent.next()),
             }
         }
         Ok(results)
-    }
-
-    async fn flush(&self) -> Result<()> {
-        self.inner.flush().await
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
     }
 }
 

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use tracing::field::Empty;
 use tracing::{Instrument, Level, Span};
 
@@ -128,76 +129,115 @@ impl TracedProducer {
     }
 }
 
-#[async_trait]
+// While no subscriber wants the span, each method hands back the backend's own future as it
+// is: no wrapping future, no allocation (the signatures are those `async_trait` gives the trait).
 impl Producer for TracedProducer {
-    async fn enqueue(&self, destination: &Destination, message: Message) -> Result<PendingConfirm> {
+    fn enqueue<'a, 'b, 'f>(
+        &'a self,
+        destination: &'b Destination,
+        message: Message,
+    ) -> BoxFuture<'f, Result<PendingConfirm>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
         let span = send_span(self.system, destination, "enqueue");
         if span.is_disabled() {
-            return self.inner.enqueue(destination, message).await;
+            return self.inner.enqueue(destination, message);
         }
         span.record(
             "messaging.message.id",
             tracing::field::display(message.id()),
         );
-        let result = self
-            .inner
-            .enqueue(destination, message)
-            .instrument(span.clone())
-            .await;
-        Self::follow(span, result)
+        Box::pin(async move {
+            let result = self
+                .inner
+                .enqueue(destination, message)
+                .instrument(span.clone())
+                .await;
+            Self::follow(span, result)
+        })
     }
 
-    async fn enqueue_batch(
-        &self,
-        destination: &Destination,
-        messages: &mut Vec<Message>,
-        pending: &mut Vec<Result<PendingConfirm>>,
-    ) {
+    fn enqueue_batch<'a, 'b, 'c, 'd, 'f>(
+        &'a self,
+        destination: &'b Destination,
+        messages: &'c mut Vec<Message>,
+        pending: &'d mut Vec<Result<PendingConfirm>>,
+    ) -> BoxFuture<'f, ()>
+    where
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+        'd: 'f,
+        Self: 'f,
+    {
         let span = send_span(self.system, destination, "enqueue_batch");
         if span.is_disabled() {
-            return self
-                .inner
-                .enqueue_batch(destination, messages, pending)
-                .await;
+            return self.inner.enqueue_batch(destination, messages, pending);
         }
         span.record("messaging.batch.message_count", messages.len());
-        self.inner
-            .enqueue_batch(destination, messages, pending)
-            .instrument(span)
-            .await
+        Box::pin(
+            self.inner
+                .enqueue_batch(destination, messages, pending)
+                .instrument(span),
+        )
     }
 
-    async fn send(&self, destination: &Destination, message: Message) -> Result<Receipt> {
+    fn send<'a, 'b, 'f>(
+        &'a self,
+        destination: &'b Destination,
+        message: Message,
+    ) -> BoxFuture<'f, Result<Receipt>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
         let span = send_span(self.system, destination, "send");
         if span.is_disabled() {
-            return self.inner.send(destination, message).await;
+            return self.inner.send(destination, message);
         }
         span.record(
             "messaging.message.id",
             tracing::field::display(message.id()),
         );
-        traced(span, self.inner.send(destination, message)).await
+        Box::pin(traced(span, self.inner.send(destination, message)))
     }
 
-    async fn send_batch(
-        &self,
-        destination: &Destination,
+    fn send_batch<'a, 'b, 'f>(
+        &'a self,
+        destination: &'b Destination,
         messages: Vec<Message>,
-    ) -> Result<Vec<Result<Receipt>>> {
+    ) -> BoxFuture<'f, Result<Vec<Result<Receipt>>>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
         let span = send_span(self.system, destination, "send_batch");
         if span.is_disabled() {
-            return self.inner.send_batch(destination, messages).await;
+            return self.inner.send_batch(destination, messages);
         }
         span.record("messaging.batch.message_count", messages.len());
-        traced(span, self.inner.send_batch(destination, messages)).await
+        Box::pin(traced(span, self.inner.send_batch(destination, messages)))
     }
 
-    async fn flush(&self) -> Result<()> {
-        self.inner.flush().await
+    fn flush<'a, 'f>(&'a self) -> BoxFuture<'f, Result<()>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        self.inner.flush()
     }
 
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
+    fn close<'a, 'f>(&'a self) -> BoxFuture<'f, Result<()>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        self.inner.close()
     }
 }
 
@@ -239,35 +279,49 @@ impl TracedConsumer {
     }
 }
 
-#[async_trait]
 impl Consumer for TracedConsumer {
-    async fn receive(&mut self) -> Result<Delivery> {
+    fn receive<'a, 'f>(&'a mut self) -> BoxFuture<'f, Result<Delivery>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
         let span = receive_span(self.system, &self.queue, "receive");
         if span.is_disabled() {
-            return self.inner.receive().await;
+            return self.inner.receive();
         }
-        let result = self.inner.receive().instrument(span.clone()).await;
-        self.finish(&span, result)
+        Box::pin(async move {
+            let result = self.inner.receive().instrument(span.clone()).await;
+            self.finish(&span, result)
+        })
     }
 
-    async fn receive_timeout(&mut self, timeout: Duration) -> Result<Option<Delivery>> {
+    fn receive_timeout<'a, 'f>(
+        &'a mut self,
+        timeout: Duration,
+    ) -> BoxFuture<'f, Result<Option<Delivery>>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
         let span = receive_span(self.system, &self.queue, "receive_timeout");
         if span.is_disabled() {
-            return self.inner.receive_timeout(timeout).await;
+            return self.inner.receive_timeout(timeout);
         }
-        let result = self
-            .inner
-            .receive_timeout(timeout)
-            .instrument(span.clone())
-            .await;
-        match result {
-            Ok(Some(delivery)) => Ok(Some(self.received(&span, delivery))),
-            Ok(None) => Ok(None),
-            Err(e) => {
-                span.record("error.type", e.kind().as_str());
-                Err(e)
+        Box::pin(async move {
+            let result = self
+                .inner
+                .receive_timeout(timeout)
+                .instrument(span.clone())
+                .await;
+            match result {
+                Ok(Some(delivery)) => Ok(Some(self.received(&span, delivery))),
+                Ok(None) => Ok(None),
+                Err(e) => {
+                    span.record("error.type", e.kind().as_str());
+                    Err(e)
+                }
             }
-        }
+        })
     }
 
     fn try_receive(&mut self) -> Option<Result<Delivery>> {
@@ -280,8 +334,12 @@ impl Consumer for TracedConsumer {
         Some(self.finish(&span, result))
     }
 
-    async fn close(&mut self) -> Result<()> {
-        self.inner.close().await
+    fn close<'a, 'f>(&'a mut self) -> BoxFuture<'f, Result<()>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        self.inner.close()
     }
 }
 
