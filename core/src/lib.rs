@@ -6,7 +6,9 @@
 //! queues and bindings. Each [`Backend`] declares its [`Capabilities`], and asking for an absent one
 //! is an [`ErrorKind::Unsupported`] error before any I/O. Where a backend declares
 //! `transactions`, [`Backend::transactional`] opens a [`Transactional`] unit that commits the
-//! inputs it consumed and the outputs it produced atomically. Nothing here names a broker.
+//! inputs it consumed and the outputs it produced atomically. Cross-cutting work (the capability
+//! check, retries, tracing, metrics, fault injection for tests) is written once as a
+//! [`layer`] around any backend. Nothing here names a broker.
 
 pub mod backend;
 pub mod capabilities;

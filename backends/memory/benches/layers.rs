@@ -7,7 +7,9 @@
 //! boxed future per message), `enqueue_batch` in batches of 64 with their confirms (a layer
 //! adds its cost once per batch), and `try_receive` + `ack` (a layer that watches settles wraps
 //! each delivery's settle handle). Rounds alternate which side goes first; the printed rates
-//! are medians over the rounds, and the ratio is layered / bare.
+//! are medians over the rounds, and the ratio is layered / bare. On a busy machine wall-clock
+//! rates swing with other load, so the CPU time this process spent per message (Linux
+//! schedstat) is printed beside them: it is the steadier of the two.
 //!
 //! `cargo bench -p mailroom-memory --bench layers` (MESSAGES=n, ROUNDS=n to change the size).
 
@@ -19,6 +21,24 @@ use mailroom_core::{Backend, Destination, Message, QueueSpec};
 use mailroom_memory::MemoryBackend;
 
 const BATCH: usize = 64;
+
+/// CPU time this process has used, in nanoseconds, summed over its threads (Linux schedstat;
+/// `None` elsewhere).
+fn cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// One timed run: messages per second, and CPU nanoseconds per message.
+#[derive(Clone, Copy)]
+struct Rate {
+    per_second: f64,
+    cpu_per_message: Option<f64>,
+}
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -75,14 +95,16 @@ async fn broker(layered: Option<&LayerStack>) -> Arc<dyn Backend> {
     }
 }
 
-/// Messages per second on `path`.
-async fn run(path: Path, layered: Option<&LayerStack>, n: usize) -> f64 {
+/// Messages per second, and CPU per message, on `path`.
+async fn run(path: Path, layered: Option<&LayerStack>, n: usize) -> Rate {
     let backend = broker(layered).await;
     let producer = backend.producer().await.unwrap();
     let dest = Destination::queue("q");
     let mut batch = messages(n);
+    let cpu_started;
     let elapsed: Duration = match path {
         Path::Send => {
+            cpu_started = cpu_ns();
             let started = Instant::now();
             for message in batch.drain(..) {
                 producer.send(&dest, message).await.unwrap();
@@ -92,6 +114,7 @@ async fn run(path: Path, layered: Option<&LayerStack>, n: usize) -> f64 {
         Path::Batch => {
             let mut chunk = Vec::with_capacity(BATCH);
             let mut pending = Vec::with_capacity(BATCH);
+            cpu_started = cpu_ns();
             let started = Instant::now();
             while !batch.is_empty() {
                 let take = batch.len().min(BATCH);
@@ -117,6 +140,7 @@ async fn run(path: Path, layered: Option<&LayerStack>, n: usize) -> f64 {
                 confirm.unwrap().await.unwrap();
             }
             let mut consumer = backend.consumer("q", Default::default()).await.unwrap();
+            cpu_started = cpu_ns();
             let started = Instant::now();
             for _ in 0..n {
                 let delivery = match consumer.try_receive() {
@@ -128,12 +152,23 @@ async fn run(path: Path, layered: Option<&LayerStack>, n: usize) -> f64 {
             started.elapsed()
         }
     };
-    n as f64 / elapsed.as_secs_f64()
+    let cpu = cpu_started.zip(cpu_ns()).map(|(a, b)| b.saturating_sub(a));
+    Rate {
+        per_second: n as f64 / elapsed.as_secs_f64(),
+        cpu_per_message: cpu.map(|c| c as f64 / n as f64),
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// The medians of a side's rounds: rate, and CPU per message where it could be read.
+fn medians(rounds: &[Rate]) -> (f64, Option<f64>) {
+    let rate = median(rounds.iter().map(|r| r.per_second).collect());
+    let cpu: Option<Vec<f64>> = rounds.iter().map(|r| r.cpu_per_message).collect();
+    (rate, cpu.map(median))
 }
 
 fn main() {
@@ -147,8 +182,14 @@ fn main() {
     for stack in stacks() {
         println!("\nlayered = {stack:?}");
         println!(
-            "{:<22} {:>14} {:>14} {:>8}",
-            "path", "bare msg/s", "layered msg/s", "ratio"
+            "{:<22} {:>12} {:>14} {:>7}   {:>12} {:>14} {:>7}",
+            "path",
+            "bare msg/s",
+            "layered msg/s",
+            "ratio",
+            "bare ns CPU",
+            "layered ns CPU",
+            "ratio"
         );
         for path in [Path::Send, Path::Batch, Path::ReceiveAck] {
             let (mut bare, mut layered) = (Vec::new(), Vec::new());
@@ -167,9 +208,13 @@ fn main() {
                     }
                 }
             });
-            let (bare, layered) = (median(bare), median(layered));
+            let ((bare, bare_cpu), (layered, layered_cpu)) = (medians(&bare), medians(&layered));
+            let cpu = match (bare_cpu, layered_cpu) {
+                (Some(b), Some(l)) => format!("{b:>12.0} {l:>14.0} {:>7.3}", l / b),
+                _ => "CPU time not readable here".to_owned(),
+            };
             println!(
-                "{:<22} {:>14.0} {:>14.0} {:>8.3}",
+                "{:<22} {:>12.0} {:>14.0} {:>7.3}   {cpu}",
                 path.name(),
                 bare,
                 layered,
