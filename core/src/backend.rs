@@ -80,7 +80,7 @@ pub trait BackendFactory: Send + Sync {
 
 /// The set of compiled-in backends, consulted by scheme.
 ///
-/// Every backend it opens comes inside the [`CapabilityLayer`](crate::layer::CapabilityLayer),
+/// Every backend it opens comes inside the [`CapabilityLayer`],
 /// and inside the layers added with [`Registry::layer`] (outside the capability check).
 #[derive(Default, Clone)]
 pub struct Registry {
