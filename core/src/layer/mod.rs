@@ -24,14 +24,17 @@
 //! [`CapabilityLayer`], so an operation the backend declares it lacks is refused before it
 //! reaches the backend.
 //!
-//! **Cost.** A layer that wraps a producer or consumer adds one call through a trait object
-//! (with `async_trait`, one boxed future) per `enqueue` or `receive`; the fast paths
-//! (`enqueue_batch`, `send_batch`, `try_receive`, `receive_timeout`) are forwarded as they
-//! are, so a batch pays that once per batch and `try_receive` not at all. A layer that
-//! watches settles wraps each delivery's settle handle: one small allocation per delivery, made
-//! only by layers that have something to do there (the capability check only for a backend
-//! without delayed delivery, tracing only while a subscriber listens). Every layer here avoids
-//! wrapping a confirm that is already known (`PendingConfirm::take_if_ready`).
+//! **Cost.** A layer that only checks (the capability check, tracing while no subscriber
+//! listens) hands the backend's own future back, so it adds no allocation per message. A layer
+//! that must see the outcome (retry, metrics, tracing while listened to) wraps the call: one
+//! boxed future per `enqueue` or `receive` (the traits use `async_trait`). The fast paths
+//! (`enqueue_batch`, `send_batch`, `try_receive`, `receive_timeout`) are forwarded as they are,
+//! so a batch pays that once per batch and `try_receive` not at all. Confirms that are already
+//! known (`PendingConfirm::take_if_ready`) are not wrapped. A layer that watches settles wraps
+//! each delivery's settle handle, one small allocation per delivery, and only where it has
+//! something to do: the capability check for a backend without delayed delivery, tracing while
+//! a subscriber listens, metrics when settle durations are asked for.
+//! `backends/memory/benches/layers.rs` measures what a stack costs.
 
 mod capability;
 mod chaos;
