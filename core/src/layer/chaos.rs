@@ -15,6 +15,10 @@ use crate::delivery::{Delivery, Nack, Settle, Settlement};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
 use crate::producer::{Destination, PendingConfirm, Producer, Receipt};
+use crate::transaction::{TransactionCounts, TransactionInput, Transactional};
+
+/// How many kinds of [`Operation`] there are.
+const KINDS: usize = 7;
 
 /// An operation a chaos plan can disturb. Each kind is counted on its own, from 1, across
 /// everything the layered backend opens.
@@ -33,16 +37,20 @@ pub enum Operation {
     Ack,
     /// Negatively acknowledging a delivery.
     Nack,
+    /// Committing a transactional unit's transaction. A commit failed as `Aborted` rolls the
+    /// transaction back first (its inputs come again), as a broker's abort does.
+    Commit,
 }
 
 impl Operation {
-    const ALL: [Operation; 6] = [
+    const ALL: [Operation; KINDS] = [
         Operation::Open,
         Operation::Send,
         Operation::Confirm,
         Operation::Receive,
         Operation::Ack,
         Operation::Nack,
+        Operation::Commit,
     ];
 
     fn index(self) -> usize {
@@ -57,6 +65,7 @@ impl Operation {
             Operation::Receive => "receive",
             Operation::Ack => "ack",
             Operation::Nack => "nack",
+            Operation::Commit => "commit",
         }
     }
 }
@@ -108,9 +117,9 @@ struct Rule {
 pub struct Chaos {
     seed: u64,
     rules: Vec<Rule>,
-    seen: [AtomicU64; 6],
-    passed: [AtomicU64; 6],
-    lines: [tokio::sync::Mutex<()>; 6],
+    seen: [AtomicU64; KINDS],
+    passed: [AtomicU64; KINDS],
+    lines: [tokio::sync::Mutex<()>; KINDS],
 }
 
 /// How many operations of each kind a chaos plan saw, and how many went through unharmed
@@ -342,6 +351,18 @@ impl Layer for ChaosLayer {
             chaos: self.chaos.clone(),
         })
     }
+
+    fn transactional(
+        &self,
+        _backend: &dyn Backend,
+        _queue: &str,
+        unit: Box<dyn Transactional>,
+    ) -> Box<dyn Transactional> {
+        Box::new(ChaosUnit {
+            inner: unit,
+            chaos: self.chaos.clone(),
+        })
+    }
 }
 
 struct ChaosProducer {
@@ -531,6 +552,56 @@ impl Settle for ChaosSettle {
 
     fn abandon(self: Box<Self>) {
         drop(self.inner);
+    }
+}
+
+struct ChaosUnit {
+    inner: Box<dyn Transactional>,
+    chaos: Arc<Chaos>,
+}
+
+#[async_trait]
+impl Transactional for ChaosUnit {
+    async fn receive(&mut self) -> Result<TransactionInput> {
+        self.inner.receive().await
+    }
+
+    async fn receive_timeout(&mut self, timeout: Duration) -> Result<Option<TransactionInput>> {
+        self.inner.receive_timeout(timeout).await
+    }
+
+    fn try_receive(&mut self) -> Option<Result<TransactionInput>> {
+        self.inner.try_receive()
+    }
+
+    async fn send(&mut self, destination: &Destination, message: Message) -> Result<()> {
+        self.inner.send(destination, message).await
+    }
+
+    fn pending(&self) -> TransactionCounts {
+        self.inner.pending()
+    }
+
+    async fn commit(&mut self) -> Result<TransactionCounts> {
+        let (n, fault) = self.chaos.next(Operation::Commit);
+        if let Some((error, _)) = fault.and_then(|f| self.chaos.failure(Operation::Commit, n, f)) {
+            if error.kind() == ErrorKind::Aborted {
+                // An aborted commit leaves nothing open: outputs gone, inputs to come again.
+                self.inner.abort().await?;
+            }
+            return Err(error);
+        }
+        self.chaos.wait(Operation::Commit, fault).await;
+        let result = self.inner.commit().await;
+        self.chaos.note(Operation::Commit, result)
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        self.inner.abort().await
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.inner.close().await
     }
 }
 

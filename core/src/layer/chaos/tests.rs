@@ -164,3 +164,37 @@ fn opening_can_fail_as_planned() {
     assert_eq!(e.backend(), Some("stub"));
     now(backend.producer()).unwrap();
 }
+
+#[test]
+fn an_aborted_commit_rolls_back_first_and_a_fenced_one_commits_nothing() {
+    use crate::transaction::{MockTransactional, TransactionCounts};
+
+    let chaos = ChaosLayer::new(0)
+        .inject(
+            Operation::Commit,
+            When::Nth(1),
+            Fault::Fail(ErrorKind::Aborted),
+        )
+        .inject(
+            Operation::Commit,
+            When::Nth(2),
+            Fault::Fail(ErrorKind::Fenced),
+        );
+    let mut unit = MockTransactional::new();
+    unit.expect_abort().times(1).returning(|| Ok(()));
+    unit.expect_commit()
+        .times(1)
+        .returning(|| Ok(TransactionCounts::default()));
+    let stub = Stub::new(everything());
+    let mut unit = chaos.transactional(&stub, "q", Box::new(unit));
+    let aborted = now(unit.commit()).unwrap_err();
+    assert_eq!(aborted.kind(), ErrorKind::Aborted);
+    assert!(aborted.is_temporary());
+    let fenced = now(unit.commit()).unwrap_err();
+    assert_eq!(fenced.kind(), ErrorKind::Fenced);
+    now(unit.commit()).unwrap();
+    assert_eq!(
+        chaos.counts(Operation::Commit),
+        ChaosCounts { seen: 3, passed: 1 }
+    );
+}
