@@ -178,3 +178,29 @@ fn consumed_messages_and_settles_are_counted_and_timed() {
     assert_eq!(kept.samples(&[q, ("messaging.operation.name", "nack")]), 1);
     assert_eq!(log.lock().unwrap().len(), 2);
 }
+
+#[test]
+fn settles_are_left_unwrapped_unless_their_durations_are_asked_for() {
+    let kept = Kept::default();
+    let log = Log::default();
+    let ready = log.clone();
+    let mut consumer = MockConsumer::new();
+    consumer.expect_receive().never();
+    consumer
+        .expect_try_receive()
+        .times(1)
+        .returning(move || Some(Ok(delivery("x", &ready))));
+    metrics::with_local_recorder(&kept, || {
+        let stack = LayerStack::new().layer(MetricsLayer::new());
+        let backend = layered(Stub::new(everything()).with_consumer(consumer), stack);
+        let mut consumer = now(backend.consumer("q", Default::default())).unwrap();
+        now(consumer.try_receive().unwrap().unwrap().ack()).unwrap();
+    });
+    let q = ("messaging.destination.name", "q");
+    assert_eq!(kept.count(CONSUMED_MESSAGES, &[q]), 1);
+    assert_eq!(
+        kept.samples(&[q, ("messaging.operation.type", "settle")]),
+        0
+    );
+    assert_eq!(*log.lock().unwrap(), ["ack"]);
+}
