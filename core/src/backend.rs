@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use crate::capabilities::{Capabilities, Capability};
 use crate::consumer::{Consumer, ConsumerOptions};
 use crate::error::{Error, Result};
+use crate::layer::{CapabilityLayer, Layer, LayerStack};
 use crate::producer::Producer;
 use crate::topology::Topology;
 use crate::transaction::{TransactionOptions, Transactional};
@@ -78,9 +79,13 @@ pub trait BackendFactory: Send + Sync {
 }
 
 /// The set of compiled-in backends, consulted by scheme.
+///
+/// Every backend it opens comes inside the [`CapabilityLayer`],
+/// and inside the layers added with [`Registry::layer`] (outside the capability check).
 #[derive(Default, Clone)]
 pub struct Registry {
     factories: Vec<Arc<dyn BackendFactory>>,
+    layers: LayerStack,
 }
 
 impl Registry {
@@ -95,6 +100,13 @@ impl Registry {
         self
     }
 
+    /// Put every backend opened from now on inside `layer` too: the first layer added is the
+    /// outermost, and all of them sit outside the capability check.
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.layers = self.layers.layer(layer);
+        self
+    }
+
     /// Every scheme that can be opened.
     pub fn schemes(&self) -> Vec<&'static str> {
         self.factories
@@ -106,7 +118,8 @@ impl Registry {
     /// Open the backend a URL names.
     ///
     /// A URL without `scheme://`, or with a scheme no compiled-in backend opens, is a `Config`
-    /// error that lists the schemes that are available.
+    /// error that lists the schemes that are available. The backend comes inside the
+    /// capability check and the registry's layers.
     pub async fn connect(&self, url: &str) -> Result<Arc<dyn Backend>> {
         let scheme = parse_scheme(url).map_err(|e| self.explain(e))?;
         let factory = self
@@ -119,7 +132,9 @@ impl Registry {
                     crate::url::redact(url)
                 )))
             })?;
-        factory.connect(url).await
+        let backend = factory.connect(url).await?;
+        let checked = LayerStack::new().layer(CapabilityLayer).apply(backend);
+        Ok(self.layers.apply(checked))
     }
 
     fn explain(&self, error: Error) -> Error {
@@ -141,6 +156,7 @@ impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
             .field("schemes", &self.schemes())
+            .field("layers", &self.layers)
             .finish()
     }
 }

@@ -51,7 +51,7 @@ impl ConsumerOptions {
 ///
 /// `receive` is cancel-safe: dropping its future before it resolves loses no message, so it can
 /// sit in a `select!` or under a timeout.
-#[cfg_attr(feature = "mock", mockall::automock)]
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait Consumer: Send {
     /// The next delivery; waits until one arrives. `Closed` once the consumer is closed.

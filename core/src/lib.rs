@@ -6,7 +6,9 @@
 //! queues and bindings. Each [`Backend`] declares its [`Capabilities`], and asking for an absent one
 //! is an [`ErrorKind::Unsupported`] error before any I/O. Where a backend declares
 //! `transactions`, [`Backend::transactional`] opens a [`Transactional`] unit that commits the
-//! inputs it consumed and the outputs it produced atomically. Nothing here names a broker.
+//! inputs it consumed and the outputs it produced atomically. Cross-cutting work (the capability
+//! check, retries, tracing, metrics, fault injection for tests) is written once as a
+//! [`layer`] around any backend. Nothing here names a broker.
 
 pub mod backend;
 pub mod capabilities;
@@ -15,6 +17,7 @@ pub mod delivery;
 pub mod error;
 pub mod headers;
 pub mod json;
+pub mod layer;
 pub mod message;
 pub mod pattern;
 pub mod producer;
@@ -28,6 +31,7 @@ pub use consumer::{Consumer, ConsumerExt, ConsumerOptions, Replay};
 pub use delivery::{Delivery, DeliveryInfo, Nack, Settle, Settlement};
 pub use error::{Error, ErrorKind, Result};
 pub use headers::Headers;
+pub use layer::{Layer, LayerStack};
 pub use message::{Message, MessageBuilder, MessageId, MessageParts, Timestamp};
 pub use pattern::TopicPattern;
 pub use producer::{Destination, PendingConfirm, Producer, Receipt};

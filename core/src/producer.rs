@@ -162,7 +162,7 @@ impl fmt::Debug for PendingConfirm {
 /// confirm the message survives whatever the broker's persistence promises
 /// ([`Capabilities::persistence`](crate::Capabilities)); before it, the producer still owns it and
 /// a failure returns it inside the error ([`Error::undelivered`](crate::Error::undelivered)).
-#[cfg_attr(feature = "mock", mockall::automock)]
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait Producer: Send + Sync {
     /// Hand a message to the producer. Resolves once it is accepted into the producer's bounded

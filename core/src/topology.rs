@@ -380,7 +380,7 @@ impl Binding {
 ///
 /// Declarations are idempotent: declaring what already exists with the same properties succeeds;
 /// with different properties it is an [`ErrorKind::Conflict`](crate::ErrorKind::Conflict).
-#[cfg_attr(feature = "mock", mockall::automock)]
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait Topology: Send + Sync {
     /// Declare an exchange (`Unsupported` if the backend lacks that kind).

@@ -108,7 +108,7 @@ pub struct TransactionCounts {
 ///   same id, which finishes the old transaction either way before it starts.
 /// - a `send` refused before any I/O (too large, an invalid or unknown destination) leaves the
 ///   transaction open and unchanged, and returns the message inside the error.
-#[cfg_attr(feature = "mock", mockall::automock)]
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait Transactional: Send {
     /// The next input; waits until one arrives. Cancel-safe.

@@ -1,7 +1,9 @@
 //! The exactly-once pipeline without a broker: where it is refused (memory, another broker,
 //! another cluster, a cluster that cannot be told), and its transaction loop over a scripted
 //! transactional unit (outputs and dead letters commit with their inputs; an aborted
-//! transaction's inputs come again; a permanent error stops it).
+//! transaction's inputs come again; a permanent error stops it). The memory broker has no
+//! transactions, so a small scripted broker stands in; the failures (aborted and fenced
+//! commits) come from a chaos layer over it.
 //!
 //! The same pipeline over Apache Kafka, SIGKILLed mid-run, is `tests/processors_kafka_exactly_once.rs`
 //! in the `mailroom` crate.
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mailroom_core::delivery::DEAD_LETTER_REASON_HEADER;
+use mailroom_core::layer::{ChaosLayer, Fault, LayerStack, Operation, When};
 use mailroom_core::{
     Backend, Capabilities, Consumer, ConsumerOptions, DeliveryInfo, Destination, Error, ErrorKind,
     Message, Producer, Result, Topology, TransactionCounts, TransactionInput, TransactionOptions,
@@ -32,10 +35,6 @@ struct Script {
     committed: Vec<(String, Message)>,
     /// Inputs consumed by committed transactions.
     consumed: usize,
-    /// Commits to refuse (as aborted) before accepting one.
-    refuse_commits: u32,
-    /// A permanent error for the next commit.
-    fence_next_commit: bool,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -146,21 +145,6 @@ impl Transactional for FakeUnit {
     }
     async fn commit(&mut self) -> Result<TransactionCounts> {
         let counts = self.pending();
-        let (refuse, fence) = {
-            let mut script = self.script.lock().unwrap();
-            let refuse = script.refuse_commits > 0 && counts.inputs > 0;
-            if refuse {
-                script.refuse_commits -= 1;
-            }
-            (refuse, std::mem::take(&mut script.fence_next_commit))
-        };
-        if fence {
-            return Err(Error::new(ErrorKind::Fenced, "scripted fencing"));
-        }
-        if refuse {
-            self.rewind();
-            return Err(Error::new(ErrorKind::Aborted, "scripted abort"));
-        }
         let mut script = self.script.lock().unwrap();
         script.consumed += self.inputs.len();
         script.committed.append(&mut self.outputs);
@@ -175,6 +159,17 @@ impl Transactional for FakeUnit {
         self.rewind();
         Ok(())
     }
+}
+
+/// Another handle on `backend`'s script whose commits fail as `fault` says, when `when`.
+fn failing_commits(backend: &FakeBackend, when: When, fault: Fault) -> Arc<dyn Backend> {
+    let handle = Arc::new(FakeBackend {
+        script: backend.script.clone(),
+        ..fake("fake", Some("c1"))
+    });
+    LayerStack::new()
+        .layer(ChaosLayer::new(0).inject(Operation::Commit, when, fault))
+        .apply(handle)
 }
 
 fn text(m: &Message) -> String {
@@ -219,12 +214,9 @@ async fn outputs_and_dead_letters_commit_with_their_inputs_and_aborts_redo_them(
             };
             script.queue.push_back(Message::new(text));
         }
-        script.refuse_commits = 2;
     }
-    let source: Arc<dyn Backend> = Arc::new(FakeBackend {
-        script: backend.script.clone(),
-        ..fake("fake", Some("c1"))
-    });
+    // The first two commits are refused as aborted: their inputs must come again.
+    let source = failing_commits(&backend, When::First(2), Fault::Fail(ErrorKind::Aborted));
     // Another handle on the same cluster: the sink passes the cluster check.
     let same_cluster: Arc<dyn Backend> = Arc::new(fake("fake", Some("c1")));
     let pipeline = ExactlyOnce::builder(source, "in", TransactionOptions::new("eo-1"))
@@ -317,12 +309,8 @@ async fn a_fenced_commit_stops_the_run() {
     {
         let mut script = backend.script.lock().unwrap();
         script.queue.push_back(Message::new("item 0"));
-        script.fence_next_commit = true;
     }
-    let source: Arc<dyn Backend> = Arc::new(FakeBackend {
-        script: backend.script.clone(),
-        ..fake("fake", Some("c1"))
-    });
+    let source = failing_commits(&backend, When::Nth(1), Fault::Fail(ErrorKind::Fenced));
     let pipeline = ExactlyOnce::builder(source.clone(), "in", TransactionOptions::new("eo-3"))
         .sink(source, Destination::queue("out"))
         .commit_interval(Duration::from_millis(1))

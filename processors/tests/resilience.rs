@@ -1,67 +1,13 @@
 //! Backpressure with bounded memory, and crash-restart without loss (stateless and windowed).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering as A};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use mailroom_core::{
-    Backend, Consumer, Delivery, Destination, Message, PendingConfirm, Producer, Result, Timestamp,
-};
+use mailroom_core::layer::{ChaosLayer, Fault, LayerStack, Operation, When};
+use mailroom_core::{Backend, Consumer, Destination, Message, Producer, Timestamp};
 use mailroom_memory::MemoryBackend;
 use mailroom_processors::{stage, Pipeline, Sink, TestDriver, WindowSpec};
-
-/// A sink that accepts at once but confirms one message per `delay`, like a slow broker with
-/// asynchronous confirms.
-struct SlowSink {
-    inner: Arc<dyn Producer>,
-    delay: Duration,
-    lock: Arc<tokio::sync::Mutex<()>>,
-}
-
-#[async_trait]
-impl Producer for SlowSink {
-    async fn enqueue(&self, destination: &Destination, message: Message) -> Result<PendingConfirm> {
-        let (inner, lock, delay, destination) = (
-            self.inner.clone(),
-            self.lock.clone(),
-            self.delay,
-            destination.clone(),
-        );
-        Ok(PendingConfirm::waiting(async move {
-            let _one_at_a_time = lock.lock().await;
-            tokio::time::sleep(delay).await;
-            inner.send(&destination, message).await
-        }))
-    }
-    async fn flush(&self) -> Result<()> {
-        self.inner.flush().await
-    }
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
-}
-
-/// A source that takes `delay` per receive.
-struct SlowSource {
-    inner: Box<dyn Consumer>,
-    delay: Duration,
-    received: Arc<AtomicUsize>,
-}
-
-#[async_trait]
-impl Consumer for SlowSource {
-    async fn receive(&mut self) -> Result<Delivery> {
-        tokio::time::sleep(self.delay).await;
-        let d = self.inner.receive().await?;
-        self.received.fetch_add(1, A::Relaxed);
-        Ok(d)
-    }
-    async fn close(&mut self) -> Result<()> {
-        self.inner.close().await
-    }
-}
 
 #[tokio::test(start_paused = true)]
 async fn a_sink_ten_times_slower_than_the_source_keeps_in_flight_within_the_bound() {
@@ -69,7 +15,8 @@ async fn a_sink_ten_times_slower_than_the_source_keeps_in_flight_within_the_boun
     const BOUND: usize = 64;
     let broker = MemoryBackend::new();
     let backend: Arc<dyn Backend> = Arc::new(broker.clone());
-    let d = TestDriver::new(backend.clone(), &["in", "out"])
+    // Declares the queues.
+    TestDriver::new(backend.clone(), &["in", "out"])
         .await
         .unwrap();
     let producer = broker.memory_producer();
@@ -79,23 +26,30 @@ async fn a_sink_ten_times_slower_than_the_source_keeps_in_flight_within_the_boun
             .await
             .unwrap();
     }
-    let received = Arc::new(AtomicUsize::new(0));
-    let source = SlowSource {
-        inner: d.consumer("in").await.unwrap(),
-        delay: Duration::from_millis(1),
-        received: received.clone(),
-    };
-    let sink = SlowSink {
-        inner: Arc::from(backend.producer().await.unwrap()),
-        delay: Duration::from_millis(10),
-        lock: Default::default(),
-    };
+    // A source that takes 1 ms per receive, and a sink that accepts at once but confirms one
+    // message per 10 ms, like a slow broker with asynchronous confirms.
+    let chaos = ChaosLayer::new(0)
+        .inject(
+            Operation::Receive,
+            When::Always,
+            Fault::Delay(Duration::from_millis(1)),
+        )
+        .inject(
+            Operation::Confirm,
+            When::Always,
+            Fault::Throttle(Duration::from_millis(10)),
+        );
+    let slow = LayerStack::new()
+        .layer(chaos.clone())
+        .apply(backend.clone());
+    let source = slow.consumer("in", Default::default()).await.unwrap();
+    let sink = slow.producer().await.unwrap();
     let pipeline = Pipeline::builder()
         .max_in_flight(BOUND)
-        .source(Box::new(source) as Box<dyn Consumer>)
+        .source(source)
         .flow()
         .map("tag", |m: Message| m)
-        .to(Sink::new(Arc::new(sink), Destination::queue("out")))
+        .to(Sink::new(Arc::from(sink), Destination::queue("out")))
         .unwrap();
     let handle = pipeline.spawn();
     let mut max_gap = 0;
@@ -108,7 +62,8 @@ async fn a_sink_ten_times_slower_than_the_source_keeps_in_flight_within_the_boun
             "in flight {} > {BOUND}",
             s.in_flight
         );
-        let gap = received.load(A::Relaxed) as u64 - s.out;
+        let received = chaos.counts(Operation::Receive).passed;
+        let gap = received - s.out;
         max_gap = max_gap.max(gap);
         if s.acked == N as u64 {
             break;

@@ -1,0 +1,169 @@
+//! Unit tests of the tracing layer.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+use super::super::test_support::{confirmed, delivery, everything, layered, Log, Stub};
+use super::super::LayerStack;
+use super::*;
+use crate::consumer::MockConsumer;
+use crate::producer::MockProducer;
+use crate::ErrorKind;
+
+type Fields = BTreeMap<String, String>;
+
+/// Keeps every span's name and fields, as an exporter would see them.
+#[derive(Clone, Default)]
+struct Capture {
+    spans: Arc<Mutex<Vec<(&'static str, Fields)>>>,
+    next: Arc<AtomicU64>,
+}
+
+struct Into<'a>(&'a mut Fields);
+
+impl Visit for Into<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().into(), format!("{value:?}"));
+    }
+}
+
+impl Subscriber for Capture {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        let mut fields = Fields::new();
+        span.record(&mut Into(&mut fields));
+        let mut spans = self.spans.lock().unwrap();
+        spans.push((span.metadata().name(), fields));
+        self.next.fetch_add(1, Ordering::SeqCst);
+        Id::from_u64(spans.len() as u64)
+    }
+    fn record(&self, span: &Id, values: &Record<'_>) {
+        let mut spans = self.spans.lock().unwrap();
+        let (_, fields) = &mut spans[span.into_u64() as usize - 1];
+        values.record(&mut Into(fields));
+    }
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, _: &Event<'_>) {}
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+impl Capture {
+    fn span(&self, name: &str, operation: &str) -> Fields {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(n, f)| {
+                *n == name
+                    && f.get("messaging.operation.name").map(String::as_str) == Some(operation)
+            })
+            .map(|(_, f)| f.clone())
+            .unwrap_or_else(|| panic!("no {name} span for {operation}"))
+    }
+}
+
+fn traced(stub: Stub) -> Arc<dyn Backend> {
+    layered(stub, LayerStack::new().layer(TracingLayer::new()))
+}
+
+#[tokio::test]
+async fn a_send_span_carries_the_messaging_attributes_and_its_confirms_failure() {
+    let capture = Capture::default();
+    let _on = tracing::subscriber::set_default(capture.clone());
+    let mut producer = MockProducer::new();
+    let mut turn = 0;
+    producer.expect_enqueue().times(2).returning(move |_, m| {
+        turn += 1;
+        if turn == 1 {
+            Ok(confirmed(&m))
+        } else {
+            Ok(PendingConfirm::waiting(async move {
+                Err(crate::Error::new(ErrorKind::Rejected, "nacked"))
+            }))
+        }
+    });
+    let backend = traced(Stub::new(everything()).with_producer(producer));
+    let producer = backend.producer().await.unwrap();
+    let message = Message::new("x");
+    let id = message.id().to_string();
+    let dest = Destination::queue("orders");
+    producer
+        .enqueue(&dest, message)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let span = capture.span("send", "enqueue");
+    assert_eq!(span["messaging.system"], "stub");
+    assert_eq!(span["messaging.destination.name"], "orders");
+    assert_eq!(span["messaging.operation.type"], "send");
+    assert_eq!(span["messaging.message.id"], id);
+    assert!(!span.contains_key("error.type"), "{span:?}");
+
+    let confirm = producer.enqueue(&dest, Message::new("y")).await.unwrap();
+    assert!(confirm.await.is_err());
+    let spans = capture.spans.lock().unwrap();
+    let failed = &spans.last().unwrap().1;
+    assert_eq!(failed["error.type"], "rejected");
+}
+
+#[tokio::test]
+async fn receive_and_settle_spans_name_the_queue_and_the_message() {
+    let capture = Capture::default();
+    let _on = tracing::subscriber::set_default(capture.clone());
+    let log = Log::default();
+    let ready = log.clone();
+    let mut consumer = MockConsumer::new();
+    consumer
+        .expect_receive()
+        .times(1)
+        .returning(move || Ok(delivery("x", &ready)));
+    let backend = traced(Stub::new(everything()).with_consumer(consumer));
+    let mut consumer = backend.consumer("q", Default::default()).await.unwrap();
+    let d = consumer.receive().await.unwrap();
+    let id = d.message().id().to_string();
+    d.ack().await.unwrap();
+    let receive = capture.span("receive", "receive");
+    assert_eq!(receive["messaging.operation.type"], "receive");
+    assert_eq!(receive["messaging.destination.name"], "q");
+    assert_eq!(receive["messaging.message.id"], id);
+    let settle = capture.span("settle", "ack");
+    assert_eq!(settle["messaging.operation.type"], "settle");
+    assert_eq!(settle["messaging.message.id"], id);
+    assert_eq!(*log.lock().unwrap(), ["ack"]);
+}
+
+#[tokio::test]
+async fn batches_get_one_span_with_their_size_and_stay_batches() {
+    let capture = Capture::default();
+    let _on = tracing::subscriber::set_default(capture.clone());
+    let mut producer = MockProducer::new();
+    producer.expect_enqueue().never();
+    producer
+        .expect_enqueue_batch()
+        .times(1)
+        .returning(|_, messages, pending| {
+            pending.extend(messages.drain(..).map(|m| Ok(confirmed(&m))));
+        });
+    let backend = traced(Stub::new(everything()).with_producer(producer));
+    let producer = backend.producer().await.unwrap();
+    let mut messages = vec![Message::new("a"), Message::new("b")];
+    let mut pending = Vec::new();
+    producer
+        .enqueue_batch(&Destination::queue("q"), &mut messages, &mut pending)
+        .await;
+    assert_eq!(pending.len(), 2);
+    let span = capture.span("send", "enqueue_batch");
+    assert_eq!(span["messaging.batch.message_count"], "2");
+}
