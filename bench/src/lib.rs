@@ -30,6 +30,7 @@ pub mod raw_sqs;
 pub mod report;
 pub mod result;
 pub mod runner;
+pub mod summary;
 pub mod versus;
 pub mod workload;
 

@@ -362,7 +362,7 @@ async fn max_rate_search_reports_no_sustainable_rate_instead_of_collapsing() {
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["mailroom"]["maxRate"]["outcome"], "notFound");
     assert_eq!(json["mailroom"]["maxRate"]["lowestStep"], 50.0);
-    assert!(mailroom_bench::result::summary_table(&[r]).contains("no sustainable rate found"));
+    assert!(mailroom_bench::summary::summary_table(&[r]).contains("no sustainable rate found"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -222,7 +222,7 @@ async fn run_workloads(
         results.push(r);
         results.extend(raw_result);
     }
-    println!("\n{}", result::summary_table(&results));
+    println!("\n{}", mailroom_bench::summary::summary_table(&results));
     if let Some(dir) = json {
         std::fs::create_dir_all(dir).map_err(|e| {
             mailroom::Error::config(format!("cannot create {}: {e}", dir.display()))

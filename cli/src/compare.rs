@@ -88,7 +88,7 @@ pub(crate) async fn run(args: CompareArgs) -> Result<()> {
         .flat_map(|b| b.runs.iter().chain(&b.baseline))
         .filter_map(|o| o.result().cloned())
         .collect();
-    println!("\n{}", mailroom_bench::result::summary_table(&results));
+    println!("\n{}", mailroom_bench::summary::summary_table(&results));
     for (b, workload, ratio) in mailroom_bench::report::baseline_ratios(&comparison) {
         println!("{}", ratio.line(&b, &workload));
     }

@@ -8,7 +8,7 @@ use super::tables::{
     conformance_summary, esc, ratio_cell, results_table, settings_note, RESULT_HEADERS,
 };
 use crate::compare::{capability_rows, Comparison};
-use crate::result::ms;
+use crate::summary::ms;
 
 /// The self-contained HTML report: inline CSS and SVG, one small inline script that marks the
 /// page rendered (a headless browser test reads the mark).

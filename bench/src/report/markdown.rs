@@ -8,7 +8,7 @@ use super::tables::{
     conformance_summary, md_cell, ratio_cell, results_table, settings_note, RESULT_HEADERS,
 };
 use crate::compare::{capability_rows, Comparison};
-use crate::result::ms;
+use crate::summary::ms;
 
 /// The Markdown report; `charts` are linked as the `.svg` files written beside it.
 pub fn markdown(c: &Comparison, charts: &[(String, String)]) -> String {

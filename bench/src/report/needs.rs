@@ -10,7 +10,8 @@ use super::select::{
 };
 use super::verdicts::verdicts;
 use crate::compare::{declares, BackendReport, Comparison, RunOutcome};
-use crate::result::{ms, TestResult};
+use crate::result::TestResult;
+use crate::summary::ms;
 
 /// One line of "which broker for which need".
 #[derive(Debug, Clone)]

@@ -3,7 +3,8 @@
 
 use super::select::is_reference;
 use crate::compare::{BackendReport, Comparison, RunOutcome};
-use crate::result::{ms, BaselineRatio};
+use crate::result::BaselineRatio;
+use crate::summary::ms;
 
 pub(super) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")

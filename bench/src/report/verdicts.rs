@@ -6,7 +6,7 @@ use mailroom_core::{Capability, ExchangeKind};
 use super::needs::{NeedLine, SEMANTICS};
 use super::select::{done, fixed_rate_workloads, is_max_rate, moved, sustained};
 use crate::compare::{declares, BackendReport, Comparison};
-use crate::result::ms;
+use crate::summary::ms;
 
 /// What ranks the brokers that can do a shape of work.
 #[derive(Clone, Copy)]

@@ -8,20 +8,27 @@
 //! omission). The warm-up is run and thrown away; periodic stats are kept every
 //! `stats_interval`, with a live progress line on a terminal.
 
-use std::io::{IsTerminal, Write as _};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+mod consume;
+mod produce;
+mod progress;
+mod state;
+
+use std::io::IsTerminal;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 
 use mailroom_core::{Error, ErrorKind, Result};
 
-use super::driver::{now_us, Confirm, Driver, Outgoing, TopicPlan};
-use super::result::{MaxRate, Percentiles, TestResult};
-use super::workload::{KeyDistributor, Plan};
+use self::consume::consume;
+use self::produce::produce;
+use self::progress::{Period, Progress};
+use self::state::{histogram, RunState};
+use crate::driver::{now_us, Driver, TopicPlan};
+use crate::result::{MaxRate, Percentiles, TestResult};
+use crate::workload::Plan;
 
 /// How a run reports while it goes.
 #[derive(Debug, Clone)]
@@ -62,122 +69,6 @@ pub const SEARCH_FLOOR_DIVISOR: f64 = 100.0;
 /// Backlog samples for the drain chart.
 const BACKLOG_SAMPLE: Duration = Duration::from_millis(250);
 
-fn histogram() -> Result<Histogram<u64>> {
-    Histogram::new_with_bounds(1, HIST_MAX_US, 3)
-        .map_err(|e| Error::config(format!("histogram: {e}")))
-}
-
-type Part = Arc<Mutex<Histogram<u64>>>;
-
-/// A histogram split into one part per task, so recording never contends; `take` merges.
-struct Hists {
-    template: Histogram<u64>,
-    parts: Mutex<Vec<Part>>,
-}
-
-impl Hists {
-    fn new() -> Result<Hists> {
-        Ok(Hists {
-            template: histogram()?,
-            parts: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn empty(&self) -> Histogram<u64> {
-        self.template.clone()
-    }
-
-    fn part(&self) -> Part {
-        let part = Arc::new(Mutex::new(self.empty()));
-        if let Ok(mut parts) = self.parts.lock() {
-            parts.push(part.clone());
-        }
-        part
-    }
-
-    fn take(&self) -> Histogram<u64> {
-        let mut out = self.empty();
-        if let Ok(parts) = self.parts.lock() {
-            for part in parts.iter() {
-                if let Ok(mut h) = part.lock() {
-                    let _ = out.add(&*h);
-                    h.reset();
-                }
-            }
-        }
-        out
-    }
-}
-
-fn record(part: &Part, us: u64) {
-    if let Ok(mut h) = part.lock() {
-        h.saturating_record(us.clamp(1, HIST_MAX_US));
-    }
-}
-
-/// The live state of one run, read and written by its producers, its consumers and the loop that
-/// paces them: stop flags, the target rate, counters and latency histograms.
-struct RunState {
-    stop_producers: AtomicBool,
-    stop_consumers: AtomicBool,
-    consumers_paused: AtomicBool,
-    /// Per-producer rate in msgs/s, as f64 bits.
-    rate_bits: AtomicU64,
-    /// Bumped when the rate changes: producers re-anchor their schedule to now.
-    epoch: AtomicU64,
-    /// Confirmed sends, ever (backlog) and since the last period (rates).
-    sent_total: AtomicU64,
-    sent: AtomicU64,
-    send_errors: AtomicU64,
-    received_total: AtomicU64,
-    received: AtomicU64,
-    /// The latest intended send time (µs) among received messages: when it passes the start
-    /// of a drain on an in-order broker, everything sent before the drain has arrived.
-    newest_received_intended_us: AtomicU64,
-    first_error: Mutex<Option<String>>,
-    publish: Hists,
-    delay: Hists,
-    e2e: Hists,
-}
-
-impl RunState {
-    fn new() -> Result<RunState> {
-        Ok(RunState {
-            stop_producers: AtomicBool::new(false),
-            stop_consumers: AtomicBool::new(false),
-            consumers_paused: AtomicBool::new(false),
-            rate_bits: AtomicU64::new(1f64.to_bits()),
-            epoch: AtomicU64::new(0),
-            sent_total: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
-            send_errors: AtomicU64::new(0),
-            received_total: AtomicU64::new(0),
-            received: AtomicU64::new(0),
-            newest_received_intended_us: AtomicU64::new(0),
-            first_error: Mutex::new(None),
-            publish: Hists::new()?,
-            delay: Hists::new()?,
-            e2e: Hists::new()?,
-        })
-    }
-
-    fn set_rate(&self, per_producer: f64) {
-        self.rate_bits
-            .store(per_producer.max(0.001).to_bits(), Ordering::Release);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn rate(&self) -> f64 {
-        f64::from_bits(self.rate_bits.load(Ordering::Acquire))
-    }
-
-    fn note_error(&self, e: &Error) {
-        if let Ok(mut first) = self.first_error.lock() {
-            first.get_or_insert_with(|| e.to_string());
-        }
-    }
-}
-
 fn fresh_name(what: &str) -> String {
     let id = mailroom_core::MessageId::generate().to_string();
     let id: String = id
@@ -186,175 +77,6 @@ fn fresh_name(what: &str) -> String {
         .take(10)
         .collect();
     format!("mr-bench-{what}-{id}")
-}
-
-async fn produce(
-    driver: Arc<dyn Driver>,
-    topic: TopicPlan,
-    plan: Arc<Plan>,
-    index: usize,
-    state: Arc<RunState>,
-) -> Result<()> {
-    let producer = driver.producer(&topic).await?;
-    let publish = state.publish.part();
-    let delay = state.delay.part();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Confirm, Instant)>(4096);
-    let confirm_state = state.clone();
-    // Confirms are awaited apart from the sends so a slow confirm never holds the schedule up.
-    let confirms = tokio::spawn(async move {
-        let mut in_flight = FuturesUnordered::new();
-        let mut open = true;
-        loop {
-            tokio::select! {
-                next = rx.recv(), if open && in_flight.len() < MAX_CONFIRMS_IN_FLIGHT => match next {
-                    Some((confirm, sent_at)) => in_flight.push(async move {
-                        let r: Result<()> = confirm.await;
-                        (r, sent_at)
-                    }),
-                    None => open = false,
-                },
-                Some((r, sent_at)) = in_flight.next(), if !in_flight.is_empty() => match r {
-                    Ok(()) => {
-                        record(&publish, sent_at.elapsed().as_micros() as u64);
-                        confirm_state.sent.fetch_add(1, Ordering::Relaxed);
-                        confirm_state.sent_total.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        confirm_state.note_error(&e);
-                        confirm_state.send_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                },
-                else => break,
-            }
-        }
-    });
-    let payloads = &plan.payloads;
-    let mut epoch = u64::MAX;
-    let mut next = Instant::now();
-    let mut i: u64 = 0;
-    let mut result = Ok(());
-    while !state.stop_producers.load(Ordering::Acquire) {
-        let current = state.epoch.load(Ordering::Acquire);
-        if current != epoch {
-            epoch = current;
-            next = Instant::now();
-        }
-        let interval = Duration::from_secs_f64(1.0 / state.rate());
-        if next > Instant::now() {
-            tokio::time::sleep_until(next.into()).await;
-            if state.stop_producers.load(Ordering::Acquire) {
-                break;
-            }
-        }
-        let intended = next;
-        next += interval;
-        let key = match plan.workload.key_distributor {
-            KeyDistributor::NoKey => None,
-            KeyDistributor::KeyRoundRobin => Some(format!("k{}", (i + index as u64) % 10_000)),
-            KeyDistributor::RandomNano => Some(format!("k{}", now_us() ^ (i << 20))),
-        };
-        let payload = payloads[(i as usize) % payloads.len()].clone();
-        i += 1;
-        let intended_us = now_us().saturating_sub(intended.elapsed().as_micros() as u64);
-        let sent_at = Instant::now();
-        record(&delay, sent_at.duration_since(intended).as_micros() as u64);
-        match producer
-            .send(Outgoing {
-                key,
-                payload,
-                intended_us,
-            })
-            .await
-        {
-            Ok(confirm) => {
-                if tx.send((confirm, sent_at)).await.is_err() {
-                    break;
-                }
-            }
-            Err(e) => {
-                state.note_error(&e);
-                state.send_errors.fetch_add(1, Ordering::Relaxed);
-                if !e.is_temporary() {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-    }
-    drop(tx);
-    let _ = confirms.await;
-    let closed = producer.close().await;
-    result.and(closed)
-}
-
-async fn consume(
-    driver: Arc<dyn Driver>,
-    topic: TopicPlan,
-    subscription: String,
-    state: Arc<RunState>,
-) -> Result<()> {
-    let mut consumer = driver.consumer(&topic, &subscription).await?;
-    let e2e = state.e2e.part();
-    let mut result = Ok(());
-    while !state.stop_consumers.load(Ordering::Acquire) {
-        if state.consumers_paused.load(Ordering::Acquire) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        }
-        match consumer.receive(Duration::from_millis(100)).await {
-            Ok(Some(incoming)) => {
-                if let Some(intended) = incoming.intended_us {
-                    record(&e2e, now_us().saturating_sub(intended));
-                    state
-                        .newest_received_intended_us
-                        .fetch_max(intended, Ordering::Relaxed);
-                }
-                state.received.fetch_add(1, Ordering::Relaxed);
-                state.received_total.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(None) => {}
-            Err(e) if e.kind() == ErrorKind::Closed => break,
-            Err(e) => {
-                state.note_error(&e);
-                if !e.is_temporary() {
-                    result = Err(e);
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    let closed = consumer.close().await;
-    result.and(closed)
-}
-
-struct Period {
-    at: Instant,
-    sent_total: u64,
-    received_total: u64,
-}
-
-struct Progress {
-    enabled: bool,
-    label: String,
-}
-
-impl Progress {
-    fn show(&self, line: &str) {
-        if self.enabled {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K{}: {line}", self.label);
-            let _ = err.flush();
-        }
-    }
-
-    fn clear(&self) {
-        if self.enabled {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K");
-            let _ = err.flush();
-        }
-    }
 }
 
 /// Run a planned workload on a driver and return its result.
