@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
 };
 use mailroom_core::operation::{ACK, NACK};
 use mailroom_core::republish::{self, Republish};
@@ -382,8 +382,13 @@ fn reply_all(reqs: &mut [SettleReq], err: &Error) {
 fn reply_results(
     reqs: &mut [SettleReq],
     ok: impl Iterator<Item = String>,
-    failed: impl Iterator<Item = (String, Error)>,
+    failed: &[BatchResultErrorEntry],
+    operation: &'static str,
 ) {
+    let failed = failed.iter().map(|f| {
+        let err = from_entry(f.code(), f.message(), f.sender_fault(), operation);
+        (f.id().to_owned(), err)
+    });
     for id in ok {
         if let Some(r) = id.parse::<usize>().ok().and_then(|i| reqs.get_mut(i)) {
             if let Some(reply) = r.reply.take() {
@@ -436,16 +441,10 @@ async fn delete_batch(connection: &Connection, url: &str, mut reqs: Vec<SettleRe
         .send()
         .await
     {
-        Ok(out) => reply_results(
-            &mut reqs,
-            out.successful().iter().map(|s| s.id().to_owned()),
-            out.failed().iter().map(|f| {
-                (
-                    f.id().to_owned(),
-                    from_entry(f.code(), f.message(), f.sender_fault(), ACK),
-                )
-            }),
-        ),
+        Ok(out) => {
+            let ok = out.successful().iter().map(|s| s.id().to_owned());
+            reply_results(&mut reqs, ok, out.failed(), ACK)
+        }
         Err(e) => reply_all(&mut reqs, &from_sdk(e, ACK)),
     }
 }
@@ -475,16 +474,10 @@ async fn visibility_batch(connection: &Connection, url: &str, mut reqs: Vec<Sett
         .send()
         .await
     {
-        Ok(out) => reply_results(
-            &mut reqs,
-            out.successful().iter().map(|s| s.id().to_owned()),
-            out.failed().iter().map(|f| {
-                (
-                    f.id().to_owned(),
-                    from_entry(f.code(), f.message(), f.sender_fault(), NACK),
-                )
-            }),
-        ),
+        Ok(out) => {
+            let ok = out.successful().iter().map(|s| s.id().to_owned());
+            reply_results(&mut reqs, ok, out.failed(), NACK)
+        }
         Err(e) => reply_all(&mut reqs, &from_sdk(e, NACK)),
     }
 }
