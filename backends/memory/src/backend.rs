@@ -42,6 +42,11 @@ impl MemoryBackend {
         Ok(Self::with_config(MemoryConfig::from_url(url)?))
     }
 
+    /// The configuration this broker was opened with.
+    pub fn config(&self) -> &MemoryConfig {
+        &self.broker.config
+    }
+
     /// How many messages a queue holds (ready, delayed, unacked).
     pub fn queue_depth(&self, queue: &str) -> Result<QueueDepth> {
         Ok(self.broker.queue(queue)?.depth())

@@ -406,9 +406,9 @@ impl Connection {
             let open = live.conn.create_channel();
             match self.answer(&live, deadline, "channel.open", open).await {
                 Ok(ch) => return Ok((live, ch)),
-                Err(Failure::Refused(e)) => return Err(map(e, "open channel", "the connection")),
+                Err(Failure::Refused(e)) => return Err(map(e, "open_channel", "the connection")),
                 Err(Failure::Lost(lost)) if deadline.passed() => {
-                    return Err(self.gave_up("open channel", &lost))
+                    return Err(self.gave_up("open_channel", &lost))
                 }
                 Err(Failure::Lost(lost)) => {
                     tracing::debug!(%lost, "no channel; trying again");
