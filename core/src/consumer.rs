@@ -109,5 +109,5 @@ impl ConsumerExt for Box<dyn Consumer> {
 pub fn closed_consumer(backend: &'static str) -> Error {
     Error::closed("consumer is closed")
         .with_backend(backend)
-        .with_operation("receive")
+        .with_operation(crate::operation::RECEIVE)
 }

@@ -12,6 +12,7 @@
 
 pub mod backend;
 pub mod capabilities;
+pub mod closed;
 pub mod consumer;
 pub mod delivery;
 pub mod error;
@@ -19,14 +20,18 @@ pub mod headers;
 pub mod json;
 pub mod layer;
 pub mod message;
+pub mod operation;
 pub mod pattern;
 pub mod producer;
+pub mod republish;
 pub mod topology;
 pub mod transaction;
 pub mod url;
+pub mod wire;
 
 pub use backend::{Backend, BackendFactory, Registry};
 pub use capabilities::{Capabilities, Capability};
+pub use closed::ClosedFlag;
 pub use consumer::{Consumer, ConsumerExt, ConsumerOptions, Replay};
 pub use delivery::{Delivery, DeliveryInfo, Nack, Settle, Settlement};
 pub use error::{Error, ErrorKind, Result};

@@ -1,4 +1,4 @@
-//! Receiving through a consumer group, and settling what was received.
+//! Receiving through a consumer group: subscribing, replay, rebalances, prefetch and commits.
 //!
 //! **Commit strategy.** Offsets are never stored automatically (`enable.auto.offset.store=false`).
 //! Each delivery is recorded in an [`OffsetBook`]; settling it (ack, or a nack once the requeued
@@ -7,38 +7,36 @@
 //! librdkafka (`store_offsets`), which commits it every `auto.commit.interval.ms`, on revoke and
 //! on close. An out-of-order ack therefore never commits past an unsettled message.
 //!
-//! **Requeue** is a retry path, not a seek: a nacked (or dropped) delivery is produced again to
-//! the queue's own topic with `x-mailroom-attempt` = attempt + 1, and the original counts as
-//! settled once that copy is confirmed. The copy keeps its key, so it lands on the same
-//! partition, *behind* messages sent meanwhile: a requeue gives up the message's place in the
-//! per-key order (as AMQP's requeue does under concurrency), while everything else keeps it.
+//! **Requeue** (in `settle.rs`) is a retry path, not a seek: a nacked (or dropped) delivery is
+//! produced again to the queue's own topic with `x-mailroom-attempt` = attempt + 1, and the
+//! original counts as settled once that copy is confirmed. The copy keeps its key, so it lands
+//! on the same partition, *behind* messages sent meanwhile: a requeue gives up the message's
+//! place in the per-key order (as AMQP's requeue does under concurrency), while everything else
+//! keeps it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use mailroom_core::consumer::closed_consumer;
-use mailroom_core::delivery::stamp_dead_letter;
+use mailroom_core::operation::{CLOSE, CONNECT, CONSUME, RECEIVE};
 use mailroom_core::{
-    Capability, Consumer, ConsumerOptions, Delivery, DeliveryInfo, Error, ErrorKind, Headers,
-    Message, MessageId, MessageParts, Nack, Replay, Result, Settle, Timestamp,
+    Capability, Consumer, ConsumerOptions, Delivery, DeliveryInfo, Error, ErrorKind, Replay, Result,
 };
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers as _};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
-use crate::backend::{blocking, Shared};
+use crate::codec::decode;
 use crate::config::KafkaConfig;
-use crate::offsets::{OffsetBook, Tp};
-use crate::producer::{
-    validate_topic, Completion, ProducerCore, ATTEMPT_HEADER, ID_HEADER, TIMESTAMP_HEADER,
-};
-use crate::topology::QueueMeta;
+use crate::connection::{blocking, Connection};
+use crate::offsets::{OffsetBook, TopicPartition};
+use crate::settle::{KafkaSettle, SettleScope};
+use crate::topology::validate_topic;
 use crate::{error, BACKEND};
 
 /// Where a partition starts on its first assignment to this consumer.
@@ -51,13 +49,13 @@ enum ReplayAt {
 /// Rebalance callbacks: keep the offset book in step with the assignment, apply replay.
 pub(crate) struct GroupContext {
     book: Arc<OffsetBook>,
-    replay: Mutex<HashMap<Tp, ReplayAt>>,
+    replay: Mutex<HashMap<TopicPartition, ReplayAt>>,
     timeout: Duration,
 }
 
 impl ClientContext for GroupContext {}
 
-pub(crate) fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
+pub(crate) fn partitions_in(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements()
         .iter()
         .map(|e| (Arc::from(e.topic()), e.partition()))
@@ -100,7 +98,7 @@ impl ConsumerContext for GroupContext {
             // Commit what is settled before the partitions go, so the next owner starts there.
             store(base, &self.book);
             commit_now(base);
-            self.book.revoke(&tps_of(tpl));
+            self.book.revoke(&partitions_in(tpl));
         }
     }
 
@@ -108,9 +106,9 @@ impl ConsumerContext for GroupContext {
         let Rebalance::Assign(tpl) = rebalance else {
             return;
         };
-        let tps = tps_of(tpl);
+        let tps = partitions_in(tpl);
         self.book.assign(&tps);
-        let targets: Vec<(Tp, ReplayAt)> = {
+        let targets: Vec<(TopicPartition, ReplayAt)> = {
             let mut plan = self.replay.lock().unwrap_or_else(|p| p.into_inner());
             tps.iter()
                 .filter_map(|tp| plan.remove(tp).map(|at| (tp.clone(), at)))
@@ -160,16 +158,8 @@ impl ConsumerContext for GroupContext {
 /// Check that consumer-only properties are valid (called by `connect`).
 pub(crate) fn check_consumer_config(config: &KafkaConfig) -> Result<()> {
     let cc = config.consumer_client_config("mailroom-config-check");
-    let _: BaseConsumer = cc.create().map_err(|e| error::map(e, "connect"))?;
+    let _: BaseConsumer = cc.create().map_err(|e| error::map(e, CONNECT))?;
     Ok(())
-}
-
-/// What every delivery of one consumer needs to settle.
-struct SettleCtx {
-    book: Arc<OffsetBook>,
-    producer: Arc<ProducerCore>,
-    queue: Arc<str>,
-    meta: QueueMeta,
 }
 
 /// A member of the consumer group named after the queue.
@@ -181,7 +171,7 @@ struct SettleCtx {
 /// [`Consumer::close`] to do it without blocking.
 pub struct KafkaConsumer {
     consumer: Option<StreamConsumer<GroupContext>>,
-    ctx: Arc<SettleCtx>,
+    scope: Arc<SettleScope>,
     topics: HashMap<String, Arc<str>>,
     prefetch: usize,
     timeout: Duration,
@@ -189,15 +179,15 @@ pub struct KafkaConsumer {
 
 impl KafkaConsumer {
     pub(crate) async fn open(
-        shared: Arc<Shared>,
+        connection: Arc<Connection>,
         queue: &str,
         options: ConsumerOptions,
     ) -> Result<Self> {
-        validate_topic("queue", queue).map_err(|e| e.with_operation("consume"))?;
+        validate_topic("queue", queue).map_err(|e| e.with_operation(CONSUME))?;
         if options.replay.is_some() {
-            shared
+            connection
                 .capabilities
-                .require(Capability::Replay, BACKEND, "consume")?;
+                .require(Capability::Replay, BACKEND, CONSUME)?;
         }
         if let Some(Replay::Offset(o)) = options.replay {
             if o < 0 {
@@ -205,50 +195,50 @@ impl KafkaConsumer {
                     "replay offset {o} is negative; use Replay::Earliest or Replay::Latest"
                 ))
                 .with_backend(BACKEND)
-                .with_operation("consume"));
+                .with_operation(CONSUME));
             }
         }
         let mut topics = vec![queue.to_owned()];
-        topics.extend(shared.registry.bound_exchanges(queue));
+        topics.extend(connection.declared.bound_exchanges(queue));
         let mut partitions: Vec<(String, Vec<i32>)> = Vec::new();
         for topic in &topics {
-            match shared.partitions(topic).await? {
+            match connection.partitions(topic).await? {
                 Some(p) => partitions.push((topic.clone(), p)),
                 None if topic == queue => {
                     return Err(Error::not_found(format!(
                         "queue '{queue}' does not exist; declare it first"
                     ))
                     .with_backend(BACKEND)
-                    .with_operation("consume"))
+                    .with_operation(CONSUME))
                 }
                 None => tracing::warn!(queue, exchange = %topic, "bound exchange is gone"),
             }
         }
-        let timeout = shared.config.operation_timeout;
-        let plan = replay_plan(&shared, options.replay, &partitions).await?;
+        let timeout = connection.config.operation_timeout;
+        let plan = replay_plan(&connection, options.replay, &partitions).await?;
         let book = Arc::new(OffsetBook::default());
         let context = GroupContext {
             book: book.clone(),
             replay: Mutex::new(plan),
             timeout,
         };
-        let consumer: StreamConsumer<GroupContext> = shared
+        let consumer: StreamConsumer<GroupContext> = connection
             .config
             .consumer_client_config(queue)
             .create_with_context(context)
-            .map_err(|e| error::map(e, "consume"))?;
+            .map_err(|e| error::map(e, CONSUME))?;
         let names: Vec<&str> = partitions.iter().map(|(t, _)| t.as_str()).collect();
         consumer
             .subscribe(&names)
-            .map_err(|e| error::map(e, "consume"))?;
-        let producer = shared.internal_producer()?;
+            .map_err(|e| error::map(e, CONSUME))?;
+        let producer = connection.internal_producer()?;
         Ok(KafkaConsumer {
             consumer: Some(consumer),
-            ctx: Arc::new(SettleCtx {
+            scope: Arc::new(SettleScope {
                 book,
                 producer,
                 queue: Arc::from(queue),
-                meta: shared.registry.queue_meta(queue),
+                settings: connection.declared.queue_settings(queue),
             }),
             topics: partitions
                 .iter()
@@ -256,7 +246,7 @@ impl KafkaConsumer {
                 .collect(),
             prefetch: options
                 .prefetch
-                .unwrap_or(shared.config.default_prefetch)
+                .unwrap_or(connection.config.default_prefetch)
                 .max(1) as usize,
             timeout,
         })
@@ -269,18 +259,18 @@ impl KafkaConsumer {
             .cloned()
             .unwrap_or_else(|| Arc::from(m.topic()));
         let (message, attempt) = decode(m);
-        let tp: Tp = (topic, m.partition());
+        let tp: TopicPartition = (topic, m.partition());
         let offset = m.offset();
-        let epoch = self.ctx.book.delivered(&tp, offset);
+        let epoch = self.scope.book.delivered(&tp, offset);
         let info = DeliveryInfo {
             attempt,
             redelivered: attempt > 1,
-            source: self.ctx.queue.to_string(),
+            source: self.scope.queue.to_string(),
             partition: Some(tp.1),
             offset: Some(offset),
         };
         let settle = KafkaSettle {
-            ctx: self.ctx.clone(),
+            scope: self.scope.clone(),
             tp,
             offset,
             epoch,
@@ -297,24 +287,24 @@ impl KafkaConsumer {
                 "closing the consumer of '{}' did not finish within {:?} (the group coordinator \
                  does not answer): settled deliveries not committed yet are delivered again; \
                  leaving the group goes on in the background",
-                self.ctx.queue, self.timeout
+                self.scope.queue, self.timeout
             ),
         )
         .with_backend(BACKEND)
-        .with_operation("close")
+        .with_operation(CLOSE)
     }
 }
 
 /// Resolve the replay option into a start offset per partition.
 async fn replay_plan(
-    shared: &Arc<Shared>,
+    connection: &Arc<Connection>,
     replay: Option<Replay>,
     partitions: &[(String, Vec<i32>)],
-) -> Result<HashMap<Tp, ReplayAt>> {
+) -> Result<HashMap<TopicPartition, ReplayAt>> {
     let Some(replay) = replay else {
         return Ok(HashMap::new());
     };
-    let all: Vec<Tp> = partitions
+    let all: Vec<TopicPartition> = partitions
         .iter()
         .flat_map(|(t, ps)| {
             let topic: Arc<str> = Arc::from(t.as_str());
@@ -328,15 +318,15 @@ async fn replay_plan(
         Replay::Time(t) => at(ReplayAt::Time(t.as_millis() as i64)),
         Replay::Latest => {
             // The end *now*, so messages sent between this call and the group join still count.
-            let shared = shared.clone();
+            let connection = connection.clone();
             blocking(move || {
                 let mut plan = HashMap::new();
                 for tp in all {
-                    let (_, high) = shared
+                    let (_, high) = connection
                         .admin
                         .inner()
-                        .fetch_watermarks(&tp.0, tp.1, shared.config.operation_timeout)
-                        .map_err(|e| error::map(e, "consume"))?;
+                        .fetch_watermarks(&tp.0, tp.1, connection.config.operation_timeout)
+                        .map_err(|e| error::map(e, CONSUME))?;
                     plan.insert(tp, ReplayAt::Offset(Offset::Offset(high)));
                 }
                 Ok(plan)
@@ -344,58 +334,6 @@ async fn replay_plan(
             .await?
         }
     })
-}
-
-/// A Kafka record as a mailroom message, and its attempt (internal headers are stripped).
-pub(crate) fn decode(m: &BorrowedMessage<'_>) -> (Message, u32) {
-    let mut headers = Headers::new();
-    let mut id = None;
-    let mut timestamp = None;
-    let mut attempt = 1u32;
-    if let Some(hs) = m.headers() {
-        for h in hs.iter() {
-            let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
-            match h.key {
-                ID_HEADER => id = MessageId::parse(&value).ok(),
-                TIMESTAMP_HEADER => timestamp = value.parse().ok().map(Timestamp::from_millis),
-                ATTEMPT_HEADER => attempt = value.parse().unwrap_or(1).max(1),
-                name => {
-                    if let Err(e) = headers.insert(name, value) {
-                        tracing::warn!(error = %e, "header of a received record dropped");
-                    }
-                }
-            }
-        }
-    }
-    let from_mailroom = id.is_some();
-    let id = id.unwrap_or_else(|| {
-        // Records from other producers get an id that is stable across redeliveries.
-        MessageId::parse(&format!(
-            "kafka:{}:{}:{}",
-            m.topic(),
-            m.partition(),
-            m.offset()
-        ))
-        .unwrap_or_else(|_| MessageId::generate())
-    });
-    if !from_mailroom {
-        timestamp = m
-            .timestamp()
-            .to_millis()
-            .filter(|t| *t >= 0)
-            .map(|t| Timestamp::from_millis(t as u64));
-    }
-    let message = Message::from_parts(MessageParts {
-        id,
-        key: m
-            .key()
-            .map(|k| Arc::from(String::from_utf8_lossy(k).as_ref())),
-        payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-        headers,
-        timestamp,
-        delay: None,
-    });
-    (message, attempt)
 }
 
 pub(crate) fn is_moot(e: &KafkaError) -> bool {
@@ -417,9 +355,9 @@ impl Consumer for KafkaConsumer {
             let Some(consumer) = self.consumer.as_ref() else {
                 return Err(closed_consumer(BACKEND));
             };
-            store(consumer, &self.ctx.book);
-            let settled = self.ctx.book.settled.notified();
-            if self.ctx.book.unsettled() >= self.prefetch {
+            store(consumer, &self.scope.book);
+            let settled = self.scope.book.settled.notified();
+            if self.scope.book.unsettled() >= self.prefetch {
                 settled.await;
                 continue;
             }
@@ -432,7 +370,7 @@ impl Consumer for KafkaConsumer {
                         tracing::debug!(error = %e, "transient consumer error");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    Err(e) => return Err(error::map(e, "receive")),
+                    Err(e) => return Err(error::map(e, RECEIVE)),
                 },
             }
         }
@@ -444,13 +382,15 @@ impl Consumer for KafkaConsumer {
         };
         // One bound for the whole close: the requeues in flight, the commit and the leave.
         let deadline = Instant::now() + self.timeout;
-        while self.ctx.book.requeues() > 0 && Instant::now() < deadline {
-            let _ =
-                tokio::time::timeout(Duration::from_millis(20), self.ctx.book.settled.notified())
-                    .await;
+        while self.scope.book.requeues() > 0 && Instant::now() < deadline {
+            let _ = tokio::time::timeout(
+                Duration::from_millis(20),
+                self.scope.book.settled.notified(),
+            )
+            .await;
         }
         let (done, finished) = tokio::sync::oneshot::channel();
-        finish_in_background(consumer, self.ctx.book.clone(), move || {
+        finish_in_background(consumer, self.scope.book.clone(), move || {
             let _ = done.send(());
         });
         match tokio::time::timeout_at(deadline.into(), finished).await {
@@ -495,12 +435,12 @@ impl Drop for KafkaConsumer {
             return;
         }
         let deadline = Instant::now() + self.timeout;
-        while self.ctx.book.requeues() > 0 && Instant::now() < deadline {
+        while self.scope.book.requeues() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         if let Some(consumer) = self.consumer.take() {
             let (done, finished) = std::sync::mpsc::sync_channel(1);
-            finish_in_background(consumer, self.ctx.book.clone(), move || {
+            finish_in_background(consumer, self.scope.book.clone(), move || {
                 let _ = done.send(());
             });
             if finished
@@ -516,148 +456,9 @@ impl Drop for KafkaConsumer {
 impl std::fmt::Debug for KafkaConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaConsumer")
-            .field("queue", &self.ctx.queue)
+            .field("queue", &self.scope.queue)
             .field("prefetch", &self.prefetch)
             .field("closed", &self.consumer.is_none())
             .finish()
-    }
-}
-
-/// Settles one delivery: commit position, requeue copy or dead letter.
-struct KafkaSettle {
-    ctx: Arc<SettleCtx>,
-    tp: Tp,
-    offset: i64,
-    epoch: u64,
-    message: Message,
-    attempt: u32,
-}
-
-impl KafkaSettle {
-    fn settle(&self) {
-        self.ctx.book.settle(&self.tp, self.offset, self.epoch);
-    }
-
-    async fn requeue(self) -> Result<()> {
-        if !self.ctx.book.is_current(&self.tp, self.epoch) {
-            // The partition moved on; its new owner delivers the message again.
-            return Ok(());
-        }
-        self.ctx.book.requeue_started();
-        let sent = self
-            .ctx
-            .producer
-            .send_confirmed(
-                &self.ctx.queue,
-                self.message.clone(),
-                Some(self.attempt + 1),
-            )
-            .await;
-        self.ctx.book.requeue_finished();
-        sent.map_err(|e| e.with_operation("nack"))?;
-        self.settle();
-        Ok(())
-    }
-
-    async fn dead_letter(self, reason: &str) -> Result<()> {
-        let Some(dlq) = self.ctx.meta.dead_letter_queue.clone() else {
-            tracing::warn!(
-                queue = %self.ctx.queue,
-                id = %self.message.id(),
-                reason,
-                "message dead-lettered from a queue without a dead-letter queue: discarded"
-            );
-            self.settle();
-            return Ok(());
-        };
-        let mut dead = self.message.clone();
-        stamp_dead_letter(&mut dead, &self.ctx.queue, reason, self.attempt);
-        self.ctx
-            .producer
-            .ensure_topic(&dlq)
-            .await
-            .map_err(|e| e.with_operation("nack"))?;
-        self.ctx
-            .producer
-            .send_confirmed(&dlq, dead, None)
-            .await
-            .map_err(|e| e.with_operation("nack"))?;
-        self.settle();
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Settle for KafkaSettle {
-    async fn ack(self: Box<Self>) -> Result<()> {
-        self.settle();
-        Ok(())
-    }
-
-    async fn nack(self: Box<Self>, nack: Nack) -> Result<()> {
-        match nack {
-            Nack::Requeue { delay: Some(_) } => {
-                let refused = self.ctx.producer.capabilities().require(
-                    Capability::DelayedDelivery,
-                    BACKEND,
-                    "nack",
-                );
-                // Like a dropped delivery, the message comes back at once.
-                self.abandon();
-                refused
-            }
-            Nack::Requeue { delay: None } => match self.ctx.meta.max_delivery_attempts {
-                Some(max) if self.attempt >= max => {
-                    let reason = format!(
-                        "rejected on attempt {}; the queue allows {max} delivery attempts",
-                        self.attempt
-                    );
-                    self.dead_letter(&reason).await
-                }
-                _ => self.requeue().await,
-            },
-            Nack::DeadLetter { reason } => self.dead_letter(&reason).await,
-        }
-    }
-
-    fn abandon(self: Box<Self>) {
-        let KafkaSettle {
-            ctx,
-            tp,
-            offset,
-            epoch,
-            message,
-            attempt,
-        } = *self;
-        if !ctx.book.is_current(&tp, epoch) {
-            return;
-        }
-        ctx.book.requeue_started();
-        // Only the book: a callback holding the producer could drop its last handle on the
-        // producer's own polling thread, which cannot join itself.
-        let done = ctx.book.clone();
-        let sent = ctx.producer.send_detached(
-            &ctx.queue,
-            message,
-            Some(attempt + 1),
-            Completion::Callback(Box::new(move |result| {
-                match result {
-                    Ok(_) => {
-                        done.settle(&tp, offset, epoch);
-                    }
-                    Err(e) => tracing::warn!(
-                        error = %e,
-                        "requeue of a dropped delivery failed; it is redelivered after a restart"
-                    ),
-                }
-                done.requeue_finished();
-            })),
-        );
-        if !sent {
-            ctx.book.requeue_finished();
-            tracing::warn!(
-                "requeue of a dropped delivery refused; it is redelivered after a restart"
-            );
-        }
     }
 }

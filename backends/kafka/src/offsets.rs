@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 /// A topic and partition.
-pub(crate) type Tp = (Arc<str>, i32);
+pub(crate) type TopicPartition = (Arc<str>, i32);
 
 #[derive(Debug)]
 struct Partition {
@@ -27,11 +27,11 @@ struct Partition {
 
 #[derive(Debug, Default)]
 struct Book {
-    partitions: HashMap<Tp, Partition>,
+    partitions: HashMap<TopicPartition, Partition>,
     next_epoch: u64,
     unsettled: usize,
     /// Next offsets to store, per partition, waiting for the consumer to hand them to librdkafka.
-    to_store: HashMap<Tp, i64>,
+    to_store: HashMap<TopicPartition, i64>,
     /// Requeues (re-produced copies) whose delivery report has not arrived yet.
     requeues: usize,
 }
@@ -45,7 +45,7 @@ impl Book {
         }
     }
 
-    fn forget(&mut self, tp: &Tp) {
+    fn forget(&mut self, tp: &TopicPartition) {
         if let Some(old) = self.partitions.remove(tp) {
             self.unsettled -= old.pending.values().filter(|s| !**s).count();
         }
@@ -68,7 +68,7 @@ impl OffsetBook {
     }
 
     /// Partitions were assigned: start each afresh (fetching restarts at the committed offset).
-    pub fn assign(&self, tps: &[Tp]) {
+    pub fn assign(&self, tps: &[TopicPartition]) {
         let mut book = self.lock();
         for tp in tps {
             book.forget(tp);
@@ -78,7 +78,7 @@ impl OffsetBook {
     }
 
     /// Partitions were revoked: their unsettled deliveries no longer count.
-    pub fn revoke(&self, tps: &[Tp]) {
+    pub fn revoke(&self, tps: &[TopicPartition]) {
         let mut book = self.lock();
         for tp in tps {
             book.forget(tp);
@@ -94,7 +94,7 @@ impl OffsetBook {
     }
 
     /// A message at `offset` was handed out; returns the epoch its settle must quote.
-    pub fn delivered(&self, tp: &Tp, offset: i64) -> u64 {
+    pub fn delivered(&self, tp: &TopicPartition, offset: i64) -> u64 {
         let mut book = self.lock();
         if !book.partitions.contains_key(tp) {
             let fresh = book.fresh();
@@ -116,7 +116,7 @@ impl OffsetBook {
 
     /// A delivery was settled. Returns false if its assignment is gone (the settle is moot:
     /// whoever owns the partition now will deliver the message again).
-    pub fn settle(&self, tp: &Tp, offset: i64, epoch: u64) -> bool {
+    pub fn settle(&self, tp: &TopicPartition, offset: i64, epoch: u64) -> bool {
         let counted = {
             let mut book = self.lock();
             let mut advanced_to = None;
@@ -149,7 +149,7 @@ impl OffsetBook {
     }
 
     /// Whether a delivery of this epoch still belongs to the current assignment.
-    pub fn is_current(&self, tp: &Tp, epoch: u64) -> bool {
+    pub fn is_current(&self, tp: &TopicPartition, epoch: u64) -> bool {
         self.lock()
             .partitions
             .get(tp)
@@ -157,7 +157,7 @@ impl OffsetBook {
     }
 
     /// Next offsets that became committable since the last call.
-    pub fn take_stores(&self) -> Vec<(Tp, i64)> {
+    pub fn take_stores(&self) -> Vec<(TopicPartition, i64)> {
         self.lock().to_store.drain().collect()
     }
 
@@ -189,7 +189,7 @@ impl OffsetBook {
 mod tests {
     use super::*;
 
-    fn tp() -> Tp {
+    fn tp() -> TopicPartition {
         (Arc::from("t"), 0)
     }
 

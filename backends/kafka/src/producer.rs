@@ -1,4 +1,5 @@
-//! Sending: records with key, headers and id, confirmed by librdkafka's delivery reports.
+//! Sending: records handed to librdkafka (encoded by `codec.rs`), confirmed by its delivery
+//! reports, within an in-flight window.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,43 +7,21 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use mailroom_core::operation::{PRODUCER, SEND};
 use mailroom_core::{
     Capabilities, Destination, Error, ErrorKind, Message, PendingConfirm, Producer, Receipt, Result,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
 };
 use rdkafka::ClientContext;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
+use crate::codec;
 use crate::config::KafkaConfig;
+use crate::topology::validate_topic;
 use crate::{error, BACKEND};
-
-/// Internal header carrying the message id (stripped on receive).
-pub const ID_HEADER: &str = "x-mailroom-id";
-/// Internal header carrying the message's own timestamp, when it has one (stripped on receive).
-pub const TIMESTAMP_HEADER: &str = "x-mailroom-timestamp";
-/// Internal header carrying the delivery attempt of a requeued copy (stripped on receive).
-pub const ATTEMPT_HEADER: &str = "x-mailroom-attempt";
-
-/// Longest topic name Kafka accepts.
-const MAX_TOPIC_BYTES: usize = 249;
-
-/// Check a name against Kafka's topic rules (which are stricter than mailroom's).
-pub(crate) fn validate_topic(what: &str, name: &str) -> Result<()> {
-    mailroom_core::topology::validate_name(what, name).map_err(|e| e.with_backend(BACKEND))?;
-    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if name.len() > MAX_TOPIC_BYTES || name == "." || name == ".." || !name.chars().all(legal) {
-        return Err(Error::invalid_input(format!(
-            "{what} name {name:?} is not a valid Kafka topic name: use at most {MAX_TOPIC_BYTES} \
-             of the characters a-z A-Z 0-9 . _ -"
-        ))
-        .with_backend(BACKEND));
-    }
-    Ok(())
-}
 
 /// What happens when a record's delivery report arrives.
 pub(crate) enum Completion {
@@ -82,7 +61,7 @@ impl ProducerContext for ReportContext {
                     offset: Some(m.offset()),
                 })
             }
-            Err((e, _)) => Err(error::map(e.clone(), "send").with_undelivered(message)),
+            Err((e, _)) => Err(error::map(e.clone(), SEND).with_undelivered(message)),
         };
         match completion {
             // The waiter may have dropped its confirm; the message was still sent.
@@ -119,7 +98,7 @@ impl ProducerCore {
     ) -> Result<Arc<Self>> {
         let producer: ThreadedProducer<ReportContext> = cc
             .create_with_context(ReportContext)
-            .map_err(|e| error::map(e, "producer"))?;
+            .map_err(|e| error::map(e, PRODUCER))?;
         let window_size = config.max_in_flight() as u32;
         Ok(Arc::new(ProducerCore {
             producer,
@@ -154,7 +133,7 @@ impl ProducerCore {
         let core = self.clone();
         let name = topic.to_owned();
         let exists = tokio::task::spawn_blocking(move || {
-            crate::backend::topic_partitions(core.producer.client(), &name, core.timeout)
+            crate::connection::topic_partitions(core.producer.client(), &name, core.timeout)
         })
         .await
         .map_err(|e| Error::new(ErrorKind::Broker, format!("metadata task failed: {e}")))??;
@@ -163,7 +142,7 @@ impl ProducerCore {
                 "topic '{topic}' does not exist; declare the queue (or exchange) first"
             ))
             .with_backend(BACKEND)
-            .with_operation("send"));
+            .with_operation(SEND));
         }
         self.known_topics
             .write()
@@ -187,47 +166,18 @@ impl ProducerCore {
         inflight: Box<InFlight>,
         attempt: Option<u32>,
     ) -> std::result::Result<(), (KafkaError, Box<InFlight>)> {
-        let message = &inflight.message;
-        let payload = message.payload().clone();
-        let key = message.key().map(str::to_owned);
-        let timestamp = message.timestamp().map(|t| t.as_millis() as i64);
-        let id = message.id().to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers().len() + 3);
-        for (name, value) in message.headers() {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value),
-            });
+        let record = codec::encode(&inflight.message, attempt);
+        let mut base = BaseRecord::with_opaque_to(topic, inflight)
+            .payload(&record.payload[..])
+            .headers(record.headers);
+        if let Some(k) = &record.key {
+            base = base.key(k.as_bytes());
         }
-        headers = headers.insert(Header {
-            key: ID_HEADER,
-            value: Some(&id),
-        });
-        let ts_text = timestamp.map(|t| t.to_string());
-        if let Some(ts) = &ts_text {
-            headers = headers.insert(Header {
-                key: TIMESTAMP_HEADER,
-                value: Some(ts),
-            });
-        }
-        let attempt_text = attempt.map(|a| a.to_string());
-        if let Some(a) = &attempt_text {
-            headers = headers.insert(Header {
-                key: ATTEMPT_HEADER,
-                value: Some(a),
-            });
-        }
-        let mut record = BaseRecord::with_opaque_to(topic, inflight)
-            .payload(&payload[..])
-            .headers(headers);
-        if let Some(k) = &key {
-            record = record.key(k.as_bytes());
-        }
-        if let Some(ts) = timestamp {
-            record = record.timestamp(ts);
+        if let Some(ts) = record.timestamp {
+            base = base.timestamp(ts);
         }
         self.producer
-            .send(record)
+            .send(base)
             .map_err(|(e, record)| (e, record.delivery_opaque))
     }
 
@@ -254,7 +204,7 @@ impl ProducerCore {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((e, back)) => {
-                    return Err(error::map(e, "send").with_undelivered(back.message));
+                    return Err(error::map(e, SEND).with_undelivered(back.message));
                 }
             }
         }
@@ -321,7 +271,7 @@ impl ProducerCore {
 pub(crate) fn lost_report() -> Error {
     Error::closed("the producer went away before the delivery report arrived")
         .with_backend(BACKEND)
-        .with_operation("send")
+        .with_operation(SEND)
 }
 
 /// A Kafka producer: one librdkafka producer, idempotent unless configured otherwise.
@@ -346,18 +296,18 @@ impl KafkaProducer {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::closed("producer is closed")
                 .with_backend(BACKEND)
-                .with_operation("send")
+                .with_operation(SEND)
                 .with_undelivered(message));
         }
         if let Err(e) = self
             .core
             .capabilities
-            .check_message(&message, BACKEND, "send")
+            .check_message(&message, BACKEND, SEND)
         {
             return Err(e.with_undelivered(message));
         }
         if let Err(e) = validate_topic("destination", destination.name()) {
-            return Err(e.with_operation("send").with_undelivered(message));
+            return Err(e.with_operation(SEND).with_undelivered(message));
         }
         Ok(message)
     }
@@ -412,19 +362,5 @@ impl Drop for KafkaProducer {
         if Arc::strong_count(&self.core) == 1 {
             let _ = self.core.producer.flush(Duration::from_secs(5));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topic_names_follow_kafka_rules() {
-        assert!(validate_topic("queue", "orders.eu_1-x").is_ok());
-        assert!(validate_topic("queue", "has:colon").is_err());
-        assert!(validate_topic("queue", "..").is_err());
-        assert!(validate_topic("queue", &"a".repeat(250)).is_err());
-        assert!(validate_topic("queue", "").is_err());
     }
 }

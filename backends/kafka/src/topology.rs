@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use mailroom_core::operation::{
+    BIND, DECLARE_EXCHANGE, DECLARE_QUEUE, DELETE_EXCHANGE, DELETE_QUEUE,
+};
 use mailroom_core::{
     Binding, Capability, Error, ExchangeKind, ExchangeSpec, QueueSpec, Result, Route, Topology,
 };
@@ -27,20 +30,36 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::backend::{blocking, Shared};
-use crate::producer::validate_topic;
+use crate::connection::{blocking, Connection};
 use crate::{error, BACKEND};
+
+/// Longest topic name Kafka accepts.
+const MAX_TOPIC_BYTES: usize = 249;
+
+/// Check a name against Kafka's topic rules (which are stricter than mailroom's).
+pub(crate) fn validate_topic(what: &str, name: &str) -> Result<()> {
+    mailroom_core::topology::validate_name(what, name).map_err(|e| e.with_backend(BACKEND))?;
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.len() > MAX_TOPIC_BYTES || name == "." || name == ".." || !name.chars().all(legal) {
+        return Err(Error::invalid_input(format!(
+            "{what} name {name:?} is not a valid Kafka topic name: use at most {MAX_TOPIC_BYTES} \
+             of the characters a-z A-Z 0-9 . _ -"
+        ))
+        .with_backend(BACKEND));
+    }
+    Ok(())
+}
 
 /// What a queue needs that Kafka does not store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct QueueMeta {
+pub(crate) struct QueueSettings {
     pub dead_letter_queue: Option<String>,
     pub max_delivery_attempts: Option<u32>,
 }
 
 #[derive(Default)]
-struct RegistryState {
-    queues: HashMap<String, QueueMeta>,
+struct DeclaredState {
+    queues: HashMap<String, QueueSettings>,
     exchanges: HashMap<String, ExchangeKind>,
     /// queue -> the fanout exchanges it is bound to.
     bindings: HashMap<String, BTreeSet<String>>,
@@ -51,14 +70,14 @@ const TOPIC_VISIBLE_POLL: Duration = Duration::from_millis(20);
 
 /// Queue settings and bindings of one cluster, shared in this process.
 #[derive(Default)]
-pub(crate) struct Registry {
-    state: Mutex<RegistryState>,
+pub(crate) struct Declared {
+    state: Mutex<DeclaredState>,
 }
 
-impl Registry {
+impl Declared {
     /// The registry of the cluster at these bootstrap servers.
-    pub fn for_cluster(bootstrap: &str) -> Arc<Registry> {
-        static ALL: OnceLock<Mutex<HashMap<String, Arc<Registry>>>> = OnceLock::new();
+    pub fn for_cluster(bootstrap: &str) -> Arc<Declared> {
+        static ALL: OnceLock<Mutex<HashMap<String, Arc<Declared>>>> = OnceLock::new();
         let mut all = ALL
             .get_or_init(Default::default)
             .lock()
@@ -66,11 +85,11 @@ impl Registry {
         all.entry(bootstrap.to_owned()).or_default().clone()
     }
 
-    fn lock(&self) -> MutexGuard<'_, RegistryState> {
+    fn lock(&self) -> MutexGuard<'_, DeclaredState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn queue_meta(&self, queue: &str) -> QueueMeta {
+    pub fn queue_settings(&self, queue: &str) -> QueueSettings {
         self.lock().queues.get(queue).cloned().unwrap_or_default()
     }
 
@@ -85,21 +104,21 @@ impl Registry {
 
 /// Delete topics now.
 pub(crate) async fn delete_topics(
-    shared: &Shared,
+    connection: &Connection,
     names: &[String],
     operation: &'static str,
 ) -> Result<()> {
-    let timeout = shared.config.operation_timeout;
+    let timeout = connection.config.operation_timeout;
     let options = AdminOptions::new()
         .operation_timeout(Some(timeout))
         .request_timeout(Some(timeout));
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let results = shared
+    let results = connection
         .admin
         .delete_topics(&refs, &options)
         .await
         .map_err(|e| error::map(e, operation))?;
-    if let Ok(internal) = shared.internal_producer() {
+    if let Ok(internal) = connection.internal_producer() {
         for name in names {
             internal.forget_topic(name);
         }
@@ -119,12 +138,12 @@ pub(crate) async fn delete_topics(
 /// The topology API of a Kafka connection.
 #[derive(Clone)]
 pub struct KafkaTopology {
-    shared: Arc<Shared>,
+    connection: Arc<Connection>,
 }
 
 impl KafkaTopology {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        KafkaTopology { shared }
+    pub(crate) fn new(connection: Arc<Connection>) -> Self {
+        KafkaTopology { connection }
     }
 
     /// Create a topic; an existing one is fine when its partition count matches `partitions`.
@@ -135,21 +154,21 @@ impl KafkaTopology {
         configs: &[(String, String)],
         operation: &'static str,
     ) -> Result<()> {
-        let count = partitions.unwrap_or(self.shared.config.default_partitions) as i32;
+        let count = partitions.unwrap_or(self.connection.config.default_partitions) as i32;
         let mut topic = NewTopic::new(
             name,
             count,
-            TopicReplication::Fixed(self.shared.config.replication_factor),
+            TopicReplication::Fixed(self.connection.config.replication_factor),
         );
         for (k, v) in configs {
             topic = topic.set(k, v);
         }
-        let timeout = self.shared.config.operation_timeout;
+        let timeout = self.connection.config.operation_timeout;
         let options = AdminOptions::new()
             .operation_timeout(Some(timeout))
             .request_timeout(Some(timeout));
         let results = self
-            .shared
+            .connection
             .admin
             .create_topics(&[topic], &options)
             .await
@@ -162,7 +181,7 @@ impl KafkaTopology {
                 }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
                     if let Some(want) = partitions {
-                        let have = self.shared.partitions(name).await?.unwrap_or_default();
+                        let have = self.connection.partitions(name).await?.unwrap_or_default();
                         if have.len() != want as usize {
                             return Err(Error::new(
                                 mailroom_core::ErrorKind::Conflict,
@@ -189,7 +208,7 @@ impl KafkaTopology {
     }
 
     async fn delete_topic(&self, name: &str, operation: &'static str) -> Result<()> {
-        delete_topics(&self.shared, &[name.to_owned()], operation).await
+        delete_topics(&self.connection, &[name.to_owned()], operation).await
     }
 
     /// Wait until the broker serves `name`'s metadata with `partitions` partitions.
@@ -203,9 +222,9 @@ impl KafkaTopology {
         partitions: usize,
         operation: &'static str,
     ) -> Result<()> {
-        let deadline = Instant::now() + self.shared.config.operation_timeout;
+        let deadline = Instant::now() + self.connection.config.operation_timeout;
         loop {
-            let have = self.shared.partitions(name).await?;
+            let have = self.connection.partitions(name).await?;
             if have.is_some_and(|p| p.len() >= partitions) {
                 return Ok(());
             }
@@ -215,7 +234,7 @@ impl KafkaTopology {
                     format!(
                         "topic '{name}' was created but the broker did not serve it with \
                          {partitions} partitions within {:?}",
-                        self.shared.config.operation_timeout
+                        self.connection.config.operation_timeout
                     ),
                 )
                 .with_backend(BACKEND)
@@ -227,24 +246,24 @@ impl KafkaTopology {
 
     /// Point group `queue` at the end of `exchange`, where it has no committed offset yet.
     async fn start_group_at_end(&self, exchange: &str, queue: &str) -> Result<()> {
-        let shared = self.shared.clone();
+        let connection = self.connection.clone();
         let (exchange, queue) = (exchange.to_owned(), queue.to_owned());
         blocking(move || {
-            let timeout = shared.config.operation_timeout;
+            let timeout = connection.config.operation_timeout;
             let partitions =
-                crate::backend::topic_partitions(shared.admin.inner(), &exchange, timeout)?
+                crate::connection::topic_partitions(connection.admin.inner(), &exchange, timeout)?
                     .unwrap_or_default();
-            let mut cc = shared.config.client_config(&[]);
+            let mut cc = connection.config.client_config(&[]);
             cc.set("group.id", &queue)
                 .set("enable.auto.commit", "false");
-            let consumer: BaseConsumer = cc.create().map_err(|e| error::map(e, "bind"))?;
+            let consumer: BaseConsumer = cc.create().map_err(|e| error::map(e, BIND))?;
             let mut wanted = TopicPartitionList::new();
             for p in &partitions {
                 wanted.add_partition(&exchange, *p);
             }
             let committed = consumer
                 .committed_offsets(wanted, timeout)
-                .map_err(|e| error::map(e, "bind"))?;
+                .map_err(|e| error::map(e, BIND))?;
             let mut start = TopicPartitionList::new();
             for e in committed.elements() {
                 if let Offset::Offset(_) = e.offset() {
@@ -252,15 +271,15 @@ impl KafkaTopology {
                 }
                 let (_, high) = consumer
                     .fetch_watermarks(&exchange, e.partition(), timeout)
-                    .map_err(|e| error::map(e, "bind"))?;
+                    .map_err(|e| error::map(e, BIND))?;
                 start
                     .add_partition_offset(&exchange, e.partition(), Offset::Offset(high))
-                    .map_err(|e| error::map(e, "bind"))?;
+                    .map_err(|e| error::map(e, BIND))?;
             }
             if start.count() > 0 {
                 consumer
                     .commit(&start, CommitMode::Sync)
-                    .map_err(|e| error::map(e, "bind"))?;
+                    .map_err(|e| error::map(e, BIND))?;
             }
             Ok(())
         })
@@ -268,7 +287,7 @@ impl KafkaTopology {
     }
 
     fn require(&self, capability: Capability, operation: &'static str) -> Result<()> {
-        self.shared
+        self.connection
             .capabilities
             .require(capability, BACKEND, operation)
     }
@@ -278,10 +297,10 @@ impl KafkaTopology {
 impl Topology for KafkaTopology {
     async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<()> {
         spec.validate().map_err(|e| e.with_backend(BACKEND))?;
-        self.require(Capability::Exchange(spec.kind), "declare_exchange")?;
+        self.require(Capability::Exchange(spec.kind), DECLARE_EXCHANGE)?;
         validate_topic("exchange", &spec.name)?;
-        self.shared.check_open("declare_exchange")?;
-        if let Some(kind) = self.shared.registry.lock().exchanges.get(&spec.name) {
+        self.connection.check_open(DECLARE_EXCHANGE)?;
+        if let Some(kind) = self.connection.declared.lock().exchanges.get(&spec.name) {
             if *kind != spec.kind {
                 return Err(Error::new(
                     mailroom_core::ErrorKind::Conflict,
@@ -291,13 +310,13 @@ impl Topology for KafkaTopology {
                     ),
                 )
                 .with_backend(BACKEND)
-                .with_operation("declare_exchange"));
+                .with_operation(DECLARE_EXCHANGE));
             }
         }
-        self.create_topic(&spec.name, None, &[], "declare_exchange")
+        self.create_topic(&spec.name, None, &[], DECLARE_EXCHANGE)
             .await?;
-        self.shared
-            .registry
+        self.connection
+            .declared
             .lock()
             .exchanges
             .insert(spec.name.clone(), spec.kind);
@@ -306,9 +325,9 @@ impl Topology for KafkaTopology {
 
     async fn delete_exchange(&self, name: &str) -> Result<()> {
         validate_topic("exchange", name)?;
-        self.shared.check_open("delete_exchange")?;
-        self.delete_topic(name, "delete_exchange").await?;
-        let mut registry = self.shared.registry.lock();
+        self.connection.check_open(DELETE_EXCHANGE)?;
+        self.delete_topic(name, DELETE_EXCHANGE).await?;
+        let mut registry = self.connection.declared.lock();
         registry.exchanges.remove(name);
         for bound in registry.bindings.values_mut() {
             bound.remove(name);
@@ -319,25 +338,25 @@ impl Topology for KafkaTopology {
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<()> {
         spec.validate().map_err(|e| e.with_backend(BACKEND))?;
         if spec.max_length.is_some() {
-            self.require(Capability::MaxQueueLength, "declare_queue")?;
+            self.require(Capability::MaxQueueLength, DECLARE_QUEUE)?;
         }
         if spec.message_ttl.is_some() {
-            self.require(Capability::MessageTtl, "declare_queue")?;
+            self.require(Capability::MessageTtl, DECLARE_QUEUE)?;
         }
         if spec.max_delivery_attempts.is_some() {
-            self.require(Capability::MaxDeliveryAttempts, "declare_queue")?;
+            self.require(Capability::MaxDeliveryAttempts, DECLARE_QUEUE)?;
         }
         validate_topic("queue", &spec.name)?;
         if let Some(dlq) = &spec.dead_letter_queue {
-            self.require(Capability::DeadLetter, "declare_queue")?;
+            self.require(Capability::DeadLetter, DECLARE_QUEUE)?;
             validate_topic("dead-letter queue", dlq)?;
         }
-        self.shared.check_open("declare_queue")?;
-        let meta = QueueMeta {
+        self.connection.check_open(DECLARE_QUEUE)?;
+        let meta = QueueSettings {
             dead_letter_queue: spec.dead_letter_queue.clone(),
             max_delivery_attempts: spec.max_delivery_attempts,
         };
-        if let Some(existing) = self.shared.registry.lock().queues.get(&spec.name) {
+        if let Some(existing) = self.connection.declared.lock().queues.get(&spec.name) {
             if *existing != meta {
                 return Err(Error::new(
                     mailroom_core::ErrorKind::Conflict,
@@ -347,7 +366,7 @@ impl Topology for KafkaTopology {
                     ),
                 )
                 .with_backend(BACKEND)
-                .with_operation("declare_queue"));
+                .with_operation(DECLARE_QUEUE));
             }
         }
         // `extra` entries are topic configs (retention.ms, cleanup.policy, ...).
@@ -356,10 +375,10 @@ impl Topology for KafkaTopology {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        self.create_topic(&spec.name, spec.partitions, &configs, "declare_queue")
+        self.create_topic(&spec.name, spec.partitions, &configs, DECLARE_QUEUE)
             .await?;
-        self.shared
-            .registry
+        self.connection
+            .declared
             .lock()
             .queues
             .insert(spec.name.clone(), meta);
@@ -368,9 +387,9 @@ impl Topology for KafkaTopology {
 
     async fn delete_queue(&self, name: &str) -> Result<()> {
         validate_topic("queue", name)?;
-        self.shared.check_open("delete_queue")?;
-        self.delete_topic(name, "delete_queue").await?;
-        let mut registry = self.shared.registry.lock();
+        self.connection.check_open(DELETE_QUEUE)?;
+        self.delete_topic(name, DELETE_QUEUE).await?;
+        let mut registry = self.connection.declared.lock();
         registry.queues.remove(name);
         registry.bindings.remove(name);
         Ok(())
@@ -379,38 +398,38 @@ impl Topology for KafkaTopology {
     async fn bind(&self, binding: &Binding) -> Result<()> {
         binding.validate().map_err(|e| e.with_backend(BACKEND))?;
         let known = self
-            .shared
-            .registry
+            .connection
+            .declared
             .lock()
             .exchanges
             .get(&binding.exchange)
             .copied();
         // An exchange declared by another process is a topic we can only treat as fanout.
         let kind = known.unwrap_or(ExchangeKind::Fanout);
-        self.require(Capability::Exchange(kind), "bind")?;
+        self.require(Capability::Exchange(kind), BIND)?;
         if !matches!(binding.route, Route::All) {
             return Err(Error::invalid_input(format!(
                 "exchange '{}' is fanout: bind with Binding::fanout (Route::All), not {:?}",
                 binding.exchange, binding.route
             ))
             .with_backend(BACKEND)
-            .with_operation("bind"));
+            .with_operation(BIND));
         }
         validate_topic("exchange", &binding.exchange)?;
         validate_topic("queue", &binding.queue)?;
-        self.shared.check_open("bind")?;
+        self.connection.check_open(BIND)?;
         for (what, topic) in [("exchange", &binding.exchange), ("queue", &binding.queue)] {
-            if self.shared.partitions(topic).await?.is_none() {
+            if self.connection.partitions(topic).await?.is_none() {
                 return Err(Error::not_found(format!(
                     "{what} '{topic}' does not exist; declare it first"
                 ))
                 .with_backend(BACKEND)
-                .with_operation("bind"));
+                .with_operation(BIND));
             }
         }
         let new = self
-            .shared
-            .registry
+            .connection
+            .declared
             .lock()
             .bindings
             .entry(binding.queue.clone())
@@ -436,9 +455,29 @@ impl Topology for KafkaTopology {
 
     async fn unbind(&self, binding: &Binding) -> Result<()> {
         binding.validate().map_err(|e| e.with_backend(BACKEND))?;
-        if let Some(bound) = self.shared.registry.lock().bindings.get_mut(&binding.queue) {
+        if let Some(bound) = self
+            .connection
+            .declared
+            .lock()
+            .bindings
+            .get_mut(&binding.queue)
+        {
             bound.remove(&binding.exchange);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic("queue", "orders.eu_1-x").is_ok());
+        assert!(validate_topic("queue", "has:colon").is_err());
+        assert!(validate_topic("queue", "..").is_err());
+        assert!(validate_topic("queue", &"a".repeat(250)).is_err());
+        assert!(validate_topic("queue", "").is_err());
     }
 }

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use mailroom_core::operation::{ABORT, CLOSE, COMMIT, RECEIVE, SEND};
 use mailroom_core::{
     DeliveryInfo, Destination, Error, ErrorKind, Message, Receipt, Result, TransactionCounts,
     TransactionInput, TransactionOptions, Transactional,
@@ -39,17 +40,19 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::backend::{blocking, Shared};
-use crate::consumer::{decode, is_moot, tps_of};
-use crate::offsets::Tp;
-use crate::producer::{lost_report, validate_topic, Completion, ProducerCore};
+use crate::codec::decode;
+use crate::connection::{blocking, Connection};
+use crate::consumer::{is_moot, partitions_in};
+use crate::offsets::TopicPartition;
+use crate::producer::{lost_report, Completion, ProducerCore};
+use crate::topology::validate_topic;
 use crate::{error, BACKEND};
 
 /// What the open transaction consumed, shared with the rebalance callbacks.
 #[derive(Debug, Default)]
 struct TxBook {
     /// First and last offset received per input partition in the open transaction.
-    partitions: HashMap<Tp, (i64, i64)>,
+    partitions: HashMap<TopicPartition, (i64, i64)>,
     /// Inputs received in the open transaction.
     inputs: usize,
     /// Why the open transaction may no longer commit, once that is known.
@@ -75,7 +78,7 @@ impl ConsumerContext for TxContext {
         };
         let mut book = lock(&self.book);
         let mut lost = false;
-        for tp in tps_of(tpl) {
+        for tp in partitions_in(tpl) {
             lost |= book.partitions.remove(&tp).is_some();
         }
         // Committing these offsets now could only fail (the group generation moved on) or,
@@ -123,7 +126,7 @@ pub struct KafkaTransactional {
 
 impl KafkaTransactional {
     pub(crate) async fn open(
-        shared: Arc<Shared>,
+        connection: Arc<Connection>,
         queue: &str,
         options: TransactionOptions,
     ) -> Result<Self> {
@@ -138,10 +141,10 @@ impl KafkaTransactional {
             .with_operation(operation));
         }
         let mut topics = vec![queue.to_owned()];
-        topics.extend(shared.registry.bound_exchanges(queue));
+        topics.extend(connection.declared.bound_exchanges(queue));
         let mut present = Vec::new();
         for topic in topics {
-            match shared.partitions(&topic).await? {
+            match connection.partitions(&topic).await? {
                 Some(_) => present.push(topic),
                 None if topic == queue => {
                     return Err(Error::not_found(format!(
@@ -153,12 +156,12 @@ impl KafkaTransactional {
                 None => tracing::warn!(queue, exchange = %topic, "bound exchange is gone"),
             }
         }
-        let config = &shared.config;
+        let config = &connection.config;
         let timeout = config.operation_timeout;
         let producer = ProducerCore::with_client_config(
             &config.transactional_producer_client_config(&options.id, options.timeout),
             config,
-            shared.capabilities.clone(),
+            connection.capabilities.clone(),
         )?;
         // Fence the id's previous holder before joining the group, so that its open
         // transaction is aborted before this unit reads any offset it may have touched.
@@ -296,7 +299,7 @@ impl KafkaTransactional {
                     format!("outputs not delivered within {:?}", self.timeout),
                 )
                 .with_backend(BACKEND)
-                .with_operation("commit"),
+                .with_operation(COMMIT),
             };
             return Some(failure);
         }
@@ -318,7 +321,7 @@ impl KafkaTransactional {
             ),
         )
         .with_backend(BACKEND)
-        .with_operation("commit");
+        .with_operation(COMMIT);
         if let Some(cause) = cause {
             error = error.with_boxed_source(Box::new(cause));
         }
@@ -328,7 +331,7 @@ impl KafkaTransactional {
     /// Abort (when open), then seek every input partition back to the transaction's first
     /// input, so the inputs come again.
     async fn abort_and_rewind(&mut self) -> Result<()> {
-        let consumer = self.usable("abort")?;
+        let consumer = self.usable(ABORT)?;
         self.confirms.clear();
         if self.open || self.beginning.is_some() {
             if let Some(handle) = self.beginning.take() {
@@ -339,7 +342,7 @@ impl KafkaTransactional {
             let timeout = self.timeout;
             let aborted = blocking(move || {
                 retrying(timeout, |left| producer.client().abort_transaction(left))
-                    .map_err(|e| error::map(e, "abort"))
+                    .map_err(|e| error::map(e, ABORT))
             })
             .await;
             if let Err(e) = aborted {
@@ -350,7 +353,7 @@ impl KafkaTransactional {
         }
         self.open = false;
         self.outputs = 0;
-        let starts: Vec<(Tp, i64)> = {
+        let starts: Vec<(TopicPartition, i64)> = {
             let mut book = lock(&self.book);
             book.inputs = 0;
             book.doomed = None;
@@ -365,16 +368,16 @@ impl KafkaTransactional {
         let mut tpl = TopicPartitionList::with_capacity(starts.len());
         for ((topic, partition), first) in &starts {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*first))
-                .map_err(|e| error::map(e, "abort"))?;
+                .map_err(|e| error::map(e, ABORT))?;
         }
         let timeout = self.timeout;
         let rewound = blocking(move || {
             let result = consumer
                 .seek_partitions(tpl, timeout)
-                .map_err(|e| error::map(e, "abort"))?;
+                .map_err(|e| error::map(e, ABORT))?;
             for element in result.elements() {
                 if let Err(e) = element.error() {
-                    return Err(error::map(e, "abort"));
+                    return Err(error::map(e, ABORT));
                 }
             }
             Ok(())
@@ -402,23 +405,23 @@ impl KafkaTransactional {
             })
             .map_err(|e| {
                 if is_fatal(&e) {
-                    CommitFailure::Broken(error::map(e, "commit"))
+                    CommitFailure::Broken(error::map(e, COMMIT))
                 } else {
                     // Nothing is committed before commit_transaction: abort is always safe.
-                    CommitFailure::Abortable(error::map(e, "commit"))
+                    CommitFailure::Abortable(error::map(e, COMMIT))
                 }
             })?;
         }
         let left = timeout.saturating_sub(started.elapsed());
         retrying(left, |left| producer.client().commit_transaction(left)).map_err(|e| {
             if is_fatal(&e) {
-                CommitFailure::Broken(error::map(e, "commit"))
+                CommitFailure::Broken(error::map(e, COMMIT))
             } else if requires_abort(&e) {
-                CommitFailure::Abortable(error::map(e, "commit"))
+                CommitFailure::Abortable(error::map(e, COMMIT))
             } else {
                 // Timed out or refused in a state that does not say: the commit may still
                 // complete on the broker, so aborting could contradict it.
-                let e = error::map(e, "commit");
+                let e = error::map(e, COMMIT);
                 CommitFailure::Broken(
                     Error::new(
                         e.kind(),
@@ -426,7 +429,7 @@ impl KafkaTransactional {
                     )
                     .with_boxed_source(Box::new(e))
                     .with_backend(BACKEND)
-                    .with_operation("commit"),
+                    .with_operation(COMMIT),
                 )
             }
         })
@@ -479,8 +482,8 @@ impl std::fmt::Debug for KafkaTransactional {
 #[async_trait]
 impl Transactional for KafkaTransactional {
     async fn receive(&mut self) -> Result<TransactionInput> {
-        let consumer = self.usable("receive")?;
-        self.begin("receive").await?;
+        let consumer = self.usable(RECEIVE)?;
+        self.begin(RECEIVE).await?;
         loop {
             // Nothing below awaits after a record is taken, which keeps `receive` cancel-safe.
             match consumer.recv().await {
@@ -489,30 +492,30 @@ impl Transactional for KafkaTransactional {
                     tracing::debug!(error = %e, "transient consumer error");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(e) => return Err(error::map(e, "receive")),
+                Err(e) => return Err(error::map(e, RECEIVE)),
             }
         }
     }
 
     async fn send(&mut self, destination: &Destination, message: Message) -> Result<()> {
-        if let Err(e) = self.usable("send") {
+        if let Err(e) = self.usable(SEND) {
             return Err(e.with_undelivered(message));
         }
         if let Err(e) = self
             .producer
             .capabilities()
-            .check_message(&message, BACKEND, "send")
+            .check_message(&message, BACKEND, SEND)
         {
             return Err(e.with_undelivered(message));
         }
         let topic = destination.name();
         if let Err(e) = validate_topic("destination", topic) {
-            return Err(e.with_operation("send").with_undelivered(message));
+            return Err(e.with_operation(SEND).with_undelivered(message));
         }
         if let Err(e) = self.producer.ensure_topic(topic).await {
             return Err(e.with_undelivered(message));
         }
-        if let Err(e) = self.begin("send").await {
+        if let Err(e) = self.begin(SEND).await {
             return Err(e.with_undelivered(message));
         }
         let permit = match self.producer.acquire().await {
@@ -536,13 +539,13 @@ impl Transactional for KafkaTransactional {
     }
 
     async fn commit(&mut self) -> Result<TransactionCounts> {
-        let consumer = self.usable("commit")?;
+        let consumer = self.usable(COMMIT)?;
         if !self.open && self.beginning.is_none() {
             return Ok(TransactionCounts::default());
         }
         if self.beginning.is_some() {
             // A begin interrupted by a cancelled call: settle it before deciding anything.
-            self.begin("commit").await?;
+            self.begin(COMMIT).await?;
         }
         let counts = self.pending();
         let doomed = lock(&self.book).doomed;
@@ -559,7 +562,7 @@ impl Transactional for KafkaTransactional {
             let mut tpl = TopicPartitionList::with_capacity(book.partitions.len());
             for ((topic, partition), (_, last)) in &book.partitions {
                 tpl.add_partition_offset(topic, *partition, Offset::Offset(last + 1))
-                    .map_err(|e| error::map(e, "commit"))?;
+                    .map_err(|e| error::map(e, COMMIT))?;
             }
             tpl
         };
@@ -610,7 +613,7 @@ impl Transactional for KafkaTransactional {
             let timeout = self.timeout;
             result = blocking(move || {
                 retrying(timeout, |left| producer.client().abort_transaction(left))
-                    .map_err(|e| error::map(e, "close"))
+                    .map_err(|e| error::map(e, CLOSE))
             })
             .await;
             self.open = false;

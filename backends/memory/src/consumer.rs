@@ -1,15 +1,16 @@
-//! Receiving from the in-memory broker, and settling what was received.
+//! Receiving from the in-memory broker: taking the next ready message and waiting for one.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use mailroom_core::consumer::closed_consumer;
-use mailroom_core::{
-    Capability, Consumer, ConsumerOptions, Delivery, DeliveryInfo, Nack, Result, Settle,
-};
+use mailroom_core::operation::CONSUME;
+use mailroom_core::{Capability, Consumer, ConsumerOptions, Delivery, Result};
 
-use crate::backend::Broker;
-use crate::queue::{Entry, Pop, Queue};
+use crate::broker::Broker;
+use crate::codec::Entry;
+use crate::queue::{Pop, Queue};
+use crate::settle::MemorySettle;
 use crate::BACKEND;
 
 enum Next {
@@ -31,15 +32,13 @@ pub struct MemoryConsumer {
 
 impl MemoryConsumer {
     pub(crate) fn new(broker: Arc<Broker>, queue: &str, options: ConsumerOptions) -> Result<Self> {
-        broker.check_open("consume")?;
+        broker.check_open(CONSUME)?;
         if options.replay.is_some() {
             broker
                 .capabilities
-                .require(Capability::Replay, BACKEND, "consume")?;
+                .require(Capability::Replay, BACKEND, CONSUME)?;
         }
-        let queue = broker
-            .queue(queue)
-            .map_err(|e| e.with_operation("consume"))?;
+        let queue = broker.queue(queue).map_err(|e| e.with_operation(CONSUME))?;
         Ok(MemoryConsumer {
             broker,
             queue,
@@ -63,21 +62,9 @@ impl MemoryConsumer {
     }
 
     fn delivery(&self, entry: Entry) -> Delivery {
-        let info = DeliveryInfo {
-            attempt: entry.deliveries,
-            redelivered: entry.deliveries > 1,
-            ..DeliveryInfo::new(self.queue.name())
-        };
-        let message = entry.message.clone();
-        Delivery::new(
-            message,
-            info,
-            Box::new(MemorySettle {
-                broker: self.broker.clone(),
-                queue: self.queue.clone(),
-                entry: Some(entry),
-            }),
-        )
+        let (message, info) = entry.received(self.queue.name());
+        let settle = MemorySettle::new(self.broker.clone(), self.queue.clone(), entry);
+        Delivery::new(message, info, Box::new(settle))
     }
 }
 
@@ -126,76 +113,5 @@ impl Consumer for MemoryConsumer {
     async fn close(&mut self) -> Result<()> {
         self.closed = true;
         Ok(())
-    }
-}
-
-/// Settles one in-memory delivery against the queue it came from.
-struct MemorySettle {
-    broker: Arc<Broker>,
-    queue: Arc<Queue>,
-    entry: Option<Entry>,
-}
-
-impl MemorySettle {
-    fn take(&mut self) -> Option<Entry> {
-        let entry = self.entry.take()?;
-        self.queue.settled();
-        Some(entry)
-    }
-
-    fn requeue(&mut self, delay: Option<std::time::Duration>) {
-        let Some(entry) = self.take() else { return };
-        match self.queue.spec.max_delivery_attempts {
-            Some(max) if entry.deliveries >= max => {
-                let reason = format!("max delivery attempts ({max}) reached");
-                self.broker.dead_letter(&self.queue, entry, &reason);
-            }
-            // Redeliveries go to the front so the queue's order is kept as far as it can be.
-            _ => self.queue.push_unbounded(entry, delay, true),
-        }
-    }
-}
-
-#[async_trait]
-impl Settle for MemorySettle {
-    async fn ack(mut self: Box<Self>) -> Result<()> {
-        self.take();
-        Ok(())
-    }
-
-    async fn nack(mut self: Box<Self>, nack: Nack) -> Result<()> {
-        match nack {
-            Nack::Requeue { delay } => {
-                if delay.is_some() {
-                    self.broker.capabilities.require(
-                        Capability::DelayedDelivery,
-                        BACKEND,
-                        "nack",
-                    )?;
-                }
-                self.requeue(delay);
-            }
-            Nack::DeadLetter { reason } => {
-                if let Some(entry) = self.take() {
-                    self.broker.dead_letter(&self.queue, entry, &reason);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn abandon(self: Box<Self>) {
-        // Dropping an unsettled settle requeues its message (see `Drop`).
-        drop(self);
-    }
-}
-
-impl Drop for MemorySettle {
-    fn drop(&mut self) {
-        // ack and nack take the entry; one still here was abandoned (or its settle future was
-        // dropped midway) and goes back to the queue.
-        if self.entry.is_some() && !self.queue.is_deleted() {
-            self.requeue(None);
-        }
     }
 }

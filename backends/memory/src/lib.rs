@@ -1,34 +1,14 @@
-//! mailroom-memory: the embedded broker, complete and in-process.
-//!
-//! No server is needed: `mailroom::connect("memory://")` opens a private broker, and
-//! `memory://NAME` one shared by every connection to that name in the process.
-//!
-//! | capability              | memory                                                       |
-//! |-------------------------|--------------------------------------------------------------|
-//! | exchanges               | direct, topic (AMQP patterns), fanout, headers (all / any)   |
-//! | competing consumers     | yes: each message goes to one consumer of a queue            |
-//! | ordering                | per queue; redeliveries go back to the front                 |
-//! | ack / nack              | ack forgets; nack requeues (optionally after a delay)         |
-//! | attempt count           | yes: 1 on first delivery, +1 per redelivery                   |
-//! | dead letters            | to the queue's dead-letter queue on nack, max attempts or TTL |
-//! | delayed delivery        | yes, any delay                                               |
-//! | bounded queues          | `max_length` with backpressure or reject                     |
-//! | replay                  | no (messages are gone once acked)                            |
-//! | transactions            | no                                                           |
-//! | persistence             | no: everything lives in this process                         |
-//! | dropped delivery        | requeued at once                                             |
-//! | max message size        | 16 MiB by default (`?max_message_size=`)                     |
-//!
-//! A send is confirmed once the message is in every queue it routes to. Dead-lettered messages
-//! carry the reason, source queue and attempt count in `x-mailroom-dead-letter-*` headers; a
-//! queue without a dead-letter queue discards what it dead-letters, as AMQP does. Redeliveries
-//! and dead letters are not held back by `max_length`: they were accepted once already.
+#![doc = include_str!("../docs.md")]
 
 mod backend;
+mod broker;
+mod codec;
 mod config;
 mod consumer;
+mod error;
 mod producer;
 mod queue;
+mod settle;
 mod topology;
 
 use std::sync::Arc;

@@ -7,18 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use mailroom_core::operation::SEND;
 use mailroom_core::topology::validate_name;
 use mailroom_core::{
     Destination, Error, ErrorKind, Message, PendingConfirm, Producer, Receipt, Result,
 };
 
-use crate::backend::Broker;
+use crate::broker::Broker;
+use crate::error;
 use crate::queue::Added;
 use crate::BACKEND;
 
 /// Names this backend and the operation on an error from a send.
 fn context(e: Error) -> Error {
-    e.with_backend(BACKEND).with_operation("send")
+    error::context(e, SEND)
 }
 
 /// A producer on the in-memory broker. A send is confirmed once the message is in every queue it
@@ -43,13 +45,13 @@ impl MemoryProducer {
         if self.closed.load(Ordering::Acquire) {
             return Err(context(Error::closed("producer is closed")).with_undelivered(message));
         }
-        if let Err(e) = self.broker.check_open("send") {
+        if let Err(e) = self.broker.check_open(SEND) {
             return Err(e.with_undelivered(message));
         }
         if let Err(e) = self
             .broker
             .capabilities
-            .check_message(&message, BACKEND, "send")
+            .check_message(&message, BACKEND, SEND)
         {
             return Err(e.with_undelivered(message));
         }

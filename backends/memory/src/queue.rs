@@ -7,27 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use mailroom_core::{Error, ErrorKind, Message, Overflow, QueueSpec, Result};
+use mailroom_core::{Error, Message, Overflow, QueueSpec, Result};
+
+use crate::codec::Entry;
+use crate::error;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-/// A message waiting in a queue, with how many times it has been delivered.
-pub(crate) struct Entry {
-    pub message: Message,
-    pub deliveries: u32,
-    /// Only kept for queues with a TTL: reading the clock per message is not free.
-    pub enqueued_at: Option<Instant>,
-}
-
-impl Entry {
-    pub fn new(message: Message) -> Self {
-        Entry {
-            message,
-            deliveries: 0,
-            enqueued_at: None,
-        }
-    }
-}
 
 struct Delayed {
     due: Instant,
@@ -135,7 +120,7 @@ impl Queue {
     }
 
     fn deleted_error(&self) -> Error {
-        Error::not_found(format!("queue '{}' was deleted", self.name()))
+        error::queue_deleted(self.name())
     }
 
     /// Add an entry (made by [`entry`](Queue::entry)), waiting for room or refusing, as the
@@ -182,23 +167,13 @@ impl Queue {
     }
 
     fn full_error(&self, held: usize) -> Error {
-        Error::new(
-            ErrorKind::QueueFull,
-            format!(
-                "queue '{}' is full ({held} messages, overflow = reject)",
-                self.name()
-            ),
-        )
+        error::queue_full(self.name(), held)
     }
 
     /// A fresh entry for this queue (timestamped when the queue expires messages).
     #[inline]
     pub fn entry(&self, message: Message) -> Entry {
-        let mut entry = Entry::new(message);
-        if self.spec.message_ttl.is_some() {
-            entry.enqueued_at = Some(Instant::now());
-        }
-        entry
+        Entry::new(message, self.spec.message_ttl.is_some())
     }
 
     /// Add a message whatever the bound: for redeliveries and dead letters, which were already

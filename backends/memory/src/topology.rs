@@ -3,32 +3,28 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mailroom_core::{
-    Binding, Capability, Error, ErrorKind, ExchangeSpec, QueueSpec, Result, Topology,
+use mailroom_core::operation::{
+    BIND, DECLARE_EXCHANGE, DECLARE_QUEUE, DELETE_EXCHANGE, DELETE_QUEUE, UNBIND,
 };
+use mailroom_core::{Binding, Capability, Error, ExchangeSpec, QueueSpec, Result, Topology};
 
-use crate::backend::{ExchangeState, MemoryBackend};
+use crate::backend::MemoryBackend;
+use crate::broker::ExchangeState;
+use crate::error::{conflict, context};
 use crate::queue::Queue;
 use crate::BACKEND;
-
-fn conflict(message: String, operation: &'static str) -> Error {
-    Error::new(ErrorKind::Conflict, message)
-        .with_backend(BACKEND)
-        .with_operation(operation)
-}
 
 #[async_trait]
 impl Topology for MemoryBackend {
     async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<()> {
-        let op = "declare_exchange";
+        let op = DECLARE_EXCHANGE;
         self.broker.check_open(op)?;
-        spec.validate()
-            .map_err(|e| e.with_backend(BACKEND).with_operation(op))?;
+        spec.validate().map_err(|e| context(e, op))?;
         self.broker
             .capabilities
             .require(Capability::Exchange(spec.kind), BACKEND, op)?;
-        let mut topo = self.broker.write();
-        match topo.exchanges.get(&spec.name) {
+        let mut declared = self.broker.write();
+        match declared.exchanges.get(&spec.name) {
             Some(existing) if existing.kind != spec.kind || existing.durable != spec.durable => {
                 Err(conflict(
                     format!(
@@ -40,7 +36,7 @@ impl Topology for MemoryBackend {
             }
             Some(_) => Ok(()),
             None => {
-                topo.exchanges.insert(
+                declared.exchanges.insert(
                     spec.name.clone(),
                     ExchangeState {
                         kind: spec.kind,
@@ -54,16 +50,15 @@ impl Topology for MemoryBackend {
     }
 
     async fn delete_exchange(&self, name: &str) -> Result<()> {
-        self.broker.check_open("delete_exchange")?;
+        self.broker.check_open(DELETE_EXCHANGE)?;
         self.broker.write().exchanges.remove(name);
         Ok(())
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<()> {
-        let op = "declare_queue";
+        let op = DECLARE_QUEUE;
         self.broker.check_open(op)?;
-        spec.validate()
-            .map_err(|e| e.with_backend(BACKEND).with_operation(op))?;
+        spec.validate().map_err(|e| context(e, op))?;
         let caps = &self.broker.capabilities;
         if spec.dead_letter_queue.is_some() {
             caps.require(Capability::DeadLetter, BACKEND, op)?;
@@ -72,15 +67,16 @@ impl Topology for MemoryBackend {
             caps.require(Capability::MaxDeliveryAttempts, BACKEND, op)?;
         }
         if !spec.extra.is_empty() {
-            return Err(Error::config(format!(
-                "the memory backend takes no backend-specific queue settings, got {:?}",
-                spec.extra.keys().collect::<Vec<_>>()
-            ))
-            .with_backend(BACKEND)
-            .with_operation(op));
+            let keys = spec.extra.keys().collect::<Vec<_>>();
+            return Err(context(
+                Error::config(format!(
+                    "the memory backend takes no backend-specific queue settings, got {keys:?}"
+                )),
+                op,
+            ));
         }
-        let mut topo = self.broker.write();
-        match topo.queues.get(&spec.name) {
+        let mut declared = self.broker.write();
+        match declared.queues.get(&spec.name) {
             Some(existing) if existing.spec != *spec => Err(conflict(
                 format!(
                     "queue '{}' exists with different settings ({:?}); delete it first or \
@@ -91,7 +87,8 @@ impl Topology for MemoryBackend {
             )),
             Some(_) => Ok(()),
             None => {
-                topo.queues
+                declared
+                    .queues
                     .insert(spec.name.clone(), Arc::new(Queue::new(spec.clone())));
                 Ok(())
             }
@@ -99,13 +96,13 @@ impl Topology for MemoryBackend {
     }
 
     async fn delete_queue(&self, name: &str) -> Result<()> {
-        self.broker.check_open("delete_queue")?;
+        self.broker.check_open(DELETE_QUEUE)?;
         let removed = {
-            let mut topo = self.broker.write();
-            for exchange in topo.exchanges.values_mut() {
+            let mut declared = self.broker.write();
+            for exchange in declared.exchanges.values_mut() {
                 exchange.bindings.retain(|(_, q)| q != name);
             }
-            topo.queues.remove(name)
+            declared.queues.remove(name)
         };
         if let Some(queue) = removed {
             queue.mark_deleted();
@@ -116,35 +113,30 @@ impl Topology for MemoryBackend {
     }
 
     async fn bind(&self, binding: &Binding) -> Result<()> {
-        let op = "bind";
+        let op = BIND;
         self.broker.check_open(op)?;
-        binding
-            .validate()
-            .map_err(|e| e.with_backend(BACKEND).with_operation(op))?;
-        let mut topo = self.broker.write();
-        if !topo.queues.contains_key(&binding.queue) {
-            return Err(Error::not_found(format!(
-                "cannot bind: queue '{}' does not exist",
-                binding.queue
-            ))
-            .with_backend(BACKEND)
-            .with_operation(op));
+        binding.validate().map_err(|e| context(e, op))?;
+        let mut declared = self.broker.write();
+        if !declared.queues.contains_key(&binding.queue) {
+            let missing = format!("cannot bind: queue '{}' does not exist", binding.queue);
+            return Err(context(Error::not_found(missing), op));
         }
-        let exchange = topo.exchanges.get_mut(&binding.exchange).ok_or_else(|| {
-            Error::not_found(format!(
-                "cannot bind: exchange '{}' does not exist",
-                binding.exchange
-            ))
-            .with_backend(BACKEND)
-            .with_operation(op)
-        })?;
+        let exchange = declared
+            .exchanges
+            .get_mut(&binding.exchange)
+            .ok_or_else(|| {
+                let missing = format!(
+                    "cannot bind: exchange '{}' does not exist",
+                    binding.exchange
+                );
+                context(Error::not_found(missing), op)
+            })?;
         if !binding.route.fits(exchange.kind) {
-            return Err(Error::invalid_input(format!(
+            let wrong = format!(
                 "a {:?} route cannot bind to {} exchange '{}'",
                 binding.route, exchange.kind, binding.exchange
-            ))
-            .with_backend(BACKEND)
-            .with_operation(op));
+            );
+            return Err(context(Error::invalid_input(wrong), op));
         }
         let entry = (binding.route.clone(), binding.queue.clone());
         if !exchange.bindings.contains(&entry) {
@@ -154,7 +146,7 @@ impl Topology for MemoryBackend {
     }
 
     async fn unbind(&self, binding: &Binding) -> Result<()> {
-        self.broker.check_open("unbind")?;
+        self.broker.check_open(UNBIND)?;
         if let Some(exchange) = self.broker.write().exchanges.get_mut(&binding.exchange) {
             exchange
                 .bindings

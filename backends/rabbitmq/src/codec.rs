@@ -8,6 +8,7 @@
 //! | header order    | `x-mailroom-header-order` (array of names), only when not sorted  |
 //! | key             | `x-mailroom-key` header (long string)                             |
 //! | timestamp       | `timestamp` property (seconds) and `x-mailroom-timestamp-ms`      |
+//! |                 | (`x-mailroom-timestamp` is read too, as Kafka wrote it before)    |
 //! | attempt (>1)    | `x-mailroom-attempt` header on client-side requeues (classic)     |
 //!
 //! Received headers of other AMQP types (numbers, booleans, timestamps) become their decimal
@@ -18,14 +19,15 @@
 use bytes::Bytes;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
+use mailroom_core::wire::{is_timestamp_header, LEGACY_TIMESTAMP_HEADERS};
 use mailroom_core::{Headers, Message, MessageId, MessageParts, Timestamp};
 
-/// Header carrying the message key.
-pub const KEY_HEADER: &str = "x-mailroom-key";
-/// Header carrying the timestamp in milliseconds (the AMQP property has only seconds).
-pub const TIMESTAMP_HEADER: &str = "x-mailroom-timestamp-ms";
 /// Header carrying the attempt number of a message requeued client-side.
-pub const ATTEMPT_HEADER: &str = "x-mailroom-attempt";
+pub use mailroom_core::wire::ATTEMPT_HEADER;
+/// Header carrying the message key (AMQP has no key of its own).
+pub use mailroom_core::wire::KEY_HEADER;
+/// Header carrying the timestamp in milliseconds (the AMQP property has only seconds).
+pub use mailroom_core::wire::TIMESTAMP_HEADER;
 /// Header marking a message that passed through a delay queue (its `x-death` trail is internal).
 pub const DELAYED_HEADER: &str = "x-mailroom-delayed";
 /// Header carrying the original order of the headers (AMQP tables are unordered).
@@ -148,16 +150,12 @@ fn as_u64(value: &AMQPValue) -> Option<u64> {
 fn is_internal(name: &str, delayed: bool) -> bool {
     matches!(
         name,
-        KEY_HEADER
-            | TIMESTAMP_HEADER
-            | ATTEMPT_HEADER
-            | DELAYED_HEADER
-            | ORDER_HEADER
-            | DELIVERY_COUNT_HEADER
-    ) || (delayed
-        && (name == "x-death"
-            || name.starts_with("x-first-death-")
-            || name.starts_with("x-last-death-")))
+        KEY_HEADER | ATTEMPT_HEADER | DELAYED_HEADER | ORDER_HEADER | DELIVERY_COUNT_HEADER
+    ) || is_timestamp_header(name)
+        || (delayed
+            && (name == "x-death"
+                || name.starts_with("x-first-death-")
+                || name.starts_with("x-last-death-")))
 }
 
 /// A received AMQP message as a mailroom message.
@@ -174,7 +172,10 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> (Message, R
         if let Some(v) = map.get(KEY_HEADER).and_then(as_text) {
             key = Some(v);
         }
-        if let Some(ms) = map.get(TIMESTAMP_HEADER).and_then(as_u64) {
+        // The current name wins over a name the timestamp was written under before.
+        let names =
+            std::iter::once(TIMESTAMP_HEADER).chain(LEGACY_TIMESTAMP_HEADERS.iter().copied());
+        if let Some(ms) = names.filter_map(|n| map.get(n).and_then(as_u64)).next() {
             timestamp = Some(Timestamp::from_millis(ms));
         }
         received.attempt = map
@@ -266,5 +267,21 @@ mod tests {
         assert!(!m.headers().contains("t"));
         assert!(!m.headers().contains(DELIVERY_COUNT_HEADER));
         assert_eq!(r.delivery_count, Some(2));
+    }
+
+    #[test]
+    fn a_message_with_the_old_timestamp_name_decodes_with_its_timestamp() {
+        let mut table = FieldTable::default();
+        table.insert(
+            "x-mailroom-timestamp".into(),
+            AMQPValue::LongString(LongString::from(&b"1700000000123"[..])),
+        );
+        let props = BasicProperties::default().with_headers(table);
+        let (m, _) = decode(&props, b"x".to_vec());
+        assert_eq!(
+            m.timestamp(),
+            Some(Timestamp::from_millis(1_700_000_000_123))
+        );
+        assert!(m.headers().is_empty(), "the old name is internal too");
     }
 }

@@ -11,6 +11,7 @@ use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Confirmation, PublisherConfirm};
+use mailroom_core::operation::SEND;
 use mailroom_core::topology::validate_name;
 use mailroom_core::{
     Destination, Error, ErrorKind, Message, MessageParts, Overflow, PendingConfirm, Producer,
@@ -19,8 +20,8 @@ use mailroom_core::{
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::backend::{close_within, Deadline, Failure, Live, Lost, Shared};
 use crate::codec::{self, Stamp};
+use crate::connection::{close_within, Connection, Deadline, Failure, Link, Lost};
 use crate::error::{is_connection_loss, map};
 use crate::BACKEND;
 
@@ -59,7 +60,7 @@ struct Job {
 /// The producer's confirm channel and the connection it is on.
 #[derive(Clone)]
 struct ConfirmChannel {
-    live: Arc<Live>,
+    live: Arc<Link>,
     channel: Channel,
     /// Numbers the producer's channels, so a confirm that never came discards the channel it
     /// was published on and not a newer one.
@@ -69,7 +70,7 @@ struct ConfirmChannel {
 /// A message handed to the broker, whose confirm is awaited.
 struct Published {
     confirm: PublisherConfirm,
-    live: Arc<Live>,
+    live: Arc<Link>,
     epoch: u64,
     at: Instant,
 }
@@ -93,7 +94,7 @@ enum Verdict {
 async fn await_verdict(
     published: Published,
     connect_timeout: Duration,
-) -> (Verdict, Arc<Live>, u64) {
+) -> (Verdict, Arc<Link>, u64) {
     let Published {
         confirm,
         live,
@@ -159,7 +160,7 @@ async fn drive(
                         "the producer was dropped before the broker confirmed the message",
                     )
                     .with_backend(BACKEND)
-                    .with_operation("send")
+                    .with_operation(SEND)
                     .with_undelivered(send.message)));
                 }
             },
@@ -170,7 +171,7 @@ async fn drive(
 struct Inner {
     me: Weak<Inner>,
     driver: OnceLock<mpsc::UnboundedSender<Job>>,
-    shared: Arc<Shared>,
+    connection: Arc<Connection>,
     channel: tokio::sync::Mutex<Option<ConfirmChannel>>,
     /// The last epoch handed out to a confirm channel.
     epochs: AtomicU64,
@@ -184,15 +185,15 @@ struct Inner {
 }
 
 impl RabbitProducer {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        let window_size = shared.config.confirm_window.min(1_000_000) as u32;
+    pub(crate) fn new(connection: Arc<Connection>) -> Self {
+        let window_size = connection.config.confirm_window.min(1_000_000) as u32;
         RabbitProducer {
             inner: Arc::new_cyclic(|me| Inner {
                 me: me.clone(),
                 driver: OnceLock::new(),
                 window: Arc::new(Semaphore::new(window_size as usize)),
                 window_size,
-                shared,
+                connection,
                 channel: tokio::sync::Mutex::new(None),
                 epochs: AtomicU64::new(0),
                 trusted_from: AtomicU64::new(0),
@@ -211,26 +212,26 @@ impl RabbitProducer {
         attempt: u32,
     ) -> Result<PendingConfirm> {
         let inner = &self.inner;
-        let ctx = |e: Error| e.with_backend(BACKEND).with_operation("send");
+        let context = |e: Error| e.with_backend(BACKEND).with_operation(SEND);
         if inner.closed.load(Ordering::Acquire) {
-            return Err(ctx(Error::closed("producer is closed")).with_undelivered(message));
+            return Err(context(Error::closed("producer is closed")).with_undelivered(message));
         }
-        if let Err(e) = inner.shared.check_open("send") {
+        if let Err(e) = inner.connection.check_open(SEND) {
             return Err(e.with_undelivered(message));
         }
         if let Err(e) = validate_name("destination", destination.name()) {
-            return Err(ctx(e).with_undelivered(message));
+            return Err(context(e).with_undelivered(message));
         }
         if let Err(e) = inner
-            .shared
+            .connection
             .capabilities
-            .check_message(&message, BACKEND, "send")
+            .check_message(&message, BACKEND, SEND)
         {
             return Err(e.with_undelivered(message));
         }
         // The window frees up as confirms come or their bounded waits end; this wait is bounded
         // too, by the same budget a reconnect has.
-        let deadline = inner.shared.deadline();
+        let deadline = inner.connection.deadline();
         // Room is usually there: take it without arming a timer.
         let permit = match inner.window.clone().try_acquire_owned() {
             Ok(p) => Ok(Ok(p)),
@@ -242,7 +243,7 @@ impl RabbitProducer {
         let permit = match permit {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => {
-                return Err(ctx(Error::closed("producer is closed")).with_undelivered(message))
+                return Err(context(Error::closed("producer is closed")).with_undelivered(message))
             }
             Err(_) => {
                 let e = Error::new(
@@ -250,17 +251,17 @@ impl RabbitProducer {
                     format!(
                         "no room in the confirm window ({} unconfirmed) within {:?}",
                         inner.window_size,
-                        inner.shared.config.reconnect_timeout()
+                        inner.connection.config.reconnect_timeout()
                     ),
                 );
-                return Err(ctx(e).with_undelivered(message));
+                return Err(context(e).with_undelivered(message));
             }
         };
         let send = Send::new(
             destination.clone(),
             message,
             attempt,
-            inner.shared.config.persistent,
+            inner.connection.config.persistent,
         );
         let send = match inner.prepare(send).await {
             Ok(send) => send,
@@ -279,7 +280,9 @@ impl RabbitProducer {
         };
         if let Err(mpsc::error::SendError(job)) = inner.driver().send(job) {
             // The driver only stops when the producer is gone; this producer is not.
-            return Err(ctx(Error::closed("producer is closed")).with_undelivered(job.send.message));
+            return Err(
+                context(Error::closed("producer is closed")).with_undelivered(job.send.message)
+            );
         }
         Ok(PendingConfirm::waiting(async move {
             rx.await.unwrap_or_else(|_| {
@@ -288,7 +291,7 @@ impl RabbitProducer {
                     "the confirm task ended without a result (runtime shutting down?)",
                 )
                 .with_backend(BACKEND)
-                .with_operation("send"))
+                .with_operation(SEND))
             })
         }))
     }
@@ -360,8 +363,8 @@ impl Inner {
             return Ok(());
         }
         let what = format!("exchange '{name}'");
-        self.shared
-            .with_channel("send", &what, |ch| async move {
+        self.connection
+            .with_channel(SEND, &what, |ch| async move {
                 ch.exchange_declare(
                     name.into(),
                     lapin::ExchangeKind::Direct,
@@ -399,8 +402,8 @@ impl Inner {
         }
         let what = format!("delay queue '{name}'");
         let name = self
-            .shared
-            .with_channel("send", &what, |ch| async move {
+            .connection
+            .with_channel(SEND, &what, |ch| async move {
                 crate::topology::declare_delay_queue(&ch, destination, delay).await
             })
             .await?;
@@ -422,7 +425,7 @@ impl Inner {
                 why: "the producer channel was still being reopened".into(),
                 silent: true,
             };
-            return Err(self.shared.gave_up("send", &last));
+            return Err(self.connection.gave_up(SEND, &last));
         };
         if let Some(cc) = slot.as_ref() {
             let trusted = cc.epoch >= self.trusted_from.load(Ordering::Acquire);
@@ -434,17 +437,17 @@ impl Inner {
             if old.channel.status().connected() {
                 // Its unconfirmed messages are re-published elsewhere; closing it tells the
                 // broker to stop sending for it.
-                let wait = self.shared.config.connect_timeout();
+                let wait = self.connection.config.connect_timeout();
                 tokio::spawn(async move {
                     close_within(wait, "channel", old.channel.close(200, "OK".into())).await;
                 });
             }
         }
         loop {
-            let (live, ch) = self.shared.channel(deadline).await?;
+            let (live, ch) = self.connection.channel(deadline).await?;
             let select = ch.confirm_select(ConfirmSelectOptions::default());
             match self
-                .shared
+                .connection
                 .answer(&live, deadline, "confirm.select", select)
                 .await
             {
@@ -462,7 +465,7 @@ impl Inner {
                     return Err(map(e, "confirm_select", "the producer channel"))
                 }
                 Err(Failure::Lost(lost)) if deadline.passed() => {
-                    return Err(self.shared.gave_up("send", &lost))
+                    return Err(self.connection.gave_up(SEND, &lost))
                 }
                 Err(Failure::Lost(lost)) => {
                     tracing::debug!(%lost, "no confirm channel; trying again");
@@ -487,14 +490,14 @@ impl Inner {
                 send.exchange.clone(),
                 send.routing_key.clone(),
                 BasicPublishOptions {
-                    mandatory: self.shared.config.mandatory,
+                    mandatory: self.connection.config.mandatory,
                     immediate: false,
                 },
                 send.message.payload(),
                 codec::properties(&send.message, send.stamp),
             );
             match self
-                .shared
+                .connection
                 .answer(&cc.live, deadline, "basic.publish", publish)
                 .await
             {
@@ -507,12 +510,12 @@ impl Inner {
                     })
                 }
                 Err(Failure::Refused(e)) => {
-                    return Err(map(e, "send", &send.destination.to_string()))
+                    return Err(map(e, SEND, &send.destination.to_string()))
                 }
                 Err(Failure::Lost(lost)) => {
                     self.discard(cc.epoch);
                     if deadline.passed() {
-                        return Err(self.shared.gave_up("send", &lost));
+                        return Err(self.connection.gave_up(SEND, &lost));
                     }
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
@@ -526,27 +529,29 @@ impl Inner {
         &self,
         send: Send,
         mut verdict: Verdict,
-        mut live: Arc<Live>,
+        mut live: Arc<Link>,
         mut epoch: u64,
     ) -> Result<Receipt> {
-        let ctx = |e: Error| e.with_backend(BACKEND).with_operation("send");
+        let context = |e: Error| e.with_backend(BACKEND).with_operation(SEND);
         let mut full_backoff = Duration::from_millis(20);
         let mut channel_errors = 0;
-        let mut deadline = self.shared.deadline();
+        let mut deadline = self.connection.deadline();
         loop {
             let lost = match verdict {
                 Verdict::Answer(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {
                     return Ok(Receipt::new(send.message.id().clone()))
                 }
                 Verdict::Answer(Ok(Confirmation::Ack(Some(returned)))) => {
-                    return Err(ctx(returned_error(&send, &returned)).with_undelivered(send.message))
+                    return Err(
+                        context(returned_error(&send, &returned)).with_undelivered(send.message)
+                    )
                 }
                 Verdict::Answer(Ok(Confirmation::Nack(_))) => match self.refused(&send) {
-                    Some(e) => return Err(ctx(e).with_undelivered(send.message)),
+                    Some(e) => return Err(context(e).with_undelivered(send.message)),
                     None => {
                         // The broker answered: the budget for reaching it starts again. Offering
                         // again until there is room is the `Backpressure` policy itself.
-                        deadline = self.shared.deadline();
+                        deadline = self.connection.deadline();
                         tokio::time::sleep(full_backoff).await;
                         full_backoff = (full_backoff * 2).min(FULL_QUEUE_RETRY_MAX);
                         None
@@ -554,7 +559,7 @@ impl Inner {
                 },
                 Verdict::Answer(Err(e)) if is_connection_loss(&e) => {
                     tracing::debug!(error = %e, id = %send.message.id(), "re-publishing after a lost connection");
-                    self.shared.forget(&live);
+                    self.connection.forget(&live);
                     self.discard(epoch);
                     Some(Lost {
                         why: format!("the connection broke before the confirm: {e}"),
@@ -576,8 +581,9 @@ impl Inner {
                     None
                 }
                 Verdict::Answer(Err(e)) => {
-                    return Err(map(e, "send", &send.destination.to_string())
-                        .with_undelivered(send.message))
+                    return Err(
+                        map(e, SEND, &send.destination.to_string()).with_undelivered(send.message)
+                    )
                 }
                 Verdict::Silent(lost) => {
                     tracing::debug!(%lost, id = %send.message.id(), "re-publishing on a new channel");
@@ -588,8 +594,8 @@ impl Inner {
             if let Some(lost) = lost {
                 if deadline.passed() {
                     return Err(self
-                        .shared
-                        .gave_up("send", &lost)
+                        .connection
+                        .gave_up(SEND, &lost)
                         .with_undelivered(send.message));
                 }
             }
@@ -598,7 +604,7 @@ impl Inner {
                 Err(e) => return Err(e.with_undelivered(send.message)),
             };
             (verdict, live, epoch) =
-                await_verdict(published, self.shared.config.connect_timeout()).await;
+                await_verdict(published, self.connection.config.connect_timeout()).await;
         }
     }
 
@@ -606,7 +612,7 @@ impl Inner {
     fn driver(&self) -> &mpsc::UnboundedSender<Job> {
         self.driver.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            let wait = self.shared.config.connect_timeout();
+            let wait = self.connection.config.connect_timeout();
             tokio::spawn(drive(self.me.clone(), wait, rx));
             tx
         })
@@ -625,7 +631,7 @@ impl Inner {
                     ),
                 ));
             }
-            match self.shared.queue_facts(q).max_length {
+            match self.connection.queue_settings(q).max_length {
                 Some((_, Overflow::Backpressure)) => return None,
                 Some((max, Overflow::Reject)) => {
                     return Some(Error::new(
@@ -689,7 +695,7 @@ impl Producer for RabbitProducer {
         self.flush().await?;
         if let Some(cc) = self.inner.channel.lock().await.take() {
             if cc.channel.status().connected() {
-                let wait = self.inner.shared.config.connect_timeout();
+                let wait = self.inner.connection.config.connect_timeout();
                 close_within(wait, "channel", cc.channel.close(200, "OK".into())).await;
             }
         }

@@ -24,12 +24,15 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Channel;
+use mailroom_core::operation::{
+    BIND, DECLARE_EXCHANGE, DECLARE_QUEUE, DELETE_EXCHANGE, DELETE_QUEUE, UNBIND,
+};
 use mailroom_core::{
     Binding, Destination, Error, ExchangeKind, ExchangeSpec, HeaderMatch, QueueSpec, Result, Route,
     Topology,
 };
 
-use crate::backend::Shared;
+use crate::connection::Connection;
 use crate::BACKEND;
 
 /// The queue argument that picks the queue type.
@@ -59,7 +62,7 @@ fn millis(d: Duration) -> AMQPValue {
 
 /// The x-arguments of a queue declaration, or a `Config` error for a spec RabbitMQ cannot honour.
 pub(crate) fn queue_arguments(spec: &QueueSpec) -> Result<FieldTable> {
-    let ctx = |e: Error| e.with_backend(BACKEND).with_operation("declare_queue");
+    let ctx = |e: Error| e.with_backend(BACKEND).with_operation(DECLARE_QUEUE);
     let mut args = FieldTable::default();
     for (key, value) in &spec.extra {
         let key = short("queue argument", key).map_err(ctx)?;
@@ -241,61 +244,61 @@ pub(crate) fn delay_queue(destination: &Destination, delay: Duration) -> (String
 
 /// The exchange API of a RabbitMQ backend.
 pub struct RabbitTopology {
-    shared: Arc<Shared>,
+    connection: Arc<Connection>,
 }
 
 impl RabbitTopology {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        RabbitTopology { shared }
+    pub(crate) fn new(connection: Arc<Connection>) -> Self {
+        RabbitTopology { connection }
     }
 }
 
 #[async_trait]
 impl Topology for RabbitTopology {
     async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<()> {
-        let ctx = |e: Error| e.with_backend(BACKEND).with_operation("declare_exchange");
-        self.shared.check_open("declare_exchange")?;
+        let ctx = |e: Error| e.with_backend(BACKEND).with_operation(DECLARE_EXCHANGE);
+        self.connection.check_open(DECLARE_EXCHANGE)?;
         spec.validate().map_err(ctx)?;
         let what = format!("exchange '{}' ({})", spec.name, spec.kind);
-        self.shared
-            .with_channel("declare_exchange", &what, |ch| async move {
+        self.connection
+            .with_channel(DECLARE_EXCHANGE, &what, |ch| async move {
                 declare_exchange_on(&ch, spec).await
             })
             .await?;
-        let mut registry = self.shared.registry();
+        let mut registry = self.connection.declared();
         registry.exchanges.retain(|e| e.name != spec.name);
         registry.exchanges.push(spec.clone());
         Ok(())
     }
 
     async fn delete_exchange(&self, name: &str) -> Result<()> {
-        self.shared.check_open("delete_exchange")?;
+        self.connection.check_open(DELETE_EXCHANGE)?;
         let what = format!("exchange '{name}'");
-        self.shared
-            .with_channel("delete_exchange", &what, |ch| async move {
+        self.connection
+            .with_channel(DELETE_EXCHANGE, &what, |ch| async move {
                 ch.exchange_delete(name.into(), ExchangeDeleteOptions::default())
                     .await
             })
             .await?;
-        let mut registry = self.shared.registry();
+        let mut registry = self.connection.declared();
         registry.exchanges.retain(|e| e.name != name);
         registry.bindings.retain(|b| b.exchange != name);
         Ok(())
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<()> {
-        let ctx = |e: Error| e.with_backend(BACKEND).with_operation("declare_queue");
-        self.shared.check_open("declare_queue")?;
+        let ctx = |e: Error| e.with_backend(BACKEND).with_operation(DECLARE_QUEUE);
+        self.connection.check_open(DECLARE_QUEUE)?;
         spec.validate().map_err(ctx)?;
         let args = queue_arguments(spec)?;
         let what = format!("queue '{}'", spec.name);
-        self.shared
-            .with_channel("declare_queue", &what, |ch| {
+        self.connection
+            .with_channel(DECLARE_QUEUE, &what, |ch| {
                 let args = args.clone();
                 async move { declare_queue_on(&ch, spec, args).await }
             })
             .await?;
-        let mut registry = self.shared.registry();
+        let mut registry = self.connection.declared();
         if registry
             .queues
             .insert(spec.name.clone(), spec.clone())
@@ -307,16 +310,16 @@ impl Topology for RabbitTopology {
     }
 
     async fn delete_queue(&self, name: &str) -> Result<()> {
-        self.shared.check_open("delete_queue")?;
+        self.connection.check_open(DELETE_QUEUE)?;
         let what = format!("queue '{name}'");
-        self.shared
-            .with_channel("delete_queue", &what, |ch| async move {
+        self.connection
+            .with_channel(DELETE_QUEUE, &what, |ch| async move {
                 ch.queue_delete(name.into(), QueueDeleteOptions::default())
                     .await
                     .map(drop)
             })
             .await?;
-        let mut registry = self.shared.registry();
+        let mut registry = self.connection.declared();
         registry.queues.remove(name);
         registry.queue_order.retain(|q| q != name);
         registry.bindings.retain(|b| b.queue != name);
@@ -324,22 +327,18 @@ impl Topology for RabbitTopology {
     }
 
     async fn bind(&self, binding: &Binding) -> Result<()> {
-        let ctx = |e: Error| e.with_backend(BACKEND).with_operation("bind");
-        self.shared.check_open("bind")?;
+        let ctx = |e: Error| e.with_backend(BACKEND).with_operation(BIND);
+        self.connection.check_open(BIND)?;
         binding.validate().map_err(ctx)?;
         self.check_route(binding).map_err(ctx)?;
         let what = format!(
             "binding of queue '{}' to exchange '{}'",
             binding.queue, binding.exchange
         );
-        self.shared
-            .with_channel(
-                "bind",
-                &what,
-                |ch| async move { bind_on(&ch, binding).await },
-            )
+        self.connection
+            .with_channel(BIND, &what, |ch| async move { bind_on(&ch, binding).await })
             .await?;
-        let mut registry = self.shared.registry();
+        let mut registry = self.connection.declared();
         if !registry.bindings.contains(binding) {
             registry.bindings.push(binding.clone());
         }
@@ -347,16 +346,16 @@ impl Topology for RabbitTopology {
     }
 
     async fn unbind(&self, binding: &Binding) -> Result<()> {
-        let ctx = |e: Error| e.with_backend(BACKEND).with_operation("unbind");
-        self.shared.check_open("unbind")?;
+        let ctx = |e: Error| e.with_backend(BACKEND).with_operation(UNBIND);
+        self.connection.check_open(UNBIND)?;
         binding.validate().map_err(ctx)?;
         let what = format!(
             "binding of queue '{}' to exchange '{}'",
             binding.queue, binding.exchange
         );
         let (key, args) = binding_parts(binding);
-        self.shared
-            .with_channel("unbind", &what, |ch| {
+        self.connection
+            .with_channel(UNBIND, &what, |ch| {
                 let (key, args) = (key.clone(), args.clone());
                 async move {
                     ch.queue_unbind(
@@ -369,7 +368,7 @@ impl Topology for RabbitTopology {
                 }
             })
             .await?;
-        self.shared.registry().bindings.retain(|b| b != binding);
+        self.connection.declared().bindings.retain(|b| b != binding);
         Ok(())
     }
 }
@@ -378,7 +377,7 @@ impl RabbitTopology {
     /// A route that cannot work on the exchange's kind (when this backend declared it) is
     /// invalid input rather than a binding that silently never matches.
     fn check_route(&self, binding: &Binding) -> Result<()> {
-        let registry = self.shared.registry();
+        let registry = self.connection.declared();
         if let Some(spec) = registry
             .exchanges
             .iter()

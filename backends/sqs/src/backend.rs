@@ -1,193 +1,35 @@
-//! The SQS connection: one SDK client, a queue-URL cache, and the source of producers and
-//! consumers.
+//! The backend handle: connecting, the typed accessors, and the `Backend` trait; the source of
+//! producers and consumers.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::config::timeout::TimeoutConfig;
-use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_sqs::types::QueueAttributeName;
 use aws_sdk_sqs::Client;
-use aws_smithy_http_client::tls;
+use mailroom_core::operation::{CONSUME, PRODUCER};
 use mailroom_core::{
-    Backend, Capabilities, Capability, Consumer, ConsumerOptions, Error, ErrorKind, Producer,
-    Result, Topology,
+    Backend, Capabilities, Capability, Consumer, ConsumerOptions, Producer, Result, Topology,
 };
 
-use crate::config::{CredentialsSource, SqsConfig};
+use crate::config::SqsConfig;
+use crate::connection::Connection;
 use crate::consumer::SqsConsumer;
-use crate::error::{ctx, from_sdk};
 use crate::producer::SqsProducer;
 use crate::topology::SqsTopology;
-use crate::{capabilities, BACKEND};
-
-/// What producers, consumers and the topology share.
-pub(crate) struct Shared {
-    pub client: Client,
-    pub config: SqsConfig,
-    pub caps: Capabilities,
-    urls: Mutex<HashMap<String, String>>,
-    closed: AtomicBool,
-}
-
-impl Shared {
-    /// The URL of queue `name`, cached; `NotFound` if it does not exist.
-    pub async fn queue_url(&self, name: &str, operation: &'static str) -> Result<String> {
-        if let Some(url) = self.lock_urls().get(name) {
-            return Ok(url.clone());
-        }
-        let out = self
-            .client
-            .get_queue_url()
-            .queue_name(name)
-            .send()
-            .await
-            .map_err(|e| {
-                let err = from_sdk(e, operation);
-                if err.kind() == ErrorKind::NotFound {
-                    ctx(
-                        Error::not_found(format!("queue '{name}' does not exist")),
-                        operation,
-                    )
-                } else {
-                    err
-                }
-            })?;
-        let url = out.queue_url().unwrap_or_default().to_owned();
-        if url.is_empty() {
-            return Err(ctx(
-                Error::new(
-                    ErrorKind::Broker,
-                    format!("GetQueueUrl for '{name}' returned no URL"),
-                ),
-                operation,
-            ));
-        }
-        self.lock_urls().insert(name.to_owned(), url.clone());
-        Ok(url)
-    }
-
-    pub fn remember_url(&self, name: &str, url: &str) {
-        self.lock_urls().insert(name.to_owned(), url.to_owned());
-    }
-
-    pub fn forget_url(&self, name: &str) {
-        self.lock_urls().remove(name);
-    }
-
-    /// The ARN of the queue at `url`.
-    pub async fn queue_arn(&self, url: &str, operation: &'static str) -> Result<String> {
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .map_err(|e| from_sdk(e, operation))?;
-        out.attributes()
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-            .cloned()
-            .ok_or_else(|| {
-                ctx(
-                    Error::new(ErrorKind::Broker, format!("queue {url} reported no ARN")),
-                    operation,
-                )
-            })
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    pub fn check_open(&self, operation: &'static str) -> Result<()> {
-        if self.is_closed() {
-            Err(ctx(Error::closed("the SQS backend is closed"), operation))
-        } else {
-            Ok(())
-        }
-    }
-
-    fn lock_urls(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        // A poisoned cache is still a valid cache: entries are inserted whole.
-        self.urls.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+use crate::BACKEND;
 
 /// A connection to SQS (or an SQS-API server).
 pub struct SqsBackend {
-    shared: Arc<Shared>,
+    connection: Arc<Connection>,
     topology: SqsTopology,
 }
 
 impl SqsBackend {
     /// Connect with `config`, checking that the endpoint answers.
     pub async fn connect(config: SqsConfig) -> Result<Self> {
-        config.validate()?;
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(config.connect_timeout)
-            .operation_timeout(config.operation_timeout + config.wait_time)
-            .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .timeout_config(timeouts);
-        match (&config.region, &config.endpoint) {
-            (Some(region), _) => loader = loader.region(Region::new(region.clone())),
-            // An emulator does not care which region; AWS needs the real one (from the chain).
-            (None, Some(_)) => loader = loader.region(Region::from_static("us-east-1")),
-            (None, None) => {}
-        }
-        if let CredentialsSource::Static(c) = &config.credentials {
-            loader = loader.credentials_provider(Credentials::new(
-                c.access_key_id.clone(),
-                c.secret_access_key.clone(),
-                c.session_token.clone(),
-                None,
-                "mailroom-sqs",
-            ));
-        }
-        if let Some(endpoint) = &config.endpoint {
-            loader = loader.endpoint_url(endpoint.clone());
-        }
-        let sdk_config = loader.load().await;
-        if sdk_config.region().is_none() {
-            return Err(ctx(
-                Error::config("no AWS region: add ?region=... to the sqs:// URL or set AWS_REGION"),
-                "connect",
-            ));
-        }
-        let client = Client::new(&sdk_config);
-        // Fail fast on a wrong endpoint or refused credentials; a service that answers at all,
-        // even with "access denied" for ListQueues, is reachable.
-        if let Err(e) = client.list_queues().max_results(1).send().await {
-            let err = from_sdk(e, "connect");
-            let denied = err.kind() == ErrorKind::Auth
-                && err
-                    .to_string()
-                    .to_ascii_lowercase()
-                    .contains("accessdenied");
-            if !denied {
-                return Err(err);
-            }
-        }
-        let caps = capabilities(&config);
-        let shared = Arc::new(Shared {
-            client,
-            config,
-            caps,
-            urls: Mutex::new(HashMap::new()),
-            closed: AtomicBool::new(false),
-        });
+        let connection = Connection::open(config).await?;
         Ok(SqsBackend {
-            topology: SqsTopology::new(shared.clone()),
-            shared,
+            topology: SqsTopology::new(connection.clone()),
+            connection,
         })
     }
 
@@ -198,36 +40,36 @@ impl SqsBackend {
 
     /// The configuration this backend was opened with.
     pub fn config(&self) -> &SqsConfig {
-        &self.shared.config
+        &self.connection.config
     }
 
     /// The SDK client, for what mailroom does not cover (queue tags, purges, SNS wiring ...).
     pub fn client(&self) -> &Client {
-        &self.shared.client
+        &self.connection.client
     }
 
     /// A producer with its concrete type.
     pub fn sqs_producer(&self) -> Result<SqsProducer> {
-        self.shared.check_open("producer")?;
-        Ok(SqsProducer::new(self.shared.clone()))
+        self.connection.check_open(PRODUCER)?;
+        Ok(SqsProducer::new(self.connection.clone()))
     }
 
     /// A consumer with its concrete type.
     pub async fn sqs_consumer(&self, queue: &str, options: ConsumerOptions) -> Result<SqsConsumer> {
-        self.shared.check_open("consumer")?;
+        self.connection.check_open(CONSUME)?;
         if options.replay.is_some() {
-            self.shared
-                .caps
-                .require(Capability::Replay, BACKEND, "consumer")?;
+            self.connection
+                .capabilities
+                .require(Capability::Replay, BACKEND, CONSUME)?;
         }
-        SqsConsumer::open(self.shared.clone(), queue, options).await
+        SqsConsumer::open(self.connection.clone(), queue, options).await
     }
 }
 
 impl std::fmt::Debug for SqsBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqsBackend")
-            .field("config", &self.shared.config)
+            .field("config", &self.connection.config)
             .finish()
     }
 }
@@ -239,19 +81,19 @@ impl Backend for SqsBackend {
     }
 
     fn capabilities(&self) -> &Capabilities {
-        &self.shared.caps
+        &self.connection.capabilities
     }
 
     async fn server_version(&self) -> Result<String> {
         // SQS reports no version; say which service and where, which is what a report needs.
         let region = self
-            .shared
+            .connection
             .client
             .config()
             .region()
             .map(|r| r.to_string())
             .unwrap_or_default();
-        Ok(match &self.shared.config.endpoint {
+        Ok(match &self.connection.config.endpoint {
             Some(endpoint) => format!("SQS API at {endpoint}, region {region}"),
             None => format!("Amazon SQS, region {region}"),
         })
@@ -270,7 +112,7 @@ impl Backend for SqsBackend {
     }
 
     async fn close(&self) -> Result<()> {
-        self.shared.closed.store(true, Ordering::Release);
+        self.connection.close();
         Ok(())
     }
 }

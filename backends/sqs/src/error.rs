@@ -181,7 +181,7 @@ pub(crate) fn from_entry(
 }
 
 /// Add backend and operation context to an error made here.
-pub(crate) fn ctx(err: Error, operation: &'static str) -> Error {
+pub(crate) fn context(err: Error, operation: &'static str) -> Error {
     err.with_backend(BACKEND).with_operation(operation)
 }
 

@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use mailroom_core::operation::SEND;
 use mailroom_core::{
     Capability, Destination, Error, ErrorKind, Message, PendingConfirm, Producer, Receipt, Result,
 };
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::backend::Shared;
 use crate::codec::{self, Encoded};
-use crate::error::{ctx, from_entry, from_sdk};
+use crate::connection::Connection;
+use crate::error::{context, from_entry, from_sdk};
 use crate::{BACKEND, MAX_BATCH_ENTRIES};
 
 /// Times an entry the service failed on its own side is sent again before its error is returned.
@@ -31,7 +32,7 @@ struct Entry {
 
 /// Sends to SQS queues, batching concurrent and pipelined sends.
 pub struct SqsProducer {
-    shared: Arc<Shared>,
+    connection: Arc<Connection>,
     window: Arc<Semaphore>,
     window_size: u32,
     batchers: Mutex<HashMap<String, mpsc::Sender<Entry>>>,
@@ -39,14 +40,14 @@ pub struct SqsProducer {
 }
 
 impl SqsProducer {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        let window_size = u32::try_from(shared.config.send_window).unwrap_or(u32::MAX);
+    pub(crate) fn new(connection: Arc<Connection>) -> Self {
+        let window_size = u32::try_from(connection.config.send_window).unwrap_or(u32::MAX);
         SqsProducer {
             window: Arc::new(Semaphore::new(window_size as usize)),
             window_size,
             batchers: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
-            shared,
+            connection,
         }
     }
 
@@ -56,8 +57,8 @@ impl SqsProducer {
             return tx.clone();
         }
         // The window bounds what is in flight, so this channel never holds more than it.
-        let (tx, rx) = mpsc::channel(self.shared.config.send_window.max(1));
-        tokio::spawn(run_batcher(self.shared.clone(), Arc::from(url), rx));
+        let (tx, rx) = mpsc::channel(self.connection.config.send_window.max(1));
+        tokio::spawn(run_batcher(self.connection.clone(), Arc::from(url), rx));
         batchers.insert(url.to_owned(), tx.clone());
         tx
     }
@@ -69,28 +70,30 @@ impl SqsProducer {
     ) -> Result<(String, Encoded)> {
         let op = "send";
         if self.closed.load(Ordering::Acquire) {
-            return Err(ctx(Error::closed("producer is closed"), op));
+            return Err(context(Error::closed("producer is closed"), op));
         }
-        self.shared.check_open(op)?;
+        self.connection.check_open(op)?;
         let queue = match destination {
             Destination::Queue(q) => q,
             Destination::Exchange { .. } => {
-                self.shared.caps.require(
+                self.connection.capabilities.require(
                     Capability::Exchange(mailroom_core::ExchangeKind::Direct),
                     BACKEND,
                     op,
                 )?;
-                return Err(ctx(Error::unsupported("SQS has no exchanges"), op));
+                return Err(context(Error::unsupported("SQS has no exchanges"), op));
             }
         };
-        self.shared.caps.check_message(message, BACKEND, op)?;
+        self.connection
+            .capabilities
+            .check_message(message, BACKEND, op)?;
         let encoded = codec::encode(
             message,
             queue.ends_with(".fifo"),
-            self.shared.config.max_message_size,
+            self.connection.config.max_message_size,
         )
-        .map_err(|e| ctx(e, op))?;
-        let url = self.shared.queue_url(queue, op).await?;
+        .map_err(|e| context(e, op))?;
+        let url = self.connection.queue_url(queue, op).await?;
         Ok((url, encoded))
     }
 }
@@ -106,7 +109,7 @@ impl Producer for SqsProducer {
             Ok(slot) => slot,
             Err(_) => {
                 return Err(
-                    ctx(Error::closed("producer is closed"), "send").with_undelivered(message)
+                    context(Error::closed("producer is closed"), SEND).with_undelivered(message)
                 )
             }
         };
@@ -118,20 +121,20 @@ impl Producer for SqsProducer {
             _slot: slot,
         };
         if let Err(mpsc::error::SendError(entry)) = self.batcher(&url).send(entry).await {
-            return Err(ctx(
+            return Err(context(
                 Error::new(ErrorKind::Broker, "the queue's batcher task stopped"),
-                "send",
+                SEND,
             )
             .with_undelivered(entry.message));
         }
         Ok(PendingConfirm::waiting(async move {
             confirm.await.unwrap_or_else(|_| {
-                Err(ctx(
+                Err(context(
                     Error::new(
                         ErrorKind::Broker,
                         "the batcher dropped a send without an answer",
                     ),
-                    "send",
+                    SEND,
                 ))
             })
         }))
@@ -168,10 +171,10 @@ impl std::fmt::Debug for SqsProducer {
 /// Gather what waits for one queue into batches of at most 10 entries and `max_message_size`
 /// bytes, keeping up to `send_concurrency` calls in flight. While every call slot is taken, new
 /// entries pile up in the channel, so batches grow exactly when throughput needs them to.
-async fn run_batcher(shared: Arc<Shared>, url: Arc<str>, mut rx: mpsc::Receiver<Entry>) {
-    let calls = Arc::new(Semaphore::new(shared.config.send_concurrency));
-    let max_bytes = shared.config.max_message_size;
-    let linger = shared.config.linger;
+async fn run_batcher(connection: Arc<Connection>, url: Arc<str>, mut rx: mpsc::Receiver<Entry>) {
+    let calls = Arc::new(Semaphore::new(connection.config.send_concurrency));
+    let max_bytes = connection.config.max_message_size;
+    let linger = connection.config.linger;
     let mut carry: Option<Entry> = None;
     loop {
         let Ok(call) = calls.clone().acquire_owned().await else {
@@ -206,7 +209,7 @@ async fn run_batcher(shared: Arc<Shared>, url: Arc<str>, mut rx: mpsc::Receiver<
             bytes += next.encoded.size;
             batch.push(next);
         }
-        tokio::spawn(send_batch(shared.clone(), url.clone(), batch, call));
+        tokio::spawn(send_batch(connection.clone(), url.clone(), batch, call));
     }
 }
 
@@ -226,7 +229,7 @@ fn request_entry(index: usize, e: &Encoded) -> Result<SendMessageBatchRequestEnt
 
 /// Send one batch; retry only the entries the service failed on its side; answer every entry.
 async fn send_batch(
-    shared: Arc<Shared>,
+    connection: Arc<Connection>,
     url: Arc<str>,
     batch: Vec<Entry>,
     _call: OwnedSemaphorePermit,
@@ -239,13 +242,13 @@ async fn send_batch(
             let Some(entry) = e else { continue };
             match request_entry(i, &entry.encoded) {
                 Ok(r) => entries.push(r),
-                Err(err) => answer(e, Err(ctx(err, op))),
+                Err(err) => answer(e, Err(context(err, op))),
             }
         }
         if entries.is_empty() {
             return;
         }
-        let result = shared
+        let result = connection
             .client
             .send_message_batch()
             .queue_url(url.as_ref())
@@ -301,7 +304,7 @@ async fn send_batch(
     for e in pending.iter_mut() {
         answer(
             e,
-            Err(ctx(
+            Err(context(
                 Error::new(
                     ErrorKind::Broker,
                     "SendMessageBatch reported neither success nor failure for this entry",
@@ -335,12 +338,12 @@ fn copy_error(err: &Error) -> Error {
 
 /// Send one encoded message alone (dead-lettering), returning the service's error if any.
 pub(crate) async fn send_one(
-    shared: &Shared,
+    connection: &Connection,
     url: &str,
     e: Encoded,
     op: &'static str,
 ) -> Result<()> {
-    shared
+    connection
         .client
         .send_message()
         .queue_url(url)

@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::QueueAttributeName;
+use mailroom_core::operation::{BIND, DECLARE_EXCHANGE, DELETE_EXCHANGE, UNBIND};
 use mailroom_core::{
     Binding, Capability, Error, ErrorKind, ExchangeSpec, QueueSpec, Result, Topology,
 };
 
-use crate::backend::Shared;
-use crate::error::{ctx, from_sdk};
+use crate::connection::Connection;
+use crate::error::{context, from_sdk};
 use crate::BACKEND;
 
 /// `maxReceiveCount` for a queue given a dead-letter queue but no attempt limit: SQS records a
@@ -19,12 +20,12 @@ pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 1000;
 
 /// Declares and deletes SQS queues.
 pub struct SqsTopology {
-    shared: Arc<Shared>,
+    connection: Arc<Connection>,
 }
 
 impl SqsTopology {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        SqsTopology { shared }
+    pub(crate) fn new(connection: Arc<Connection>) -> Self {
+        SqsTopology { connection }
     }
 }
 
@@ -48,7 +49,7 @@ pub fn validate_queue_name(name: &str) -> Result<()> {
 }
 
 fn no_exchanges(operation: &'static str) -> Error {
-    ctx(
+    context(
         Error::unsupported(
             "backend 'sqs' has no exchanges (SNS topics with SQS subscriptions are the intended \
              mapping and are not built yet); send to a queue instead",
@@ -60,7 +61,7 @@ fn no_exchanges(operation: &'static str) -> Error {
 impl SqsTopology {
     async fn attributes(&self, spec: &QueueSpec) -> Result<HashMap<QueueAttributeName, String>> {
         let op = "declare_queue";
-        let caps = &self.shared.caps;
+        let caps = &self.connection.capabilities;
         if spec.max_length.is_some() {
             caps.require(Capability::MaxQueueLength, BACKEND, op)?;
         }
@@ -70,7 +71,7 @@ impl SqsTopology {
         let mut attrs = HashMap::new();
         for (key, value) in &spec.extra {
             let name = QueueAttributeName::try_parse(key).map_err(|_| {
-                ctx(
+                context(
                     Error::invalid_input(format!(
                         "queue '{}': {key:?} is not an SQS queue attribute (e.g. \
                          VisibilityTimeout, MessageRetentionPeriod, DelaySeconds, \
@@ -89,7 +90,7 @@ impl SqsTopology {
         match (&spec.dead_letter_queue, spec.max_delivery_attempts) {
             (None, None) => {}
             (None, Some(_)) => {
-                return Err(ctx(
+                return Err(context(
                     Error::invalid_input(format!(
                         "queue '{}': max_delivery_attempts needs a dead_letter_queue (SQS counts \
                          attempts only to redrive to one)",
@@ -101,7 +102,7 @@ impl SqsTopology {
             (Some(dlq), attempts) => {
                 caps.require(Capability::DeadLetter, BACKEND, op)?;
                 if dlq.ends_with(".fifo") != fifo {
-                    return Err(ctx(
+                    return Err(context(
                         Error::invalid_input(format!(
                             "queue '{}' and its dead-letter queue '{dlq}' must both be FIFO or \
                              both standard",
@@ -112,7 +113,7 @@ impl SqsTopology {
                 }
                 let max = attempts.unwrap_or(DEFAULT_MAX_RECEIVE_COUNT);
                 if max > DEFAULT_MAX_RECEIVE_COUNT {
-                    return Err(ctx(
+                    return Err(context(
                         Error::invalid_input(format!(
                             "queue '{}': max_delivery_attempts {max} exceeds SQS's 1000",
                             spec.name
@@ -120,9 +121,9 @@ impl SqsTopology {
                         op,
                     ));
                 }
-                let dlq_url = self.shared.queue_url(dlq, op).await.map_err(|e| {
+                let dlq_url = self.connection.queue_url(dlq, op).await.map_err(|e| {
                     if e.kind() == ErrorKind::NotFound {
-                        ctx(
+                        context(
                             Error::not_found(format!(
                                 "dead-letter queue '{dlq}' of queue '{}' does not exist; \
                                  declare it first",
@@ -134,7 +135,7 @@ impl SqsTopology {
                         e
                     }
                 })?;
-                let arn = self.shared.queue_arn(&dlq_url, op).await?;
+                let arn = self.connection.queue_arn(&dlq_url, op).await?;
                 let policy = serde_json::json!({
                     "deadLetterTargetArn": arn,
                     "maxReceiveCount": max.to_string(),
@@ -150,24 +151,26 @@ impl SqsTopology {
 impl Topology for SqsTopology {
     async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<()> {
         spec.validate()?;
-        self.shared
-            .caps
-            .require(Capability::Exchange(spec.kind), BACKEND, "declare_exchange")?;
-        Err(no_exchanges("declare_exchange"))
+        self.connection.capabilities.require(
+            Capability::Exchange(spec.kind),
+            BACKEND,
+            DECLARE_EXCHANGE,
+        )?;
+        Err(no_exchanges(DECLARE_EXCHANGE))
     }
 
     async fn delete_exchange(&self, _name: &str) -> Result<()> {
-        Err(no_exchanges("delete_exchange"))
+        Err(no_exchanges(DELETE_EXCHANGE))
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<()> {
         let op = "declare_queue";
-        spec.validate().map_err(|e| ctx(e, op))?;
-        validate_queue_name(&spec.name).map_err(|e| ctx(e, op))?;
-        self.shared.check_open(op)?;
+        spec.validate().map_err(|e| context(e, op))?;
+        validate_queue_name(&spec.name).map_err(|e| context(e, op))?;
+        self.connection.check_open(op)?;
         let attrs = self.attributes(spec).await?;
         let out = self
-            .shared
+            .connection
             .client
             .create_queue()
             .queue_name(&spec.name)
@@ -177,7 +180,7 @@ impl Topology for SqsTopology {
             .map_err(|e| {
                 let err = from_sdk(e, op);
                 if err.kind() == ErrorKind::Conflict {
-                    ctx(
+                    context(
                         Error::new(
                             ErrorKind::Conflict,
                             format!(
@@ -193,17 +196,17 @@ impl Topology for SqsTopology {
                 }
             })?;
         if let Some(url) = out.queue_url() {
-            self.shared.remember_url(&spec.name, url);
+            self.connection.remember_url(&spec.name, url);
         }
         Ok(())
     }
 
     async fn delete_queue(&self, name: &str) -> Result<()> {
         let op = "delete_queue";
-        self.shared.check_open(op)?;
-        let url = self.shared.queue_url(name, op).await?;
-        self.shared.forget_url(name);
-        self.shared
+        self.connection.check_open(op)?;
+        let url = self.connection.queue_url(name, op).await?;
+        self.connection.forget_url(name);
+        self.connection
             .client
             .delete_queue()
             .queue_url(url)
@@ -215,11 +218,11 @@ impl Topology for SqsTopology {
 
     async fn bind(&self, binding: &Binding) -> Result<()> {
         binding.validate()?;
-        Err(no_exchanges("bind"))
+        Err(no_exchanges(BIND))
     }
 
     async fn unbind(&self, _binding: &Binding) -> Result<()> {
-        Err(no_exchanges("unbind"))
+        Err(no_exchanges(UNBIND))
     }
 }
 

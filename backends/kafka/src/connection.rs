@@ -1,0 +1,162 @@
+//! One connection to a Kafka cluster: the admin client for metadata and topics, the topology
+//! this process declared, the internal producer consumers requeue and dead-letter with, and
+//! whether it was closed. Every producer, consumer and topology handle holds it.
+//!
+//! librdkafka reconnects by itself, so there is no reconnect logic here: opening waits (at most
+//! `connect_timeout`) for the cluster's metadata, and later calls are bounded by
+//! `operation_timeout`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mailroom_core::operation::CONNECT;
+use mailroom_core::{Capabilities, ClosedFlag, Error, ErrorKind, Result};
+use rdkafka::admin::AdminClient;
+use rdkafka::client::{Client, DefaultClientContext};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+
+use crate::config::KafkaConfig;
+use crate::producer::ProducerCore;
+use crate::topology::Declared;
+use crate::{error, BACKEND};
+
+/// What every handle of one connection shares.
+pub(crate) struct Connection {
+    pub config: KafkaConfig,
+    pub capabilities: Capabilities,
+    pub admin: AdminClient<DefaultClientContext>,
+    /// Queue settings and bindings this process declared on the cluster.
+    pub declared: Arc<Declared>,
+    /// The producer consumers use to requeue and dead-letter, made on first need.
+    internal: Mutex<Option<Arc<ProducerCore>>>,
+    closed: ClosedFlag,
+}
+
+impl Connection {
+    pub async fn open(config: KafkaConfig) -> Result<Arc<Self>> {
+        let capabilities = crate::capabilities(&config);
+        let admin: AdminClient<DefaultClientContext> = config
+            .client_config(&[])
+            .create()
+            .map_err(|e| error::map(e, CONNECT))?;
+        // Producer- and consumer-only properties are only checked when such a client is made;
+        // make one of each now so that a typo fails `connect`, not the first send.
+        drop(ProducerCore::new(&config, capabilities.clone())?);
+        crate::consumer::check_consumer_config(&config)?;
+        let connection = Arc::new(Connection {
+            declared: Declared::for_cluster(&config.bootstrap_servers()),
+            config,
+            capabilities,
+            admin,
+            internal: Mutex::new(None),
+            closed: ClosedFlag::new(BACKEND),
+        });
+        let probe = connection.clone();
+        let reached = blocking(move || {
+            probe
+                .admin
+                .inner()
+                .fetch_metadata(None, probe.config.connect_timeout)
+                .map(|_| ())
+                .map_err(|e| error::map(e, CONNECT))
+        })
+        .await;
+        if let Err(e) = reached {
+            return Err(Error::new(
+                ErrorKind::Connection,
+                format!(
+                    "cannot reach the Kafka brokers {} within {:?}: {}",
+                    connection.config.bootstrap_servers(),
+                    connection.config.connect_timeout,
+                    e.message()
+                ),
+            )
+            .with_boxed_source(Box::new(e))
+            .with_backend(BACKEND)
+            .with_operation(CONNECT));
+        }
+        Ok(connection)
+    }
+
+    pub fn check_open(&self, operation: &'static str) -> Result<()> {
+        self.closed.check_open(operation)
+    }
+
+    /// Refuse further operations, and send what the internal producer still holds.
+    pub async fn close(&self) -> Result<()> {
+        self.closed.close();
+        let internal = self
+            .internal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(core) = internal {
+            core.flush_all().await?;
+        }
+        Ok(())
+    }
+
+    pub fn internal_producer(&self) -> Result<Arc<ProducerCore>> {
+        let mut slot = self.internal.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(core) = slot.as_ref() {
+            return Ok(core.clone());
+        }
+        let core = ProducerCore::new(&self.config, self.capabilities.clone())?;
+        *slot = Some(core.clone());
+        Ok(core)
+    }
+
+    /// The partitions of `topic`, or `None` if it does not exist (runs a blocking call).
+    pub async fn partitions(self: &Arc<Self>, topic: &str) -> Result<Option<Vec<i32>>> {
+        let connection = self.clone();
+        let topic = topic.to_owned();
+        blocking(move || {
+            topic_partitions(
+                connection.admin.inner(),
+                &topic,
+                connection.config.operation_timeout,
+            )
+        })
+        .await
+    }
+}
+
+/// Run a blocking librdkafka call off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        Error::new(
+            ErrorKind::Broker,
+            format!("blocking librdkafka call failed: {e}"),
+        )
+        .with_backend(BACKEND)
+    })?
+}
+
+/// The partition ids of `topic`, or `None` if the cluster does not know it.
+pub(crate) fn topic_partitions<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<Vec<i32>>> {
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| error::map(e, "metadata"))?;
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(None);
+    };
+    match t.error().map(RDKafkaErrorCode::from) {
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+            Ok(None)
+        }
+        Some(code) => Err(error::map_code(
+            code,
+            format!("metadata of topic '{topic}'"),
+            "metadata",
+        )),
+        None if t.partitions().is_empty() => Ok(None),
+        None => Ok(Some(t.partitions().iter().map(|p| p.id()).collect())),
+    }
+}

@@ -1,0 +1,148 @@
+//! The broker itself: its exchanges, its queues and the routes between them, shared by every
+//! handle of one `memory://` connection (and, by name, by every connection to that name).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+
+use mailroom_core::republish::warn_discarded;
+use mailroom_core::{Capabilities, ClosedFlag, ExchangeKind, Message, Result, Route};
+
+use crate::codec::Entry;
+use crate::config::MemoryConfig;
+use crate::error;
+use crate::queue::Queue;
+use crate::BACKEND;
+
+pub(crate) struct ExchangeState {
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    /// (route, queue name) pairs, in bind order, without duplicates.
+    pub bindings: Vec<(Route, String)>,
+}
+
+/// Everything declared on one broker.
+#[derive(Default)]
+pub(crate) struct Declared {
+    pub exchanges: HashMap<String, ExchangeState>,
+    pub queues: HashMap<String, Arc<Queue>>,
+}
+
+/// The shared state behind every handle of one in-memory broker.
+pub(crate) struct Broker {
+    pub config: MemoryConfig,
+    pub capabilities: Capabilities,
+    declared: RwLock<Declared>,
+    closed: ClosedFlag,
+}
+
+fn named_brokers() -> &'static Mutex<HashMap<String, Weak<Broker>>> {
+    static NAMED: OnceLock<Mutex<HashMap<String, Weak<Broker>>>> = OnceLock::new();
+    NAMED.get_or_init(Default::default)
+}
+
+impl Broker {
+    fn new(config: MemoryConfig) -> Self {
+        let capabilities = crate::capabilities(&config);
+        Broker {
+            config,
+            capabilities,
+            declared: RwLock::new(Declared::default()),
+            closed: ClosedFlag::new(BACKEND),
+        }
+    }
+
+    /// A private broker, or the one shared under `config.name` while any handle keeps it.
+    pub fn open(config: MemoryConfig) -> Arc<Broker> {
+        let Some(name) = config.name.clone() else {
+            return Arc::new(Broker::new(config));
+        };
+        let mut named = named_brokers().lock().unwrap_or_else(|p| p.into_inner());
+        named.retain(|_, weak| weak.strong_count() > 0);
+        if let Some(broker) = named.get(&name).and_then(Weak::upgrade) {
+            return broker;
+        }
+        let broker = Arc::new(Broker::new(config));
+        named.insert(name, Arc::downgrade(&broker));
+        broker
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, Declared> {
+        // Topology updates are single map operations; a poisoned lock still holds a valid map.
+        self.declared.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, Declared> {
+        self.declared.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_closed()
+    }
+
+    pub fn check_open(&self, operation: &'static str) -> Result<()> {
+        self.closed.check_open(operation)
+    }
+
+    pub fn queue(&self, name: &str) -> Result<Arc<Queue>> {
+        self.read()
+            .queues
+            .get(name)
+            .cloned()
+            .ok_or_else(|| error::no_queue(name))
+    }
+
+    /// The queues an exchange routes this message to, each once.
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+    ) -> Result<Vec<Arc<Queue>>> {
+        let declared = self.read();
+        let state = declared
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| error::no_exchange(exchange, mailroom_core::operation::SEND))?;
+        let mut targets: Vec<Arc<Queue>> = Vec::new();
+        for (route, queue) in &state.bindings {
+            if targets.iter().any(|q| q.name() == queue) {
+                continue;
+            }
+            if route.matches(routing_key, message.headers()) {
+                if let Some(q) = declared.queues.get(queue) {
+                    targets.push(q.clone());
+                }
+            }
+        }
+        Ok(targets)
+    }
+
+    /// Move a message to its queue's dead-letter target, or drop it (with a warning) when the
+    /// queue has none — the same as AMQP, where dead-lettering without a target discards.
+    pub fn dead_letter(&self, from: &Queue, entry: Entry, reason: &str) {
+        let Some(target) = from.spec.dead_letter_queue.as_deref() else {
+            warn_discarded(from.name(), entry.message.id(), reason);
+            return;
+        };
+        let target_queue = self.read().queues.get(target).cloned();
+        match target_queue {
+            Some(dlq) => {
+                let dead = entry.into_dead_letter(from.name(), reason);
+                dlq.push_unbounded(dlq.entry(dead), None, false);
+            }
+            None => tracing::warn!(
+                queue = from.name(),
+                dead_letter_queue = target,
+                id = %entry.message.id(),
+                "dead-letter queue does not exist: message discarded"
+            ),
+        }
+    }
+
+    pub fn close(&self) {
+        self.closed.close();
+        for queue in self.read().queues.values() {
+            queue.readable().notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! The header names mailroom itself puts on the wire, one name for each idea.
+//!
+//! Every backend that carries one of these facts in a header uses the name here, so a message
+//! reads the same whichever broker carried it, and a tool reading a queue directly has one
+//! name to look for. A backend's `codec.rs` says which of them it writes (a broker with a
+//! native slot for a fact, such as AMQP's `message-id`, uses that instead) and names the few
+//! headers only it needs.
+//!
+//! A name that changes keeps being read, not written, for one release: see
+//! [`LEGACY_TIMESTAMP_HEADERS`].
+
+pub use crate::delivery::{
+    DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_REASON_HEADER, DEAD_LETTER_SOURCE_HEADER,
+};
+
+/// The message id, where the broker has no message-id property of its own.
+pub const ID_HEADER: &str = "x-mailroom-id";
+/// The message key, where the broker has no key of its own.
+pub const KEY_HEADER: &str = "x-mailroom-key";
+/// The message's own timestamp, in milliseconds since the Unix epoch.
+pub const TIMESTAMP_HEADER: &str = "x-mailroom-timestamp-ms";
+/// The delivery attempt of a copy a backend republished to requeue it client-side.
+pub const ATTEMPT_HEADER: &str = "x-mailroom-attempt";
+
+/// Names the timestamp was written under before [`TIMESTAMP_HEADER`]: still read, no longer
+/// written. Kafka wrote `x-mailroom-timestamp` until this release; a record still on a topic
+/// (retained, or sent by an older producer) decodes with its timestamp.
+pub const LEGACY_TIMESTAMP_HEADERS: &[&str] = &["x-mailroom-timestamp"];
+
+/// Whether `name` carries the timestamp, under its name or a name it had before.
+pub fn is_timestamp_header(name: &str) -> bool {
+    name == TIMESTAMP_HEADER || LEGACY_TIMESTAMP_HEADERS.contains(&name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timestamp_is_read_under_its_old_name_too() {
+        assert!(is_timestamp_header("x-mailroom-timestamp-ms"));
+        assert!(is_timestamp_header("x-mailroom-timestamp"));
+        assert!(!is_timestamp_header("x-mailroom-timestamp-us"));
+    }
+}
