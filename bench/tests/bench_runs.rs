@@ -3,12 +3,14 @@
 //! `mailroom bench` command's own runs beside each raw-client baseline are tested in the CLI
 //! crate (`cli/tests/bench_cli.rs`).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use mailroom_bench::compare::{self, CompareOptions};
 use mailroom_bench::report;
 use mailroom_bench::{self as bench, BenchConfig};
+
+mod common;
+use common::{tmp, workload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_moves_every_message_on_memory_and_on_raw_mpsc() {
@@ -27,35 +29,6 @@ async fn bench_moves_every_message_on_memory_and_on_raw_mpsc() {
     assert!(l.p50_us <= l.p99_us && l.p99_us <= l.p999_us && l.p999_us <= l.max_us);
     let raw = bench::throughput_raw_mpsc(&config).await;
     assert_eq!(raw.messages, 20_000);
-}
-fn tmp() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "mailroom-bench-runs-{}",
-        mailroom::MessageId::generate()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A short workload: `rate` 0 is a max-rate search starting at `start`.
-fn workload(dir: &std::path::Path, rate: u32, start: u32) -> PathBuf {
-    workload_warm(dir, rate, start, 2)
-}
-
-/// The same with `warmup` seconds of warm-up (a consumer group may take seconds to form).
-fn workload_warm(dir: &std::path::Path, rate: u32, start: u32, warmup: u32) -> PathBuf {
-    let path = dir.join(format!("w-{rate}-{warmup}.yaml"));
-    std::fs::write(
-        &path,
-        format!(
-            "name: baseline {rate}\ntopics: 1\npartitionsPerTopic: 1\nmessageSize: 256\n\
-             subscriptionsPerTopic: 1\nconsumerPerSubscription: 1\nproducersPerTopic: 1\n\
-             producerRate: {rate}\nproducerStartRate: {start}\nacceptableBacklog: 5000\n\
-             testDurationSeconds: 1.5\nwarmupDurationSeconds: {warmup}\n"
-        ),
-    )
-    .unwrap();
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

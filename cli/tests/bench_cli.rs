@@ -4,40 +4,13 @@
 //! `scripts/brokers.sh up` starts (`MAILROOM_RABBITMQ_URL`, `MAILROOM_KAFKA_URL`,
 //! `MAILROOM_SQS_URL` override the addresses).
 
-use std::path::PathBuf;
 use std::process::Command;
 #[cfg(any(feature = "rabbitmq", feature = "kafka", feature = "sqs"))]
 use std::time::Duration;
 
-fn tmp() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "mailroom-bench-runs-{}",
-        mailroom::MessageId::generate()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A short workload: `rate` 0 is a max-rate search starting at `start`.
-fn workload(dir: &std::path::Path, rate: u32, start: u32) -> PathBuf {
-    workload_warm(dir, rate, start, 2)
-}
-
-/// The same with `warmup` seconds of warm-up (a consumer group may take seconds to form).
-fn workload_warm(dir: &std::path::Path, rate: u32, start: u32, warmup: u32) -> PathBuf {
-    let path = dir.join(format!("w-{rate}-{warmup}.yaml"));
-    std::fs::write(
-        &path,
-        format!(
-            "name: baseline {rate}\ntopics: 1\npartitionsPerTopic: 1\nmessageSize: 256\n\
-             subscriptionsPerTopic: 1\nconsumerPerSubscription: 1\nproducersPerTopic: 1\n\
-             producerRate: {rate}\nproducerStartRate: {start}\nacceptableBacklog: 5000\n\
-             testDurationSeconds: 1.5\nwarmupDurationSeconds: {warmup}\n"
-        ),
-    )
-    .unwrap();
-    path
-}
+#[path = "../../bench/tests/common/mod.rs"]
+mod common;
+use common::{tmp, workload, workload_warm};
 
 /// `mailroom bench --url URL --workload FILE`: its stdout, after checking it succeeded.
 fn bench_cli(url: &str, file: &std::path::Path) -> String {
