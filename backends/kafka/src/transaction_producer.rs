@@ -32,12 +32,8 @@ pub(crate) async fn init(
     timeout: Duration,
     operation: &'static str,
 ) -> Result<()> {
-    let producer = producer.clone();
-    blocking(move || {
-        producer
-            .client()
-            .init_transactions(timeout)
-            .map_err(|e| error::map(e, operation))
+    on_blocking_pool(producer, operation, move |p| {
+        p.client().init_transactions(timeout)
     })
     .await
 }
@@ -48,12 +44,20 @@ pub(crate) async fn abort(
     timeout: Duration,
     operation: &'static str,
 ) -> Result<()> {
-    let producer = producer.clone();
-    blocking(move || {
-        retrying(timeout, |left| producer.client().abort_transaction(left))
-            .map_err(|e| error::map(e, operation))
+    on_blocking_pool(producer, operation, move |p| {
+        retrying(timeout, |left| p.client().abort_transaction(left))
     })
     .await
+}
+
+/// Run one blocking transactional call off the async runtime, its error as a mailroom error.
+async fn on_blocking_pool(
+    producer: &Arc<ProducerCore>,
+    operation: &'static str,
+    call: impl FnOnce(&ProducerCore) -> KafkaResult<()> + Send + 'static,
+) -> Result<()> {
+    let producer = producer.clone();
+    blocking(move || call(&producer).map_err(|e| error::map(e, operation))).await
 }
 
 /// The commit proper, on the blocking pool: the input offsets, then the commit.

@@ -53,38 +53,50 @@ enum Verdict {
     Silent(Lost),
 }
 
-/// Wait for a confirm at most `connect_timeout` from its publish.
-///
-/// Why bounded: a confirm is the broker's answer to a publish like any other, and a broker
-/// that came back from a restart half-way (or a path that stalled) never sends it; waiting for
-/// it held the window, then every `enqueue` and `flush`, forever.
-async fn await_verdict(
-    published: Published,
-    connect_timeout: Duration,
-) -> (Verdict, Arc<Link>, u64) {
-    let Published {
-        confirm,
-        live,
-        epoch,
-        at,
-    } = published;
-    let wait = connect_timeout.saturating_sub(at.elapsed());
-    let verdict = tokio::select! {
-        // A confirm that is already there wins over a connection given up at the same moment.
-        biased;
-        answer = tokio::time::timeout(wait, confirm) => match answer {
-            Ok(answer) => Verdict::Answer(answer),
-            Err(_) => Verdict::Silent(Lost {
-                why: format!("no confirm within {connect_timeout:?} of the publish"),
-                silent: true,
-            }),
-        },
-        () = live.retired() => Verdict::Silent(Lost {
-            why: "the connection was given up before the confirm came".into(),
-            silent: false,
-        }),
-    };
-    (verdict, live, epoch)
+impl Inner {
+    /// Hand a published message to the confirm driver; the pending confirm resolves with the
+    /// broker's verdict (or the error that ended the wait for it), releasing `permit`.
+    pub(crate) fn confirm(
+        &self,
+        send: Send,
+        published: Published,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<PendingConfirm> {
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            send,
+            published,
+            permit,
+            tx,
+        };
+        if let Err(mpsc::error::SendError(job)) = self.driver().send(job) {
+            // The driver only stops when the producer is gone; this producer is not.
+            return Err(Error::closed("producer is closed")
+                .with_backend(BACKEND)
+                .with_operation(SEND)
+                .with_undelivered(job.send.message));
+        }
+        Ok(PendingConfirm::waiting(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Broker,
+                    "the confirm task ended without a result (runtime shutting down?)",
+                )
+                .with_backend(BACKEND)
+                .with_operation(SEND))
+            })
+        }))
+    }
+
+    /// The sender to this producer's confirm driver, started on first use.
+    fn driver(&self) -> &mpsc::UnboundedSender<Job> {
+        self.driver.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let wait = self.connection.config.connect_timeout();
+            tokio::spawn(drive(self.me.clone(), wait, rx));
+            tx
+        })
+    }
 }
 
 /// Awaits confirms in publish order (the order the broker sends them), so a window of
@@ -135,51 +147,41 @@ async fn drive(
     }
 }
 
+/// Wait for a confirm at most `connect_timeout` from its publish.
+///
+/// Why bounded: a confirm is the broker's answer to a publish like any other, and a broker
+/// that came back from a restart half-way (or a path that stalled) never sends it; waiting for
+/// it held the window, then every `enqueue` and `flush`, forever.
+async fn await_verdict(
+    published: Published,
+    connect_timeout: Duration,
+) -> (Verdict, Arc<Link>, u64) {
+    let Published {
+        confirm,
+        live,
+        epoch,
+        at,
+    } = published;
+    let wait = connect_timeout.saturating_sub(at.elapsed());
+    let verdict = tokio::select! {
+        // A confirm that is already there wins over a connection given up at the same moment.
+        biased;
+        answer = tokio::time::timeout(wait, confirm) => match answer {
+            Ok(answer) => Verdict::Answer(answer),
+            Err(_) => Verdict::Silent(Lost {
+                why: format!("no confirm within {connect_timeout:?} of the publish"),
+                silent: true,
+            }),
+        },
+        () = live.retired() => Verdict::Silent(Lost {
+            why: "the connection was given up before the confirm came".into(),
+            silent: false,
+        }),
+    };
+    (verdict, live, epoch)
+}
+
 impl Inner {
-    /// Hand a published message to the confirm driver; the pending confirm resolves with the
-    /// broker's verdict (or the error that ended the wait for it), releasing `permit`.
-    pub(crate) fn confirm(
-        &self,
-        send: Send,
-        published: Published,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<PendingConfirm> {
-        let (tx, rx) = oneshot::channel();
-        let job = Job {
-            send,
-            published,
-            permit,
-            tx,
-        };
-        if let Err(mpsc::error::SendError(job)) = self.driver().send(job) {
-            // The driver only stops when the producer is gone; this producer is not.
-            return Err(Error::closed("producer is closed")
-                .with_backend(BACKEND)
-                .with_operation(SEND)
-                .with_undelivered(job.send.message));
-        }
-        Ok(PendingConfirm::waiting(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(Error::new(
-                    ErrorKind::Broker,
-                    "the confirm task ended without a result (runtime shutting down?)",
-                )
-                .with_backend(BACKEND)
-                .with_operation(SEND))
-            })
-        }))
-    }
-
-    /// The sender to this producer's confirm driver, started on first use.
-    fn driver(&self) -> &mpsc::UnboundedSender<Job> {
-        self.driver.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let wait = self.connection.config.connect_timeout();
-            tokio::spawn(drive(self.me.clone(), wait, rx));
-            tx
-        })
-    }
-
     /// Wait for the broker's verdict, re-publishing after a lost connection or a confirm that
     /// did not come, until the reconnect timeout has passed without an answer from the broker.
     async fn await_confirm(
