@@ -11,6 +11,8 @@ mod producer;
 mod settle;
 mod topology;
 mod transaction;
+mod transaction_inputs;
+mod transaction_producer;
 
 use std::sync::Arc;
 

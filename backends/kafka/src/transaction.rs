@@ -18,12 +18,15 @@
 //! are revoked mid-transaction can no longer commit them (their new owner starts from the last
 //! commit), so its commit aborts instead and says why.
 //!
-//! Every librdkafka transactional call blocks, so each runs on the blocking pool, bounded by the
-//! backend's operation timeout; retriable errors are retried until that bound.
+//! This file is the unit and its states (open, beginning, broken, closed). What the transaction
+//! consumed (the input offsets, and the rebalance callback that dooms it) is in
+//! `transaction_inputs.rs`; the transactional producer's blocking calls (init, commit, abort,
+//! each on the blocking pool, bounded by the backend's operation timeout, retried while
+//! retriable) are in `transaction_producer.rs`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use mailroom_core::operation::{ABORT, CLOSE, COMMIT, RECEIVE, SEND};
@@ -31,75 +34,21 @@ use mailroom_core::{
     DeliveryInfo, Destination, Error, ErrorKind, Message, Receipt, Result, TransactionCounts,
     TransactionInput, TransactionOptions, Transactional,
 };
-use rdkafka::consumer::{
-    BaseConsumer, Consumer as _, ConsumerContext, ConsumerGroupMetadata, Rebalance, StreamConsumer,
-};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::producer::Producer as _;
-use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
+use rdkafka::Message as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::codec::decode;
 use crate::connection::{blocking, Connection};
-use crate::consumer::{is_moot, partitions_in};
-use crate::offsets::TopicPartition;
+use crate::consumer::is_moot;
 use crate::producer::{lost_report, Completion, ProducerCore};
 use crate::topology::validate_topic;
+use crate::transaction_inputs::{TxContext, TxInputs};
+use crate::transaction_producer::{self, is_fatal, CommitFailure};
 use crate::{error, BACKEND};
-
-/// What the open transaction consumed, shared with the rebalance callbacks.
-#[derive(Debug, Default)]
-struct TxBook {
-    /// First and last offset received per input partition in the open transaction.
-    partitions: HashMap<TopicPartition, (i64, i64)>,
-    /// Inputs received in the open transaction.
-    inputs: usize,
-    /// Why the open transaction may no longer commit, once that is known.
-    doomed: Option<&'static str>,
-}
-
-fn lock(book: &Mutex<TxBook>) -> MutexGuard<'_, TxBook> {
-    // Every update is a few map operations that leave the book consistent.
-    book.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Rebalance callbacks (run inside `receive`, on the caller's task).
-struct TxContext {
-    book: Arc<Mutex<TxBook>>,
-}
-
-impl ClientContext for TxContext {}
-
-impl ConsumerContext for TxContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else {
-            return;
-        };
-        let mut book = lock(&self.book);
-        let mut lost = false;
-        for tp in partitions_in(tpl) {
-            lost |= book.partitions.remove(&tp).is_some();
-        }
-        // Committing these offsets now could only fail (the group generation moved on) or,
-        // were the partitions handed straight back, commit inputs that fetching is about to
-        // deliver again from the last commit. The transaction must abort.
-        if lost && book.doomed.is_none() {
-            book.doomed = Some(
-                "input partitions were revoked while the transaction was open; their new owner \
-                 reads them from the last commit",
-            );
-        }
-    }
-}
-
-/// Why a commit did not happen, and whether the unit survives it.
-enum CommitFailure {
-    /// Nothing was committed; aborting makes the unit usable again.
-    Abortable(Error),
-    /// The unit cannot continue: fatal, fenced, or the outcome of the commit is unknown.
-    Broken(Error),
-}
 
 /// A Kafka transactional unit on one queue (see the crate docs, **Transactions**), and
 /// [`Transactional`].
@@ -110,7 +59,7 @@ enum CommitFailure {
 pub struct KafkaTransactional {
     consumer: Option<Arc<StreamConsumer<TxContext>>>,
     producer: Arc<ProducerCore>,
-    book: Arc<Mutex<TxBook>>,
+    inputs: TxInputs,
     queue: Arc<str>,
     topics: HashMap<String, Arc<str>>,
     timeout: Duration,
@@ -165,18 +114,11 @@ impl KafkaTransactional {
         )?;
         // Fence the id's previous holder before joining the group, so that its open
         // transaction is aborted before this unit reads any offset it may have touched.
-        let fencing = producer.clone();
-        blocking(move || {
-            fencing
-                .client()
-                .init_transactions(timeout)
-                .map_err(|e| error::map(e, operation))
-        })
-        .await?;
-        let book = Arc::new(Mutex::new(TxBook::default()));
+        transaction_producer::init(&producer, timeout, operation).await?;
+        let inputs = TxInputs::default();
         let consumer: StreamConsumer<TxContext> = config
             .transactional_consumer_client_config(queue)
-            .create_with_context(TxContext { book: book.clone() })
+            .create_with_context(inputs.context())
             .map_err(|e| error::map(e, operation))?;
         let names: Vec<&str> = present.iter().map(String::as_str).collect();
         consumer
@@ -185,7 +127,7 @@ impl KafkaTransactional {
         Ok(KafkaTransactional {
             consumer: Some(Arc::new(consumer)),
             producer,
-            book,
+            inputs,
             queue: Arc::from(queue),
             topics: present
                 .iter()
@@ -266,14 +208,7 @@ impl KafkaTransactional {
             .unwrap_or_else(|| Arc::from(m.topic()));
         let (message, attempt) = decode(m);
         let offset = m.offset();
-        {
-            let mut book = lock(&self.book);
-            book.inputs += 1;
-            book.partitions
-                .entry((topic, m.partition()))
-                .and_modify(|(_, last)| *last = offset.max(*last))
-                .or_insert((offset, offset));
-        }
+        self.inputs.received(topic, m.partition(), offset);
         TransactionInput {
             message,
             info: DeliveryInfo {
@@ -309,7 +244,7 @@ impl KafkaTransactional {
     /// Abort the open transaction and rewind the inputs; an `Aborted` error saying `why`, or
     /// the permanent error that stopped the unit.
     async fn abort_because(&mut self, why: &str, cause: Option<Error>) -> Error {
-        let inputs = lock(&self.book).inputs;
+        let inputs = self.inputs.count();
         if let Err(e) = self.abort_and_rewind().await {
             return e;
         }
@@ -338,13 +273,7 @@ impl KafkaTransactional {
                 // An interrupted begin: abort only once it has finished.
                 let _ = handle.await;
             }
-            let producer = self.producer.clone();
-            let timeout = self.timeout;
-            let aborted = blocking(move || {
-                retrying(timeout, |left| producer.client().abort_transaction(left))
-                    .map_err(|e| error::map(e, ABORT))
-            })
-            .await;
+            let aborted = transaction_producer::abort(&self.producer, self.timeout, ABORT).await;
             if let Err(e) = aborted {
                 // Whether the transaction is still open is unknown: only a new unit (whose
                 // init fences this one) can settle it.
@@ -353,22 +282,9 @@ impl KafkaTransactional {
         }
         self.open = false;
         self.outputs = 0;
-        let starts: Vec<(TopicPartition, i64)> = {
-            let mut book = lock(&self.book);
-            book.inputs = 0;
-            book.doomed = None;
-            book.partitions
-                .drain()
-                .map(|(tp, (first, _))| (tp, first))
-                .collect()
-        };
-        if starts.is_empty() {
+        let tpl = self.inputs.rewind().map_err(|e| error::map(e, ABORT))?;
+        if tpl.count() == 0 {
             return Ok(());
-        }
-        let mut tpl = TopicPartitionList::with_capacity(starts.len());
-        for ((topic, partition), first) in &starts {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*first))
-                .map_err(|e| error::map(e, ABORT))?;
         }
         let timeout = self.timeout;
         let rewound = blocking(move || {
@@ -388,84 +304,7 @@ impl KafkaTransactional {
         // from the last commit).
         rewound.map_err(|e| self.break_with(e))
     }
-
-    /// The commit proper, on the blocking pool: the input offsets, then the commit.
-    fn commit_blocking(
-        producer: &ProducerCore,
-        offsets: &TopicPartitionList,
-        group: &ConsumerGroupMetadata,
-        timeout: Duration,
-    ) -> std::result::Result<(), CommitFailure> {
-        let started = Instant::now();
-        if offsets.count() > 0 {
-            retrying(timeout, |left| {
-                producer
-                    .client()
-                    .send_offsets_to_transaction(offsets, group, left)
-            })
-            .map_err(|e| {
-                if is_fatal(&e) {
-                    CommitFailure::Broken(error::map(e, COMMIT))
-                } else {
-                    // Nothing is committed before commit_transaction: abort is always safe.
-                    CommitFailure::Abortable(error::map(e, COMMIT))
-                }
-            })?;
-        }
-        let left = timeout.saturating_sub(started.elapsed());
-        retrying(left, |left| producer.client().commit_transaction(left)).map_err(|e| {
-            if is_fatal(&e) {
-                CommitFailure::Broken(error::map(e, COMMIT))
-            } else if requires_abort(&e) {
-                CommitFailure::Abortable(error::map(e, COMMIT))
-            } else {
-                // Timed out or refused in a state that does not say: the commit may still
-                // complete on the broker, so aborting could contradict it.
-                let e = error::map(e, COMMIT);
-                CommitFailure::Broken(
-                    Error::new(
-                        e.kind(),
-                        "the commit's outcome is unknown (it may still complete on the broker)",
-                    )
-                    .with_boxed_source(Box::new(e))
-                    .with_backend(BACKEND)
-                    .with_operation(COMMIT),
-                )
-            }
-        })
-    }
 }
-
-/// Whether librdkafka says the client instance is finished.
-fn is_fatal(e: &KafkaError) -> bool {
-    matches!(e, KafkaError::Transaction(t) if t.is_fatal())
-}
-
-/// Whether librdkafka says the transaction must be aborted.
-fn requires_abort(e: &KafkaError) -> bool {
-    matches!(e, KafkaError::Transaction(t) if t.txn_requires_abort())
-}
-
-/// Call `f` with the time left until it stops answering retriable errors or `bound` passes.
-fn retrying(bound: Duration, mut f: impl FnMut(Duration) -> KafkaResult<()>) -> KafkaResult<()> {
-    let deadline = Instant::now() + bound;
-    loop {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        match f(left) {
-            Err(KafkaError::Transaction(t))
-                if t.is_retriable() && !t.is_fatal() && Instant::now() + RETRY_PAUSE < deadline =>
-            {
-                tracing::debug!(error = %t, "retriable transactional error; retrying");
-                std::thread::sleep(RETRY_PAUSE);
-            }
-            other => return other,
-        }
-    }
-}
-
-const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 impl std::fmt::Debug for KafkaTransactional {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -533,7 +372,7 @@ impl Transactional for KafkaTransactional {
 
     fn pending(&self) -> TransactionCounts {
         TransactionCounts {
-            inputs: lock(&self.book).inputs,
+            inputs: self.inputs.count(),
             outputs: self.outputs,
         }
     }
@@ -548,7 +387,7 @@ impl Transactional for KafkaTransactional {
             self.begin(COMMIT).await?;
         }
         let counts = self.pending();
-        let doomed = lock(&self.book).doomed;
+        let doomed = self.inputs.doomed();
         if let Some(why) = doomed {
             return Err(self.abort_because(why, None).await);
         }
@@ -557,15 +396,10 @@ impl Transactional for KafkaTransactional {
                 .abort_because("an output was not delivered", Some(failure))
                 .await);
         }
-        let offsets = {
-            let book = lock(&self.book);
-            let mut tpl = TopicPartitionList::with_capacity(book.partitions.len());
-            for ((topic, partition), (_, last)) in &book.partitions {
-                tpl.add_partition_offset(topic, *partition, Offset::Offset(last + 1))
-                    .map_err(|e| error::map(e, COMMIT))?;
-            }
-            tpl
-        };
+        let offsets = self
+            .inputs
+            .commit_offsets()
+            .map_err(|e| error::map(e, COMMIT))?;
         let Some(group) = consumer.group_metadata() else {
             return Err(self
                 .abort_because(
@@ -576,16 +410,17 @@ impl Transactional for KafkaTransactional {
         };
         let producer = self.producer.clone();
         let timeout = self.timeout;
-        let committed =
-            blocking(move || Ok(Self::commit_blocking(&producer, &offsets, &group, timeout))).await;
+        let committed = blocking(move || {
+            Ok(transaction_producer::commit(
+                &producer, &offsets, &group, timeout,
+            ))
+        })
+        .await;
         match committed {
             Ok(Ok(())) => {
                 self.open = false;
                 self.outputs = 0;
-                let mut book = lock(&self.book);
-                book.inputs = 0;
-                book.partitions.clear();
-                book.doomed = None;
+                self.inputs.committed();
                 Ok(counts)
             }
             Ok(Err(CommitFailure::Abortable(e))) => Err(self
@@ -609,13 +444,7 @@ impl Transactional for KafkaTransactional {
                 let _ = handle.await;
             }
             // No rewind: the group's next owner of each partition starts from the last commit.
-            let producer = self.producer.clone();
-            let timeout = self.timeout;
-            result = blocking(move || {
-                retrying(timeout, |left| producer.client().abort_transaction(left))
-                    .map_err(|e| error::map(e, CLOSE))
-            })
-            .await;
+            result = transaction_producer::abort(&self.producer, self.timeout, CLOSE).await;
             self.open = false;
         }
         if let Some(consumer) = self.consumer.take() {

@@ -1,17 +1,7 @@
-//! The connection: opening it, reopening it after a broker restart (replaying the declared
-//! topology), and bounding every wait on the broker.
-//!
-//! **Every wait on the broker is bounded.** A broker that restarts can come back half-way: a
-//! connection it accepted and then never answers, a method it never replies to, a confirm that
-//! never comes. So each request/reply method goes through [`Connection::answer`], which waits at
-//! most the connect timeout (less when the operation's budget, the reconnect timeout counted
-//! from when the operation began, is nearly spent). A connection that leaves a method
-//! unanswered for a whole connect timeout is given up ([`Link::retire`]): it is closed, and
-//! every producer and consumer on it moves to a new one. An operation whose budget runs out
-//! fails with a temporary `Timeout` or `Connection` error; a send hands its message back.
+//! The connection's life: opening it, reopening it (with backoff) after it broke or was given
+//! up, channels on it, and closing it. Every wait in it is bounded through `bounded.rs`; after
+//! a reconnect, what this backend declared is replayed through `declared.rs`.
 
-use std::collections::HashMap;
-use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,13 +10,13 @@ use std::time::Duration;
 use lapin::tcp::OwnedTLSConfig;
 use lapin::{Channel, Connect, ConnectionProperties};
 use mailroom_core::operation::CONNECT;
-use mailroom_core::{
-    Binding, Capabilities, ClosedFlag, Error, ErrorKind, ExchangeSpec, QueueSpec, Result,
-};
+use mailroom_core::{Capabilities, ClosedFlag, Error, ErrorKind, Result};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
+// Re-exported so every handle finds the connection's vocabulary in one place.
+pub(crate) use crate::bounded::{close_within, Deadline, Failure, Lost};
 use crate::config::RabbitConfig;
+pub(crate) use crate::declared::{Declared, QueueSettings};
 use crate::error::{is_connection_loss, map};
 use crate::BACKEND;
 
@@ -68,62 +58,6 @@ impl Link {
     fn retire(&self) -> bool {
         !self.retired.send_replace(true)
     }
-}
-
-/// The end of one operation's budget: the reconnect timeout, counted from when it began.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Deadline(Instant);
-
-impl Deadline {
-    pub fn remaining(self) -> Duration {
-        self.0.saturating_duration_since(Instant::now())
-    }
-
-    pub fn passed(self) -> bool {
-        Instant::now() >= self.0
-    }
-}
-
-/// Why a step on the broker did not succeed.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    /// The broker refused it (a protocol error on a working connection): report it as it is.
-    Refused(lapin::Error),
-    /// The connection broke, or did not answer in time: another try may work.
-    Lost(Lost),
-}
-
-/// A step lost to its connection: what happened, and whether it was silence (no answer in
-/// time) rather than a broken connection, which decides the kind of the final error.
-#[derive(Debug)]
-pub(crate) struct Lost {
-    pub why: String,
-    pub silent: bool,
-}
-
-impl fmt::Display for Lost {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.why)
-    }
-}
-
-/// What this backend declared, replayed after a reconnect and consulted by producers and
-/// consumers (which queues are quorum queues, where a queue dead-letters to, which overflow).
-#[derive(Default)]
-pub(crate) struct Declared {
-    pub exchanges: Vec<ExchangeSpec>,
-    pub queues: HashMap<String, QueueSpec>,
-    /// Queue names in declaration order, so dead-letter targets are re-declared first.
-    pub queue_order: Vec<String>,
-    pub bindings: Vec<Binding>,
-}
-
-/// What a consumer or producer needs to know about a queue this backend declared.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct QueueSettings {
-    pub quorum: bool,
-    pub dead_letter_queue: Option<String>,
-    pub max_length: Option<(u64, mailroom_core::Overflow)>,
 }
 
 /// The connection every handle of one backend shares: the current AMQP connection, reopened
@@ -201,18 +135,6 @@ impl Connection {
         }
     }
 
-    pub fn queue_settings(&self, queue: &str) -> QueueSettings {
-        let declared = self.declared();
-        match declared.queues.get(queue) {
-            Some(spec) => QueueSettings {
-                quorum: crate::topology::is_quorum(spec),
-                dead_letter_queue: spec.dead_letter_queue.clone(),
-                max_length: spec.max_length.map(|m| (m, spec.overflow)),
-            },
-            None => QueueSettings::default(),
-        }
-    }
-
     pub fn is_closed(&self) -> bool {
         self.closed.is_closed()
     }
@@ -234,77 +156,6 @@ impl Connection {
                 close_within(wait, "connection", live.conn.close(200, "OK".into())).await;
             }
         }
-    }
-
-    /// The budget of an operation that begins now.
-    pub fn deadline(&self) -> Deadline {
-        Deadline(Instant::now() + self.config.reconnect_timeout())
-    }
-
-    /// How long one step may wait for the broker: the connect timeout, or what is left of the
-    /// operation's budget if that is less.
-    pub fn step_wait(&self, deadline: Deadline) -> Duration {
-        self.config.connect_timeout().min(deadline.remaining())
-    }
-
-    /// Await one request to the broker on `live`, bounded by [`Connection::step_wait`].
-    ///
-    /// A connection that leaves the request unanswered for the whole connect timeout is given
-    /// up (the broker accepted it and went quiet: booting, frozen, or a stalled path), so the
-    /// next try opens a new one. A wait cut short by the operation's budget gives nothing up:
-    /// the caller is out of time, not the connection.
-    pub async fn answer<T>(
-        &self,
-        live: &Arc<Link>,
-        deadline: Deadline,
-        what: &str,
-        request: impl Future<Output = lapin::Result<T>>,
-    ) -> std::result::Result<T, Failure> {
-        let wait = self.step_wait(deadline);
-        tokio::select! {
-            // An answer that is already there wins over a connection given up at that moment.
-            biased;
-            answered = tokio::time::timeout(wait, request) => match answered {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) if is_connection_loss(&e) => {
-                    self.forget(live);
-                    Err(Failure::Lost(Lost { why: format!("{what}: {e}"), silent: false }))
-                }
-                Ok(Err(e)) => Err(Failure::Refused(e)),
-                Err(_) => {
-                    if wait >= self.config.connect_timeout() {
-                        self.give_up(live, what, wait);
-                    }
-                    Err(Failure::Lost(Lost {
-                        why: format!("RabbitMQ did not answer {what} within {wait:?}"),
-                        silent: true,
-                    }))
-                }
-            },
-            () = live.retired() => Err(Failure::Lost(Lost {
-                why: format!("{what}: the connection was given up"),
-                silent: false,
-            })),
-        }
-    }
-
-    /// The error for an operation whose budget ran out, the last failure as its cause.
-    pub fn gave_up(&self, operation: &'static str, last: &Lost) -> Error {
-        let kind = if last.silent {
-            ErrorKind::Timeout
-        } else {
-            ErrorKind::Connection
-        };
-        Error::new(
-            kind,
-            format!(
-                "gave up on {operation} at {} after the reconnect timeout ({:?}); last: {last}",
-                self.config.display_target(),
-                self.config.reconnect_timeout()
-            ),
-        )
-        .with_backend(BACKEND)
-        .with_operation(operation)
     }
 
     /// Open one connection, bounded by the connect timeout (or the deadline); no retry.
@@ -487,113 +338,6 @@ impl Connection {
         {
             *current = None;
         }
-    }
-
-    /// Re-declare what this backend declared, each step bounded. A declaration the broker
-    /// refuses is logged and skipped (it closed that channel; the rest go on a new one); a
-    /// connection that breaks or does not answer fails the replay, so the caller tries another.
-    async fn replay_topology(
-        &self,
-        live: &Arc<Link>,
-        deadline: Deadline,
-    ) -> std::result::Result<(), Lost> {
-        let (exchanges, queues, bindings) = {
-            let r = self.declared();
-            let queues: Vec<QueueSpec> = r
-                .queue_order
-                .iter()
-                .filter_map(|n| r.queues.get(n).cloned())
-                .collect();
-            (r.exchanges.clone(), queues, r.bindings.clone())
-        };
-        let mut channel: Option<Channel> = None;
-        for spec in &exchanges {
-            let ch = self.replay_channel(&mut channel, live, deadline).await?;
-            let r = crate::topology::declare_exchange_on(&ch, spec);
-            let r = self.answer(live, deadline, "exchange.declare", r).await;
-            note(r, || format!("exchange {}", spec.name), &mut channel)?;
-        }
-        for spec in &queues {
-            let Ok(args) = crate::topology::queue_arguments(spec) else {
-                continue;
-            };
-            let ch = self.replay_channel(&mut channel, live, deadline).await?;
-            let r = crate::topology::declare_queue_on(&ch, spec, args);
-            let r = self.answer(live, deadline, "queue.declare", r).await;
-            note(r, || format!("queue {}", spec.name), &mut channel)?;
-        }
-        for binding in &bindings {
-            let ch = self.replay_channel(&mut channel, live, deadline).await?;
-            let r = crate::topology::bind_on(&ch, binding);
-            let r = self.answer(live, deadline, "queue.bind", r).await;
-            note(
-                r,
-                || format!("binding of {} to {}", binding.queue, binding.exchange),
-                &mut channel,
-            )?;
-        }
-        Ok(())
-    }
-
-    /// The replay's channel, opened when there is none yet or the last one was closed.
-    async fn replay_channel(
-        &self,
-        slot: &mut Option<Channel>,
-        live: &Arc<Link>,
-        deadline: Deadline,
-    ) -> std::result::Result<Channel, Lost> {
-        if let Some(ch) = slot.as_ref() {
-            return Ok(ch.clone());
-        }
-        let open = live.conn.create_channel();
-        match self.answer(live, deadline, "channel.open", open).await {
-            Ok(ch) => {
-                *slot = Some(ch.clone());
-                Ok(ch)
-            }
-            Err(Failure::Lost(lost)) => Err(lost),
-            Err(Failure::Refused(e)) => Err(Lost {
-                why: format!("channel.open refused: {e}"),
-                silent: false,
-            }),
-        }
-    }
-}
-
-/// Wait at most `wait` for the broker to answer a close (of a connection or a channel).
-///
-/// Why: lapin's close future resolves on the broker's CloseOk, so a broker that went silent
-/// without hanging up (a frozen host, a stalled path, and no heartbeat yet) held `close`
-/// forever. Giving up drops the handle; the broker requeues whatever was unacked on it once it
-/// notices the connection is gone, so nothing is lost.
-pub(crate) async fn close_within(
-    wait: Duration,
-    what: &str,
-    close: impl Future<Output = lapin::Result<()>>,
-) {
-    if tokio::time::timeout(wait, close).await.is_err() {
-        tracing::warn!(
-            backend = BACKEND,
-            ?wait,
-            "no answer to the {what} close in time; dropping it"
-        );
-    }
-}
-
-fn note(
-    result: std::result::Result<(), Failure>,
-    what: impl FnOnce() -> String,
-    channel: &mut Option<Channel>,
-) -> std::result::Result<(), Lost> {
-    match result {
-        Ok(()) => Ok(()),
-        Err(Failure::Refused(e)) => {
-            tracing::warn!(error = %e, what = what(), "could not re-declare after reconnect");
-            // A refused declaration closes the channel; the rest need a new one.
-            *channel = None;
-            Ok(())
-        }
-        Err(Failure::Lost(lost)) => Err(lost),
     }
 }
 

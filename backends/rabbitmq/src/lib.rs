@@ -1,10 +1,13 @@
 #![doc = include_str!("../docs.md")]
 
 mod backend;
+mod bounded;
 pub mod codec;
 mod config;
+mod confirm;
 mod connection;
 mod consumer;
+mod declared;
 mod error;
 mod producer;
 mod settle;
