@@ -18,7 +18,7 @@ pub(crate) struct CompareArgs {
     /// Workload files (default: the built-in bench/workloads/).
     #[arg(long = "workloads", value_name = "FILE", num_args = 1..)]
     workloads: Vec<PathBuf>,
-    /// Report folder (default: reports/compare-<UTC time>).
+    /// Report folder (default: reports/compare-UTC_TIME).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Skip the conformance suite.
