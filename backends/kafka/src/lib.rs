@@ -15,6 +15,7 @@ mod transaction;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mailroom_core::layer::{CapabilityLayer, LayerStack};
 use mailroom_core::{Backend, BackendFactory, Capabilities, Result};
 
 pub use backend::KafkaBackend;
@@ -57,6 +58,9 @@ pub fn capabilities(config: &KafkaConfig) -> Capabilities {
 }
 
 /// Opens `kafka://` URLs.
+///
+/// What it opens comes inside the [`CapabilityLayer`], as from
+/// [`Registry::connect`](mailroom_core::Registry::connect).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct KafkaFactory;
 
@@ -67,6 +71,9 @@ impl BackendFactory for KafkaFactory {
     }
 
     async fn connect(&self, url: &str) -> Result<Arc<dyn Backend>> {
-        Ok(Arc::new(KafkaBackend::from_url(url).await?))
+        let backend: Arc<dyn Backend> = Arc::new(KafkaBackend::from_url(url).await?);
+        Ok(LayerStack::new()
+            .layer(CapabilityLayer::new())
+            .apply(backend))
     }
 }

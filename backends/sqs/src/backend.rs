@@ -57,6 +57,8 @@ impl SqsBackend {
     /// A consumer with its concrete type.
     pub async fn sqs_consumer(&self, queue: &str, options: ConsumerOptions) -> Result<SqsConsumer> {
         self.connection.check_open(CONSUME)?;
+        // Kept under the capability layer's check: a bare backend would otherwise ignore the
+        // replay and deliver the queue's next message instead.
         if options.replay.is_some() {
             self.connection
                 .capabilities
