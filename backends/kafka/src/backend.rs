@@ -20,6 +20,10 @@ use crate::transaction::KafkaTransactional;
 use crate::{error, BACKEND};
 
 /// A connection to a Kafka cluster (any Kafka-protocol broker: Apache Kafka, Redpanda, tansu).
+///
+/// This is the bare backend: the capability checks (what the backend lacks, message limits,
+/// declaration validation) are core's `CapabilityLayer`, which `KafkaFactory`, `mailroom::connect`
+/// and `Registry::connect` put around it (see the crate docs, "The capability check").
 #[derive(Clone)]
 pub struct KafkaBackend {
     connection: Arc<Connection>,

@@ -18,6 +18,10 @@ use crate::topology::SqsTopology;
 use crate::BACKEND;
 
 /// A connection to SQS (or an SQS-API server).
+///
+/// This is the bare backend: the capability checks (what the backend lacks, message limits,
+/// declaration validation) are core's `CapabilityLayer`, which `SqsFactory`, `mailroom::connect`
+/// and `Registry::connect` put around it (see the crate docs, "The capability check").
 pub struct SqsBackend {
     connection: Arc<Connection>,
     topology: SqsTopology,
