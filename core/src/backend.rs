@@ -66,6 +66,13 @@ pub trait Backend: Send + Sync {
 
     /// Close the connection; producers and consumers made from it stop working.
     async fn close(&self) -> Result<()>;
+
+    /// The names of the [layers](crate::layer) this backend sits inside, outermost first; a
+    /// bare backend has none. [`Registry::connect`] reads it so that a factory that already
+    /// applied the [`CapabilityLayer`] does not get a second one.
+    fn layers(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
 }
 
 /// Opens backends for the URL schemes it names. Each backend crate exports one.
@@ -75,13 +82,18 @@ pub trait BackendFactory: Send + Sync {
     fn schemes(&self) -> &'static [&'static str];
 
     /// Open a backend from a URL whose scheme is one of `schemes()`.
+    ///
+    /// The factories of mailroom's backend crates return the backend inside the
+    /// [`CapabilityLayer`], so what they open refuses what it lacks however it was opened;
+    /// [`Registry::connect`] adds the layer to a backend that comes without it.
     async fn connect(&self, url: &str) -> Result<Arc<dyn Backend>>;
 }
 
 /// The set of compiled-in backends, consulted by scheme.
 ///
-/// Every backend it opens comes inside the [`CapabilityLayer`],
-/// and inside the layers added with [`Registry::layer`] (outside the capability check).
+/// Every backend it opens comes inside the [`CapabilityLayer`] (exactly once: a factory may
+/// have applied it already), and inside the layers added with [`Registry::layer`] (outside the
+/// capability check).
 #[derive(Default, Clone)]
 pub struct Registry {
     factories: Vec<Arc<dyn BackendFactory>>,
@@ -133,7 +145,11 @@ impl Registry {
                 )))
             })?;
         let backend = factory.connect(url).await?;
-        let checked = LayerStack::new().layer(CapabilityLayer).apply(backend);
+        let checked = if backend.layers().contains(&CapabilityLayer.name()) {
+            backend
+        } else {
+            LayerStack::new().layer(CapabilityLayer).apply(backend)
+        };
         Ok(self.layers.apply(checked))
     }
 

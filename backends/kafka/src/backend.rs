@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use mailroom_core::operation::{CLUSTER_ID, CONSUME, PRODUCER, SERVER_VERSION, TRANSACTIONAL};
 use mailroom_core::{
-    Backend, Capabilities, Capability, Consumer, ConsumerOptions, Producer, Result, Topology,
+    Backend, Capabilities, Consumer, ConsumerOptions, Producer, Result, Topology,
     TransactionOptions, Transactional,
 };
 
@@ -20,6 +20,10 @@ use crate::transaction::KafkaTransactional;
 use crate::{error, BACKEND};
 
 /// A connection to a Kafka cluster (any Kafka-protocol broker: Apache Kafka, Redpanda, tansu).
+///
+/// This is the bare backend: the capability checks (what the backend lacks, message limits,
+/// declaration validation) are core's `CapabilityLayer`, which `KafkaFactory`, `mailroom::connect`
+/// and `Registry::connect` put around it (see the crate docs, "The capability check").
 #[derive(Clone)]
 pub struct KafkaBackend {
     connection: Arc<Connection>,
@@ -67,16 +71,15 @@ impl KafkaBackend {
         KafkaConsumer::open(self.connection.clone(), queue, options).await
     }
 
-    /// A typed transactional unit (the same as `Backend::transactional`, without the box).
-    /// `Unsupported` before any I/O when the backend was opened with `?transactions=false`.
+    /// A typed transactional unit (the same as `Backend::transactional`, without the box and
+    /// without the capability check: on a backend opened with `?transactions=false` it is the
+    /// registry's [`CapabilityLayer`](mailroom_core::layer::CapabilityLayer) that refuses one
+    /// with `Unsupported` before any I/O; here the broker refuses the first commit).
     pub async fn kafka_transactional(
         &self,
         queue: &str,
         options: TransactionOptions,
     ) -> Result<KafkaTransactional> {
-        self.connection
-            .capabilities
-            .require(Capability::Transactions, BACKEND, TRANSACTIONAL)?;
         self.connection.check_open(TRANSACTIONAL)?;
         KafkaTransactional::open(self.connection.clone(), queue, options).await
     }

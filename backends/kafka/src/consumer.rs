@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use mailroom_core::consumer::closed_consumer;
 use mailroom_core::operation::{CLOSE, CONNECT, CONSUME, RECEIVE};
 use mailroom_core::{
-    Capability, Consumer, ConsumerOptions, Delivery, DeliveryInfo, Error, ErrorKind, Replay, Result,
+    Consumer, ConsumerOptions, Delivery, DeliveryInfo, Error, ErrorKind, Replay, Result,
 };
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
@@ -184,11 +184,6 @@ impl KafkaConsumer {
         options: ConsumerOptions,
     ) -> Result<Self> {
         validate_topic("queue", queue).map_err(|e| e.with_operation(CONSUME))?;
-        if options.replay.is_some() {
-            connection
-                .capabilities
-                .require(Capability::Replay, BACKEND, CONSUME)?;
-        }
         if let Some(Replay::Offset(o)) = options.replay {
             if o < 0 {
                 return Err(Error::invalid_input(format!(

@@ -17,6 +17,7 @@ mod transaction_producer;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mailroom_core::layer::{CapabilityLayer, LayerStack};
 use mailroom_core::{Backend, BackendFactory, Capabilities, Result};
 
 pub use backend::KafkaBackend;
@@ -59,6 +60,9 @@ pub fn capabilities(config: &KafkaConfig) -> Capabilities {
 }
 
 /// Opens `kafka://` URLs.
+///
+/// What it opens comes inside the [`CapabilityLayer`], as from
+/// [`Registry::connect`](mailroom_core::Registry::connect).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct KafkaFactory;
 
@@ -69,6 +73,9 @@ impl BackendFactory for KafkaFactory {
     }
 
     async fn connect(&self, url: &str) -> Result<Arc<dyn Backend>> {
-        Ok(Arc::new(KafkaBackend::from_url(url).await?))
+        let backend: Arc<dyn Backend> = Arc::new(KafkaBackend::from_url(url).await?);
+        Ok(LayerStack::new()
+            .layer(CapabilityLayer::new())
+            .apply(backend))
     }
 }

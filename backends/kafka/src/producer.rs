@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mailroom_core::operation::{PRODUCER, SEND};
 use mailroom_core::{
-    Capabilities, Destination, Error, ErrorKind, Message, PendingConfirm, Producer, Receipt, Result,
+    Capabilities, Capability, Destination, Error, ErrorKind, Message, PendingConfirm, Producer,
+    Receipt, Result,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{
@@ -299,12 +300,17 @@ impl KafkaProducer {
                 .with_operation(SEND)
                 .with_undelivered(message));
         }
-        if let Err(e) = self
-            .core
-            .capabilities
-            .check_message(&message, BACKEND, SEND)
-        {
-            return Err(e.with_undelivered(message));
+        // Size limits are the capability layer's (and the client's own); the delay is refused
+        // here too because Kafka cannot hold a message back: a bare producer would deliver it
+        // at once and drop the delay without a word.
+        if message.delay().is_some() {
+            let refused =
+                self.core
+                    .capabilities
+                    .require(Capability::DelayedDelivery, BACKEND, SEND);
+            if let Err(e) = refused {
+                return Err(e.with_undelivered(message));
+            }
         }
         if let Err(e) = validate_topic("destination", destination.name()) {
             return Err(e.with_operation(SEND).with_undelivered(message));

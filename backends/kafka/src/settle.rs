@@ -104,6 +104,8 @@ impl Settle for KafkaSettle {
     async fn nack(mut self: Box<Self>, nack: Nack) -> Result<()> {
         match nack {
             Nack::Requeue { delay: Some(_) } => {
+                // Kept under the capability layer's check: a bare backend would otherwise
+                // redeliver at once and drop the delay without a word.
                 let refused = self.scope.producer.capabilities().require(
                     Capability::DelayedDelivery,
                     BACKEND,

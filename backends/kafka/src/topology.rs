@@ -5,8 +5,9 @@
 //!   subscribe group `Q` to topic `E` as well, and commits group `Q`'s offsets on `E` at `E`'s
 //!   current end, so the queue receives what is published *after* the bind (as in AMQP) rather
 //!   than the exchange's whole retained history.
-//! * **Direct, topic and headers** exchanges are `Unsupported`: Kafka has no server-side
-//!   routing, and client-side routing would need every producer to know every binding.
+//! * **Direct, topic and headers** exchanges are `Unsupported` (refused by the capability
+//!   check; `bind` here refuses any route but fanout): Kafka has no server-side routing, and
+//!   client-side routing would need every producer to know every binding.
 //!
 //! Queue settings Kafka has no place for (dead-letter queue, max delivery attempts) and bindings
 //! live in a registry shared by every connection to the same bootstrap servers **in this
@@ -296,8 +297,6 @@ impl KafkaTopology {
 #[async_trait]
 impl Topology for KafkaTopology {
     async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<()> {
-        spec.validate().map_err(|e| e.with_backend(BACKEND))?;
-        self.require(Capability::Exchange(spec.kind), DECLARE_EXCHANGE)?;
         validate_topic("exchange", &spec.name)?;
         self.connection.check_open(DECLARE_EXCHANGE)?;
         if let Some(kind) = self.connection.declared.lock().exchanges.get(&spec.name) {
@@ -336,19 +335,8 @@ impl Topology for KafkaTopology {
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<()> {
-        spec.validate().map_err(|e| e.with_backend(BACKEND))?;
-        if spec.max_length.is_some() {
-            self.require(Capability::MaxQueueLength, DECLARE_QUEUE)?;
-        }
-        if spec.message_ttl.is_some() {
-            self.require(Capability::MessageTtl, DECLARE_QUEUE)?;
-        }
-        if spec.max_delivery_attempts.is_some() {
-            self.require(Capability::MaxDeliveryAttempts, DECLARE_QUEUE)?;
-        }
         validate_topic("queue", &spec.name)?;
         if let Some(dlq) = &spec.dead_letter_queue {
-            self.require(Capability::DeadLetter, DECLARE_QUEUE)?;
             validate_topic("dead-letter queue", dlq)?;
         }
         self.connection.check_open(DECLARE_QUEUE)?;
@@ -396,7 +384,6 @@ impl Topology for KafkaTopology {
     }
 
     async fn bind(&self, binding: &Binding) -> Result<()> {
-        binding.validate().map_err(|e| e.with_backend(BACKEND))?;
         let known = self
             .connection
             .declared

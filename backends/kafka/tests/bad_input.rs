@@ -1,9 +1,12 @@
 //! Bad input as a new user would try it: each gives a clear, typed error and loses nothing.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailroom_core::{Backend, ConsumerOptions, Destination, ErrorKind, Message, QueueSpec};
-use mailroom_kafka::{KafkaBackend, KafkaConfig};
+use mailroom_core::{
+    Backend, ConsumerOptions, Destination, ErrorKind, Message, QueueSpec, Registry,
+};
+use mailroom_kafka::{KafkaBackend, KafkaConfig, KafkaFactory};
 
 fn url() -> String {
     std::env::var("MAILROOM_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into())
@@ -13,6 +16,15 @@ fn with_params(params: &str) -> String {
     let base = url();
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}{params}")
+}
+
+/// The backend as applications open it: through the registry, inside the capability check.
+async fn connect(url: &str) -> Arc<dyn Backend> {
+    Registry::new()
+        .with(KafkaFactory)
+        .connect(url)
+        .await
+        .unwrap()
 }
 
 fn fresh(what: &str) -> String {
@@ -87,7 +99,7 @@ async fn malformed_urls_are_config_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_topic_is_not_found_at_once_and_the_message_comes_back() {
-    let b = KafkaBackend::from_url(&url()).await.unwrap();
+    let b = connect(&url()).await;
     let p = b.producer().await.unwrap();
     let m = Message::new("nowhere to go");
     let start = Instant::now();
@@ -113,9 +125,7 @@ async fn unknown_topic_is_not_found_at_once_and_the_message_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_message_is_refused_before_io_and_returned() {
-    let b = KafkaBackend::from_url(&with_params("message.max.bytes=10000"))
-        .await
-        .unwrap();
+    let b = connect(&with_params("message.max.bytes=10000")).await;
     let limit = b.capabilities().max_message_size.unwrap();
     assert!(limit < 10_000);
     let q = fresh("oversize");
@@ -139,7 +149,7 @@ async fn oversize_message_is_refused_before_io_and_returned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_names_and_unsupported_options_are_typed() {
-    let b = KafkaBackend::from_url(&url()).await.unwrap();
+    let b = connect(&url()).await;
     let err = b
         .topology()
         .declare_queue(&QueueSpec::new("has spaces"))

@@ -1,10 +1,8 @@
 //! The shared conformance suite against a real Kafka broker (Apache Kafka from
 //! `scripts/brokers.sh up kafka`; `MAILROOM_KAFKA_URL` overrides `kafka://127.0.0.1:9092`).
 
-use std::sync::Arc;
-
-use mailroom_core::Backend;
-use mailroom_kafka::KafkaBackend;
+use mailroom_core::Registry;
+use mailroom_kafka::KafkaFactory;
 use mailroom_testkit::{local_broker, Conformance};
 
 fn url() -> String {
@@ -21,13 +19,12 @@ fn implementation() -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_suite_passes_on_kafka() {
-    let report = Conformance::new(|| async {
-        let backend = KafkaBackend::from_url(&url()).await?;
-        Ok(Arc::new(backend) as Arc<dyn Backend>)
-    })
-    .broker(implementation())
-    .run()
-    .await;
+    // Opened as applications open it: through the registry, inside the capability check.
+    let report =
+        Conformance::new(|| async { Registry::new().with(KafkaFactory).connect(&url()).await })
+            .broker(implementation())
+            .run()
+            .await;
     report.print();
     report.assert_passed();
 }

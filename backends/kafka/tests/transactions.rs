@@ -340,7 +340,10 @@ async fn a_unit_opened_with_the_same_id_fences_the_old_one() {
 async fn a_broker_declared_without_transactions_is_unsupported_before_io() {
     bounded("transactions=false test", |phase| async move {
         phase.set("connecting");
-        let b = KafkaBackend::from_url(&url_with("transactions=false"))
+        // Through the registry, as applications open it: the capability check refuses.
+        let b = mailroom_core::Registry::new()
+            .with(mailroom_kafka::KafkaFactory)
+            .connect(&url_with("transactions=false"))
             .await
             .unwrap();
         assert!(!b.capabilities().transactions);

@@ -19,6 +19,10 @@ use crate::BACKEND;
 /// Cloning is cheap and every clone sees the same broker. A broker opened by name
 /// (`memory://NAME`) is shared by every connection to that name in this process while any of
 /// them is alive.
+///
+/// This is the bare backend: the capability checks (what the backend lacks, message limits,
+/// declaration validation) are core's `CapabilityLayer`, which `MemoryFactory`, `mailroom::connect`
+/// and `Registry::connect` put around it (see the crate docs, "The capability check").
 #[derive(Clone)]
 pub struct MemoryBackend {
     pub(crate) broker: Arc<Broker>,

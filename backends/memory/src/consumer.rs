@@ -33,6 +33,8 @@ pub struct MemoryConsumer {
 impl MemoryConsumer {
     pub(crate) fn new(broker: Arc<Broker>, queue: &str, options: ConsumerOptions) -> Result<Self> {
         broker.check_open(CONSUME)?;
+        // Kept under the capability layer's check: a bare backend would otherwise ignore the
+        // replay and deliver the queue's next message instead.
         if options.replay.is_some() {
             broker
                 .capabilities

@@ -14,6 +14,7 @@ mod topology;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mailroom_core::layer::{CapabilityLayer, LayerStack};
 use mailroom_core::{Backend, BackendFactory, Capabilities, Result};
 
 pub use backend::MemoryBackend;
@@ -54,6 +55,9 @@ pub fn capabilities(config: &MemoryConfig) -> Capabilities {
 }
 
 /// Opens `memory://` URLs.
+///
+/// What it opens comes inside the [`CapabilityLayer`], as from
+/// [`Registry::connect`](mailroom_core::Registry::connect).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MemoryFactory;
 
@@ -64,6 +68,9 @@ impl BackendFactory for MemoryFactory {
     }
 
     async fn connect(&self, url: &str) -> Result<Arc<dyn Backend>> {
-        Ok(Arc::new(MemoryBackend::from_url(url)?))
+        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::from_url(url)?);
+        Ok(LayerStack::new()
+            .layer(CapabilityLayer::new())
+            .apply(backend))
     }
 }

@@ -16,7 +16,6 @@ use mailroom_core::{
 use crate::broker::Broker;
 use crate::error;
 use crate::queue::Added;
-use crate::BACKEND;
 
 /// Names this backend and the operation on an error from a send.
 fn context(e: Error) -> Error {
@@ -46,13 +45,6 @@ impl MemoryProducer {
             return Err(context(Error::closed("producer is closed")).with_undelivered(message));
         }
         if let Err(e) = self.broker.check_open(SEND) {
-            return Err(e.with_undelivered(message));
-        }
-        if let Err(e) = self
-            .broker
-            .capabilities
-            .check_message(&message, BACKEND, SEND)
-        {
             return Err(e.with_undelivered(message));
         }
         let delay = message.delay();

@@ -5,13 +5,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mailroom_core::operation::NACK;
-use mailroom_core::{Capability, Nack, Result, Settle};
+use mailroom_core::{Nack, Result, Settle};
 
 use crate::broker::Broker;
 use crate::codec::Entry;
 use crate::queue::Queue;
-use crate::BACKEND;
 
 /// Settles one in-memory delivery against the queue it came from.
 pub(crate) struct MemorySettle {
@@ -57,14 +55,7 @@ impl Settle for MemorySettle {
 
     async fn nack(mut self: Box<Self>, nack: Nack) -> Result<()> {
         match nack {
-            Nack::Requeue { delay } => {
-                if delay.is_some() {
-                    self.broker
-                        .capabilities
-                        .require(Capability::DelayedDelivery, BACKEND, NACK)?;
-                }
-                self.requeue(delay);
-            }
+            Nack::Requeue { delay } => self.requeue(delay),
             Nack::DeadLetter { reason } => {
                 if let Some(entry) = self.take() {
                     self.broker.dead_letter(&self.queue, entry, &reason);

@@ -6,23 +6,18 @@ use async_trait::async_trait;
 use mailroom_core::operation::{
     BIND, DECLARE_EXCHANGE, DECLARE_QUEUE, DELETE_EXCHANGE, DELETE_QUEUE, UNBIND,
 };
-use mailroom_core::{Binding, Capability, Error, ExchangeSpec, QueueSpec, Result, Topology};
+use mailroom_core::{Binding, Error, ExchangeSpec, QueueSpec, Result, Topology};
 
 use crate::backend::MemoryBackend;
 use crate::broker::ExchangeState;
 use crate::error::{conflict, context};
 use crate::queue::Queue;
-use crate::BACKEND;
 
 #[async_trait]
 impl Topology for MemoryBackend {
     async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<()> {
         let op = DECLARE_EXCHANGE;
         self.broker.check_open(op)?;
-        spec.validate().map_err(|e| context(e, op))?;
-        self.broker
-            .capabilities
-            .require(Capability::Exchange(spec.kind), BACKEND, op)?;
         let mut declared = self.broker.write();
         match declared.exchanges.get(&spec.name) {
             Some(existing) if existing.kind != spec.kind || existing.durable != spec.durable => {
@@ -58,14 +53,6 @@ impl Topology for MemoryBackend {
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<()> {
         let op = DECLARE_QUEUE;
         self.broker.check_open(op)?;
-        spec.validate().map_err(|e| context(e, op))?;
-        let caps = &self.broker.capabilities;
-        if spec.dead_letter_queue.is_some() {
-            caps.require(Capability::DeadLetter, BACKEND, op)?;
-        }
-        if spec.max_delivery_attempts.is_some() {
-            caps.require(Capability::MaxDeliveryAttempts, BACKEND, op)?;
-        }
         if !spec.extra.is_empty() {
             let keys = spec.extra.keys().collect::<Vec<_>>();
             return Err(context(
@@ -115,7 +102,6 @@ impl Topology for MemoryBackend {
     async fn bind(&self, binding: &Binding) -> Result<()> {
         let op = BIND;
         self.broker.check_open(op)?;
-        binding.validate().map_err(|e| context(e, op))?;
         let mut declared = self.broker.write();
         if !declared.queues.contains_key(&binding.queue) {
             let missing = format!("cannot bind: queue '{}' does not exist", binding.queue);

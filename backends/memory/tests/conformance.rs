@@ -1,13 +1,14 @@
 //! The shared conformance suite on the in-memory broker: every case runs but replay (the memory
 //! broker keeps no log of what was acked) and transactions (none to offer). It runs twice: on
-//! the bare backend, and inside a stack of every layer (capability check, retry, tracing,
-//! metrics), which must not change what any case sees.
+//! the backend as applications open it (through the registry, inside the capability check),
+//! and inside a stack of every layer (capability check, retry, tracing, metrics), which must not
+//! change what any case sees.
 
 use std::sync::Arc;
 
 use mailroom_core::layer::{CapabilityLayer, LayerStack, MetricsLayer, RetryLayer, TracingLayer};
-use mailroom_core::Backend;
-use mailroom_memory::MemoryBackend;
+use mailroom_core::Registry;
+use mailroom_memory::{MemoryBackend, MemoryFactory};
 use mailroom_testkit::Conformance;
 
 const SKIPPED: [&str; 2] = [
@@ -22,10 +23,14 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_passes_the_whole_conformance_suite() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let report =
-        Conformance::new(|| async { Ok(Arc::new(MemoryBackend::new()) as Arc<dyn Backend>) })
-            .run()
-            .await;
+    let report = Conformance::new(|| async {
+        Registry::new()
+            .with(MemoryFactory)
+            .connect("memory://")
+            .await
+    })
+    .run()
+    .await;
     report.print();
     report.assert_passed();
     report.assert_skipped_only(&SKIPPED);

@@ -20,6 +20,10 @@ use crate::BACKEND;
 /// Producers and consumers share its AMQP connection (each on its own channel). When the
 /// connection breaks, the next operation reconnects with backoff, re-declares what this backend
 /// declared, and carries on.
+///
+/// This is the bare backend: the capability checks (what the backend lacks, message limits,
+/// declaration validation) are core's `CapabilityLayer`, which `RabbitFactory`, `mailroom::connect`
+/// and `Registry::connect` put around it (see the crate docs, "The capability check").
 pub struct RabbitBackend {
     connection: Arc<Connection>,
     topology: RabbitTopology,

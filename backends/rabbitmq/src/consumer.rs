@@ -58,6 +58,8 @@ impl RabbitConsumer {
     ) -> Result<Self> {
         let context = |e: Error| e.with_backend(BACKEND).with_operation(CONSUME);
         connection.check_open(CONSUME)?;
+        // Kept under the capability layer's check: a bare backend would otherwise ignore the
+        // replay and deliver the queue's next message instead.
         if options.replay.is_some() {
             connection
                 .capabilities

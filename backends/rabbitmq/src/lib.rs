@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use mailroom_core::layer::{CapabilityLayer, LayerStack};
 use mailroom_core::{Backend, BackendFactory, Capabilities, Result};
 
 pub use backend::RabbitBackend;
@@ -62,6 +63,9 @@ pub fn capabilities(config: &RabbitConfig) -> Capabilities {
 }
 
 /// Opens `amqp://` and `amqps://` URLs.
+///
+/// What it opens comes inside the [`CapabilityLayer`], as from
+/// [`Registry::connect`](mailroom_core::Registry::connect).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RabbitFactory;
 
@@ -72,6 +76,9 @@ impl BackendFactory for RabbitFactory {
     }
 
     async fn connect(&self, url: &str) -> Result<Arc<dyn Backend>> {
-        Ok(Arc::new(RabbitBackend::from_url(url).await?))
+        let backend: Arc<dyn Backend> = Arc::new(RabbitBackend::from_url(url).await?);
+        Ok(LayerStack::new()
+            .layer(CapabilityLayer::new())
+            .apply(backend))
     }
 }

@@ -12,7 +12,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Acker;
 use mailroom_core::operation::{ACK, NACK};
 use mailroom_core::republish::{self, republish, Republish};
-use mailroom_core::{Capability, Destination, Error, ErrorKind, Message, Nack, Result, Settle};
+use mailroom_core::{Destination, Error, ErrorKind, Message, Nack, Result, Settle};
 
 use crate::connection::{Connection, Link, QueueSettings};
 use crate::error::{is_connection_loss, map};
@@ -140,9 +140,6 @@ impl Settle for RabbitSettle {
     async fn nack(mut self: Box<Self>, nack: Nack) -> Result<()> {
         match nack {
             Nack::Requeue { delay: Some(delay) } if !delay.is_zero() => {
-                self.connection
-                    .capabilities
-                    .require(Capability::DelayedDelivery, BACKEND, NACK)?;
                 let message = with_delay(self.message.clone(), delay);
                 let next = self.attempt.saturating_add(1);
                 let queue = self.queue.clone();

@@ -256,9 +256,7 @@ impl RabbitTopology {
 #[async_trait]
 impl Topology for RabbitTopology {
     async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<()> {
-        let ctx = |e: Error| e.with_backend(BACKEND).with_operation(DECLARE_EXCHANGE);
         self.connection.check_open(DECLARE_EXCHANGE)?;
-        spec.validate().map_err(ctx)?;
         let what = format!("exchange '{}' ({})", spec.name, spec.kind);
         self.connection
             .with_channel(DECLARE_EXCHANGE, &what, |ch| async move {
@@ -287,9 +285,7 @@ impl Topology for RabbitTopology {
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<()> {
-        let ctx = |e: Error| e.with_backend(BACKEND).with_operation(DECLARE_QUEUE);
         self.connection.check_open(DECLARE_QUEUE)?;
-        spec.validate().map_err(ctx)?;
         let args = queue_arguments(spec)?;
         let what = format!("queue '{}'", spec.name);
         self.connection
@@ -329,7 +325,6 @@ impl Topology for RabbitTopology {
     async fn bind(&self, binding: &Binding) -> Result<()> {
         let ctx = |e: Error| e.with_backend(BACKEND).with_operation(BIND);
         self.connection.check_open(BIND)?;
-        binding.validate().map_err(ctx)?;
         self.check_route(binding).map_err(ctx)?;
         let what = format!(
             "binding of queue '{}' to exchange '{}'",

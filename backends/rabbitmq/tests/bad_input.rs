@@ -1,15 +1,25 @@
 //! Bad input tried as a new user would: each gets a clear typed error, nothing panics, nothing
 //! accepted is lost, and the connection keeps working afterwards.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailroom_core::{
     Backend, Binding, ConsumerOptions, Destination, ErrorKind, ExchangeKind, ExchangeSpec, Message,
-    QueueSpec,
+    QueueSpec, Registry,
 };
-use mailroom_rabbitmq::{RabbitBackend, RabbitConfig};
+use mailroom_rabbitmq::{RabbitBackend, RabbitConfig, RabbitFactory};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The backend as applications open it: through the registry, inside the capability check.
+async fn connect(url: &str) -> Arc<dyn Backend> {
+    Registry::new()
+        .with(RabbitFactory)
+        .connect(url)
+        .await
+        .unwrap()
+}
 
 fn name(what: &str) -> String {
     format!(
@@ -70,7 +80,7 @@ async fn malformed_urls_are_config_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicting_declaration_is_conflict_and_the_connection_keeps_working() {
-    let backend = RabbitBackend::from_url(URL).await.unwrap();
+    let backend = connect(URL).await;
     let topo = backend.topology();
     let q = name("conflict");
     topo.declare_queue(&QueueSpec::new(&q)).await.unwrap();
@@ -123,7 +133,7 @@ async fn conflicting_declaration_is_conflict_and_the_connection_keeps_working() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_queue_specs_are_typed_before_io() {
-    let backend = RabbitBackend::from_url(URL).await.unwrap();
+    let backend = connect(URL).await;
     let topo = backend.topology();
     let err = topo
         .declare_queue(
@@ -165,9 +175,7 @@ async fn invalid_queue_specs_are_typed_before_io() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_and_unroutable_messages_are_typed_and_returned() {
-    let backend = RabbitBackend::from_url(&format!("{URL}?max_message_size=1024"))
-        .await
-        .unwrap();
+    let backend = connect(&format!("{URL}?max_message_size=1024")).await;
     let topo = backend.topology();
     let producer = backend.producer().await.unwrap();
     let q = name("ok");
@@ -245,7 +253,7 @@ async fn oversize_and_unroutable_messages_are_typed_and_returned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn use_after_close_is_closed() {
-    let backend = RabbitBackend::from_url(URL).await.unwrap();
+    let backend = connect(URL).await;
     let producer = backend.producer().await.unwrap();
     backend.close().await.unwrap();
     let m = Message::new("late");

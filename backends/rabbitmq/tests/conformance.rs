@@ -2,12 +2,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{within, Waypoints};
-use mailroom_core::Backend;
-use mailroom_rabbitmq::RabbitBackend;
+use mailroom_core::Registry;
+use mailroom_rabbitmq::RabbitFactory;
 use mailroom_testkit::Conformance;
 
 /// The broker under test; `MAILROOM_RABBITMQ_URL` overrides it.
@@ -25,8 +24,9 @@ async fn rabbitmq_passes_the_conformance_suite() {
     );
     // The suite's overall bound, far above its usual half a minute.
     within(Duration::from_secs(600), &waypoints, async {
+        // Opened as applications open it: through the registry, inside the capability check.
         let report = Conformance::new(|| async {
-            Ok(Arc::new(RabbitBackend::from_url(&url()).await?) as Arc<dyn Backend>)
+            Registry::new().with(RabbitFactory).connect(&url()).await
         })
         .run()
         .await;

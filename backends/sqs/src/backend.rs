@@ -18,6 +18,10 @@ use crate::topology::SqsTopology;
 use crate::BACKEND;
 
 /// A connection to SQS (or an SQS-API server).
+///
+/// This is the bare backend: the capability checks (what the backend lacks, message limits,
+/// declaration validation) are core's `CapabilityLayer`, which `SqsFactory`, `mailroom::connect`
+/// and `Registry::connect` put around it (see the crate docs, "The capability check").
 pub struct SqsBackend {
     connection: Arc<Connection>,
     topology: SqsTopology,
@@ -57,6 +61,8 @@ impl SqsBackend {
     /// A consumer with its concrete type.
     pub async fn sqs_consumer(&self, queue: &str, options: ConsumerOptions) -> Result<SqsConsumer> {
         self.connection.check_open(CONSUME)?;
+        // Kept under the capability layer's check: a bare backend would otherwise ignore the
+        // replay and deliver the queue's next message instead.
         if options.replay.is_some() {
             self.connection
                 .capabilities

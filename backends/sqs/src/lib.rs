@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use mailroom_core::layer::{CapabilityLayer, LayerStack};
 use mailroom_core::{Backend, BackendFactory, Capabilities, Result};
 
 pub use backend::SqsBackend;
@@ -66,6 +67,9 @@ pub fn capabilities(config: &SqsConfig) -> Capabilities {
 }
 
 /// Opens `sqs://` URLs.
+///
+/// What it opens comes inside the [`CapabilityLayer`], as from
+/// [`Registry::connect`](mailroom_core::Registry::connect).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SqsFactory;
 
@@ -76,8 +80,10 @@ impl BackendFactory for SqsFactory {
     }
 
     async fn connect(&self, url: &str) -> Result<Arc<dyn Backend>> {
-        Ok(Arc::new(
-            SqsBackend::connect(SqsConfig::from_url(url)?).await?,
-        ))
+        let backend: Arc<dyn Backend> =
+            Arc::new(SqsBackend::connect(SqsConfig::from_url(url)?).await?);
+        Ok(LayerStack::new()
+            .layer(CapabilityLayer::new())
+            .apply(backend))
     }
 }

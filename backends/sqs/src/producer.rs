@@ -10,14 +10,14 @@ use async_trait::async_trait;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use mailroom_core::operation::SEND;
 use mailroom_core::{
-    Capability, Destination, Error, ErrorKind, Message, PendingConfirm, Producer, Receipt, Result,
+    Destination, Error, ErrorKind, Message, PendingConfirm, Producer, Receipt, Result,
 };
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::codec::{self, Encoded};
 use crate::connection::Connection;
 use crate::error::{context, from_entry, from_sdk};
-use crate::{BACKEND, MAX_BATCH_ENTRIES};
+use crate::MAX_BATCH_ENTRIES;
 
 /// Times an entry the service failed on its own side is sent again before its error is returned.
 const ENTRY_RETRIES: u32 = 4;
@@ -76,17 +76,10 @@ impl SqsProducer {
         let queue = match destination {
             Destination::Queue(q) => q,
             Destination::Exchange { .. } => {
-                self.connection.capabilities.require(
-                    Capability::Exchange(mailroom_core::ExchangeKind::Direct),
-                    BACKEND,
-                    op,
-                )?;
                 return Err(context(Error::unsupported("SQS has no exchanges"), op));
             }
         };
-        self.connection
-            .capabilities
-            .check_message(message, BACKEND, op)?;
+        // Size and delay limits are the capability layer's; `encode` enforces SQS's own too.
         let encoded = codec::encode(
             message,
             queue.ends_with(".fifo"),

@@ -6,13 +6,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::QueueAttributeName;
 use mailroom_core::operation::{BIND, DECLARE_EXCHANGE, DELETE_EXCHANGE, UNBIND};
-use mailroom_core::{
-    Binding, Capability, Error, ErrorKind, ExchangeSpec, QueueSpec, Result, Topology,
-};
+use mailroom_core::{Binding, Error, ErrorKind, ExchangeSpec, QueueSpec, Result, Topology};
 
 use crate::connection::Connection;
 use crate::error::{context, from_sdk};
-use crate::BACKEND;
 
 /// `maxReceiveCount` for a queue given a dead-letter queue but no attempt limit: SQS records a
 /// dead-letter queue only inside a redrive policy, and 1000 is the largest count it accepts.
@@ -61,13 +58,6 @@ fn no_exchanges(operation: &'static str) -> Error {
 impl SqsTopology {
     async fn attributes(&self, spec: &QueueSpec) -> Result<HashMap<QueueAttributeName, String>> {
         let op = "declare_queue";
-        let caps = &self.connection.capabilities;
-        if spec.max_length.is_some() {
-            caps.require(Capability::MaxQueueLength, BACKEND, op)?;
-        }
-        if spec.message_ttl.is_some() {
-            caps.require(Capability::MessageTtl, BACKEND, op)?;
-        }
         let mut attrs = HashMap::new();
         for (key, value) in &spec.extra {
             let name = QueueAttributeName::try_parse(key).map_err(|_| {
@@ -100,7 +90,6 @@ impl SqsTopology {
                 ))
             }
             (Some(dlq), attempts) => {
-                caps.require(Capability::DeadLetter, BACKEND, op)?;
                 if dlq.ends_with(".fifo") != fifo {
                     return Err(context(
                         Error::invalid_input(format!(
@@ -149,13 +138,7 @@ impl SqsTopology {
 
 #[async_trait]
 impl Topology for SqsTopology {
-    async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<()> {
-        spec.validate()?;
-        self.connection.capabilities.require(
-            Capability::Exchange(spec.kind),
-            BACKEND,
-            DECLARE_EXCHANGE,
-        )?;
+    async fn declare_exchange(&self, _spec: &ExchangeSpec) -> Result<()> {
         Err(no_exchanges(DECLARE_EXCHANGE))
     }
 
@@ -165,7 +148,6 @@ impl Topology for SqsTopology {
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<()> {
         let op = "declare_queue";
-        spec.validate().map_err(|e| context(e, op))?;
         validate_queue_name(&spec.name).map_err(|e| context(e, op))?;
         self.connection.check_open(op)?;
         let attrs = self.attributes(spec).await?;
@@ -216,8 +198,7 @@ impl Topology for SqsTopology {
         Ok(())
     }
 
-    async fn bind(&self, binding: &Binding) -> Result<()> {
-        binding.validate()?;
+    async fn bind(&self, _binding: &Binding) -> Result<()> {
         Err(no_exchanges(BIND))
     }
 

@@ -1,10 +1,13 @@
 //! Bad input tried as a new user would: each gets a clear, typed error, before any I/O where it
 //! can be, and a failed send returns its message. Also the limits the backend enforces itself.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailroom_core::{Backend, ConsumerOptions, Destination, ErrorKind, Message, Nack, QueueSpec};
-use mailroom_sqs::{SqsBackend, DEFAULT_URL};
+use mailroom_core::{
+    Backend, ConsumerOptions, Destination, ErrorKind, Message, Nack, QueueSpec, Registry,
+};
+use mailroom_sqs::{SqsBackend, SqsFactory, DEFAULT_URL};
 
 fn url() -> String {
     std::env::var("MAILROOM_SQS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
@@ -17,8 +20,13 @@ fn fresh(what: &str) -> String {
     )
 }
 
-async fn backend() -> SqsBackend {
-    SqsBackend::from_url(&url()).await.unwrap()
+/// The backend as applications open it: through the registry, inside the capability check.
+async fn backend() -> Arc<dyn Backend> {
+    Registry::new()
+        .with(SqsFactory)
+        .connect(&url())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -35,9 +43,10 @@ async fn unknown_queue_is_not_found_and_returns_the_message() {
     assert!(err.to_string().contains(&q), "{err}");
     assert_eq!(err.undelivered().map(Message::id), Some(m.id()));
     let err = b
-        .sqs_consumer(&q, ConsumerOptions::default())
+        .consumer(&q, ConsumerOptions::default())
         .await
-        .unwrap_err();
+        .err()
+        .unwrap();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     let err = b.topology().delete_queue(&q).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
@@ -298,7 +307,8 @@ const N_SETTLE: usize = 200;
 
 /// A fresh queue holding `N_SETTLE` messages, and its URL for reading its counts.
 async fn queue_of(prefix: &str) -> (SqsBackend, String, String) {
-    let b = backend().await;
+    // The concrete type, for its SDK client: these tests read the queue's counts.
+    let b = SqsBackend::from_url(&url()).await.unwrap();
     let q = fresh(prefix);
     b.topology()
         .declare_queue(&QueueSpec::new(&q))

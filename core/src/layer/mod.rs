@@ -22,7 +22,20 @@
 //!
 //! [`Registry::connect`](crate::Registry::connect) puts every backend it opens inside the
 //! [`CapabilityLayer`], so an operation the backend declares it lacks is refused before it
-//! reaches the backend.
+//! reaches the backend; the factories of mailroom's backend crates apply it too. The backends
+//! themselves do not repeat these checks: a concrete backend type opened directly
+//! (`MemoryBackend::new()`, `KafkaBackend::from_url`, ...) is the **bare** backend, which
+//! accepts what the layer would refuse, except where accepting would quietly lose a message or
+//! a request (a replay on a backend without replay, a delay on one without delayed delivery).
+//! Put a bare backend inside the check as the registry does:
+//!
+//! ```no_run
+//! # fn demo(bare: std::sync::Arc<dyn mailroom_core::Backend>) {
+//! use mailroom_core::layer::{CapabilityLayer, LayerStack};
+//!
+//! let checked = LayerStack::new().layer(CapabilityLayer::new()).apply(bare);
+//! # }
+//! ```
 //!
 //! **Cost.** A layer that only checks (the capability check, tracing while no subscriber
 //! listens) hands the backend's own future back, so it adds no allocation per message. A layer
@@ -269,6 +282,12 @@ impl Backend for Layered {
 
     async fn close(&self) -> Result<()> {
         self.inner.close().await
+    }
+
+    fn layers(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.layers.iter().map(|l| l.name()).collect();
+        names.extend(self.inner.layers());
+        names
     }
 }
 

@@ -249,3 +249,28 @@ fn the_registry_puts_every_backend_inside_the_check() {
     let error = now(backend.consumer("q", options)).err().unwrap();
     unsupported(&error, "replay", "consume");
 }
+
+/// A factory that applies the check itself, as mailroom's backend crates do.
+struct CheckedFactory;
+
+#[async_trait]
+impl BackendFactory for CheckedFactory {
+    fn schemes(&self) -> &'static [&'static str] {
+        &["checked"]
+    }
+    async fn connect(&self, _: &str) -> Result<Arc<dyn Backend>> {
+        Ok(checked(Stub::new(Capabilities::default())))
+    }
+}
+
+#[test]
+fn the_registry_adds_no_second_check_to_a_checked_backend() {
+    let registry = Registry::new()
+        .with(StubFactory)
+        .with(CheckedFactory)
+        .layer(crate::layer::TracingLayer::new());
+    for url in ["stub://", "checked://"] {
+        let backend = now(registry.connect(url)).unwrap();
+        assert_eq!(backend.layers(), ["tracing", "capability"], "{url}");
+    }
+}
