@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use mailroom_core::{Error, ErrorKind, Result};
 
@@ -138,12 +139,23 @@ async fn measure(driver: &dyn Driver, topic: &TopicPlan, n: usize, size: usize) 
     let producer = driver.producer(topic).await?;
     producer.send(message()).await?.await?;
     let start = Instant::now();
-    let mut confirms = Vec::with_capacity(n);
+    // Confirms are awaited as they come, while sending: a client whose window slot is given
+    // back by its confirm (raw lapin's) would otherwise wait forever once the window is full.
+    let mut confirms = FuturesUnordered::new();
     for _ in 0..n {
-        confirms.push(producer.send(message()).await?);
+        let send = producer.send(message());
+        tokio::pin!(send);
+        let confirm = loop {
+            tokio::select! {
+                biased;
+                sent = &mut send => break sent?,
+                Some(confirmed) = confirms.next(), if !confirms.is_empty() => confirmed?,
+            }
+        };
+        confirms.push(confirm);
     }
-    for confirm in confirms {
-        confirm.await?;
+    while let Some(confirmed) = confirms.next().await {
+        confirmed?;
     }
     let publish = rate(n, start.elapsed());
     producer.close().await?;

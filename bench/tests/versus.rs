@@ -32,3 +32,25 @@ async fn a_url_without_a_raw_baseline_is_unsupported() {
     let e = versus::compare("nosuch://", 1, 1, 1).await.unwrap_err();
     assert_eq!(e.kind(), mailroom::ErrorKind::Unsupported, "{e}");
 }
+
+/// A round bigger than the producer's window of unconfirmed messages: the confirms must be
+/// awaited while sending, or the raw client's send waits for a slot only a confirm gives back.
+#[cfg(feature = "rabbitmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_larger_than_the_confirm_window_completes_on_rabbitmq() {
+    let url = std::env::var("MAILROOM_RABBITMQ_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let url = format!(
+        "{url}{}confirm_window=8&prefetch=8",
+        if url.contains('?') { '&' } else { '?' }
+    );
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        versus::compare(&url, 200, 64, 1),
+    )
+    .await
+    .expect("a round of 200 with a window of 8 did not finish in 120 s: confirms not driven")
+    .unwrap();
+    assert_eq!(result.raw, "raw-lapin");
+    assert_eq!(result.rounds.len(), 1);
+}
