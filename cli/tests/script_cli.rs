@@ -18,6 +18,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// Run with `stdin` written to the command's standard input.
+#[cfg(feature = "rabbitmq")]
 fn run_with_stdin(mut command: Command, stdin: Vec<u8>) -> Output {
     let mut child = command
         .stdin(Stdio::piped())
@@ -133,16 +134,14 @@ fn a_missing_input_file_is_a_usage_error_before_any_broker() {
     );
 }
 
-#[cfg(feature = "rabbitmq")]
-mod rabbitmq {
+/// Queues filled and drained through the library, beside the binary under test.
+#[cfg(any(feature = "rabbitmq", feature = "kafka", feature = "sqs"))]
+mod brokers {
+    // Each broker's tests use a different subset of these.
+    #![allow(dead_code)]
     use super::*;
-    use mailroom::{ConsumerOptions, Message, QueueSpec, Timestamp};
+    use mailroom::{ConsumerOptions, Message, QueueSpec};
     use std::time::Duration;
-
-    pub fn rabbitmq_url() -> String {
-        std::env::var("MAILROOM_RABBITMQ_URL")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-    }
 
     pub fn unique(prefix: &str) -> String {
         format!("{prefix}-{}", mailroom::MessageId::generate())
@@ -195,7 +194,7 @@ mod rabbitmq {
         got
     }
 
-    fn consume(url: &str, queue: &str, format: &str, count: usize) -> Output {
+    pub fn consume(url: &str, queue: &str, format: &str, count: usize) -> Output {
         let count = count.to_string();
         let out = mailroom()
             .args([
@@ -206,6 +205,18 @@ mod rabbitmq {
             .unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
         out
+    }
+}
+
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq {
+    use super::brokers::{consume, drain, fill, unique};
+    use super::*;
+    use mailroom::{Message, Timestamp};
+
+    pub fn rabbitmq_url() -> String {
+        std::env::var("MAILROOM_RABBITMQ_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
     }
 
     fn samples() -> Vec<Message> {
@@ -471,15 +482,23 @@ mod rabbitmq {
     }
 }
 
-#[cfg(all(feature = "rabbitmq", feature = "kafka"))]
-mod rabbitmq_to_kafka {
-    use super::rabbitmq::{drain, fill, rabbitmq_url, unique};
+/// `consume --format json | produce --from-json` between two brokers, checked byte by byte.
+#[cfg(feature = "kafka")]
+mod moves {
+    use super::brokers::{drain, fill, unique};
     use super::*;
     use mailroom::{Message, Timestamp};
-    use std::collections::HashMap;
 
-    fn kafka_url() -> String {
-        std::env::var("MAILROOM_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:9092".to_owned())
+    fn url(var: &str, default: &str) -> String {
+        std::env::var(var).unwrap_or_else(|_| default.to_owned())
+    }
+
+    #[cfg(feature = "rabbitmq")]
+    fn rabbitmq_url() -> String {
+        url(
+            "MAILROOM_RABBITMQ_URL",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        )
     }
 
     /// Random bytes from a fixed seed (xorshift), so a failure can be replayed.
@@ -497,9 +516,12 @@ mod rabbitmq_to_kafka {
         }
     }
 
-    fn thousand_messages() -> Vec<Message> {
+    /// `n` messages: random bytes (mostly invalid UTF-8, some with newlines), some UTF-8 text,
+    /// some empty; keys on half, two headers (with newlines and quotes) on a third, timestamps
+    /// on a fifth.
+    fn messages(n: u64) -> Vec<Message> {
         let mut rng = Bytes(0x5eed_1234_abcd_9876);
-        (0..1000u64)
+        (0..n)
             .map(|i| {
                 let len = (rng.next() % 600) as usize;
                 let mut payload = rng.fill(len);
@@ -527,26 +549,33 @@ mod rabbitmq_to_kafka {
             .collect()
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn consume_json_into_produce_json_moves_binary_messages_byte_exactly() {
-        let (rabbit, kafka) = (rabbitmq_url(), kafka_url());
+    /// Fill a queue on `from`, pipe it through the two commands into a fresh queue on `to`, and
+    /// check that every message arrived exactly as it was sent.
+    #[cfg(feature = "rabbitmq")]
+    async fn move_and_check(from: &str, to: &str, n: u64) {
+        use std::collections::HashMap;
         let queue = unique("cli-move");
-        let topic = unique("cli-move");
-        let sent = thousand_messages();
-        fill(&rabbit, &queue, &sent).await;
+        let target = unique("cli-move");
+        let sent = messages(n);
+        fill(from, &queue, &sent).await;
 
-        let (rabbit2, kafka2, queue2, topic2) =
-            (rabbit.clone(), kafka.clone(), queue.clone(), topic.clone());
+        let count = n.to_string();
+        let (from2, to2, queue2, target2) = (
+            from.to_owned(),
+            to.to_owned(),
+            queue.clone(),
+            target.clone(),
+        );
         let (consumed, produced) = tokio::task::spawn_blocking(move || {
             let mut consume = mailroom()
-                .args(["consume", "--url", &rabbit2, "--queue", &queue2])
-                .args(["--format", "json", "--count", "1000", "--idle", "10"])
+                .args(["consume", "--url", &from2, "--queue", &queue2])
+                .args(["--format", "json", "--count", &count, "--idle", "10"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
             let produced = mailroom()
-                .args(["produce", "--url", &kafka2, "--to", &topic2, "--declare"])
+                .args(["produce", "--url", &to2, "--to", &target2, "--declare"])
                 .args(["--from-json", "-"])
                 .stdin(consume.stdout.take().unwrap())
                 .output()
@@ -557,19 +586,19 @@ mod rabbitmq_to_kafka {
         .unwrap();
         assert!(consumed.status.success(), "{}", text(&consumed.stderr));
         assert!(
-            text(&consumed.stderr).contains("1000 message(s) received and acked"),
+            text(&consumed.stderr).contains(&format!("{n} message(s) received and acked")),
             "{}",
             text(&consumed.stderr)
         );
         assert!(produced.status.success(), "{}", text(&produced.stderr));
         assert!(
-            text(&produced.stdout).starts_with("1000 message(s) confirmed"),
+            text(&produced.stdout).starts_with(&format!("{n} message(s) confirmed")),
             "{}",
             text(&produced.stdout)
         );
 
-        let got = drain(&kafka, &topic, sent.len()).await;
-        assert_eq!(got.len(), sent.len(), "every message arrives on Kafka");
+        let got = drain(to, &target, sent.len()).await;
+        assert_eq!(got.len(), sent.len(), "every message arrives");
         let by_id: HashMap<String, &Message> =
             got.iter().map(|m| (m.id().to_string(), m)).collect();
         for original in &sent {
@@ -587,6 +616,40 @@ mod rabbitmq_to_kafka {
             assert_eq!(moved.timestamp(), original.timestamp());
             assert!(**moved == *original, "the whole message, {}", original.id());
         }
-        let _ = drain(&rabbit, &queue, 0).await;
+        let _ = drain(from, &queue, 0).await;
+    }
+
+    #[cfg(all(feature = "rabbitmq", feature = "kafka"))]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thousand_binary_messages_move_from_rabbitmq_to_kafka_byte_exactly() {
+        let kafka = url("MAILROOM_KAFKA_URL", "kafka://127.0.0.1:9092");
+        move_and_check(&rabbitmq_url(), &kafka, 1000).await;
+    }
+
+    /// Kafka's lines say where each record sits.
+    #[cfg(feature = "kafka")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kafka_json_lines_carry_partition_and_offset() {
+        let kafka = url("MAILROOM_KAFKA_URL", "kafka://127.0.0.1:9092");
+        let topic = unique("cli-json-kafka");
+        fill(&kafka, &topic, &messages(2)).await;
+        let (kafka2, topic2) = (kafka.clone(), topic.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            super::brokers::consume(&kafka2, &topic2, "json", 2)
+        })
+        .await
+        .unwrap();
+        let stdout = text(&out.stdout);
+        let mut positions = Vec::new();
+        for line in stdout.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let partition = v["partition"].as_i64().expect("a partition");
+            let offset = v["offset"].as_i64().expect("an offset");
+            assert!(partition >= 0 && offset >= 0, "{line}");
+            positions.push((partition, offset));
+        }
+        positions.dedup();
+        assert_eq!(positions.len(), 2, "two records, two positions:\n{stdout}");
+        let _ = drain(&kafka, &topic, 0).await;
     }
 }
