@@ -1,17 +1,31 @@
 //! `mailroom consume`: receive, print and ack messages from a queue.
 
+use std::io::Write as _;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use mailroom::{ConsumerOptions, QueueSpec, Result};
 
-use crate::positive_duration;
+use crate::{connect_broker, jsonl, positive_duration, Failure};
+
+/// How each received message is printed.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// One line per message for a person: strings quoted and escaped (a newline prints as
+    /// `\n`), a payload that is not UTF-8 as `payload(base64)=...`.
+    Human,
+    /// One JSON object per line (what `produce --from-json` reads): id, timestamp, key,
+    /// headers, payload (base64 with `"encoding":"base64"` when not UTF-8), source, attempt,
+    /// redelivered, and partition / offset where the broker has them.
+    Json,
+}
 
 /// The `consume` subcommand's arguments.
 #[derive(Args)]
 pub(crate) struct ConsumeArgs {
-    /// Broker URL.
-    #[arg(long, default_value = "memory://")]
+    /// Broker URL (amqp://, kafka://, sqs://). There is no default, and memory:// is refused:
+    /// it lives inside one process, so another command's messages are never there.
+    #[arg(long)]
     url: String,
     /// The queue.
     #[arg(long)]
@@ -29,10 +43,15 @@ pub(crate) struct ConsumeArgs {
     /// Declare the queue first.
     #[arg(long)]
     declare: bool,
+    /// How each message is printed on stdout (counts and notices go to stderr). A message is
+    /// acked once its line is written: `consume | produce` moves messages, and those acked
+    /// but not yet confirmed by `produce` when it fails are lost from the source.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
 }
 
 /// Run `mailroom consume`.
-pub(crate) async fn run(args: ConsumeArgs) -> Result<()> {
+pub(crate) async fn run(args: ConsumeArgs) -> std::result::Result<(), Failure> {
     let ConsumeArgs {
         url,
         queue,
@@ -40,16 +59,17 @@ pub(crate) async fn run(args: ConsumeArgs) -> Result<()> {
         idle,
         first_wait,
         declare,
+        format,
     } = args;
-    let backend = mailroom::connect(&url).await?;
+    let idle = positive_duration(idle, "idle")?;
+    let first_wait = positive_duration(first_wait, "first-wait")?.max(idle);
+    let backend = connect_broker(&url, "consume").await?;
     if declare {
         backend
             .topology()
             .declare_queue(&QueueSpec::new(&queue))
             .await?;
     }
-    let idle = positive_duration(idle, "idle")?;
-    let first_wait = positive_duration(first_wait, "first-wait")?.max(idle);
     let mut consumer = backend.consumer(&queue, ConsumerOptions::default()).await?;
     let mut received = 0u64;
     while count.is_none_or(|c| received < c) {
@@ -61,21 +81,62 @@ pub(crate) async fn run(args: ConsumeArgs) -> Result<()> {
         let Some(delivery) = next else {
             break;
         };
-        let m = delivery.message();
-        println!(
-            "{} attempt={} key={:?} headers={:?} payload={}",
-            m.id(),
-            delivery.attempt(),
-            m.key(),
-            m.headers(),
-            String::from_utf8_lossy(m.payload())
-        );
+        let line = match format {
+            Format::Human => human_line(&delivery),
+            Format::Json => jsonl::to_line(delivery.message(), delivery.info()),
+        };
+        // Acked only once its line is out: a closed pipe leaves the message on the broker (the
+        // dropped delivery is redelivered).
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(|e| {
+                Failure::Runtime(format!(
+                    "writing to stdout: {e} ({received} message(s) printed and acked before)"
+                ))
+            })?;
+        drop(out);
         delivery.ack().await?;
         received += 1;
     }
     consumer.close().await?;
     eprintln!("{received} message(s) received and acked from {queue}");
     Ok(())
+}
+
+/// One delivery for a person, on one line whatever the payload holds: every string is quoted and
+/// escaped as a Rust string literal, so a newline in a payload, key or header cannot start what
+/// looks like another message, and a payload that is not UTF-8 is shown as base64 and labelled.
+fn human_line(delivery: &mailroom::Delivery) -> String {
+    use std::fmt::Write as _;
+    let m = delivery.message();
+    let info = delivery.info();
+    let mut line = format!("id={:?} attempt={}", m.id().to_string(), info.attempt);
+    if let Some(p) = info.partition {
+        let _ = write!(line, " partition={p}");
+    }
+    if let Some(o) = info.offset {
+        let _ = write!(line, " offset={o}");
+    }
+    match m.key() {
+        Some(k) => {
+            let _ = write!(line, " key={k:?}");
+        }
+        None => line.push_str(" key=-"),
+    }
+    if let Some(t) = m.timestamp() {
+        let _ = write!(line, " timestamp_ms={}", t.as_millis());
+    }
+    let _ = write!(line, " headers={:?}", m.headers());
+    match jsonl::payload_text(m.payload()) {
+        (text, None) => {
+            let _ = write!(line, " payload={text:?}");
+        }
+        (b64, Some(encoding)) => {
+            let _ = write!(line, " payload({encoding})={b64}");
+        }
+    }
+    line
 }
 
 /// How often `consume` says what it is still waiting for.
