@@ -14,7 +14,10 @@ use common::{tmp, workload, workload_warm};
 
 /// `mailroom bench --url URL --workload FILE`: its stdout, after checking it succeeded.
 fn bench_cli(url: &str, file: &std::path::Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+    // An overall bound per run (the harness's own bounds are inside the binary): a stuck run is
+    // killed and fails its test instead of holding the suite.
+    let out = Command::new("timeout")
+        .args(["--kill-after=10", "300", env!("CARGO_BIN_EXE_mailroom")])
         .args(["bench", "--url", url, "--workload"])
         .arg(file)
         .args(["--stats-interval", "10"])

@@ -6,8 +6,17 @@
 
 use std::process::{Command, Output, Stdio};
 
+/// Longest any one run of the binary may take: a consume that never stops (its `--idle` not
+/// honoured, a broker that stalls) is killed and fails its test instead of hanging the suite.
+const RUN_LIMIT_SECS: &str = "180";
+
 fn mailroom() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mailroom"));
+    let mut command = Command::new("timeout");
+    command.args([
+        "--kill-after=10",
+        RUN_LIMIT_SECS,
+        env!("CARGO_BIN_EXE_mailroom"),
+    ]);
     // A debug filter, so the library's log lines are there to be checked for colour codes.
     command.env("MAILROOM_LOG", "debug").env_remove("NO_COLOR");
     command
