@@ -10,6 +10,7 @@ use mailroom_testkit::{Conformance, Outcome};
 
 use super::driver::{Driver, MailroomDriver};
 use super::overhead::{self, Overhead};
+use super::persistence::{self, PersistenceCheck};
 use super::raw::baseline_for;
 use super::result::{BaselineRatio, TestResult};
 use super::runner::{self, RunOptions};
@@ -51,13 +52,18 @@ pub fn local_urls(schemes: &[&str]) -> Vec<String> {
     urls
 }
 
+/// The broker's name in `scripts/brokers.sh` when `url` is one of its default addresses.
+fn local_broker_name(url: &str) -> Option<&'static str> {
+    LOCAL_BROKERS
+        .into_iter()
+        .find(|(_, _, default, _)| *default == url)
+        .map(|(_, _, _, broker)| broker)
+}
+
 /// The implementation `scripts/brokers.sh` runs behind `url`, when `url` is one of its default
 /// addresses (e.g. "Apache Kafka 4.1.1": the Kafka protocol does not tell).
 fn local_implementation(url: &str) -> Option<String> {
-    let (_, _, _, broker) = LOCAL_BROKERS
-        .into_iter()
-        .find(|(_, _, default, _)| *default == url)?;
-    mailroom_testkit::local_broker(broker)
+    mailroom_testkit::local_broker(local_broker_name(url)?)
 }
 
 /// What `compare` does.
@@ -75,6 +81,10 @@ pub struct CompareOptions {
     pub overhead: bool,
     /// Run each backend's raw-client baseline too, where the build has one.
     pub baselines: bool,
+    /// Stop and start each local broker that declares persistence (the testkit's restart
+    /// scenario), so the report shows persistence instead of citing the declaration. Only
+    /// brokers at `scripts/brokers.sh`'s default addresses are touched.
+    pub restart_brokers: bool,
     /// Seconds between periodic stats.
     pub stats_interval: Duration,
     /// The command line, for the report.
@@ -142,6 +152,9 @@ pub struct BackendReport {
     pub runs: Vec<RunOutcome>,
     /// Raw-client baseline runs (same workloads), where the build has a baseline.
     pub baseline: Vec<RunOutcome>,
+    /// The broker-restart run, when `restart_brokers` asked for it and the broker has a local
+    /// restart hook.
+    pub persistence: Option<PersistenceCheck>,
     /// Why it could not be opened, if it could not.
     pub error: Option<String>,
 }
@@ -311,6 +324,7 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
                     conformance: Vec::new(),
                     runs: Vec::new(),
                     baseline: Vec::new(),
+                    persistence: None,
                     error: Some(e.to_string()),
                 });
                 continue;
@@ -391,6 +405,17 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
         } else {
             Vec::new()
         };
+        let persistence = match local_broker_name(url) {
+            Some(broker) if options.restart_brokers && capabilities.persistence => {
+                eprintln!("  broker-restart scenario on {name} (the broker is stopped twice) ...");
+                let check = persistence::check(url, broker).await;
+                if let Some(check) = &check {
+                    eprintln!("  restarts on {name}: {}", check.summary());
+                }
+                check
+            }
+            _ => None,
+        };
         backends.push(BackendReport {
             url: shown.to_string(),
             name,
@@ -399,6 +424,7 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
             conformance,
             runs,
             baseline,
+            persistence,
             error: None,
         });
     }

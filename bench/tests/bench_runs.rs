@@ -41,6 +41,7 @@ async fn compare_writes_the_ratio_in_markdown_html_and_json() {
         conformance: false,
         overhead: false,
         baselines: true,
+        restart_brokers: false,
         stats_interval: Duration::from_secs(10),
         command: "test".into(),
     };
@@ -109,6 +110,7 @@ fn report_says_no_sustainable_rate_instead_of_a_throughput() {
             .into_iter()
             .map(|r| RunOutcome::Done(Box::new(r)))
             .collect(),
+        persistence: None,
         error: None,
     };
     let c = Comparison {
@@ -185,6 +187,7 @@ fn the_choice_is_among_networked_brokers_and_each_shape_of_work_gets_a_verdict()
             conformance: cases,
             runs: vec![max_rate(name, rate)],
             baseline: Vec::new(),
+            persistence: None,
             error: None,
         }
     };

@@ -118,6 +118,7 @@ async fn compare_report_renders_its_charts_without_console_errors() {
         conformance: true,
         overhead: false,
         baselines: true,
+        restart_brokers: false,
         stats_interval: Duration::from_secs(1),
         command: "mailroom compare (test)".into(),
     };

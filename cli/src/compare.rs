@@ -30,6 +30,12 @@ pub(crate) struct CompareArgs {
     /// Skip the harness-overhead measurement.
     #[arg(long)]
     no_overhead: bool,
+    /// Also stop and start each local broker that declares persistence, twice, during a
+    /// 5,000-message run (the broker-restart scenario of the fault tests), so the report shows
+    /// persistence instead of citing it. Only brokers at scripts/brokers.sh's default addresses
+    /// are touched; do not use it while anything else uses them.
+    #[arg(long)]
+    restart_brokers: bool,
     /// Seconds between periodic stats.
     #[arg(long, default_value_t = 10.0)]
     stats_interval: f64,
@@ -45,6 +51,7 @@ pub(crate) async fn run(args: CompareArgs) -> Result<()> {
         no_conformance,
         no_baseline,
         no_overhead,
+        restart_brokers,
         stats_interval,
     } = args;
     let mut urls = urls;
@@ -69,6 +76,7 @@ pub(crate) async fn run(args: CompareArgs) -> Result<()> {
         conformance: !no_conformance,
         overhead: !no_overhead,
         baselines: !no_baseline,
+        restart_brokers,
         stats_interval: positive_duration(stats_interval, "stats-interval")?,
         command: format!(
             "mailroom compare{}",

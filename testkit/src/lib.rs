@@ -33,7 +33,7 @@ use mailroom_core::{Error, ErrorKind, Result};
 
 pub use local_broker::local_broker;
 pub use report::{CaseResult, Outcome, Report};
-pub use restart::{Failure, RestartHook, RestartReport, RestartScenario, Retention};
+pub use restart::{Failure, LocalRestart, RestartHook, RestartReport, RestartScenario, Retention};
 pub use suite::{Case, Conformance, Factory, Fixture};
 pub use tally::Tally;
 pub use waypoints::{within, Waypoints};

@@ -11,7 +11,7 @@ use std::process::Command;
 /// `rabbitmq`, `kafka`, `sqs`), e.g. `"Apache Kafka 4.1.1"`, or `None` when no such script is
 /// found above the current directory or it is not running that broker.
 pub fn local_broker(broker: &str) -> Option<String> {
-    let script = find_script(&std::env::current_dir().ok()?)?;
+    let script = brokers_script(&std::env::current_dir().ok()?)?;
     let out = Command::new("bash")
         .arg(script)
         .args(["version", broker])
@@ -21,7 +21,8 @@ pub fn local_broker(broker: &str) -> Option<String> {
     (out.status.success() && !label.is_empty()).then_some(label)
 }
 
-fn find_script(start: &Path) -> Option<PathBuf> {
+/// `scripts/brokers.sh` in `start` or the nearest folder above it.
+pub(crate) fn brokers_script(start: &Path) -> Option<PathBuf> {
     start
         .ancestors()
         .map(|dir| dir.join("scripts/brokers.sh"))

@@ -2,52 +2,20 @@
 //! message is received at least once; duplicates are counted, none is lost.
 //!
 //! The scenario is the testkit's [`RestartScenario`], the same on every backend; this file
-//! supplies Kafka's restart hook (`scripts/brokers.sh kill kafka` / `up kafka`).
+//! uses the testkit's local restart hook for Kafka (`scripts/brokers.sh kill kafka` / `up kafka`).
 //!
 //! Ignored by default because it stops the shared broker; run it alone:
 //! `cargo test -p mailroom-kafka --test faults -- --ignored --nocapture`
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mailroom_core::Backend;
 use mailroom_kafka::KafkaBackend;
-use mailroom_testkit::{RestartHook, RestartScenario, Retention};
+use mailroom_testkit::{LocalRestart, RestartScenario};
 
 fn url() -> String {
     std::env::var("MAILROOM_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into())
-}
-
-/// Kills the broker and brings it back with `scripts/brokers.sh`; its log keeps every message.
-struct KafkaKill;
-
-impl RestartHook for KafkaKill {
-    fn retention(&self) -> Retention {
-        Retention::QueuesAndMessages
-    }
-
-    fn stop(&self) -> Result<(), String> {
-        brokers(&["kill", "kafka"])
-    }
-
-    fn start(&self) -> Result<(), String> {
-        brokers(&["up", "kafka"])
-    }
-}
-
-fn brokers(args: &[&str]) -> Result<(), String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/brokers.sh");
-    let status = Command::new("bash")
-        .arg(script)
-        .args(args)
-        .status()
-        .map_err(|e| format!("brokers.sh {args:?} could not run: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("brokers.sh {args:?} failed: {status}"))
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -60,7 +28,10 @@ async fn ten_thousand_messages_survive_two_broker_kills() {
     let report = RestartScenario::new(10_000)
         .recovery_bound(Duration::from_secs(180))
         .run_bound(Duration::from_secs(480))
-        .run(Arc::new(backend) as Arc<dyn Backend>, Arc::new(KafkaKill))
+        .run(
+            Arc::new(backend) as Arc<dyn Backend>,
+            Arc::new(LocalRestart::Kafka),
+        )
         .await
         .unwrap_or_else(|e| panic!("the restart scenario could not run: {e}"));
     eprintln!("fault run: {report}");

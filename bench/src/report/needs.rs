@@ -313,15 +313,30 @@ fn need_lines(c: &Comparison, reachable: &[&BackendReport]) -> Vec<NeedLine> {
                     declared_only.push(b.name.clone());
                     format!("{}: declared; case {c} not run", b.name)
                 }
-                (true, None, _) if *capability == Capability::Persistence => {
-                    declared_only.push(b.name.clone());
-                    format!(
-                        "{}: declared; shown by the broker-restart fault test of its crate \
-                         (10,000 messages, two restarts, 0 lost; scripts/test.sh runs it, \
-                         compare does not)",
-                        b.name
-                    )
-                }
+                (true, None, _) if *capability == Capability::Persistence => match &b.persistence {
+                    Some(run) if run.passed() => {
+                        confirmed.push(b.name.clone());
+                        format!(
+                            "{}: declared, broker-restart scenario passed ({})",
+                            b.name,
+                            run.summary()
+                        )
+                    }
+                    Some(run) => format!(
+                        "{}: declared, but the broker-restart scenario FAILED ({})",
+                        b.name,
+                        run.summary()
+                    ),
+                    None => {
+                        declared_only.push(b.name.clone());
+                        format!(
+                            "{}: declared; not restarted in this run (`compare \
+                                 --restart-brokers` runs the broker-restart scenario; \
+                                 scripts/test.sh runs it in the crate's fault test)",
+                            b.name
+                        )
+                    }
+                },
                 (true, None, _) => {
                     declared_only.push(b.name.clone());
                     format!("{}: declared (the suite has no case for it)", b.name)

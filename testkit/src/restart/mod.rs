@@ -21,10 +21,12 @@ use crate::{check_failed, Waypoints};
 
 mod consume;
 mod hook;
+mod local;
 mod progress;
 mod report;
 
 pub use hook::{RestartHook, Retention};
+pub use local::LocalRestart;
 pub use report::{Failure, RestartReport};
 
 use consume::consume;

@@ -1,17 +1,17 @@
-//! RabbitMQ's restart hook for the testkit's broker-restart scenario: `rabbitmqctl stop_app` /
-//! `start_app` on the shared broker, which keeps its durable queues and their messages.
+//! The testkit's broker-restart scenario on RabbitMQ, with the testkit's local restart hook
+//! (`rabbitmqctl stop_app` / `start_app` on the shared broker, which keeps its durable queues and
+//! their messages).
 //!
 //! tests/faults.rs runs the scenario once, tests/restart_soak.rs many times in a row. It stops
 //! the shared broker, so both are `#[ignore]`d and run alone. The scenario starts the broker
 //! again if a run ends while it is stopped.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mailroom_core::Backend;
 use mailroom_rabbitmq::RabbitBackend;
-use mailroom_testkit::{RestartHook, RestartReport, RestartScenario, Retention};
+use mailroom_testkit::{LocalRestart, RestartReport, RestartScenario};
 
 /// How long the backend keeps reconnecting; a restart must be over well within it.
 pub const RECONNECT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -19,34 +19,6 @@ const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f?reconnect_timeout_ms=90
 /// Bound of one whole run: the sends, two restarts each recovered within the reconnect
 /// timeout, and the drain, with room to spare. A run that takes longer is hanging.
 const RUN_BOUND: Duration = Duration::from_secs(240);
-
-/// Stops and starts the RabbitMQ application with `rabbitmqctl`.
-pub struct RabbitRestart;
-
-impl RestartHook for RabbitRestart {
-    fn retention(&self) -> Retention {
-        Retention::QueuesAndMessages
-    }
-
-    fn stop(&self) -> Result<(), String> {
-        rabbitmqctl("stop_app")
-    }
-
-    fn start(&self) -> Result<(), String> {
-        rabbitmqctl("start_app")
-    }
-}
-
-fn rabbitmqctl(arg: &str) -> Result<(), String> {
-    match Command::new("rabbitmqctl").arg(arg).output() {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(format!(
-            "rabbitmqctl {arg} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )),
-        Err(e) => Err(format!("rabbitmqctl {arg} could not run: {e}")),
-    }
-}
 
 /// One run of the scenario with `messages` sends across two restarts. Panics when the run
 /// could not be carried out (setup failed, or it hung: the message names the step).
@@ -57,7 +29,7 @@ pub async fn run(messages: usize) -> RestartReport {
         .run_bound(RUN_BOUND)
         .run(
             Arc::new(backend) as Arc<dyn Backend>,
-            Arc::new(RabbitRestart),
+            Arc::new(LocalRestart::RabbitMq),
         )
         .await
         .unwrap_or_else(|e| panic!("the restart scenario could not run: {e}"))
