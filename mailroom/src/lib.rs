@@ -26,6 +26,8 @@
 
 use std::sync::Arc;
 
+#[cfg(feature = "cloudevents")]
+pub use mailroom_cloudevents as cloudevents;
 pub use mailroom_core::*;
 #[cfg(feature = "kafka")]
 pub use mailroom_kafka as kafka;
