@@ -58,7 +58,10 @@ fn json_event(id: &str) -> Event {
         .source("/shop/orders")
         .ty("com.example.order.placed")
         .extension("count", 3_i64)
-        .data("application/json", serde_json::json!({"total": 12, "items": ["a"]}))
+        .data(
+            "application/json",
+            serde_json::json!({"total": 12, "items": ["a"]}),
+        )
         .build()
         .unwrap()
 }
@@ -79,14 +82,14 @@ async fn through(broker: &Arc<dyn Backend>, codec: EventCodec, events: &[Event])
             .await
             .unwrap();
     }
-    let mut consumer = broker
-        .consumer(&queue, Default::default())
-        .await
-        .unwrap();
+    let mut consumer = broker.consumer(&queue, Default::default()).await.unwrap();
     let mut got = Vec::new();
     let started = Instant::now();
     while got.len() < events.len() {
-        assert!(started.elapsed() < DEADLINE, "{queue}: only {got:?} arrived");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{queue}: only {got:?} arrived"
+        );
         let Some(delivery) = consumer
             .receive_timeout(Duration::from_secs(5))
             .await

@@ -25,12 +25,12 @@ use mailroom_core::{Headers, Message, MessageId, MessageParts, Timestamp};
 
 /// Header carrying the attempt number of a message requeued client-side.
 pub use mailroom_core::wire::ATTEMPT_HEADER;
+/// Header carried in the AMQP `content_type` property instead of the headers table.
+pub use mailroom_core::wire::CONTENT_TYPE_HEADER;
 /// Header carrying the message key (AMQP has no key of its own).
 pub use mailroom_core::wire::KEY_HEADER;
 /// Header carrying the timestamp in milliseconds (the AMQP property has only seconds).
 pub use mailroom_core::wire::TIMESTAMP_HEADER;
-/// Header carried in the AMQP `content_type` property instead of the headers table.
-pub use mailroom_core::wire::CONTENT_TYPE_HEADER;
 /// Header marking a message that passed through a delay queue (its `x-death` trail is internal).
 pub const DELAYED_HEADER: &str = "x-mailroom-delayed";
 /// Header carrying the original order of the headers (AMQP tables are unordered).
