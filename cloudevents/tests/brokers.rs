@@ -153,3 +153,72 @@ async fn kafka_carries_an_event_in_both_modes() {
 async fn sqs_carries_an_event_in_both_modes() {
     round_trip(connect(&url("MAILROOM_SQS_URL", mailroom::sqs::DEFAULT_URL)).await).await;
 }
+
+/// What a plain AMQP client sees of a binary-mode event: `cloudEvents:` headers (the AMQP
+/// binding's application properties) and `datacontenttype` in the `content_type` property.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_amqp_client_sees_the_amqp_binding() {
+    use lapin::options::BasicGetOptions;
+    use lapin::types::AMQPValue;
+
+    let amqp = url(
+        "MAILROOM_RABBITMQ_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    );
+    let broker = connect(&amqp).await;
+    let queue = format!("ce-plain-{}", MessageId::generate());
+    broker
+        .topology()
+        .declare_queue(&QueueSpec::new(&queue))
+        .await
+        .unwrap();
+    let message = EventCodec::binary(Binding::Amqp)
+        .encode(event("evt-amqp"))
+        .unwrap();
+    broker
+        .producer()
+        .await
+        .unwrap()
+        .send(&Destination::queue(&queue), message)
+        .await
+        .unwrap();
+
+    let conn = lapin::Connection::connect(&amqp, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let got = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the queue is empty");
+    let props = &got.delivery.properties;
+    assert_eq!(
+        props.content_type().as_ref().map(|c| c.as_str()),
+        Some("application/octet-stream")
+    );
+    assert_eq!(
+        props.message_id().as_ref().map(|c| c.as_str()),
+        Some("evt-amqp")
+    );
+    let headers = props.headers().as_ref().unwrap().inner();
+    let text = |name: &str| match headers.get(name) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8(s.as_bytes().to_vec()).unwrap(),
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(text("cloudEvents:specversion"), "1.0");
+    assert_eq!(text("cloudEvents:id"), "evt-amqp");
+    assert_eq!(text("cloudEvents:type"), "com.example.order.placed");
+    assert_eq!(text("cloudEvents:source"), "/shop/orders");
+    assert_eq!(text("cloudEvents:time"), "2023-11-14T22:13:20.123+00:00");
+    assert_eq!(text("cloudEvents:tenant"), "acme");
+    assert!(!headers.contains_key("content-type"));
+    assert!(!headers.contains_key("ce_id"));
+    assert_eq!(
+        got.delivery.data,
+        [0, 159, 146, 150, 255, b'\n'],
+        "the data is the body"
+    );
+    conn.close(0, "done".into()).await.ok();
+    broker.topology().delete_queue(&queue).await.ok();
+}
