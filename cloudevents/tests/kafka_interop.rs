@@ -9,7 +9,9 @@
 //! only place and read the headers exactly as the SDK's `MessageRecord` and
 //! `ConsumerRecordDeserializer` do (`ce_` + attribute name, `datacontenttype` as
 //! `content-type`, structured mode when `content-type` starts `application/cloudevents+json`).
-//! Nothing on that side calls mailroom.
+//! Nothing on that side calls mailroom. `cloudevents/sdk-binding-check/` (outside the workspace,
+//! run by hand) does the same both ways with the SDK's real rdkafka binding; it passed on
+//! 2026-12-06 against Kafka 4.1.1.
 //!
 //! Needs Kafka on loopback (`scripts/brokers.sh up kafka`; `MAILROOM_KAFKA_URL` overrides).
 
