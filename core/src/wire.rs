@@ -21,6 +21,10 @@ pub const KEY_HEADER: &str = "x-mailroom-key";
 pub const TIMESTAMP_HEADER: &str = "x-mailroom-timestamp-ms";
 /// The delivery attempt of a copy a backend republished to requeue it client-side.
 pub const ATTEMPT_HEADER: &str = "x-mailroom-attempt";
+/// The payload's media type. A broker with a content-type property of its own carries this
+/// header there (RabbitMQ: the AMQP `content_type` property), the others as a header of this
+/// name, as the CloudEvents Kafka binding names it.
+pub const CONTENT_TYPE_HEADER: &str = "content-type";
 
 /// Names the timestamp was written under before [`TIMESTAMP_HEADER`]: still read, no longer
 /// written. Kafka wrote `x-mailroom-timestamp` until this release; a record still on a topic

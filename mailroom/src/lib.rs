@@ -21,11 +21,14 @@
 //!
 //! The in-memory broker is always compiled in; cargo features `rabbitmq`, `kafka` and `sqs` add
 //! the others, each picked at run time by its URL scheme. The default feature `processors` adds
-//! the pipelines (`mailroom::processors`). Measuring brokers is the `mailroom-bench` crate, the
+//! the pipelines (`mailroom::processors`); `cloudevents` adds `mailroom::cloudevents` (a message
+//! as a CNCF CloudEvent and back, on every broker). Measuring brokers is the `mailroom-bench` crate, the
 //! `mailroom` command the `mailroom-cli` crate.
 
 use std::sync::Arc;
 
+#[cfg(feature = "cloudevents")]
+pub use mailroom_cloudevents as cloudevents;
 pub use mailroom_core::*;
 #[cfg(feature = "kafka")]
 pub use mailroom_kafka as kafka;

@@ -10,6 +10,7 @@
 //! | timestamp       | `timestamp` property (seconds) and `x-mailroom-timestamp-ms`      |
 //! |                 | (`x-mailroom-timestamp` is read too, as Kafka wrote it before)    |
 //! | attempt (>1)    | `x-mailroom-attempt` header on client-side requeues (classic)     |
+//! | `content-type` header | `content_type` property (AMQP's own slot for the media type)  |
 //!
 //! Received headers of other AMQP types (numbers, booleans, timestamps) become their decimal
 //! text; tables and arrays (such as the broker's `x-death`) are left out, since mailroom header
@@ -24,6 +25,8 @@ use mailroom_core::{Headers, Message, MessageId, MessageParts, Timestamp};
 
 /// Header carrying the attempt number of a message requeued client-side.
 pub use mailroom_core::wire::ATTEMPT_HEADER;
+/// Header carried in the AMQP `content_type` property instead of the headers table.
+pub use mailroom_core::wire::CONTENT_TYPE_HEADER;
 /// Header carrying the message key (AMQP has no key of its own).
 pub use mailroom_core::wire::KEY_HEADER;
 /// Header carrying the timestamp in milliseconds (the AMQP property has only seconds).
@@ -54,7 +57,14 @@ fn short(name: &str) -> Option<ShortString> {
 pub(crate) fn properties(message: &Message, stamp: Stamp) -> BasicProperties {
     let mut table = FieldTable::default();
     let headers = message.headers();
+    let mut content_type = None;
     for (name, value) in headers.iter() {
+        if name == CONTENT_TYPE_HEADER {
+            content_type = short(value);
+            if content_type.is_some() {
+                continue;
+            }
+        }
         if let Some(name) = short(name) {
             table.insert(
                 name,
@@ -99,6 +109,9 @@ pub(crate) fn properties(message: &Message, stamp: Stamp) -> BasicProperties {
     }
     if let Some(ts) = message.timestamp() {
         props = props.with_timestamp(ts.as_millis() / 1000);
+    }
+    if let Some(ct) = content_type {
+        props = props.with_content_type(ct);
     }
     props
 }
@@ -166,7 +179,22 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> (Message, R
     let mut timestamp = properties
         .timestamp()
         .map(|secs| Timestamp::from_millis(secs.saturating_mul(1000)));
-    if let Some(table) = properties.headers() {
+    // The content_type property reads back as the header it was sent as; it is merged into a
+    // copy of the table so that the header order (sorted, or as the order array says) holds.
+    let merged;
+    let table = match properties.content_type() {
+        Some(ct) => {
+            let mut with_ct = properties.headers().clone().unwrap_or_default();
+            with_ct.insert(
+                CONTENT_TYPE_HEADER.into(),
+                AMQPValue::LongString(LongString::from(ct.as_str().as_bytes())),
+            );
+            merged = with_ct;
+            Some(&merged)
+        }
+        None => properties.headers().as_ref(),
+    };
+    if let Some(table) = table {
         let map = table.inner();
         let delayed = map.contains_key(DELAYED_HEADER);
         if let Some(v) = map.get(KEY_HEADER).and_then(as_text) {
@@ -251,6 +279,39 @@ mod tests {
         assert_eq!(got, sent);
         assert_eq!(received.attempt, Some(3));
         assert_eq!(props.timestamp(), &Some(1_700_000_000));
+    }
+
+    #[test]
+    fn the_content_type_header_travels_as_the_amqp_property() {
+        // Unsorted, so the order array names content-type too.
+        let sent = Message::builder("{}")
+            .header("z", "1")
+            .header(CONTENT_TYPE_HEADER, "application/json")
+            .header("a", "2")
+            .build()
+            .unwrap();
+        let props = properties(&sent, Stamp::default());
+        assert_eq!(
+            props.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json")
+        );
+        let table = props.headers().as_ref().unwrap().inner();
+        assert!(!table.contains_key(CONTENT_TYPE_HEADER));
+        assert_eq!(decode(&props, b"{}".to_vec()).0, sent);
+
+        let sorted = Message::builder("x")
+            .header("a", "1")
+            .header(CONTENT_TYPE_HEADER, "text/plain")
+            .header("z", "2")
+            .build()
+            .unwrap();
+        let props = properties(&sorted, Stamp::default());
+        assert_eq!(decode(&props, b"x".to_vec()).0, sorted);
+
+        // A plain AMQP publisher's content_type reads as the header, with or without a table.
+        let foreign = BasicProperties::default().with_content_type("text/csv".into());
+        let (m, _) = decode(&foreign, b"a,b".to_vec());
+        assert_eq!(m.headers().get(CONTENT_TYPE_HEADER), Some("text/csv"));
     }
 
     #[test]

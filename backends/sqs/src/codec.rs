@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::{MAX_ATTRIBUTES, MAX_SEND_DELAY};
 
 /// Binary attribute holding id, key, timestamp and the header order (JSON).
-pub(crate) const META_ATTR: &str = "mailroom.meta";
+pub const META_ATTR: &str = "mailroom.meta";
 /// String attribute marking a body that is not the payload itself (`base64` or `empty`).
-pub(crate) const ENCODING_ATTR: &str = "mailroom.encoding";
+pub const ENCODING_ATTR: &str = "mailroom.encoding";
 /// Attribute names mailroom keeps for itself; headers with them are always packed.
 const RESERVED_PREFIX: &str = "mailroom.";
 /// Body sent for an empty payload (SQS refuses empty bodies), marked `empty`.

@@ -18,6 +18,7 @@ use mailroom_core::layer::{CapabilityLayer, LayerStack};
 use mailroom_core::{Backend, BackendFactory, Capabilities, Result};
 
 pub use backend::SqsBackend;
+pub use codec::{ENCODING_ATTR, META_ATTR};
 pub use config::{
     CredentialsSource, SqsConfig, StaticCredentials, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_URL,
 };
