@@ -15,10 +15,17 @@
 //! - [`compare`] and [`report`]: runs on several backends, conformance, Markdown + HTML.
 //! - [`overhead`]: the harness's own cost, raw mpsc through the harness vs a bare loop.
 //! - [`versus`]: closed-loop rounds, a backend against its raw client (the `vs_*` benches).
+//! - [`scaling`]: how throughput and p99 change with producers/consumers and payload size
+//!   (`compare --scaling`).
+//! - [`peers`]: another Rust queue library as a second baseline (`peer+URL`; omniqueue with
+//!   the `peers` feature, [`peer_omniqueue`]).
 
 pub mod compare;
 pub mod driver;
 pub mod overhead;
+#[cfg(feature = "peers")]
+pub mod peer_omniqueue;
+pub mod peers;
 pub mod quick;
 pub mod raw;
 #[cfg(feature = "kafka")]
@@ -30,6 +37,7 @@ pub mod raw_sqs;
 pub mod report;
 pub mod result;
 pub mod runner;
+pub mod scaling;
 pub mod summary;
 pub mod versus;
 pub mod workload;
