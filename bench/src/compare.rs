@@ -455,9 +455,14 @@ pub fn write(comparison: &Comparison, dir: &std::path::Path) -> Result<(PathBuf,
     for backend in &comparison.backends {
         for (i, outcome) in backend.runs.iter().chain(&backend.baseline).enumerate() {
             if let RunOutcome::Done(r) = outcome {
+                // One peer library runs beside several backends: its files name the backend.
+                let driver = if r.driver.starts_with("peer-") {
+                    format!("{}-{}", backend.name, r.driver)
+                } else {
+                    r.driver.clone()
+                };
                 let file = dir.join("results").join(format!(
-                    "{}-{:02}-{}.json",
-                    r.driver,
+                    "{driver}-{:02}-{}.json",
                     i,
                     slug(&r.workload)
                 ));

@@ -368,8 +368,10 @@ async fn point(
     result.throughput = saturation.rate;
     result.megabytes_per_second = saturation.rate * fitted as f64 / 1e6;
     let rate = (saturation.rate * options.load_fraction).max(1.0);
-    // The latency run's warm-up covers what the first message took here (a group join).
-    let warmup = options.warmup + saturation.first_message;
+    // The latency run's warm-up covers what the first message took here (a Kafka group join),
+    // twice: once for the join, once for the consumers to drain what waited meanwhile (they
+    // have at least 1 - load_fraction of their rate to spare).
+    let warmup = options.warmup + saturation.first_message * 2;
     let latency = match plan_for(clients, partitions, fitted, rate as u64, options, warmup) {
         Ok(plan) => {
             let run_options = RunOptions {

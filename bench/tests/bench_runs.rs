@@ -114,12 +114,26 @@ async fn compare_shows_the_peer_beside_raw_and_mailroom() {
         md.contains("unbounded tokio mpsc"),
         "semantics beside the figure: {md}"
     );
-    assert!(md.contains("peer-omniqueue on memory (peer)") || md.contains("peer-omniqueue"));
+    assert!(
+        md.contains(" (peer-omniqueue) | "),
+        "the peer's msgs/s cell: {md}"
+    );
     let html = std::fs::read_to_string(html).unwrap();
     assert!(html.contains("<table class=\"peers\">"));
     assert!(
-        html.contains("(peer)"),
+        html.contains("peer-omniqueue on memory (peer)"),
         "the peer's bar in the throughput chart"
+    );
+    // One peer runs beside several backends: its result file names the backend.
+    let files: Vec<String> = std::fs::read_dir(options.out_dir.join("results"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("memory-peer-omniqueue-")),
+        "{files:?}"
     );
 }
 

@@ -139,7 +139,10 @@ fn method(s: &ScalingSeries) -> String {
          throughput is what consumers received and acked per second. Then an open-loop run at \
          {:.0} % of that throughput ({:.1} s, intended send times, no coordinated omission) \
          gives the end-to-end p50 and p99. Payloads larger than a backend's declared \
-         max_message_size are replaced by the largest whole KiB that fits, and the row says so.",
+         max_message_size are replaced by the largest whole KiB that fits, and the row says so. \
+         memory:// hands payloads over by reference, so its MB/s is not a copy rate; with large \
+         payloads the in-flight bound leaves few messages in flight (32 at 256 KiB), which is \
+         what limits it there.",
         t.in_flight_bytes / 1024,
         t.step_seconds,
         t.warmup_seconds,
