@@ -12,8 +12,10 @@ use super::driver::{Driver, MailroomDriver};
 use super::overhead::{self, Overhead};
 use super::persistence::{self, PersistenceCheck};
 use super::raw::baseline_for;
+use super::result::scaling::ScalingSeries;
 use super::result::{BaselineRatio, TestResult};
 use super::runner::{self, RunOptions};
+use super::scaling::ScalingOptions;
 use super::workload::{self, Plan};
 
 /// The brokers `scripts/brokers.sh up` starts: URL scheme, the variable that overrides the
@@ -89,6 +91,10 @@ pub struct CompareOptions {
     pub stats_interval: Duration,
     /// The command line, for the report.
     pub command: String,
+    /// Sweep producers/consumers and payload sizes on each backend ([`super::scaling`]).
+    pub scaling: Option<ScalingOptions>,
+    /// Run a peer library's baseline too (`peer+URL`), where the build has one.
+    pub peers: bool,
 }
 
 /// One conformance case's outcome, flattened for the report.
@@ -188,6 +194,8 @@ pub struct Comparison {
     pub elapsed: Duration,
     /// The machine, in a few words.
     pub machine: String,
+    /// Scaling curves, one series per backend, when `--scaling` ran.
+    pub scaling: Vec<ScalingSeries>,
 }
 
 /// Capabilities as (field, value) rows, in declaration order.
@@ -309,6 +317,7 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
     let started = utc_now();
     let clock = Instant::now();
     let mut backends = Vec::new();
+    let mut scaling = Vec::new();
     for url in &options.urls {
         let shown = mailroom_core::url::redact(url);
         eprintln!("== {shown}");
@@ -357,7 +366,22 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
         } else {
             None
         };
-        let (runs, baseline) = run_with_baseline(driver, raw, &plans, &run_options).await;
+        let (mut runs, mut baseline) = run_with_baseline(driver, raw, &plans, &run_options).await;
+        if options.peers {
+            super::peers::run_peers(url, &plans, &run_options, &mut runs, &mut baseline).await;
+        }
+        if let Some(sweep) = &options.scaling {
+            scaling.push(
+                super::scaling::sweep(
+                    Arc::new(MailroomDriver::new(backend.clone())),
+                    &shown.to_string(),
+                    capabilities.partitioned_queues,
+                    capabilities.max_message_size,
+                    sweep,
+                )
+                .await,
+            );
+        }
         let _ = backend.close().await;
         let conformance = if options.conformance {
             eprintln!("  conformance suite on {name} ...");
@@ -441,6 +465,7 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
         started,
         elapsed: clock.elapsed(),
         machine: machine(),
+        scaling,
     })
 }
 
@@ -456,9 +481,14 @@ pub fn write(comparison: &Comparison, dir: &std::path::Path) -> Result<(PathBuf,
     for backend in &comparison.backends {
         for (i, outcome) in backend.runs.iter().chain(&backend.baseline).enumerate() {
             if let RunOutcome::Done(r) = outcome {
+                // One peer library runs beside several backends: its files name the backend.
+                let driver = if r.driver.starts_with("peer-") {
+                    format!("{}-{}", backend.name, r.driver)
+                } else {
+                    r.driver.clone()
+                };
                 let file = dir.join("results").join(format!(
-                    "{}-{:02}-{}.json",
-                    r.driver,
+                    "{driver}-{:02}-{}.json",
                     i,
                     slug(&r.workload)
                 ));
@@ -467,6 +497,12 @@ pub fn write(comparison: &Comparison, dir: &std::path::Path) -> Result<(PathBuf,
                 std::fs::write(&file, json).map_err(|e| io("a result", e))?;
             }
         }
+    }
+    if !comparison.scaling.is_empty() {
+        let json = serde_json::to_string_pretty(&comparison.scaling)
+            .map_err(|e| Error::config(format!("scaling JSON: {e}")))?;
+        std::fs::write(dir.join("results").join(SCALING_JSON), json)
+            .map_err(|e| io("scaling.json", e))?;
     }
     let charts = super::report::charts(comparison);
     for (name, svg) in &charts {
@@ -479,6 +515,28 @@ pub fn write(comparison: &Comparison, dir: &std::path::Path) -> Result<(PathBuf,
     std::fs::write(&html, super::report::html(comparison, &charts))
         .map_err(|e| io("report.html", e))?;
     Ok((md, html))
+}
+
+/// The scaling curves' file under a report's `results/`: a JSON array of
+/// [`ScalingSeries`], everything the report's scaling section is drawn from.
+pub const SCALING_JSON: &str = "scaling.json";
+
+/// Read the scaling curves a report wrote (`results/scaling.json` under `dir`), to draw them
+/// again; none when the run had no `--scaling`.
+pub fn read_scaling(dir: &std::path::Path) -> Result<Vec<ScalingSeries>> {
+    let path = dir.join("results").join(SCALING_JSON);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Error::config(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| Error::config(format!("{} is not scaling JSON: {e}", path.display())))
 }
 
 /// A file-name-safe form of a workload name.

@@ -16,10 +16,17 @@
 //! - [`overhead`]: the harness's own cost, raw mpsc through the harness vs a bare loop.
 //! - [`persistence`]: the broker-restart scenario on the local brokers (`--restart-brokers`).
 //! - [`versus`]: closed-loop rounds, a backend against its raw client (the `vs_*` benches).
+//! - [`scaling`]: how throughput and p99 change with producers/consumers and payload size
+//!   (`compare --scaling`).
+//! - [`peers`]: another Rust queue library as a second baseline (`peer+URL`; omniqueue with
+//!   the `peers` feature, [`peer_omniqueue`]).
 
 pub mod compare;
 pub mod driver;
 pub mod overhead;
+#[cfg(feature = "peers")]
+pub mod peer_omniqueue;
+pub mod peers;
 pub mod persistence;
 pub mod quick;
 pub mod raw;
@@ -32,6 +39,7 @@ pub mod raw_sqs;
 pub mod report;
 pub mod result;
 pub mod runner;
+pub mod scaling;
 pub mod summary;
 pub mod versus;
 pub mod workload;

@@ -121,8 +121,17 @@ pub async fn baseline_for(url: &str) -> Result<Option<Arc<dyn Driver>>> {
 }
 
 /// What the harness drives for a URL: `raw+URL` is the raw baseline for `URL`
-/// ([`baseline_for`]), anything else the mailroom backend ([`mailroom::connect`]).
+/// ([`baseline_for`]), `peer+URL` a peer library ([`super::peers::peer_for`]), anything else
+/// the mailroom backend ([`mailroom::connect`]).
 pub async fn driver_for(url: &str) -> Result<Arc<dyn Driver>> {
+    if let Some(inner) = url.strip_prefix(super::peers::PEER_PREFIX) {
+        return super::peers::peer_for(inner).await?.ok_or_else(|| {
+            Error::config(format!(
+                "no peer for {}:// in this build (omniqueue peers: feature `peers`, for memory://, amqp:// and sqs:// with their features)",
+                scheme(inner)
+            ))
+        });
+    }
     let Some(inner) = url.strip_prefix(RAW_PREFIX) else {
         return Ok(Arc::new(MailroomDriver::new(mailroom::connect(url).await?)));
     };

@@ -5,6 +5,8 @@
 use crate::summary::ms;
 use std::collections::BTreeMap;
 
+pub mod scaling;
+
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -237,6 +239,9 @@ pub struct Extra {
     pub max_rate: Option<MaxRate>,
     /// This run against its raw-client baseline's run of the same workload, when one ran.
     pub baseline: Option<BaselineRatio>,
+    /// This run against a peer library's run of the same workload (`peer+URL`), when one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<BaselineRatio>,
     /// Backlog over the whole run, sampled: (seconds since start, messages).
     pub backlog_series: Vec<(f64, i64)>,
     /// For a backlog workload: seconds from the consumers' start until the backlog was gone.

@@ -44,6 +44,8 @@ async fn compare_writes_the_ratio_in_markdown_html_and_json() {
         restart_brokers: false,
         stats_interval: Duration::from_secs(10),
         command: "test".into(),
+        scaling: None,
+        peers: false,
     };
     let comparison = compare::compare(&options).await.unwrap();
     let ratios = report::baseline_ratios(&comparison);
@@ -68,6 +70,73 @@ async fn compare_writes_the_ratio_in_markdown_html_and_json() {
         .expect("the memory result");
     assert!(json["mailroom"]["baseline"]["ratio"].as_f64().unwrap() > 0.0);
     assert_eq!(json["mailroom"]["maxRate"]["outcome"], "found");
+}
+
+/// The peer (omniqueue's in-memory backend) runs beside raw and mailroom, and the report shows
+/// its figure with what its send and ack mean.
+#[cfg(feature = "peers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_shows_the_peer_beside_raw_and_mailroom() {
+    let dir = tmp();
+    let options = CompareOptions {
+        urls: vec!["memory://".into()],
+        workloads: vec![workload(&dir, 0, 2_000)],
+        out_dir: dir.join("report"),
+        conformance: false,
+        overhead: false,
+        baselines: true,
+        restart_brokers: false,
+        stats_interval: Duration::from_secs(10),
+        command: "test".into(),
+        scaling: None,
+        peers: true,
+    };
+    let comparison = compare::compare(&options).await.unwrap();
+    let memory = &comparison.backends[0];
+    let run = memory.runs[0].result().expect("the memory run");
+    let peer = run
+        .mailroom
+        .peer
+        .as_ref()
+        .expect("a ratio against the peer");
+    assert_eq!(peer.raw_driver, "peer-omniqueue");
+    assert!(peer.raw_rate > 0.0, "{peer:?}");
+    assert!(peer.ratio.is_some_and(|r| r > 0.0), "{peer:?}");
+    let peer_run = memory
+        .baseline
+        .iter()
+        .filter_map(|o| o.result())
+        .find(|r| r.driver == "peer-omniqueue")
+        .expect("the peer's own result");
+    assert!(peer_run.mailroom.messages_received > 0);
+    let (md, html) = compare::write(&comparison, &options.out_dir).unwrap();
+    let md = std::fs::read_to_string(md).unwrap();
+    assert!(md.contains("## Peers in the same run"), "{md}");
+    assert!(
+        md.contains("unbounded tokio mpsc"),
+        "semantics beside the figure: {md}"
+    );
+    assert!(
+        md.contains(" (peer-omniqueue) | "),
+        "the peer's msgs/s cell: {md}"
+    );
+    let html = std::fs::read_to_string(html).unwrap();
+    assert!(html.contains("<table class=\"peers\">"));
+    assert!(
+        html.contains("peer-omniqueue on memory (peer)"),
+        "the peer's bar in the throughput chart"
+    );
+    // One peer runs beside several backends: its result file names the backend.
+    let files: Vec<String> = std::fs::read_dir(options.out_dir.join("results"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("memory-peer-omniqueue-")),
+        "{files:?}"
+    );
 }
 
 #[test]
@@ -123,6 +192,7 @@ fn report_says_no_sustainable_rate_instead_of_a_throughput() {
         started: "now".into(),
         elapsed: Duration::from_secs(1),
         machine: "test".into(),
+        scaling: Vec::new(),
     };
     let throughput = &report::needs(&c)[0];
     assert_eq!(
@@ -224,6 +294,7 @@ fn the_choice_is_among_networked_brokers_and_each_shape_of_work_gets_a_verdict()
         started: "now".into(),
         elapsed: Duration::from_secs(1),
         machine: "test".into(),
+        scaling: Vec::new(),
     };
     let lines = report::needs(&c);
     let line = |need: &str| {

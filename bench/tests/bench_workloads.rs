@@ -129,6 +129,34 @@ fn shipped_workloads_load() {
 }
 
 #[test]
+fn the_scaling_set_covers_both_curves() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/scaling");
+    let mut points = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let plan = workload::load_plan(&path).unwrap();
+            assert!(plan.rate.is_none(), "{}: a max-rate search", plan.source);
+            assert_eq!(plan.producers, plan.consumers, "{}", plan.source);
+            points.push((plan.producers, plan.message_size()));
+        }
+    }
+    points.sort_unstable();
+    assert_eq!(
+        points,
+        [
+            (1, 100),
+            (1, 1024),
+            (1, 16 * 1024),
+            (1, 256 * 1024),
+            (2, 1024),
+            (4, 1024),
+            (8, 1024)
+        ]
+    );
+}
+
+#[test]
 fn unknown_field_names_file_and_field() {
     let dir = tmp();
     let path = write(

@@ -1,12 +1,14 @@
 //! `compare` on memory:// writes a report whose HTML renders its SVG charts in headless
 //! Chromium with no console message. Chromium is Debian's (`scripts/chromium.sh` installs it);
-//! the test fails, naming the script, when it is missing.
+//! the test fails, naming the script, when it is missing. The scaling test does the same for
+//! the scaling curves of every broker this build has (the local brokers must be up).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use mailroom_bench::compare::{self, CompareOptions};
+use mailroom_bench::scaling::ScalingOptions;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -121,6 +123,8 @@ async fn compare_report_renders_its_charts_without_console_errors() {
         restart_brokers: false,
         stats_interval: Duration::from_secs(1),
         command: "mailroom compare (test)".into(),
+        scaling: None,
+        peers: false,
     };
     let comparison = compare::compare(&options).await.unwrap();
     let (md, html) = compare::write(&comparison, &out).unwrap();
@@ -141,6 +145,116 @@ async fn compare_report_renders_its_charts_without_console_errors() {
     );
     assert!(dom.matches("<svg").count() >= 3);
     assert!(dom.contains("<polyline"), "latency / backlog curves drawn");
+    let console = console_lines(&stderr);
+    assert!(console.is_empty(), "console messages: {console:#?}");
+}
+
+/// The polylines of the scaling charts in a rendered page: (chart title, series name, points).
+fn scaling_curves(dom: &str) -> Vec<(String, String, usize)> {
+    let class = format!("class=\"{}\"", mailroom_bench::report::SCALING_CHART_CLASS);
+    let mut curves = Vec::new();
+    for chart in dom.split("<svg").skip(1) {
+        let chart = chart.split("</svg>").next().unwrap_or_default();
+        if !chart.contains(&class) {
+            continue;
+        }
+        let title = chart
+            .split("<title>")
+            .nth(1)
+            .and_then(|t| t.split("</title>").next())
+            .unwrap_or_default()
+            .to_owned();
+        for line in chart.split("<polyline").skip(1) {
+            let attr = |name: &str| {
+                line.split(&format!("{name}=\""))
+                    .nth(1)
+                    .and_then(|v| v.split('"').next())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let points = attr("points").split_whitespace().count();
+            curves.push((title.clone(), attr("data-name"), points));
+        }
+    }
+    curves
+}
+
+/// `compare --scaling` on every broker this build has (the local ones `scripts/brokers.sh up`
+/// starts, and memory://), with a tiny sweep: every point is measured, the curves are in the
+/// result JSON (read back equal), and the HTML draws a curve per broker in each of the four
+/// scaling charts, checked in headless Chromium.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_curves_render_for_every_broker() {
+    let dir = std::env::temp_dir().join(format!(
+        "mailroom-scaling-{}",
+        mailroom::MessageId::generate()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let urls = compare::local_urls(&mailroom::registry().schemes());
+    let out = dir.join("report");
+    let options = CompareOptions {
+        urls: urls.clone(),
+        workloads: vec![tiny(&dir, "fixed.yaml", 200, "warmupDurationSeconds: 0\n")],
+        out_dir: out.clone(),
+        conformance: false,
+        overhead: false,
+        baselines: false,
+        restart_brokers: false,
+        stats_interval: Duration::from_secs(1),
+        command: "mailroom compare --scaling (test)".into(),
+        scaling: Some(ScalingOptions {
+            counts: vec![1, 2],
+            sizes: vec![100, 16 * 1024],
+            step: Duration::from_millis(300),
+            warmup: Duration::from_millis(200),
+            ..ScalingOptions::default()
+        }),
+        peers: false,
+    };
+    let comparison = compare::compare(&options).await.unwrap();
+    assert_eq!(comparison.scaling.len(), urls.len(), "a sweep per broker");
+    for series in &comparison.scaling {
+        assert_eq!(series.points.len(), 4, "{series:#?}");
+        for p in &series.points {
+            assert!(
+                p.measured() && p.latency_rate > 0.0 && p.e2e_p99 > 0.0,
+                "{} {:?} {}: {p:#?}",
+                series.backend,
+                p.axis,
+                p.label
+            );
+        }
+    }
+    let (md, html) = compare::write(&comparison, &out).unwrap();
+    // The result JSON holds the curves: the report drawn from it again is the same.
+    let mut again = comparison.clone();
+    again.scaling = compare::read_scaling(&out).unwrap();
+    assert_eq!(again.scaling.len(), comparison.scaling.len());
+    let charts = mailroom_bench::report::charts(&comparison);
+    assert_eq!(mailroom_bench::report::charts(&again), charts);
+    let markdown = std::fs::read_to_string(md).unwrap();
+    assert_eq!(mailroom_bench::report::markdown(&again, &charts), markdown);
+    assert!(
+        markdown.contains("## How cost grows with work"),
+        "{markdown}"
+    );
+
+    let (dom, stderr) = render(&html);
+    let curves = scaling_curves(&dom);
+    let titles: std::collections::BTreeSet<&str> =
+        curves.iter().map(|(t, _, _)| t.as_str()).collect();
+    assert_eq!(titles.len(), 4, "four scaling charts: {titles:?}");
+    for series in &comparison.scaling {
+        for title in &titles {
+            assert!(
+                curves
+                    .iter()
+                    .any(|(t, name, points)| t == title && *name == series.backend && *points == 2),
+                "no two-point curve for {} in '{title}': {curves:?}",
+                series.backend
+            );
+        }
+    }
     let console = console_lines(&stderr);
     assert!(console.is_empty(), "console messages: {console:#?}");
 }

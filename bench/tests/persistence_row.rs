@@ -51,6 +51,7 @@ fn persistence_row(persistence: Option<PersistenceCheck>) -> (String, String) {
         started: "now".into(),
         elapsed: Duration::from_secs(1),
         machine: "test".into(),
+        scaling: Vec::new(),
     };
     let line = needs(&comparison)
         .into_iter()

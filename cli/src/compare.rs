@@ -39,6 +39,22 @@ pub(crate) struct CompareArgs {
     /// Seconds between periodic stats.
     #[arg(long, default_value_t = 10.0)]
     stats_interval: f64,
+    /// Also sweep producers/consumers (1, 2, 4, 8) and payload size (100 B to 256 KiB) on each
+    /// backend and draw the curves (about 1 to 2 minutes per backend at the default step).
+    #[arg(long)]
+    scaling: bool,
+    /// Seconds measured per scaling phase (each point has two: saturated, then latency).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 2.0,
+        requires = "scaling"
+    )]
+    scaling_step: f64,
+    /// Also run the peer library (omniqueue) on the max-rate workloads, beside raw and
+    /// mailroom; needs a build with the `peers` feature.
+    #[arg(long)]
+    peers: bool,
 }
 
 /// Run `mailroom compare`.
@@ -53,7 +69,15 @@ pub(crate) async fn run(args: CompareArgs) -> Result<()> {
         no_overhead,
         restart_brokers,
         stats_interval,
+        scaling,
+        scaling_step,
+        peers,
     } = args;
+    if peers && !cfg!(feature = "peers") {
+        return Err(mailroom::Error::config(
+            "--peers needs a build with the `peers` feature (cargo run --release --features peers,rabbitmq,kafka,sqs -- compare ...)",
+        ));
+    }
     let mut urls = urls;
     if local {
         for u in mailroom_bench::compare::local_urls(&mailroom::registry().schemes()) {
@@ -78,6 +102,15 @@ pub(crate) async fn run(args: CompareArgs) -> Result<()> {
         baselines: !no_baseline,
         restart_brokers,
         stats_interval: positive_duration(stats_interval, "stats-interval")?,
+        scaling: if scaling {
+            Some(mailroom_bench::scaling::ScalingOptions {
+                step: positive_duration(scaling_step, "scaling-step")?,
+                ..Default::default()
+            })
+        } else {
+            None
+        },
+        peers,
         command: format!(
             "mailroom compare{}",
             command
@@ -99,6 +132,9 @@ pub(crate) async fn run(args: CompareArgs) -> Result<()> {
     println!("\n{}", mailroom_bench::summary::summary_table(&results));
     for (b, workload, ratio) in mailroom_bench::report::baseline_ratios(&comparison) {
         println!("{}", ratio.line(&b, &workload));
+    }
+    for line in mailroom_bench::scaling::summary_lines(&comparison.scaling) {
+        println!("{line}");
     }
     if let Some(o) = &comparison.overhead {
         println!(

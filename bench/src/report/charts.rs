@@ -45,8 +45,9 @@ fn bar_chart(title: &str, unit: &str, bars: &[(String, f64, Option<String>)]) ->
     s
 }
 
-/// A line chart; `xs` label the x positions (equally spaced), y is log10 when `log_y`.
-fn line_chart(
+/// A line chart; `xs` label the x positions (equally spaced), y is log10 when `log_y`. Each
+/// curve carries its series name (`data-name`) so a browser test can find it.
+pub(super) fn line_chart(
     title: &str,
     x_title: &str,
     y_title: &str,
@@ -163,7 +164,8 @@ fn line_chart(
             .collect();
         let _ = write!(
             s,
-            "<polyline class=\"series\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            "<polyline class=\"series\" data-name=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            esc(name),
             path.join(" ")
         );
         let ly = t + 14.0 + 18.0 * i as f64;
@@ -241,9 +243,12 @@ pub fn charts(c: &Comparison) -> Vec<(String, String)> {
             .baseline
             .iter()
             .filter_map(RunOutcome::result)
-            .find(|r| is_max_rate(r))
+            .find(|r| is_max_rate(r) && !super::peers::is_peer(r))
         {
             bars.push(bar(format!("{} (raw baseline)", r.driver), r));
+        }
+        for r in super::peers::peer_runs(b).filter(|r| is_max_rate(r)) {
+            bars.push(bar(format!("{} on {} (peer)", r.driver, b.name), r));
         }
     }
     out.push((
@@ -319,5 +324,6 @@ pub fn charts(c: &Comparison) -> Vec<(String, String)> {
             false,
         ),
     ));
+    out.extend(super::scaling::charts(c));
     out
 }

@@ -4,12 +4,15 @@
 //!
 //! One file per job: `select` (which of a comparison's results each part reads), `needs` (the
 //! "which broker for which need" lines), `verdicts` (one per shape of work), `charts` (the SVG
-//! charts), `tables` (the cells both pages show), `markdown` and `html` (the two pages).
+//! charts), `tables` (the cells both pages show), `markdown` and `html` (the two pages),
+//! `scaling` (the scaling curves and tables) and `peers` (a peer library beside mailroom).
 
 mod charts;
 mod html;
 mod markdown;
 mod needs;
+mod peers;
+mod scaling;
 mod select;
 mod tables;
 mod verdicts;
@@ -18,4 +21,5 @@ pub use charts::charts;
 pub use html::html;
 pub use markdown::markdown;
 pub use needs::{needs, NeedLine};
+pub use scaling::CHART_CLASS as SCALING_CHART_CLASS;
 pub use select::baseline_ratios;
