@@ -10,6 +10,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 
 /// How much a send waits for before its [`Receipt`](crate::Receipt) is given.
@@ -23,7 +25,8 @@ use crate::error::{Error, Result};
 /// A backend refuses a level it does not offer with an
 /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) error naming it (see
 /// [`Capabilities::delivery_guarantees`](crate::Capabilities::delivery_guarantees)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DeliveryGuarantee {
     /// The broker has taken responsibility for the message, as far as it promises anything:
@@ -123,7 +126,9 @@ impl DeliveryGuarantees {
 
     /// These levels and [`DeliveryGuarantee::Confirmed`].
     pub fn of(levels: &[DeliveryGuarantee]) -> Self {
-        levels.iter().fold(Self::CONFIRMED_ONLY, |set, g| set.with(*g))
+        levels
+            .iter()
+            .fold(Self::CONFIRMED_ONLY, |set, g| set.with(*g))
     }
 
     /// The set with `level` added.
