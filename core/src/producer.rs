@@ -187,6 +187,11 @@ impl fmt::Debug for PendingConfirm {
 /// confirm the message survives whatever the broker's persistence promises
 /// ([`Capabilities::persistence`](crate::Capabilities)); before it, the producer still owns it and
 /// a failure returns it inside the error ([`Error::undelivered`](crate::Error::undelivered)).
+///
+/// That is the default [`DeliveryGuarantee::Confirmed`]. A producer opened with a weaker level
+/// ([`Backend::producer_with`](crate::Backend::producer_with), or the URL's `?guarantee=`)
+/// resolves its confirms sooner and vouches for less: see [`DeliveryGuarantee`] and
+/// [`Receipt`].
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait Producer: Send + Sync {
