@@ -11,7 +11,9 @@
 //! - `enqueue_batch`: `enqueue_batch` of 64, then await the confirms.
 //!
 //! Rounds rotate the order of the ways; the printed rates are medians over the rounds with their
-//! range, and the ratios are of medians.
+//! range, and the ratios are of medians. Beside each rate, the client's CPU time per message
+//! (this process, librdkafka's threads included; median): on a busy machine the wall-clock rates
+//! swing with other load, the CPU cost much less.
 //!
 //! `cargo bench -p mailroom-bench --all-features --bench batch_vs_loop` (env `SECONDS_PER_WAY`,
 //! default 2; `ROUNDS`, default 5; `MAILROOM_BENCH_BACKENDS=rabbitmq,kafka,sqs`;
@@ -57,8 +59,9 @@ fn batch(body: &Bytes, n: usize) -> Vec<Message> {
     (0..n).map(|_| Message::new(body.clone())).collect()
 }
 
-/// Messages per second for one way, sending for `time` into a fresh queue.
-async fn run(backend: &Arc<dyn Backend>, way: Way, time: Duration) -> Result<f64> {
+/// Messages per second, and CPU nanoseconds per message, for one way sending for `time` into
+/// a fresh queue.
+async fn run(backend: &Arc<dyn Backend>, way: Way, time: Duration) -> Result<(f64, f64)> {
     let queue = common::fresh_queue(backend, "batch").await?;
     let producer = backend.producer().await?;
     let dest = Destination::queue(&queue);
@@ -66,6 +69,7 @@ async fn run(backend: &Arc<dyn Backend>, way: Way, time: Duration) -> Result<f64
     let mut sent = 0usize;
     let mut messages = Vec::with_capacity(BATCH);
     let mut pending = Vec::with_capacity(BATCH);
+    let cpu = common::cpu_ns();
     let start = Instant::now();
     while start.elapsed() < time {
         match way {
@@ -101,9 +105,12 @@ async fn run(backend: &Arc<dyn Backend>, way: Way, time: Duration) -> Result<f64
         }
     }
     let rate = sent as f64 / start.elapsed().as_secs_f64();
+    let cpu_per_message = cpu
+        .zip(common::cpu_ns())
+        .map_or(f64::NAN, |(a, b)| (b - a) as f64 / sent as f64);
     producer.close().await?;
     backend.topology().delete_queue(&queue).await?;
-    Ok(rate)
+    Ok((rate, cpu_per_message))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -113,10 +120,13 @@ async fn main() -> Result<()> {
     for (name, url) in common::brokers(&["rabbitmq", "kafka", "sqs"]) {
         let backend = mailroom::connect(&url).await?;
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); WAYS.len()];
+        let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); WAYS.len()];
         for round in 0..rounds {
             for k in 0..WAYS.len() {
                 let i = (k + round) % WAYS.len();
-                rates[i].push(run(&backend, WAYS[i], time).await?);
+                let (rate, cpu) = run(&backend, WAYS[i], time).await?;
+                rates[i].push(rate);
+                cpus[i].push(cpu);
             }
         }
         println!(
@@ -124,14 +134,21 @@ async fn main() -> Result<()> {
             mailroom::url::redact(&url),
             time.as_secs()
         );
+        let mut cpu_medians = Vec::new();
         let medians: Vec<f64> = rates
             .into_iter()
+            .zip(cpus)
             .zip(WAYS)
-            .map(|(r, way)| {
+            .map(|((r, c), way)| {
                 let (median, low, high) = common::median_and_range(r);
+                let (cpu, cpu_low, cpu_high) = common::median_and_range(c);
+                cpu_medians.push(cpu);
                 println!(
-                    "  {:<18} {median:>10.0} msgs/s  ({low:.0}–{high:.0})",
-                    way.label()
+                    "  {:<18} {median:>10.0} msgs/s  ({low:.0}–{high:.0})   CPU {:>6.1} µs/msg ({:.1}–{:.1})",
+                    way.label(),
+                    cpu / 1e3,
+                    cpu_low / 1e3,
+                    cpu_high / 1e3
                 );
                 median
             })
@@ -147,6 +164,11 @@ async fn main() -> Result<()> {
         println!(
             "  ratio enqueue_batch / enqueue loop  {:>6.2}",
             medians[3] / medians[1]
+        );
+        println!(
+            "  CPU per message, enqueue loop / send_batch {:>5.2}, enqueue loop / enqueue_batch {:>5.2} (above 1: the batch is cheaper)",
+            cpu_medians[1] / cpu_medians[2],
+            cpu_medians[1] / cpu_medians[3]
         );
         backend.close().await?;
     }

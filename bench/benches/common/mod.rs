@@ -90,3 +90,15 @@ pub fn median_and_range(mut rates: Vec<f64>) -> (f64, f64, f64) {
     rates.sort_by(|a, b| a.total_cmp(b));
     (rates[rates.len() / 2], rates[0], rates[rates.len() - 1])
 }
+
+/// CPU time this process has used, in nanoseconds, summed over its live threads (Linux
+/// schedstat; `None` elsewhere). On a busy machine wall-clock rates swing with other load,
+/// while the client's CPU time per message does not; librdkafka's threads are counted too.
+pub fn cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
