@@ -228,6 +228,7 @@ pub fn capability_rows(c: &Capabilities) -> Vec<(&'static str, String)> {
         ("max_message_size", opt(c.max_message_size)),
         ("max_batch_size", opt(c.max_batch_size)),
         ("max_headers", opt(c.max_headers)),
+        ("delivery_guarantees", c.delivery_guarantees.to_string()),
     ]
 }
 

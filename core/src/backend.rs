@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use crate::capabilities::{Capabilities, Capability};
 use crate::consumer::{Consumer, ConsumerOptions};
 use crate::error::{Error, Result};
+use crate::guarantee::DeliveryGuarantee;
 use crate::layer::{CapabilityLayer, Layer, LayerStack};
-use crate::producer::Producer;
+use crate::producer::{Producer, ProducerOptions};
 use crate::topology::Topology;
 use crate::transaction::{TransactionOptions, Transactional};
 
@@ -25,8 +26,33 @@ pub trait Backend: Send + Sync {
     /// The broker's implementation and version, as the broker reports it (for reports).
     async fn server_version(&self) -> Result<String>;
 
-    /// A producer.
+    /// A producer, with the backend's configured delivery guarantee.
     async fn producer(&self) -> Result<Box<dyn Producer>>;
+
+    /// A producer opened with `options` (its [`DeliveryGuarantee`]).
+    ///
+    /// A guarantee the backend does not offer
+    /// ([`Capabilities::delivery_guarantees`]) is `Unsupported`, naming it, before any I/O. This
+    /// default serves backends that offer only `Confirmed` (their `producer`); a backend that
+    /// offers more overrides it.
+    async fn producer_with(&self, options: ProducerOptions) -> Result<Box<dyn Producer>> {
+        let level = options.guarantee.unwrap_or_default();
+        self.capabilities().delivery_guarantees.require(
+            level,
+            self.name(),
+            crate::operation::PRODUCER,
+        )?;
+        if level != DeliveryGuarantee::Confirmed {
+            return Err(Error::unsupported(format!(
+                "backend '{}' declares the delivery guarantee '{level}' but does not implement \
+                 Backend::producer_with",
+                self.name()
+            ))
+            .with_backend(self.name())
+            .with_operation(crate::operation::PRODUCER));
+        }
+        self.producer().await
+    }
 
     /// A consumer on `queue`.
     async fn consumer(&self, queue: &str, options: ConsumerOptions) -> Result<Box<dyn Consumer>>;
@@ -264,6 +290,19 @@ mod tests {
         };
         assert_eq!(err.kind(), ErrorKind::Unsupported);
         assert!(err.message().contains("does not implement"), "{err}");
+    }
+
+    #[test]
+    fn a_guarantee_not_offered_is_unsupported_before_any_io() {
+        let backend = NoIo(Capabilities::default());
+        let options = ProducerOptions::default().guarantee(DeliveryGuarantee::LeaderConfirmed);
+        let err = match now(backend.producer_with(options)) {
+            Ok(_) => panic!("a backend offering confirmed only opened a leader_confirmed producer"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert_eq!(err.operation(), Some("producer"));
+        assert!(err.message().contains("'leader_confirmed'"), "{err}");
     }
 
     #[test]

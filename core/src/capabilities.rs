@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::guarantee::{DeliveryGuarantee, DeliveryGuarantees};
 use crate::topology::ExchangeKind;
 
 /// One flat declaration of what a backend supports.
@@ -62,6 +63,10 @@ pub struct Capabilities {
     pub max_batch_size: Option<usize>,
     /// Most headers one message may carry.
     pub max_headers: Option<usize>,
+    /// The delivery guarantees a producer can be opened with
+    /// ([`ProducerOptions::guarantee`](crate::ProducerOptions), or the URL's `?guarantee=`);
+    /// [`DeliveryGuarantee::Confirmed`] is always among them and is the default.
+    pub delivery_guarantees: DeliveryGuarantees,
 }
 
 /// A single capability, to gate a test or name a missing feature in an error.
@@ -85,6 +90,7 @@ pub enum Capability {
     RedeliveryOnDrop,
     PartitionedQueues,
     MaxMessageSize,
+    DeliveryGuarantee(DeliveryGuarantee),
 }
 
 impl Capability {
@@ -110,6 +116,15 @@ impl Capability {
             Capability::RedeliveryOnDrop => "redelivery_on_drop",
             Capability::PartitionedQueues => "partitioned_queues",
             Capability::MaxMessageSize => "max_message_size",
+            Capability::DeliveryGuarantee(DeliveryGuarantee::Confirmed) => {
+                "delivery_guarantee_confirmed"
+            }
+            Capability::DeliveryGuarantee(DeliveryGuarantee::LeaderConfirmed) => {
+                "delivery_guarantee_leader_confirmed"
+            }
+            Capability::DeliveryGuarantee(DeliveryGuarantee::Unconfirmed) => {
+                "delivery_guarantee_unconfirmed"
+            }
         }
     }
 }
@@ -143,6 +158,7 @@ impl Capabilities {
             Capability::RedeliveryOnDrop => self.redelivery_on_drop,
             Capability::PartitionedQueues => self.partitioned_queues,
             Capability::MaxMessageSize => self.max_message_size.is_some(),
+            Capability::DeliveryGuarantee(level) => self.delivery_guarantees.contains(level),
         }
     }
 

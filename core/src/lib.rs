@@ -16,6 +16,7 @@ pub mod closed;
 pub mod consumer;
 pub mod delivery;
 pub mod error;
+pub mod guarantee;
 pub mod headers;
 pub mod json;
 pub mod layer;
@@ -35,11 +36,12 @@ pub use closed::ClosedFlag;
 pub use consumer::{Consumer, ConsumerExt, ConsumerOptions, Replay};
 pub use delivery::{Delivery, DeliveryInfo, Nack, Settle, Settlement};
 pub use error::{Error, ErrorKind, Result};
+pub use guarantee::{DeliveryGuarantee, DeliveryGuarantees};
 pub use headers::Headers;
 pub use layer::{Layer, LayerStack};
 pub use message::{Message, MessageBuilder, MessageId, MessageParts, Timestamp};
 pub use pattern::TopicPattern;
-pub use producer::{Destination, PendingConfirm, Producer, Receipt};
+pub use producer::{Destination, PendingConfirm, Producer, ProducerOptions, Receipt};
 pub use topology::{
     Binding, ExchangeKind, ExchangeSpec, HeaderMatch, Overflow, QueueSpec, Route, Topology,
 };

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 
 use crate::error::Result;
+use crate::guarantee::DeliveryGuarantee;
 use crate::message::{Message, MessageId};
 
 /// Where a producer sends: straight to a queue, or to an exchange with a routing key.
@@ -76,7 +77,31 @@ impl fmt::Debug for Destination {
     }
 }
 
-/// What the broker told us when it took a message.
+/// How a producer is opened ([`Backend::producer_with`](crate::Backend::producer_with)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProducerOptions {
+    /// How much a send waits to hear from the broker; the backend's configured level (the URL's
+    /// `?guarantee=`, itself [`DeliveryGuarantee::Confirmed`] unless set) when `None`. A level the
+    /// backend does not offer is refused with `Unsupported` when the producer is opened.
+    pub guarantee: Option<DeliveryGuarantee>,
+}
+
+impl ProducerOptions {
+    /// Open the producer with this delivery guarantee.
+    pub fn guarantee(mut self, guarantee: DeliveryGuarantee) -> Self {
+        self.guarantee = Some(guarantee);
+        self
+    }
+}
+
+/// What the producer knows of a message once its send is done.
+///
+/// What it vouches for depends on the producer's [`DeliveryGuarantee`]: under `Confirmed` the
+/// broker has the message (see [`Producer`]); under `LeaderConfirmed` the partition leader wrote
+/// it at `offset` and its replicas may not have it yet; under `Unconfirmed` only the client wrote
+/// it to its connection, so the receipt carries the id (and Kafka's partition) but no offset,
+/// and does not say the broker has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     /// The id of the confirmed message.
@@ -162,6 +187,11 @@ impl fmt::Debug for PendingConfirm {
 /// confirm the message survives whatever the broker's persistence promises
 /// ([`Capabilities::persistence`](crate::Capabilities)); before it, the producer still owns it and
 /// a failure returns it inside the error ([`Error::undelivered`](crate::Error::undelivered)).
+///
+/// That is the default [`DeliveryGuarantee::Confirmed`]. A producer opened with a weaker level
+/// ([`Backend::producer_with`](crate::Backend::producer_with), or the URL's `?guarantee=`)
+/// resolves its confirms sooner and vouches for less: see [`DeliveryGuarantee`] and
+/// [`Receipt`].
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait Producer: Send + Sync {

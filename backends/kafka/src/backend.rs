@@ -7,8 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use mailroom_core::operation::{CLUSTER_ID, CONSUME, PRODUCER, SERVER_VERSION, TRANSACTIONAL};
 use mailroom_core::{
-    Backend, Capabilities, Consumer, ConsumerOptions, Producer, Result, Topology,
-    TransactionOptions, Transactional,
+    Backend, Capabilities, Consumer, ConsumerOptions, DeliveryGuarantee, Producer, ProducerOptions,
+    Result, Topology, TransactionOptions, Transactional,
 };
 
 use crate::config::KafkaConfig;
@@ -54,10 +54,26 @@ impl KafkaBackend {
 
     /// A typed producer (the same as `Backend::producer`, without the box).
     pub fn kafka_producer(&self) -> Result<KafkaProducer> {
+        self.kafka_producer_with(self.connection.config.guarantee)
+    }
+
+    /// A typed producer with this delivery guarantee (Kafka's `acks`, see
+    /// [`KafkaConfig::producer_client_config_for`]); one that a librdkafka property of the
+    /// configuration contradicts is a `Config` error ([`KafkaConfig::check_guarantee`]).
+    pub fn kafka_producer_with(&self, guarantee: DeliveryGuarantee) -> Result<KafkaProducer> {
         self.connection.check_open(PRODUCER)?;
-        Ok(KafkaProducer::new(ProducerCore::new(
-            &self.connection.config,
-            self.connection.capabilities.clone(),
+        let config = &self.connection.config;
+        let capabilities = &self.connection.capabilities;
+        capabilities
+            .delivery_guarantees
+            .require(guarantee, BACKEND, PRODUCER)?;
+        config
+            .check_guarantee(guarantee)
+            .map_err(|e| e.with_operation(PRODUCER))?;
+        Ok(KafkaProducer::new(ProducerCore::with_client_config(
+            &config.producer_client_config_for(guarantee),
+            config,
+            capabilities.clone(),
         )?))
     }
 
@@ -127,6 +143,13 @@ impl Backend for KafkaBackend {
 
     async fn producer(&self) -> Result<Box<dyn Producer>> {
         Ok(Box::new(self.kafka_producer()?))
+    }
+
+    async fn producer_with(&self, options: ProducerOptions) -> Result<Box<dyn Producer>> {
+        let guarantee = options
+            .guarantee
+            .unwrap_or(self.connection.config.guarantee);
+        Ok(Box::new(self.kafka_producer_with(guarantee)?))
     }
 
     async fn consumer(&self, queue: &str, options: ConsumerOptions) -> Result<Box<dyn Consumer>> {

@@ -9,7 +9,7 @@ use std::fmt;
 use std::time::Duration;
 
 use mailroom_core::url::{percent_decode, query_pairs, redact};
-use mailroom_core::{Error, Result};
+use mailroom_core::{DeliveryGuarantee, Error, Result};
 use rdkafka::ClientConfig;
 
 use crate::BACKEND;
@@ -60,6 +60,13 @@ pub struct KafkaConfig {
     /// not (tansu 0.6) is declared with `?transactions=false`, so that `transactional` is
     /// `Unsupported` before any I/O instead of failing at the first commit.
     pub transactions: bool,
+    /// What producers wait for, unless opened with another
+    /// ([`ProducerOptions`](mailroom_core::ProducerOptions)); Kafka's `acks`:
+    /// `confirmed` is `acks=all` with idempotence (the default), `leader_confirmed` is `acks=1`
+    /// and `unconfirmed` is `acks=0`, both without idempotence, which needs `acks=all`.
+    /// `?guarantee=leader_confirmed` or `?acks=1` (also `request.required.acks`). Requeues,
+    /// dead-lettering and transactional units always send `confirmed`.
+    pub guarantee: DeliveryGuarantee,
 }
 
 /// How a producer maps a record's key to a partition (librdkafka's `partitioner`).
@@ -144,6 +151,7 @@ impl Default for KafkaConfig {
             persistent: true,
             partitioner: Partitioner::default(),
             transactions: true,
+            guarantee: DeliveryGuarantee::Confirmed,
         }
     }
 }
@@ -183,7 +191,8 @@ impl KafkaConfig {
     /// Query names with a dot are librdkafka properties (`?security.protocol=SASL_SSL`); the
     /// others are mailroom settings: `connect_timeout_ms`, `operation_timeout_ms`, `partitions`,
     /// `replication_factor`, `prefetch`, `persistent`, `partitioner` ([`Partitioner`]'s names),
-    /// `transactions` (`false` for a broker without them). A user and password become `sasl.username`
+    /// `transactions` (`false` for a broker without them), `guarantee` ([`DeliveryGuarantee`]'s
+    /// names) or its Kafka spelling `acks` (`all`/`-1`, `1`, `0`). A user and password become `sasl.username`
     /// and `sasl.password` (with `sasl.mechanism=PLAIN` and `security.protocol=SASL_PLAINTEXT`
     /// unless given).
     pub fn from_url(url: &str) -> Result<Self> {
@@ -262,6 +271,14 @@ impl KafkaConfig {
                     })?
                 }
                 "partitioner" => config.partitioner = value.parse()?,
+                "guarantee" => {
+                    config.guarantee = DeliveryGuarantee::parse_offered(
+                        &value,
+                        crate::capabilities(&config).delivery_guarantees,
+                        BACKEND,
+                    )?
+                }
+                "acks" | "request.required.acks" => config.guarantee = guarantee_of_acks(&value)?,
                 "transactions" => {
                     config.transactions = value.parse().map_err(|_| {
                         Error::config(format!(
@@ -277,7 +294,8 @@ impl KafkaConfig {
                     return Err(Error::config(format!(
                         "unknown kafka:// parameter {other:?}; mailroom's are connect_timeout_ms, \
                          operation_timeout_ms, partitions, replication_factor, prefetch, \
-                         persistent, partitioner, transactions, and librdkafka properties have a \
+                         persistent, partitioner, transactions, guarantee, acks, and librdkafka \
+                         properties have a \
                          dot (e.g. linger.ms)"
                     ))
                     .with_backend(BACKEND))
@@ -294,7 +312,40 @@ impl KafkaConfig {
                 .entry("security.protocol".into())
                 .or_insert_with(|| "SASL_PLAINTEXT".into());
         }
+        config.check_guarantee(config.guarantee)?;
         Ok(config)
+    }
+
+    /// `Config` error when the librdkafka properties contradict `guarantee`: idempotence
+    /// needs `acks=all`, so `enable.idempotence=true` with a weaker level is refused, and so is
+    /// an `acks` property naming another level than `guarantee`.
+    pub fn check_guarantee(&self, guarantee: DeliveryGuarantee) -> Result<()> {
+        let idempotent = self
+            .properties
+            .get("enable.idempotence")
+            .is_some_and(|v| v == "true");
+        if idempotent && guarantee != DeliveryGuarantee::Confirmed {
+            return Err(Error::config(format!(
+                "kafka:// delivery guarantee {guarantee} ({}) contradicts \
+                 enable.idempotence=true: idempotence needs acks=all (guarantee=confirmed)",
+                acks_of(guarantee)
+            ))
+            .with_backend(BACKEND));
+        }
+        for name in ["acks", "request.required.acks"] {
+            if let Some(value) = self.properties.get(name) {
+                let level = guarantee_of_acks(value)?;
+                if level != guarantee {
+                    return Err(Error::config(format!(
+                        "kafka:// property {name}={value} contradicts the delivery guarantee \
+                         {guarantee} ({}); set one of them",
+                        acks_of(guarantee)
+                    ))
+                    .with_backend(BACKEND));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The `bootstrap.servers` value.
@@ -336,9 +387,26 @@ impl KafkaConfig {
     /// `message.timeout.ms` bounds a send, retries included: librdkafka's 300 s left a send to a
     /// silent broker pending for five minutes. 120 s is the Java client's `delivery.timeout.ms`,
     /// long enough to ride out a broker restart (the fault test's take ~15 s each).
+    ///
+    /// This is the `confirmed` configuration whatever [`KafkaConfig::guarantee`] says (requeues
+    /// and dead-lettering send with it); [`KafkaConfig::producer_client_config_for`] gives the
+    /// others.
     pub fn producer_client_config(&self) -> ClientConfig {
+        self.producer_client_config_for(DeliveryGuarantee::Confirmed)
+    }
+
+    /// The librdkafka configuration of a producer with `guarantee`: `acks=all` and idempotence
+    /// for `confirmed`; `acks=1` (`leader_confirmed`) or `acks=0` (`unconfirmed`) without
+    /// idempotence, which needs `acks=all`. Otherwise as [`KafkaConfig::producer_client_config`].
+    pub fn producer_client_config_for(&self, guarantee: DeliveryGuarantee) -> ClientConfig {
+        let idempotent = if guarantee == DeliveryGuarantee::Confirmed {
+            "true"
+        } else {
+            "false"
+        };
         self.client_config(&[
-            ("enable.idempotence", "true"),
+            ("enable.idempotence", idempotent),
+            ("acks", acks_of(guarantee)),
             ("allow.auto.create.topics", "false"),
             ("partitioner", self.partitioner.as_str()),
             ("message.timeout.ms", PRODUCER_MESSAGE_TIMEOUT_MS),
@@ -435,6 +503,29 @@ impl KafkaConfig {
     }
 }
 
+/// Kafka's `acks` for a delivery guarantee.
+fn acks_of(guarantee: DeliveryGuarantee) -> &'static str {
+    match guarantee {
+        DeliveryGuarantee::LeaderConfirmed => "1",
+        DeliveryGuarantee::Unconfirmed => "0",
+        // `Confirmed`, and any level added later is at least as strong.
+        _ => "all",
+    }
+}
+
+/// The delivery guarantee a Kafka `acks` value gives.
+fn guarantee_of_acks(value: &str) -> Result<DeliveryGuarantee> {
+    match value {
+        "all" | "-1" => Ok(DeliveryGuarantee::Confirmed),
+        "1" => Ok(DeliveryGuarantee::LeaderConfirmed),
+        "0" => Ok(DeliveryGuarantee::Unconfirmed),
+        other => Err(Error::config(format!(
+            "kafka:// acks must be all (or -1), 1 or 0, got {other:?}"
+        ))
+        .with_backend(BACKEND)),
+    }
+}
+
 fn positive(n: u64, what: &str) -> Result<u32> {
     if n == 0 || n > i32::MAX as u64 {
         return Err(
@@ -466,6 +557,7 @@ impl fmt::Debug for KafkaConfig {
             .field("persistent", &self.persistent)
             .field("partitioner", &self.partitioner)
             .field("transactions", &self.transactions)
+            .field("guarantee", &self.guarantee)
             .finish()
     }
 }
@@ -604,6 +696,80 @@ mod tests {
         assert!(crate::capabilities(&c).transactions);
         let e = KafkaConfig::from_url("kafka://h:1?transactions=maybe").unwrap_err();
         assert!(e.message().contains("transactions"), "{e}");
+    }
+
+    #[test]
+    fn acks_follow_the_guarantee_and_idempotence_needs_acks_all() {
+        let producer = |c: &KafkaConfig, g| {
+            let cc = c.producer_client_config_for(g);
+            (
+                cc.get("acks").map(str::to_owned),
+                cc.get("enable.idempotence").map(str::to_owned),
+            )
+        };
+        let c = KafkaConfig::default();
+        assert_eq!(c.guarantee, DeliveryGuarantee::Confirmed);
+        let confirmed = (Some("all".to_owned()), Some("true".to_owned()));
+        assert_eq!(producer(&c, DeliveryGuarantee::Confirmed), confirmed);
+        assert_eq!(
+            producer(&c, DeliveryGuarantee::LeaderConfirmed),
+            (Some("1".to_owned()), Some("false".to_owned()))
+        );
+        assert_eq!(
+            producer(&c, DeliveryGuarantee::Unconfirmed),
+            (Some("0".to_owned()), Some("false".to_owned()))
+        );
+        // Requeues, dead letters and transactions stay confirmed whatever the URL says.
+        let weak = KafkaConfig::from_url("kafka://h:1?acks=0").unwrap();
+        assert_eq!(weak.guarantee, DeliveryGuarantee::Unconfirmed);
+        let cc = weak.producer_client_config();
+        assert_eq!(cc.get("acks"), Some("all"));
+        let tx = weak.transactional_producer_client_config("t", None);
+        assert_eq!(tx.get("acks"), Some("all"));
+        assert_eq!(tx.get("enable.idempotence"), Some("true"));
+        for (url, level) in [
+            (
+                "kafka://h:1?guarantee=leader_confirmed",
+                DeliveryGuarantee::LeaderConfirmed,
+            ),
+            ("kafka://h:1?acks=1", DeliveryGuarantee::LeaderConfirmed),
+            ("kafka://h:1?acks=all", DeliveryGuarantee::Confirmed),
+            ("kafka://h:1?acks=-1", DeliveryGuarantee::Confirmed),
+            (
+                "kafka://h:1?request.required.acks=0",
+                DeliveryGuarantee::Unconfirmed,
+            ),
+            (
+                "kafka://h:1?guarantee=unconfirmed",
+                DeliveryGuarantee::Unconfirmed,
+            ),
+        ] {
+            assert_eq!(
+                KafkaConfig::from_url(url).unwrap().guarantee,
+                level,
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn contradictory_or_bad_guarantees_are_config_errors() {
+        use mailroom_core::ErrorKind;
+        let e = KafkaConfig::from_url("kafka://h:1?acks=1&enable.idempotence=true").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.message().contains("idempotence needs acks=all"), "{e}");
+        let e = KafkaConfig::from_url("kafka://h:1?acks=2").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.message().contains("\"2\""), "{e}");
+        let e = KafkaConfig::from_url("kafka://h:1?guarantee=at_most_once").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.message().contains("\"at_most_once\""), "{e}");
+        // A property set in code that names another level than the guarantee.
+        let c = KafkaConfig::default().property("acks", "0");
+        let e = c.check_guarantee(DeliveryGuarantee::Confirmed).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.message().contains("acks=0"), "{e}");
+        assert!(c.check_guarantee(DeliveryGuarantee::Unconfirmed).is_ok());
     }
 
     #[test]

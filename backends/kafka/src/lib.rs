@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use mailroom_core::layer::{CapabilityLayer, LayerStack};
-use mailroom_core::{Backend, BackendFactory, Capabilities, Result};
+use mailroom_core::{
+    Backend, BackendFactory, Capabilities, DeliveryGuarantee, DeliveryGuarantees, Result,
+};
 
 pub use backend::KafkaBackend;
 pub use codec::{ATTEMPT_HEADER, ID_HEADER, TIMESTAMP_HEADER};
@@ -56,6 +58,10 @@ pub fn capabilities(config: &KafkaConfig) -> Capabilities {
     caps.max_message_size = Some(config.max_message_size());
     caps.max_batch_size = None;
     caps.max_headers = None;
+    caps.delivery_guarantees = DeliveryGuarantees::of(&[
+        DeliveryGuarantee::LeaderConfirmed,
+        DeliveryGuarantee::Unconfirmed,
+    ]);
     caps
 }
 

@@ -40,7 +40,12 @@ pub(crate) struct InFlight {
 }
 
 /// Routes delivery reports to their waiters.
-pub(crate) struct ReportContext;
+pub(crate) struct ReportContext {
+    /// Whether the broker answers each record (`acks` is not 0), so a report's offset is the
+    /// record's place in the log. Under `acks=0` librdkafka reports an offset the broker never
+    /// gave, which a receipt must not claim.
+    broker_answers: bool,
+}
 
 impl ClientContext for ReportContext {}
 
@@ -59,7 +64,7 @@ impl ProducerContext for ReportContext {
                 Ok(Receipt {
                     id: message.id().clone(),
                     partition: Some(m.partition()),
-                    offset: Some(m.offset()),
+                    offset: (self.broker_answers && m.offset() >= 0).then_some(m.offset()),
                 })
             }
             Err((e, _)) => Err(error::map(e.clone(), SEND).with_undelivered(message)),
@@ -98,7 +103,9 @@ impl ProducerCore {
         capabilities: Capabilities,
     ) -> Result<Arc<Self>> {
         let producer: ThreadedProducer<ReportContext> = cc
-            .create_with_context(ReportContext)
+            .create_with_context(ReportContext {
+                broker_answers: cc.get("acks") != Some("0"),
+            })
             .map_err(|e| error::map(e, PRODUCER))?;
         let window_size = config.max_in_flight() as u32;
         Ok(Arc::new(ProducerCore {

@@ -180,3 +180,84 @@ async fn invalid_names_and_unsupported_options_are_typed() {
     let err = p.send(&Destination::queue("x"), delayed).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
 }
+
+/// Kafka's `acks` through the delivery guarantee, on the real broker: a contradiction with
+/// idempotence or a bad `acks` is a `Config` error at connect; a property set in code that
+/// contradicts the level asked for is a `Config` error when the producer is opened; and a
+/// backend opened `?acks=0` sends with it (the receipt claims no offset) while requeues stay
+/// confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_contradictions_are_config_errors_and_acks_0_receipts_claim_no_offset() {
+    use mailroom_core::{DeliveryGuarantee, ProducerOptions};
+
+    for params in ["acks=1&enable.idempotence=true", "acks=2", "guarantee=fast"] {
+        let err = Registry::new()
+            .with(KafkaFactory)
+            .connect(&with_params(params))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), ErrorKind::Config, "{params}: {err}");
+    }
+
+    let config = KafkaConfig::from_url(&url())
+        .unwrap()
+        .property("enable.idempotence", "true");
+    let backend = KafkaBackend::connect(config).await.unwrap();
+    let err = backend
+        .kafka_producer_with(DeliveryGuarantee::LeaderConfirmed)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(
+        err.message().contains("idempotence needs acks=all"),
+        "{err}"
+    );
+    backend
+        .kafka_producer()
+        .expect("confirmed is what idempotence needs");
+
+    let backend = connect(&with_params("acks=0")).await;
+    let q = fresh("acks0");
+    backend
+        .topology()
+        .declare_queue(&QueueSpec::new(&q))
+        .await
+        .unwrap();
+    let producer = backend.producer().await.unwrap();
+    let sent = Message::new("acks=0");
+    let receipt = producer
+        .send(&Destination::queue(&q), sent.clone())
+        .await
+        .unwrap();
+    assert_eq!(receipt.offset, None, "the broker never gave an offset");
+    assert!(receipt.partition.is_some());
+    // The same backend still opens a confirmed producer on request, whose receipt has one.
+    let confirmed = backend
+        .producer_with(ProducerOptions::default().guarantee(DeliveryGuarantee::Confirmed))
+        .await
+        .unwrap();
+    let receipt = confirmed
+        .send(&Destination::queue(&q), Message::new("acks=all"))
+        .await
+        .unwrap();
+    assert!(receipt.offset.is_some_and(|o| o >= 0), "{receipt:?}");
+    let mut consumer = backend
+        .consumer(&q, ConsumerOptions::default())
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        let delivery = consumer
+            .receive_timeout(Duration::from_secs(30))
+            .await
+            .unwrap()
+            .expect("both messages arrive");
+        ids.push(delivery.message().id().clone());
+        delivery.ack().await.unwrap();
+    }
+    assert!(ids.contains(sent.id()), "{ids:?}");
+    consumer.close().await.unwrap();
+    producer.close().await.unwrap();
+    confirmed.close().await.unwrap();
+    backend.topology().delete_queue(&q).await.unwrap();
+}

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mailroom_core::operation::PRODUCER;
-use mailroom_core::{Backend, Capabilities, Consumer, ConsumerOptions, Producer, Result, Topology};
+use mailroom_core::{
+    Backend, Capabilities, Consumer, ConsumerOptions, DeliveryGuarantee, Producer, ProducerOptions,
+    Result, Topology,
+};
 
 use crate::config::RabbitConfig;
 use crate::connection::Connection;
@@ -52,8 +55,25 @@ impl RabbitBackend {
 
     /// A producer with its concrete type (for its extra methods).
     pub async fn rabbit_producer(&self) -> Result<RabbitProducer> {
+        self.rabbit_producer_with(self.connection.config.guarantee)
+            .await
+    }
+
+    /// A producer with its concrete type and this delivery guarantee (`Confirmed` or
+    /// `Unconfirmed`; `LeaderConfirmed` is `Unsupported`, RabbitMQ has no such level).
+    pub async fn rabbit_producer_with(
+        &self,
+        guarantee: DeliveryGuarantee,
+    ) -> Result<RabbitProducer> {
         self.connection.check_open(PRODUCER)?;
-        Ok(RabbitProducer::new(self.connection.clone()))
+        self.connection
+            .capabilities
+            .delivery_guarantees
+            .require(guarantee, BACKEND, PRODUCER)?;
+        Ok(RabbitProducer::with_guarantee(
+            self.connection.clone(),
+            guarantee,
+        ))
     }
 
     /// A consumer with its concrete type (the same as `Backend::consumer`, without the box).
@@ -98,6 +118,13 @@ impl Backend for RabbitBackend {
 
     async fn producer(&self) -> Result<Box<dyn Producer>> {
         Ok(Box::new(self.rabbit_producer().await?))
+    }
+
+    async fn producer_with(&self, options: ProducerOptions) -> Result<Box<dyn Producer>> {
+        let guarantee = options
+            .guarantee
+            .unwrap_or(self.connection.config.guarantee);
+        Ok(Box::new(self.rabbit_producer_with(guarantee).await?))
     }
 
     async fn consumer(&self, queue: &str, options: ConsumerOptions) -> Result<Box<dyn Consumer>> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use mailroom_core::url::{percent_decode, query_pairs, redact};
-use mailroom_core::{Error, Result};
+use mailroom_core::{DeliveryGuarantee, Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// Largest message accepted by default: RabbitMQ 3.x's own `max_message_size` default is
@@ -62,6 +62,11 @@ pub struct RabbitConfig {
     pub reconnect_timeout_ms: u64,
     /// AMQP heartbeat in seconds (0 disables it).
     pub heartbeat_secs: u16,
+    /// What producers wait for, unless opened with another
+    /// ([`ProducerOptions`](mailroom_core::ProducerOptions)): `confirmed` (publisher confirms,
+    /// the default) or `unconfirmed` (confirms off, no mandatory flag: done once written to the
+    /// connection, at most once). `?guarantee=unconfirmed`.
+    pub guarantee: DeliveryGuarantee,
 }
 
 impl Default for RabbitConfig {
@@ -82,6 +87,7 @@ impl Default for RabbitConfig {
             connect_timeout_ms: 10_000,
             reconnect_timeout_ms: 60_000,
             heartbeat_secs: 10,
+            guarantee: DeliveryGuarantee::Confirmed,
         }
     }
 }
@@ -104,12 +110,13 @@ impl fmt::Debug for RabbitConfig {
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("reconnect_timeout_ms", &self.reconnect_timeout_ms)
             .field("heartbeat_secs", &self.heartbeat_secs)
+            .field("guarantee", &self.guarantee)
             .finish()
     }
 }
 
 const KNOWN: &str = "prefetch, confirm_window, mandatory, persistent, max_message_size, \
-                     connect_timeout_ms, reconnect_timeout_ms, heartbeat_secs, ca_file";
+                     connect_timeout_ms, reconnect_timeout_ms, heartbeat_secs, ca_file, guarantee";
 
 impl RabbitConfig {
     /// Parse `amqp[s]://[user[:pass]@]host[:port][/vhost][?param=value&...]`.
@@ -195,6 +202,13 @@ impl RabbitConfig {
             "reconnect_timeout_ms" => self.reconnect_timeout_ms = num(key, value, shown)?,
             "heartbeat_secs" => self.heartbeat_secs = num(key, value, shown)?,
             "ca_file" => self.ca_file = Some(PathBuf::from(value)),
+            "guarantee" => {
+                self.guarantee = DeliveryGuarantee::parse_offered(
+                    value,
+                    crate::capabilities(self).delivery_guarantees,
+                    crate::BACKEND,
+                )?
+            }
             other => {
                 return Err(Error::config(format!(
                     "unknown RabbitMQ URL parameter {other:?} in {shown}; known: {KNOWN}"
@@ -368,6 +382,23 @@ mod tests {
             assert_eq!(e.kind(), mailroom_core::ErrorKind::Config, "{bad}");
             assert!(!e.to_string().contains("secret"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_guarantee_is_confirmed_unless_chosen_and_typos_are_typed_errors() {
+        assert_eq!(
+            RabbitConfig::from_url("amqp://h").unwrap().guarantee,
+            DeliveryGuarantee::Confirmed
+        );
+        let c = RabbitConfig::from_url("amqp://h?guarantee=unconfirmed").unwrap();
+        assert_eq!(c.guarantee, DeliveryGuarantee::Unconfirmed);
+        let e = RabbitConfig::from_url("amqp://h?guarantee=fire_and_forget").unwrap_err();
+        assert_eq!(e.kind(), mailroom_core::ErrorKind::Config);
+        assert!(e.message().contains("\"fire_and_forget\""), "{e}");
+        // Kafka's `acks=1` level: RabbitMQ has nothing between a confirm and none.
+        let e = RabbitConfig::from_url("amqp://h?guarantee=leader_confirmed").unwrap_err();
+        assert_eq!(e.kind(), mailroom_core::ErrorKind::Unsupported);
+        assert!(e.message().contains("'leader_confirmed'"), "{e}");
     }
 
     #[test]

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mailroom_core::layer::{CapabilityLayer, LayerStack};
-use mailroom_core::{Backend, BackendFactory, Capabilities, Result};
+use mailroom_core::{
+    Backend, BackendFactory, Capabilities, DeliveryGuarantee, DeliveryGuarantees, Result,
+};
 
 pub use backend::RabbitBackend;
 pub use config::{
@@ -59,6 +61,7 @@ pub fn capabilities(config: &RabbitConfig) -> Capabilities {
     caps.max_message_size = Some(config.max_message_size);
     caps.max_batch_size = None;
     caps.max_headers = None;
+    caps.delivery_guarantees = DeliveryGuarantees::of(&[DeliveryGuarantee::Unconfirmed]);
     caps
 }
 

@@ -17,7 +17,8 @@ use lapin::Channel;
 use mailroom_core::operation::SEND;
 use mailroom_core::topology::validate_name;
 use mailroom_core::{
-    Destination, Error, ErrorKind, Message, MessageParts, PendingConfirm, Producer, Result,
+    DeliveryGuarantee, Destination, Error, ErrorKind, Message, MessageParts, PendingConfirm,
+    Producer, Receipt, Result,
 };
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -35,7 +36,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// A producer on RabbitMQ.
 ///
-/// Publisher confirms are always on. `enqueue` waits for room in the window of unconfirmed
+/// With [`DeliveryGuarantee::Confirmed`] (the default) publisher confirms are on. `enqueue` waits for room in the window of unconfirmed
 /// messages (`confirm_window`; at most `reconnect_timeout_ms`, then `Timeout`), publishes, and
 /// returns a pending confirm that resolves on the broker's ack. A broker nack is `QueueFull` (a
 /// bounded queue refused it) or `Rejected`; a mandatory message no queue took is `NotFound`
@@ -43,6 +44,12 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// does not come within `connect_timeout_ms` of its publish, the message is re-published on a
 /// new channel (so it can arrive twice, never zero times) until `reconnect_timeout_ms` passes
 /// without an answer from the broker. Every failure hands the message back in the error.
+///
+/// With [`DeliveryGuarantee::Unconfirmed`] (`?guarantee=unconfirmed`) its channel is not put in
+/// confirm mode and messages are published without the mandatory flag: the pending confirm is
+/// ready as soon as lapin has written the frames to the connection, and a message the broker
+/// drops (no queue, a full queue, a connection lost after the write) is lost without an error.
+/// A publish that fails before its frames are written still returns the message in the error.
 pub struct RabbitProducer {
     inner: Arc<Inner>,
 }
@@ -59,6 +66,8 @@ pub(crate) struct Inner {
     trusted_from: AtomicU64,
     window: Arc<Semaphore>,
     window_size: u32,
+    /// `Confirmed` or `Unconfirmed` (the backend offers no other).
+    guarantee: DeliveryGuarantee,
     closed: AtomicBool,
     known_exchanges: Mutex<HashSet<String>>,
     delay_queues: Mutex<HashMap<String, Instant>>,
@@ -108,7 +117,18 @@ impl Producer for RabbitProducer {
 }
 
 impl RabbitProducer {
+    /// A producer with publisher confirms (what requeues and dead-lettering use, whatever the
+    /// backend's configured guarantee).
     pub(crate) fn new(connection: Arc<Connection>) -> Self {
+        Self::with_guarantee(connection, DeliveryGuarantee::Confirmed)
+    }
+
+    /// A producer with `guarantee`, which must be `Confirmed` or `Unconfirmed` (the backend
+    /// checks it against its capabilities first).
+    pub(crate) fn with_guarantee(
+        connection: Arc<Connection>,
+        guarantee: DeliveryGuarantee,
+    ) -> Self {
         let window_size = connection.config.confirm_window.min(1_000_000) as u32;
         RabbitProducer {
             inner: Arc::new_cyclic(|me| Inner {
@@ -116,6 +136,7 @@ impl RabbitProducer {
                 driver: OnceLock::new(),
                 window: Arc::new(Semaphore::new(window_size as usize)),
                 window_size,
+                guarantee,
                 connection,
                 channel: tokio::sync::Mutex::new(None),
                 epochs: AtomicU64::new(0),
@@ -173,6 +194,14 @@ impl RabbitProducer {
             Ok(p) => p,
             Err(e) => return Err(e.with_undelivered(send.message)),
         };
+        if !inner.confirms() {
+            // Written to the connection is all this level waits for; nobody awaits a confirm
+            // the broker was not asked for, so the window place is free again at once.
+            drop((published, permit));
+            return Ok(PendingConfirm::ready(Ok(Receipt::new(
+                send.message.id().clone(),
+            ))));
+        }
         inner.confirm(send, published, permit)
     }
 }
@@ -216,6 +245,11 @@ impl Send {
 }
 
 impl Inner {
+    /// Whether the broker is asked to confirm each publish.
+    fn confirms(&self) -> bool {
+        self.guarantee == DeliveryGuarantee::Confirmed
+    }
+
     /// A place in the confirm window, waiting at most until `deadline` for one.
     async fn room(&self, deadline: Deadline) -> Result<OwnedSemaphorePermit> {
         let context = |e: Error| e.with_backend(BACKEND).with_operation(SEND);
@@ -326,7 +360,9 @@ impl Inner {
                 send.exchange.clone(),
                 send.routing_key.clone(),
                 BasicPublishOptions {
-                    mandatory: self.connection.config.mandatory,
+                    // Without confirms nobody reads a returned message, and lapin would keep
+                    // every one of them: an unroutable message is dropped by the broker instead.
+                    mandatory: self.connection.config.mandatory && self.confirms(),
                     immediate: false,
                 },
                 send.message.payload(),
@@ -393,12 +429,15 @@ impl Inner {
         }
         loop {
             let (live, ch) = self.connection.channel(deadline).await?;
-            let select = ch.confirm_select(ConfirmSelectOptions::default());
-            match self
-                .connection
-                .answer(&live, deadline, "confirm.select", select)
-                .await
-            {
+            let selected = if self.confirms() {
+                let select = ch.confirm_select(ConfirmSelectOptions::default());
+                self.connection
+                    .answer(&live, deadline, "confirm.select", select)
+                    .await
+            } else {
+                Ok(())
+            };
+            match selected {
                 Ok(()) => {
                     let epoch = self.epochs.fetch_add(1, Ordering::AcqRel) + 1;
                     let cc = ConfirmChannel {
@@ -432,6 +471,7 @@ impl Inner {
 impl std::fmt::Debug for RabbitProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RabbitProducer")
+            .field("guarantee", &self.inner.guarantee)
             .field("window", &self.inner.window_size)
             .field(
                 "in_flight",

@@ -270,3 +270,65 @@ async fn use_after_close_is_closed() {
         .unwrap();
     assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
 }
+
+/// What `unconfirmed` gives up, shown on the real broker: a message to a queue that does not
+/// exist is `NotFound` under `confirmed`, but an unconfirmed send of it succeeds (the broker is
+/// not asked) and nothing arrives anywhere; the producer keeps working, and what it sends to a
+/// real queue arrives. A level RabbitMQ lacks is refused when the producer is opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfirmed_sends_are_at_most_once_and_missing_levels_are_refused() {
+    use mailroom_core::{DeliveryGuarantee, ProducerOptions};
+
+    let backend = connect(URL).await;
+    let options = ProducerOptions::default().guarantee(DeliveryGuarantee::LeaderConfirmed);
+    let err = backend.producer_with(options).await.err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.message().contains("'leader_confirmed'"), "{err}");
+    // The same level in the URL is refused before any connection is made.
+    let err = Registry::new()
+        .with(RabbitFactory)
+        .connect(&format!("{URL}?guarantee=leader_confirmed"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+
+    let producer = backend
+        .producer_with(ProducerOptions::default().guarantee(DeliveryGuarantee::Unconfirmed))
+        .await
+        .unwrap();
+    let receipt = producer
+        .send(
+            &Destination::queue(name("never-declared")),
+            Message::new("to nowhere"),
+        )
+        .await
+        .expect("an unconfirmed send does not learn that no queue took it");
+    assert_eq!(receipt.offset, None);
+
+    let q = name("unconfirmed");
+    backend
+        .topology()
+        .declare_queue(&QueueSpec::new(&q))
+        .await
+        .unwrap();
+    let sent = Message::new("arrives");
+    producer
+        .send(&Destination::queue(&q), sent.clone())
+        .await
+        .unwrap();
+    let mut consumer = backend
+        .consumer(&q, ConsumerOptions::default())
+        .await
+        .unwrap();
+    let delivery = consumer
+        .receive_timeout(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the unconfirmed message to a real queue arrives");
+    assert_eq!(delivery.message().id(), sent.id());
+    delivery.ack().await.unwrap();
+    consumer.close().await.unwrap();
+    producer.close().await.unwrap();
+    backend.topology().delete_queue(&q).await.unwrap();
+}

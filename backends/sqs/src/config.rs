@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use mailroom_core::url::{percent_decode, query_pairs, redact};
-use mailroom_core::{Error, Result};
+use mailroom_core::{DeliveryGuarantee, DeliveryGuarantees, Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// The URL tests and examples use: fauxqs on its default port.
@@ -92,7 +92,7 @@ impl Default for SqsConfig {
 
 const PARAMS: &str = "region, tls, credentials, max_message_size, persistence, wait_time_ms, \
                       visibility_timeout_s, send_window, send_concurrency, linger_ms, \
-                      connect_timeout_ms, operation_timeout_ms";
+                      connect_timeout_ms, operation_timeout_ms, guarantee";
 
 impl SqsConfig {
     /// Parse `sqs://[KEY_ID:SECRET@][HOST[:PORT]][?region=..&tls=..&...]`.
@@ -199,6 +199,16 @@ impl SqsConfig {
                         .ok()
                         .filter(|n| (1..=256).contains(n))
                         .ok_or_else(|| bad("a number from 1 to 256"))?
+                }
+                // SendMessage and SendMessageBatch answer only once SQS has stored the message,
+                // so `confirmed` is the one level there is; naming it is allowed, asking for a
+                // weaker one is `Unsupported`, naming it.
+                "guarantee" => {
+                    DeliveryGuarantee::parse_offered(
+                        &value,
+                        DeliveryGuarantees::CONFIRMED_ONLY,
+                        crate::BACKEND,
+                    )?;
                 }
                 "linger_ms" => config.linger = millis(&value).map_err(|_| bad("milliseconds"))?,
                 "connect_timeout_ms" => {
@@ -336,6 +346,15 @@ mod tests {
     }
 
     #[test]
+    fn only_the_confirmed_guarantee_is_accepted() {
+        assert!(SqsConfig::from_url("sqs://h:1?guarantee=confirmed").is_ok());
+        let e = SqsConfig::from_url("sqs://h:1?guarantee=leader_confirmed").unwrap_err();
+        assert_eq!(e.kind(), mailroom_core::ErrorKind::Unsupported);
+        let e = SqsConfig::from_url("sqs://h:1?guarantee=x").unwrap_err();
+        assert_eq!(e.kind(), mailroom_core::ErrorKind::Config);
+    }
+
+    #[test]
     fn bad_urls_name_the_problem() {
         for (url, needle) in [
             ("amqp://x", "must start with sqs://"),
@@ -345,6 +364,11 @@ mod tests {
             ("sqs://h:1/queue", "has a path"),
             ("sqs://key@h:1", "without a secret"),
             ("sqs://?tls=true", "needs a host"),
+            (
+                "sqs://h:1?guarantee=maybe",
+                "unknown delivery guarantee \"maybe\"",
+            ),
+            ("sqs://h:1?guarantee=unconfirmed", "'unconfirmed'"),
         ] {
             let err = SqsConfig::from_url(url).unwrap_err();
             assert!(err.to_string().contains(needle), "{url}: {err}");

@@ -22,7 +22,8 @@ use crate::transaction::{TransactionCounts, TransactionInput, Transactional};
 /// send returns its message inside the error.
 ///
 /// [`Registry::connect`](crate::Registry::connect) applies it to every backend. It checks:
-/// opening a consumer with `replay`; opening a transactional unit; a send's message limits and
+/// opening a consumer with `replay`; opening a transactional unit; opening a producer with a
+/// delivery guarantee the backend does not offer; a send's message limits and
 /// delay, and a send to an exchange on a backend without exchanges (producers and transactional
 /// units); a nack that asks for a delay (the delivery is then left unsettled, to come back);
 /// declaring an exchange of a kind, a queue with a dead-letter queue, delivery-attempt bound,
@@ -109,6 +110,14 @@ impl Layer for CapabilityLayer {
             Open::Transactional { .. } => {
                 caps.require(Capability::Transactions, backend.name(), "transactional")
             }
+            Open::Producer { options } => match options.guarantee {
+                Some(level) => caps.delivery_guarantees.require(
+                    level,
+                    backend.name(),
+                    crate::operation::PRODUCER,
+                ),
+                None => Ok(()),
+            },
             _ => Ok(()),
         }
     }

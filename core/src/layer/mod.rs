@@ -65,7 +65,7 @@ use crate::capabilities::Capabilities;
 use crate::consumer::{Consumer, ConsumerOptions};
 use crate::delivery::{Delivery, DeliveryInfo, Settle, Settlement};
 use crate::error::Result;
-use crate::producer::Producer;
+use crate::producer::{Producer, ProducerOptions};
 use crate::topology::{Binding, ExchangeSpec, QueueSpec, Topology};
 use crate::transaction::{TransactionOptions, Transactional};
 
@@ -79,8 +79,11 @@ pub use tracing::TracingLayer;
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum Open<'a> {
-    /// A producer.
-    Producer,
+    /// A producer (`options` is the default for [`Backend::producer`]).
+    Producer {
+        /// How it is opened.
+        options: &'a ProducerOptions,
+    },
     /// A consumer on `queue`.
     Consumer {
         /// The queue.
@@ -214,6 +217,13 @@ struct Layered {
 }
 
 impl Layered {
+    fn wrap_producer(&self, mut producer: Box<dyn Producer>) -> Box<dyn Producer> {
+        for layer in self.layers.iter().rev() {
+            producer = layer.producer(&*self.inner, producer);
+        }
+        producer
+    }
+
     fn admit(&self, open: Open<'_>) -> Result<()> {
         self.layers
             .iter()
@@ -236,12 +246,17 @@ impl Backend for Layered {
     }
 
     async fn producer(&self) -> Result<Box<dyn Producer>> {
-        self.admit(Open::Producer)?;
-        let mut producer = self.inner.producer().await?;
-        for layer in self.layers.iter().rev() {
-            producer = layer.producer(&*self.inner, producer);
-        }
-        Ok(producer)
+        self.admit(Open::Producer {
+            options: &ProducerOptions::default(),
+        })?;
+        let producer = self.inner.producer().await?;
+        Ok(self.wrap_producer(producer))
+    }
+
+    async fn producer_with(&self, options: ProducerOptions) -> Result<Box<dyn Producer>> {
+        self.admit(Open::Producer { options: &options })?;
+        let producer = self.inner.producer_with(options).await?;
+        Ok(self.wrap_producer(producer))
     }
 
     async fn consumer(&self, queue: &str, options: ConsumerOptions) -> Result<Box<dyn Consumer>> {

@@ -20,7 +20,7 @@ impl Layer for Noting {
     }
     fn admit(&self, _: &dyn Backend, open: Open<'_>) -> Result<()> {
         let what = match open {
-            Open::Producer => "producer",
+            Open::Producer { .. } => "producer",
             Open::Consumer { .. } => "consumer",
             Open::Transactional { .. } => "transactional",
         };

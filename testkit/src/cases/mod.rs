@@ -4,6 +4,7 @@ mod batch;
 mod binary;
 mod capabilities;
 mod dead_letter;
+mod guarantees;
 mod limits;
 mod receive;
 mod replay;
@@ -153,6 +154,21 @@ pub(crate) static ALL: &[Case] = &[
         limits::bounded_queue_rejects,
         "a full queue with overflow=reject refuses with QueueFull",
         [Capability::MaxQueueLength]
+    ),
+    case!(
+        guarantees::levels_not_declared_are_refused,
+        "every declared delivery guarantee opens a producer; every other is Unsupported, named",
+        []
+    ),
+    case!(
+        guarantees::unconfirmed_sends_arrive,
+        "2,000 unconfirmed (at-most-once) sends arrive in the normal case; no receipt claims an offset",
+        [Capability::DeliveryGuarantee(mailroom_core::DeliveryGuarantee::Unconfirmed)]
+    ),
+    case!(
+        guarantees::leader_confirmed_sends_arrive,
+        "2,000 leader-confirmed sends arrive in the normal case",
+        [Capability::DeliveryGuarantee(mailroom_core::DeliveryGuarantee::LeaderConfirmed)]
     ),
     case!(
         batch::batch_of_10000,

@@ -8,7 +8,8 @@ use super::super::LayerStack;
 use super::*;
 use crate::backend::{BackendFactory, Registry};
 use crate::consumer::{ConsumerOptions, MockConsumer, Replay};
-use crate::producer::MockProducer;
+use crate::guarantee::{DeliveryGuarantee, DeliveryGuarantees};
+use crate::producer::{MockProducer, ProducerOptions};
 use crate::transaction::TransactionOptions;
 use crate::ErrorKind;
 
@@ -34,6 +35,25 @@ fn opening_what_is_not_declared_never_reaches_the_backend() {
         .err()
         .unwrap();
     unsupported(&error, "transactions", "transactional");
+    let options = ProducerOptions::default().guarantee(DeliveryGuarantee::Unconfirmed);
+    let error = now(backend.producer_with(options)).err().unwrap();
+    unsupported(&error, "'unconfirmed'", "producer");
+}
+
+#[test]
+fn an_offered_guarantee_reaches_the_backend() {
+    let caps = Capabilities {
+        delivery_guarantees: DeliveryGuarantees::of(&[DeliveryGuarantee::Unconfirmed]),
+        ..Capabilities::default()
+    };
+    let backend = checked(Stub::new(caps).with_producer(MockProducer::new()));
+    // The stub keeps the default `producer_with`, which implements `Confirmed` only: reaching
+    // it with `Unconfirmed` is its own refusal, not the layer's.
+    let options = ProducerOptions::default().guarantee(DeliveryGuarantee::Unconfirmed);
+    let error = now(backend.producer_with(options)).err().unwrap();
+    unsupported(&error, "does not implement", "producer");
+    let options = ProducerOptions::default().guarantee(DeliveryGuarantee::Confirmed);
+    assert!(now(backend.producer_with(options)).is_ok());
 }
 
 #[test]
