@@ -33,7 +33,10 @@ async fn memory_against_raw_mpsc_moves_every_message_and_reports_a_ratio() {
         "{lines:?}"
     );
     if cpu {
-        assert!(lines[4].contains("publish CPU") && lines[4].contains("us/msg"), "{lines:?}");
+        assert!(
+            lines[4].contains("publish CPU") && lines[4].contains("us/msg"),
+            "{lines:?}"
+        );
     }
     assert!(
         lines[1].contains("publish+confirm") && lines[1].contains("ratio"),

@@ -247,12 +247,7 @@ mod tests {
         let values: Vec<&[u8]> = record.headers.iter().filter_map(|h| h.value).collect();
         assert_eq!(
             values,
-            [
-                &b"1"[..],
-                message.id().to_string().as_bytes(),
-                b"7",
-                b"3"
-            ]
+            [&b"1"[..], message.id().to_string().as_bytes(), b"7", b"3"]
         );
     }
 }

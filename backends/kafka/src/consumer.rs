@@ -4,8 +4,9 @@
 //! Each delivery is recorded in an [`OffsetBook`]; settling it (ack, or a nack once the requeued
 //! copy or the dead letter is confirmed by the broker) lets the partition's commit position
 //! advance over the *contiguous settled prefix* only, and the consumer hands that position to
-//! librdkafka (`store_offsets`), which commits it every `auto.commit.interval.ms`, on revoke and
-//! on close. An out-of-order ack therefore never commits past an unsettled message.
+//! librdkafka (`store_offsets`: before it waits for a record, at most every 10 ms while records
+//! keep coming, on revoke and on close), which commits it every `auto.commit.interval.ms`, on
+//! revoke and on close. An out-of-order ack therefore never commits past an unsettled message.
 //!
 //! **Requeue** (in `settle.rs`) is a retry path, not a seek: a nacked (or dropped) delivery is
 //! produced again to the queue's own topic with `x-mailroom-attempt` = attempt + 1, and the
