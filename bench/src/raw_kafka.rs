@@ -3,9 +3,17 @@
 //! [`KafkaConfig::consumer_client_config`]): an idempotent `FutureProducer` per producer, whose
 //! delivery reports are the confirms (librdkafka's queue full = wait, as the backend's window
 //! does), and a `StreamConsumer` per consumer in the subscription's consumer group, storing each
-//! received message's offset for auto-commit and committing on close. The intended send time
-//! travels as an 8-byte big-endian header.
+//! received message's offset for auto-commit and committing on close.
+//!
+//! Each record has the shape the backend gives the same message, so that the broker stores and
+//! serves the same bytes on both sides and the ratio is the clients' alone: the payload, the
+//! intended send time as a decimal text header (mailroom headers are text, so the mailroom
+//! driver writes it that way), and a fresh UUID in `x-mailroom-id`, the id every mailroom
+//! message carries. Written with only the 8-byte time stamp, raw records were ~5% smaller and
+//! the broker (and librdkafka's broker thread) did less per record for raw than for mailroom,
+//! which the ratio then charged to mailroom.
 
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +24,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
-use mailroom_core::{Destination, Error, ErrorKind, Result};
-use mailroom_kafka::{KafkaBackend, KafkaConfig};
+use mailroom_core::{Destination, Error, ErrorKind, MessageId, Result};
+use mailroom_kafka::{KafkaBackend, KafkaConfig, ID_HEADER};
 
 use super::driver::{
     Confirm, DriverConsumer, DriverProducer, Incoming, MailroomDriver, Outgoing, TopicPlan,
@@ -104,6 +112,41 @@ impl RawClient for RawKafka {
     }
 }
 
+/// Text formatted on the stack (a UUID, a number), as a careful rdkafka user would write
+/// headers: librdkafka copies each one anyway.
+struct StackText {
+    buf: [u8; 40],
+    len: usize,
+}
+
+impl StackText {
+    fn of(value: impl fmt::Display) -> Self {
+        let mut text = StackText {
+            buf: [0; 40],
+            len: 0,
+        };
+        // A UUID is 36 characters and a u64 at most 20: both fit.
+        let _ = write!(text, "{value}");
+        text
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 struct KafkaProducer {
     producer: FutureProducer,
     topic: String,
@@ -113,11 +156,17 @@ struct KafkaProducer {
 #[async_trait]
 impl DriverProducer for KafkaProducer {
     async fn send(&self, message: Outgoing) -> Result<Confirm> {
-        let stamp = message.intended_us.to_be_bytes();
-        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
-            key: SENT_AT_HEADER,
-            value: Some(&stamp[..]),
-        });
+        let stamp = StackText::of(message.intended_us);
+        let id = StackText::of(MessageId::generate());
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: SENT_AT_HEADER,
+                value: Some(stamp.as_bytes()),
+            })
+            .insert(Header {
+                key: ID_HEADER,
+                value: Some(id.as_bytes()),
+            });
         let mut record = FutureRecord::to(&self.topic)
             .payload(&message.payload[..])
             .headers(headers);
@@ -176,8 +225,8 @@ impl DriverConsumer for KafkaConsumer {
                 .iter()
                 .find(|h| h.key == SENT_AT_HEADER)
                 .and_then(|h| h.value)
-                .and_then(|v| <[u8; 8]>::try_from(v).ok())
-                .map(u64::from_be_bytes)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse().ok())
         });
         let incoming = Incoming {
             intended_us,

@@ -20,7 +20,24 @@ async fn memory_against_raw_mpsc_moves_every_message_and_reports_a_ratio() {
         }
     }
     let lines = result.lines();
-    assert_eq!(lines.len(), 4, "{lines:?}");
+    // A header, the publish, consume and first-message lines, and the two CPU lines where the
+    // platform reports per-thread CPU time (Linux).
+    let cpu = result.rounds.iter().all(|(raw, mailroom)| {
+        [raw, mailroom]
+            .iter()
+            .all(|r| r.publish_cpu_us.is_some() && r.consume_cpu_us.is_some())
+    });
+    assert_eq!(lines.len(), if cpu { 6 } else { 4 }, "{lines:?}");
+    assert!(
+        lines[2].contains("consume+ack") && lines[3].contains("first message"),
+        "{lines:?}"
+    );
+    if cpu {
+        assert!(
+            lines[4].contains("publish CPU") && lines[4].contains("us/msg"),
+            "{lines:?}"
+        );
+    }
     assert!(
         lines[1].contains("publish+confirm") && lines[1].contains("ratio"),
         "{lines:?}"

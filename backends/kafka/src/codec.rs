@@ -14,25 +14,76 @@
 //! redeliveries) and the record's timestamp. The timestamp header's name before this release,
 //! `x-mailroom-timestamp`, is still read ([`mailroom_core::wire::LEGACY_TIMESTAMP_HEADERS`]).
 
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use mailroom_core::message::MAX_ID_BYTES;
 use mailroom_core::wire::is_timestamp_header;
 pub use mailroom_core::wire::{ATTEMPT_HEADER, ID_HEADER, TIMESTAMP_HEADER};
 use mailroom_core::{Headers, Message, MessageId, MessageParts, Timestamp};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 
 /// A message's parts as a record carries them (the topic and the delivery opaque are the
-/// producer's).
-pub(crate) struct Record {
-    pub payload: Bytes,
-    pub key: Option<String>,
+/// producer's), borrowed from the message.
+pub(crate) struct Record<'a> {
+    pub payload: &'a [u8],
+    pub key: Option<&'a str>,
     pub timestamp: Option<i64>,
     pub headers: OwnedHeaders,
 }
 
+/// Text formatted into a buffer on the stack, so that the id, timestamp and attempt headers
+/// cost no allocation of their own (librdkafka copies each header anyway).
+struct StackText {
+    buf: [u8; MAX_ID_BYTES + 1],
+    len: usize,
+}
+
+impl StackText {
+    /// `value` as text, or `None` if it does not fit (an id never exceeds `MAX_ID_BYTES`).
+    fn of(value: impl fmt::Display) -> Option<Self> {
+        let mut text = StackText {
+            buf: [0; MAX_ID_BYTES + 1],
+            len: 0,
+        };
+        write!(text, "{value}").ok()?;
+        Some(text)
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// `headers` with one more header whose value is `value` as text.
+fn with_text(headers: OwnedHeaders, name: &str, value: impl fmt::Display) -> OwnedHeaders {
+    match StackText::of(&value) {
+        Some(text) => headers.insert(Header {
+            key: name,
+            value: Some(text.as_bytes()),
+        }),
+        None => headers.insert(Header {
+            key: name,
+            value: Some(&value.to_string()),
+        }),
+    }
+}
+
 /// The record for `message`; `attempt` is set on a requeued copy.
-pub(crate) fn encode(message: &Message, attempt: Option<u32>) -> Record {
+pub(crate) fn encode(message: &Message, attempt: Option<u32>) -> Record<'_> {
     let timestamp = message.timestamp().map(|t| t.as_millis() as i64);
     let mut headers = OwnedHeaders::new_with_capacity(message.headers().len() + 3);
     for (name, value) in message.headers() {
@@ -41,26 +92,16 @@ pub(crate) fn encode(message: &Message, attempt: Option<u32>) -> Record {
             value: Some(value),
         });
     }
-    let id = message.id().to_string();
-    headers = headers.insert(Header {
-        key: ID_HEADER,
-        value: Some(&id),
-    });
+    headers = with_text(headers, ID_HEADER, message.id());
     if let Some(ts) = timestamp {
-        headers = headers.insert(Header {
-            key: TIMESTAMP_HEADER,
-            value: Some(&ts.to_string()),
-        });
+        headers = with_text(headers, TIMESTAMP_HEADER, ts);
     }
     if let Some(a) = attempt {
-        headers = headers.insert(Header {
-            key: ATTEMPT_HEADER,
-            value: Some(&a.to_string()),
-        });
+        headers = with_text(headers, ATTEMPT_HEADER, a);
     }
     Record {
-        payload: message.payload().clone(),
-        key: message.key().map(str::to_owned),
+        payload: message.payload(),
+        key: message.key(),
         timestamp,
         headers,
     }
@@ -202,6 +243,11 @@ mod tests {
         let names: Vec<&str> = record.headers.iter().map(|h| h.key).collect();
         assert_eq!(names, ["a", ID_HEADER, TIMESTAMP_HEADER, ATTEMPT_HEADER]);
         assert_eq!(record.timestamp, Some(7));
-        assert_eq!(record.key.as_deref(), Some("k"));
+        assert_eq!(record.key, Some("k"));
+        let values: Vec<&[u8]> = record.headers.iter().filter_map(|h| h.value).collect();
+        assert_eq!(
+            values,
+            [&b"1"[..], message.id().to_string().as_bytes(), b"7", b"3"]
+        );
     }
 }

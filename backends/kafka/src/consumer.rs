@@ -4,8 +4,9 @@
 //! Each delivery is recorded in an [`OffsetBook`]; settling it (ack, or a nack once the requeued
 //! copy or the dead letter is confirmed by the broker) lets the partition's commit position
 //! advance over the *contiguous settled prefix* only, and the consumer hands that position to
-//! librdkafka (`store_offsets`), which commits it every `auto.commit.interval.ms`, on revoke and
-//! on close. An out-of-order ack therefore never commits past an unsettled message.
+//! librdkafka (`store_offsets`: before it waits for a record, at most every 10 ms while records
+//! keep coming, on revoke and on close), which commits it every `auto.commit.interval.ms`, on
+//! revoke and on close. An out-of-order ack therefore never commits past an unsettled message.
 //!
 //! **Requeue** (in `settle.rs`) is a retry path, not a seek: a nacked (or dropped) delivery is
 //! produced again to the queue's own topic with `x-mailroom-attempt` = attempt + 1, and the
@@ -19,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures_util::FutureExt as _;
 use mailroom_core::consumer::closed_consumer;
 use mailroom_core::operation::{CLOSE, CONNECT, CONSUME, RECEIVE};
 use mailroom_core::{
@@ -172,10 +174,22 @@ pub(crate) fn check_consumer_config(config: &KafkaConfig) -> Result<()> {
 pub struct KafkaConsumer {
     consumer: Option<StreamConsumer<GroupContext>>,
     scope: Arc<SettleScope>,
-    topics: HashMap<String, Arc<str>>,
+    /// The subscribed topics (the queue's and its bound exchanges'), a handful at most: a
+    /// linear search by name is cheaper per record than hashing it.
+    topics: Vec<Arc<str>>,
     prefetch: usize,
     timeout: Duration,
+    /// When the settled prefix was last handed to librdkafka (see [`STORE_INTERVAL`]).
+    stored_at: Instant,
 }
+
+/// How long, at most, settled offsets wait before they are handed to librdkafka while records
+/// keep arriving; they are handed over at once whenever the consumer is about to wait, on a
+/// revoke and on close. librdkafka commits what it holds every `auto.commit.interval.ms`
+/// (5 s unless configured), so this delay is small beside it; handing them over per record
+/// cost a partition list and a call into librdkafka per message, as much as the rest of
+/// receiving one.
+const STORE_INTERVAL: Duration = Duration::from_millis(10);
 
 impl KafkaConsumer {
     pub(crate) async fn open(
@@ -237,22 +251,25 @@ impl KafkaConsumer {
             }),
             topics: partitions
                 .iter()
-                .map(|(t, _)| (t.clone(), Arc::from(t.as_str())))
+                .map(|(t, _)| Arc::from(t.as_str()))
                 .collect(),
             prefetch: options
                 .prefetch
                 .unwrap_or(connection.config.default_prefetch)
                 .max(1) as usize,
             timeout,
+            stored_at: Instant::now(),
         })
     }
 
     fn delivery(&self, m: &BorrowedMessage<'_>) -> Delivery {
+        let name = m.topic();
         let topic = self
             .topics
-            .get(m.topic())
+            .iter()
+            .find(|t| ***t == *name)
             .cloned()
-            .unwrap_or_else(|| Arc::from(m.topic()));
+            .unwrap_or_else(|| Arc::from(name));
         let (message, attempt) = decode(m);
         let tp: TopicPartition = (topic, m.partition());
         let offset = m.offset();
@@ -350,23 +367,43 @@ impl Consumer for KafkaConsumer {
             let Some(consumer) = self.consumer.as_ref() else {
                 return Err(closed_consumer(BACKEND));
             };
-            store(consumer, &self.scope.book);
-            let settled = self.scope.book.settled.notified();
-            if self.scope.book.unsettled() >= self.prefetch {
+            let book = &self.scope.book;
+            let settled = book.settled.notified();
+            if book.unsettled() >= self.prefetch {
+                store(consumer, book);
+                self.stored_at = Instant::now();
                 settled.await;
                 continue;
             }
+            // A record librdkafka already fetched is taken without waiting, and the settled
+            // offsets go to librdkafka at most every STORE_INTERVAL meanwhile; before waiting
+            // for a record they go at once, and a settle while waiting stores them too.
             // Nothing below awaits after a record is taken, which keeps `receive` cancel-safe.
-            tokio::select! {
-                _ = settled => continue,
-                received = consumer.recv() => match received {
-                    Ok(m) => return Ok(self.delivery(&m)),
-                    Err(e) if is_moot(&e) => {
-                        tracing::debug!(error = %e, "transient consumer error");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+            let received = match consumer.recv().now_or_never() {
+                Some(received) => {
+                    if self.stored_at.elapsed() >= STORE_INTERVAL {
+                        store(consumer, book);
+                        self.stored_at = Instant::now();
                     }
-                    Err(e) => return Err(error::map(e, RECEIVE)),
-                },
+                    received
+                }
+                None => {
+                    store(consumer, book);
+                    self.stored_at = Instant::now();
+                    tokio::select! {
+                        biased;
+                        received = consumer.recv() => received,
+                        _ = settled => continue,
+                    }
+                }
+            };
+            match received {
+                Ok(m) => return Ok(self.delivery(&m)),
+                Err(e) if is_moot(&e) => {
+                    tracing::debug!(error = %e, "transient consumer error");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(error::map(e, RECEIVE)),
             }
         }
     }
