@@ -25,6 +25,7 @@ pub mod pattern;
 pub mod producer;
 pub mod republish;
 pub mod topology;
+pub mod trace_context;
 pub mod transaction;
 pub mod url;
 pub mod wire;
@@ -43,6 +44,7 @@ pub use producer::{Destination, PendingConfirm, Producer, Receipt};
 pub use topology::{
     Binding, ExchangeKind, ExchangeSpec, HeaderMatch, Overflow, QueueSpec, Route, Topology,
 };
+pub use trace_context::TraceContext;
 pub use transaction::{TransactionCounts, TransactionInput, TransactionOptions, Transactional};
 
 #[cfg(feature = "mock")]
