@@ -386,8 +386,11 @@ impl TracedConsumer {
     /// Note the delivery on the span, and trace its settle when anyone listens.
     ///
     /// The message's context becomes the receive span's parent (with the `otel` feature), so
-    /// the receive joins the sender's trace; that is why the span is not entered while the
-    /// receive waits: OpenTelemetry fixes a span's parent when it is first entered.
+    /// the receive joins the sender's trace. The span is opened when the receive has an
+    /// outcome, not before the wait: OpenTelemetry fixes a span's parent when the span starts,
+    /// and a receive cancelled while waiting (a `select!` taking another branch, a pipeline
+    /// stopping) would otherwise leave a span with no message in a trace of its own. How long
+    /// receives wait is the metrics layer's `messaging.client.operation.duration`.
     fn received(&self, span: &Span, delivery: Delivery) -> Delivery {
         note_delivery(span, &delivery);
         let context = TraceContext::extract(delivery.message().headers());
@@ -426,12 +429,12 @@ impl Consumer for TracedConsumer {
         'a: 'f,
         Self: 'f,
     {
-        let span = receive_span(self.system, &self.queue, "receive");
-        if span.is_disabled() {
+        if !tracing::enabled!(Level::INFO) {
             return self.inner.receive();
         }
         Box::pin(async move {
             let result = self.inner.receive().await;
+            let span = receive_span(self.system, &self.queue, "receive");
             self.finish(&span, result)
         })
     }
@@ -444,20 +447,16 @@ impl Consumer for TracedConsumer {
         'a: 'f,
         Self: 'f,
     {
-        let span = receive_span(self.system, &self.queue, "receive_timeout");
-        if span.is_disabled() {
+        if !tracing::enabled!(Level::INFO) {
             return self.inner.receive_timeout(timeout);
         }
         Box::pin(async move {
-            let result = self.inner.receive_timeout(timeout).await;
-            match result {
-                Ok(Some(delivery)) => Ok(Some(self.received(&span, delivery))),
-                Ok(None) => Ok(None),
-                Err(e) => {
-                    span.record("error.type", e.kind().as_str());
-                    Err(e)
-                }
-            }
+            let result = self.inner.receive_timeout(timeout).await?;
+            let Some(delivery) = result else {
+                return Ok(None);
+            };
+            let span = receive_span(self.system, &self.queue, "receive_timeout");
+            Ok(Some(self.received(&span, delivery)))
         })
     }
 
