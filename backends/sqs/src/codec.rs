@@ -14,8 +14,7 @@ use aws_sdk_sqs::types::{
 use base64::Engine as _;
 use bytes::Bytes;
 use mailroom_core::{
-    trace_context, Error, ErrorKind, Headers, Message, MessageId, MessageParts, Result,
-    Timestamp,
+    trace_context, Error, ErrorKind, Headers, Message, MessageId, MessageParts, Result, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
