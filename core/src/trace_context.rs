@@ -345,6 +345,11 @@ mod otel {
     use super::TraceContext;
 
     pub(super) fn current() -> Option<TraceContext> {
+        // No subscriber was ever set: no span can be current, and two atomic loads say so
+        // faster than asking the dispatcher for its current span.
+        if !tracing::dispatcher::has_been_set() {
+            return None;
+        }
         let span = tracing::Span::current();
         if span.is_none() {
             return None;

@@ -11,7 +11,8 @@
 //! rates swing with other load, so the CPU time this process spent per message (Linux
 //! schedstat) is printed beside them: it is the steadier of the two.
 //!
-//! `cargo bench -p mailroom-memory --bench layers` (MESSAGES=n, ROUNDS=n to change the size).
+//! `cargo bench -p mailroom-memory --bench layers` (MESSAGES=n, ROUNDS=n to change the size,
+//! STACKS=1,2 to measure only some stacks).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,17 +48,38 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The stacks measured: the capability check alone (what `Registry::connect` adds), and the
-/// whole stack.
-fn stacks() -> [LayerStack; 2] {
-    [
+/// The stacks measured: the capability check alone (what `Registry::connect` adds), tracing
+/// and metrics together and each alone, and the whole stack.
+fn stacks() -> Vec<LayerStack> {
+    let all = vec![
         LayerStack::new().layer(CapabilityLayer::new()),
+        // Observability alone, on vs off (issue 16's cost figure), then each half of it.
+        LayerStack::new()
+            .layer(TracingLayer::new())
+            .layer(MetricsLayer::new()),
+        LayerStack::new().layer(TracingLayer::new()),
+        LayerStack::new().layer(MetricsLayer::new()),
         LayerStack::new()
             .layer(TracingLayer::new())
             .layer(MetricsLayer::new())
             .layer(RetryLayer::new())
             .layer(CapabilityLayer::new()),
-    ]
+    ];
+    // STACKS=1,2 measures only those (0-based, in the order above).
+    match std::env::var("STACKS") {
+        Ok(pick) => {
+            let pick: Vec<usize> = pick
+                .split(',')
+                .filter_map(|i| i.trim().parse().ok())
+                .collect();
+            all.into_iter()
+                .enumerate()
+                .filter(|(i, _)| pick.contains(i))
+                .map(|(_, s)| s)
+                .collect()
+        }
+        Err(_) => all,
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
