@@ -299,6 +299,12 @@ impl Producer for MeteredProducer {
         messages: &mut Vec<Message>,
         pending: &mut Vec<Result<PendingConfirm>>,
     ) {
+        if !recording() {
+            return self
+                .inner
+                .enqueue_batch(destination, messages, pending)
+                .await;
+        }
         let started = Instant::now();
         let start = pending.len();
         self.inner
@@ -366,6 +372,9 @@ impl Producer for MeteredProducer {
         destination: &Destination,
         messages: Vec<Message>,
     ) -> Result<Vec<Result<Receipt>>> {
+        if !recording() {
+            return self.inner.send_batch(destination, messages).await;
+        }
         let started = Instant::now();
         let results = self.inner.send_batch(destination, messages).await;
         self.with_meters(destination, |meters| match &results {

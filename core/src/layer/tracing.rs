@@ -193,15 +193,20 @@ fn context_for_send(span: &Span, carried: Option<TraceContext>) -> TraceContext 
 /// While nothing listens: pass on the context that is current (a processor sending the outputs
 /// of an input), and touch nothing else, so a plain send costs one thread-local read.
 fn propagate_quietly(headers: &mut crate::headers::Headers) {
-    if let Some(current) = TraceContext::current() {
-        current.child().inject(headers);
+    if let Some(context) = TraceContext::current_child() {
+        context.inject(headers);
     }
+}
+
+/// Whether any subscriber may want an `INFO` span: one atomic load, and false while none is
+/// installed, so the quiet paths do not even build a disabled span.
+fn listening() -> bool {
+    Level::INFO <= tracing::level_filters::LevelFilter::current()
 }
 
 /// [`propagate_quietly`] for a batch: one child context for all of it.
 fn propagate_quietly_to<'m>(messages: impl Iterator<Item = &'m mut Message>) {
-    if let Some(current) = TraceContext::current() {
-        let context = current.child();
+    if let Some(context) = TraceContext::current_child() {
         messages.for_each(|m| context.inject(m.headers_mut()));
     }
 }
@@ -251,14 +256,17 @@ impl Producer for TracedProducer {
     fn enqueue<'a, 'b, 'f>(
         &'a self,
         destination: &'b Destination,
-        message: Message,
+        mut message: Message,
     ) -> BoxFuture<'f, Result<PendingConfirm>>
     where
         'a: 'f,
         'b: 'f,
         Self: 'f,
     {
-        let mut message = message;
+        if !listening() {
+            propagate_quietly(message.headers_mut());
+            return self.inner.enqueue(destination, message);
+        }
         let span = send_span(self.system, destination, "enqueue");
         if span.is_disabled() {
             propagate_quietly(message.headers_mut());
@@ -313,14 +321,17 @@ impl Producer for TracedProducer {
     fn send<'a, 'b, 'f>(
         &'a self,
         destination: &'b Destination,
-        message: Message,
+        mut message: Message,
     ) -> BoxFuture<'f, Result<Receipt>>
     where
         'a: 'f,
         'b: 'f,
         Self: 'f,
     {
-        let mut message = message;
+        if !listening() {
+            propagate_quietly(message.headers_mut());
+            return self.inner.send(destination, message);
+        }
         let span = send_span(self.system, destination, "send");
         if span.is_disabled() {
             propagate_quietly(message.headers_mut());
@@ -461,6 +472,9 @@ impl Consumer for TracedConsumer {
     }
 
     fn try_receive(&mut self) -> Option<Result<Delivery>> {
+        if !listening() {
+            return self.inner.try_receive();
+        }
         // A span only for what arrived: polling an empty queue is not an operation.
         let result = self.inner.try_receive()?;
         let span = receive_span(self.system, &self.queue, "try_receive");
