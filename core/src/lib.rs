@@ -26,6 +26,7 @@ pub mod pattern;
 pub mod producer;
 pub mod republish;
 pub mod topology;
+pub mod trace_context;
 pub mod transaction;
 pub mod url;
 pub mod wire;
@@ -45,6 +46,7 @@ pub use producer::{Destination, PendingConfirm, Producer, ProducerOptions, Recei
 pub use topology::{
     Binding, ExchangeKind, ExchangeSpec, HeaderMatch, Overflow, QueueSpec, Route, Topology,
 };
+pub use trace_context::TraceContext;
 pub use transaction::{TransactionCounts, TransactionInput, TransactionOptions, Transactional};
 
 #[cfg(feature = "mock")]

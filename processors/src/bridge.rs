@@ -4,7 +4,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use mailroom_core::{Consumer, Destination, Message, Nack, Producer, Result};
+use mailroom_core::layer::process_span;
+use mailroom_core::{Consumer, Destination, Message, Nack, Producer, Result, TraceContext};
+use tracing::Instrument;
 
 /// Turns one input into at most one output; `Ok(None)` filters the input out. An `Err` (or a
 /// panic) dead-letters the input.
@@ -96,25 +98,40 @@ impl Bridge {
                 },
             };
             stats.received += 1;
+            // The input's trace goes on through its output: the process span is the child of
+            // the context the input carries, and the output is sent inside it (and inside that
+            // context, for propagation without OpenTelemetry). It lasts until the input settles.
+            let span = process_span(&delivery);
+            let context = TraceContext::extract(delivery.message().headers());
             // A panic in the transform is its failure on this input, like an `Err`.
             let transform = &mut self.transform;
-            let transformed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                transform(delivery.message())
-            }))
-            .unwrap_or_else(|panic| Err(crate::stage::panic_error("transform", panic)));
+            let transformed = span.in_scope(|| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    transform(delivery.message())
+                }))
+                .unwrap_or_else(|panic| Err(crate::stage::panic_error("transform", panic)))
+            });
             match transformed {
                 Ok(None) => {
-                    delivery.ack().await?;
+                    delivery.ack().instrument(span).await?;
                     stats.filtered += 1;
                 }
                 Err(e) => {
-                    delivery.nack(Nack::dead_letter(e.to_string())).await?;
+                    delivery
+                        .nack(Nack::dead_letter(e.to_string()))
+                        .instrument(span)
+                        .await?;
                     stats.dead_lettered += 1;
                 }
                 Ok(Some(output)) => {
                     let sink = self.sink.clone();
                     let destination = self.destination.clone();
-                    let confirm = sink.enqueue(&destination, output).await;
+                    let send =
+                        async { sink.enqueue(&destination, output).await }.instrument(span.clone());
+                    let confirm = match context {
+                        Some(context) => context.in_scope(send).await,
+                        None => send.await,
+                    };
                     in_flight.push(async move {
                         let confirmed = match confirm {
                             Ok(pending) => pending.await,
@@ -130,7 +147,8 @@ impl Bridge {
                                     .map(|_| Settled::Requeued)
                             }
                         }
-                    });
+                    }
+                    .instrument(span));
                 }
             }
         }

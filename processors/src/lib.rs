@@ -111,7 +111,7 @@ pub use batch::{Batch, ByteSize};
 pub use bridge::{Bridge, BridgeStats, Transform};
 pub use exactly_once::{ExactlyOnce, ExactlyOnceBuilder, ExactlyOnceReport, ExactlyOnceTransform};
 pub use flow::{Flow, Ordering, Partitioning, Pipeline, PipelineBuilder, Source};
-pub use metrics::{Metrics, Snapshot, StageSnapshot};
+pub use metrics::{Metrics, Snapshot, StageSnapshot, PIPELINE_METRIC_PREFIX};
 pub use policy::{Backoff, ErrorPolicy};
 pub use run::{PipelineHandle, Report};
 pub use sink::{default_sink_policy, Sink};

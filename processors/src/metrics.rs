@@ -1,4 +1,5 @@
-//! Counters of a running pipeline, readable at any time as a snapshot.
+//! Counters of a running pipeline, readable at any time as a snapshot, and published through
+//! the `metrics` facade (the one `mailroom_core::layer::MetricsLayer` records through).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,11 +62,17 @@ pub struct Metrics {
     pub(crate) stages: Arc<Mutex<Vec<Arc<StageCounters>>>>,
     pub(crate) slots: Arc<Slots>,
     pub(crate) max_in_flight: usize,
+    /// The `pipeline` label of the published counters: `pipeline-<n>`, n counting the
+    /// pipelines built by this process.
+    label: Arc<str>,
 }
 
 impl Metrics {
     pub(crate) fn new(slots: Arc<Slots>, max_in_flight: usize) -> Self {
+        static BUILT: AtomicU64 = AtomicU64::new(0);
+        let n = BUILT.fetch_add(1, Ordering::Relaxed) + 1;
         Metrics {
+            label: format!("pipeline-{n}").into(),
             pipeline: Arc::default(),
             stages: Arc::default(),
             slots,
@@ -126,6 +133,75 @@ impl Metrics {
             in_flight_peak: get(&p.in_flight_peak),
             max_in_flight: self.max_in_flight as u64,
             stages,
+        }
+    }
+}
+
+impl Metrics {
+    /// The `pipeline` label this pipeline publishes under: `pipeline-<n>`, n counting the
+    /// pipelines this process built, in order.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// [`publish_as`](Self::publish_as) under this pipeline's own [`label`](Self::label).
+    pub fn publish(&self) {
+        self.publish_as(&self.label);
+    }
+}
+
+/// Prefix of the pipeline counters in the `metrics` facade: `mailroom.pipeline.received`, ...
+pub const PIPELINE_METRIC_PREFIX: &str = "mailroom.pipeline";
+
+impl Metrics {
+    /// Publish the counters through the `metrics` facade, as absolute values: counters
+    /// `mailroom.pipeline.<name>` (the [`Snapshot`] field names), per stage with a `stage`
+    /// label (`mailroom.pipeline.stage.<name>`), and gauges `mailroom.pipeline.in_flight` and
+    /// `.in_flight_peak`; every one labelled `pipeline`. A running pipeline publishes at each
+    /// `log_every` tick and when it ends, labelled `pipeline-<n>` (see [`Metrics::label`]);
+    /// with no recorder installed this costs nothing.
+    ///
+    /// The hot path keeps its plain atomics: publishing a copy now and then costs a few
+    /// lookups per tick, where recording each event through the facade would cost one per
+    /// message.
+    pub fn publish_as(&self, pipeline: &str) {
+        let s = self.snapshot();
+        let label = pipeline.to_owned();
+        let counter = |name: &str, value: u64| {
+            ::metrics::counter!(format!("{PIPELINE_METRIC_PREFIX}.{name}"), "pipeline" => label.clone())
+                .absolute(value);
+        };
+        counter("received", s.received);
+        counter("out", s.out);
+        counter("filtered", s.filtered);
+        counter("retried", s.retried);
+        counter("dead_lettered", s.dead_lettered);
+        counter("skipped", s.skipped);
+        counter("late", s.late);
+        counter("acked", s.acked);
+        counter("requeued", s.requeued);
+        counter("abandoned", s.abandoned);
+        counter("settle_errors", s.settle_errors);
+        ::metrics::gauge!(format!("{PIPELINE_METRIC_PREFIX}.in_flight"), "pipeline" => label.clone())
+            .set(s.in_flight as f64);
+        ::metrics::gauge!(format!("{PIPELINE_METRIC_PREFIX}.in_flight_peak"), "pipeline" => label.clone())
+            .set(s.in_flight_peak as f64);
+        for stage in &s.stages {
+            let stage_counter = |name: &str, value: u64| {
+                ::metrics::counter!(
+                    format!("{PIPELINE_METRIC_PREFIX}.stage.{name}"),
+                    "pipeline" => label.clone(),
+                    "stage" => stage.name.clone(),
+                )
+                .absolute(value);
+            };
+            stage_counter("input", stage.input);
+            stage_counter("output", stage.output);
+            stage_counter("filtered", stage.filtered);
+            stage_counter("errors", stage.errors);
+            stage_counter("retried", stage.retried);
+            stage_counter("dead_lettered", stage.dead_lettered);
+            stage_counter("skipped", stage.skipped);
         }
     }
 }

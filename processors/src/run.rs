@@ -87,6 +87,7 @@ impl Pipeline {
                     }
                 } => {
                     log_snapshot(&metrics.snapshot());
+                    metrics.publish();
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                     timed_out = true;
@@ -122,6 +123,7 @@ impl Pipeline {
             );
         }
         log_snapshot(&snapshot);
+        metrics.publish();
         Report {
             metrics: snapshot,
             error: result.err(),

@@ -11,7 +11,8 @@
 //! rates swing with other load, so the CPU time this process spent per message (Linux
 //! schedstat) is printed beside them: it is the steadier of the two.
 //!
-//! `cargo bench -p mailroom-memory --bench layers` (MESSAGES=n, ROUNDS=n to change the size).
+//! `cargo bench -p mailroom-memory --bench layers` (MESSAGES=n, ROUNDS=n to change the size,
+//! STACKS=1,2 to measure only some stacks; PATHS and ONLY: see `wanted`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,17 +48,38 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The stacks measured: the capability check alone (what `Registry::connect` adds), and the
-/// whole stack.
-fn stacks() -> [LayerStack; 2] {
-    [
+/// The stacks measured: the capability check alone (what `Registry::connect` adds), tracing
+/// and metrics together and each alone, and the whole stack.
+fn stacks() -> Vec<LayerStack> {
+    let all = vec![
         LayerStack::new().layer(CapabilityLayer::new()),
+        // Observability alone, on vs off (issue 16's cost figure), then each half of it.
+        LayerStack::new()
+            .layer(TracingLayer::new())
+            .layer(MetricsLayer::new()),
+        LayerStack::new().layer(TracingLayer::new()),
+        LayerStack::new().layer(MetricsLayer::new()),
         LayerStack::new()
             .layer(TracingLayer::new())
             .layer(MetricsLayer::new())
             .layer(RetryLayer::new())
             .layer(CapabilityLayer::new()),
-    ]
+    ];
+    // STACKS=1,2 measures only those (0-based, in the order above).
+    match std::env::var("STACKS") {
+        Ok(pick) => {
+            let pick: Vec<usize> = pick
+                .split(',')
+                .filter_map(|i| i.trim().parse().ok())
+                .collect();
+            all.into_iter()
+                .enumerate()
+                .filter(|(i, _)| pick.contains(i))
+                .map(|(_, s)| s)
+                .collect()
+        }
+        Err(_) => all,
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -68,6 +90,15 @@ enum Path {
 }
 
 impl Path {
+    /// Its name in `PATHS`.
+    fn key(self) -> &'static str {
+        match self {
+            Path::Send => "send",
+            Path::Batch => "batch",
+            Path::ReceiveAck => "receive",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Path::Send => "send (one by one)",
@@ -159,6 +190,16 @@ async fn run(path: Path, layered: Option<&LayerStack>, n: usize) -> Rate {
     }
 }
 
+/// Whether the comma-separated list in `var` (all when unset) names `item`. `ONLY=bare` or
+/// `ONLY=layered` runs one side, `PATHS=send,batch,receive` some paths: for instruction counts
+/// under callgrind, where a side is measured as the difference of two runs of different sizes.
+fn wanted(var: &str, item: &str) -> bool {
+    match std::env::var(var) {
+        Ok(list) => list.split(',').any(|i| i.trim() == item),
+        Err(_) => true,
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -192,6 +233,9 @@ fn main() {
             "ratio"
         );
         for path in [Path::Send, Path::Batch, Path::ReceiveAck] {
+            if !wanted("PATHS", path.key()) {
+                continue;
+            }
             let (mut bare, mut layered) = (Vec::new(), Vec::new());
             let on = Some(&stack);
             runtime.block_on(async {
@@ -199,13 +243,26 @@ fn main() {
                 run(path, None, n / 10).await;
                 run(path, on, n / 10).await;
                 for round in 0..rounds {
-                    if round % 2 == 0 {
-                        bare.push(run(path, None, n).await);
-                        layered.push(run(path, on, n).await);
+                    let sides = if round % 2 == 0 {
+                        [false, true]
                     } else {
-                        layered.push(run(path, on, n).await);
-                        bare.push(run(path, None, n).await);
+                        [true, false]
+                    };
+                    for layers in sides {
+                        match layers {
+                            false if wanted("ONLY", "bare") => bare.push(run(path, None, n).await),
+                            true if wanted("ONLY", "layered") => {
+                                layered.push(run(path, on, n).await)
+                            }
+                            _ => {}
+                        }
                     }
+                }
+                if bare.is_empty() {
+                    bare = layered.clone();
+                }
+                if layered.is_empty() {
+                    layered = bare.clone();
                 }
             });
             let ((bare, bare_cpu), (layered, layered_cpu)) = (medians(&bare), medians(&layered));

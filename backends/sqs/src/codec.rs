@@ -14,7 +14,7 @@ use aws_sdk_sqs::types::{
 use base64::Engine as _;
 use bytes::Bytes;
 use mailroom_core::{
-    Error, ErrorKind, Headers, Message, MessageId, MessageParts, Result, Timestamp,
+    trace_context, Error, ErrorKind, Headers, Message, MessageId, MessageParts, Result, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -141,6 +141,11 @@ pub(crate) fn dedup_id(id: &str) -> String {
     )
 }
 
+/// Whether `name` is a W3C trace context header, given an attribute before other headers.
+fn is_trace_header(name: &str) -> bool {
+    name == trace_context::TRACEPARENT || name == trace_context::TRACESTATE
+}
+
 /// Encode `message` for a queue (`fifo` if the queue is FIFO), checking every SQS limit.
 pub(crate) fn encode(message: &Message, fifo: bool, max_size: usize) -> Result<Encoded> {
     let payload = message.payload();
@@ -159,18 +164,33 @@ pub(crate) fn encode(message: &Message, fifo: bool, max_size: usize) -> Result<E
             B64.encode(payload)
         }
     };
-    // One slot for the meta attribute, one for the encoding marker if present.
+    // One slot for the meta attribute, one for the encoding marker if present. The W3C trace
+    // context takes its slots first (at most two of the eight or nine left), so a foreign
+    // consumer's OpenTelemetry instrumentation finds `traceparent` as a message attribute
+    // however many headers the message has; the others fill what is left, in order.
     let mut free = MAX_ATTRIBUTES - 1 - attributes.len();
-    let mut order = Vec::with_capacity(message.headers().len());
-    for (name, value) in message.headers() {
-        if free > 0 && attribute_name_ok(name) && !value.is_empty() && text_safe(value) {
-            attributes.insert(name.to_owned(), string_attr(value)?);
-            order.push(HeaderRef::Attr(name.to_owned()));
-            free -= 1;
-        } else {
-            order.push(HeaderRef::Packed(name.to_owned(), value.to_owned()));
+    let mut as_attribute = vec![false; message.headers().len()];
+    for trace_first in [true, false] {
+        for (i, (name, value)) in message.headers().iter().enumerate() {
+            if is_trace_header(name) != trace_first {
+                continue;
+            }
+            if free > 0 && attribute_name_ok(name) && !value.is_empty() && text_safe(value) {
+                attributes.insert(name.to_owned(), string_attr(value)?);
+                as_attribute[i] = true;
+                free -= 1;
+            }
         }
     }
+    let order: Vec<HeaderRef> = message
+        .headers()
+        .iter()
+        .zip(as_attribute)
+        .map(|((name, value), attribute)| match attribute {
+            true => HeaderRef::Attr(name.to_owned()),
+            false => HeaderRef::Packed(name.to_owned(), value.to_owned()),
+        })
+        .collect();
     let meta = Meta {
         v: 1,
         id: message.id().to_string(),
@@ -409,6 +429,28 @@ mod tests {
         let e = encode(&m, false, 1 << 20).unwrap();
         assert_eq!(e.attributes.len(), MAX_ATTRIBUTES);
         assert_eq!(round_trip(&m, false), m);
+    }
+
+    #[test]
+    fn the_trace_context_gets_attribute_slots_before_other_headers() {
+        let mut b = Message::builder("x");
+        for i in 0..12 {
+            b = b.header(format!("h{i}"), format!("v{i}"));
+        }
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let m = b
+            .header(trace_context::TRACEPARENT, traceparent)
+            .header(trace_context::TRACESTATE, "rojo=1")
+            .build()
+            .unwrap();
+        let e = encode(&m, false, 1 << 20).unwrap();
+        assert_eq!(e.attributes.len(), MAX_ATTRIBUTES);
+        let attr = |n: &str| e.attributes.get(n).and_then(|a| a.string_value());
+        assert_eq!(attr(trace_context::TRACEPARENT), Some(traceparent));
+        assert_eq!(attr(trace_context::TRACESTATE), Some("rojo=1"));
+        assert_eq!(attr("h0"), Some("v0"));
+        assert!(!e.attributes.contains_key("h11"), "packed into the meta");
+        assert_eq!(round_trip(&m, false), m, "order and values kept");
     }
 
     #[test]

@@ -13,7 +13,6 @@ mod produce;
 mod progress;
 mod state;
 
-use std::io::IsTerminal;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -183,10 +182,10 @@ async fn run_on(
     result.mailroom.server_version = driver.server_version().await;
     result.mailroom.stats_interval_seconds = options.stats_interval.as_secs_f64();
     result.mailroom.subscriptions = plan.subscriptions;
-    let progress = Progress {
-        enabled: options.progress && std::io::stderr().is_terminal(),
-        label: format!("{} on {}", plan.workload.name, driver.name()),
-    };
+    let progress = Progress::new(
+        options.progress,
+        format!("{} on {}", plan.workload.name, driver.name()),
+    );
     // A receive can be counted before its send's confirm is: never show a negative backlog.
     let backlog = |state: &RunState| -> i64 {
         (state.sent_total.load(Ordering::Relaxed) as i64 * subs

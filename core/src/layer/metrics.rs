@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use metrics::{Counter, Histogram, Unit};
 
 use super::{wrap_settle, Layer};
@@ -32,7 +33,8 @@ pub const OPERATION_DURATION: &str = "messaging.client.operation.duration";
 ///
 /// It records through the [`metrics`] facade and installs no recorder: an application that
 /// wants the numbers installs one (Prometheus, OpenTelemetry, statsd exporters exist), and one
-/// that does not pays a branch per record. Handles are resolved once per destination, so a
+/// that does not pays a check per operation: the backend's own future is handed back unwrapped,
+/// with no clock read. Handles are resolved once per destination, so a
 /// message costs no label building or lookup allocation; only a confirm still to come is
 /// wrapped (to time it).
 ///
@@ -97,6 +99,14 @@ impl Layer for MetricsLayer {
             settle_durations: self.settle_durations,
         })
     }
+}
+
+/// Whether a recorder is installed (globally, or locally around this call). The facade's
+/// stand-in when none is, `NoopRecorder`, is the only recorder without a field; a real one
+/// keeps its storage. Two thread-local and atomic loads: checked per operation, so a recorder
+/// installed after a producer opened is still fed.
+fn recording() -> bool {
+    metrics::with_recorder(|recorder| std::mem::size_of_val(recorder) != 0)
 }
 
 /// The handles of one operation on one destination, with the labels to name its failures.
@@ -260,10 +270,27 @@ impl MeteredProducer {
 
 #[async_trait]
 impl Producer for MeteredProducer {
-    async fn enqueue(&self, destination: &Destination, message: Message) -> Result<PendingConfirm> {
-        let started = Instant::now();
-        let result = self.inner.enqueue(destination, message).await;
-        self.with_meters(destination, |meters| Self::observe(meters, started, result))
+    // The per-message paths hand the backend's own future back while no recorder is
+    // installed (no wrapping future, no clock reads); the signatures are those `async_trait`
+    // gives the trait.
+    fn enqueue<'a, 'b, 'f>(
+        &'a self,
+        destination: &'b Destination,
+        message: Message,
+    ) -> BoxFuture<'f, Result<PendingConfirm>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        if !recording() {
+            return self.inner.enqueue(destination, message);
+        }
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = self.inner.enqueue(destination, message).await;
+            self.with_meters(destination, |meters| Self::observe(meters, started, result))
+        })
     }
 
     async fn enqueue_batch(
@@ -272,6 +299,12 @@ impl Producer for MeteredProducer {
         messages: &mut Vec<Message>,
         pending: &mut Vec<Result<PendingConfirm>>,
     ) {
+        if !recording() {
+            return self
+                .inner
+                .enqueue_batch(destination, messages, pending)
+                .await;
+        }
         let started = Instant::now();
         let start = pending.len();
         self.inner
@@ -313,11 +346,25 @@ impl Producer for MeteredProducer {
         });
     }
 
-    async fn send(&self, destination: &Destination, message: Message) -> Result<Receipt> {
-        let started = Instant::now();
-        let result = self.inner.send(destination, message).await;
-        self.with_meters(destination, |meters| meters.observe(started, &result));
-        result
+    fn send<'a, 'b, 'f>(
+        &'a self,
+        destination: &'b Destination,
+        message: Message,
+    ) -> BoxFuture<'f, Result<Receipt>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        if !recording() {
+            return self.inner.send(destination, message);
+        }
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = self.inner.send(destination, message).await;
+            self.with_meters(destination, |meters| meters.observe(started, &result));
+            result
+        })
     }
 
     async fn send_batch(
@@ -325,6 +372,9 @@ impl Producer for MeteredProducer {
         destination: &Destination,
         messages: Vec<Message>,
     ) -> Result<Vec<Result<Receipt>>> {
+        if !recording() {
+            return self.inner.send_batch(destination, messages).await;
+        }
         let started = Instant::now();
         let results = self.inner.send_batch(destination, messages).await;
         self.with_meters(destination, |meters| match &results {
@@ -403,22 +453,46 @@ impl MeteredConsumer {
 
 #[async_trait]
 impl Consumer for MeteredConsumer {
-    async fn receive(&mut self) -> Result<Delivery> {
-        let started = Instant::now();
-        let result = self.inner.receive().await;
-        self.finish(started, result)
+    fn receive<'a, 'f>(&'a mut self) -> BoxFuture<'f, Result<Delivery>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        if !recording() {
+            return self.inner.receive();
+        }
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = self.inner.receive().await;
+            self.finish(started, result)
+        })
     }
 
-    async fn receive_timeout(&mut self, timeout: Duration) -> Result<Option<Delivery>> {
-        let started = Instant::now();
-        match self.inner.receive_timeout(timeout).await {
-            Ok(Some(delivery)) => self.finish(started, Ok(delivery)).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => self.finish(started, Err(e)).map(Some),
+    fn receive_timeout<'a, 'f>(
+        &'a mut self,
+        timeout: Duration,
+    ) -> BoxFuture<'f, Result<Option<Delivery>>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        if !recording() {
+            return self.inner.receive_timeout(timeout);
         }
+        Box::pin(async move {
+            let started = Instant::now();
+            match self.inner.receive_timeout(timeout).await {
+                Ok(Some(delivery)) => self.finish(started, Ok(delivery)).map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => self.finish(started, Err(e)).map(Some),
+            }
+        })
     }
 
     fn try_receive(&mut self) -> Option<Result<Delivery>> {
+        if !recording() {
+            return self.inner.try_receive();
+        }
         // Nothing waited, so there is no duration worth a clock read; the count is kept.
         match self.inner.try_receive()? {
             Ok(delivery) => Some(Ok(self.received(delivery))),

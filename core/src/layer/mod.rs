@@ -73,7 +73,7 @@ pub use capability::CapabilityLayer;
 pub use chaos::{Chaos, ChaosCounts, ChaosLayer, Fault, Operation, When};
 pub use metrics::{MetricsLayer, CONSUMED_MESSAGES, OPERATION_DURATION, SENT_MESSAGES};
 pub use retry::{Backoff, RetryLayer, DEFAULT_FIRST_DELAY, DEFAULT_MAX_DELAY, DEFAULT_RETRIES};
-pub use tracing::TracingLayer;
+pub use tracing::{process_span, TracingLayer};
 
 /// What a backend is about to open, shown to every layer before the backend sees it.
 #[derive(Debug, Clone, Copy)]

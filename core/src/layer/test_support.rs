@@ -136,6 +136,15 @@ pub(crate) fn delivery(payload: &str, log: &Log) -> Delivery {
     )
 }
 
+/// A delivery of `payload` with `info` whose settles go to `log`.
+pub(crate) fn delivery_with(payload: &str, info: DeliveryInfo, log: &Log) -> Delivery {
+    Delivery::new(
+        Message::new(payload.to_owned()),
+        info,
+        Box::new(Logged(log.clone())),
+    )
+}
+
 /// A confirm that is already in.
 pub(crate) fn confirmed(message: &Message) -> PendingConfirm {
     PendingConfirm::ready(Ok(Receipt::new(message.id().clone())))

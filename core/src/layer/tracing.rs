@@ -1,5 +1,6 @@
 //! Spans around sending, receiving and settling, named as OpenTelemetry's messaging conventions
-//! name them, through the `tracing` crate (the application picks the subscriber or exporter).
+//! name them, through the `tracing` crate (the application picks the subscriber or exporter),
+//! and the W3C trace context carried in the headers from a send to its receives.
 
 use std::future::Future;
 use std::time::Duration;
@@ -16,17 +17,30 @@ use crate::delivery::{Delivery, Nack, Settle, Settlement};
 use crate::error::Result;
 use crate::message::{Message, MessageId};
 use crate::producer::{Destination, PendingConfirm, Producer, Receipt};
+use crate::trace_context::TraceContext;
 
-/// Opens an `INFO` span around every send, receive and settle, with OpenTelemetry's
-/// messaging attribute names: `messaging.system` (the backend's name),
-/// `messaging.destination.name`, `messaging.operation.type` (`send`, `receive`, `settle`),
-/// `messaging.operation.name` (the method), `messaging.message.id`,
-/// `messaging.batch.message_count` for batches, and `error.type` (the error kind) when the
-/// operation fails. A send's span lasts until its confirm.
+/// Opens an `INFO` span around every send, receive and settle, following OpenTelemetry's
+/// messaging conventions, and carries the W3C trace context in the message headers.
 ///
-/// Spans are named after the operation type; a subscriber that exports to OpenTelemetry (for
-/// instance through `tracing-opentelemetry`) maps the fields as they are. While no subscriber
-/// wants these spans, the layer costs a check per operation and wraps nothing per message.
+/// | span | `otel.kind` | `otel.name` | attributes besides `messaging.system`, `messaging.destination.name`, `messaging.operation.type` / `.name` |
+/// |---|---|---|---|
+/// | `send` | producer | `send {destination}` | `messaging.message.id`, `messaging.batch.message_count` (batches), `messaging.rabbitmq.destination.routing_key` (exchanges) |
+/// | `receive` | client | `receive {queue}` | `messaging.message.id`, `messaging.destination.partition.id`, `messaging.kafka.offset` |
+/// | `process` ([`process_span`], opened by the processors) | consumer | `process {queue}` | the same as `receive` |
+/// | `settle` | client | `ack {queue}`, `nack_requeue {queue}`, ... | `messaging.message.id` |
+///
+/// Failures add `error.type` (the error kind). A send's span lasts until its confirm.
+///
+/// **Context.** A send writes `traceparent` (and `tracestate`) into the message: the send
+/// span's own ids with the `otel` feature, else a child of the context current then (see
+/// [`TraceContext`]). A receive reads them: the message's context becomes the parent of its
+/// receive and settle spans, and of the process span, so a message bridged from one broker to
+/// another keeps one trace.
+///
+/// **Cost.** While no subscriber wants these spans, the layer costs a check and a
+/// thread-local read per operation and wraps nothing; a message keeps its headers as they are,
+/// unless a context is current (a processor sending an input's outputs), which is then passed
+/// on.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TracingLayer;
 
@@ -64,8 +78,9 @@ impl Layer for TracingLayer {
 }
 
 fn send_span(system: &'static str, destination: &Destination, operation: &'static str) -> Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "send",
+        otel.name = Empty,
         otel.kind = "producer",
         messaging.system = system,
         messaging.destination.name = destination.name(),
@@ -73,21 +88,127 @@ fn send_span(system: &'static str, destination: &Destination, operation: &'stati
         messaging.operation.name = operation,
         messaging.message.id = Empty,
         messaging.batch.message_count = Empty,
+        messaging.rabbitmq.destination.routing_key = Empty,
         error.type = Empty,
-    )
+    );
+    if !span.is_disabled() {
+        span.record(
+            "otel.name",
+            tracing::field::display(format_args!("send {}", destination.name())),
+        );
+        if let Destination::Exchange { routing_key, .. } = destination {
+            span.record("messaging.rabbitmq.destination.routing_key", &**routing_key);
+        }
+    }
+    span
 }
 
 fn receive_span(system: &'static str, queue: &str, operation: &'static str) -> Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "receive",
-        otel.kind = "consumer",
+        otel.name = Empty,
+        otel.kind = "client",
         messaging.system = system,
         messaging.destination.name = queue,
         messaging.operation.type = "receive",
         messaging.operation.name = operation,
         messaging.message.id = Empty,
+        messaging.destination.partition.id = Empty,
+        messaging.kafka.offset = Empty,
         error.type = Empty,
-    )
+    );
+    if !span.is_disabled() {
+        span.record(
+            "otel.name",
+            tracing::field::display(format_args!("receive {queue}")),
+        );
+    }
+    span
+}
+
+/// The span of processing one delivery (a processor transforming it and sending what it made):
+/// the child of the context the message carries, so the outputs sent inside it carry the same
+/// trace. Callers keep it open until the delivery is settled, and run the work inside it and
+/// inside [`TraceContext::in_scope`] of the delivery's context (see `mailroom-processors`).
+pub fn process_span(delivery: &Delivery) -> Span {
+    let info = delivery.info();
+    let span = tracing::info_span!(
+        "process",
+        otel.name = Empty,
+        otel.kind = "consumer",
+        messaging.destination.name = info.source.as_str(),
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.message.id = Empty,
+        messaging.destination.partition.id = Empty,
+        messaging.kafka.offset = Empty,
+        error.type = Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    span.record(
+        "otel.name",
+        tracing::field::display(format_args!("process {}", info.source)),
+    );
+    note_delivery(&span, delivery);
+    if let Some(context) = TraceContext::extract(delivery.message().headers()) {
+        context.set_parent_of(&span);
+    }
+    span
+}
+
+/// Note where a delivery came from on its span.
+fn note_delivery(span: &Span, delivery: &Delivery) {
+    span.record(
+        "messaging.message.id",
+        tracing::field::display(delivery.message().id()),
+    );
+    let info = delivery.info();
+    if let Some(partition) = info.partition {
+        span.record("messaging.destination.partition.id", partition);
+    }
+    if let Some(offset) = info.offset {
+        span.record("messaging.kafka.offset", offset);
+    }
+}
+
+/// The context a message sent under `span` (listened to) carries: the span's own
+/// OpenTelemetry ids when there are some; else a child of the context current now, or of the
+/// one the message already carries (piped from another broker), or a new trace.
+fn context_for_send(span: &Span, carried: Option<TraceContext>) -> TraceContext {
+    let parent = TraceContext::current().or(carried);
+    if let Some(parent) = &parent {
+        // A span inside another already has its parent; one sent from outside any span is
+        // parented to the context that is current or travels with the message.
+        if Span::current().is_none() {
+            parent.set_parent_of(span);
+        }
+    }
+    TraceContext::of_span(span)
+        .or_else(|| parent.map(|p| p.child()))
+        .unwrap_or_else(TraceContext::root)
+}
+
+/// While nothing listens: pass on the context that is current (a processor sending the outputs
+/// of an input), and touch nothing else, so a plain send costs one thread-local read.
+fn propagate_quietly(headers: &mut crate::headers::Headers) {
+    if let Some(context) = TraceContext::current_child() {
+        context.inject(headers);
+    }
+}
+
+/// Whether any subscriber may want an `INFO` span: one atomic load, and false while none is
+/// installed, so the quiet paths do not even build a disabled span.
+fn listening() -> bool {
+    Level::INFO <= tracing::level_filters::LevelFilter::current()
+}
+
+/// [`propagate_quietly`] for a batch: one child context for all of it.
+fn propagate_quietly_to<'m>(messages: impl Iterator<Item = &'m mut Message>) {
+    if let Some(context) = TraceContext::current_child() {
+        messages.for_each(|m| context.inject(m.headers_mut()));
+    }
 }
 
 /// Note a failure on the span.
@@ -135,21 +256,28 @@ impl Producer for TracedProducer {
     fn enqueue<'a, 'b, 'f>(
         &'a self,
         destination: &'b Destination,
-        message: Message,
+        mut message: Message,
     ) -> BoxFuture<'f, Result<PendingConfirm>>
     where
         'a: 'f,
         'b: 'f,
         Self: 'f,
     {
+        if !listening() {
+            propagate_quietly(message.headers_mut());
+            return self.inner.enqueue(destination, message);
+        }
         let span = send_span(self.system, destination, "enqueue");
         if span.is_disabled() {
+            propagate_quietly(message.headers_mut());
             return self.inner.enqueue(destination, message);
         }
         span.record(
             "messaging.message.id",
             tracing::field::display(message.id()),
         );
+        let carried = TraceContext::extract(message.headers());
+        context_for_send(&span, carried).inject(message.headers_mut());
         Box::pin(async move {
             let result = self
                 .inner
@@ -175,9 +303,14 @@ impl Producer for TracedProducer {
     {
         let span = send_span(self.system, destination, "enqueue_batch");
         if span.is_disabled() {
+            propagate_quietly_to(messages.iter_mut());
             return self.inner.enqueue_batch(destination, messages, pending);
         }
         span.record("messaging.batch.message_count", messages.len());
+        let context = context_for_send(&span, None);
+        messages
+            .iter_mut()
+            .for_each(|m| context.inject(m.headers_mut()));
         Box::pin(
             self.inner
                 .enqueue_batch(destination, messages, pending)
@@ -188,21 +321,28 @@ impl Producer for TracedProducer {
     fn send<'a, 'b, 'f>(
         &'a self,
         destination: &'b Destination,
-        message: Message,
+        mut message: Message,
     ) -> BoxFuture<'f, Result<Receipt>>
     where
         'a: 'f,
         'b: 'f,
         Self: 'f,
     {
+        if !listening() {
+            propagate_quietly(message.headers_mut());
+            return self.inner.send(destination, message);
+        }
         let span = send_span(self.system, destination, "send");
         if span.is_disabled() {
+            propagate_quietly(message.headers_mut());
             return self.inner.send(destination, message);
         }
         span.record(
             "messaging.message.id",
             tracing::field::display(message.id()),
         );
+        let carried = TraceContext::extract(message.headers());
+        context_for_send(&span, carried).inject(message.headers_mut());
         Box::pin(traced(span, self.inner.send(destination, message)))
     }
 
@@ -216,11 +356,17 @@ impl Producer for TracedProducer {
         'b: 'f,
         Self: 'f,
     {
+        let mut messages = messages;
         let span = send_span(self.system, destination, "send_batch");
         if span.is_disabled() {
+            propagate_quietly_to(messages.iter_mut());
             return self.inner.send_batch(destination, messages);
         }
         span.record("messaging.batch.message_count", messages.len());
+        let context = context_for_send(&span, None);
+        messages
+            .iter_mut()
+            .for_each(|m| context.inject(m.headers_mut()));
         Box::pin(traced(span, self.inner.send_batch(destination, messages)))
     }
 
@@ -249,11 +395,19 @@ struct TracedConsumer {
 
 impl TracedConsumer {
     /// Note the delivery on the span, and trace its settle when anyone listens.
+    ///
+    /// The message's context becomes the receive span's parent (with the `otel` feature), so
+    /// the receive joins the sender's trace. The span is opened when the receive has an
+    /// outcome, not before the wait: OpenTelemetry fixes a span's parent when the span starts,
+    /// and a receive cancelled while waiting (a `select!` taking another branch, a pipeline
+    /// stopping) would otherwise leave a span with no message in a trace of its own. How long
+    /// receives wait is the metrics layer's `messaging.client.operation.duration`.
     fn received(&self, span: &Span, delivery: Delivery) -> Delivery {
-        span.record(
-            "messaging.message.id",
-            tracing::field::display(delivery.message().id()),
-        );
+        note_delivery(span, &delivery);
+        let context = TraceContext::extract(delivery.message().headers());
+        if let Some(context) = &context {
+            context.set_parent_of(span);
+        }
         if !tracing::enabled!(Level::INFO) {
             return delivery;
         }
@@ -264,6 +418,7 @@ impl TracedConsumer {
                 system,
                 queue: info.source.clone(),
                 id,
+                context,
             }) as Box<dyn Settle>
         })
     }
@@ -285,12 +440,12 @@ impl Consumer for TracedConsumer {
         'a: 'f,
         Self: 'f,
     {
-        let span = receive_span(self.system, &self.queue, "receive");
-        if span.is_disabled() {
+        if !tracing::enabled!(Level::INFO) {
             return self.inner.receive();
         }
         Box::pin(async move {
-            let result = self.inner.receive().instrument(span.clone()).await;
+            let result = self.inner.receive().await;
+            let span = receive_span(self.system, &self.queue, "receive");
             self.finish(&span, result)
         })
     }
@@ -303,28 +458,23 @@ impl Consumer for TracedConsumer {
         'a: 'f,
         Self: 'f,
     {
-        let span = receive_span(self.system, &self.queue, "receive_timeout");
-        if span.is_disabled() {
+        if !tracing::enabled!(Level::INFO) {
             return self.inner.receive_timeout(timeout);
         }
         Box::pin(async move {
-            let result = self
-                .inner
-                .receive_timeout(timeout)
-                .instrument(span.clone())
-                .await;
-            match result {
-                Ok(Some(delivery)) => Ok(Some(self.received(&span, delivery))),
-                Ok(None) => Ok(None),
-                Err(e) => {
-                    span.record("error.type", e.kind().as_str());
-                    Err(e)
-                }
-            }
+            let result = self.inner.receive_timeout(timeout).await?;
+            let Some(delivery) = result else {
+                return Ok(None);
+            };
+            let span = receive_span(self.system, &self.queue, "receive_timeout");
+            Ok(Some(self.received(&span, delivery)))
         })
     }
 
     fn try_receive(&mut self) -> Option<Result<Delivery>> {
+        if !listening() {
+            return self.inner.try_receive();
+        }
         // A span only for what arrived: polling an empty queue is not an operation.
         let result = self.inner.try_receive()?;
         let span = receive_span(self.system, &self.queue, "try_receive");
@@ -348,20 +498,33 @@ struct TracedSettle {
     system: &'static str,
     queue: String,
     id: MessageId,
+    /// The context the message carried: the parent of a settle made outside any span.
+    context: Option<TraceContext>,
 }
 
 impl TracedSettle {
     fn span(&self, operation: &'static str) -> Span {
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "settle",
-            otel.kind = "consumer",
+            otel.name = Empty,
+            otel.kind = "client",
             messaging.system = self.system,
             messaging.destination.name = self.queue.as_str(),
             messaging.operation.type = "settle",
             messaging.operation.name = operation,
             messaging.message.id = %self.id,
             error.type = Empty,
-        )
+        );
+        if !span.is_disabled() {
+            span.record(
+                "otel.name",
+                tracing::field::display(format_args!("{operation} {}", self.queue)),
+            );
+            if let (Some(context), true) = (&self.context, Span::current().is_none()) {
+                context.set_parent_of(&span);
+            }
+        }
+        span
     }
 }
 

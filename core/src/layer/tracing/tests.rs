@@ -8,11 +8,14 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
-use super::super::test_support::{confirmed, delivery, everything, layered, Log, Stub};
+use super::super::test_support::{
+    confirmed, delivery, delivery_with, everything, layered, Log, Stub,
+};
 use super::super::LayerStack;
 use super::*;
 use crate::consumer::MockConsumer;
 use crate::producer::MockProducer;
+use crate::trace_context::TRACEPARENT;
 use crate::ErrorKind;
 
 type Fields = BTreeMap<String, String>;
@@ -166,4 +169,114 @@ async fn batches_get_one_span_with_their_size_and_stay_batches() {
     assert_eq!(pending.len(), 2);
     let span = capture.span("send", "enqueue_batch");
     assert_eq!(span["messaging.batch.message_count"], "2");
+}
+
+fn sends_into(seen: Arc<Mutex<Vec<Message>>>) -> MockProducer {
+    let mut producer = MockProducer::new();
+    producer.expect_enqueue().returning(move |_, m| {
+        let confirm = confirmed(&m);
+        seen.lock().unwrap().push(m);
+        Ok(confirm)
+    });
+    producer
+}
+
+#[tokio::test]
+async fn a_listened_send_starts_a_trace_in_the_headers_or_continues_the_one_carried() {
+    let capture = Capture::default();
+    let _on = tracing::subscriber::set_default(capture.clone());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let backend = traced(Stub::new(everything()).with_producer(sends_into(seen.clone())));
+    let producer = backend.producer().await.unwrap();
+    let dest = Destination::exchange("x", "orders.eu");
+    producer
+        .enqueue(&dest, Message::new("a"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let carried = TraceContext::root();
+    let mut piped = Message::new("b");
+    carried.inject(piped.headers_mut());
+    producer.enqueue(&dest, piped).await.unwrap().await.unwrap();
+
+    let seen = seen.lock().unwrap();
+    let first = TraceContext::extract(seen[0].headers()).expect("a traceparent");
+    let second = TraceContext::extract(seen[1].headers()).expect("a traceparent");
+    assert_ne!(first.trace_id(), carried.trace_id());
+    assert_eq!(second.trace_id(), carried.trace_id());
+    assert_ne!(second.span_id(), carried.span_id());
+    let span = capture.span("send", "enqueue");
+    assert_eq!(span["otel.name"], "send x");
+    assert_eq!(span["otel.kind"], "producer");
+    assert_eq!(
+        span["messaging.rabbitmq.destination.routing_key"],
+        "orders.eu"
+    );
+}
+
+#[tokio::test]
+async fn unheard_sends_leave_headers_alone_unless_a_context_is_in_scope() {
+    // A subscriber that wants nothing, set here so that other tests' subscribers, alive on
+    // their threads, do not make these callsites look wanted.
+    let _off = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::new());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let backend = traced(Stub::new(everything()).with_producer(sends_into(seen.clone())));
+    let producer = backend.producer().await.unwrap();
+    let dest = Destination::queue("q");
+    producer
+        .enqueue(&dest, Message::new("a"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let input = TraceContext::root().with_tracestate("vendor=1");
+    input
+        .clone()
+        .in_scope(async { producer.enqueue(&dest, Message::new("b")).await })
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen[0].headers().get(TRACEPARENT).is_none(),
+        "{:?}",
+        seen[0]
+    );
+    let output = TraceContext::extract(seen[1].headers()).expect("the input's trace");
+    assert_eq!(output.trace_id(), input.trace_id());
+    assert_ne!(output.span_id(), input.span_id());
+    assert_eq!(output.tracestate(), Some("vendor=1"));
+}
+
+#[tokio::test]
+async fn receive_and_process_spans_note_partition_and_offset() {
+    let capture = Capture::default();
+    let _on = tracing::subscriber::set_default(capture.clone());
+    let log = Log::default();
+    let ready = log.clone();
+    let mut consumer = MockConsumer::new();
+    consumer.expect_receive().times(1).returning(move || {
+        let mut info = crate::DeliveryInfo::new("q");
+        info.partition = Some(3);
+        info.offset = Some(42);
+        Ok(delivery_with("x", info, &ready))
+    });
+    let backend = traced(Stub::new(everything()).with_consumer(consumer));
+    let mut consumer = backend.consumer("q", Default::default()).await.unwrap();
+    let d = consumer.receive().await.unwrap();
+    let process = super::process_span(&d);
+    d.ack().await.unwrap();
+    drop(process);
+    let receive = capture.span("receive", "receive");
+    assert_eq!(receive["otel.kind"], "client");
+    assert_eq!(receive["messaging.destination.partition.id"], "3");
+    assert_eq!(receive["messaging.kafka.offset"], "42");
+    let process = capture.span("process", "process");
+    assert_eq!(process["otel.kind"], "consumer");
+    assert_eq!(process["otel.name"], "process q");
+    assert_eq!(process["messaging.operation.type"], "process");
+    assert_eq!(process["messaging.kafka.offset"], "42");
 }
