@@ -423,7 +423,7 @@ mod tests {
         assert_eq!(uuid.get_version_num(), 8);
         assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
         // Another thread counts from elsewhere, and its ids differ from these.
-        let other = std::thread::spawn(|| MessageId::generate()).join().unwrap();
+        let other = std::thread::spawn(MessageId::generate).join().unwrap();
         assert!(!distinct.contains(&other));
     }
 

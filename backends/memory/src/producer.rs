@@ -49,14 +49,15 @@ impl MemoryProducer {
     }
 
     /// Put `message` into the queue called `name` with `put`, the queue found through the
-    /// producer's last one when it is the same. A failed lookup gives the message back.
+    /// producer's last one when it is the same. A failed lookup gives the message back (boxed:
+    /// the error path is rare, and a large `Err` would widen every call's result).
     #[inline]
     fn with_queue<T>(
         &self,
         name: &Arc<str>,
         message: Message,
         put: impl FnOnce(&Arc<Queue>, Message) -> T,
-    ) -> std::result::Result<T, (Error, Message)> {
+    ) -> std::result::Result<T, Box<(Error, Message)>> {
         // Only this producer's sends take this lock, one short push at a time.
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let hit = last.as_ref().is_some_and(|(cached, queue)| {
@@ -65,12 +66,12 @@ impl MemoryProducer {
         if !hit {
             match self.broker.queue(name) {
                 Ok(queue) => *last = Some((name.clone(), queue)),
-                Err(e) => return Err((e, message)),
+                Err(e) => return Err(Box::new((e, message))),
             }
         }
         match &*last {
             Some((_, queue)) => Ok(put(queue, message)),
-            None => Err((error::no_queue(name), message)),
+            None => Err(Box::new((error::no_queue(name), message))),
         }
     }
 
@@ -131,7 +132,8 @@ impl MemoryProducer {
             Ok(Err(e)) => Delivered::Now(Err(context(e))),
             // Names are checked only when the lookup fails: a valid queue name never needs it,
             // and an invalid one deserves a better error than "does not exist".
-            Err((e, message)) => {
+            Err(failed) => {
+                let (e, message) = *failed;
                 let e = validate_name("destination", name).err().unwrap_or(e);
                 Delivered::Now(Err(context(e).with_undelivered(message)))
             }
