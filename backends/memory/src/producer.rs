@@ -140,6 +140,59 @@ impl MemoryProducer {
         }
     }
 
+    /// Drain `messages` into `destination`, in order, handing `record` one result per message.
+    /// Messages for one queue go in under one lock, as many as it has room for; a queue that
+    /// makes producers wait holds the rest back until there is room.
+    async fn put_batch(
+        &self,
+        destination: &Destination,
+        messages: &mut Vec<Message>,
+        mut record: impl FnMut(Result<Receipt>) + Send,
+    ) {
+        // An exchange routes each message on its own, and a missing queue's error is made per
+        // message: both go the one-by-one way.
+        let queue = match destination {
+            Destination::Queue(name) => self.broker.queue(name).ok(),
+            Destination::Exchange { .. } => None,
+        };
+        let Some(queue) = queue else {
+            for message in messages.drain(..) {
+                record(self.deliver(destination, message).wait().await);
+            }
+            return;
+        };
+        let mut messages = messages.drain(..);
+        while messages.len() > 0 {
+            let mut blocked = None;
+            {
+                let mut filling = queue.filling();
+                for message in messages.by_ref() {
+                    let (message, delay) = match self.accept(message) {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            record(Err(e));
+                            continue;
+                        }
+                    };
+                    let id = message.id().clone();
+                    match filling.add(queue.entry(message), delay) {
+                        Added::Yes => record(Ok(Receipt::new(id))),
+                        Added::Refused(e) => record(Err(context(e))),
+                        Added::Full(entry) => {
+                            blocked = Some((entry, delay, id));
+                            break;
+                        }
+                    }
+                }
+            }
+            // Waits for room outside the lock; the messages after it stay behind it.
+            if let Some((entry, delay, id)) = blocked {
+                let pushed = queue.push(entry, delay).await;
+                record(pushed.map(|()| Receipt::new(id)).map_err(context));
+            }
+        }
+    }
+
     /// A send through an exchange: a copy to every queue it routes to.
     async fn route(
         &self,
@@ -224,51 +277,24 @@ impl Producer for MemoryProducer {
         messages: &mut Vec<Message>,
         pending: &mut Vec<Result<PendingConfirm>>,
     ) {
-        let confirmed = |id| PendingConfirm::ready(Ok(Receipt::new(id)));
         pending.reserve(messages.len());
-        // An exchange routes each message on its own, and a missing queue's error is made per
-        // message: both go the one-by-one way.
-        let queue = match destination {
-            Destination::Queue(name) => self.broker.queue(name).ok(),
-            Destination::Exchange { .. } => None,
-        };
-        let Some(queue) = queue else {
-            for message in messages.drain(..) {
-                let receipt = self.deliver(destination, message).wait().await;
-                pending.push(receipt.map(|r| PendingConfirm::ready(Ok(r))));
-            }
-            return;
-        };
-        let mut messages = messages.drain(..);
-        while messages.len() > 0 {
-            let mut blocked = None;
-            {
-                let mut filling = queue.filling();
-                for message in messages.by_ref() {
-                    let (message, delay) = match self.accept(message) {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
-                            pending.push(Err(e));
-                            continue;
-                        }
-                    };
-                    let id = message.id().clone();
-                    match filling.add(queue.entry(message), delay) {
-                        Added::Yes => pending.push(Ok(confirmed(id))),
-                        Added::Refused(e) => pending.push(Err(context(e))),
-                        Added::Full(entry) => {
-                            blocked = Some((entry, delay, id));
-                            break;
-                        }
-                    }
-                }
-            }
-            // Waits for room outside the lock; the messages after it stay behind it.
-            if let Some((entry, delay, id)) = blocked {
-                let pushed = queue.push(entry, delay).await;
-                pending.push(pushed.map(|()| confirmed(id)).map_err(context));
-            }
-        }
+        self.put_batch(destination, messages, |sent| {
+            pending.push(sent.map(|receipt| PendingConfirm::ready(Ok(receipt))))
+        })
+        .await;
+    }
+
+    /// As `enqueue_batch`, with each result written once, as a receipt: there is no pending
+    /// confirm to build and then take apart, since queuing is the confirm.
+    async fn send_batch(
+        &self,
+        destination: &Destination,
+        mut messages: Vec<Message>,
+    ) -> Result<Vec<Result<Receipt>>> {
+        let mut results = Vec::with_capacity(messages.len());
+        self.put_batch(destination, &mut messages, |sent| results.push(sent))
+            .await;
+        Ok(results)
     }
 
     fn send<'a, 'b, 'f>(
