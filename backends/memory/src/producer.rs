@@ -115,21 +115,25 @@ impl MemoryProducer {
                 )))
             }
         };
+        // Only a message that did not go in comes back out of the lock, with its queue: the
+        // usual outcome is a bare `None`, with no entry or error moved around.
         let added = self.with_queue(name, message, |queue, message| {
             // Bound first: the lock (inside the `Filling`) is given up before anything awaits.
             match queue.filling().add(queue.entry(message), delay) {
-                Added::Yes => Ok(None),
-                Added::Refused(e) => Err(e),
-                Added::Full(entry) => Ok(Some((queue.clone(), entry))),
+                Added::Yes => None,
+                not_in => Some(Box::new((queue.clone(), not_in))),
             }
         });
         match added {
-            Ok(Ok(None)) => Delivered::Now(Ok(Receipt::new(id))),
-            Ok(Ok(Some((queue, entry)))) => Delivered::Later(Box::pin(async move {
-                queue.push_when_room(entry, delay).await.map_err(context)?;
-                Ok(Receipt::new(id))
-            })),
-            Ok(Err(e)) => Delivered::Now(Err(context(e))),
+            Ok(None) => Delivered::Now(Ok(Receipt::new(id))),
+            Ok(Some(not_in)) => match *not_in {
+                (queue, Added::Full(entry)) => Delivered::Later(Box::pin(async move {
+                    queue.push_when_room(entry, delay).await.map_err(context)?;
+                    Ok(Receipt::new(id))
+                })),
+                (_, Added::Refused(e)) => Delivered::Now(Err(context(e))),
+                (_, Added::Yes) => Delivered::Now(Ok(Receipt::new(id))),
+            },
             // Names are checked only when the lookup fails: a valid queue name never needs it,
             // and an invalid one deserves a better error than "does not exist".
             Err(failed) => {
