@@ -106,6 +106,14 @@ pub trait Settle: Send + Sync {
     /// The delivery was dropped unsettled: the message must come back (synchronously queued, or
     /// left to the broker's own redelivery). Must not block.
     fn abandon(self: Box<Self>);
+
+    /// Ack at once, for a backend that needs no waiting to do it: `Some` with the outcome once
+    /// done (the handle is then spent: dropping it must not give the message back), `None` to
+    /// have [`ack`](Settle::ack) called instead. [`Delivery::ack`] tries this first, which
+    /// spares a boxed future per ack. The default is `None`.
+    fn try_ack(&mut self) -> Option<Result<()>> {
+        None
+    }
 }
 
 /// A received message that must be settled exactly once.
@@ -154,8 +162,10 @@ impl Delivery {
     }
 
     /// Acknowledge: processing is done.
-    pub async fn ack(self) -> Result<()> {
-        self.settle.ack().await
+    ///
+    /// The message and info are let go at once: the future holds only the settle handle.
+    pub fn ack(self) -> impl std::future::Future<Output = Result<()>> + Send {
+        self.settle.ack()
     }
 
     /// Negative acknowledgement: requeue or dead-letter.
@@ -192,7 +202,11 @@ impl Settlement {
 
     /// Acknowledge: processing is done.
     pub async fn ack(mut self) -> Result<()> {
-        self.take_settle().ack().await
+        let mut settle = self.take_settle();
+        if let Some(acked) = settle.try_ack() {
+            return acked;
+        }
+        settle.ack().await
     }
 
     /// Negative acknowledgement: requeue or dead-letter.
@@ -285,6 +299,43 @@ mod tests {
             Box::new(Recording(log.clone())),
         );
         (d, log)
+    }
+
+    /// Acks at once, and records whether the boxed `ack` was reached too.
+    struct AcksAtOnce(Arc<Mutex<Vec<String>>>);
+
+    #[async_trait]
+    impl Settle for AcksAtOnce {
+        async fn ack(self: Box<Self>) -> Result<()> {
+            self.0.lock().unwrap().push("ack".into());
+            Ok(())
+        }
+        async fn nack(self: Box<Self>, _: Nack) -> Result<()> {
+            Ok(())
+        }
+        fn abandon(self: Box<Self>) {
+            self.0.lock().unwrap().push("abandon".into());
+        }
+        fn try_ack(&mut self) -> Option<Result<()>> {
+            self.0.lock().unwrap().push("try_ack".into());
+            Some(Ok(()))
+        }
+    }
+
+    #[test]
+    fn ack_takes_the_backends_at_once_path_and_nothing_else() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let d = Delivery::new(
+            Message::new("p"),
+            DeliveryInfo::new("q"),
+            Box::new(AcksAtOnce(log.clone())),
+        );
+        run(d.ack()).unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["try_ack"],
+            "no boxed ack, no abandon"
+        );
     }
 
     fn run<F: std::future::Future>(f: F) -> F::Output {

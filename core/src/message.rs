@@ -19,6 +19,12 @@ pub const MAX_ID_BYTES: usize = 255;
 ///
 /// Generated ids are UUIDs and stay binary until they are printed, so minting one costs no
 /// allocation; ids that arrive from a broker compare equal to the id that was sent.
+///
+/// They are version-8 (custom) UUIDs, counted rather than drawn: each thread starts a counter
+/// at a random point and mixes it with a random key of its own (see [`MessageId::generate`]).
+/// That costs a few instructions per message instead of a cryptographic random draw, and no
+/// two ids a process generates are equal. Ids are unique, not secret: do not use one as an
+/// unguessable token.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct MessageId(IdRepr);
 
@@ -29,9 +35,14 @@ enum IdRepr {
 }
 
 impl MessageId {
-    /// A fresh random id.
+    /// A fresh id, unique in this process and, with the odds of random ids, across processes.
+    ///
+    /// Its last 62 bits are the calling thread's counter (a random start, plus one per id), so
+    /// one thread repeats no id before 2^62 of them; its first 60 bits mix that count with the
+    /// thread's random key, so ids of different threads and processes differ even where
+    /// their counters meet, and the leading characters of the text form vary from id to id.
     pub fn generate() -> Self {
-        MessageId(IdRepr::Uuid(Uuid::new_v4()))
+        MessageId(IdRepr::Uuid(next_counted_uuid()))
     }
 
     /// An id from text, validated: non-empty, at most [`MAX_ID_BYTES`], no control characters.
@@ -58,6 +69,56 @@ impl MessageId {
         }
         Ok(MessageId(IdRepr::Text(Arc::from(text))))
     }
+}
+
+/// Per thread: the next count and the key mixed into it. Seeded on first use from the
+/// operating system's randomness (through a version-4 UUID).
+struct IdCounter {
+    next: std::cell::Cell<u64>,
+    key: std::cell::Cell<u64>,
+    seeded: std::cell::Cell<bool>,
+}
+
+thread_local! {
+    static ID_COUNTER: IdCounter = const {
+        IdCounter {
+            next: std::cell::Cell::new(0),
+            key: std::cell::Cell::new(0),
+            seeded: std::cell::Cell::new(false),
+        }
+    };
+}
+
+/// A bijective 64-bit mix (the `splitmix64` finaliser): distinct counts give distinct,
+/// random-looking words.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn next_counted_uuid() -> Uuid {
+    let (count, key) = ID_COUNTER
+        .try_with(|c| {
+            if !c.seeded.get() {
+                let (start, key) = Uuid::new_v4().as_u64_pair();
+                c.next.set(start);
+                c.key.set(key);
+                c.seeded.set(true);
+            }
+            let count = c.next.get();
+            c.next.set(count.wrapping_add(1));
+            (count, c.key.get())
+        })
+        // A thread being torn down has no counter left: a random id is still unique.
+        .unwrap_or_else(|_| Uuid::new_v4().as_u64_pair());
+    // The variant takes the top two bits of the low half, so the count keeps its low 62.
+    let high = mix(count ^ key);
+    let low = count & ((1 << 62) - 1);
+    let mut bytes = [0; 16];
+    bytes[..8].copy_from_slice(&high.to_be_bytes());
+    bytes[8..].copy_from_slice(&low.to_be_bytes());
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
 impl fmt::Display for MessageId {
@@ -344,6 +405,26 @@ mod tests {
         assert_eq!(MessageId::parse(&text).unwrap(), id);
         let custom = MessageId::parse("order-42").unwrap();
         assert_eq!(custom.to_string(), "order-42");
+    }
+
+    #[test]
+    fn generated_ids_are_distinct_uuids_whose_text_leads_differ() {
+        let ids: Vec<MessageId> = (0..10_000).map(|_| MessageId::generate()).collect();
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "no id repeats");
+        // Callers cut the first 8 characters as a run suffix: they must differ too.
+        let leads: std::collections::HashSet<String> = ids
+            .iter()
+            .map(|id| id.to_string()[..8].to_string())
+            .collect();
+        assert!(leads.len() > 9_900, "only {} distinct leads", leads.len());
+        let text = ids[0].to_string();
+        let uuid = Uuid::parse_str(&text).unwrap();
+        assert_eq!(uuid.get_version_num(), 8);
+        assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+        // Another thread counts from elsewhere, and its ids differ from these.
+        let other = std::thread::spawn(MessageId::generate).join().unwrap();
+        assert!(!distinct.contains(&other));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! handle of one `memory://` connection (and, by name, by every connection to that name).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use mailroom_core::republish::warn_discarded;
@@ -20,11 +21,41 @@ pub(crate) struct ExchangeState {
     pub bindings: Vec<(Route, String)>,
 }
 
+/// Hashes names the way rustc's `FxHasher` does: a multiply and a rotate per word, several
+/// times cheaper than the standard SipHash on the short names a route looks up per message.
+/// SipHash guards a map against keys chosen to collide; these names are the application's own.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct NameHasher(u64);
+
+impl Hasher for NameHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(SEED);
+        }
+        for &byte in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(SEED);
+        }
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by name, hashed with [`NameHasher`].
+pub(crate) type ByName<V> = HashMap<String, V, BuildHasherDefault<NameHasher>>;
+
 /// Everything declared on one broker.
 #[derive(Default)]
 pub(crate) struct Declared {
-    pub exchanges: HashMap<String, ExchangeState>,
-    pub queues: HashMap<String, Arc<Queue>>,
+    pub exchanges: ByName<ExchangeState>,
+    pub queues: ByName<Arc<Queue>>,
 }
 
 /// The shared state behind every handle of one in-memory broker.

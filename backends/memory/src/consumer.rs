@@ -1,6 +1,9 @@
 //! Receiving from the in-memory broker: taking the next ready message and waiting for one.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use mailroom_core::consumer::closed_consumer;
@@ -70,23 +73,20 @@ impl MemoryConsumer {
     }
 }
 
-#[async_trait]
-impl Consumer for MemoryConsumer {
-    async fn receive(&mut self) -> Result<Delivery> {
+impl MemoryConsumer {
+    /// The wait for a message, when none was ready at the first look.
+    async fn receive_waiting(&mut self) -> Result<Delivery> {
         loop {
             if self.closed || self.broker.is_closed() {
                 return Err(closed_consumer(BACKEND));
             }
-            // Look first without arming a wake-up: when messages are waiting (the busy case)
-            // this skips the Notify's waiter lock entirely.
-            if let Next::Delivery(d) = self.try_take()? {
-                return Ok(d);
-            }
-            // Arm the wake-up before looking again, so a push between the look and the wait is
-            // not missed. Nothing awaits while holding a message, which keeps this cancel-safe.
+            // Arm the wake-up and count this consumer as waiting before looking again, so a
+            // push between the look and the wait is not missed. Nothing awaits while holding
+            // a message, which keeps this cancel-safe.
             let readable = self.queue.readable().notified();
             tokio::pin!(readable);
             readable.as_mut().enable();
+            let _waiting = self.queue.wait_readable();
             match self.try_take()? {
                 Next::Delivery(d) => return Ok(d),
                 Next::Wait(Some(due)) => {
@@ -100,8 +100,8 @@ impl Consumer for MemoryConsumer {
         }
     }
 
-    /// Looks at the queue directly: no future is built for a message that is already there.
-    fn try_receive(&mut self) -> Option<Result<Delivery>> {
+    /// A delivery if one is ready, without waiting (`None` when `receive` would wait).
+    fn receive_now(&mut self) -> Option<Result<Delivery>> {
         if self.closed || self.broker.is_closed() {
             return Some(Err(closed_consumer(BACKEND)));
         }
@@ -110,6 +110,68 @@ impl Consumer for MemoryConsumer {
             Ok(Next::Wait(_)) => None,
             Err(e) => Some(Err(e)),
         }
+    }
+}
+
+/// A `receive`: one look at the queue when first polled, and only if nothing is there, the
+/// wait (boxed, as it holds a timer and a wake-up).
+///
+/// Written out rather than left to `async_trait`, which would box the whole waiting state per
+/// call: this future is two words, so a receive that finds a message allocates only them.
+enum Receive<'a> {
+    Fresh(&'a mut MemoryConsumer),
+    Waiting(BoxFuture<'a, Result<Delivery>>),
+    Done,
+}
+
+/// The future `async_trait` gives every method of the trait.
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl Future for Receive<'_> {
+    type Output = Result<Delivery>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match std::mem::replace(this, Receive::Done) {
+            Receive::Fresh(consumer) => {
+                if let Some(ready) = consumer.receive_now() {
+                    return Poll::Ready(ready);
+                }
+                *this = Receive::Waiting(Box::pin(consumer.receive_waiting()));
+            }
+            other => *this = other,
+        }
+        match this {
+            Receive::Waiting(waiting) => {
+                let polled = waiting.as_mut().poll(cx);
+                if polled.is_ready() {
+                    *this = Receive::Done;
+                }
+                polled
+            }
+            _ => Poll::Ready(Err(mailroom_core::Error::new(
+                mailroom_core::ErrorKind::AlreadySettled,
+                "receive polled after it completed",
+            ))),
+        }
+    }
+}
+
+// `receive` is written out with the signature `async_trait` gives the trait, returning the
+// small [`Receive`] future instead of a boxed copy of the whole wait.
+#[async_trait]
+impl Consumer for MemoryConsumer {
+    fn receive<'a, 'f>(&'a mut self) -> BoxFuture<'f, Result<Delivery>>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        Box::pin(Receive::Fresh(self))
+    }
+
+    /// Looks at the queue directly: no future is built for a message that is already there.
+    fn try_receive(&mut self) -> Option<Result<Delivery>> {
+        self.receive_now()
     }
 
     async fn close(&mut self) -> Result<()> {

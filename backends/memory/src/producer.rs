@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +15,10 @@ use mailroom_core::{
 
 use crate::broker::Broker;
 use crate::error;
-use crate::queue::Added;
+use crate::queue::{Added, Queue};
+
+/// The future `async_trait` gives every method of the trait.
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Names this backend and the operation on an error from a send.
 fn context(e: Error) -> Error {
@@ -24,9 +27,16 @@ fn context(e: Error) -> Error {
 
 /// A producer on the in-memory broker. A send is confirmed once the message is in every queue it
 /// routes to; a full queue with `Overflow::Backpressure` makes `enqueue` wait.
+///
+/// A send that needs no waiting is done when `send` (or `enqueue`) is called, and the future
+/// it returns is already complete: that saves boxing the whole send per message. Only a send
+/// that waits for room in a full queue, or goes through an exchange, does its work when polled.
 pub struct MemoryProducer {
     broker: Arc<Broker>,
     closed: AtomicBool,
+    /// The queue sent to last, by name: a run of sends to one queue skips the broker's map and
+    /// its lock. A deleted queue is looked up again (it may have been declared anew).
+    last: Mutex<Option<(Arc<str>, Arc<Queue>)>>,
 }
 
 impl MemoryProducer {
@@ -34,6 +44,34 @@ impl MemoryProducer {
         MemoryProducer {
             broker,
             closed: AtomicBool::new(false),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Put `message` into the queue called `name` with `put`, the queue found through the
+    /// producer's last one when it is the same. A failed lookup gives the message back (boxed:
+    /// the error path is rare, and a large `Err` would widen every call's result).
+    #[inline]
+    fn with_queue<T>(
+        &self,
+        name: &Arc<str>,
+        message: Message,
+        put: impl FnOnce(&Arc<Queue>, Message) -> T,
+    ) -> std::result::Result<T, Box<(Error, Message)>> {
+        // Only this producer's sends take this lock, one short push at a time.
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let hit = last.as_ref().is_some_and(|(cached, queue)| {
+            (Arc::ptr_eq(cached, name) || cached == name) && !queue.is_deleted()
+        });
+        if !hit {
+            match self.broker.queue(name) {
+                Ok(queue) => *last = Some((name.clone(), queue)),
+                Err(e) => return Err(Box::new((e, message))),
+            }
+        }
+        match &*last {
+            Some((_, queue)) => Ok(put(queue, message)),
+            None => Err(Box::new((error::no_queue(name), message))),
         }
     }
 
@@ -77,24 +115,85 @@ impl MemoryProducer {
                 )))
             }
         };
-        let queue = match self.broker.queue(name) {
-            Ok(queue) => queue,
+        // Only a message that did not go in comes back out of the lock, with its queue: the
+        // usual outcome is a bare `None`, with no entry or error moved around.
+        let added = self.with_queue(name, message, |queue, message| {
+            // Bound first: the lock (inside the `Filling`) is given up before anything awaits.
+            match queue.filling().add(queue.entry(message), delay) {
+                Added::Yes => None,
+                not_in => Some(Box::new((queue.clone(), not_in))),
+            }
+        });
+        match added {
+            Ok(None) => Delivered::Now(Ok(Receipt::new(id))),
+            Ok(Some(not_in)) => match *not_in {
+                (queue, Added::Full(entry)) => Delivered::Later(Box::pin(async move {
+                    queue.push_when_room(entry, delay).await.map_err(context)?;
+                    Ok(Receipt::new(id))
+                })),
+                (_, Added::Refused(e)) => Delivered::Now(Err(context(e))),
+                (_, Added::Yes) => Delivered::Now(Ok(Receipt::new(id))),
+            },
             // Names are checked only when the lookup fails: a valid queue name never needs it,
             // and an invalid one deserves a better error than "does not exist".
-            Err(e) => {
+            Err(failed) => {
+                let (e, message) = *failed;
                 let e = validate_name("destination", name).err().unwrap_or(e);
-                return Delivered::Now(Err(context(e).with_undelivered(message)));
+                Delivered::Now(Err(context(e).with_undelivered(message)))
             }
+        }
+    }
+
+    /// Drain `messages` into `destination`, in order, handing `record` one result per message.
+    /// Messages for one queue go in under one lock, as many as it has room for; a queue that
+    /// makes producers wait holds the rest back until there is room.
+    async fn put_batch(
+        &self,
+        destination: &Destination,
+        messages: &mut Vec<Message>,
+        mut record: impl FnMut(Result<Receipt>) + Send,
+    ) {
+        // An exchange routes each message on its own, and a missing queue's error is made per
+        // message: both go the one-by-one way.
+        let queue = match destination {
+            Destination::Queue(name) => self.broker.queue(name).ok(),
+            Destination::Exchange { .. } => None,
         };
-        // Bound first: the lock (inside the `Filling`) is given up before anything awaits.
-        let added = queue.filling().add(queue.entry(message), delay);
-        match added {
-            Added::Yes => Delivered::Now(Ok(Receipt::new(id))),
-            Added::Refused(e) => Delivered::Now(Err(context(e))),
-            Added::Full(entry) => Delivered::Later(Box::pin(async move {
-                queue.push_when_room(entry, delay).await.map_err(context)?;
-                Ok(Receipt::new(id))
-            })),
+        let Some(queue) = queue else {
+            for message in messages.drain(..) {
+                record(self.deliver(destination, message).wait().await);
+            }
+            return;
+        };
+        let mut messages = messages.drain(..);
+        while messages.len() > 0 {
+            let mut blocked = None;
+            {
+                let mut filling = queue.filling();
+                for message in messages.by_ref() {
+                    let (message, delay) = match self.accept(message) {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            record(Err(e));
+                            continue;
+                        }
+                    };
+                    let id = message.id().clone();
+                    match filling.add(queue.entry(message), delay) {
+                        Added::Yes => record(Ok(Receipt::new(id))),
+                        Added::Refused(e) => record(Err(context(e))),
+                        Added::Full(entry) => {
+                            blocked = Some((entry, delay, id));
+                            break;
+                        }
+                    }
+                }
+            }
+            // Waits for room outside the lock; the messages after it stay behind it.
+            if let Some((entry, delay, id)) = blocked {
+                let pushed = queue.push(entry, delay).await;
+                record(pushed.map(|()| Receipt::new(id)).map_err(context));
+            }
         }
     }
 
@@ -140,7 +239,7 @@ impl MemoryProducer {
 /// A send done at once, or the wait for it.
 enum Delivered<'a> {
     Now(Result<Receipt>),
-    Later(Pin<Box<dyn Future<Output = Result<Receipt>> + Send + 'a>>),
+    Later(BoxFuture<'a, Result<Receipt>>),
 }
 
 impl Delivered<'_> {
@@ -152,12 +251,26 @@ impl Delivered<'_> {
     }
 }
 
+// `enqueue` and `send` are written out with the signatures `async_trait` gives the trait: a
+// send done at once returns its result as a small ready future, not the whole send boxed.
 #[async_trait]
 impl Producer for MemoryProducer {
-    async fn enqueue(&self, destination: &Destination, message: Message) -> Result<PendingConfirm> {
+    fn enqueue<'a, 'b, 'f>(
+        &'a self,
+        destination: &'b Destination,
+        message: Message,
+    ) -> BoxFuture<'f, Result<PendingConfirm>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
         // Queuing is the confirm here, so the pending confirm is already resolved.
-        let receipt = self.deliver(destination, message).wait().await?;
-        Ok(PendingConfirm::ready(Ok(receipt)))
+        let confirmed = |receipt| PendingConfirm::ready(Ok(receipt));
+        match self.deliver(destination, message) {
+            Delivered::Now(result) => Box::pin(std::future::ready(result.map(confirmed))),
+            Delivered::Later(waiting) => Box::pin(async move { waiting.await.map(confirmed) }),
+        }
     }
 
     /// Messages for one queue go in under one lock, as many as it has room for; a queue that
@@ -168,55 +281,40 @@ impl Producer for MemoryProducer {
         messages: &mut Vec<Message>,
         pending: &mut Vec<Result<PendingConfirm>>,
     ) {
-        let confirmed = |id| PendingConfirm::ready(Ok(Receipt::new(id)));
         pending.reserve(messages.len());
-        // An exchange routes each message on its own, and a missing queue's error is made per
-        // message: both go the one-by-one way.
-        let queue = match destination {
-            Destination::Queue(name) => self.broker.queue(name).ok(),
-            Destination::Exchange { .. } => None,
-        };
-        let Some(queue) = queue else {
-            for message in messages.drain(..) {
-                let receipt = self.deliver(destination, message).wait().await;
-                pending.push(receipt.map(|r| PendingConfirm::ready(Ok(r))));
-            }
-            return;
-        };
-        let mut messages = messages.drain(..);
-        while messages.len() > 0 {
-            let mut blocked = None;
-            {
-                let mut filling = queue.filling();
-                for message in messages.by_ref() {
-                    let (message, delay) = match self.accept(message) {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
-                            pending.push(Err(e));
-                            continue;
-                        }
-                    };
-                    let id = message.id().clone();
-                    match filling.add(queue.entry(message), delay) {
-                        Added::Yes => pending.push(Ok(confirmed(id))),
-                        Added::Refused(e) => pending.push(Err(context(e))),
-                        Added::Full(entry) => {
-                            blocked = Some((entry, delay, id));
-                            break;
-                        }
-                    }
-                }
-            }
-            // Waits for room outside the lock; the messages after it stay behind it.
-            if let Some((entry, delay, id)) = blocked {
-                let pushed = queue.push(entry, delay).await;
-                pending.push(pushed.map(|()| confirmed(id)).map_err(context));
-            }
-        }
+        self.put_batch(destination, messages, |sent| {
+            pending.push(sent.map(|receipt| PendingConfirm::ready(Ok(receipt))))
+        })
+        .await;
     }
 
-    async fn send(&self, destination: &Destination, message: Message) -> Result<Receipt> {
-        self.deliver(destination, message).wait().await
+    /// As `enqueue_batch`, with each result written once, as a receipt: there is no pending
+    /// confirm to build and then take apart, since queuing is the confirm.
+    async fn send_batch(
+        &self,
+        destination: &Destination,
+        mut messages: Vec<Message>,
+    ) -> Result<Vec<Result<Receipt>>> {
+        let mut results = Vec::with_capacity(messages.len());
+        self.put_batch(destination, &mut messages, |sent| results.push(sent))
+            .await;
+        Ok(results)
+    }
+
+    fn send<'a, 'b, 'f>(
+        &'a self,
+        destination: &'b Destination,
+        message: Message,
+    ) -> BoxFuture<'f, Result<Receipt>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        match self.deliver(destination, message) {
+            Delivered::Now(result) => Box::pin(std::future::ready(result)),
+            Delivered::Later(waiting) => waiting,
+        }
     }
 
     async fn flush(&self) -> Result<()> {

@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -41,7 +41,8 @@ impl Ord for Delayed {
 struct State {
     ready: VecDeque<Entry>,
     delayed: BinaryHeap<Reverse<Delayed>>,
-    unacked: usize,
+    /// Deliveries handed out, ever; less [`Queue::settled`], the ones not yet settled.
+    handed_out: u64,
     seq: u64,
 }
 
@@ -85,7 +86,35 @@ pub(crate) struct Queue {
     state: Mutex<State>,
     readable: Notify,
     writable: Notify,
+    /// Consumers armed on `readable`, about to wait or waiting. A push wakes one only when
+    /// there is one: a consumer that is busy taking messages costs its producer no wake-up.
+    readers: AtomicUsize,
+    /// Producers armed on `writable`, waiting for room; a pop makes room for one of them.
+    writers: AtomicUsize,
+    /// Deliveries settled, ever. Kept apart from the lock: a settle touches nothing else.
+    settled: AtomicU64,
     deleted: AtomicBool,
+}
+
+/// Counts one waiter (a consumer on `readable`, a producer on `writable`) while it is armed,
+/// until it stops waiting, however it stops (woken, or its future dropped).
+///
+/// It is counted before it looks at the queue, under the lock the other side takes to change
+/// the queue: a push (or pop) that the look missed comes after it in the lock's order, so
+/// it sees the count and wakes the waiter.
+pub(crate) struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Queue {
@@ -95,6 +124,9 @@ impl Queue {
             state: Mutex::new(State::default()),
             readable: Notify::new(),
             writable: Notify::new(),
+            readers: AtomicUsize::new(0),
+            writers: AtomicUsize::new(0),
+            settled: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
         }
     }
@@ -142,6 +174,7 @@ impl Queue {
 
     /// Wait for room, then add the entry (or refuse it, if the queue was deleted meanwhile).
     pub async fn push_when_room(&self, mut entry: Entry, delay: Option<Duration>) -> Result<()> {
+        let _waiting = Waiting::new(&self.writers);
         loop {
             // Armed before looking, so room made between the look and the wait is not missed.
             let writable = self.writable.notified();
@@ -186,7 +219,20 @@ impl Queue {
             self.insert(&mut state, entry, delay);
         }
         drop(state);
-        self.readable.notify_one();
+        self.wake_reader();
+    }
+
+    /// Wake a consumer waiting for a message, if one is.
+    #[inline]
+    fn wake_reader(&self) {
+        if self.readers.load(Ordering::SeqCst) > 0 {
+            self.readable.notify_one();
+        }
+    }
+
+    /// Count a consumer as waiting for a message (see [`Waiting`]): taken before it looks.
+    pub fn wait_readable(&self) -> Waiting<'_> {
+        Waiting::new(&self.readers)
     }
 
     fn insert(&self, state: &mut State, entry: Entry, delay: Option<Duration>) {
@@ -224,10 +270,13 @@ impl Queue {
         };
         if !expired {
             entry.deliveries += 1;
-            state.unacked += 1;
+            state.handed_out += 1;
         }
         drop(state);
-        self.writable.notify_one();
+        // Only a bounded queue has producers waiting for room.
+        if self.writers.load(Ordering::SeqCst) > 0 {
+            self.writable.notify_one();
+        }
         if expired {
             return Ok(Pop::Expired(entry));
         }
@@ -238,17 +287,18 @@ impl Queue {
         &self.readable
     }
 
+    /// One delivery was settled (acked, nacked or abandoned).
     pub fn settled(&self) {
-        let mut state = self.lock();
-        state.unacked = state.unacked.saturating_sub(1);
+        self.settled.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn depth(&self) -> QueueDepth {
         let state = self.lock();
+        let settled = self.settled.load(Ordering::Relaxed);
         QueueDepth {
             ready: state.ready.len(),
             delayed: state.delayed.len(),
-            unacked: state.unacked,
+            unacked: state.handed_out.saturating_sub(settled) as usize,
         }
     }
 
@@ -311,7 +361,7 @@ impl Drop for Filling<'_> {
     fn drop(&mut self) {
         // The lock first: a woken consumer would only block on it.
         drop(self.state.take());
-        for _ in 0..self.added {
+        for _ in 0..self.added.min(self.queue.readers.load(Ordering::SeqCst)) {
             self.queue.readable.notify_one();
         }
     }
