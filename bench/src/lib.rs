@@ -14,11 +14,13 @@
 //! - [`result`]: OMB-format result JSON and the summary table.
 //! - [`compare`] and [`report`]: runs on several backends, conformance, Markdown + HTML.
 //! - [`overhead`]: the harness's own cost, raw mpsc through the harness vs a bare loop.
+//! - [`pacer`]: the open-loop schedule, with wake-ups accurate to microseconds.
 //! - [`versus`]: closed-loop rounds, a backend against its raw client (the `vs_*` benches).
 
 pub mod compare;
 pub mod driver;
 pub mod overhead;
+pub mod pacer;
 pub mod quick;
 pub mod raw;
 #[cfg(feature = "kafka")]

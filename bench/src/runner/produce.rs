@@ -1,9 +1,10 @@
 //! A producer task: sends on the open-loop schedule (message `i` intended at `start + i /
-//! rate`), records publish delay and, as confirms arrive apart from the sends, publish latency.
+//! rate`, kept by a [`Pacer`] to the microsecond), records publish delay and, as confirms
+//! arrive apart from the sends, publish latency.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
@@ -12,6 +13,7 @@ use mailroom_core::Result;
 use super::state::{record, RunState};
 use super::MAX_CONFIRMS_IN_FLIGHT;
 use crate::driver::{now_us, Confirm, Driver, Outgoing, TopicPlan};
+use crate::pacer::Pacer;
 use crate::workload::{KeyDistributor, Plan};
 
 pub(super) async fn produce(
@@ -55,25 +57,20 @@ pub(super) async fn produce(
         }
     });
     let payloads = &plan.payloads;
-    let mut epoch = u64::MAX;
-    let mut next = Instant::now();
+    let mut epoch = state.epoch.load(Ordering::Acquire);
+    let mut pacer = Pacer::new(state.rate());
     let mut i: u64 = 0;
     let mut result = Ok(());
     while !state.stop_producers.load(Ordering::Acquire) {
         let current = state.epoch.load(Ordering::Acquire);
         if current != epoch {
             epoch = current;
-            next = Instant::now();
+            pacer.set_rate(state.rate());
         }
-        let interval = Duration::from_secs_f64(1.0 / state.rate());
-        if next > Instant::now() {
-            tokio::time::sleep_until(next.into()).await;
-            if state.stop_producers.load(Ordering::Acquire) {
-                break;
-            }
+        let intended = pacer.next().await.intended;
+        if state.stop_producers.load(Ordering::Acquire) {
+            break;
         }
-        let intended = next;
-        next += interval;
         let key = match plan.workload.key_distributor {
             KeyDistributor::NoKey => None,
             KeyDistributor::KeyRoundRobin => Some(format!("k{}", (i + index as u64) % 10_000)),
