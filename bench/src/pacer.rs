@@ -50,6 +50,9 @@ pub struct Permit {
     pub index: u64,
     /// When the message is intended to be sent.
     pub intended: Instant,
+    /// When the permit was handed out (never before `intended`): the send's start, read once
+    /// so the caller need not read the clock again.
+    pub at: Instant,
 }
 
 /// A running mean in nanoseconds (weight 1/16 for each new sample), shared without locks.
@@ -160,20 +163,22 @@ impl Pacer {
 
     /// The next permit, returned at its intended time (or at once when that has passed).
     pub async fn next(&mut self) -> Permit {
-        let permit = Permit {
-            index: self.index,
-            intended: self.intended(self.index),
-        };
+        let index = self.index;
+        let intended = self.intended(index);
         self.index += 1;
-        self.wait_until(permit.intended).await;
-        permit
+        let at = self.wait_until(intended).await;
+        Permit {
+            index,
+            intended,
+            at,
+        }
     }
 
-    /// Wait until `due`, precisely (see the module docs).
-    pub async fn wait_until(&self, due: Instant) {
+    /// Wait until `due`, precisely (see the module docs); returns the time it returned at.
+    pub async fn wait_until(&self, due: Instant) -> Instant {
         let now = Instant::now();
         if due <= now {
-            return;
+            return now;
         }
         if due - now > COARSE_MARGIN {
             tokio::time::sleep_until((due - COARSE_MARGIN).into()).await;
@@ -200,7 +205,11 @@ impl Pacer {
         }
         // At most the learnt lead (capped at MAX_SPIN): a short spin on the worker is cheaper
         // than yielding, which makes tokio poll its I/O driver (a syscall) every round.
-        while Instant::now() < due {
+        loop {
+            let now = Instant::now();
+            if now >= due {
+                return now;
+            }
             std::hint::spin_loop();
         }
     }
@@ -307,11 +316,10 @@ mod tests {
         let mut got = Vec::new();
         loop {
             let permit = pacer.next().await;
-            let at = Instant::now();
             if permit.intended >= end {
                 break;
             }
-            got.push((permit, at));
+            got.push((permit, permit.at));
         }
         (pacer, got)
     }
@@ -382,7 +390,7 @@ mod tests {
         assert_eq!(second.intended - first.intended, Duration::from_millis(2));
         // Waits longer than the coarse margin go through tokio's timer first.
         let due = Instant::now() + COARSE_MARGIN * 3;
-        pacer.wait_until(due).await;
-        assert!(Instant::now() >= due);
+        let at = pacer.wait_until(due).await;
+        assert!(at >= due && Instant::now() >= at);
     }
 }
