@@ -586,8 +586,7 @@ impl DriverConsumer for RawMpscConsumer {
     async fn receive(&mut self, timeout: Duration) -> Result<Option<Incoming>> {
         let rx = match self.held.as_mut() {
             Some(rx) => rx,
-            None => match tokio::time::timeout(timeout, self.receiver.clone().lock_owned()).await
-            {
+            None => match tokio::time::timeout(timeout, self.receiver.clone().lock_owned()).await {
                 Ok(guard) => self.held.insert(guard),
                 Err(_) => return Ok(None),
             },

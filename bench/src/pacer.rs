@@ -335,7 +335,12 @@ mod tests {
         let fields: Vec<&str> = stat
             .rsplit_once(')')
             .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
         (ticks(11) + ticks(12)) / 100.0
     }
@@ -349,12 +354,19 @@ mod tests {
         let cpu = cpu_seconds() - cpu;
         // Exactly the schedule's instants in [anchor, anchor + span): none skipped, none extra.
         let expected = (span.as_secs_f64() * rate).ceil() as usize;
-        assert_eq!(got.len(), expected, "permits issued in {span:?} at {rate}/s");
+        assert_eq!(
+            got.len(),
+            expected,
+            "permits issued in {span:?} at {rate}/s"
+        );
         let interval = Duration::from_secs_f64(1.0 / rate);
         for (i, (permit, at)) in got.iter().enumerate() {
             assert_eq!(permit.index, i as u64, "permits are numbered in order");
             assert_eq!(permit.intended, pacer.intended(i as u64));
-            assert!(*at >= permit.intended, "permit {i} handed out before its time");
+            assert!(
+                *at >= permit.intended,
+                "permit {i} handed out before its time"
+            );
             if i > 0 {
                 let gap = permit.intended - got[i - 1].0.intended;
                 let off = gap.abs_diff(interval);

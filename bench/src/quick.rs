@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::pacer::Pacer;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use crate::pacer::Pacer;
 use mailroom_core::{
     Backend, Capability, ConsumerOptions, Destination, Error, Message, Overflow, QueueSpec, Result,
 };

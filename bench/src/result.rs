@@ -361,8 +361,16 @@ impl BaselineRatio {
         if self.round_ratios.len() < 2 {
             return None;
         }
-        let lo = self.round_ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = self.round_ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lo = self
+            .round_ratios
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let hi = self
+            .round_ratios
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
         Some((lo, hi))
     }
 

@@ -74,7 +74,10 @@ pub(super) async fn produce(
         let payload = payloads[(i as usize) % payloads.len()].clone();
         i += 1;
         let sent_at = permit.at;
-        record(&delay, sent_at.duration_since(permit.intended).as_micros() as u64);
+        record(
+            &delay,
+            sent_at.duration_since(permit.intended).as_micros() as u64,
+        );
         let message = Outgoing {
             key,
             payload,

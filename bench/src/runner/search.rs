@@ -62,7 +62,9 @@ impl Search<'_> {
             / self.subs as f64;
         let b = self.backlog();
         let miss = if achieved < rate * 0.9 {
-            Some(format!("producers reached {achieved:.0} of {rate:.0} msgs/s"))
+            Some(format!(
+                "producers reached {achieved:.0} of {rate:.0} msgs/s"
+            ))
         } else if consumed < achieved * 0.9 {
             Some(format!(
                 "consumers took {consumed:.0} msgs/s of {achieved:.0} published; backlog grew to {b}"
