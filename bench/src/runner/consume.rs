@@ -24,6 +24,8 @@ pub(super) async fn consume(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
+        // Receives that never wait must still hand the worker back now and then.
+        tokio::task::consume_budget().await;
         // A message already waiting is taken without a boxed future.
         let got = match consumer.try_receive() {
             Ok(None) => consumer.receive(Duration::from_millis(100)).await,

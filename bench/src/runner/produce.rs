@@ -57,6 +57,10 @@ pub(super) async fn produce(
     let mut i: u64 = 0;
     let mut result = Ok(());
     while !state.stop_producers.load(Ordering::Acquire) {
+        // A send that never waits (an in-process broker, try_send) never hands the worker
+        // back: without this the producer could hold it for good, timers (the run's own clock)
+        // included. Yields once tokio's cooperative budget is spent.
+        tokio::task::consume_budget().await;
         let current = state.epoch.load(Ordering::Acquire);
         if current != epoch {
             epoch = current;

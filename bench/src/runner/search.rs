@@ -5,8 +5,9 @@
 //! ([`SEARCH_STEP`]) until a step is missed, then bisects (geometric mean) between the highest
 //! sustained and the lowest missed rate with longer steps ([`SEARCH_HOLD`]) until they are
 //! within 5 % or the warm-up is over. So that one hiccup of a loaded machine does not decide
-//! the figure, a missed step is tried once more before it counts, and after a miss the
-//! producers slow to the floor until the backlog is drained, so the next step starts clean.
+//! the figure, once a rate was sustained a missed step is tried once more before it counts,
+//! and after such a miss the producers slow to the floor until the backlog is drained (at most
+//! [`DRAIN_LIMIT`]), so the next step starts clean.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use crate::workload::Plan;
 /// close (as a ratio).
 const CONVERGED: f64 = 1.05;
 /// Longest a drain after a missed step may take.
-const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
 /// One step's figures.
 struct Step {
@@ -113,7 +114,7 @@ impl Search<'_> {
         let mut retried = false;
         let mut lowest_miss = String::from("the search ended before its first step");
         while Instant::now() < self.until && !failed() {
-            let hold = if missed.is_some() {
+            let hold = if sustained.is_some() && missed.is_some() {
                 SEARCH_HOLD
             } else {
                 SEARCH_STEP
@@ -127,11 +128,16 @@ impl Search<'_> {
                     retried = false;
                 }
                 Some(why) => {
-                    self.drain(floor).await;
-                    if !retried {
-                        // Once more before it counts: a miss decides where the search goes.
-                        retried = true;
-                        continue;
+                    // Once a rate was sustained, a miss decides the figure: start the next
+                    // step clean, and try this one once more before it counts. Before that
+                    // (a broker that cannot take the first step) the rate just comes down,
+                    // below what was achieved, which lets the consumers catch up.
+                    if sustained.is_some() {
+                        self.drain(floor).await;
+                        if !retried {
+                            retried = true;
+                            continue;
+                        }
                     }
                     retried = false;
                     if rate <= lowest {
