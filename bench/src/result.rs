@@ -590,6 +590,43 @@ mod tests {
     }
 
     #[test]
+    fn rounds_give_the_median_ratio_and_its_spread() {
+        let found = |rate: f64| Some(MaxRate::Found { rate });
+        let b1 = run("rabbitmq", 900.0, 900.0, found(900.0));
+        let r1 = run("raw-lapin", 1000.0, 1000.0, found(1000.0));
+        let b2 = run("rabbitmq", 1100.0, 1100.0, found(1100.0));
+        let r2 = run("raw-lapin", 1000.0, 1000.0, found(1000.0));
+        let r = BaselineRatio::of_rounds(&[(&b1, &r1), (&b2, &r2)]).unwrap();
+        assert_eq!((r.rate, r.raw_rate), (1000.0, 1000.0));
+        assert_eq!(r.ratio, Some(1.0));
+        assert_eq!(r.round_ratios, vec![0.9, 1.1]);
+        assert_eq!(r.spread(), Some((0.9, 1.1)));
+        let line = r.line("rabbitmq", "w");
+        assert!(
+            line.contains("ratio 1.000 (rounds 0.900–1.100, 2 pairs)"),
+            "{line}"
+        );
+        // One round: no spread, the plain ratio.
+        let one = BaselineRatio::of_rounds(&[(&b1, &r1)]).unwrap();
+        assert_eq!(
+            (one.spread(), one.ratio_text()),
+            (None, Some("0.900".into()))
+        );
+        // A pair without a ratio is left out of the medians.
+        let stuck = run(
+            "rabbitmq",
+            10.0,
+            10.0,
+            Some(MaxRate::NotFound {
+                lowest_step: 100.0,
+                reason: "backlog".into(),
+            }),
+        );
+        let r = BaselineRatio::of_rounds(&[(&b1, &r1), (&stuck, &r2), (&b2, &r2)]).unwrap();
+        assert_eq!(r.round_ratios, vec![0.9, 1.1]);
+    }
+
+    #[test]
     fn no_ratio_when_a_search_found_no_sustainable_rate() {
         let stuck = MaxRate::NotFound {
             lowest_step: 100.0,

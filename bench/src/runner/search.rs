@@ -21,6 +21,8 @@ use crate::workload::Plan;
 /// The search stops bisecting once the highest sustained and the lowest missed rate are this
 /// close (as a ratio).
 const CONVERGED: f64 = 1.05;
+/// Longest the search waits for the first message to come through before it starts.
+const FIRST_MESSAGE_LIMIT: Duration = Duration::from_secs(10);
 /// Longest a drain after a missed step may take.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
@@ -107,13 +109,25 @@ impl Search<'_> {
         // Never below the lowest step: a broker that cannot sustain even that gets an honest
         // "no sustainable rate" rather than a search collapsing towards 1 msg/s.
         let floor = (initial / SEARCH_FLOOR_DIVISOR).max(1.0);
+        // Consumers still joining (a Kafka group takes seconds) take nothing, and a first step
+        // would read that as the broker's capacity: trickle at the floor until a first message
+        // has come through, and give the search its full time after that.
+        let waiting = Instant::now();
+        self.state.set_rate(floor / self.producers_total);
+        while self.state.received_total.load(Ordering::Relaxed) == 0
+            && waiting.elapsed() < FIRST_MESSAGE_LIMIT
+            && !failed()
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let until = self.until + waiting.elapsed();
         let mut rate = initial;
         let mut lowest = initial;
         let mut sustained: Option<f64> = None;
         let mut missed: Option<f64> = None;
         let mut retried = false;
         let mut lowest_miss = String::from("the search ended before its first step");
-        while Instant::now() < self.until && !failed() {
+        while Instant::now() < until && !failed() {
             let hold = if sustained.is_some() && missed.is_some() {
                 SEARCH_HOLD
             } else {
