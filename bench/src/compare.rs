@@ -270,9 +270,16 @@ async fn run_one(driver: &Arc<dyn Driver>, plan: &Plan, options: &RunOptions) ->
     }
 }
 
-/// Each workload on the backend; right after each max-rate one, the same on the raw baseline
-/// (its job is the throughput ratio, and running every workload twice would double the time),
-/// with the ratio stored in the backend's result. Returns (runs, baseline runs).
+/// Rounds of each max-rate workload on the backend and on its raw baseline, alternating
+/// (backend, raw, raw, backend): a max-rate figure moves with whatever else the machine does,
+/// so one run of each can disagree by a factor of two; the ABBA order cancels a steady drift,
+/// and the spread of the round pairs' ratios is reported beside the ratio.
+pub const MAX_RATE_ROUNDS: usize = 2;
+
+/// Each workload on the backend; for each max-rate one, [`MAX_RATE_ROUNDS`] alternating rounds
+/// of it on the backend and on the raw baseline (its job is the throughput ratio, and running
+/// every workload on the baseline would double the time), with the ratio and its spread stored
+/// in the backend's first result. Returns (runs, baseline runs).
 async fn run_with_baseline(
     driver: Arc<dyn Driver>,
     baseline: Option<Result<Arc<dyn Driver>>>,
@@ -289,15 +296,36 @@ async fn run_with_baseline(
                         url: raw.name(),
                         ..options.clone()
                     };
-                    let raw_outcome = run_one(raw, plan, &raw_options).await;
-                    if let (RunOutcome::Done(r), RunOutcome::Done(rr)) =
-                        (&mut outcome, &raw_outcome)
+                    let mut backend_rounds = Vec::new();
+                    let mut raw_rounds = Vec::new();
+                    for round in 0..MAX_RATE_ROUNDS {
+                        // Round 0 of the backend is `outcome`, run above.
+                        if round > 0 && round % 2 == 0 {
+                            backend_rounds.push(run_one(&driver, plan, options).await);
+                        }
+                        raw_rounds.push(run_one(raw, plan, &raw_options).await);
+                        if round % 2 == 1 {
+                            backend_rounds.push(run_one(&driver, plan, options).await);
+                        }
+                    }
+                    let done = |o: &RunOutcome| o.result().cloned();
+                    let pairs: Vec<(TestResult, TestResult)> = std::iter::once(done(&outcome))
+                        .chain(backend_rounds.iter().map(done))
+                        .zip(raw_rounds.iter().map(done))
+                        .filter_map(|(b, r)| Some((b?, r?)))
+                        .collect();
+                    let refs: Vec<(&TestResult, &TestResult)> =
+                        pairs.iter().map(|(b, r)| (b, r)).collect();
+                    if let (RunOutcome::Done(r), Some(ratio)) =
+                        (&mut outcome, BaselineRatio::of_rounds(&refs))
                     {
-                        let ratio = BaselineRatio::of(r, rr);
                         eprintln!("  {}", ratio.line(&r.driver, &r.workload));
                         r.mailroom.baseline = Some(ratio);
                     }
-                    raw_runs.push(raw_outcome);
+                    let mut raw_rounds = raw_rounds.into_iter();
+                    if let Some(first) = raw_rounds.next() {
+                        raw_runs.push(first);
+                    }
                 }
                 Some(Err(e)) => raw_runs.push(RunOutcome::Failed {
                     workload: plan.workload.name.clone(),

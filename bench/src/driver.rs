@@ -29,8 +29,15 @@ pub const SENT_AT_HEADER: &str = "x-mailroom-bench-intended-us";
 /// consumers of one run share (they run in the same process), so end-to-end latency never
 /// depends on a broker's timestamp or the wall clock.
 pub fn now_us() -> u64 {
+    us_at(Instant::now())
+}
+
+/// The [`now_us`] clock's reading at `at` (0 before the clock's origin): lets a caller that
+/// already read the time stamp with it instead of reading the clock again.
+pub fn us_at(at: Instant) -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    ORIGIN.get_or_init(Instant::now).elapsed().as_micros() as u64
+    at.saturating_duration_since(*ORIGIN.get_or_init(Instant::now))
+        .as_micros() as u64
 }
 
 /// One topic of a run and its subscriptions.
@@ -66,6 +73,18 @@ pub struct Incoming {
 
 /// Resolves when the broker confirmed a send.
 pub type Confirm = BoxFuture<'static, Result<()>>;
+
+/// What [`DriverProducer::try_send`] did.
+#[derive(Debug)]
+pub enum TrySend {
+    /// Sent and already confirmed.
+    Confirmed,
+    /// Refused (the error says why).
+    Failed(Error),
+    /// Sending would have to wait (or this driver has no synchronous path): the message back,
+    /// for [`DriverProducer::send`].
+    WouldBlock(Outgoing),
+}
 
 /// A broker as the harness sees it.
 #[async_trait]
@@ -103,6 +122,12 @@ pub trait DriverProducer: Send + Sync {
     /// Hand one message over; resolves once it is accepted (backpressure waits here) with the
     /// future of its confirm.
     async fn send(&self, message: Outgoing) -> Result<Confirm>;
+    /// Send without waiting, where the driver can tell at once that the message is sent and
+    /// confirmed; the harness tries this first and falls back to [`DriverProducer::send`].
+    /// Spares a per-message boxed future where nothing has to wait. By default: never.
+    fn try_send(&self, message: Outgoing) -> TrySend {
+        TrySend::WouldBlock(message)
+    }
     /// Flush and release.
     async fn close(&self) -> Result<()>;
 }
@@ -112,6 +137,12 @@ pub trait DriverProducer: Send + Sync {
 pub trait DriverConsumer: Send {
     /// The next message, settled (acked) before it is returned; `None` after `timeout`.
     async fn receive(&mut self, timeout: Duration) -> Result<Option<Incoming>>;
+    /// A message already waiting, settled, without waiting for one; `None` when there is none
+    /// (or this driver has no synchronous path: the default). The harness tries this first and
+    /// falls back to [`DriverConsumer::receive`].
+    fn try_receive(&mut self) -> Result<Option<Incoming>> {
+        Ok(None)
+    }
     /// Stop.
     async fn close(&mut self) -> Result<()>;
 }
@@ -447,7 +478,11 @@ impl Driver for RawMpscDriver {
                     format!("no raw subscription '{subscription}'"),
                 )
             })?;
-        Ok(Box::new(RawMpscConsumer { receiver }))
+        Ok(Box::new(RawMpscConsumer {
+            receiver,
+            held: None,
+            turn: 0,
+        }))
     }
 
     async fn delete(&self, topic: &TopicPlan) -> Result<()> {
@@ -464,6 +499,26 @@ struct RawMpscProducer {
 
 #[async_trait]
 impl DriverProducer for RawMpscProducer {
+    fn try_send(&self, message: Outgoing) -> TrySend {
+        use tokio::sync::mpsc::error::TrySendError;
+        // One subscription: one channel, all or nothing. Several would need all-or-nothing
+        // across channels: they take the async path.
+        let [only] = self.senders.as_slice() else {
+            return TrySend::WouldBlock(message);
+        };
+        match only.try_send((message.intended_us, message.payload)) {
+            Ok(()) => TrySend::Confirmed,
+            Err(TrySendError::Full((intended_us, payload))) => TrySend::WouldBlock(Outgoing {
+                key: message.key,
+                payload,
+                intended_us,
+            }),
+            Err(TrySendError::Closed(_)) => {
+                TrySend::Failed(Error::closed("raw mpsc channel closed"))
+            }
+        }
+    }
+
     async fn send(&self, message: Outgoing) -> Result<Confirm> {
         for tx in &self.senders {
             tx.send((message.intended_us, message.payload.clone()))
@@ -478,19 +533,70 @@ impl DriverProducer for RawMpscProducer {
     }
 }
 
+/// Messages a consumer takes in a row, holding its subscription's receiver, before it lets a
+/// competing consumer of the same subscription have a turn.
+const RAW_MPSC_TURN: u32 = 64;
+
 struct RawMpscConsumer {
     receiver: RawReceiver,
+    /// The receiver, held between receives while messages keep coming: locking a
+    /// `tokio::sync::Mutex` per message would cost more than the channel itself.
+    held: Option<tokio::sync::OwnedMutexGuard<tokio::sync::mpsc::Receiver<RawMessage>>>,
+    turn: u32,
+}
+
+fn raw_incoming((intended_us, payload): RawMessage) -> Incoming {
+    Incoming {
+        intended_us: Some(intended_us),
+        bytes: std::hint::black_box(payload).len(),
+    }
+}
+
+impl RawMpscConsumer {
+    /// Hand the receiver back to the other consumers once this one had its turn.
+    fn took_one(&mut self) {
+        self.turn += 1;
+        if self.turn >= RAW_MPSC_TURN {
+            self.turn = 0;
+            self.held = None;
+        }
+    }
 }
 
 #[async_trait]
 impl DriverConsumer for RawMpscConsumer {
+    fn try_receive(&mut self) -> Result<Option<Incoming>> {
+        use tokio::sync::mpsc::error::TryRecvError;
+        if self.held.is_none() {
+            self.held = self.receiver.clone().try_lock_owned().ok();
+        }
+        let Some(rx) = self.held.as_mut() else {
+            return Ok(None);
+        };
+        match rx.try_recv() {
+            Ok(message) => {
+                self.took_one();
+                Ok(Some(raw_incoming(message)))
+            }
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(Error::closed("raw mpsc channel closed")),
+        }
+    }
+
     async fn receive(&mut self, timeout: Duration) -> Result<Option<Incoming>> {
-        let mut rx = self.receiver.lock().await;
-        match tokio::time::timeout(timeout, rx.recv()).await {
-            Ok(Some((intended_us, payload))) => Ok(Some(Incoming {
-                intended_us: Some(intended_us),
-                bytes: std::hint::black_box(payload).len(),
-            })),
+        let rx = match self.held.as_mut() {
+            Some(rx) => rx,
+            None => match tokio::time::timeout(timeout, self.receiver.clone().lock_owned()).await {
+                Ok(guard) => self.held.insert(guard),
+                Err(_) => return Ok(None),
+            },
+        };
+        let received = tokio::time::timeout(timeout, rx.recv()).await;
+        // The channel ran dry: let a competing consumer wait on it next.
+        self.held = None;
+        self.turn = 0;
+        match received {
+            Ok(Some(message)) => Ok(Some(raw_incoming(message))),
             Ok(None) => Err(Error::closed("raw mpsc channel closed")),
             Err(_) => Ok(None),
         }

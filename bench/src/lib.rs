@@ -15,6 +15,7 @@
 //! - [`compare`] and [`report`]: runs on several backends, conformance, Markdown + HTML.
 //! - [`overhead`]: the harness's own cost, raw mpsc through the harness vs a bare loop.
 //! - [`persistence`]: the broker-restart scenario on the local brokers (`--restart-brokers`).
+//! - [`pacer`]: the open-loop schedule, with wake-ups accurate to microseconds.
 //! - [`versus`]: closed-loop rounds, a backend against its raw client (the `vs_*` benches).
 //! - [`scaling`]: how throughput and p99 change with producers/consumers and payload size
 //!   (`compare --scaling`).
@@ -24,6 +25,7 @@
 pub mod compare;
 pub mod driver;
 pub mod overhead;
+pub mod pacer;
 #[cfg(feature = "peers")]
 pub mod peer_omniqueue;
 pub mod peers;

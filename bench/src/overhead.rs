@@ -30,14 +30,25 @@ pub struct Overhead {
 }
 
 /// A bare loop: one task sends `(timestamp, payload)` into a bounded mpsc as fast as it can for
-/// `duration`, another receives and counts. Returns msgs/s.
+/// `duration`, another receives and counts. Returns msgs/s. Both ends use the channel as the
+/// harness's raw mpsc driver does (`try_send` / `try_recv` first, the waiting calls only when
+/// the channel is full / empty), so the two sides do the same channel work.
 pub async fn bare_loop(duration: Duration, payload_size: usize) -> f64 {
+    use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Bytes)>(RAW_MPSC_CAPACITY);
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     let consumer = tokio::spawn(async move {
-        while let Some(message) = rx.recv().await {
+        loop {
+            let message = match rx.try_recv() {
+                Ok(message) => message,
+                Err(TryRecvError::Empty) => match rx.recv().await {
+                    Some(message) => message,
+                    None => break,
+                },
+                Err(TryRecvError::Disconnected) => break,
+            };
             std::hint::black_box(&message);
             counter.fetch_add(1, Ordering::Relaxed);
         }
@@ -46,8 +57,14 @@ pub async fn bare_loop(duration: Duration, payload_size: usize) -> f64 {
     let flag = stop.clone();
     let producer = tokio::spawn(async move {
         while !flag.load(Ordering::Relaxed) {
-            if tx.send((now_us(), body.clone())).await.is_err() {
-                break;
+            match tx.try_send((now_us(), body.clone())) {
+                Ok(()) => {}
+                Err(TrySendError::Full(message)) => {
+                    if tx.send(message).await.is_err() {
+                        break;
+                    }
+                }
+                Err(TrySendError::Closed(_)) => break,
             }
         }
     });

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::pacer::Pacer;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use mailroom_core::{
@@ -58,7 +59,8 @@ impl Throughput {
     }
 }
 
-/// End-to-end latency percentiles, in microseconds, measured from the intended send time.
+/// End-to-end latency percentiles, in microseconds, measured from the intended send time, and
+/// the publish delay (actual − intended send) that shows how well the pacer kept the schedule.
 #[derive(Debug, Clone, Copy)]
 pub struct Latency {
     /// Messages measured.
@@ -71,6 +73,10 @@ pub struct Latency {
     pub p999_us: u64,
     /// Maximum.
     pub max_us: u64,
+    /// Publish delay, median.
+    pub delay_p50_us: u64,
+    /// Publish delay, 99th percentile.
+    pub delay_p99_us: u64,
 }
 
 fn payload(size: usize) -> Bytes {
@@ -165,16 +171,18 @@ pub async fn throughput_raw_mpsc(config: &BenchConfig) -> Throughput {
     }
 }
 
-/// Open-loop latency: sends paced to an intended time, latency measured from that intended time
-/// (so a stalled producer cannot hide latency), every message acked.
+/// Open-loop latency: sends paced to an intended time by the [`Pacer`], latency measured from
+/// that intended time (so a stalled producer cannot hide latency), every message acked.
 pub async fn latency(backend: Arc<dyn Backend>, config: &BenchConfig) -> Result<Latency> {
     let queue = bench_queue(backend.as_ref(), config.queue_bound).await?;
     let producer = backend.producer().await?;
     let mut consumer = backend.consumer(&queue, ConsumerOptions::default()).await?;
     let total = (config.latency_rate as f64 * config.latency_duration.as_secs_f64()) as u64;
-    let interval = Duration::from_secs_f64(1.0 / config.latency_rate.max(1) as f64);
     let body = payload(config.payload_size);
-    let origin = Instant::now();
+    let mut pacer = Pacer::new(config.latency_rate.max(1) as f64);
+    let origin = pacer.intended(0);
+    let mut delays = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| Error::config(format!("histogram: {e}")))?;
     let consume = tokio::spawn(async move {
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
             .map_err(|e| Error::config(format!("histogram: {e}")))?;
@@ -194,12 +202,10 @@ pub async fn latency(backend: Arc<dyn Backend>, config: &BenchConfig) -> Result<
         Ok::<_, Error>(histogram)
     });
     let dest = Destination::queue(&queue);
-    for i in 0..total {
-        let intended = interval * i as u32;
-        let due = origin + intended;
-        if due > Instant::now() {
-            tokio::time::sleep_until(due.into()).await;
-        }
+    for _ in 0..total {
+        let permit = pacer.next().await;
+        let intended = permit.intended - origin;
+        delays.saturating_record((permit.intended.elapsed().as_micros() as u64).max(1));
         let message = Message::builder(body.clone())
             .header(SENT_AT_HEADER, intended.as_micros().to_string())
             .build()?;
@@ -219,5 +225,7 @@ pub async fn latency(backend: Arc<dyn Backend>, config: &BenchConfig) -> Result<
         p99_us: histogram.value_at_quantile(0.99),
         p999_us: histogram.value_at_quantile(0.999),
         max_us: histogram.max(),
+        delay_p50_us: delays.value_at_quantile(0.50),
+        delay_p99_us: delays.value_at_quantile(0.99),
     })
 }

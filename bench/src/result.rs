@@ -298,6 +298,10 @@ pub struct BaselineRatio {
     pub e2e_p99: f64,
     /// End-to-end p99 of the raw run, ms.
     pub raw_e2e_p99: f64,
+    /// With several alternating rounds (backend, raw, raw, backend, ...): each round pair's
+    /// ratio, in order; `ratio` is then the median backend rate over the median raw rate.
+    #[serde(default)]
+    pub round_ratios: Vec<f64>,
 }
 
 impl BaselineRatio {
@@ -325,13 +329,73 @@ impl BaselineRatio {
             note,
             e2e_p99: backend.aggregated_end_to_end_latency_99pct,
             raw_e2e_p99: raw.aggregated_end_to_end_latency_99pct,
+            round_ratios: Vec::new(),
         }
+    }
+
+    /// Several rounds of the same workload, backend and raw alternating: the first pair's
+    /// figures, with the rates replaced by the medians over the rounds whose pair gave a ratio
+    /// and each such pair's ratio kept, so the report can show the spread.
+    pub fn of_rounds(pairs: &[(&TestResult, &TestResult)]) -> Option<BaselineRatio> {
+        let (first_backend, first_raw) = pairs.first()?;
+        let mut out = BaselineRatio::of(first_backend, first_raw);
+        let each: Vec<BaselineRatio> = pairs.iter().map(|(b, r)| BaselineRatio::of(b, r)).collect();
+        let valid: Vec<&BaselineRatio> = each.iter().filter(|r| r.ratio.is_some()).collect();
+        if valid.len() < 2 {
+            return Some(out);
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            }
+        };
+        out.rate = median(valid.iter().map(|r| r.rate).collect());
+        out.raw_rate = median(valid.iter().map(|r| r.raw_rate).collect());
+        out.ratio = Some(out.rate / out.raw_rate);
+        out.note = None;
+        out.round_ratios = valid.iter().filter_map(|r| r.ratio).collect();
+        Some(out)
+    }
+
+    /// The lowest and highest round ratio, when there were several rounds.
+    pub fn spread(&self) -> Option<(f64, f64)> {
+        if self.round_ratios.len() < 2 {
+            return None;
+        }
+        let lo = self
+            .round_ratios
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let hi = self
+            .round_ratios
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        Some((lo, hi))
+    }
+
+    /// The ratio as text, with the spread over rounds when there were several:
+    /// `0.912 (rounds 0.890–0.934)`.
+    pub fn ratio_text(&self) -> Option<String> {
+        let ratio = self.ratio?;
+        Some(match self.spread() {
+            Some((lo, hi)) => format!(
+                "{ratio:.3} (rounds {lo:.3}–{hi:.3}, {} pairs)",
+                self.round_ratios.len()
+            ),
+            None => format!("{ratio:.3}"),
+        })
     }
 
     /// The printed line: `mailroom vs raw: <backend> N msgs/s vs <raw> M msgs/s, ratio R ...`.
     pub fn line(&self, backend: &str, workload: &str) -> String {
-        let ratio = match (self.ratio, &self.note) {
-            (Some(r), _) => format!("ratio {r:.3}"),
+        let ratio = match (self.ratio_text(), &self.note) {
+            (Some(r), _) => format!("ratio {r}"),
             (None, Some(note)) => format!("no ratio: {note}"),
             (None, None) => "no ratio".to_owned(),
         };
@@ -528,6 +592,43 @@ mod tests {
             ),
             "{line}"
         );
+    }
+
+    #[test]
+    fn rounds_give_the_median_ratio_and_its_spread() {
+        let found = |rate: f64| Some(MaxRate::Found { rate });
+        let b1 = run("rabbitmq", 900.0, 900.0, found(900.0));
+        let r1 = run("raw-lapin", 1000.0, 1000.0, found(1000.0));
+        let b2 = run("rabbitmq", 1100.0, 1100.0, found(1100.0));
+        let r2 = run("raw-lapin", 1000.0, 1000.0, found(1000.0));
+        let r = BaselineRatio::of_rounds(&[(&b1, &r1), (&b2, &r2)]).unwrap();
+        assert_eq!((r.rate, r.raw_rate), (1000.0, 1000.0));
+        assert_eq!(r.ratio, Some(1.0));
+        assert_eq!(r.round_ratios, vec![0.9, 1.1]);
+        assert_eq!(r.spread(), Some((0.9, 1.1)));
+        let line = r.line("rabbitmq", "w");
+        assert!(
+            line.contains("ratio 1.000 (rounds 0.900–1.100, 2 pairs)"),
+            "{line}"
+        );
+        // One round: no spread, the plain ratio.
+        let one = BaselineRatio::of_rounds(&[(&b1, &r1)]).unwrap();
+        assert_eq!(
+            (one.spread(), one.ratio_text()),
+            (None, Some("0.900".into()))
+        );
+        // A pair without a ratio is left out of the medians.
+        let stuck = run(
+            "rabbitmq",
+            10.0,
+            10.0,
+            Some(MaxRate::NotFound {
+                lowest_step: 100.0,
+                reason: "backlog".into(),
+            }),
+        );
+        let r = BaselineRatio::of_rounds(&[(&b1, &r1), (&stuck, &r2), (&b2, &r2)]).unwrap();
+        assert_eq!(r.round_ratios, vec![0.9, 1.1]);
     }
 
     #[test]

@@ -138,8 +138,8 @@ async fn run_bench(url: &str, config: &BenchConfig, rounds: usize) -> Result<()>
     }
     let l = bench::latency(backend.clone(), config).await?;
     println!(
-        "  latency     at {} msgs/s for {:?}, from intended send time: p50 {} us  p99 {} us  p99.9 {} us  max {} us  ({} messages)",
-        config.latency_rate, config.latency_duration, l.p50_us, l.p99_us, l.p999_us, l.max_us, l.count
+        "  latency     at {} msgs/s for {:?}, from intended send time: p50 {} us  p99 {} us  p99.9 {} us  max {} us  ({} messages); publish delay p50 {} us  p99 {} us",
+        config.latency_rate, config.latency_duration, l.p50_us, l.p99_us, l.p999_us, l.max_us, l.count, l.delay_p50_us, l.delay_p99_us
     );
     if baseline {
         let raw = median(&mut raw_rates);

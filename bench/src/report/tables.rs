@@ -122,8 +122,8 @@ pub(super) fn settings_note(c: &Comparison) -> String {
 
 /// The ratio, or why there is none.
 pub(super) fn ratio_cell(r: &BaselineRatio) -> String {
-    match (r.ratio, &r.note) {
-        (Some(ratio), _) => format!("{ratio:.3}"),
+    match (r.ratio_text(), &r.note) {
+        (Some(ratio), _) => ratio,
         (None, note) => format!("no ratio: {}", note.as_deref().unwrap_or("-")),
     }
 }

@@ -11,6 +11,7 @@
 mod consume;
 mod produce;
 mod progress;
+mod search;
 mod state;
 
 use std::sync::atomic::Ordering;
@@ -24,6 +25,7 @@ use mailroom_core::{Error, ErrorKind, Result};
 use self::consume::consume;
 use self::produce::produce;
 use self::progress::{Period, Progress};
+use self::search::Search;
 use self::state::{histogram, RunState};
 use crate::driver::{now_us, Driver, TopicPlan};
 use crate::result::{MaxRate, Percentiles, TestResult};
@@ -61,8 +63,10 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most confirms one producer awaits at once before it stops sending (a bound, not a window).
 const MAX_CONFIRMS_IN_FLIGHT: usize = 65_536;
-/// Step of the max-rate search.
+/// Step of the max-rate search while it climbs.
 const SEARCH_STEP: Duration = Duration::from_millis(500);
+/// Step of the max-rate search once it has bracketed the rate (each of these decides it).
+const SEARCH_HOLD: Duration = Duration::from_secs(1);
 /// The max-rate search's lowest step is `producerStartRate` divided by this.
 pub const SEARCH_FLOOR_DIVISOR: f64 = 100.0;
 /// Backlog samples for the drain chart.
@@ -221,88 +225,23 @@ async fn run_on(
                 }
             }
         } else if plan.rate.is_none() {
-            // Never below the lowest step: a broker that cannot sustain even that gets an
-            // honest "no sustainable rate" rather than a search collapsing towards 1 msg/s.
-            let floor = (initial / SEARCH_FLOOR_DIVISOR).max(1.0);
-            let mut rate = initial;
-            let mut lowest = initial;
-            let mut last_ok: Option<f64> = None;
-            let mut lowest_miss = String::from("the search ended before its first step");
-            let mut backed_off = false;
-            let mut last = (
-                Instant::now(),
-                state.sent_total.load(Ordering::Relaxed),
-                state.received_total.load(Ordering::Relaxed),
-            );
-            let search_until = start + plan.warmup.max(SEARCH_STEP * 4);
-            while Instant::now() < search_until {
-                tokio::time::sleep(SEARCH_STEP).await;
-                if failed(&producers) || failed(&consumers) {
-                    break;
-                }
-                let sent = state.sent_total.load(Ordering::Relaxed);
-                let received = state.received_total.load(Ordering::Relaxed);
-                let secs = last.0.elapsed().as_secs_f64();
-                let achieved = (sent - last.1) as f64 / secs;
-                // Consumed per subscription, comparable with the publish rate.
-                let consumed = (received - last.2) as f64 / secs / subs as f64;
-                last = (Instant::now(), sent, received);
-                let b = backlog(&state);
-                result
-                    .mailroom
-                    .rate_search
-                    .push((start.elapsed().as_secs_f64(), rate, b));
-                lowest = lowest.min(rate);
-                // Sustained = producers hit the rate and consumers kept pace with them.
-                let miss = if achieved < rate * 0.9 {
-                    Some(format!("producers reached {achieved:.0} of {rate:.0} msgs/s"))
-                } else if consumed < achieved * 0.9 {
-                    Some(format!(
-                        "consumers took {consumed:.0} msgs/s of {achieved:.0} published; backlog grew to {b}"
-                    ))
-                } else if b > plan.acceptable_backlog as i64 {
-                    Some(format!(
-                        "backlog {b} over acceptableBacklog {}",
-                        plan.acceptable_backlog
-                    ))
-                } else {
-                    None
-                };
-                match miss {
-                    None => {
-                        last_ok = Some(rate);
-                        rate *= if backed_off { 1.1 } else { 1.5 };
-                    }
-                    Some(why) => {
-                        if rate <= lowest {
-                            lowest_miss = why;
-                        }
-                        backed_off = true;
-                        // Below what was achieved, so the consumers catch up before the next
-                        // step, but at most halved: consumers still starting (a first long
-                        // poll, a group join) take next to nothing in one step, and reading
-                        // that as their capacity would sink the search for good.
-                        rate = (achieved.min(consumed).min(rate) * 0.8)
-                            .max(rate / 2.0)
-                            .max(floor);
-                    }
-                }
-                state.set_rate(rate / producers_total);
-                progress.show(&format!(
-                    "searching max rate: tried {achieved:.0} msgs/s, backlog {b}, next {rate:.0}"
-                ));
-            }
-            // The measured run holds the last rate that was sustained, not the next one tried;
-            // if none was, the lowest step, to show what the broker does there.
-            let (hold, outcome) = match last_ok {
-                Some(ok) => (ok, MaxRate::Found { rate: ok }),
-                None => (
-                    lowest,
-                    MaxRate::NotFound {
-                        lowest_step: lowest,
-                        reason: lowest_miss,
-                    },
-                ),
+            let until = start + plan.warmup.max(SEARCH_STEP * 4);
+            let search = Search {
+                state: &state,
+                plan: &plan,
+                producers_total,
+                subs,
+                until,
+                progress: &progress,
+            };
+            let outcome = search
+                .run(initial, &mut result.mailroom.rate_search, start, || {
+                    failed(&producers) || failed(&consumers)
+                })
+                .await;
+            let hold = match &outcome {
+                MaxRate::Found { rate } => *rate,
+                MaxRate::NotFound { lowest_step, .. } => *lowest_step,
             };
             state.set_rate(hold / producers_total);
             result.mailroom.max_rate = Some(outcome);

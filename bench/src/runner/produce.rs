@@ -1,17 +1,21 @@
 //! A producer task: sends on the open-loop schedule (message `i` intended at `start + i /
-//! rate`), records publish delay and, as confirms arrive apart from the sends, publish latency.
+//! rate`, kept by a [`Pacer`] to the microsecond), records publish delay and, as confirms
+//! arrive apart from the sends, publish latency.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::noop_waker_ref;
 
 use mailroom_core::Result;
 
-use super::state::{record, RunState};
+use super::state::{record, Part, RunState};
 use super::MAX_CONFIRMS_IN_FLIGHT;
-use crate::driver::{now_us, Confirm, Driver, Outgoing, TopicPlan};
+use crate::driver::{now_us, us_at, Confirm, Driver, Outgoing, TopicPlan, TrySend};
+use crate::pacer::Pacer;
 use crate::workload::{KeyDistributor, Plan};
 
 pub(super) async fn produce(
@@ -23,6 +27,7 @@ pub(super) async fn produce(
 ) -> Result<()> {
     let producer = driver.producer(&topic).await?;
     let publish = state.publish.part();
+    let publish_inline = state.publish.part();
     let delay = state.delay.part();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Confirm, Instant)>(4096);
     let confirm_state = state.clone();
@@ -39,41 +44,32 @@ pub(super) async fn produce(
                     }),
                     None => open = false,
                 },
-                Some((r, sent_at)) = in_flight.next(), if !in_flight.is_empty() => match r {
-                    Ok(()) => {
-                        record(&publish, sent_at.elapsed().as_micros() as u64);
-                        confirm_state.sent.fetch_add(1, Ordering::Relaxed);
-                        confirm_state.sent_total.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        confirm_state.note_error(&e);
-                        confirm_state.send_errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                Some((r, sent_at)) = in_flight.next(), if !in_flight.is_empty() => {
+                    confirmed(&confirm_state, &publish, r, sent_at);
                 },
                 else => break,
             }
         }
     });
     let payloads = &plan.payloads;
-    let mut epoch = u64::MAX;
-    let mut next = Instant::now();
+    let mut epoch = state.epoch.load(Ordering::Acquire);
+    let mut pacer = Pacer::new(state.rate());
     let mut i: u64 = 0;
     let mut result = Ok(());
     while !state.stop_producers.load(Ordering::Acquire) {
+        // A send that never waits (an in-process broker, try_send) never hands the worker
+        // back: without this the producer could hold it for good, timers (the run's own clock)
+        // included. Yields once tokio's cooperative budget is spent.
+        tokio::task::consume_budget().await;
         let current = state.epoch.load(Ordering::Acquire);
         if current != epoch {
             epoch = current;
-            next = Instant::now();
+            pacer.set_rate(state.rate());
         }
-        let interval = Duration::from_secs_f64(1.0 / state.rate());
-        if next > Instant::now() {
-            tokio::time::sleep_until(next.into()).await;
-            if state.stop_producers.load(Ordering::Acquire) {
-                break;
-            }
+        let permit = pacer.next().await;
+        if state.stop_producers.load(Ordering::Acquire) {
+            break;
         }
-        let intended = next;
-        next += interval;
         let key = match plan.workload.key_distributor {
             KeyDistributor::NoKey => None,
             KeyDistributor::KeyRoundRobin => Some(format!("k{}", (i + index as u64) % 10_000)),
@@ -81,20 +77,35 @@ pub(super) async fn produce(
         };
         let payload = payloads[(i as usize) % payloads.len()].clone();
         i += 1;
-        let intended_us = now_us().saturating_sub(intended.elapsed().as_micros() as u64);
-        let sent_at = Instant::now();
-        record(&delay, sent_at.duration_since(intended).as_micros() as u64);
-        match producer
-            .send(Outgoing {
-                key,
-                payload,
-                intended_us,
-            })
-            .await
-        {
-            Ok(confirm) => {
-                if tx.send((confirm, sent_at)).await.is_err() {
-                    break;
+        let sent_at = permit.at;
+        record(
+            &delay,
+            sent_at.duration_since(permit.intended).as_micros() as u64,
+        );
+        let message = Outgoing {
+            key,
+            payload,
+            intended_us: us_at(permit.intended),
+        };
+        // Where the driver can send and confirm at once, no boxed future is made.
+        let sent = match producer.try_send(message) {
+            TrySend::Confirmed => {
+                confirmed(&state, &publish_inline, Ok(()), sent_at);
+                continue;
+            }
+            TrySend::Failed(e) => Err(e),
+            TrySend::WouldBlock(message) => producer.send(message).await,
+        };
+        match sent {
+            Ok(mut confirm) => {
+                // A confirm that is already there needs no trip through the confirm task.
+                match poll_once(&mut confirm) {
+                    Poll::Ready(r) => confirmed(&state, &publish_inline, r, sent_at),
+                    Poll::Pending => {
+                        if tx.send((confirm, sent_at)).await.is_err() {
+                            break;
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -111,4 +122,26 @@ pub(super) async fn produce(
     let _ = confirms.await;
     let closed = producer.close().await;
     result.and(closed)
+}
+
+/// Poll a confirm once, without a task to wake: whoever awaits it later polls it again.
+fn poll_once(confirm: &mut Confirm) -> Poll<Result<()>> {
+    confirm
+        .as_mut()
+        .poll(&mut Context::from_waker(noop_waker_ref()))
+}
+
+/// Count a confirm (or a failed one) and record its publish latency.
+fn confirmed(state: &RunState, publish: &Part, r: Result<()>, sent_at: Instant) {
+    match r {
+        Ok(()) => {
+            record(publish, sent_at.elapsed().as_micros() as u64);
+            state.sent.fetch_add(1, Ordering::Relaxed);
+            state.sent_total.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            state.note_error(&e);
+            state.send_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
