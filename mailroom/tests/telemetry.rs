@@ -413,3 +413,118 @@ async fn metrics_after_a_run_count_what_was_sent_and_consumed() {
         "{durations:?}"
     );
 }
+
+/// The [`QUEUE_DEPTH`](mailroom::layer::QUEUE_DEPTH) gauge of `queue`, as last published.
+fn depth_gauge(snapshotter: &Snapshotter, queue: &str) -> Option<f64> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, _, _, _)| {
+            key.kind() == MetricKind::Gauge && key.key().name() == mailroom::layer::QUEUE_DEPTH
+        })
+        .filter(|(key, _, _, _)| {
+            key.key()
+                .labels()
+                .any(|l| l.key() == "messaging.destination.name" && l.value() == queue)
+        })
+        .find_map(|(_, _, _, value)| match value {
+            DebugValue::Gauge(v) => Some(v.into_inner()),
+            _ => None,
+        })
+}
+
+/// Publish `queue`'s depth until it reads `want` (brokers count asynchronously: SQS's figure
+/// is approximate, Kafka's committed offsets land after the commit), and check the gauge says
+/// the same.
+async fn depth_reaches(broker: &dyn Backend, queue: &str, want: u64) {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < WAIT {
+        last = mailroom::layer::publish_queue_depth(broker, queue)
+            .await
+            .unwrap();
+        if last == Some(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last, Some(want), "depth of '{queue}' on {}", broker.name());
+    assert_eq!(depth_gauge(recorder(), queue), Some(want as f64));
+}
+
+/// Send 7 messages, read a depth of 7; consume and ack 3, read 4. Through a layered backend,
+/// so the layers are seen to pass the question on.
+async fn depth_follows_the_queue(broker: Arc<dyn Backend>) {
+    recorder();
+    let broker = LayerStack::new()
+        .layer(MetricsLayer::new())
+        .layer(TracingLayer::new())
+        .apply(broker);
+    let queue = fresh("depth");
+    broker
+        .topology()
+        .declare_queue(&QueueSpec::new(&queue))
+        .await
+        .unwrap();
+    depth_reaches(&*broker, &queue, 0).await;
+    let producer = broker.producer().await.unwrap();
+    let destination = Destination::queue(&queue);
+    for i in 0..7 {
+        producer
+            .send(&destination, Message::new(format!("{i}")))
+            .await
+            .unwrap();
+    }
+    depth_reaches(&*broker, &queue, 7).await;
+    let mut consumer = broker
+        .consumer(&queue, ConsumerOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let delivery = consumer
+            .receive_timeout(WAIT)
+            .await
+            .unwrap()
+            .expect("a message within the wait");
+        delivery.ack().await.unwrap();
+    }
+    // Closing commits the acked prefix (Kafka) and returns prefetched messages (RabbitMQ).
+    consumer.close().await.unwrap();
+    depth_reaches(&*broker, &queue, 4).await;
+    broker.topology().delete_queue(&queue).await.unwrap();
+}
+
+#[tokio::test]
+async fn memory_queue_depth_is_published() {
+    depth_follows_the_queue(mailroom::connect("memory://").await.unwrap()).await;
+}
+
+#[cfg(feature = "rabbitmq")]
+#[tokio::test]
+async fn rabbitmq_queue_depth_is_published() {
+    let rabbit = connect(&url(
+        "MAILROOM_RABBITMQ_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    ))
+    .await;
+    depth_follows_the_queue(rabbit).await;
+}
+
+#[cfg(feature = "sqs")]
+#[tokio::test]
+async fn sqs_queue_depth_is_published() {
+    let sqs = connect(&url(
+        "MAILROOM_SQS_URL",
+        "sqs://127.0.0.1:4566?region=us-east-1",
+    ))
+    .await;
+    depth_follows_the_queue(sqs).await;
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test]
+async fn kafka_consumer_lag_is_published() {
+    let kafka = connect(&url("MAILROOM_KAFKA_URL", "kafka://127.0.0.1:9092")).await;
+    depth_follows_the_queue(kafka).await;
+}
