@@ -239,6 +239,27 @@ async fn one_trace_across(
     for receive in [bridge_receive, last_receive, process] {
         assert!(attribute(receive, "messaging.message.id").is_some());
     }
+    // Where the broker has them: the Kafka group (named after the queue) and the RabbitMQ
+    // routing key (a queue's name, through the default exchange); absent elsewhere.
+    for (span, system, queue) in [
+        (bridge_receive, source_system, input),
+        (process, source_system, input),
+        (last_receive, sink_system, output),
+    ] {
+        let expect = |on: &str| (system == on).then(|| queue.to_owned());
+        assert_eq!(
+            attribute(span, "messaging.consumer.group.name"),
+            expect("kafka"),
+            "{}",
+            span.name
+        );
+        assert_eq!(
+            attribute(span, "messaging.rabbitmq.destination.routing_key"),
+            expect("rabbitmq"),
+            "{}",
+            span.name
+        );
+    }
 }
 
 #[tokio::test]
@@ -309,6 +330,11 @@ fn recorder() -> &'static Snapshotter {
     })
 }
 
+/// Held by a test from recording what it reads to its snapshot: a snapshot of the debugging
+/// recorder drains every counter and gauge (it swaps them to 0), tests run in parallel, and one
+/// test's snapshot would otherwise take what another recorded.
+static SNAPSHOTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 type Snapshot = Vec<(
     metrics_util::CompositeKey,
     Option<metrics::Unit>,
@@ -336,6 +362,7 @@ fn counted(snapshot: &Snapshot, name: &str, destination: &str) -> u64 {
 #[tokio::test]
 async fn metrics_after_a_run_count_what_was_sent_and_consumed() {
     let snapshotter = recorder();
+    let _alone = SNAPSHOTS.lock().await;
     let broker = LayerStack::new()
         .layer(MetricsLayer::new())
         .apply(mailroom::connect("memory://").await.unwrap());
@@ -440,17 +467,21 @@ fn depth_gauge(snapshotter: &Snapshotter, queue: &str) -> Option<f64> {
 async fn depth_reaches(broker: &dyn Backend, queue: &str, want: u64) {
     let started = Instant::now();
     let mut last = None;
+    let mut gauge = None;
     while started.elapsed() < WAIT {
+        let held = SNAPSHOTS.lock().await;
         last = mailroom::layer::publish_queue_depth(broker, queue)
             .await
             .unwrap();
+        gauge = depth_gauge(recorder(), queue);
         if last == Some(want) {
             break;
         }
+        drop(held);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(last, Some(want), "depth of '{queue}' on {}", broker.name());
-    assert_eq!(depth_gauge(recorder(), queue), Some(want as f64));
+    assert_eq!(gauge, Some(want as f64), "the gauge says what was read");
 }
 
 /// Send 7 messages, read a depth of 7; consume and ack 3, read 4. Through a layered backend,
