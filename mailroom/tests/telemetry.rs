@@ -524,6 +524,11 @@ async fn depth_follows_the_queue(broker: Arc<dyn Backend>) {
     consumer.close().await.unwrap();
     depth_reaches(&*broker, &queue, 4).await;
     broker.topology().delete_queue(&queue).await.unwrap();
+
+    // A queue that was never declared is named as missing, not read as empty.
+    let missing = fresh("never-declared");
+    let err = broker.topology().queue_depth(&missing).await.unwrap_err();
+    assert_eq!(err.kind(), mailroom::ErrorKind::NotFound, "{err}");
 }
 
 #[tokio::test]
