@@ -1,6 +1,7 @@
 //! A received message and the obligation to settle it exactly once.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,6 +22,11 @@ pub struct DeliveryInfo {
     pub partition: Option<i32>,
     /// The offset, where the broker has offsets.
     pub offset: Option<i64>,
+    /// The consumer group that received it, where the broker has groups (Kafka: the queue's
+    /// group, named after the queue).
+    pub consumer_group: Option<Arc<str>>,
+    /// The routing key it was published with, where the broker routes by key (RabbitMQ).
+    pub routing_key: Option<Arc<str>>,
 }
 
 impl DeliveryInfo {
@@ -32,6 +38,8 @@ impl DeliveryInfo {
             source: source.into(),
             partition: None,
             offset: None,
+            consumer_group: None,
+            routing_key: None,
         }
     }
 }

@@ -40,6 +40,8 @@ pub const DELETE_QUEUE: &str = "delete_queue";
 pub const BIND: &str = "bind";
 /// Removing a binding.
 pub const UNBIND: &str = "unbind";
+/// [`Topology::queue_depth`](crate::Topology::queue_depth).
+pub const QUEUE_DEPTH: &str = "queue_depth";
 /// Committing a transaction.
 pub const COMMIT: &str = "commit";
 /// Aborting a transaction.

@@ -395,4 +395,16 @@ pub trait Topology: Send + Sync {
     async fn bind(&self, binding: &Binding) -> Result<()>;
     /// Remove a binding.
     async fn unbind(&self, binding: &Binding) -> Result<()>;
+
+    /// How many messages wait in `queue` to be delivered, as the broker tells it, or `None`
+    /// where this backend cannot tell (the default).
+    ///
+    /// The figure is the broker's: ready messages on RabbitMQ and the memory broker, the
+    /// approximate count of visible messages on SQS, and on Kafka the consumer lag of the
+    /// queue's group (its committed offsets behind the ends of its topic's partitions).
+    /// Messages delivered and not yet settled are not counted.
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u64>> {
+        let _ = queue;
+        Ok(None)
+    }
 }

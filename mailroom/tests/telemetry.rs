@@ -239,6 +239,27 @@ async fn one_trace_across(
     for receive in [bridge_receive, last_receive, process] {
         assert!(attribute(receive, "messaging.message.id").is_some());
     }
+    // Where the broker has them: the Kafka group (named after the queue) and the RabbitMQ
+    // routing key (a queue's name, through the default exchange); absent elsewhere.
+    for (span, system, queue) in [
+        (bridge_receive, source_system, input),
+        (process, source_system, input),
+        (last_receive, sink_system, output),
+    ] {
+        let expect = |on: &str| (system == on).then(|| queue.to_owned());
+        assert_eq!(
+            attribute(span, "messaging.consumer.group.name"),
+            expect("kafka"),
+            "{}",
+            span.name
+        );
+        assert_eq!(
+            attribute(span, "messaging.rabbitmq.destination.routing_key"),
+            expect("rabbitmq"),
+            "{}",
+            span.name
+        );
+    }
 }
 
 #[tokio::test]
@@ -309,6 +330,11 @@ fn recorder() -> &'static Snapshotter {
     })
 }
 
+/// Held by a test from recording what it reads to its snapshot: a snapshot of the debugging
+/// recorder drains every counter and gauge (it swaps them to 0), tests run in parallel, and one
+/// test's snapshot would otherwise take what another recorded.
+static SNAPSHOTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 type Snapshot = Vec<(
     metrics_util::CompositeKey,
     Option<metrics::Unit>,
@@ -336,6 +362,7 @@ fn counted(snapshot: &Snapshot, name: &str, destination: &str) -> u64 {
 #[tokio::test]
 async fn metrics_after_a_run_count_what_was_sent_and_consumed() {
     let snapshotter = recorder();
+    let _alone = SNAPSHOTS.lock().await;
     let broker = LayerStack::new()
         .layer(MetricsLayer::new())
         .apply(mailroom::connect("memory://").await.unwrap());
@@ -412,4 +439,128 @@ async fn metrics_after_a_run_count_what_was_sent_and_consumed() {
         durations.get("receive").is_some_and(|n| *n > 0),
         "{durations:?}"
     );
+}
+
+/// The [`QUEUE_DEPTH`](mailroom::layer::QUEUE_DEPTH) gauge of `queue`, as last published.
+fn depth_gauge(snapshotter: &Snapshotter, queue: &str) -> Option<f64> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, _, _, _)| {
+            key.kind() == MetricKind::Gauge && key.key().name() == mailroom::layer::QUEUE_DEPTH
+        })
+        .filter(|(key, _, _, _)| {
+            key.key()
+                .labels()
+                .any(|l| l.key() == "messaging.destination.name" && l.value() == queue)
+        })
+        .find_map(|(_, _, _, value)| match value {
+            DebugValue::Gauge(v) => Some(v.into_inner()),
+            _ => None,
+        })
+}
+
+/// Publish `queue`'s depth until it reads `want` (brokers count asynchronously: SQS's figure
+/// is approximate, Kafka's committed offsets land after the commit), and check the gauge says
+/// the same.
+async fn depth_reaches(broker: &dyn Backend, queue: &str, want: u64) {
+    let started = Instant::now();
+    let mut last = None;
+    let mut gauge = None;
+    while started.elapsed() < WAIT {
+        let held = SNAPSHOTS.lock().await;
+        last = mailroom::layer::publish_queue_depth(broker, queue)
+            .await
+            .unwrap();
+        gauge = depth_gauge(recorder(), queue);
+        if last == Some(want) {
+            break;
+        }
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last, Some(want), "depth of '{queue}' on {}", broker.name());
+    assert_eq!(gauge, Some(want as f64), "the gauge says what was read");
+}
+
+/// Send 7 messages, read a depth of 7; consume and ack 3, read 4. Through a layered backend,
+/// so the layers are seen to pass the question on.
+async fn depth_follows_the_queue(broker: Arc<dyn Backend>) {
+    recorder();
+    let broker = LayerStack::new()
+        .layer(MetricsLayer::new())
+        .layer(TracingLayer::new())
+        .apply(broker);
+    let queue = fresh("depth");
+    broker
+        .topology()
+        .declare_queue(&QueueSpec::new(&queue))
+        .await
+        .unwrap();
+    depth_reaches(&*broker, &queue, 0).await;
+    let producer = broker.producer().await.unwrap();
+    let destination = Destination::queue(&queue);
+    for i in 0..7 {
+        producer
+            .send(&destination, Message::new(format!("{i}")))
+            .await
+            .unwrap();
+    }
+    depth_reaches(&*broker, &queue, 7).await;
+    let mut consumer = broker
+        .consumer(&queue, ConsumerOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let delivery = consumer
+            .receive_timeout(WAIT)
+            .await
+            .unwrap()
+            .expect("a message within the wait");
+        delivery.ack().await.unwrap();
+    }
+    // Closing commits the acked prefix (Kafka) and returns prefetched messages (RabbitMQ).
+    consumer.close().await.unwrap();
+    depth_reaches(&*broker, &queue, 4).await;
+    broker.topology().delete_queue(&queue).await.unwrap();
+
+    // A queue that was never declared is named as missing, not read as empty.
+    let missing = fresh("never-declared");
+    let err = broker.topology().queue_depth(&missing).await.unwrap_err();
+    assert_eq!(err.kind(), mailroom::ErrorKind::NotFound, "{err}");
+}
+
+#[tokio::test]
+async fn memory_queue_depth_is_published() {
+    depth_follows_the_queue(mailroom::connect("memory://").await.unwrap()).await;
+}
+
+#[cfg(feature = "rabbitmq")]
+#[tokio::test]
+async fn rabbitmq_queue_depth_is_published() {
+    let rabbit = connect(&url(
+        "MAILROOM_RABBITMQ_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    ))
+    .await;
+    depth_follows_the_queue(rabbit).await;
+}
+
+#[cfg(feature = "sqs")]
+#[tokio::test]
+async fn sqs_queue_depth_is_published() {
+    let sqs = connect(&url(
+        "MAILROOM_SQS_URL",
+        "sqs://127.0.0.1:4566?region=us-east-1",
+    ))
+    .await;
+    depth_follows_the_queue(sqs).await;
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test]
+async fn kafka_consumer_lag_is_published() {
+    let kafka = connect(&url("MAILROOM_KAFKA_URL", "kafka://127.0.0.1:9092")).await;
+    depth_follows_the_queue(kafka).await;
 }

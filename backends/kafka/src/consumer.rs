@@ -280,6 +280,8 @@ impl KafkaConsumer {
             source: self.scope.queue.to_string(),
             partition: Some(tp.1),
             offset: Some(offset),
+            consumer_group: Some(self.scope.queue.clone()),
+            routing_key: None,
         };
         let settle = KafkaSettle {
             scope: self.scope.clone(),

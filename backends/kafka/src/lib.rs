@@ -6,6 +6,7 @@ mod config;
 mod connection;
 mod consumer;
 mod error;
+mod lag;
 mod offsets;
 mod producer;
 mod settle;

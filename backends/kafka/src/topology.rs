@@ -453,6 +453,15 @@ impl Topology for KafkaTopology {
         }
         Ok(())
     }
+
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u64>> {
+        validate_topic("queue", queue)?;
+        self.connection
+            .check_open(mailroom_core::operation::QUEUE_DEPTH)?;
+        crate::lag::consumer_lag(self.connection.clone(), queue)
+            .await
+            .map(Some)
+    }
 }
 
 #[cfg(test)]

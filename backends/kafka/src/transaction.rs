@@ -217,6 +217,8 @@ impl KafkaTransactional {
                 source: self.queue.to_string(),
                 partition: Some(m.partition()),
                 offset: Some(offset),
+                consumer_group: Some(self.queue.clone()),
+                routing_key: None,
             },
         }
     }

@@ -16,6 +16,9 @@ use crate::queue::{Pop, Queue};
 use crate::settle::MemorySettle;
 use crate::BACKEND;
 
+// Returned by value once per receive and never stored: boxing the delivery to shrink it would
+// allocate per message.
+#[allow(clippy::large_enum_variant)]
 enum Next {
     Delivery(Delivery),
     /// Nothing ready; wait for a push, or until this instant when a delayed message falls due.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use mailroom_core::operation::{
-    BIND, DECLARE_EXCHANGE, DECLARE_QUEUE, DELETE_EXCHANGE, DELETE_QUEUE, UNBIND,
+    BIND, DECLARE_EXCHANGE, DECLARE_QUEUE, DELETE_EXCHANGE, DELETE_QUEUE, QUEUE_DEPTH, UNBIND,
 };
 use mailroom_core::{Binding, Error, ExchangeSpec, QueueSpec, Result, Topology};
 
@@ -139,5 +139,12 @@ impl Topology for MemoryBackend {
                 .retain(|(route, queue)| !(route == &binding.route && queue == &binding.queue));
         }
         Ok(())
+    }
+
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u64>> {
+        self.broker.check_open(QUEUE_DEPTH)?;
+        // Ready only, as the other brokers count: delayed and unacked messages are not waiting
+        // for a consumer yet (or any more).
+        Ok(Some(MemoryBackend::queue_depth(self, queue)?.ready as u64))
     }
 }

@@ -108,6 +108,7 @@ impl RabbitConsumer {
             properties,
             data,
             acker,
+            routing_key,
             ..
         } = d;
         let (message, received) = codec::decode(&properties, data);
@@ -119,6 +120,7 @@ impl RabbitConsumer {
         let info = DeliveryInfo {
             attempt,
             redelivered: redelivered || attempt > 1,
+            routing_key: Some(Arc::from(routing_key.as_str())),
             ..DeliveryInfo::new(self.queue.clone())
         };
         let settle = RabbitSettle {

@@ -25,7 +25,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Channel;
 use mailroom_core::operation::{
-    BIND, DECLARE_EXCHANGE, DECLARE_QUEUE, DELETE_EXCHANGE, DELETE_QUEUE, UNBIND,
+    BIND, DECLARE_EXCHANGE, DECLARE_QUEUE, DELETE_EXCHANGE, DELETE_QUEUE, QUEUE_DEPTH, UNBIND,
 };
 use mailroom_core::{
     Binding, Destination, Error, ExchangeKind, ExchangeSpec, HeaderMatch, QueueSpec, Result, Route,
@@ -365,6 +365,28 @@ impl Topology for RabbitTopology {
             .await?;
         self.connection.declared().bindings.retain(|b| b != binding);
         Ok(())
+    }
+
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u64>> {
+        self.connection.check_open(QUEUE_DEPTH)?;
+        let what = format!("queue '{queue}'");
+        // A passive declare changes nothing and answers with the ready-message count (a
+        // missing queue is a 404, mapped to NotFound).
+        let declared = self
+            .connection
+            .with_channel(QUEUE_DEPTH, &what, |ch| async move {
+                ch.queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+            })
+            .await?;
+        Ok(Some(u64::from(declared.message_count())))
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::QueueAttributeName;
-use mailroom_core::operation::{BIND, DECLARE_EXCHANGE, DELETE_EXCHANGE, UNBIND};
+use mailroom_core::operation::{BIND, DECLARE_EXCHANGE, DELETE_EXCHANGE, QUEUE_DEPTH, UNBIND};
 use mailroom_core::{Binding, Error, ErrorKind, ExchangeSpec, QueueSpec, Result, Topology};
 
 use crate::connection::Connection;
@@ -204,6 +204,43 @@ impl Topology for SqsTopology {
 
     async fn unbind(&self, _binding: &Binding) -> Result<()> {
         Err(no_exchanges(UNBIND))
+    }
+
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u64>> {
+        let op = QUEUE_DEPTH;
+        self.connection.check_open(op)?;
+        let url = self.connection.queue_url(queue, op).await?;
+        let out = self
+            .connection
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .map_err(|e| from_sdk(e, op))?;
+        let count = out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+            .ok_or_else(|| {
+                context(
+                    Error::new(
+                        ErrorKind::Broker,
+                        format!("the broker sent no ApproximateNumberOfMessages for '{queue}'"),
+                    ),
+                    op,
+                )
+            })?;
+        let depth = count.parse::<u64>().map_err(|_| {
+            context(
+                Error::new(
+                    ErrorKind::Broker,
+                    format!("ApproximateNumberOfMessages of '{queue}' is not a count: {count:?}"),
+                ),
+                op,
+            )
+        })?;
+        Ok(Some(depth))
     }
 }
 

@@ -431,6 +431,10 @@ impl Topology for CheckedTopology {
     async fn unbind(&self, binding: &Binding) -> Result<()> {
         self.inner.unbind(binding).await
     }
+
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u64>> {
+        self.inner.queue_depth(queue).await
+    }
 }
 
 struct CheckedUnit {

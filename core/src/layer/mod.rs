@@ -52,6 +52,7 @@
 mod capability;
 mod chaos;
 mod metrics;
+mod queue_depth;
 mod retry;
 mod tracing;
 
@@ -72,6 +73,7 @@ use crate::transaction::{TransactionOptions, Transactional};
 pub use capability::CapabilityLayer;
 pub use chaos::{Chaos, ChaosCounts, ChaosLayer, Fault, Operation, When};
 pub use metrics::{MetricsLayer, CONSUMED_MESSAGES, OPERATION_DURATION, SENT_MESSAGES};
+pub use queue_depth::{publish_queue_depth, watch_queue_depth, QUEUE_DEPTH};
 pub use retry::{Backoff, RetryLayer, DEFAULT_FIRST_DELAY, DEFAULT_MAX_DELAY, DEFAULT_RETRIES};
 pub use tracing::{process_span, TracingLayer};
 
@@ -340,6 +342,9 @@ impl Topology for InnerTopology {
     }
     async fn unbind(&self, binding: &Binding) -> Result<()> {
         self.0.topology().unbind(binding).await
+    }
+    async fn queue_depth(&self, queue: &str) -> Result<Option<u64>> {
+        self.0.topology().queue_depth(queue).await
     }
 }
 

@@ -25,7 +25,7 @@ use crate::trace_context::TraceContext;
 /// | span | `otel.kind` | `otel.name` | attributes besides `messaging.system`, `messaging.destination.name`, `messaging.operation.type` / `.name` |
 /// |---|---|---|---|
 /// | `send` | producer | `send {destination}` | `messaging.message.id`, `messaging.batch.message_count` (batches), `messaging.rabbitmq.destination.routing_key` (exchanges) |
-/// | `receive` | client | `receive {queue}` | `messaging.message.id`, `messaging.destination.partition.id`, `messaging.kafka.offset` |
+/// | `receive` | client | `receive {queue}` | `messaging.message.id`, `messaging.destination.partition.id`, `messaging.kafka.offset`, `messaging.consumer.group.name` (Kafka), `messaging.rabbitmq.destination.routing_key` (RabbitMQ) |
 /// | `process` ([`process_span`], opened by the processors) | consumer | `process {queue}` | the same as `receive` |
 /// | `settle` | client | `ack {queue}`, `nack_requeue {queue}`, ... | `messaging.message.id` |
 ///
@@ -115,6 +115,8 @@ fn receive_span(system: &'static str, queue: &str, operation: &'static str) -> S
         messaging.message.id = Empty,
         messaging.destination.partition.id = Empty,
         messaging.kafka.offset = Empty,
+        messaging.consumer.group.name = Empty,
+        messaging.rabbitmq.destination.routing_key = Empty,
         error.type = Empty,
     );
     if !span.is_disabled() {
@@ -142,6 +144,8 @@ pub fn process_span(delivery: &Delivery) -> Span {
         messaging.message.id = Empty,
         messaging.destination.partition.id = Empty,
         messaging.kafka.offset = Empty,
+        messaging.consumer.group.name = Empty,
+        messaging.rabbitmq.destination.routing_key = Empty,
         error.type = Empty,
     );
     if span.is_disabled() {
@@ -170,6 +174,12 @@ fn note_delivery(span: &Span, delivery: &Delivery) {
     }
     if let Some(offset) = info.offset {
         span.record("messaging.kafka.offset", offset);
+    }
+    if let Some(group) = &info.consumer_group {
+        span.record("messaging.consumer.group.name", &**group);
+    }
+    if let Some(key) = &info.routing_key {
+        span.record("messaging.rabbitmq.destination.routing_key", &**key);
     }
 }
 
