@@ -131,6 +131,7 @@ pub(crate) fn merge(metas: Vec<Meta>) -> Meta {
     let mut key: Option<Option<Arc<str>>> = None;
     let mut lane = 0;
     let mut event_time = None;
+    let mut trace = None;
     for (i, m) in metas.into_iter().enumerate() {
         if i == 0 {
             lane = m.lane;
@@ -141,6 +142,7 @@ pub(crate) fn merge(metas: Vec<Meta>) -> Meta {
             Some(_) => Some(None),
         };
         event_time = event_time.max(m.event_time);
+        trace = trace.or(m.trace);
         tokens.extend(m.tokens.into_vec());
     }
     Meta {
@@ -148,6 +150,7 @@ pub(crate) fn merge(metas: Vec<Meta>) -> Meta {
         key: key.flatten(),
         lane,
         event_time,
+        trace,
     }
 }
 

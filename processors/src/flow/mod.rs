@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 use futures_util::stream::BoxStream;
+use mailroom_core::trace_context::TraceContext;
 use mailroom_core::{Error, Timestamp};
 
 use crate::stage::RunningStage;
@@ -42,6 +43,10 @@ pub(crate) struct Meta {
     pub lane: u64,
     /// The message timestamp, or what `event_time` set; event-time windows read it.
     pub event_time: Option<Timestamp>,
+    /// The W3C trace context the input carried (the first input's, for an item made of
+    /// several), which the sink gives the output so that it continues the input's trace.
+    /// Boxed and `None` for untraced inputs, so an item stays small on the common path.
+    pub trace: Option<Box<TraceContext>>,
 }
 
 impl Meta {
@@ -52,6 +57,7 @@ impl Meta {
             key: self.key.clone(),
             lane: self.lane,
             event_time: self.event_time,
+            trace: self.trace.clone(),
         }
     }
 }

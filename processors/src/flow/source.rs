@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use mailroom_core::trace_context::TraceContext;
 use mailroom_core::{Consumer, Delivery, Error, ErrorKind, Message};
 use tokio::sync::watch;
 
@@ -151,6 +152,7 @@ impl SourceState {
             (value, None)
         };
         let event_time = value.timestamp();
+        let trace = TraceContext::extract(value.headers()).map(Box::new);
         let lane = (self.index << 32) ^ info.partition.map_or(0, |p| u64::from(p as u32));
         let original = self
             .in_flight
@@ -174,6 +176,7 @@ impl SourceState {
                 key,
                 lane,
                 event_time,
+                trace,
             },
         }
     }

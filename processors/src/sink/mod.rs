@@ -9,10 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
+use mailroom_core::trace_context::TraceContext;
 use mailroom_core::{Destination, Error, Message, Producer};
 
-use crate::flow::{Flow, Pipeline};
+use crate::flow::{Flow, Pipeline, Step};
 use crate::policy::{Backoff, ErrorPolicy};
 use crate::stage::{stage, StageSpec};
 
@@ -118,6 +119,7 @@ impl Flow<Message> {
             return Err(error);
         }
         let stage = parts.stage(spec);
+        let stream = stream.map(carry_trace).boxed();
         let drive = match (sinks.len(), &router) {
             (1, Router::All) => one::drive_one(stream, stage, sinks.remove(0)).boxed(),
             _ => drive_routed(stream, stage, sinks, router).boxed(),
@@ -135,7 +137,39 @@ impl Flow<Vec<Message>> {
             return Err(error);
         }
         let stage = parts.stage(sink_stage("batch-sink"));
+        let stream = stream.map(carry_batch_trace).boxed();
         let drive = batches::drive_batches(stream, stage, sink).boxed();
         Ok(Pipeline { parts, drive })
+    }
+}
+
+/// The input's trace goes on through its output: an output that carries no trace context of
+/// its own (a new message, not the input passed on) gets a child of its input's, so its send,
+/// and whoever consumes it, joins the input's trace. One it carries (the input's headers kept,
+/// or set by the application) is left as it is.
+fn carry_trace(step: Step<Message>) -> Step<Message> {
+    step.map(|mut item| {
+        if let Some(trace) = &item.meta.trace {
+            give_trace(trace, &mut item.value);
+        }
+        item
+    })
+}
+
+/// [`carry_trace`] for each message of a batch: all continue the batch's first input's trace.
+fn carry_batch_trace(step: Step<Vec<Message>>) -> Step<Vec<Message>> {
+    step.map(|mut item| {
+        if let Some(trace) = &item.meta.trace {
+            for message in &mut item.value {
+                give_trace(trace, message);
+            }
+        }
+        item
+    })
+}
+
+fn give_trace(trace: &TraceContext, message: &mut Message) {
+    if TraceContext::extract(message.headers()).is_none() {
+        trace.child().inject(message.headers_mut());
     }
 }

@@ -137,6 +137,9 @@ impl<T: Clone, A> WindowOp<T, A> {
                 key,
                 lane: pane.lane,
                 event_time: Some(Timestamp::from_millis(pane.end.saturating_sub(1))),
+                // A window's result is made of inputs spread over the window's time, and each
+                // input's own trace ended when the window took it: the result starts a trace.
+                trace: None,
             },
         }));
     }
