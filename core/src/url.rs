@@ -37,7 +37,7 @@ fn is_host_list(text: &str) -> bool {
     text.split(',').all(|host| {
         let port = match host.strip_prefix('[') {
             Some(v6) => match v6.split_once(']') {
-                Some((_, after)) if after.is_empty() => return true,
+                Some((_, "")) => return true,
                 Some((_, after)) => after.strip_prefix(':'),
                 None => return false,
             },

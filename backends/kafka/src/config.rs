@@ -156,19 +156,10 @@ impl Default for KafkaConfig {
     }
 }
 
-/// Whether a librdkafka property holds a secret that must never be printed.
+/// Whether a librdkafka property holds a secret that must never be printed: the same names
+/// [`redact`] hides in a URL's query.
 pub fn is_secret(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "jaas",
-        "token",
-        "ssl.key.pem",
-        "credential",
-    ]
-    .iter()
-    .any(|s| name.contains(s))
+    mailroom_core::url::is_secret_parameter(name)
 }
 
 impl KafkaConfig {

@@ -15,6 +15,7 @@ use aws_config::provider_config::ProviderConfig;
 use aws_config::web_identity_token::WebIdentityTokenCredentialsProvider;
 use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::config::SharedHttpClient;
+use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_sqs::types::QueueAttributeName;
 use aws_sdk_sqs::Client;
@@ -98,8 +99,11 @@ impl Connection {
                     CONNECT,
                 ));
             }
+            // The operation timeout ran out (not the connect timeout: that is a dispatch
+            // failure, reported as such).
+            let operation_timed_out = matches!(e, SdkError::TimeoutError(_));
             let err = from_sdk(e, CONNECT);
-            if err.kind() == ErrorKind::Timeout {
+            if operation_timed_out {
                 return Err(context(
                     Error::new(
                         ErrorKind::Timeout,
