@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use mailroom_core::url::{percent_decode, query_pairs, redact};
+use mailroom_core::url::{percent_decode_user_info, query_pairs, redact, split_user_info};
 use mailroom_core::{DeliveryGuarantee, Error, Result};
 use rdkafka::ClientConfig;
 
@@ -156,19 +156,10 @@ impl Default for KafkaConfig {
     }
 }
 
-/// Whether a librdkafka property holds a secret that must never be printed.
+/// Whether a librdkafka property holds a secret that must never be printed: the same names
+/// [`redact`] hides in a URL's query.
 pub fn is_secret(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "jaas",
-        "token",
-        "ssl.key.pem",
-        "credential",
-    ]
-    .iter()
-    .any(|s| name.contains(s))
+    mailroom_core::url::is_secret_parameter(name)
 }
 
 impl KafkaConfig {
@@ -203,11 +194,8 @@ impl KafkaConfig {
             ))
             .with_backend(BACKEND)
         })?;
-        let authority = rest.split(['/', '?']).next().unwrap_or("");
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
+        let (userinfo, after) = split_user_info(url, rest)?;
+        let hosts = after.split(['/', '?']).next().unwrap_or("");
         let mut config = KafkaConfig {
             brokers: Vec::new(),
             ..KafkaConfig::default()
@@ -236,10 +224,11 @@ impl KafkaConfig {
             let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
             config
                 .properties
-                .insert("sasl.username".into(), percent_decode(user, url)?);
-            config
-                .properties
-                .insert("sasl.password".into(), percent_decode(password, url)?);
+                .insert("sasl.username".into(), percent_decode_user_info(user, url)?);
+            config.properties.insert(
+                "sasl.password".into(),
+                percent_decode_user_info(password, url)?,
+            );
         }
         for (key, value) in query_pairs(url)? {
             let number = |what: &str| -> Result<u64> {

@@ -35,6 +35,7 @@ pub(crate) struct Connection {
 
 impl Connection {
     pub async fn open(config: KafkaConfig) -> Result<Arc<Self>> {
+        refuse_fast(&config).await?;
         let capabilities = crate::capabilities(&config);
         let admin: AdminClient<DefaultClientContext> = config
             .client_config(&[])
@@ -159,4 +160,43 @@ pub(crate) fn topic_partitions<C: ClientContext>(
         None if t.partitions().is_empty() => Ok(None),
         None => Ok(Some(t.partitions().iter().map(|p| p.id()).collect())),
     }
+}
+
+/// Fail at once when no bootstrap broker can be reached at all: each one refuses the TCP
+/// connection or has a name that does not resolve. librdkafka would retry them until the
+/// connect timeout (10 s by default) and then report only that time ran out. Anything else
+/// (a broker that accepts, or does not answer) is left to the metadata wait.
+async fn refuse_fast(config: &KafkaConfig) -> Result<()> {
+    let mut problems = Vec::with_capacity(config.brokers.len());
+    for broker in &config.brokers {
+        match tokio::time::timeout(config.connect_timeout, unreachable_because(broker)).await {
+            Ok(Some(problem)) => problems.push(format!("{broker}: {problem}")),
+            Ok(None) | Err(_) => return Ok(()),
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Connection,
+        format!("cannot reach any Kafka broker: {}", problems.join("; ")),
+    )
+    .set_temporary(true)
+    .with_backend(BACKEND)
+    .with_operation(CONNECT))
+}
+
+/// Why `host:port` cannot be reached, or `None` when it may be.
+async fn unreachable_because(broker: &str) -> Option<String> {
+    let addrs: Vec<_> = match tokio::net::lookup_host(broker).await {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => return Some(format!("cannot resolve the host ({e})")),
+    };
+    if addrs.is_empty() {
+        return Some("the host resolves to no address".into());
+    }
+    for addr in addrs {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            _ => return None,
+        }
+    }
+    Some("connection refused (is Kafka running, and listening on this port?)".into())
 }

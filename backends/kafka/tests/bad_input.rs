@@ -51,6 +51,53 @@ async fn unreachable_broker_is_a_bounded_connection_error() {
     );
 }
 
+/// A loopback port nothing listens on: bound, then released.
+fn refused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_port_fails_at_once_naming_it() {
+    let port = refused_port();
+    let start = Instant::now();
+    // The default connect timeout (10 s), which a refused connection used to wait out.
+    let err = KafkaBackend::from_url(&format!("kafka://127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    let took = start.elapsed();
+    println!("{err} ({took:?})");
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(err.is_temporary(), "{err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("connection refused"), "{err}");
+    // Generous for a loaded machine, well below the 10 s it took.
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_does_not_resolve_fails_naming_it() {
+    let start = Instant::now();
+    let err = KafkaBackend::from_url("kafka://no-such-host.invalid:9092?connect_timeout_ms=20000")
+        .await
+        .unwrap_err();
+    let took = start.elapsed();
+    println!("{err} ({took:?})");
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(
+        err.to_string().contains("no-such-host.invalid:9092"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("cannot resolve"), "{err}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_librdkafka_properties_are_config_errors_naming_them() {
     let err = KafkaBackend::from_url(&with_params("no.such.property=1"))

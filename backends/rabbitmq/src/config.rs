@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
-use mailroom_core::url::{percent_decode, query_pairs, redact};
+use mailroom_core::url::{
+    percent_decode, percent_decode_user_info, query_pairs, redact, split_user_info,
+};
 use mailroom_core::{DeliveryGuarantee, Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +123,9 @@ const KNOWN: &str = "prefetch, confirm_window, mandatory, persistent, max_messag
 impl RabbitConfig {
     /// Parse `amqp[s]://[user[:pass]@]host[:port][/vhost][?param=value&...]`.
     ///
+    /// The user info ends at the last `@` before the host; a `/`, `?` or `#` in the user name
+    /// or password must be percent-encoded (`%2F`, `%3F`, `%23`), else the URL is a `Config`
+    /// error that does not show it ([`mailroom_core::url`]).
     /// The vhost is percent-decoded; an empty path or `/` means the default vhost `/` (write
     /// `%2f` for it explicitly). Unknown parameters are a `Config` error listing the known ones.
     pub fn from_url(url: &str) -> Result<Self> {
@@ -139,25 +144,22 @@ impl RabbitConfig {
             port: if tls { 5671 } else { 5672 },
             ..RabbitConfig::default()
         };
-        let before_query = rest.split('?').next().unwrap_or("");
-        let (authority, path) = match before_query.find('/') {
+        let (userinfo, after) = split_user_info(url, rest)?;
+        let before_query = after.split('?').next().unwrap_or("");
+        let (host_port, path) = match before_query.find('/') {
             Some(i) => (&before_query[..i], &before_query[i + 1..]),
             None => (before_query, ""),
         };
-        let host_port = match authority.rsplit_once('@') {
-            Some((userinfo, host_port)) => {
-                let (user, pass) = match userinfo.split_once(':') {
-                    Some((u, p)) => (u, Some(p)),
-                    None => (userinfo, None),
-                };
-                config.username = percent_decode(user, url)?;
-                if let Some(p) = pass {
-                    config.password = percent_decode(p, url)?;
-                }
-                host_port
+        if let Some(userinfo) = userinfo {
+            let (user, pass) = match userinfo.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (userinfo, None),
+            };
+            config.username = percent_decode_user_info(user, url)?;
+            if let Some(p) = pass {
+                config.password = percent_decode_user_info(p, url)?;
             }
-            None => authority,
-        };
+        }
         let (host, port) = split_host_port(host_port, &shown)?;
         if host.is_empty() {
             return Err(Error::config(format!("RabbitMQ URL {shown} has no host")));
@@ -347,6 +349,9 @@ mod tests {
         assert_eq!(c.username, "alice");
         assert_eq!(c.password, "p@ss");
         assert_eq!(c.vhost, "prod");
+        // RFC 3986: the user info ends at the last `@`, and a `+` in it is a `+`.
+        let bob = RabbitConfig::from_url("amqp://bob:a@b+c%2Fd@h/v").unwrap();
+        assert_eq!((bob.password.as_str(), bob.host.as_str()), ("a@b+c/d", "h"));
         assert_eq!(c.prefetch, 7);
         assert_eq!(c.confirm_window, 9);
         assert!(!c.mandatory);
@@ -377,6 +382,9 @@ mod tests {
             "amqp://u:secret@h?bogus=1",
             "amqp://u:secret@h?ca_file=x",
             "amqp://u:secret@",
+            "amqp://u:sec/ret@h:5672/%2f",
+            "amqp://u:sec?ret@h:5672",
+            "amqp://u:secret/x@h",
         ] {
             let e = RabbitConfig::from_url(bad).unwrap_err();
             assert_eq!(e.kind(), mailroom_core::ErrorKind::Config, "{bad}");

@@ -303,6 +303,18 @@ impl Inner {
 }
 
 fn returned_error(send: &Send, returned: &BasicReturnMessage) -> Error {
+    // What identifies the message, never its header values or payload (lapin's own dump of
+    // it is kept out of the logs: `runtime.rs`).
+    tracing::warn!(
+        backend = BACKEND,
+        id = %send.message.id(),
+        exchange = %returned.delivery.exchange,
+        routing_key = %returned.delivery.routing_key,
+        size = returned.delivery.data.len(),
+        reply_code = returned.reply_code,
+        reply_text = %returned.reply_text,
+        "the broker returned a message: no queue took it"
+    );
     match &send.destination {
         Destination::Queue(q) => Error::not_found(format!(
             "queue '{q}' does not exist: the broker returned the message ({} {}; mandatory is on)",

@@ -162,7 +162,14 @@ impl Connection {
     async fn dial(&self, deadline: Option<Deadline>) -> Result<lapin::Connection> {
         let target = self.config.display_target();
         let properties = ConnectionProperties::default().with_connection_name("mailroom".into());
-        let runtime = lapin::runtime::default_runtime().map_err(|e| map(e, CONNECT, &target))?;
+        let runtime = crate::runtime::runtime().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Connection,
+                format!("cannot connect to {target}: not inside a tokio runtime"),
+            )
+            .with_backend(BACKEND)
+            .with_operation(CONNECT)
+        })?;
         let attempt =
             self.config
                 .amqp_uri()
@@ -364,6 +371,24 @@ fn connect_error(e: lapin::Error, config: &RabbitConfig) -> Error {
             ),
         )
         .with_source(e),
+        // The peer answered, but not in AMQP 0-9-1 (an HTTP server, the management port, a
+        // TLS listener for amqp://): lapin's own text is a parser trace.
+        _ if matches!(
+            e.kind(),
+            lapin::ErrorKind::ParsingError(_) | lapin::ErrorKind::InvalidProtocolVersion(_)
+        ) =>
+        {
+            Error::new(
+                ErrorKind::Connection,
+                format!(
+                    "{}:{} answered, but not as an AMQP 0-9-1 broker: is it the right port? \
+                     (RabbitMQ listens for amqp:// on 5672 and amqps:// on 5671; 15672 is its \
+                     HTTP management port)",
+                    config.host, config.port
+                ),
+            )
+            .set_temporary(false)
+        }
         _ if is_connection_loss(&e) => Error::new(
             ErrorKind::Connection,
             format!("could not connect to RabbitMQ at {target} (is it running and reachable?)"),

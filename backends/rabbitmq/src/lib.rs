@@ -10,6 +10,7 @@ mod consumer;
 mod declared;
 mod error;
 mod producer;
+mod runtime;
 mod settle;
 pub mod topology;
 

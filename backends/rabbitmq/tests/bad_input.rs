@@ -332,3 +332,43 @@ async fn unconfirmed_sends_are_at_most_once_and_missing_levels_are_refused() {
     producer.close().await.unwrap();
     backend.topology().delete_queue(&q).await.unwrap();
 }
+
+/// A listener that answers every connection as an HTTP server would (RabbitMQ's management
+/// port, an SQS emulator, a proxy), then closes it.
+fn http_listener() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 64];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\nconnection: close\r\n\r\nbad request",
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_that_does_not_speak_amqp_is_named_as_such() {
+    let addr = http_listener();
+    let start = Instant::now();
+    let err = RabbitBackend::from_url(&format!(
+        "amqp://guest:hunter2@{addr}/%2f?connect_timeout_ms=10000"
+    ))
+    .await
+    .unwrap_err();
+    let took = start.elapsed();
+    println!("{err} ({took:?})");
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(!err.is_temporary(), "a wrong port does not heal: {err}");
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("not as an AMQP 0-9-1 broker"), "{text}");
+    assert!(text.contains(&addr.to_string()), "{text}");
+    assert!(!text.contains("Nom") && !text.contains("hunter2"), "{text}");
+    // It answers at once: no waiting out the 10 s connect timeout.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}

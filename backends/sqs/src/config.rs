@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use mailroom_core::url::{percent_decode, query_pairs, redact};
+use mailroom_core::url::{percent_decode_user_info, query_pairs, redact, split_user_info};
 use mailroom_core::{DeliveryGuarantee, DeliveryGuarantees, Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -36,8 +36,14 @@ impl fmt::Debug for StaticCredentials {
 /// Where the credentials come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CredentialsSource {
-    /// The standard AWS chain: environment, shared profile, web identity, ECS, EC2 metadata.
+    /// The standard AWS chain without the EC2 instance metadata service: environment, shared
+    /// profile, web identity, ECS container (`?credentials=chain`, or no keys in the URL). IMDS
+    /// is left out because off EC2 it is a network call that can only fail, slowly, and its
+    /// failure buries the real problem (a mistyped host) under a long credentials error.
     Chain,
+    /// The standard chain, then the EC2 instance metadata service (IMDSv2), for code running
+    /// on EC2 with an instance role (`?credentials=chain_and_imds`).
+    ChainAndImds,
     /// These keys.
     Static(StaticCredentials),
 }
@@ -97,9 +103,13 @@ const PARAMS: &str = "region, tls, credentials, max_message_size, persistence, w
 impl SqsConfig {
     /// Parse `sqs://[KEY_ID:SECRET@][HOST[:PORT]][?region=..&tls=..&...]`.
     ///
+    /// A `/` in the secret (AWS secret keys often hold one) must be written `%2F` (`?` as `%3F`,
+    /// `#` as `%23`); unencoded, the URL is a `Config` error that does not show it. A `+` is a
+    /// `+`.
     /// With a host, the endpoint is `http://HOST:PORT` (`https` with `tls=true`) and persistence
     /// defaults to off (emulators keep nothing); without one, AWS itself. `credentials=chain`
-    /// forces the standard chain even for a loopback endpoint.
+    /// forces the standard chain even for a loopback endpoint; `credentials=chain_and_imds` adds
+    /// the EC2 instance metadata service to it (see [`CredentialsSource`]).
     pub fn from_url(url: &str) -> Result<Self> {
         let rest = url.strip_prefix("sqs://").ok_or_else(|| {
             Error::config(format!(
@@ -107,18 +117,15 @@ impl SqsConfig {
                 redact(url)
             ))
         })?;
-        let authority = rest.split(['?', '/']).next().unwrap_or("");
-        let tail = &rest[authority.len()..];
+        let (userinfo, after) = split_user_info(url, rest)?;
+        let host = after.split(['?', '/']).next().unwrap_or("");
+        let tail = &after[host.len()..];
         if !tail.is_empty() && !tail.starts_with('?') && tail != "/" && !tail.starts_with("/?") {
             return Err(Error::config(format!(
                 "sqs:// URL {} has a path; expected sqs://[KEY:SECRET@]HOST:PORT?region=...",
                 redact(url)
             )));
         }
-        let (userinfo, host) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
         let mut config = SqsConfig::default();
         if let Some(userinfo) = userinfo {
             let (id, secret) = userinfo.split_once(':').ok_or_else(|| {
@@ -127,8 +134,8 @@ impl SqsConfig {
                     redact(url)
                 ))
             })?;
-            let access_key_id = percent_decode(id, url)?;
-            let secret_access_key = percent_decode(secret, url)?;
+            let access_key_id = percent_decode_user_info(id, url)?;
+            let secret_access_key = percent_decode_user_info(secret, url)?;
             if access_key_id.is_empty() || secret_access_key.is_empty() {
                 return Err(Error::config(format!(
                     "sqs:// URL {} has an empty access key id or secret",
@@ -142,7 +149,7 @@ impl SqsConfig {
             });
         }
         let mut tls = false;
-        let mut force_chain = false;
+        let mut force_chain = None;
         let mut persistence = None;
         for (key, value) in query_pairs(url)? {
             let bad = |what: &str| {
@@ -157,8 +164,13 @@ impl SqsConfig {
                 "region" => return Err(bad("a region name such as us-east-1")),
                 "tls" => tls = value.parse().map_err(|_| bad("true or false"))?,
                 "credentials" => match value.as_str() {
-                    "chain" => force_chain = true,
-                    _ => return Err(bad("chain (put static keys in the URL's user info)")),
+                    "chain" => force_chain = Some(CredentialsSource::Chain),
+                    "chain_and_imds" => force_chain = Some(CredentialsSource::ChainAndImds),
+                    _ => {
+                        return Err(bad(
+                            "chain or chain_and_imds (put static keys in the URL's user info)",
+                        ))
+                    }
                 },
                 "max_message_size" => {
                     config.max_message_size = value
@@ -241,7 +253,10 @@ impl SqsConfig {
             let scheme = if tls { "https" } else { "http" };
             config.endpoint = Some(format!("{scheme}://{host}"));
             config.persistence = false;
-            if config.credentials == CredentialsSource::Chain && is_loopback(host) && !force_chain {
+            if config.credentials == CredentialsSource::Chain
+                && is_loopback(host)
+                && force_chain.is_none()
+            {
                 config.credentials = CredentialsSource::Static(StaticCredentials {
                     access_key_id: "mailroom-local".into(),
                     secret_access_key: "mailroom-local".into(),
@@ -251,6 +266,9 @@ impl SqsConfig {
         }
         if let Some(p) = persistence {
             config.persistence = p;
+        }
+        if let (Some(chain), CredentialsSource::Chain) = (force_chain, &config.credentials) {
+            config.credentials = chain;
         }
         Ok(config)
     }
@@ -331,6 +349,9 @@ mod tests {
         let c = SqsConfig::from_url("sqs://sqs.example:443?tls=true&credentials=chain").unwrap();
         assert_eq!(c.endpoint.as_deref(), Some("https://sqs.example:443"));
         assert_eq!(c.credentials, CredentialsSource::Chain);
+
+        let c = SqsConfig::from_url("sqs://?region=eu-west-1&credentials=chain_and_imds").unwrap();
+        assert_eq!(c.credentials, CredentialsSource::ChainAndImds);
     }
 
     #[test]
@@ -340,6 +361,20 @@ mod tests {
             panic!("expected static credentials");
         };
         assert_eq!(creds.secret_access_key, "s/cr3t");
+        let aws = SqsConfig::from_url("sqs://AKID:wJa%2FK7+bP@10.0.0.1:4566").unwrap();
+        let CredentialsSource::Static(aws_creds) = &aws.credentials else {
+            panic!("expected static credentials");
+        };
+        assert_eq!(aws_creds.secret_access_key, "wJa/K7+bP");
+        for url in [
+            "sqs://AKID:wJa/K7+bP@127.0.0.1:4566?region=us-east-1",
+            "sqs://AKID:wJa?K7+bP@127.0.0.1:4566",
+        ] {
+            let e = SqsConfig::from_url(url).unwrap_err();
+            assert_eq!(e.kind(), mailroom_core::ErrorKind::Config);
+            assert!(!e.to_string().contains("K7"), "{e}");
+            assert!(e.to_string().contains("%2F"), "{e}");
+        }
         let printed = format!("{c:?}");
         assert!(printed.contains("AKIDEXAMPLE"), "{printed}");
         assert!(!printed.contains("cr3t"), "{printed}");

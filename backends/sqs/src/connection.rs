@@ -4,9 +4,19 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use aws_config::ecs::EcsCredentialsProvider;
+use aws_config::environment::EnvironmentVariableCredentialsProvider;
+use aws_config::imds::credentials::ImdsCredentialsProvider;
+use aws_config::meta::credentials::CredentialsProviderChain;
+use aws_config::profile::ProfileFileCredentialsProvider;
+use aws_config::provider_config::ProviderConfig;
+use aws_config::web_identity_token::WebIdentityTokenCredentialsProvider;
 use aws_sdk_sqs::config::timeout::TimeoutConfig;
+use aws_sdk_sqs::config::SharedHttpClient;
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::types::QueueAttributeName;
 use aws_sdk_sqs::Client;
 use aws_smithy_http_client::tls;
@@ -35,12 +45,16 @@ impl Connection {
                 tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
+        if let Some(endpoint) = &config.endpoint {
+            resolve(endpoint, config.connect_timeout).await?;
+        }
+        // A receive adds its long-poll wait to this bound (`receive_timeouts`).
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(config.connect_timeout)
-            .operation_timeout(config.operation_timeout + config.wait_time)
+            .operation_timeout(config.operation_timeout)
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
+            .http_client(http.clone())
             .timeout_config(timeouts);
         match (&config.region, &config.endpoint) {
             (Some(region), _) => loader = loader.region(Region::new(region.clone())),
@@ -48,15 +62,20 @@ impl Connection {
             (None, Some(_)) => loader = loader.region(Region::from_static("us-east-1")),
             (None, None) => {}
         }
-        if let CredentialsSource::Static(c) = &config.credentials {
-            loader = loader.credentials_provider(Credentials::new(
+        loader = match &config.credentials {
+            CredentialsSource::Static(c) => loader.credentials_provider(Credentials::new(
                 c.access_key_id.clone(),
                 c.secret_access_key.clone(),
                 c.session_token.clone(),
                 None,
                 "mailroom-sqs",
-            ));
-        }
+            )),
+            chain => loader.credentials_provider(credentials_chain(
+                chain == &CredentialsSource::ChainAndImds,
+                http,
+                config.region.clone(),
+            )),
+        };
         if let Some(endpoint) = &config.endpoint {
             loader = loader.endpoint_url(endpoint.clone());
         }
@@ -71,7 +90,33 @@ impl Connection {
         // Fail fast on a wrong endpoint or refused credentials; a service that answers at all,
         // even with "access denied" for ListQueues, is reachable.
         if let Err(e) = client.list_queues().max_results(1).send().await {
+            // The chain's own report is a nested Debug dump of every provider it tried.
+            if !matches!(config.credentials, CredentialsSource::Static(_))
+                && format!("{e:?}").contains("CredentialsNotLoaded")
+            {
+                return Err(context(
+                    Error::new(ErrorKind::Auth, no_credentials(&config)),
+                    CONNECT,
+                ));
+            }
+            // The operation timeout ran out (not the connect timeout: that is a dispatch
+            // failure, reported as such).
+            let operation_timed_out = matches!(e, SdkError::TimeoutError(_));
             let err = from_sdk(e, CONNECT);
+            if operation_timed_out {
+                return Err(context(
+                    Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "the SQS endpoint {} did not answer within {:?} \
+                             (operation_timeout_ms)",
+                            config.endpoint.as_deref().unwrap_or("of AWS"),
+                            config.operation_timeout
+                        ),
+                    ),
+                    CONNECT,
+                ));
+            }
             let denied = err.kind() == ErrorKind::Auth
                 && err
                     .to_string()
@@ -88,6 +133,14 @@ impl Connection {
             urls: Mutex::new(HashMap::new()),
             closed: ClosedFlag::new(BACKEND),
         }))
+    }
+
+    /// The timeouts of a receive call: the operation timeout plus its long-poll wait.
+    pub fn receive_timeouts(&self) -> TimeoutConfig {
+        TimeoutConfig::builder()
+            .connect_timeout(self.config.connect_timeout)
+            .operation_timeout(self.config.operation_timeout + self.config.wait_time)
+            .build()
     }
 
     /// The URL of queue `name`, cached; `NotFound` if it does not exist.
@@ -170,5 +223,91 @@ impl Connection {
     fn lock_urls(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         // A poisoned cache is still a valid cache: entries are inserted whole.
         self.urls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Fail at once, naming the host, when the endpoint's host name does not resolve (a typo in
+/// the URL): the SDK would report it only as a dispatch failure deep in its error chain.
+async fn resolve(endpoint: &str, wait: Duration) -> Result<()> {
+    let (tls, rest) = match endpoint.split_once("://") {
+        Some((scheme, rest)) => (scheme == "https", rest),
+        None => (false, endpoint),
+    };
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    let has_port = match host_port.rsplit_once(']') {
+        Some((_, after)) => after.starts_with(':'),
+        None => host_port.contains(':'),
+    };
+    let target = match has_port {
+        true => host_port.to_owned(),
+        false => format!("{host_port}:{}", if tls { 443 } else { 80 }),
+    };
+    let failed = match tokio::time::timeout(wait, tokio::net::lookup_host(target.as_str())).await {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer from the resolver within {wait:?}"),
+    };
+    Err(context(
+        Error::new(
+            ErrorKind::Connection,
+            format!("cannot resolve the host of the SQS endpoint {endpoint}: {failed}"),
+        ),
+        CONNECT,
+    ))
+}
+
+/// What to do when the credential chain found no keys.
+fn no_credentials(config: &SqsConfig) -> String {
+    let imds = match config.credentials {
+        CredentialsSource::ChainAndImds => ", or the EC2 instance metadata service",
+        _ => {
+            "; on EC2 with an instance role add ?credentials=chain_and_imds (the instance \
+             metadata service is not asked otherwise)"
+        }
+    };
+    format!(
+        "no AWS credentials found: none in the sqs:// URL (KEY_ID:SECRET@), the environment \
+         (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), the shared profile, a web identity token \
+         or the ECS container{imds}"
+    )
+}
+
+/// The standard credential chain, with the EC2 instance metadata service only when asked for
+/// (see [`CredentialsSource::Chain`]).
+fn credentials_chain(
+    imds: bool,
+    http: SharedHttpClient,
+    region: Option<String>,
+) -> CredentialsProviderChain {
+    let conf = ProviderConfig::without_region()
+        .with_http_client(http)
+        .with_region(region.map(Region::new));
+    let chain = CredentialsProviderChain::first_try(
+        "Environment",
+        EnvironmentVariableCredentialsProvider::new(),
+    )
+    .or_else(
+        "Profile",
+        ProfileFileCredentialsProvider::builder()
+            .configure(&conf)
+            .build(),
+    )
+    .or_else(
+        "WebIdentityToken",
+        WebIdentityTokenCredentialsProvider::builder()
+            .configure(&conf)
+            .build(),
+    )
+    .or_else(
+        "EcsContainer",
+        EcsCredentialsProvider::builder().configure(&conf).build(),
+    );
+    if imds {
+        chain.or_else(
+            "Ec2InstanceMetadata",
+            ImdsCredentialsProvider::builder().configure(&conf).build(),
+        )
+    } else {
+        chain
     }
 }

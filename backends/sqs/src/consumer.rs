@@ -180,7 +180,13 @@ async fn run_poller(
         if let Some(v) = connection.config.visibility_timeout {
             request = request.visibility_timeout(v.as_secs() as i32);
         }
-        match request.send().await {
+        let timeouts = connection.receive_timeouts();
+        match request
+            .customize()
+            .config_override(aws_sdk_sqs::config::Builder::default().timeout_config(timeouts))
+            .send()
+            .await
+        {
             Ok(out) => {
                 failures = 0;
                 for msg in out.messages() {

@@ -23,7 +23,8 @@ where
         SdkError::TimeoutError(_) => (
             ErrorKind::Timeout,
             true,
-            "the call timed out (operation_timeout_ms bounds it)".to_owned(),
+            "the call timed out (operation_timeout_ms bounds it; a receive adds its wait_time_ms)"
+                .to_owned(),
         ),
         SdkError::DispatchFailure(f) => {
             let kind = if f.is_timeout() {

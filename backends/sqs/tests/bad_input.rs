@@ -360,3 +360,87 @@ async fn assert_queue_empty(b: &SqsBackend, url: &str, what: &str) {
     assert_eq!(count(A::ApproximateNumberOfMessages), 0, "{what}");
     assert_eq!(count(A::ApproximateNumberOfMessagesNotVisible), 0, "{what}");
 }
+
+#[tokio::test]
+async fn a_mistyped_host_is_named_as_unresolvable_without_a_credentials_story() {
+    let start = Instant::now();
+    let err = SqsBackend::from_url("sqs://no-such-host.invalid:4566?region=us-east-1")
+        .await
+        .unwrap_err();
+    let took = start.elapsed();
+    let text = format!("{err}");
+    println!("{text} ({took:?})");
+    assert_eq!(err.kind(), ErrorKind::Connection, "{text}");
+    assert!(text.contains("cannot resolve"), "{text}");
+    assert!(text.contains("no-such-host.invalid"), "{text}");
+    let lower = text.to_ascii_lowercase();
+    for unrelated in ["metadata", "imds", "credential", "169.254"] {
+        assert!(!lower.contains(unrelated), "{unrelated}: {text}");
+    }
+    assert!(text.len() < 400, "{} bytes: {text}", text.len());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[tokio::test]
+async fn the_credential_chain_does_not_ask_the_ec2_metadata_service_unless_told() {
+    // A reachable endpoint, no static keys, and (in the test environment) no keys in the
+    // environment or profile: the chain ends without calling IMDS (which off EC2 costs seconds
+    // of retries and a long error about it).
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
+        println!("skipped: AWS_ACCESS_KEY_ID is set, so the chain finds keys");
+        return;
+    }
+    let start = Instant::now();
+    let result = SqsBackend::from_url(&format!("{}&credentials=chain", url())).await;
+    let took = start.elapsed();
+    let text = match &result {
+        Ok(_) => String::new(),
+        Err(e) => format!("{e}"),
+    };
+    println!("{text} ({took:?})");
+    if let Err(e) = &result {
+        assert_eq!(e.kind(), ErrorKind::Auth, "{text}");
+        assert!(text.contains("no AWS credentials found"), "{text}");
+        assert!(text.contains("credentials=chain_and_imds"), "{text}");
+        assert!(text.len() < 600, "{} bytes: {text}", text.len());
+    }
+    // The metadata service is named only as the option that turns it on: it was not called.
+    for imds in [
+        "Ec2InstanceMetadata",
+        "169.254",
+        "IMDSv2",
+        "ProviderAttempt",
+    ] {
+        assert!(!text.contains(imds), "{imds}: {text}");
+    }
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[tokio::test]
+async fn a_port_that_never_answers_times_out_at_the_bound_the_error_names() {
+    // Accepts the connection, never says a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        if let Ok((stream, _)) = listener.accept() {
+            held.push(stream);
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    });
+    let start = Instant::now();
+    let err = SqsBackend::from_url(&format!(
+        "sqs://{addr}?region=us-east-1&operation_timeout_ms=3000"
+    ))
+    .await
+    .unwrap_err();
+    let took = start.elapsed();
+    println!("{err} ({took:?})");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.to_string().contains("3s"), "{err}");
+    assert!(err.to_string().contains("operation_timeout_ms"), "{err}");
+    // The bound is the operation timeout, not it plus the receive wait (20 s) as before.
+    assert!(took >= Duration::from_millis(2500), "took {took:?}");
+    assert!(took < Duration::from_secs(12), "took {took:?}");
+    drop(held);
+}
