@@ -1,6 +1,6 @@
 //! The `mailroom` command: produce, consume and benchmark against any broker URL.
 //!
-//! One module per subcommand: `bench`, `compare`, `produce`, `consume`; this file parses the
+//! One module per subcommand: `bench`, `compare`, `produce`, `consume`, `soak`; this file parses the
 //! command line and hands each subcommand its arguments.
 
 mod bench;
@@ -8,6 +8,7 @@ mod compare;
 mod consume;
 mod jsonl;
 mod produce;
+mod soak;
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -44,6 +45,9 @@ enum Command {
     /// Receive, print and ack messages from a queue (--format json: one JSON object per line).
     #[command(after_help = EXIT_CODES)]
     Consume(consume::ConsumeArgs),
+    /// Producers and consumers at a steady rate for minutes: lost, duplicates, latency
+    /// percentiles and this process's resident-memory curve (scripts/soak.sh runs it per broker).
+    Soak(soak::SoakArgs),
 }
 
 /// What each exit status means, shown under `--help`.
@@ -153,6 +157,7 @@ async fn run(command: Command) -> std::result::Result<(), Failure> {
         Command::Compare(args) => Ok(compare::run(args).await?),
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
+        Command::Soak(args) => soak::run(args).await,
     }
 }
 

@@ -17,7 +17,8 @@
 //! absences, batch, binary safety, replay, transactions).
 //!
 //! Beside the suite: [`RestartScenario`], the one broker-restart fault scenario every backend
-//! that can restart its broker runs with its own [`RestartHook`]; [`Tally`] for duplicate-aware
+//! that can restart its broker runs with its own [`RestartHook`]; [`SoakScenario`], the long
+//! steady-rate run (lost, duplicates, latency, resident memory) `scripts/soak.sh` drives; [`Tally`] for duplicate-aware
 //! counting; [`Waypoints`] and [`within`] to bound a long test and name where it hung; and
 //! [`local_broker`] to name the broker `scripts/brokers.sh` runs.
 
@@ -25,6 +26,7 @@ mod cases;
 mod local_broker;
 mod report;
 mod restart;
+mod soak;
 mod suite;
 mod tally;
 mod waypoints;
@@ -34,6 +36,7 @@ use mailroom_core::{Error, ErrorKind, Result};
 pub use local_broker::local_broker;
 pub use report::{CaseResult, Outcome, Report};
 pub use restart::{Failure, LocalRestart, RestartHook, RestartReport, RestartScenario, Retention};
+pub use soak::{resident_kib, LatencyPercentiles, RssSample, SoakReport, SoakScenario};
 pub use suite::{Case, Conformance, Factory, Fixture};
 pub use tally::Tally;
 pub use waypoints::{within, Waypoints};
