@@ -116,7 +116,7 @@ async fn a_message_through_a_topic_arrives_as_a_direct_send_delivers_it() {
     let direct = drain(&b, &qs[1], 1).await;
     assert_eq!(
         through_topic,
-        [sent.clone()],
+        std::slice::from_ref(&sent),
         "id, key, timestamp, headers, payload"
     );
     assert_eq!(through_topic, direct);
