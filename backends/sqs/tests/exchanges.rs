@@ -276,3 +276,39 @@ async fn a_batch_to_an_exchange_is_routed_entry_by_entry() {
     }
     teardown(&b, &ex, &qs).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_exchange_delivers_to_a_fifo_queue_in_key_order() {
+    let b = backend().await;
+    let ex = format!("{}.fifo", name("ex"));
+    let q = format!("{}.fifo", name("q"));
+    let topo = b.topology();
+    topo.declare_exchange(&ExchangeSpec::new(&ex, ExchangeKind::Direct))
+        .await
+        .unwrap();
+    topo.declare_queue(&QueueSpec::new(&q)).await.unwrap();
+    topo.bind(&Binding::key(&ex, &q, "k")).await.unwrap();
+    let producer = b.producer().await.unwrap();
+    let sent: Vec<Message> = (0..20)
+        .map(|i| {
+            Message::builder(format!("{i}"))
+                .key("group-1")
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for m in &sent {
+        producer
+            .send(&Destination::exchange(&ex, "k"), m.clone())
+            .await
+            .unwrap();
+    }
+    let no_key = producer
+        .send(&Destination::exchange(&ex, "k"), Message::new("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(no_key.kind(), ErrorKind::InvalidInput, "{no_key}");
+    let got = drain(&b, &q, sent.len()).await;
+    assert_eq!(got, sent, "one message group arrives in send order");
+    teardown(&b, &ex, std::slice::from_ref(&q)).await;
+}
