@@ -28,6 +28,9 @@ pub(crate) struct Connection {
     urls: Mutex<HashMap<String, String>>,
     /// Exchange name → topic ARN.
     topics: Mutex<HashMap<String, String>>,
+    /// Held by bind and unbind around their read-modify-write of a subscription's policy, so
+    /// that this connection's bindings never lose one another's alternatives.
+    pub bindings: tokio::sync::Mutex<()>,
     closed: ClosedFlag,
 }
 
@@ -91,6 +94,7 @@ impl Connection {
             client,
             sns,
             topics: Mutex::new(HashMap::new()),
+            bindings: tokio::sync::Mutex::new(()),
             capabilities: capabilities(&config),
             config,
             urls: Mutex::new(HashMap::new()),

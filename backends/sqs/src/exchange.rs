@@ -276,9 +276,22 @@ async fn target(connection: &Connection, binding: &Binding, op: &'static str) ->
 pub(crate) async fn bind(connection: &Connection, binding: &Binding) -> Result<()> {
     let op = BIND;
     let t = target(connection, binding, op).await?;
+    let _serial = connection.bindings.lock().await;
     allow_topic(connection, &t, op).await?;
+    // Another process's bind of the same queue may subscribe it between the lookup and the
+    // Subscribe, which SNS then refuses ("already exists"): the second pass adds to that one.
+    for pass in 0..2 {
+        match add_to_subscription(connection, &t, op).await {
+            Err(e) if pass == 0 && e.message().contains("already exists") => continue,
+            other => return other,
+        }
+    }
+    Ok(())
+}
+
+async fn add_to_subscription(connection: &Connection, t: &Target, op: &'static str) -> Result<()> {
     let existing = subscription(connection, &t.topic, &t.queue_arn, op).await?;
-    match (existing, t.groups) {
+    match (existing, &t.groups) {
         // A fanout subscription has no policy: already bound.
         (Some(_), None) => Ok(()),
         (Some(sub), Some(add)) => {
@@ -286,8 +299,8 @@ pub(crate) async fn bind(connection: &Connection, binding: &Binding) -> Result<(
                 .map_err(|e| context(e, op))?;
             let before = groups.len();
             for g in add {
-                if !groups.contains(&g) {
-                    groups.push(g);
+                if !groups.contains(g) {
+                    groups.push(g.clone());
                 }
             }
             if groups.len() == before {
@@ -307,7 +320,7 @@ pub(crate) async fn bind(connection: &Connection, binding: &Binding) -> Result<(
                 // The queue gets the message as published, not wrapped in an SNS envelope.
                 .attributes("RawMessageDelivery", "true");
             if let Some(groups) = groups {
-                let policy = filter::render(&groups).map_err(|e| context(e, op))?;
+                let policy = filter::render(groups).map_err(|e| context(e, op))?;
                 call = call
                     .attributes("FilterPolicyScope", "MessageAttributes")
                     .attributes("FilterPolicy", policy);
@@ -327,6 +340,7 @@ pub(crate) async fn unbind(connection: &Connection, binding: &Binding) -> Result
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
+    let _serial = connection.bindings.lock().await;
     let Some(sub) = subscription(connection, &t.topic, &t.queue_arn, op).await? else {
         return Ok(());
     };

@@ -312,3 +312,35 @@ async fn a_fifo_exchange_delivers_to_a_fifo_queue_in_key_order() {
     assert_eq!(got, sent, "one message group arrives in send order");
     teardown(&b, &ex, std::slice::from_ref(&q)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_binds_of_one_queue_both_take_effect() {
+    let b = backend().await;
+    let (ex, qs) = setup(&b, ExchangeKind::Direct, 1).await;
+    let topo = b.topology();
+    let (x, y) = (
+        Binding::key(&ex, &qs[0], "x"),
+        Binding::key(&ex, &qs[0], "y"),
+    );
+    let (rx, ry) = tokio::join!(topo.bind(&x), topo.bind(&y));
+    rx.unwrap();
+    ry.unwrap();
+    let producer = b.producer().await.unwrap();
+    let mut want = Vec::new();
+    for key in ["x", "y", "z"] {
+        let m = Message::new(key);
+        producer
+            .send(&Destination::exchange(&ex, key), m.clone())
+            .await
+            .unwrap();
+        if key != "z" {
+            want.push(m);
+        }
+    }
+    assert_eq!(
+        ids(&drain(&b, &qs[0], 2).await),
+        ids(&want),
+        "x and y, not z"
+    );
+    teardown(&b, &ex, &qs).await;
+}
