@@ -81,7 +81,8 @@ impl RawClient for RawSqs {
 
     async fn producer(&self, destination: &Destination) -> Result<Box<dyn DriverProducer>> {
         let Destination::Queue(queue) = destination else {
-            // The backend declares no exchanges, so its check refuses such workloads first.
+            // Exchanges are SNS topics in the backend; this SQS-only baseline has no SNS client,
+            // so a workload publishing to an exchange has no raw-client line on SQS.
             return Err(Error::unsupported("raw aws-sdk-sqs sends to queues only"));
         };
         let url = self.queue_url(queue).await?;

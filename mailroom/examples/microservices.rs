@@ -10,7 +10,7 @@
 //! | audit    | `#`              | everything, including `order.eu.vip`  |
 //!
 //! Billing fails on one order every time: the message is retried (nack + requeue) until the
-//! queue's delivery limit, then lands in `billing.dead` with the reason. Run it with
+//! queue's delivery limit, then lands in `billing-dead` with the reason. Run it with
 //! `cargo run --example microservices` (memory://) or pass a broker URL.
 
 use std::collections::BTreeMap;
@@ -40,18 +40,19 @@ pub const POISON_ORDER: u32 = 3;
 /// return what each saw (plus what billing dead-lettered).
 pub async fn run(url: &str) -> Result<Seen> {
     let broker = mailroom::connect(url).await?;
-    // Names are suffixed so that runs against a shared broker do not see each other.
+    // Names are suffixed so that runs against a shared broker do not see each other, and made
+    // of letters, digits and '-' only: SQS queue names allow no '.'.
     let run_id = &mailroom::MessageId::generate().to_string()[..8];
     let exchange = format!("orders-{run_id}");
     let queue = |service: &str| format!("{service}-{run_id}");
     let topo = broker.topology();
     topo.declare_exchange(&ExchangeSpec::new(&exchange, ExchangeKind::Topic))
         .await?;
-    topo.declare_queue(&QueueSpec::new(queue("billing.dead")))
+    topo.declare_queue(&QueueSpec::new(queue("billing-dead")))
         .await?;
     topo.declare_queue(
         &QueueSpec::new(queue("billing"))
-            .dead_letter_queue(queue("billing.dead"))
+            .dead_letter_queue(queue("billing-dead"))
             .max_delivery_attempts(3),
     )
     .await?;
@@ -93,12 +94,12 @@ pub async fn run(url: &str) -> Result<Seen> {
     producer.close().await?;
 
     let mut seen = Seen::new();
-    for service in ["billing", "shipping", "audit", "billing.dead"] {
+    for service in ["billing", "shipping", "audit", "billing-dead"] {
         let service: &'static str = service;
         let log = serve(broker.as_ref(), &queue(service), service).await?;
         seen.insert(service, log);
     }
-    for service in ["billing", "billing.dead", "shipping", "audit"] {
+    for service in ["billing", "billing-dead", "shipping", "audit"] {
         let _ = topo.delete_queue(&queue(service)).await;
     }
     let _ = topo.delete_exchange(&exchange).await;
@@ -118,7 +119,7 @@ async fn serve(broker: &dyn Backend, queue: &str, service: &'static str) -> Resu
             delivery.nack(Nack::requeue()).await?;
             continue;
         }
-        if service == "billing.dead" {
+        if service == "billing-dead" {
             let reason = delivery
                 .message()
                 .headers()

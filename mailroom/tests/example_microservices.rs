@@ -1,5 +1,5 @@
-//! The microservices example does what its table says, on memory:// (and on RabbitMQ when the
-//! backend is compiled in).
+//! The microservices example does what its table says, on memory:// (and on RabbitMQ and SQS
+//! when their backends are compiled in).
 
 #[allow(dead_code)]
 #[path = "../examples/microservices.rs"]
@@ -23,7 +23,7 @@ fn check(seen: &microservices::Seen) {
         3,
         "billing retried the poison order up to its delivery limit: {seen:#?}"
     );
-    let dead = get("billing.dead");
+    let dead = get("billing-dead");
     assert_eq!(dead.len(), 1, "{seen:#?}");
     assert!(
         dead[0].starts_with("order.created#3 dead-lettered"),
@@ -54,5 +54,14 @@ async fn every_service_sees_what_its_binding_promises_on_memory() {
 async fn every_service_sees_what_its_binding_promises_on_rabbitmq() {
     let url = std::env::var("MAILROOM_RABBITMQ_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    check(&microservices::run(&url).await.unwrap());
+}
+
+/// SQS routes through SNS: `order.created` is an exact key, `order.*` a prefix plus the key's
+/// word count (an attribute every exchange publish carries), `#` every message.
+#[cfg(feature = "sqs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_sees_what_its_binding_promises_on_sqs() {
+    let url = std::env::var("MAILROOM_SQS_URL").unwrap_or_else(|_| "sqs://127.0.0.1:4566".into());
     check(&microservices::run(&url).await.unwrap());
 }

@@ -80,9 +80,14 @@ fn every_mailroom_header_on_a_page_is_one_the_code_defines() {
         }
     }
     let sqs_attributes: BTreeSet<String> = names_with(&page("sqs"), "mailroom.");
-    let expected: BTreeSet<String> = [mailroom::sqs::META_ATTR, mailroom::sqs::ENCODING_ATTR]
-        .map(str::to_owned)
-        .into();
+    let expected: BTreeSet<String> = [
+        mailroom::sqs::META_ATTR,
+        mailroom::sqs::ENCODING_ATTR,
+        mailroom::sqs::ROUTING_KEY_ATTR,
+        mailroom::sqs::ROUTING_WORDS_ATTR,
+    ]
+    .map(str::to_owned)
+    .into();
     assert_eq!(sqs_attributes, expected, "docs/wire/sqs.md");
 }
 
@@ -123,7 +128,12 @@ fn every_header_a_codec_writes_is_on_its_brokers_page() {
     must("rabbitmq", &DEAD_LETTER);
     must(
         "sqs",
-        &[mailroom::sqs::META_ATTR, mailroom::sqs::ENCODING_ATTR],
+        &[
+            mailroom::sqs::META_ATTR,
+            mailroom::sqs::ENCODING_ATTR,
+            mailroom::sqs::ROUTING_KEY_ATTR,
+            mailroom::sqs::ROUTING_WORDS_ATTR,
+        ],
     );
     must("sqs", &DEAD_LETTER);
     for (name, binding) in [

@@ -18,6 +18,7 @@ use mailroom_core::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::filter::{word_count, ROUTING_KEY_ATTR, ROUTING_WORDS_ATTR};
 use crate::{MAX_ATTRIBUTES, MAX_SEND_DELAY};
 
 /// Binary attribute holding id, key, timestamp and the header order (JSON).
@@ -72,7 +73,7 @@ fn xml_safe(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
 }
 
-fn text_safe(s: &str) -> bool {
+pub(crate) fn text_safe(s: &str) -> bool {
     s.chars().all(xml_safe)
 }
 
@@ -148,6 +149,43 @@ fn is_trace_header(name: &str) -> bool {
 
 /// Encode `message` for a queue (`fifo` if the queue is FIFO), checking every SQS limit.
 pub(crate) fn encode(message: &Message, fifo: bool, max_size: usize) -> Result<Encoded> {
+    encode_with(message, fifo, max_size, None)
+}
+
+/// Encode `message` for an SNS Publish to an exchange with `routing_key`.
+///
+/// The queue receives it by raw delivery as a direct send would deliver it, plus two attributes
+/// the subscriptions' filter policies match: the routing key ([`ROUTING_KEY_ATTR`], absent when
+/// empty) and its word count ([`ROUTING_WORDS_ATTR`]). They take their slots before headers, so
+/// the whole still fits in the 10 attributes SQS accepts from a raw delivery. SNS has no
+/// per-message delay, so a delayed message is refused rather than sent at once.
+pub(crate) fn encode_for_exchange(
+    message: &Message,
+    routing_key: &str,
+    fifo: bool,
+    max_size: usize,
+) -> Result<Encoded> {
+    if message.delay().is_some() {
+        return Err(Error::unsupported(format!(
+            "message {} has a delay, but SNS (which carries exchanges on SQS) has no per-message \
+             delay; send it to a queue, or give the queue a DelaySeconds",
+            message.id()
+        )));
+    }
+    if !text_safe(routing_key) {
+        return Err(Error::invalid_input(format!(
+            "routing key {routing_key:?} has characters SNS does not carry in an attribute"
+        )));
+    }
+    encode_with(message, fifo, max_size, Some(routing_key))
+}
+
+fn encode_with(
+    message: &Message,
+    fifo: bool,
+    max_size: usize,
+    routing_key: Option<&str>,
+) -> Result<Encoded> {
     let payload = message.payload();
     let text = std::str::from_utf8(payload)
         .ok()
@@ -164,10 +202,22 @@ pub(crate) fn encode(message: &Message, fifo: bool, max_size: usize) -> Result<E
             B64.encode(payload)
         }
     };
-    // One slot for the meta attribute, one for the encoding marker if present. The W3C trace
+    // One slot for the meta attribute, one for the encoding marker if present (the routing
+    // attributes of an exchange publish are already in). The W3C trace
     // context takes its slots first (at most two of the eight or nine left), so a foreign
     // consumer's OpenTelemetry instrumentation finds `traceparent` as a message attribute
     // however many headers the message has; the others fill what is left, in order.
+    if let Some(key) = routing_key {
+        let words = MessageAttributeValue::builder()
+            .data_type("Number")
+            .string_value(word_count(key).to_string())
+            .build()
+            .map_err(build_failed)?;
+        attributes.insert(ROUTING_WORDS_ATTR.to_owned(), words);
+        if !key.is_empty() {
+            attributes.insert(ROUTING_KEY_ATTR.to_owned(), string_attr(key)?);
+        }
+    }
     let mut free = MAX_ATTRIBUTES - 1 - attributes.len();
     let mut as_attribute = vec![false; message.headers().len()];
     for trace_first in [true, false] {
@@ -451,6 +501,47 @@ mod tests {
         assert_eq!(attr("h0"), Some("v0"));
         assert!(!e.attributes.contains_key("h11"), "packed into the meta");
         assert_eq!(round_trip(&m, false), m, "order and values kept");
+    }
+
+    #[test]
+    fn an_exchange_publish_carries_the_routing_attributes_within_ten() {
+        let mut b = Message::builder(&b"\x00\xffbinary"[..]).key("k");
+        for i in 0..20 {
+            b = b.header(format!("h{i}"), format!("v{i}"));
+        }
+        let m = b.build().unwrap();
+        let e = encode_for_exchange(&m, "order.created.eu", false, 1 << 20).unwrap();
+        assert_eq!(e.attributes.len(), MAX_ATTRIBUTES);
+        let attr = |n: &str| e.attributes.get(n).and_then(|a| a.string_value());
+        assert_eq!(attr(ROUTING_KEY_ATTR), Some("order.created.eu"));
+        assert_eq!(attr(ROUTING_WORDS_ATTR), Some("3"));
+        assert_eq!(attr("h0"), Some("v0"), "headers fill the slots left");
+        let sqs = SqsMessage::builder()
+            .body(e.body)
+            .set_message_attributes(Some(e.attributes))
+            .build();
+        assert_eq!(
+            decode(&sqs),
+            m,
+            "the routing attributes stay out of the headers"
+        );
+
+        let empty = encode_for_exchange(&Message::new("x"), "", false, 1 << 20).unwrap();
+        assert!(!empty.attributes.contains_key(ROUTING_KEY_ATTR));
+        assert_eq!(
+            empty.attributes[ROUTING_WORDS_ATTR].string_value(),
+            Some("0")
+        );
+        let late = Message::builder("x")
+            .delay(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        assert_eq!(
+            encode_for_exchange(&late, "k", false, 1 << 20)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Unsupported
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! One connection to SQS: the SDK client (which keeps its own pool of HTTP connections and
-//! retries), a queue-URL cache, and whether it was closed. Every producer, consumer and topology
-//! handle holds it.
+//! One connection to SQS: the SDK clients (SQS, and SNS for exchanges, built from one config so
+//! they share the HTTP client and credentials; each keeps its own pool of connections and
+//! retries), the queue-URL and topic-ARN caches, and whether it was closed. Every producer,
+//! consumer and topology handle holds it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,9 +31,16 @@ use crate::{capabilities, BACKEND};
 /// What producers, consumers and the topology of one connection share.
 pub(crate) struct Connection {
     pub client: Client,
+    /// SNS on the same endpoint: exchanges are its topics.
+    pub sns: aws_sdk_sns::Client,
     pub config: SqsConfig,
     pub capabilities: Capabilities,
     urls: Mutex<HashMap<String, String>>,
+    /// Exchange name → topic ARN.
+    topics: Mutex<HashMap<String, String>>,
+    /// Held by bind and unbind around their read-modify-write of a subscription's policy, so
+    /// that this connection's bindings never lose one another's alternatives.
+    pub bindings: tokio::sync::Mutex<()>,
     closed: ClosedFlag,
 }
 
@@ -87,6 +95,7 @@ impl Connection {
             ));
         }
         let client = Client::new(&sdk_config);
+        let sns = aws_sdk_sns::Client::new(&sdk_config);
         // Fail fast on a wrong endpoint or refused credentials; a service that answers at all,
         // even with "access denied" for ListQueues, is reachable.
         if let Err(e) = client.list_queues().max_results(1).send().await {
@@ -128,6 +137,9 @@ impl Connection {
         }
         Ok(Arc::new(Connection {
             client,
+            sns,
+            topics: Mutex::new(HashMap::new()),
+            bindings: tokio::sync::Mutex::new(()),
             capabilities: capabilities(&config),
             config,
             urls: Mutex::new(HashMap::new()),
@@ -208,6 +220,19 @@ impl Connection {
             })
     }
 
+    /// The cached ARN of exchange `name`'s topic, if known.
+    pub fn cached_topic(&self, name: &str) -> Option<String> {
+        lock(&self.topics).get(name).cloned()
+    }
+
+    pub fn remember_topic(&self, name: &str, arn: &str) {
+        lock(&self.topics).insert(name.to_owned(), arn.to_owned());
+    }
+
+    pub fn forget_topic(&self, name: &str) {
+        lock(&self.topics).remove(name);
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed.is_closed()
     }
@@ -221,8 +246,7 @@ impl Connection {
     }
 
     fn lock_urls(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        // A poisoned cache is still a valid cache: entries are inserted whole.
-        self.urls.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.urls)
     }
 }
 
@@ -310,4 +334,11 @@ fn credentials_chain(
     } else {
         chain
     }
+}
+
+fn lock(
+    cache: &Mutex<HashMap<String, String>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    // A poisoned cache is still a valid cache: entries are inserted whole.
+    cache.lock().unwrap_or_else(|p| p.into_inner())
 }

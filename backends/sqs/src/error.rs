@@ -1,4 +1,4 @@
-//! Mapping `aws-sdk-sqs` errors into mailroom error kinds.
+//! Mapping `aws-sdk-sqs` and `aws-sdk-sns` errors into mailroom error kinds.
 
 use std::error::Error as StdError;
 use std::fmt::Debug;
@@ -118,13 +118,15 @@ pub(crate) fn classify_code(code: &str, sender_fault: bool) -> (ErrorKind, bool)
     // Query-protocol codes arrive with an `AWS.SimpleQueueService.` prefix on some servers.
     let short = code.rsplit('.').next().unwrap_or(code);
     match short {
-        "QueueDoesNotExist" | "NonExistentQueue" | "ResourceNotFoundException" => {
+        // SNS (exchanges) answers with its own codes: NotFound, InvalidParameter, ...
+        "QueueDoesNotExist" | "NonExistentQueue" | "ResourceNotFoundException" | "NotFound" => {
             (ErrorKind::NotFound, false)
         }
         "QueueAlreadyExists" | "QueueNameExists" => (ErrorKind::Conflict, false),
         "QueueDeletedRecently" | "PurgeQueueInProgress" => (ErrorKind::Conflict, true),
         "AccessDenied"
         | "AccessDeniedException"
+        | "AuthorizationError"
         | "InvalidClientTokenId"
         | "SignatureDoesNotMatch"
         | "UnrecognizedClientException"
@@ -134,6 +136,7 @@ pub(crate) fn classify_code(code: &str, sender_fault: bool) -> (ErrorKind, bool)
         | "IncompleteSignature" => (ErrorKind::Auth, false),
         "RequestThrottled"
         | "ThrottlingException"
+        | "Throttled"
         | "Throttling"
         | "KmsThrottled"
         | "OverLimit"
@@ -141,6 +144,7 @@ pub(crate) fn classify_code(code: &str, sender_fault: bool) -> (ErrorKind, bool)
         | "InternalError"
         | "InternalFailure" => (ErrorKind::Broker, true),
         "InvalidParameterValue"
+        | "InvalidParameter"
         | "InvalidAttributeName"
         | "InvalidAttributeValue"
         | "InvalidMessageContents"

@@ -6,6 +6,8 @@ mod config;
 mod connection;
 mod consumer;
 mod error;
+mod exchange;
+mod filter;
 mod producer;
 mod settle;
 mod topology;
@@ -23,6 +25,7 @@ pub use config::{
     CredentialsSource, SqsConfig, StaticCredentials, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_URL,
 };
 pub use consumer::SqsConsumer;
+pub use filter::{MAX_POLICY_COMBINATIONS, MAX_POLICY_KEYS, ROUTING_KEY_ATTR, ROUTING_WORDS_ATTR};
 pub use producer::SqsProducer;
 pub use topology::SqsTopology;
 
@@ -46,10 +49,12 @@ pub fn capabilities(config: &SqsConfig) -> Capabilities {
     caps.replay = false;
     caps.delayed_delivery = true;
     caps.max_delay = Some(MAX_SEND_DELAY);
-    caps.exchange_direct = false;
-    caps.exchange_topic = false;
-    caps.exchange_fanout = false;
-    caps.exchange_headers = false;
+    // Exchanges are SNS topics; SNS filter policies route, not the client (see docs.md for the
+    // topic patterns and header matches a policy cannot express, refused at bind).
+    caps.exchange_direct = true;
+    caps.exchange_topic = true;
+    caps.exchange_fanout = true;
+    caps.exchange_headers = true;
     caps.dead_letter = true;
     caps.max_delivery_attempts = true;
     caps.attempt_count = true;

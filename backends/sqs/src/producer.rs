@@ -1,5 +1,5 @@
 //! The producer: a bounded window, and one batcher task per queue packing `SendMessageBatch`
-//! calls.
+//! calls, or per exchange packing SNS `PublishBatch` calls.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_sns::types::{MessageAttributeValue as SnsAttributeValue, PublishBatchRequestEntry};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use mailroom_core::operation::SEND;
 use mailroom_core::{
@@ -17,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use crate::codec::{self, Encoded};
 use crate::connection::Connection;
 use crate::error::{context, from_entry, from_sdk};
+use crate::exchange;
 use crate::MAX_BATCH_ENTRIES;
 
 /// Times an entry the service failed on its own side is sent again before its error is returned.
@@ -30,12 +32,19 @@ struct Entry {
     _slot: OwnedSemaphorePermit,
 }
 
-/// Sends to SQS queues, batching concurrent and pipelined sends.
+/// Where a batch goes: a queue (by URL) or an exchange's SNS topic (by ARN).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Target {
+    Queue(Arc<str>),
+    Topic(Arc<str>),
+}
+
+/// Sends to SQS queues, and to exchanges through SNS, batching concurrent and pipelined sends.
 pub struct SqsProducer {
     connection: Arc<Connection>,
     window: Arc<Semaphore>,
     window_size: u32,
-    batchers: Mutex<HashMap<String, mpsc::Sender<Entry>>>,
+    batchers: Mutex<HashMap<Target, mpsc::Sender<Entry>>>,
     closed: AtomicBool,
 }
 
@@ -51,15 +60,15 @@ impl SqsProducer {
         }
     }
 
-    fn batcher(&self, url: &str) -> mpsc::Sender<Entry> {
+    fn batcher(&self, target: &Target) -> mpsc::Sender<Entry> {
         let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = batchers.get(url).filter(|tx| !tx.is_closed()) {
+        if let Some(tx) = batchers.get(target).filter(|tx| !tx.is_closed()) {
             return tx.clone();
         }
         // The window bounds what is in flight, so this channel never holds more than it.
         let (tx, rx) = mpsc::channel(self.connection.config.send_window.max(1));
-        tokio::spawn(run_batcher(self.connection.clone(), Arc::from(url), rx));
-        batchers.insert(url.to_owned(), tx.clone());
+        tokio::spawn(run_batcher(self.connection.clone(), target.clone(), rx));
+        batchers.insert(target.clone(), tx.clone());
         tx
     }
 
@@ -67,34 +76,36 @@ impl SqsProducer {
         &self,
         destination: &Destination,
         message: &Message,
-    ) -> Result<(String, Encoded)> {
+    ) -> Result<(Target, Encoded)> {
         let op = "send";
         if self.closed.load(Ordering::Acquire) {
             return Err(context(Error::closed("producer is closed"), op));
         }
         self.connection.check_open(op)?;
-        let queue = match destination {
-            Destination::Queue(q) => q,
-            Destination::Exchange { .. } => {
-                return Err(context(Error::unsupported("SQS has no exchanges"), op));
+        let max = self.connection.config.max_message_size;
+        // Size and delay limits are the capability layer's; the codec enforces SQS's own too.
+        match destination {
+            Destination::Queue(queue) => {
+                let encoded = codec::encode(message, queue.ends_with(".fifo"), max)
+                    .map_err(|e| context(e, op))?;
+                let url = self.connection.queue_url(queue, op).await?;
+                Ok((Target::Queue(Arc::from(url)), encoded))
             }
-        };
-        // Size and delay limits are the capability layer's; `encode` enforces SQS's own too.
-        let encoded = codec::encode(
-            message,
-            queue.ends_with(".fifo"),
-            self.connection.config.max_message_size,
-        )
-        .map_err(|e| context(e, op))?;
-        let url = self.connection.queue_url(queue, op).await?;
-        Ok((url, encoded))
+            Destination::Exchange { name, routing_key } => {
+                let encoded =
+                    codec::encode_for_exchange(message, routing_key, name.ends_with(".fifo"), max)
+                        .map_err(|e| context(e, op))?;
+                let arn = exchange::topic_arn(&self.connection, name, op).await?;
+                Ok((Target::Topic(Arc::from(arn)), encoded))
+            }
+        }
     }
 }
 
 #[async_trait]
 impl Producer for SqsProducer {
     async fn enqueue(&self, destination: &Destination, message: Message) -> Result<PendingConfirm> {
-        let (url, encoded) = match self.accept(destination, &message).await {
+        let (target, encoded) = match self.accept(destination, &message).await {
             Ok(v) => v,
             Err(e) => return Err(e.with_undelivered(message)),
         };
@@ -113,9 +124,9 @@ impl Producer for SqsProducer {
             reply,
             _slot: slot,
         };
-        if let Err(mpsc::error::SendError(entry)) = self.batcher(&url).send(entry).await {
+        if let Err(mpsc::error::SendError(entry)) = self.batcher(&target).send(entry).await {
             return Err(context(
-                Error::new(ErrorKind::Broker, "the queue's batcher task stopped"),
+                Error::new(ErrorKind::Broker, "the destination's batcher task stopped"),
                 SEND,
             )
             .with_undelivered(entry.message));
@@ -161,10 +172,10 @@ impl std::fmt::Debug for SqsProducer {
     }
 }
 
-/// Gather what waits for one queue into batches of at most 10 entries and `max_message_size`
+/// Gather what waits for one queue or topic into batches of at most 10 entries and `max_message_size`
 /// bytes, keeping up to `send_concurrency` calls in flight. While every call slot is taken, new
 /// entries pile up in the channel, so batches grow exactly when throughput needs them to.
-async fn run_batcher(connection: Arc<Connection>, url: Arc<str>, mut rx: mpsc::Receiver<Entry>) {
+async fn run_batcher(connection: Arc<Connection>, target: Target, mut rx: mpsc::Receiver<Entry>) {
     let calls = Arc::new(Semaphore::new(connection.config.send_concurrency));
     let max_bytes = connection.config.max_message_size;
     let linger = connection.config.linger;
@@ -202,7 +213,7 @@ async fn run_batcher(connection: Arc<Connection>, url: Arc<str>, mut rx: mpsc::R
             bytes += next.encoded.size;
             batch.push(next);
         }
-        tokio::spawn(send_batch(connection.clone(), url.clone(), batch, call));
+        tokio::spawn(send_batch(connection.clone(), target.clone(), batch, call));
     }
 }
 
@@ -220,52 +231,147 @@ fn request_entry(index: usize, e: &Encoded) -> Result<SendMessageBatchRequestEnt
         })
 }
 
+/// The same entry as an SNS `PublishBatch` entry: the attributes are carried over as they are,
+/// and raw delivery hands them to the queue unchanged.
+fn publish_entry(index: usize, e: &Encoded) -> Result<PublishBatchRequestEntry> {
+    let build_failed =
+        |err| Error::new(ErrorKind::Encode, "publish entry could not be built").with_source(err);
+    let mut attributes = HashMap::with_capacity(e.attributes.len());
+    for (name, value) in &e.attributes {
+        let v = SnsAttributeValue::builder()
+            .data_type(value.data_type())
+            .set_string_value(value.string_value().map(str::to_owned))
+            .set_binary_value(value.binary_value().cloned())
+            .build()
+            .map_err(build_failed)?;
+        attributes.insert(name.clone(), v);
+    }
+    PublishBatchRequestEntry::builder()
+        .id(index.to_string())
+        .message(e.body.clone())
+        .set_message_attributes(Some(attributes))
+        .set_message_group_id(e.group_id.clone())
+        .set_message_deduplication_id(e.dedup_id.clone())
+        .build()
+        .map_err(build_failed)
+}
+
+/// What one batch call answered: the ids that were accepted, and the failed ones with their
+/// error.
+struct Outcome {
+    accepted: Vec<String>,
+    failed: Vec<(String, Error)>,
+}
+
+/// One `SendMessageBatch` or `PublishBatch` call with the entries still pending; entries that
+/// cannot be built are answered here.
+async fn call_batch(
+    connection: &Connection,
+    target: &Target,
+    pending: &mut [Option<Entry>],
+    op: &'static str,
+) -> Option<Result<Outcome>> {
+    match target {
+        Target::Queue(url) => {
+            let mut entries = Vec::with_capacity(pending.len());
+            for (i, e) in pending.iter_mut().enumerate() {
+                let Some(entry) = e else { continue };
+                match request_entry(i, &entry.encoded) {
+                    Ok(r) => entries.push(r),
+                    Err(err) => answer(e, Err(context(err, op))),
+                }
+            }
+            if entries.is_empty() {
+                return None;
+            }
+            let result = connection
+                .client
+                .send_message_batch()
+                .queue_url(url.as_ref())
+                .set_entries(Some(entries))
+                .send()
+                .await;
+            Some(result.map_err(|e| from_sdk(e, op)).map(|out| {
+                Outcome {
+                    accepted: out
+                        .successful()
+                        .iter()
+                        .map(|ok| ok.id().to_owned())
+                        .collect(),
+                    failed: out
+                        .failed()
+                        .iter()
+                        .map(|f| {
+                            let err = from_entry(f.code(), f.message(), f.sender_fault(), op);
+                            (f.id().to_owned(), err)
+                        })
+                        .collect(),
+                }
+            }))
+        }
+        Target::Topic(arn) => {
+            let mut entries = Vec::with_capacity(pending.len());
+            for (i, e) in pending.iter_mut().enumerate() {
+                let Some(entry) = e else { continue };
+                match publish_entry(i, &entry.encoded) {
+                    Ok(r) => entries.push(r),
+                    Err(err) => answer(e, Err(context(err, op))),
+                }
+            }
+            if entries.is_empty() {
+                return None;
+            }
+            let result = connection
+                .sns
+                .publish_batch()
+                .topic_arn(arn.as_ref())
+                .set_publish_batch_request_entries(Some(entries))
+                .send()
+                .await;
+            Some(result.map_err(|e| from_sdk(e, op)).map(|out| {
+                Outcome {
+                    accepted: out
+                        .successful()
+                        .iter()
+                        .filter_map(|ok| ok.id().map(str::to_owned))
+                        .collect(),
+                    failed: out
+                        .failed()
+                        .iter()
+                        .map(|f| {
+                            let err = from_entry(f.code(), f.message(), f.sender_fault(), op);
+                            (f.id().to_owned(), err)
+                        })
+                        .collect(),
+                }
+            }))
+        }
+    }
+}
+
 /// Send one batch; retry only the entries the service failed on its side; answer every entry.
 async fn send_batch(
     connection: Arc<Connection>,
-    url: Arc<str>,
+    target: Target,
     batch: Vec<Entry>,
     _call: OwnedSemaphorePermit,
 ) {
     let op = "send";
     let mut pending: Vec<Option<Entry>> = batch.into_iter().map(Some).collect();
     for attempt in 0..=ENTRY_RETRIES {
-        let mut entries = Vec::with_capacity(pending.len());
-        for (i, e) in pending.iter_mut().enumerate() {
-            let Some(entry) = e else { continue };
-            match request_entry(i, &entry.encoded) {
-                Ok(r) => entries.push(r),
-                Err(err) => answer(e, Err(context(err, op))),
-            }
-        }
-        if entries.is_empty() {
-            return;
-        }
-        let result = connection
-            .client
-            .send_message_batch()
-            .queue_url(url.as_ref())
-            .set_entries(Some(entries))
-            .send()
-            .await;
-        let out = match result {
-            Ok(out) => out,
-            Err(e) => {
+        let out = match call_batch(&connection, &target, &mut pending, op).await {
+            None => return,
+            Some(Ok(out)) => out,
+            Some(Err(err)) => {
                 // The SDK has already retried what its retry policy deems transient.
-                let err = from_sdk(e, op);
                 for e in pending.iter_mut() {
                     answer(e, Err(copy_error(&err)));
                 }
                 return;
             }
         };
-        for ok in out.successful() {
-            if let Some(slot) = ok
-                .id()
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| pending.get_mut(i))
-            {
+        for id in &out.accepted {
+            if let Some(slot) = id.parse::<usize>().ok().and_then(|i| pending.get_mut(i)) {
                 let receipt = slot.as_ref().map(|e| Receipt::new(e.message.id().clone()));
                 if let Some(receipt) = receipt {
                     answer(slot, Ok(receipt));
@@ -273,16 +379,10 @@ async fn send_batch(
             }
         }
         let mut retry = false;
-        for failed in out.failed() {
-            let Some(slot) = failed
-                .id()
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| pending.get_mut(i))
-            else {
+        for (id, err) in out.failed {
+            let Some(slot) = id.parse::<usize>().ok().and_then(|i| pending.get_mut(i)) else {
                 continue;
             };
-            let err = from_entry(failed.code(), failed.message(), failed.sender_fault(), op);
             if err.is_temporary() && attempt < ENTRY_RETRIES {
                 retry = true;
             } else {
@@ -300,7 +400,7 @@ async fn send_batch(
             Err(context(
                 Error::new(
                     ErrorKind::Broker,
-                    "SendMessageBatch reported neither success nor failure for this entry",
+                    "the batch call reported neither success nor failure for this entry",
                 ),
                 op,
             )),

@@ -1,21 +1,23 @@
-//! Queues with their SQS attributes and redrive policy; exchanges are not offered.
+//! Queues with their SQS attributes and redrive policy; exchanges, which are SNS topics, through
+//! `exchange.rs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::QueueAttributeName;
-use mailroom_core::operation::{BIND, DECLARE_EXCHANGE, DELETE_EXCHANGE, QUEUE_DEPTH, UNBIND};
+use mailroom_core::operation::QUEUE_DEPTH;
 use mailroom_core::{Binding, Error, ErrorKind, ExchangeSpec, QueueSpec, Result, Topology};
 
 use crate::connection::Connection;
 use crate::error::{context, from_sdk};
+use crate::exchange;
 
 /// `maxReceiveCount` for a queue given a dead-letter queue but no attempt limit: SQS records a
 /// dead-letter queue only inside a redrive policy, and 1000 is the largest count it accepts.
 pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 1000;
 
-/// Declares and deletes SQS queues.
+/// Declares and deletes SQS queues, and exchanges (SNS topics) with their bindings.
 pub struct SqsTopology {
     connection: Arc<Connection>,
 }
@@ -43,16 +45,6 @@ pub fn validate_queue_name(name: &str) -> Result<()> {
              with .fifo at the end for a FIFO queue"
         )))
     }
-}
-
-fn no_exchanges(operation: &'static str) -> Error {
-    context(
-        Error::unsupported(
-            "backend 'sqs' has no exchanges (SNS topics with SQS subscriptions are the intended \
-             mapping and are not built yet); send to a queue instead",
-        ),
-        operation,
-    )
 }
 
 impl SqsTopology {
@@ -138,12 +130,12 @@ impl SqsTopology {
 
 #[async_trait]
 impl Topology for SqsTopology {
-    async fn declare_exchange(&self, _spec: &ExchangeSpec) -> Result<()> {
-        Err(no_exchanges(DECLARE_EXCHANGE))
+    async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<()> {
+        exchange::declare(&self.connection, spec).await
     }
 
-    async fn delete_exchange(&self, _name: &str) -> Result<()> {
-        Err(no_exchanges(DELETE_EXCHANGE))
+    async fn delete_exchange(&self, name: &str) -> Result<()> {
+        exchange::delete(&self.connection, name).await
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<()> {
@@ -198,12 +190,12 @@ impl Topology for SqsTopology {
         Ok(())
     }
 
-    async fn bind(&self, _binding: &Binding) -> Result<()> {
-        Err(no_exchanges(BIND))
+    async fn bind(&self, binding: &Binding) -> Result<()> {
+        exchange::bind(&self.connection, binding).await
     }
 
-    async fn unbind(&self, _binding: &Binding) -> Result<()> {
-        Err(no_exchanges(UNBIND))
+    async fn unbind(&self, binding: &Binding) -> Result<()> {
+        exchange::unbind(&self.connection, binding).await
     }
 
     async fn queue_depth(&self, queue: &str) -> Result<Option<u64>> {
