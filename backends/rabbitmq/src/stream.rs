@@ -13,13 +13,16 @@
 //!
 //! **What is written, when.** The position is the last offset of the *contiguous* acked prefix
 //! of this consumer's deliveries (an out-of-order ack waits for the ones before it, as on
-//! Kafka). It is published as soon as an ack advances it, without waiting for the confirm (an
-//! ack costs no extra round trip); `close` waits for the last one's confirm.
+//! Kafka). An ack that advances it publishes it without waiting for the confirm (an ack costs
+//! no extra round trip), unless the previous write is still unconfirmed: then the position is
+//! owed, and the next ack after that confirm, or `close`, writes the newest one. So at most one
+//! write is in flight, and a steady stream of acks writes about once per confirm round trip,
+//! not once per ack. `close` writes what is owed and waits for the last confirm.
 //!
 //! **Guarantee: at least once.** After a clean `close` the group resumes right after its last
 //! acked message. After a crash (or a drop without `close`) it resumes after the last position
-//! the broker took, so what was acked after that is delivered again: at most the acks whose
-//! position writes were still in flight, plus everything acked beyond a gap (a delivery
+//! the broker took, so what was acked after that is delivered again: the acks whose position
+//! was in flight or owed, plus everything acked beyond a gap (a delivery
 //! dropped or never settled holds the prefix, and the position, where it is). The message a
 //! lost connection interrupted is read again from the first unsettled offset.
 
@@ -164,6 +167,8 @@ struct Writer {
     declared: bool,
     written: Option<i64>,
     last: Option<PendingConfirm>,
+    /// A position not written because the previous write was still unconfirmed.
+    owed: Option<i64>,
 }
 
 /// A stream consumer's position: its book, where it started, and the stored group position.
@@ -246,7 +251,25 @@ impl Cursor {
         if writer.written.is_some_and(|w| w >= end) {
             return;
         }
-        match self.write(&mut writer, end).await {
+        if let Some(last) = writer.last.as_mut() {
+            match futures_util::FutureExt::now_or_never(last) {
+                None => {
+                    writer.owed = Some(end);
+                    return;
+                }
+                Some(confirmed) => {
+                    writer.last = None;
+                    self.note(confirmed);
+                }
+            }
+        }
+        self.store(&mut writer, end).await;
+    }
+
+    /// Publish `end` as the position (not waiting for its confirm).
+    async fn store(&self, writer: &mut Writer, end: i64) {
+        writer.owed = None;
+        match self.write(writer, end).await {
             Ok(pending) => {
                 writer.written = Some(end);
                 writer.last = Some(pending);
@@ -256,6 +279,13 @@ impl Cursor {
                     "could not store the stream position; the group reads again from the last stored one");
                 writer.declared = false;
             }
+        }
+    }
+
+    fn note(&self, confirmed: Result<mailroom_core::Receipt>) {
+        if let Err(e) = confirmed {
+            tracing::warn!(stream = %self.stream, error = %e,
+                "a stream position was not stored; the group reads again from the one before");
         }
     }
 
@@ -275,17 +305,24 @@ impl Cursor {
             .await
     }
 
-    /// Wait, within the connect timeout, for the broker to confirm the last position written.
+    /// Write what is owed and wait, within the connect timeout each, for the broker to confirm
+    /// the writes.
     pub async fn flush(&self) {
         let mut writer = self.writer.lock().await;
         let wait = self.connection.config.connect_timeout();
-        if let Some(last) = writer.last.take() {
-            match tokio::time::timeout(wait, last).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(stream = %self.stream, error = %e,
-                    "the last stream position was not stored"),
-                Err(_) => tracing::warn!(stream = %self.stream, ?wait,
-                    "the last stream position was not confirmed in time"),
+        for _ in 0..2 {
+            if let Some(last) = writer.last.take() {
+                match tokio::time::timeout(wait, last).await {
+                    Ok(confirmed) => self.note(confirmed),
+                    Err(_) => tracing::warn!(stream = %self.stream, ?wait,
+                        "a stream position was not confirmed in time"),
+                }
+            }
+            match writer.owed {
+                Some(end) if writer.written.is_none_or(|w| w < end) => {
+                    self.store(&mut writer, end).await
+                }
+                _ => break,
             }
         }
         if let Some(producer) = writer.producer.take() {
