@@ -202,10 +202,19 @@ EOF
     fi
 }
 
+# Stream queues (?queue_type=stream, read over AMQP 0-9-1: no plugin needed) need the
+# stream_queue feature flag: on by default on a fresh 3.9+ node, off on one upgraded from 3.8.
+# Enabling it again is a no-op, and needs no restart.
+rabbit_enable_streams() {
+    timeout 30 rabbitmqctl -q enable_feature_flag stream_queue >/dev/null 2>&1 ||
+        log "rabbitmq: could not enable the stream_queue feature flag; stream queues will be refused"
+}
+
 rabbitmq_up() {
     local installed_now=0 deadline
     # RabbitMQ closes its AMQP listener on stop_app, so an open port means the app runs.
     if tcp_open "$RABBITMQ_PORT"; then
+        rabbit_enable_streams
         log "rabbitmq: already up on 127.0.0.1:$RABBITMQ_PORT"
         return 0
     fi
@@ -252,6 +261,7 @@ rabbitmq_up() {
         fi
         sleep 0.5
     done
+    rabbit_enable_streams
     if ((installed_now)); then
         log "rabbitmq: installed and up on 127.0.0.1:$RABBITMQ_PORT"
     else

@@ -6,6 +6,8 @@
 //! | id              | `message-id` property                                             |
 //! | headers         | headers table, each value a long string                           |
 //! | header order    | `x-mailroom-header-order` (array of names), only when not sorted  |
+//! |                 | (to a stream: a string of `<bytes>:<name>` items, since RabbitMQ  |
+//! |                 | 3.10's streams drop array headers)                                |
 //! | key             | `x-mailroom-key` header (long string)                             |
 //! | timestamp       | `timestamp` property (seconds) and `x-mailroom-timestamp-ms`      |
 //! |                 | (`x-mailroom-timestamp` is read too, as Kafka wrote it before)    |
@@ -14,8 +16,9 @@
 //!
 //! Received headers of other AMQP types (numbers, booleans, timestamps) become their decimal
 //! text; tables and arrays (such as the broker's `x-death`) are left out, since mailroom header
-//! values are strings. The `x-mailroom-*` headers above, and the broker's `x-delivery-count`,
-//! are taken off on receive so a message reads back exactly as it was sent.
+//! values are strings. The `x-mailroom-*` headers above, and the broker's `x-delivery-count`
+//! and `x-stream-offset` (a stream's position of the message, reported as the delivery's
+//! offset), are taken off on receive so a message reads back exactly as it was sent.
 
 use bytes::Bytes;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
@@ -31,6 +34,8 @@ pub use mailroom_core::wire::CONTENT_TYPE_HEADER;
 pub use mailroom_core::wire::KEY_HEADER;
 /// Header carrying the timestamp in milliseconds (the AMQP property has only seconds).
 pub use mailroom_core::wire::TIMESTAMP_HEADER;
+/// The offset RabbitMQ stamps on every delivery from a stream queue.
+pub const STREAM_OFFSET_HEADER: &str = "x-stream-offset";
 /// Header marking a message that passed through a delay queue (its `x-death` trail is internal).
 pub const DELAYED_HEADER: &str = "x-mailroom-delayed";
 /// Header carrying the original order of the headers (AMQP tables are unordered).
@@ -46,6 +51,27 @@ pub(crate) struct Stamp {
     pub attempt: u32,
     /// Set when the message goes through a delay queue.
     pub delayed: bool,
+    /// Set when the message goes to a stream, which keeps no array headers: the header order
+    /// travels as text.
+    pub to_stream: bool,
+}
+
+/// The header order as text: each name as `<length in bytes>:<name>`, so any name fits.
+fn order_text<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names.map(|n| format!("{}:{n}", n.len())).collect()
+}
+
+/// The names of an order written by [`order_text`]; `None` if it is not one.
+fn parse_order_text(mut text: &str) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    while !text.is_empty() {
+        let (len, rest) = text.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        let name = rest.get(..len)?;
+        names.push(name.to_owned());
+        text = &rest[len..];
+    }
+    Some(names)
 }
 
 fn short(name: &str) -> Option<ShortString> {
@@ -76,7 +102,13 @@ pub(crate) fn properties(message: &Message, stamp: Stamp) -> BasicProperties {
         .iter()
         .zip(headers.iter().skip(1))
         .all(|((a, _), (b, _))| a < b);
-    if !sorted {
+    if !sorted && stamp.to_stream {
+        let text = order_text(headers.iter().map(|(name, _)| name));
+        table.insert(
+            ORDER_HEADER.into(),
+            AMQPValue::LongString(LongString::from(text.into_bytes())),
+        );
+    } else if !sorted {
         let mut order = FieldArray::default();
         for (name, _) in headers.iter() {
             order.push(AMQPValue::LongString(LongString::from(name.as_bytes())));
@@ -123,6 +155,8 @@ pub(crate) struct Received {
     pub attempt: Option<u32>,
     /// `x-delivery-count`, set by quorum queues.
     pub delivery_count: Option<u32>,
+    /// `x-stream-offset`, set by stream queues: the message's position in the stream.
+    pub stream_offset: Option<i64>,
 }
 
 fn as_text(value: &AMQPValue) -> Option<String> {
@@ -163,7 +197,12 @@ fn as_u64(value: &AMQPValue) -> Option<u64> {
 fn is_internal(name: &str, delayed: bool) -> bool {
     matches!(
         name,
-        KEY_HEADER | ATTEMPT_HEADER | DELAYED_HEADER | ORDER_HEADER | DELIVERY_COUNT_HEADER
+        KEY_HEADER
+            | ATTEMPT_HEADER
+            | DELAYED_HEADER
+            | ORDER_HEADER
+            | DELIVERY_COUNT_HEADER
+            | STREAM_OFFSET_HEADER
     ) || is_timestamp_header(name)
         || (delayed
             && (name == "x-death"
@@ -214,6 +253,10 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> (Message, R
             .get(DELIVERY_COUNT_HEADER)
             .and_then(as_u64)
             .map(|n| n.min(u64::from(u32::MAX)) as u32);
+        received.stream_offset = map
+            .get(STREAM_OFFSET_HEADER)
+            .and_then(as_u64)
+            .and_then(|n| i64::try_from(n).ok());
         let mut add = |name: &str, value: &AMQPValue| {
             if is_internal(name, delayed) || headers.contains(name) {
                 return;
@@ -224,11 +267,19 @@ pub(crate) fn decode(properties: &BasicProperties, body: Vec<u8>) -> (Message, R
                 }
             }
         };
-        if let Some(AMQPValue::FieldArray(order)) = map.get(ORDER_HEADER) {
-            for name in order.as_slice().iter().filter_map(as_text) {
-                if let Some(value) = map.get(name.as_str()) {
-                    add(&name, value);
-                }
+        let order: Vec<String> = match map.get(ORDER_HEADER) {
+            Some(AMQPValue::FieldArray(order)) => {
+                order.as_slice().iter().filter_map(as_text).collect()
+            }
+            Some(AMQPValue::LongString(text)) => std::str::from_utf8(text.as_bytes())
+                .ok()
+                .and_then(parse_order_text)
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        for name in order {
+            if let Some(value) = map.get(name.as_str()) {
+                add(&name, value);
             }
         }
         for (name, value) in map {
@@ -273,6 +324,7 @@ mod tests {
                 persistent: true,
                 attempt: 3,
                 delayed: true,
+                to_stream: false,
             },
         );
         let (got, received) = decode(&props, sent.payload().to_vec());
@@ -328,6 +380,43 @@ mod tests {
         assert!(!m.headers().contains("t"));
         assert!(!m.headers().contains(DELIVERY_COUNT_HEADER));
         assert_eq!(r.delivery_count, Some(2));
+    }
+
+    #[test]
+    fn to_a_stream_the_header_order_travels_as_text_and_reads_back() {
+        let sent = Message::builder(&b"x"[..])
+            .header("zeta", "1")
+            .header("a:b", "2")
+            .header("h\u{e9}", "3")
+            .build()
+            .unwrap();
+        let stamp = Stamp {
+            to_stream: true,
+            ..Stamp::default()
+        };
+        let props = properties(&sent, stamp);
+        let table = props.headers().clone().unwrap();
+        assert!(matches!(
+            table.inner().get(ORDER_HEADER),
+            Some(AMQPValue::LongString(_))
+        ));
+        // What a stream hands back: the table without arrays, in its own (sorted) order.
+        assert_eq!(decode(&props, b"x".to_vec()).0, sent);
+        assert_eq!(
+            parse_order_text("4:zeta3:a:b"),
+            Some(vec!["zeta".into(), "a:b".into()])
+        );
+        assert_eq!(parse_order_text("9:short"), None);
+    }
+
+    #[test]
+    fn a_stream_offset_is_the_deliverys_position_not_a_message_header() {
+        let mut table = FieldTable::default();
+        table.insert(STREAM_OFFSET_HEADER.into(), AMQPValue::LongLongInt(41));
+        let props = BasicProperties::default().with_headers(table);
+        let (m, r) = decode(&props, b"x".to_vec());
+        assert!(m.headers().is_empty(), "{:?}", m.headers());
+        assert_eq!(r.stream_offset, Some(41));
     }
 
     #[test]

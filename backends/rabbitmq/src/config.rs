@@ -69,6 +69,34 @@ pub struct RabbitConfig {
     /// the default) or `unconfirmed` (confirms off, no mandatory flag: done once written to the
     /// connection, at most once). `?guarantee=unconfirmed`.
     pub guarantee: DeliveryGuarantee,
+    /// The type of the queues this backend declares and consumes, unless a queue's spec names
+    /// its own `x-queue-type`: `classic` (the default) or `stream` (`?queue_type=stream`: an
+    /// append-only log read with `x-stream-offset`, so consumers can replay; see the crate
+    /// docs, "Streams"). The backend's capabilities follow it.
+    pub queue_type: QueueType,
+}
+
+/// The type of queue a backend declares and consumes by default (`?queue_type=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Classic queues (quorum queues where a spec needs them): a delivery leaves the queue
+    /// once it is acked.
+    #[default]
+    Classic,
+    /// Stream queues (`x-queue-type=stream`): messages stay in the log after they are acked
+    /// (until its retention removes them); each consumer group keeps its own position.
+    Stream,
+}
+
+impl QueueType {
+    /// The name in URLs and in `x-queue-type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Stream => "stream",
+        }
+    }
 }
 
 impl Default for RabbitConfig {
@@ -90,6 +118,7 @@ impl Default for RabbitConfig {
             reconnect_timeout_ms: 60_000,
             heartbeat_secs: 10,
             guarantee: DeliveryGuarantee::Confirmed,
+            queue_type: QueueType::Classic,
         }
     }
 }
@@ -113,12 +142,14 @@ impl fmt::Debug for RabbitConfig {
             .field("reconnect_timeout_ms", &self.reconnect_timeout_ms)
             .field("heartbeat_secs", &self.heartbeat_secs)
             .field("guarantee", &self.guarantee)
+            .field("queue_type", &self.queue_type)
             .finish()
     }
 }
 
 const KNOWN: &str = "prefetch, confirm_window, mandatory, persistent, max_message_size, \
-                     connect_timeout_ms, reconnect_timeout_ms, heartbeat_secs, ca_file, guarantee";
+                     connect_timeout_ms, reconnect_timeout_ms, heartbeat_secs, ca_file, guarantee, \
+                     queue_type";
 
 impl RabbitConfig {
     /// Parse `amqp[s]://[user[:pass]@]host[:port][/vhost][?param=value&...]`.
@@ -210,6 +241,18 @@ impl RabbitConfig {
                     crate::capabilities(self).delivery_guarantees,
                     crate::BACKEND,
                 )?
+            }
+            "queue_type" => {
+                self.queue_type = match value {
+                    "classic" => QueueType::Classic,
+                    "stream" => QueueType::Stream,
+                    other => {
+                        return Err(Error::config(format!(
+                            "RabbitMQ URL {shown}: queue_type must be classic or stream, got \
+                             {other:?}"
+                        )))
+                    }
+                }
             }
             other => {
                 return Err(Error::config(format!(
@@ -355,6 +398,18 @@ mod tests {
         assert_eq!(c.prefetch, 7);
         assert_eq!(c.confirm_window, 9);
         assert!(!c.mandatory);
+    }
+
+    #[test]
+    fn queue_type_is_classic_unless_the_url_asks_for_streams() {
+        assert_eq!(RabbitConfig::default().queue_type, QueueType::Classic);
+        let c = RabbitConfig::from_url("amqp://h?queue_type=stream").unwrap();
+        assert_eq!(c.queue_type, QueueType::Stream);
+        let c = RabbitConfig::from_url("amqp://h?queue_type=classic").unwrap();
+        assert_eq!(c.queue_type, QueueType::Classic);
+        let err = RabbitConfig::from_url("amqp://h?queue_type=quorum").unwrap_err();
+        assert_eq!(err.kind(), mailroom_core::ErrorKind::Config);
+        assert!(err.to_string().contains("classic or stream"), "{err}");
     }
 
     #[test]

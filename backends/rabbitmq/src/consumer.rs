@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Channel;
 use mailroom_core::consumer::closed_consumer;
@@ -13,7 +13,7 @@ use mailroom_core::operation::{CONSUME, RECEIVE};
 use mailroom_core::topology::validate_name;
 use mailroom_core::{
     Capability, Consumer, ConsumerOptions, Delivery, DeliveryInfo, Error, ErrorKind, Producer,
-    Result,
+    Replay, Result,
 };
 use tokio::task::JoinHandle;
 
@@ -22,9 +22,13 @@ use crate::connection::{close_within, Connection, Failure, Link, QueueSettings};
 use crate::error::{is_connection_loss, map};
 use crate::producer::RabbitProducer;
 use crate::settle::RabbitSettle;
+use crate::stream::{Cursor, StreamAck};
 use crate::BACKEND;
 
 /// A consumer on one RabbitMQ queue (its own channel, `basic.qos` prefetch, manual acks).
+///
+/// On a stream queue it starts where its replay says, else after its group's stored position
+/// (`stream.rs`), and its acks move that position.
 ///
 /// After a lost connection the next `receive` reconnects and consumes again; deliveries that
 /// were unacked on the old channel come back from the broker marked redelivered. Consuming
@@ -42,6 +46,8 @@ pub struct RabbitConsumer {
     closed: bool,
     /// Publishes client-side requeues and dead letters; opened on first use.
     side: Arc<OnceLock<RabbitProducer>>,
+    /// On a stream queue: where to start, what was delivered and acked, the stored position.
+    cursor: Option<Arc<Cursor>>,
 }
 
 struct Subscription {
@@ -66,6 +72,13 @@ impl RabbitConsumer {
                 .require(Capability::Replay, BACKEND, CONSUME)?;
         }
         validate_name("queue", queue).map_err(context)?;
+        if let Some(Replay::Offset(o)) = options.replay {
+            if o < 0 {
+                return Err(context(Error::invalid_input(format!(
+                    "replay offset {o} is negative; use Replay::Earliest or Replay::Latest"
+                ))));
+            }
+        }
         let prefetch = match options.prefetch {
             None => connection.config.prefetch,
             Some(0) => {
@@ -81,6 +94,20 @@ impl RabbitConsumer {
             })?,
         };
         let settings = connection.queue_settings(queue);
+        if options.replay.is_some() && !settings.stream {
+            return Err(context(Error::unsupported(format!(
+                "queue '{queue}' is not a stream: replay needs a stream queue (declared with \
+                 x-queue-type=stream, or by a backend opened with ?queue_type=stream)"
+            ))));
+        }
+        let cursor = match settings.stream {
+            true => Some(Arc::new(
+                Cursor::open(connection.clone(), queue, options.replay)
+                    .await
+                    .map_err(|e| e.with_operation(CONSUME))?,
+            )),
+            false => None,
+        };
         let mut consumer = RabbitConsumer {
             connection,
             queue: queue.to_owned(),
@@ -90,19 +117,36 @@ impl RabbitConsumer {
             restart: None,
             closed: false,
             side: Arc::new(OnceLock::new()),
+            cursor,
         };
         // Start at once so a missing queue is reported here, not on the first receive.
         let live = start(
             consumer.connection.clone(),
             consumer.queue.clone(),
             prefetch,
+            consumer.start_arguments(),
         )
         .await?;
         consumer.state = Some(live);
         Ok(consumer)
     }
 
-    fn delivery(&self, d: lapin::message::Delivery, conn: Arc<Link>) -> Delivery {
+    /// The `basic.consume` arguments: on a stream, where to read from (after a lost channel,
+    /// the first delivery not acked yet), and the deliveries of the old channel stop counting.
+    fn start_arguments(&self) -> FieldTable {
+        match &self.cursor {
+            Some(cursor) => {
+                let args = cursor.start_at().arguments();
+                cursor.restarted();
+                args
+            }
+            None => FieldTable::default(),
+        }
+    }
+
+    /// The delivery handed out, or `None` for a stream message a replay by time skips (acked
+    /// in the background, so that `receive` stays cancel-safe).
+    fn delivery(&self, d: lapin::message::Delivery, conn: Arc<Link>) -> Option<Delivery> {
         let lapin::message::Delivery {
             redelivered,
             properties,
@@ -112,6 +156,28 @@ impl RabbitConsumer {
             ..
         } = d;
         let (message, received) = codec::decode(&properties, data);
+        let stream = match (&self.cursor, received.stream_offset) {
+            (Some(cursor), Some(offset)) => Some(StreamAck {
+                cursor: cursor.clone(),
+                epoch: cursor.delivered(offset),
+                offset,
+            }),
+            _ => None,
+        };
+        if let Some(ack) = stream.as_ref().filter(|s| s.cursor.skips(&message)) {
+            let ack = StreamAck {
+                cursor: ack.cursor.clone(),
+                ..*ack
+            };
+            let wait = self.connection.config.connect_timeout();
+            tokio::spawn(async move {
+                let acked = tokio::time::timeout(wait, acker.ack(BasicAckOptions::default()));
+                if let Ok(Ok(true)) = acked.await {
+                    ack.acked().await;
+                }
+            });
+            return None;
+        }
         let base = received.attempt.unwrap_or(1).max(1);
         let attempt = match received.delivery_count {
             Some(count) => base.saturating_add(count),
@@ -121,6 +187,8 @@ impl RabbitConsumer {
             attempt,
             redelivered: redelivered || attempt > 1,
             routing_key: Some(Arc::from(routing_key.as_str())),
+            offset: stream.as_ref().map(|s| s.offset),
+            consumer_group: stream.as_ref().map(|_| Arc::from(self.queue.as_str())),
             ..DeliveryInfo::new(self.queue.clone())
         };
         let settle = RabbitSettle {
@@ -132,14 +200,20 @@ impl RabbitConsumer {
             settings: self.settings.clone(),
             message: message.clone(),
             attempt,
+            stream,
         };
-        Delivery::new(message, info, Box::new(settle))
+        Some(Delivery::new(message, info, Box::new(settle)))
     }
 }
 
 /// Open a channel, set the prefetch and start consuming, across reconnects, each step bounded
 /// (see `Connection::answer`), the whole within the reconnect timeout.
-async fn start(connection: Arc<Connection>, queue: String, prefetch: u16) -> Result<Subscription> {
+async fn start(
+    connection: Arc<Connection>,
+    queue: String,
+    prefetch: u16,
+    arguments: FieldTable,
+) -> Result<Subscription> {
     let what = format!("queue '{queue}'");
     let deadline = connection.deadline();
     loop {
@@ -154,7 +228,7 @@ async fn start(connection: Arc<Connection>, queue: String, prefetch: u16) -> Res
                     queue.as_str().into(),
                     "".into(),
                     BasicConsumeOptions::default(),
-                    FieldTable::default(),
+                    arguments.clone(),
                 );
                 connection
                     .answer(&conn, deadline, "basic.consume", consume)
@@ -190,10 +264,19 @@ impl Consumer for RabbitConsumer {
                 return Err(closed_consumer(BACKEND));
             }
             if self.state.is_none() {
-                let restart = self.restart.get_or_insert_with(|| {
+                if self.restart.is_none() {
                     let (connection, queue) = (self.connection.clone(), self.queue.clone());
-                    tokio::spawn(start(connection, queue, self.prefetch))
-                });
+                    let arguments = self.start_arguments();
+                    self.restart = Some(tokio::spawn(start(
+                        connection,
+                        queue,
+                        self.prefetch,
+                        arguments,
+                    )));
+                }
+                let Some(restart) = self.restart.as_mut() else {
+                    continue;
+                };
                 // Awaiting the handle, not the task: a cancelled receive leaves it running.
                 let started = restart.await;
                 self.restart = None;
@@ -227,7 +310,11 @@ impl Consumer for RabbitConsumer {
                 }
             };
             match next {
-                Some(Ok(d)) => return Ok(self.delivery(d, conn)),
+                Some(Ok(d)) => {
+                    if let Some(delivery) = self.delivery(d, conn) {
+                        return Ok(delivery);
+                    }
+                }
                 Some(Err(e)) if is_connection_loss(&e) => {
                     tracing::debug!(error = %e, queue = %self.queue, "consumer lost its connection; resuming");
                     if let Some(live) = self.state.take() {
@@ -265,6 +352,9 @@ impl Consumer for RabbitConsumer {
         }
         if let Some(side) = self.side.get() {
             side.close().await?;
+        }
+        if let Some(cursor) = &self.cursor {
+            cursor.flush().await;
         }
         Ok(())
     }

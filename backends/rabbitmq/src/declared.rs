@@ -28,19 +28,27 @@ pub(crate) struct QueueSettings {
     pub quorum: bool,
     pub dead_letter_queue: Option<String>,
     pub max_length: Option<(u64, mailroom_core::Overflow)>,
+    /// A stream queue: read from an offset, no nack, the group's position stored client-side.
+    pub stream: bool,
 }
 
 impl Connection {
-    /// What this backend knows about `queue`: defaults for a queue it did not declare.
+    /// What this backend knows about `queue`: defaults for a queue it did not declare (a
+    /// stream when the backend's queue type is `stream`).
     pub fn queue_settings(&self, queue: &str) -> QueueSettings {
+        let default = self.config.queue_type;
         let declared = self.declared();
         match declared.queues.get(queue) {
             Some(spec) => QueueSettings {
                 quorum: crate::topology::is_quorum(spec),
                 dead_letter_queue: spec.dead_letter_queue.clone(),
                 max_length: spec.max_length.map(|m| (m, spec.overflow)),
+                stream: crate::topology::is_stream(spec, default),
             },
-            None => QueueSettings::default(),
+            None => QueueSettings {
+                stream: default == crate::config::QueueType::Stream,
+                ..QueueSettings::default()
+            },
         }
     }
 
@@ -69,7 +77,7 @@ impl Connection {
             note(r, || format!("exchange {}", spec.name), &mut channel)?;
         }
         for spec in &queues {
-            let Ok(args) = crate::topology::queue_arguments(spec) else {
+            let Ok(args) = crate::topology::queue_arguments(spec, self.config.queue_type) else {
                 continue;
             };
             let ch = self.replay_channel(&mut channel, live, deadline).await?;

@@ -12,6 +12,7 @@ mod error;
 mod producer;
 mod runtime;
 mod settle;
+mod stream;
 pub mod topology;
 
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use mailroom_core::{
 
 pub use backend::RabbitBackend;
 pub use config::{
-    RabbitConfig, DEFAULT_CONFIRM_WINDOW, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PREFETCH,
+    QueueType, RabbitConfig, DEFAULT_CONFIRM_WINDOW, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PREFETCH,
 };
 pub use consumer::RabbitConsumer;
 pub use producer::RabbitProducer;
@@ -37,27 +38,36 @@ pub const BACKEND: &str = "rabbitmq";
 /// The longest delay a TTL delay queue can hold a message: `x-message-ttl` is at most 2^32-1 ms.
 pub const MAX_DELAY: Duration = Duration::from_millis(u32::MAX as u64);
 
-/// What the RabbitMQ backend supports.
+/// What the RabbitMQ backend supports, which depends on the queue type it was opened with
+/// ([`RabbitConfig::queue_type`], `?queue_type=`).
+///
+/// Classic queues: no replay (an acked message is gone). Stream queues (`?queue_type=stream`):
+/// `replay`, but no competing consumers (every consumer of a stream reads all of it), no
+/// bound by message count, no per-message TTL, no dead-lettering, no delayed delivery (RabbitMQ
+/// 3.10 drops what a delay queue dead-letters into a stream) and no redelivery to the same
+/// consumer of a dropped delivery (a stream has no requeue: the group's next consumer reads it
+/// again from the stored position).
 pub fn capabilities(config: &RabbitConfig) -> Capabilities {
+    let stream = config.queue_type == QueueType::Stream;
     let mut caps = Capabilities::default();
     caps.per_key_ordering = true;
-    caps.competing_consumers = true;
-    caps.replay = false;
-    caps.delayed_delivery = true;
-    caps.max_delay = Some(MAX_DELAY);
+    caps.competing_consumers = !stream;
+    caps.replay = stream;
+    caps.delayed_delivery = !stream;
+    caps.max_delay = (!stream).then_some(MAX_DELAY);
     caps.exchange_direct = true;
     caps.exchange_topic = true;
     caps.exchange_fanout = true;
     caps.exchange_headers = true;
-    caps.dead_letter = true;
-    caps.max_delivery_attempts = true;
+    caps.dead_letter = !stream;
+    caps.max_delivery_attempts = !stream;
     caps.attempt_count = true;
-    caps.max_queue_length = true;
-    caps.message_ttl = true;
+    caps.max_queue_length = !stream;
+    caps.message_ttl = !stream;
     caps.batch_send = false;
     caps.transactions = false;
     caps.persistence = config.persistent;
-    caps.redelivery_on_drop = true;
+    caps.redelivery_on_drop = !stream;
     caps.partitioned_queues = false;
     caps.max_message_size = Some(config.max_message_size);
     caps.max_batch_size = None;
@@ -84,5 +94,35 @@ impl BackendFactory for RabbitFactory {
         Ok(LayerStack::new()
             .layer(CapabilityLayer::new())
             .apply(backend))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_is_declared_for_streams_only_and_what_streams_lack_is_off() {
+        let classic = capabilities(&RabbitConfig::default());
+        assert!(!classic.replay);
+        assert!(classic.competing_consumers && classic.dead_letter && classic.message_ttl);
+        let stream = capabilities(&RabbitConfig {
+            queue_type: QueueType::Stream,
+            ..RabbitConfig::default()
+        });
+        assert!(stream.replay);
+        assert!(stream.per_key_ordering && stream.attempt_count);
+        assert_eq!(stream.max_delay, None);
+        for (lacks, name) in [
+            (stream.competing_consumers, "competing_consumers"),
+            (stream.dead_letter, "dead_letter"),
+            (stream.max_delivery_attempts, "max_delivery_attempts"),
+            (stream.max_queue_length, "max_queue_length"),
+            (stream.message_ttl, "message_ttl"),
+            (stream.redelivery_on_drop, "redelivery_on_drop"),
+            (stream.delayed_delivery, "delayed_delivery"),
+        ] {
+            assert!(!lacks, "a stream backend declares {name}");
+        }
     }
 }

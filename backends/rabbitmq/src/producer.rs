@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::codec::{self, Stamp};
+use crate::config::QueueType;
 use crate::confirm::{Job, Published};
 use crate::connection::{close_within, Connection, Deadline, Failure, Link, Lost};
 use crate::error::map;
@@ -180,11 +181,23 @@ impl RabbitProducer {
             Ok(p) => p,
             Err(e) => return Err(e.with_undelivered(message)),
         };
+        let to_stream = inner.to_stream(destination);
+        if to_stream && message.delay().is_some_and(|d| !d.is_zero()) {
+            // A delay queue dead-letters into its destination, and RabbitMQ 3.10 drops what is
+            // dead-lettered into a stream: refused here rather than lost there.
+            return Err(context(Error::unsupported(format!(
+                "'{}' is a stream, and a delayed message cannot reach a stream (RabbitMQ drops \
+                 what a delay queue dead-letters into it)",
+                destination.name()
+            )))
+            .with_undelivered(message));
+        }
         let send = Send::new(
             destination.clone(),
             message,
             attempt,
             inner.connection.config.persistent,
+            to_stream,
         );
         let send = match inner.prepare(send).await {
             Ok(send) => send,
@@ -217,7 +230,13 @@ pub(crate) struct Send {
 }
 
 impl Send {
-    fn new(destination: Destination, mut message: Message, attempt: u32, persistent: bool) -> Self {
+    fn new(
+        destination: Destination,
+        mut message: Message,
+        attempt: u32,
+        persistent: bool,
+        to_stream: bool,
+    ) -> Self {
         let (exchange, routing_key) = match &destination {
             Destination::Queue(q) => (String::new(), q.to_string()),
             Destination::Exchange { name, routing_key } => {
@@ -235,6 +254,7 @@ impl Send {
                 persistent,
                 attempt,
                 delayed,
+                to_stream,
             },
             // Names were validated to at most 255 bytes; routing keys beyond that are refused
             // by the broker anyway.
@@ -245,6 +265,21 @@ impl Send {
 }
 
 impl Inner {
+    /// Whether `destination` is (or, through an exchange on a stream backend, may be) a stream.
+    fn to_stream(&self, destination: &Destination) -> bool {
+        let default = self.connection.config.queue_type;
+        default == QueueType::Stream
+            || match destination {
+                Destination::Queue(q) => self
+                    .connection
+                    .declared()
+                    .queues
+                    .get(q.as_ref())
+                    .is_some_and(|spec| crate::topology::is_stream(spec, default)),
+                Destination::Exchange { .. } => false,
+            }
+    }
+
     /// Whether the broker is asked to confirm each publish.
     fn confirms(&self) -> bool {
         self.guarantee == DeliveryGuarantee::Confirmed

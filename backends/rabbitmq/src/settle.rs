@@ -4,6 +4,12 @@
 //! delay queue), a requeue on a classic queue (which keeps no attempt count) and a dead letter
 //! with its reason. A quorum queue's requeue, and a dead letter on a queue this backend did not
 //! declare, are plain nacks.
+//!
+//! A stream refuses `basic.nack` (RabbitMQ answers `NOT_IMPLEMENTED` and closes the whole
+//! connection), so on a stream every settle is an ack to the broker (which only returns the
+//! prefetch credit): a requeue is the copy republished to the stream, and a delivery that is
+//! dropped, or whose copy could not be published, is acked to the broker without moving the
+//! group's position, so the group reads it again after a restart.
 
 use std::sync::{Arc, OnceLock};
 
@@ -17,6 +23,7 @@ use mailroom_core::{Destination, Error, ErrorKind, Message, Nack, Result, Settle
 use crate::connection::{Connection, Link, QueueSettings};
 use crate::error::{is_connection_loss, map};
 use crate::producer::{with_delay, RabbitProducer};
+use crate::stream::StreamAck;
 use crate::BACKEND;
 
 /// Settles one delivery on the channel it came from.
@@ -30,6 +37,8 @@ pub(crate) struct RabbitSettle {
     pub settings: QueueSettings,
     pub message: Message,
     pub attempt: u32,
+    /// On a stream: the cursor an ack moves.
+    pub stream: Option<StreamAck>,
 }
 
 fn channel_gone(operation: &'static str) -> Error {
@@ -53,7 +62,11 @@ impl RabbitSettle {
             return Err(channel_gone(operation));
         };
         let ack = acker.ack(BasicAckOptions::default());
-        self.settled(operation, ack).await
+        self.settled(operation, ack).await?;
+        if let Some(stream) = &self.stream {
+            stream.acked().await;
+        }
+        Ok(())
     }
 
     /// The outcome of an ack or nack, waiting at most the connect timeout for lapin to hand it
@@ -95,6 +108,11 @@ impl RabbitSettle {
         let Some(acker) = self.acker.take() else {
             return Err(channel_gone(operation));
         };
+        if self.settings.stream {
+            // Only the prefetch credit comes back; the position stays before this delivery.
+            let ack = acker.ack(BasicAckOptions::default());
+            return self.settled(operation, ack).await;
+        }
         let options = BasicNackOptions {
             multiple: false,
             requeue,
@@ -139,6 +157,17 @@ impl Settle for RabbitSettle {
 
     async fn nack(mut self: Box<Self>, nack: Nack) -> Result<()> {
         match nack {
+            Nack::Requeue { delay: Some(delay) } if !delay.is_zero() && self.settings.stream => {
+                self.nack_now(false, NACK).await?;
+                Err(Error::unsupported(format!(
+                    "queue '{}' is a stream, and a delayed requeue cannot reach a stream (RabbitMQ \
+                     drops what a delay queue dead-letters into it); the group's position does \
+                     not move past the message, so it is read again after a restart",
+                    self.queue
+                ))
+                .with_backend(BACKEND)
+                .with_operation(NACK))
+            }
             Nack::Requeue { delay: Some(delay) } if !delay.is_zero() => {
                 let message = with_delay(self.message.clone(), delay);
                 let next = self.attempt.saturating_add(1);
@@ -157,6 +186,16 @@ impl Settle for RabbitSettle {
                 let message = self.message.clone();
                 let queue = self.queue.clone();
                 republish(&mut *self, &queue, message, Some(next)).await
+            }
+            Nack::DeadLetter { .. } if self.settings.stream => {
+                self.nack_now(false, NACK).await?;
+                Err(Error::unsupported(format!(
+                    "queue '{}' is a stream, and streams do not dead-letter; the message stays \
+                     in the stream and the group's position does not move past it",
+                    self.queue
+                ))
+                .with_backend(BACKEND)
+                .with_operation(NACK))
             }
             Nack::DeadLetter { reason } => match self.settings.dead_letter_queue.clone() {
                 Some(dlq) => {
@@ -186,8 +225,15 @@ impl Settle for RabbitSettle {
         };
         // The broker would requeue it anyway when the channel closes; a nack returns it now.
         let wait = self.connection.config.connect_timeout();
+        let stream = self.settings.stream;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
+                if stream {
+                    // A stream refuses nacks; the ack only returns the prefetch credit, and the
+                    // group's position stays before this delivery.
+                    let _ = tokio::time::timeout(wait, acker.ack(BasicAckOptions::default())).await;
+                    return;
+                }
                 let nack = acker.nack(BasicNackOptions {
                     multiple: false,
                     requeue: true,

@@ -1,4 +1,4 @@
-//! The exchange API on RabbitMQ: native exchanges, classic and quorum queues, bindings.
+//! The exchange API on RabbitMQ: native exchanges, classic, quorum and stream queues, bindings.
 //!
 //! Each declaration runs on a fresh channel, so a `PRECONDITION_FAILED` (which makes the broker
 //! close the channel) costs only that channel: it is reported as `Conflict` and the connection
@@ -13,6 +13,7 @@
 //! | `max_delivery_attempts`  | a quorum queue (`x-queue-type=quorum`) with `x-delivery-limit`  |
 //! | `partitions`             | ignored (RabbitMQ queues are not partitioned)                   |
 //! | `extra`                  | passed through as x-arguments: integers as numbers, `true`/`false` as booleans, the rest as strings (e.g. `x-queue-type=quorum`, `x-single-active-consumer=true`) |
+//! | (queue type)             | `x-queue-type=stream` when the spec says so in `extra`, or when the backend was opened with `?queue_type=stream` and the spec names no type. A stream is always durable and takes no `max_length`, `message_ttl`, `dead_letter_queue` or `max_delivery_attempts` (a `Config` error naming the queue); its retention is set through `extra` (`x-max-length-bytes`, `x-max-age`, `x-stream-max-segment-size-bytes`) |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,7 @@ use mailroom_core::{
     Topology,
 };
 
+use crate::config::QueueType;
 use crate::connection::Connection;
 use crate::BACKEND;
 
@@ -42,6 +44,44 @@ pub const QUEUE_TYPE_ARG: &str = "x-queue-type";
 pub(crate) fn is_quorum(spec: &QueueSpec) -> bool {
     spec.max_delivery_attempts.is_some()
         || spec.extra.get(QUEUE_TYPE_ARG).map(String::as_str) == Some("quorum")
+}
+
+/// Whether the spec declares a stream queue: it says so in `extra`, or it names no type and
+/// the backend's queue type is `stream`.
+pub(crate) fn is_stream(spec: &QueueSpec, default: QueueType) -> bool {
+    match spec.extra.get(QUEUE_TYPE_ARG) {
+        Some(kind) => kind == QueueType::Stream.as_str(),
+        None => default == QueueType::Stream,
+    }
+}
+
+/// What a stream queue cannot be declared with, as a `Config` error naming the queue.
+fn check_stream(spec: &QueueSpec) -> Result<()> {
+    let refuse = |what: &str| {
+        Err(Error::config(format!(
+            "queue '{}' is a stream, and RabbitMQ streams {what}",
+            spec.name
+        )))
+    };
+    if !spec.durable {
+        return refuse("are always durable; declare it durable");
+    }
+    if spec.max_length.is_some() {
+        return refuse(
+            "cannot be bounded by message count (set retention with x-max-length-bytes or \
+             x-max-age in extra)",
+        );
+    }
+    if spec.message_ttl.is_some() {
+        return refuse("have no per-message TTL (x-max-age in extra sets retention)");
+    }
+    if spec.dead_letter_queue.is_some() {
+        return refuse("do not dead-letter");
+    }
+    if spec.max_delivery_attempts.is_some() {
+        return refuse("keep no delivery count (max_delivery_attempts needs a quorum queue)");
+    }
+    Ok(())
 }
 
 fn short(what: &str, name: &str) -> Result<ShortString> {
@@ -60,10 +100,17 @@ fn millis(d: Duration) -> AMQPValue {
     AMQPValue::LongLongInt(d.as_millis().min(i64::MAX as u128) as i64)
 }
 
-/// The x-arguments of a queue declaration, or a `Config` error for a spec RabbitMQ cannot honour.
-pub(crate) fn queue_arguments(spec: &QueueSpec) -> Result<FieldTable> {
+/// The x-arguments of a queue declaration, or a `Config` error for a spec RabbitMQ cannot honour;
+/// `default` is the backend's queue type, for a spec that names none.
+pub(crate) fn queue_arguments(spec: &QueueSpec, default: QueueType) -> Result<FieldTable> {
     let ctx = |e: Error| e.with_backend(BACKEND).with_operation(DECLARE_QUEUE);
     let mut args = FieldTable::default();
+    if is_stream(spec, default) {
+        check_stream(spec).map_err(ctx)?;
+        if !spec.extra.contains_key(QUEUE_TYPE_ARG) {
+            args.insert(QUEUE_TYPE_ARG.into(), long(QueueType::Stream.as_str()));
+        }
+    }
     for (key, value) in &spec.extra {
         let key = short("queue argument", key).map_err(ctx)?;
         let value = if let Ok(n) = value.parse::<i64>() {
@@ -286,7 +333,7 @@ impl Topology for RabbitTopology {
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<()> {
         self.connection.check_open(DECLARE_QUEUE)?;
-        let args = queue_arguments(spec)?;
+        let args = queue_arguments(spec, self.connection.config.queue_type)?;
         let what = format!("queue '{}'", spec.name);
         self.connection
             .with_channel(DECLARE_QUEUE, &what, |ch| {
@@ -307,6 +354,22 @@ impl Topology for RabbitTopology {
 
     async fn delete_queue(&self, name: &str) -> Result<()> {
         self.connection.check_open(DELETE_QUEUE)?;
+        if self.connection.queue_settings(name).stream {
+            // The group's stored position goes with the stream: a stream declared again under
+            // this name starts at offset 0, and an old position would skip its first messages.
+            let position = crate::stream::position_queue(name);
+            let what = format!("queue '{position}' (the position of stream '{name}')");
+            self.connection
+                .with_channel(DELETE_QUEUE, &what, |ch| {
+                    let position = position.clone();
+                    async move {
+                        ch.queue_delete(position.as_str().into(), QueueDeleteOptions::default())
+                            .await
+                            .map(drop)
+                    }
+                })
+                .await?;
+        }
         let what = format!("queue '{name}'");
         self.connection
             .with_channel(DELETE_QUEUE, &what, |ch| async move {
@@ -429,4 +492,51 @@ pub(crate) async fn declare_delay_queue(
     )
     .await?;
     Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailroom_core::ErrorKind;
+
+    fn queue_type(args: &FieldTable) -> Option<String> {
+        match args.inner().get(QUEUE_TYPE_ARG) {
+            Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_stream_is_declared_by_the_backends_type_or_by_the_spec() {
+        let plain = QueueSpec::new("q");
+        let args = queue_arguments(&plain, QueueType::Stream).unwrap();
+        assert_eq!(queue_type(&args).as_deref(), Some("stream"));
+        assert_eq!(
+            queue_type(&queue_arguments(&plain, QueueType::Classic).unwrap()),
+            None
+        );
+        let named = QueueSpec::new("q").extra(QUEUE_TYPE_ARG, "stream");
+        let args = queue_arguments(&named, QueueType::Classic).unwrap();
+        assert_eq!(queue_type(&args).as_deref(), Some("stream"));
+        assert!(is_stream(&named, QueueType::Classic));
+        // A spec that names another type keeps it on a stream backend.
+        let classic = QueueSpec::new("q").extra(QUEUE_TYPE_ARG, "classic");
+        assert!(!is_stream(&classic, QueueType::Stream));
+    }
+
+    #[test]
+    fn what_a_stream_cannot_honour_is_a_config_error_naming_the_queue() {
+        let refused = [
+            QueueSpec::new("s").durable(false),
+            QueueSpec::new("s").max_length(10, mailroom_core::Overflow::Reject),
+            QueueSpec::new("s").message_ttl(Duration::from_secs(1)),
+            QueueSpec::new("s").dead_letter_queue("dlq"),
+            QueueSpec::new("s").max_delivery_attempts(3),
+        ];
+        for spec in refused {
+            let err = queue_arguments(&spec, QueueType::Stream).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{spec:?}: {err}");
+            assert!(err.to_string().contains("queue 's' is a stream"), "{err}");
+        }
+    }
 }
