@@ -19,10 +19,16 @@
 //! Beside the suite: [`RestartScenario`], the one broker-restart fault scenario every backend
 //! that can restart its broker runs with its own [`RestartHook`]; [`Tally`] for duplicate-aware
 //! counting; [`Waypoints`] and [`within`] to bound a long test and name where it hung; and
-//! [`local_broker`] to name the broker `scripts/brokers.sh` runs.
+//! [`local_broker`] to name the broker `scripts/brokers.sh` runs; [`relay`], the loopback TCP
+//! relay a test breaks the network with (cut, stall, slow, or at a point of the protocol), and
+//! [`NetworkFaultScenario`], the traffic-through-a-fault check every networked backend runs;
+//! [`process_kills`], consumer and producer processes SIGKILLed mid-run.
 
 mod cases;
 mod local_broker;
+mod network_faults;
+pub mod process_kills;
+pub mod relay;
 mod report;
 mod restart;
 mod suite;
@@ -32,6 +38,7 @@ mod waypoints;
 use mailroom_core::{Error, ErrorKind, Result};
 
 pub use local_broker::local_broker;
+pub use network_faults::{Bounds, NetworkFault, NetworkFaultReport, NetworkFaultScenario};
 pub use report::{CaseResult, Outcome, Report};
 pub use restart::{Failure, LocalRestart, RestartHook, RestartReport, RestartScenario, Retention};
 pub use suite::{Case, Conformance, Factory, Fixture};
