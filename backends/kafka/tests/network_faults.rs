@@ -71,7 +71,8 @@ async fn sends_and_receives_end_bounded_and_nothing_confirmed_is_lost_through_ne
                 ack: SLACK,
                 poll,
                 before: Duration::from_millis(1500),
-                fault: Duration::from_secs(4),
+                // Longer than the backend's own send timeout, so that sends fail (typed) during it.
+                fault: Duration::from_secs(6),
                 after: Duration::from_secs(2),
                 recovery: Duration::from_secs(45),
             },

@@ -409,8 +409,11 @@ pub fn main(connect: Connect, scenario: impl FnOnce(Connect) -> ProcessKillScena
         return ExitCode::SUCCESS;
     }
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let wanted =
-        |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
+    // As libtest would: `--ignored` runs only ignored tests, and neither run is ignored.
+    let ignored_only = args.iter().any(|a| a == "--ignored");
+    let wanted = |name: &str| {
+        !ignored_only && (filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+    };
     let scenario = scenario(connect);
     let mut failed = false;
     runtime.block_on(async {

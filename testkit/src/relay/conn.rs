@@ -49,18 +49,24 @@ impl Connection {
     /// Forward nothing more on it either way and keep both sockets open (a frozen peer); only
     /// [`Connection::cut`] (or the relay's) ends it.
     pub fn stall(&self) {
-        self.state
-            .send_if_modified(|s| !std::mem::replace(&mut s.stalled, true));
-        self.events.push(format!("conn {}: stalled", self.number));
+        if self
+            .state
+            .send_if_modified(|s| !std::mem::replace(&mut s.stalled, true))
+        {
+            self.events.push(format!("conn {}: stalled", self.number));
+        }
     }
 
     /// Stop reading what the client sends (a peer that stopped taking its bytes) while what
     /// the upstream sends still reaches the client.
     pub fn block_client(&self) {
-        self.state
-            .send_if_modified(|s| !std::mem::replace(&mut s.blocked, true));
-        self.events
-            .push(format!("conn {}: client blocked", self.number));
+        if self
+            .state
+            .send_if_modified(|s| !std::mem::replace(&mut s.blocked, true))
+        {
+            self.events
+                .push(format!("conn {}: client blocked", self.number));
+        }
     }
 
     /// Close both sockets now.
@@ -139,8 +145,9 @@ impl Pump {
                     Step::Stall(n) => {
                         let n = n.min(held.len());
                         self.send(&mut conn, to, &held[..n]).await?;
-                        held.drain(..n);
                         self.conn.stall();
+                        // For good: nothing more is read or forwarded until the cut.
+                        return wait_for(&mut conn, |s| s.cut).await;
                     }
                     Step::Cut(n) => {
                         let n = n.min(held.len());

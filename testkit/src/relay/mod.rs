@@ -32,6 +32,8 @@
 
 mod conn;
 mod hook;
+#[cfg(test)]
+mod tests;
 
 use std::io;
 use std::net::SocketAddr;
