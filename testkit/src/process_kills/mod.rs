@@ -37,7 +37,7 @@ use mailroom_core::{Backend, ConsumerOptions, Destination, Message, QueueSpec, R
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-use crate::check_failed;
+use crate::{check_failed, Waypoints};
 use child::Role;
 
 /// Opens a backend from a URL (in the test and in its child processes).
@@ -54,6 +54,8 @@ pub struct ProcessKillScenario {
     batch: u32,
     child_bound: Duration,
     quiet: Duration,
+    overall: Duration,
+    waypoints: Waypoints,
 }
 
 /// What the consumer-kill run saw.
@@ -122,6 +124,8 @@ impl ProcessKillScenario {
             batch: 50,
             child_bound: Duration::from_secs(60),
             quiet: Duration::from_secs(3),
+            overall: Duration::from_secs(240),
+            waypoints: Waypoints::default(),
         }
     }
 
@@ -151,6 +155,17 @@ impl ProcessKillScenario {
     pub fn quiet(mut self, quiet: Duration) -> Self {
         self.quiet = quiet;
         self
+    }
+
+    /// The bound on each run as a whole; running out fails it naming the step it was in
+    /// (default 240 s).
+    pub fn overall(mut self, overall: Duration) -> Self {
+        self.overall = overall;
+        self
+    }
+
+    fn at(&self, what: impl Into<String>) {
+        self.waypoints.at("run", what);
     }
 
     async fn declare(&self, what: &str) -> Result<(Arc<dyn Backend>, String)> {
@@ -195,6 +210,7 @@ impl ProcessKillScenario {
     /// first `kills` once it printed its share; the last one must print every message.
     pub async fn consumer_kills(&self) -> Result<ConsumerKillReport> {
         let started = Instant::now();
+        self.at("declare the queue and send the messages");
         let (backend, queue) = self.declare("consumer").await?;
         let producer = backend.producer().await?;
         let dest = Destination::queue(&queue);
@@ -217,6 +233,7 @@ impl ProcessKillScenario {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let share = self.messages / (self.kills + 2);
         for k in 1..=self.kills {
+            self.at(format!("consumer process {k} of {}", self.kills + 1));
             let mut running = self.child("consume", &queue)?;
             let mut printed = 0;
             while printed < share {
@@ -238,6 +255,7 @@ impl ProcessKillScenario {
                 }
             }
         }
+        self.at("the last consumer process");
         let mut last = self.child("consume", &queue)?;
         while !sent.iter().all(|p| seen.contains_key(p)) {
             let missing = sent.iter().filter(|p| !seen.contains_key(*p)).count();
@@ -278,7 +296,9 @@ impl ProcessKillScenario {
     /// every reported message in the queue.
     pub async fn producer_kill(&self) -> Result<ProducerKillReport> {
         let started = Instant::now();
+        self.at("declare the queue");
         let (backend, queue) = self.declare("producer").await?;
+        self.at("the producer process");
         let mut running = self.child("produce", &queue)?;
         let mut reported = HashSet::new();
         while reported.len() < self.messages / 3 {
@@ -297,6 +317,7 @@ impl ProcessKillScenario {
                 reported.insert(payload.to_owned());
             }
         }
+        self.at("find every reported message in the queue");
         let mut consumer = backend.consumer(&queue, ConsumerOptions::default()).await?;
         let mut found: HashMap<String, usize> = HashMap::new();
         let deadline = Instant::now() + self.child_bound;
@@ -338,6 +359,20 @@ impl ProcessKillScenario {
             duplicates: found.values().map(|n| n - 1).sum(),
             took: started.elapsed(),
         })
+    }
+}
+
+impl ProcessKillScenario {
+    /// `run` within the overall bound; running out names the step it was in.
+    async fn bounded<T>(&self, run: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.overall, run).await {
+            Ok(result) => result,
+            Err(_) => Err(check_failed(format!(
+                "did not finish within {:?}; it was waiting in: {}",
+                self.overall,
+                self.waypoints.report()
+            ))),
+        }
     }
 }
 
@@ -418,7 +453,7 @@ pub fn main(connect: Connect, scenario: impl FnOnce(Connect) -> ProcessKillScena
     let mut failed = false;
     runtime.block_on(async {
         if wanted(names[0]) {
-            match scenario.consumer_kills().await {
+            match scenario.bounded(scenario.consumer_kills()).await {
                 Ok(report) => println!("test {} ... ok: {report}", names[0]),
                 Err(e) => {
                     failed = true;
@@ -427,7 +462,7 @@ pub fn main(connect: Connect, scenario: impl FnOnce(Connect) -> ProcessKillScena
             }
         }
         if wanted(names[1]) {
-            match scenario.producer_kill().await {
+            match scenario.bounded(scenario.producer_kill()).await {
                 Ok(report) => println!("test {} ... ok: {report}", names[1]),
                 Err(e) => {
                     failed = true;
