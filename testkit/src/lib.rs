@@ -20,10 +20,16 @@
 //! that can restart its broker runs with its own [`RestartHook`]; [`SoakScenario`], the long
 //! steady-rate run (lost, duplicates, latency, resident memory) `scripts/soak.sh` drives; [`Tally`] for duplicate-aware
 //! counting; [`Waypoints`] and [`within`] to bound a long test and name where it hung; and
-//! [`local_broker`] to name the broker `scripts/brokers.sh` runs.
+//! [`local_broker`] to name the broker `scripts/brokers.sh` runs; [`relay`], the loopback TCP
+//! relay a test breaks the network with (cut, stall, slow, or at a point of the protocol), and
+//! [`NetworkFaultScenario`], the traffic-through-a-fault check every networked backend runs;
+//! [`process_kills`], consumer and producer processes SIGKILLed mid-run.
 
 mod cases;
 mod local_broker;
+mod network_faults;
+pub mod process_kills;
+pub mod relay;
 mod report;
 mod restart;
 mod soak;
@@ -34,6 +40,7 @@ mod waypoints;
 use mailroom_core::{Error, ErrorKind, Result};
 
 pub use local_broker::local_broker;
+pub use network_faults::{Bounds, NetworkFault, NetworkFaultReport, NetworkFaultScenario};
 pub use report::{CaseResult, Outcome, Report};
 pub use restart::{Failure, LocalRestart, RestartHook, RestartReport, RestartScenario, Retention};
 pub use soak::{resident_kib, LatencyPercentiles, RssSample, SoakReport, SoakScenario};

@@ -10,6 +10,11 @@ use mailroom_core::{Backend, Capability, Result};
 use crate::cases;
 use crate::report::{CaseResult, Outcome, Report};
 
+/// Cases that [`Conformance::copies`] runs once: they check how work is shared between
+/// consumers, which ten copies at once on a small machine turn into a test of the scheduler
+/// (one consumer starved of CPU takes nothing), not of the backend.
+const RUN_ONCE: &[&str] = &["competing_consumers_share"];
+
 /// Opens a fresh connection to the backend under test.
 pub type Factory = Arc<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn Backend>>> + Send + Sync>;
 
@@ -46,6 +51,7 @@ pub struct Conformance {
     factory: Factory,
     case_timeout: Duration,
     broker: Option<String>,
+    copies: usize,
 }
 
 impl Conformance {
@@ -59,6 +65,7 @@ impl Conformance {
             factory: Arc::new(move || Box::pin(factory())),
             case_timeout: Duration::from_secs(120),
             broker: None,
+            copies: 1,
         }
     }
 
@@ -72,6 +79,14 @@ impl Conformance {
     /// Fail a case that runs longer than this (default 120 s).
     pub fn case_timeout(mut self, timeout: Duration) -> Self {
         self.case_timeout = timeout;
+        self
+    }
+
+    /// Run `copies` copies of each case at once (each with its own backend and names), to find
+    /// races between concurrent users of a backend and a broker; a case passes only if every
+    /// copy does (default 1). The cases that measure how consumers share a queue run once.
+    pub fn copies(mut self, copies: usize) -> Self {
+        self.copies = copies.max(1);
         self
     }
 
@@ -92,7 +107,11 @@ impl Conformance {
         };
         match (self.factory)().await {
             Ok(b) => {
-                report.backend = b.name().to_owned();
+                report.backend = match self.copies {
+                    1 => b.name().to_owned(),
+                    // Its own report file beside the one-copy run's.
+                    n => format!("{}-x{n}", b.name()),
+                };
                 let reported = b
                     .server_version()
                     .await
@@ -121,7 +140,7 @@ impl Conformance {
             {
                 continue;
             }
-            report.results.push(self.run_case(case).await);
+            report.results.push(self.run_copies(case).await);
         }
         report
     }
@@ -135,6 +154,55 @@ impl Conformance {
                 "the backend's close did not return within {:?}",
                 self.case_timeout
             )),
+        }
+    }
+
+    /// `self.copies` copies of `case` at once, as one result: the first failure (naming how many
+    /// copies failed), else the first copy's note.
+    async fn run_copies(&self, case: &'static Case) -> CaseResult {
+        if self.copies == 1 {
+            return self.run_case(case).await;
+        }
+        if RUN_ONCE.contains(&case.name) {
+            let mut once = self.run_case(case).await;
+            if let Outcome::Passed { note } = &mut once.outcome {
+                *note = format!(
+                    "run once, not x{}: it measures scheduling; {note}",
+                    self.copies
+                );
+            }
+            return once;
+        }
+        let start = Instant::now();
+        let results =
+            futures_util::future::join_all((0..self.copies).map(|_| self.run_case(case))).await;
+        let n = self.copies;
+        let mut failed = results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match &r.outcome {
+                Outcome::Failed { error } => Some(format!("copy {}: {error}", i + 1)),
+                _ => None,
+            })
+            .peekable();
+        let outcome = match failed.peek().cloned() {
+            Some(first) => Outcome::Failed {
+                error: format!("{} of {n} copies failed; {first}", failed.count()),
+            },
+            None => match results.into_iter().next().map(|r| r.outcome) {
+                Some(Outcome::Passed { note }) => Outcome::Passed {
+                    note: format!("x{n} at once; copy 1: {note}"),
+                },
+                Some(other) => other,
+                None => Outcome::Failed {
+                    error: "no copy ran".into(),
+                },
+            },
+        };
+        CaseResult {
+            name: case.name,
+            outcome,
+            elapsed: start.elapsed(),
         }
     }
 

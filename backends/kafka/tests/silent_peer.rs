@@ -6,22 +6,21 @@
 //! `operation_timeout_ms`. Nothing confirmed is lost: what was not
 //! committed is delivered again. Afterwards the same backend works again without a new connect.
 //!
-//! The backend connects through a relay on 127.0.0.1:9095 (what the broker's FAULTS listener
-//! advertises; see `common/relay.rs`), so every connection librdkafka makes passes through it.
+//! The backend connects through the testkit's relay on 127.0.0.1:9095 (what the broker's FAULTS
+//! listener advertises, scripts/kafka/), forwarding to that listener on 127.0.0.1:9094, so every
+//! connection librdkafka makes (bootstrap, then the broker from metadata) passes through it.
 //! One test function runs both scenarios in turn: only one relay can bind 9095.
-
-mod common;
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::relay::Relay;
 use mailroom_core::{
     Backend, ConsumerOptions, Delivery, Destination, Error, ErrorKind, Message, QueueSpec,
 };
 use mailroom_kafka::KafkaBackend;
+use mailroom_testkit::relay::Relay;
 
 /// `message.timeout.ms` of the backend under test: bounds a send's confirm, flush and close.
 const MESSAGE_TIMEOUT: Duration = Duration::from_millis(4000);
@@ -45,12 +44,15 @@ const RECOVERY: Duration = Duration::from_secs(30);
 const OVERALL: Duration = Duration::from_secs(150);
 
 const DIRECT_URL: &str = "kafka://127.0.0.1:9092";
+/// Where the relay listens: the address the broker's FAULTS listener advertises.
+const RELAY_LISTEN: &str = "127.0.0.1:9095";
+/// The FAULTS listener the relay forwards to.
+const FAULTS_LISTENER: &str = "127.0.0.1:9094";
 
 fn relay_url() -> String {
     format!(
-        "kafka://127.0.0.1:{}?message.timeout.ms={}&operation_timeout_ms={}\
+        "kafka://{RELAY_LISTEN}?message.timeout.ms={}&operation_timeout_ms={}\
          &reconnect.backoff.max.ms={}",
-        common::relay::LISTEN.rsplit(':').next().unwrap(),
         MESSAGE_TIMEOUT.as_millis(),
         OPERATION_TIMEOUT.as_millis(),
         RECONNECT_BACKOFF_MAX.as_millis()
@@ -114,7 +116,7 @@ enum Fault {
 impl Fault {
     fn apply(self, relay: &Relay) {
         match self {
-            Fault::Freeze => relay.freeze(),
+            Fault::Freeze => relay.stall(),
             Fault::Cut => relay.cut(),
         }
     }
@@ -124,7 +126,13 @@ impl Fault {
 async fn every_call_is_bounded_when_the_broker_freezes_or_is_cut() {
     let steps = Steps::default();
     let run = async {
-        let relay = Relay::start().await;
+        let relay = Relay::builder(FAULTS_LISTENER)
+            .listen(RELAY_LISTEN)
+            .start()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("cannot bind the relay on {RELAY_LISTEN} (is another test using it?): {e}")
+            });
         scenario(&steps, &relay, Fault::Freeze).await;
         scenario(&steps, &relay, Fault::Cut).await;
     };
@@ -299,7 +307,7 @@ async fn scenario(steps: &Steps, relay: &Relay, fault: Fault) {
     assert_typed(&step("delete"), &deleted.expect_err("delete fails"));
 
     // Recovery, on the same backend.
-    relay.pass();
+    relay.heal();
     let back = Message::new(format!("{name}-after"));
     steps
         .within(
@@ -371,7 +379,7 @@ async fn scenario(steps: &Steps, relay: &Relay, fault: Fault) {
     if let Err(e) = &closed {
         assert_typed(&step("2nd consumer close"), e);
     }
-    relay.pass();
+    relay.heal();
 
     // The dropped delivery was neither committed nor requeued: a new member receives it.
     let mut check = steps

@@ -56,3 +56,22 @@ async fn memory_inside_every_layer_passes_the_whole_conformance_suite() {
     report.assert_passed();
     report.assert_skipped_only(&SKIPPED);
 }
+
+/// Ten copies of every case at once, each on its own backend: races between concurrent users
+/// of the memory broker's shared state show up here, not in the one-at-a-time runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_passes_the_whole_conformance_suite_ten_copies_at_once() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let report = Conformance::new(|| async {
+        Registry::new()
+            .with(MemoryFactory)
+            .connect("memory://")
+            .await
+    })
+    .copies(10)
+    .run()
+    .await;
+    report.print();
+    report.assert_passed();
+    report.assert_skipped_only(&SKIPPED);
+}

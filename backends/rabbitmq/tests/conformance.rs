@@ -35,3 +35,25 @@ async fn rabbitmq_passes_the_conformance_suite() {
     })
     .await;
 }
+
+/// Ten copies of every case at once, each on its own connection and queues: races between
+/// concurrent producers and consumers of one broker show up here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_passes_the_conformance_suite_ten_copies_at_once() {
+    let waypoints = Waypoints::default();
+    waypoints.at(
+        "suite",
+        "running ten copies of each case (the testkit bounds each at 120 s)",
+    );
+    within(Duration::from_secs(900), &waypoints, async {
+        let report = Conformance::new(|| async {
+            Registry::new().with(RabbitFactory).connect(&url()).await
+        })
+        .copies(10)
+        .run()
+        .await;
+        report.print();
+        report.assert_passed();
+    })
+    .await;
+}

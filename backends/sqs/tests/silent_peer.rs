@@ -4,8 +4,8 @@
 //! or `Connection` error, within a bound derived from `connect_timeout_ms`,
 //! `operation_timeout_ms` and `wait_time_ms`; and nothing accepted before the silence is lost.
 //!
-//! A loopback TCP relay sits between the backend and fauxqs (scripts/brokers.sh) and, on
-//! command, swallows everything in both directions while holding the sockets open, or passes an
+//! The testkit's loopback TCP relay sits between the backend and fauxqs (scripts/brokers.sh)
+//! and, on command, swallows everything in both directions while holding the sockets open, or passes an
 //! answer up to the middle of its head or the start of its body and then stalls or hangs up.
 
 use std::future::Future;
@@ -19,9 +19,8 @@ use mailroom_core::{
     Producer, QueueSpec,
 };
 use mailroom_sqs::{SqsBackend, SqsConfig, SqsConsumer, DEFAULT_URL};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use mailroom_testkit::relay::{Direction, Hook, Relay as TestkitRelay, Step, StreamHook};
+use tokio::net::TcpStream;
 
 /// The timeouts a test configures; its bounds are derived from them.
 #[derive(Clone, Copy)]
@@ -97,91 +96,90 @@ fn upstream() -> SocketAddr {
         .expect("the SQS endpoint's address")
 }
 
+/// The testkit's relay to fauxqs, with a hook on the answers that breaks them off in the
+/// current mode.
 struct Relay {
-    port: u16,
+    relay: TestkitRelay,
     mode: Arc<AtomicU8>,
 }
 
 impl Relay {
     fn set(&self, mode: u8) {
         self.mode.store(mode, Ordering::SeqCst);
+        if mode == SILENT {
+            self.relay.stall();
+        } else {
+            self.relay.heal();
+        }
     }
 
     fn url(&self, t: Timeouts) -> String {
         format!(
             "sqs://127.0.0.1:{}?region=us-east-1&connect_timeout_ms={}&operation_timeout_ms={}\
              &wait_time_ms={}",
-            self.port, t.connect_ms, t.operation_ms, t.wait_ms
+            self.relay.port(),
+            t.connect_ms,
+            t.operation_ms,
+            t.wait_ms
         )
     }
 }
 
 async fn relay(mode: u8) -> Relay {
-    let upstream = upstream();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let mode = Arc::new(AtomicU8::new(mode));
-    let flag = mode.clone();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            if flag.load(Ordering::SeqCst) == SILENT {
-                // Accepted, never read, never answered, never closed (until the test ends).
-                tokio::spawn(async move {
-                    let _held = client;
-                    std::future::pending::<()>().await;
-                });
-                continue;
-            }
-            let Ok(server) = TcpStream::connect(upstream).await else {
-                continue;
-            };
-            let (client_read, client_write) = client.into_split();
-            let (server_read, server_write) = server.into_split();
-            tokio::spawn(pump(client_read, server_write, flag.clone(), false));
-            tokio::spawn(pump(server_read, client_write, flag.clone(), true));
-        }
-    });
-    Relay { port, mode }
+    let relay = TestkitRelay::builder(&upstream().to_string())
+        .hook(AnswerHook(mode.clone()))
+        .start()
+        .await
+        .unwrap();
+    let relay = Relay { relay, mode };
+    relay.set(relay.mode.load(Ordering::SeqCst));
+    relay
 }
 
-/// How much of this chunk the relay passes on in `mode`, and whether it stops after that.
-fn pass(mode: u8, answer: bool, chunk: &[u8], head_done: &mut bool) -> (usize, bool) {
-    match mode {
-        FORWARD => (chunk.len(), false),
-        SILENT => (0, true),
-        _ if !answer => (chunk.len(), false),
-        STALL_HEAD | CUT_HEAD => (chunk.len().min(12), true),
-        _ if *head_done => (1, true),
-        _ => match chunk.windows(4).position(|w| w == b"\r\n\r\n") {
-            Some(end) if end + 4 < chunk.len() => (end + 5, true),
-            Some(_) => {
-                *head_done = true;
-                (chunk.len(), false)
-            }
-            None => (chunk.len(), false),
-        },
+/// Breaks the answers (fauxqs to the client) off as the mode says; requests pass untouched.
+struct AnswerHook(Arc<AtomicU8>);
+
+impl Hook for AnswerHook {
+    fn open(&self, _connection: usize, direction: Direction) -> Option<Box<dyn StreamHook>> {
+        (direction == Direction::ToClient).then(|| {
+            Box::new(Answers {
+                mode: self.0.clone(),
+                head_done: false,
+            }) as Box<dyn StreamHook>
+        })
     }
 }
 
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mode: Arc<AtomicU8>, answer: bool) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut head_done = false;
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let mode = mode.load(Ordering::SeqCst);
-        let (passed, stop) = pass(mode, answer, &buf[..n], &mut head_done);
-        if to.write_all(&buf[..passed]).await.is_err() {
-            return;
-        }
-        if stop {
+/// One connection's answers, and whether the current answer's head has gone through.
+struct Answers {
+    mode: Arc<AtomicU8>,
+    head_done: bool,
+}
+
+impl StreamHook for Answers {
+    fn step(&mut self, chunk: &[u8]) -> Step {
+        let mode = self.mode.load(Ordering::SeqCst);
+        let stop = |n| {
             if matches!(mode, CUT_HEAD | CUT_BODY) {
-                return;
+                Step::Cut(n)
+            } else {
+                Step::Stall(n)
             }
-            // Silence, not a hang-up: both sockets stay open until the test's runtime ends.
-            std::future::pending::<()>().await;
+        };
+        match mode {
+            STALL_HEAD | CUT_HEAD => stop(chunk.len().min(12)),
+            STALL_BODY | CUT_BODY if self.head_done => stop(1),
+            STALL_BODY | CUT_BODY => match chunk.windows(4).position(|w| w == b"\r\n\r\n") {
+                Some(end) if end + 4 < chunk.len() => stop(end + 5),
+                Some(_) => {
+                    self.head_done = true;
+                    Step::Forward(chunk.len())
+                }
+                None => Step::Forward(chunk.len()),
+            },
+            // FORWARD; SILENT is the relay's own stall.
+            _ => Step::Forward(chunk.len()),
         }
     }
 }

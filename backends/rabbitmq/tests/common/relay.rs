@@ -1,6 +1,7 @@
-//! A TCP relay to the RabbitMQ on 127.0.0.1:5672 that fails connections at a chosen point.
+//! The testkit's relay to the RabbitMQ on 127.0.0.1:5672, with an AMQP hook that fails
+//! connections at a chosen point.
 //!
-//! It reads the client's side of each connection as AMQP frames (after the 8-byte protocol
+//! The hook reads the client's side of each connection as AMQP frames (after the 8-byte protocol
 //! header: type u8, channel u16, size u32, payload, 0xCE; a method frame's payload starts with
 //! class-id u16, method-id u16), so a fault can fire exactly before a given method reaches the
 //! broker, or after a given number of bytes. Connections are numbered in the order the relay
@@ -16,13 +17,10 @@
 //! - [`Action::Cut`]: both sockets close (a broker that died or restarted).
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use mailroom_testkit::relay::{self as testkit_relay, Direction, Hook, Step, StreamHook};
 
 /// The broker every relay forwards to.
 pub const BROKER: &str = "127.0.0.1:5672";
@@ -134,30 +132,13 @@ impl fmt::Display for Fault {
     }
 }
 
-struct Conn {
-    n: usize,
-    stalled: AtomicBool,
-    /// The client's bytes are no longer read, so its writes back up once the socket buffers
-    /// are full; the broker's still reach it.
-    blocked: AtomicBool,
-    kill: watch::Sender<bool>,
-}
-
-impl Conn {
-    fn cut(&self) {
-        let _ = self.kill.send(true);
-    }
-}
-
 #[derive(Default)]
-struct Inner {
+struct Faults {
     faults: Mutex<Vec<Arc<Fault>>>,
-    conns: Mutex<Vec<Arc<Conn>>>,
-    accepted: AtomicUsize,
     events: Mutex<Vec<String>>,
 }
 
-impl Inner {
+impl Faults {
     fn event(&self, text: String) {
         self.events.lock().unwrap().push(text);
     }
@@ -208,56 +189,109 @@ fn frame_len(buf: &[u8]) -> Option<usize> {
     (buf.len() >= len).then_some(len)
 }
 
-/// The relay: a listener on 127.0.0.1 and the faults it applies.
+/// The AMQP hook: applies the faults to the client's stream, frame by frame.
+struct AmqpHook(Arc<Faults>);
+
+impl Hook for AmqpHook {
+    fn open(&self, connection: usize, direction: Direction) -> Option<Box<dyn StreamHook>> {
+        (direction == Direction::ToUpstream).then(|| {
+            Box::new(AmqpStream {
+                faults: self.0.clone(),
+                n: connection,
+                header_done: false,
+                sent: 0,
+                swallowing: None,
+                then_discard: 0,
+            }) as Box<dyn StreamHook>
+        })
+    }
+}
+
+/// One client stream: where it is in the framing.
+struct AmqpStream {
+    faults: Arc<Faults>,
+    n: usize,
+    header_done: bool,
+    /// Bytes forwarded so far (protocol header included).
+    sent: usize,
+    /// While set, content frames on this channel are dropped with the method they follow.
+    swallowing: Option<u16>,
+    /// The rest of a frame a byte fault swallowed after letting its head through.
+    then_discard: usize,
+}
+
+impl StreamHook for AmqpStream {
+    fn step(&mut self, held: &[u8]) -> Step {
+        if self.then_discard > 0 {
+            return Step::Discard(std::mem::take(&mut self.then_discard));
+        }
+        if !self.header_done {
+            if held.len() < 8 {
+                return Step::Wait;
+            }
+            self.header_done = true;
+            self.sent += 8;
+            return Step::Forward(8);
+        }
+        let Some(len) = frame_len(held) else {
+            return Step::Wait;
+        };
+        let frame = &held[..len];
+        let channel = u16::from_be_bytes([frame[1], frame[2]]);
+        if let Some(ch) = self.swallowing {
+            if channel == ch && (frame[0] == 2 || frame[0] == 3) {
+                return Step::Discard(len);
+            }
+            self.swallowing = None;
+        }
+        let Some((fault, through)) = self.faults.fault_for(self.n, frame, self.sent) else {
+            self.sent += len;
+            return Step::Forward(len);
+        };
+        self.faults.event(format!("conn {}: {fault}", self.n));
+        self.sent += through;
+        match fault.action {
+            Action::Stall => Step::Stall(through),
+            Action::Cut => Step::Cut(through),
+            Action::Swallow => {
+                self.swallowing = Some(channel);
+                if through == 0 {
+                    Step::Discard(len)
+                } else {
+                    self.then_discard = len - through;
+                    Step::Forward(through)
+                }
+            }
+        }
+    }
+}
+
+/// The relay: the testkit's, with the AMQP faults placed on it.
 pub struct Relay {
-    port: u16,
-    inner: Arc<Inner>,
+    relay: testkit_relay::Relay,
+    faults: Arc<Faults>,
 }
 
 impl Relay {
     /// Listen on a free port of 127.0.0.1 and forward every connection to [`BROKER`].
     pub async fn start() -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let inner = Arc::new(Inner::default());
-        let shared = inner.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let n = shared.accepted.fetch_add(1, Ordering::SeqCst) + 1;
-                let Ok(broker) = TcpStream::connect(BROKER).await else {
-                    shared.event(format!("conn {n}: broker unreachable"));
-                    continue;
-                };
-                let (kill, _) = watch::channel(false);
-                let conn = Arc::new(Conn {
-                    n,
-                    stalled: AtomicBool::new(false),
-                    blocked: AtomicBool::new(false),
-                    kill,
-                });
-                shared.conns.lock().unwrap().push(conn.clone());
-                let (client_read, client_write) = client.into_split();
-                let (broker_read, broker_write) = broker.into_split();
-                tokio::spawn(upstream(
-                    shared.clone(),
-                    conn.clone(),
-                    client_read,
-                    broker_write,
-                ));
-                tokio::spawn(downstream(conn, broker_read, client_write));
-            }
-        });
-        Relay { port, inner }
+        let faults = Arc::new(Faults::default());
+        let relay = testkit_relay::Relay::builder(BROKER)
+            .hook(AmqpHook(faults.clone()))
+            .start()
+            .await
+            .unwrap();
+        Relay { relay, faults }
     }
 
     /// The port it listens on.
     pub fn port(&self) -> u16 {
-        self.port
+        self.relay.port()
     }
 
     /// An `amqp://` URL (guest, default vhost) through the relay, with `query` appended.
     pub fn url(&self, query: &str) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f?{query}", self.port)
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f?{query}", self.port())
     }
 
     /// Place a fault; it applies to connections accepted from now on as well as open ones.
@@ -268,187 +302,58 @@ impl Relay {
             action,
             fired: AtomicUsize::new(0),
         });
-        self.inner.faults.lock().unwrap().push(fault.clone());
+        self.faults.faults.lock().unwrap().push(fault.clone());
         fault
     }
 
     /// Remove every fault (connections already stalled stay stalled).
     pub fn clear_faults(&self) {
-        self.inner.faults.lock().unwrap().clear();
+        self.faults.faults.lock().unwrap().clear();
     }
 
     /// Close every open connection, as a broker restart does.
     pub fn cut_all(&self) {
-        for conn in self.inner.conns.lock().unwrap().drain(..) {
-            conn.cut();
-        }
+        self.relay.close_connections();
     }
 
     /// Close the connections that are stalled or blocked, as the broker does once its
     /// heartbeat notices them (until then it keeps what it delivered on them); returns how many.
     pub fn cut_stalled(&self) -> usize {
-        let mut conns = self.inner.conns.lock().unwrap();
-        let before = conns.len();
-        conns.retain(|conn| {
-            let stalled =
-                conn.stalled.load(Ordering::SeqCst) || conn.blocked.load(Ordering::SeqCst);
-            if stalled {
-                conn.cut();
-            }
-            !stalled
-        });
-        before - conns.len()
+        let held: Vec<_> = self
+            .relay
+            .connections()
+            .into_iter()
+            .filter(|c| c.is_held())
+            .collect();
+        for conn in &held {
+            conn.cut();
+        }
+        held.len()
     }
 
     /// Stop reading what the clients of the open connections send (a broker that stopped
     /// taking a connection's bytes), while what the broker sends still reaches them.
     pub fn block(&self) {
-        for conn in self.inner.conns.lock().unwrap().iter() {
-            conn.blocked.store(true, Ordering::SeqCst);
+        for conn in self.relay.connections() {
+            conn.block_client();
         }
-        self.inner.event("all connections blocked".into());
     }
 
     /// Silence every open connection: nothing more is forwarded, the sockets stay open.
     pub fn freeze(&self) {
-        for conn in self.inner.conns.lock().unwrap().iter() {
-            conn.stalled.store(true, Ordering::SeqCst);
+        for conn in self.relay.connections() {
+            conn.stall();
         }
-        self.inner.event("all connections frozen".into());
     }
 
     /// How many connections the relay accepted so far.
     pub fn accepted(&self) -> usize {
-        self.inner.accepted.load(Ordering::SeqCst)
+        self.relay.accepted()
     }
 
     /// What the relay did, in order (faults fired, connections ended), for failure messages.
     pub fn events(&self) -> String {
-        self.inner.events.lock().unwrap().join("; ")
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.cut_all();
-    }
-}
-
-/// Wait until the connection is cut, holding whatever sockets the caller owns.
-async fn until_cut(kill: &mut watch::Receiver<bool>) {
-    let _ = kill.wait_for(|cut| *cut).await;
-}
-
-/// Client to broker, frame by frame, applying the faults.
-async fn upstream(
-    inner: Arc<Inner>,
-    conn: Arc<Conn>,
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-) {
-    let mut kill = conn.kill.subscribe();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pending: Vec<u8> = Vec::new();
-    let mut sent = 0usize;
-    let mut header_done = false;
-    // While set, content frames on this channel are dropped with the method they follow.
-    let mut swallowing: Option<u16> = None;
-    loop {
-        loop {
-            if conn.stalled.load(Ordering::SeqCst) || conn.blocked.load(Ordering::SeqCst) {
-                until_cut(&mut kill).await;
-                return;
-            }
-            let len = if header_done {
-                match frame_len(&pending) {
-                    Some(len) => len,
-                    None => break,
-                }
-            } else if pending.len() >= 8 {
-                8
-            } else {
-                break;
-            };
-            let frame: Vec<u8> = pending.drain(..len).collect();
-            if header_done {
-                let channel = u16::from_be_bytes([frame[1], frame[2]]);
-                if let Some(ch) = swallowing {
-                    if channel == ch && (frame[0] == 2 || frame[0] == 3) {
-                        continue;
-                    }
-                    swallowing = None;
-                }
-            }
-            let fault = if header_done {
-                inner.fault_for(conn.n, &frame, sent)
-            } else {
-                None
-            };
-            header_done = true;
-            let Some((fault, through)) = fault else {
-                if to.write_all(&frame).await.is_err() {
-                    conn.cut();
-                    return;
-                }
-                sent += frame.len();
-                continue;
-            };
-            inner.event(format!("conn {}: {fault}", conn.n));
-            if through > 0 && to.write_all(&frame[..through]).await.is_err() {
-                conn.cut();
-                return;
-            }
-            match fault.action {
-                Action::Stall => {
-                    conn.stalled.store(true, Ordering::SeqCst);
-                    until_cut(&mut kill).await;
-                    return;
-                }
-                Action::Cut => {
-                    conn.cut();
-                    return;
-                }
-                Action::Swallow => {
-                    swallowing = Some(u16::from_be_bytes([frame[1], frame[2]]));
-                }
-            }
-        }
-        let n = tokio::select! {
-            read = from.read(&mut buf) => match read {
-                Ok(0) | Err(_) => {
-                    conn.cut();
-                    return;
-                }
-                Ok(n) => n,
-            },
-            _ = until_cut(&mut kill) => return,
-        };
-        pending.extend_from_slice(&buf[..n]);
-    }
-}
-
-/// Broker to client, as it comes, until the connection stalls or is cut.
-async fn downstream(conn: Arc<Conn>, mut from: OwnedReadHalf, mut to: OwnedWriteHalf) {
-    let mut kill = conn.kill.subscribe();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = tokio::select! {
-            read = from.read(&mut buf) => match read {
-                Ok(0) | Err(_) => {
-                    conn.cut();
-                    return;
-                }
-                Ok(n) => n,
-            },
-            _ = until_cut(&mut kill) => return,
-        };
-        if conn.stalled.load(Ordering::SeqCst) {
-            until_cut(&mut kill).await;
-            return;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            conn.cut();
-            return;
-        }
+        let faults = self.faults.events.lock().unwrap().join("; ");
+        format!("{faults}; {}", self.relay.events())
     }
 }
