@@ -18,8 +18,8 @@
 //!
 //! Beside the suite: [`RestartScenario`], the one broker-restart fault scenario every backend
 //! that can restart its broker runs with its own [`RestartHook`]; [`SoakScenario`], the long
-//! steady-rate run (lost, duplicates, latency, resident memory) `scripts/soak.sh` drives; [`Tally`] for duplicate-aware
-//! counting; [`Waypoints`] and [`within`] to bound a long test and name where it hung; and
+//! steady-rate run (lost, duplicates, latency, resident memory) `scripts/soak.sh` drives;
+//! [`Tally`] for duplicate-aware counting; [`Waypoints`] and [`within`] to bound a long test and name where it hung; and
 //! [`local_broker`] to name the broker `scripts/brokers.sh` runs; [`relay`], the loopback TCP
 //! relay a test breaks the network with (cut, stall, slow, or at a point of the protocol), and
 //! [`NetworkFaultScenario`], the traffic-through-a-fault check every networked backend runs;
