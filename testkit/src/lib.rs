@@ -19,7 +19,8 @@
 //! Beside the suite: [`RestartScenario`], the one broker-restart fault scenario every backend
 //! that can restart its broker runs with its own [`RestartHook`]; [`Tally`] for duplicate-aware
 //! counting; [`Waypoints`] and [`within`] to bound a long test and name where it hung; and
-//! [`local_broker`] to name the broker `scripts/brokers.sh` runs.
+//! [`local_broker`] to name the broker `scripts/brokers.sh` runs; [`tls`] for private TLS and SASL
+//! brokers with certificates made at test time.
 
 mod cases;
 mod local_broker;
@@ -27,6 +28,7 @@ mod report;
 mod restart;
 mod suite;
 mod tally;
+pub mod tls;
 mod waypoints;
 
 use mailroom_core::{Error, ErrorKind, Result};

@@ -489,8 +489,14 @@ impl KafkaConfig {
     pub(crate) fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", self.bootstrap_servers());
-        // librdkafka logs through `log`; keep its chatter about retries out of stderr.
-        cc.set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
+        // librdkafka's log reaches `tracing` (see `context.rs`); keep its chatter about retries
+        // out of it, unless its debug log was asked for (the `debug` property), which this
+        // level would otherwise filter out.
+        cc.set_log_level(if self.properties.contains_key("debug") {
+            rdkafka::config::RDKafkaLogLevel::Debug
+        } else {
+            rdkafka::config::RDKafkaLogLevel::Error
+        });
         for (k, v) in defaults {
             if !self.properties.contains_key(*k) {
                 cc.set(*k, *v);
