@@ -110,8 +110,7 @@ async fn refused(config: KafkaConfig) -> (Error, Duration) {
     let start = Instant::now();
     let err = KafkaBackend::connect(config)
         .await
-        .err()
-        .expect("the connection must be refused");
+        .expect_err("the connection must be refused");
     (err, start.elapsed())
 }
 
@@ -119,6 +118,8 @@ async fn refused(config: KafkaConfig) -> (Error, Duration) {
 /// no secret in the error's Display or Debug, and an answer before the connect timeout (the
 /// failure was diagnosed, not waited out).
 fn assert_refused(err: &Error, took: Duration, kind: ErrorKind, names: &str) {
+    // Shown with --nocapture: what a user reads, and how long it took.
+    eprintln!("refused after {took:?}: {err}");
     assert_eq!(err.kind(), kind, "{err}");
     assert!(err.to_string().contains(names), "{err}");
     assert!(!err.is_temporary(), "{err}");

@@ -100,14 +100,15 @@ async fn refused(url: &str) -> (Error, Duration) {
     let start = Instant::now();
     let err = RabbitBackend::from_url(url)
         .await
-        .err()
-        .expect("the connection must be refused");
+        .expect_err("the connection must be refused");
     (err, start.elapsed())
 }
 
 /// The kind, the problem named, permanent, no secret in Display or Debug, and answered before
 /// the connect timeout (refused, not waited out).
 fn assert_refused(err: &Error, took: Duration, kind: ErrorKind, names: &str) {
+    // Shown with --nocapture: what a user reads, and how long it took.
+    eprintln!("refused after {took:?}: {err}");
     assert_eq!(err.kind(), kind, "{err}");
     assert!(err.to_string().contains(names), "{err}");
     assert!(!err.is_temporary(), "{err}");
