@@ -295,6 +295,10 @@ mod tests {
     fn permanent_kinds_are_not_temporary_unless_overridden() {
         assert!(!Error::config("x").is_temporary());
         assert!(Error::config("x").set_temporary(true).is_temporary());
+        // A refused certificate stays refused however often it is retried.
+        let tls = Error::new(ErrorKind::Tls, "certificate not trusted");
+        assert!(!tls.is_temporary());
+        assert_eq!(tls.kind().as_str(), "tls");
     }
 
     #[test]

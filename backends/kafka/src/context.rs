@@ -243,3 +243,106 @@ pub(crate) fn error_for(diagnosis: Diagnosis, reported: &Reported, config: &Kafk
     .with_backend(BACKEND)
     .with_operation(CONNECT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reported(code: Option<Code>, reason: &str) -> Reported {
+        Reported {
+            code,
+            reason: reason.to_owned(),
+        }
+    }
+
+    // librdkafka 2.12's words, as the private broker of `tests/tls.rs` made it say them.
+    const SCRAM_REFUSED: &str = "[thrd:sasl_plaintext://127.0.0.1:39267/bootstrap]: \
+        sasl_plaintext://127.0.0.1:39267/bootstrap: SASL authentication error: Authentication \
+        failed during authentication due to invalid credentials with SASL mechanism \
+        SCRAM-SHA-256 (after 354ms in state AUTH_REQ)";
+    const PLAIN_REFUSED: &str = "sasl_plaintext://127.0.0.1:39267/bootstrap: SASL \
+        authentication error: Authentication failed: Invalid username or password (after 318ms \
+        in state AUTH_REQ)";
+    const VERIFY_FAILED: &str = "ssl://127.0.0.1:35185/bootstrap: SSL handshake failed: \
+        error:0A000086:SSL routines::certificate verify failed: broker certificate could not be \
+        verified, verify that ssl.ca.location is correctly configured or root CA certificates \
+        are installed (install ca-certificates package) (after 68ms in state SSL_HANDSHAKE)";
+    const NO_SASL: &str = "sasl_plaintext://127.0.0.1:46617/bootstrap: SASL PLAIN mechanism \
+        handshake failed: Broker: Request not valid in current SASL state: broker's supported \
+        mechanisms:  (after 0ms in state AUTH_HANDSHAKE)";
+    const REFUSED_PORT: &str = "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: \
+        Connection refused (after 0ms in state CONNECT)";
+
+    fn sasl() -> KafkaConfig {
+        KafkaConfig::from_url("kafka://alice:hunter2@h:9092?sasl.mechanism=SCRAM-SHA-256").unwrap()
+    }
+
+    #[test]
+    fn librdkafkas_reports_are_diagnosed() {
+        let plain = KafkaConfig::default();
+        for (reason, config, expected) in [
+            (SCRAM_REFUSED, sasl(), Some(Diagnosis::LoginRefused)),
+            (PLAIN_REFUSED, sasl(), Some(Diagnosis::LoginRefused)),
+            (
+                VERIFY_FAILED,
+                plain.clone(),
+                Some(Diagnosis::CertificateRefused),
+            ),
+            (NO_SASL, sasl(), Some(Diagnosis::NoSasl)),
+            // Waiting may cure these: a broker still starting, a port not open yet.
+            (REFUSED_PORT, plain.clone(), None),
+            (REFUSED_PORT, sasl(), None),
+        ] {
+            assert_eq!(
+                diagnose(&reported(None, reason), &config),
+                expected,
+                "{reason}"
+            );
+        }
+        // The error callback's code alone says a login was refused.
+        assert_eq!(
+            diagnose(&reported(Some(Code::Authentication), "x"), &sasl()),
+            Some(Diagnosis::LoginRefused)
+        );
+    }
+
+    #[test]
+    fn each_diagnosis_is_a_permanent_typed_error_naming_the_problem_without_the_password() {
+        let config = sasl().property("ssl.ca.location", "/etc/ca.pem");
+        for (diagnosis, kind, says) in [
+            (
+                Diagnosis::LoginRefused,
+                ErrorKind::Auth,
+                "refused the SASL login of user 'alice'",
+            ),
+            (
+                Diagnosis::Untrusted,
+                ErrorKind::Tls,
+                "is not trusted: no CA in ssl.ca.location /etc/ca.pem",
+            ),
+            (
+                Diagnosis::HostnameMismatch,
+                ErrorKind::Tls,
+                "hostname mismatch",
+            ),
+            (
+                Diagnosis::CertificateRefused,
+                ErrorKind::Tls,
+                "failed verification",
+            ),
+            (Diagnosis::NotTls, ErrorKind::Tls, "does not speak TLS"),
+            (
+                Diagnosis::NoSasl,
+                ErrorKind::Config,
+                "its listener does not do SASL",
+            ),
+        ] {
+            let e = error_for(diagnosis, &reported(None, SCRAM_REFUSED), &config);
+            assert_eq!(e.kind(), kind, "{e}");
+            assert!(!e.is_temporary(), "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+            assert!(e.to_string().contains("librdkafka: "), "{e}");
+            assert!(!e.to_string().contains("hunter2") && !format!("{e:?}").contains("hunter2"));
+        }
+    }
+}

@@ -147,3 +147,49 @@ pub(crate) fn reply_code(error: &lapin::Error) -> Option<u16> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn io_error(inner: rustls::Error) -> lapin::Error {
+        LapinKind::IOError(Arc::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            inner,
+        )))
+        .into()
+    }
+
+    #[test]
+    fn rustls_handshake_errors_are_read_as_types() {
+        use rustls::CertificateError;
+        for (inner, expected) in [
+            (
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                TlsFailure::Untrusted,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+                TlsFailure::NameMismatch,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Expired),
+                TlsFailure::Certificate("Expired".into()),
+            ),
+            (
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+                TlsFailure::NotTls,
+            ),
+        ] {
+            assert_eq!(tls_failure(&io_error(inner)), Some(expected));
+        }
+        // An I/O error that is not TLS's: not a TLS failure.
+        let refused: lapin::Error = LapinKind::IOError(Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))
+        .into();
+        assert_eq!(tls_failure(&refused), None);
+    }
+}
