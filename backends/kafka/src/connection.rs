@@ -149,8 +149,9 @@ const HOSTNAME_PROBE: Duration = Duration::from_secs(10);
 /// error events are served ([`ConnectContext`]; nobody serves an admin client's). librdkafka
 /// keeps retrying a broker that refused the login or the TLS handshake until the timeout, so
 /// while it waits the failures it reports are looked at, and one that retrying cannot cure ends
-/// the wait at once with its diagnosis; the metadata request is then left to time out on its
-/// blocking thread. `Ok(None)`: the cluster answered.
+/// the wait at once with its diagnosis (the blocking thread stops at the end of its current
+/// slice). `Ok(None)`: the cluster answered. The probe is a client of its own, dropped here:
+/// one more connection per `connect`, whose events, unlike the admin client's, are served.
 async fn probe(config: &KafkaConfig, timeout: Duration) -> Result<Option<(Diagnosis, Reported)>> {
     const LOOK_EVERY: Duration = Duration::from_millis(50);
     let probe: Arc<BaseProducer<ConnectContext>> = Arc::new(
