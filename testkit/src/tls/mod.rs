@@ -14,7 +14,7 @@ mod logs;
 pub mod process;
 mod rabbitmq;
 
-pub use certs::TestCerts;
+pub use certs::{TestCerts, OTHER_HOST};
 pub use kafka::PrivateKafka;
 pub use logs::{assert_no_secret, CapturedLogs};
 pub use rabbitmq::PrivateRabbitMq;
