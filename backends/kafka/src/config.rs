@@ -194,7 +194,8 @@ impl KafkaConfig {
     /// `transactions` (`false` for a broker without them), `guarantee` ([`DeliveryGuarantee`]'s
     /// names) or its Kafka spelling `acks` (`all`/`-1`, `1`, `0`). A user and password become `sasl.username`
     /// and `sasl.password` (with `sasl.mechanism=PLAIN` and `security.protocol=SASL_PLAINTEXT`
-    /// unless given).
+    /// unless given: `?sasl.mechanism=SCRAM-SHA-512&security.protocol=SASL_SSL&ssl.ca.location=`
+    /// for SCRAM over TLS; see the crate docs' TLS and SASL section).
     pub fn from_url(url: &str) -> Result<Self> {
         let shown = redact(url);
         let rest = url.strip_prefix("kafka://").ok_or_else(|| {

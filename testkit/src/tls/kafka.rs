@@ -13,17 +13,17 @@
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
 
 use super::certs::TestCerts;
-use super::process::{await_ready, free_port, fresh_dir, Guarded};
+use super::process::{await_ready, free_port, fresh_dir, run_bounded, Guarded};
 use super::TestUser;
 use crate::local_broker::brokers_script;
 
-/// How long formatting and starting may take (two JVM starts on a loaded machine).
+/// How long formatting, and then starting, may each take (a JVM start on a loaded machine).
 const START_LIMIT: Duration = Duration::from_secs(180);
 
 /// A running private Kafka (see the module docs for its listeners).
@@ -50,6 +50,7 @@ impl PrivateKafka {
     /// Generate certificates, format a data directory with `users`, start the broker and wait
     /// until it serves.
     pub fn start(users: &[TestUser]) -> Result<Self, String> {
+        let begun = std::time::Instant::now();
         let libs = kafka_libs()?;
         let classpath = format!("{}/*", libs.display());
         let dir = fresh_dir("mailroom-tls-kafka")?;
@@ -158,17 +159,7 @@ impl PrivateKafka {
                 ));
             }
         }
-        let out = format
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("running Kafka's StorageTool: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "Kafka's StorageTool format failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
+        run_bounded(format, &dir, "kafka-storage-format", START_LIMIT)?;
         let log_config: Vec<String> = log_config()
             .map(|path| format!("-Dlog4j2.configurationFile={}", path.display()))
             .into_iter()
@@ -177,7 +168,7 @@ impl PrivateKafka {
         command.arg(&config).current_dir(&dir);
         let mut process = Guarded::spawn(command, &dir, "kafka")?;
         let out = dir.join("kafka.out");
-        let started_in = await_ready(&mut process, "kafka", START_LIMIT, || {
+        await_ready(&mut process, "kafka", START_LIMIT, || {
             started(&out)
                 && [
                     plaintext_port,
@@ -196,7 +187,7 @@ impl PrivateKafka {
             sasl_ssl_port,
             other_host_port,
             certs,
-            started_in,
+            started_in: begun.elapsed(),
             _process: process,
         })
     }

@@ -139,3 +139,47 @@ pub fn await_ready(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Run `command` to completion, at most `limit` (killed after it), its output appended to
+/// `dir/<name>.out`; an error with the output's tail if it fails or overruns.
+pub fn run_bounded(
+    mut command: Command,
+    dir: &Path,
+    name: &str,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let out_path = dir.join(format!("{name}.out"));
+    let out = std::fs::File::create(&out_path)
+        .map_err(|e| format!("creating {}: {e}", out_path.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", out_path.display()))?;
+    let start = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("starting {name} ({command:?}): {e}"))?;
+    let tail = || {
+        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    };
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(start.elapsed()),
+            Ok(Some(status)) => return Err(format!("{name} failed ({status}):\n{}", tail())),
+            Ok(None) if start.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{name} did not finish within {limit:?}:\n{}",
+                    tail()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(format!("waiting for {name}: {e}")),
+        }
+    }
+}
