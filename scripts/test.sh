@@ -25,6 +25,14 @@ bounded() {
     return "$rc"
 }
 
+# rdkafka's `ssl` feature links the system's OpenSSL (TLS and SCRAM for Kafka): its headers and
+# pkg-config must be there before anything compiles. Installed once, when missing.
+if ! pkg-config --exists openssl 2>/dev/null; then
+    step "installing libssl-dev and pkg-config (librdkafka links OpenSSL)"
+    [[ $(id -u) -eq 0 ]] || { echo "OpenSSL headers missing: apt-get install -y libssl-dev pkg-config" >&2; exit 1; }
+    apt-get update && apt-get install -y libssl-dev pkg-config
+fi
+
 step "scripts/brokers.sh up"
 scripts/brokers.sh up
 

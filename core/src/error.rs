@@ -17,6 +17,10 @@ pub enum ErrorKind {
     Connection,
     /// Authentication or authorisation was refused.
     Auth,
+    /// The TLS handshake failed: the server's certificate is not trusted or does not name the
+    /// host, or the server does not speak TLS on that port. Fixing the trust roots, the host
+    /// name or the port is the remedy; retrying unchanged is not.
+    Tls,
     /// An operation did not finish within its bound.
     Timeout,
     /// The backend declares it lacks the capability this operation needs.
@@ -71,6 +75,7 @@ impl ErrorKind {
             ErrorKind::InvalidInput => "invalid input",
             ErrorKind::Connection => "connection",
             ErrorKind::Auth => "auth",
+            ErrorKind::Tls => "tls",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::PayloadTooLarge => "payload too large",
@@ -290,6 +295,10 @@ mod tests {
     fn permanent_kinds_are_not_temporary_unless_overridden() {
         assert!(!Error::config("x").is_temporary());
         assert!(Error::config("x").set_temporary(true).is_temporary());
+        // A refused certificate stays refused however often it is retried.
+        let tls = Error::new(ErrorKind::Tls, "certificate not trusted");
+        assert!(!tls.is_temporary());
+        assert_eq!(tls.kind().as_str(), "tls");
     }
 
     #[test]

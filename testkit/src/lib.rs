@@ -19,11 +19,12 @@
 //! Beside the suite: [`RestartScenario`], the one broker-restart fault scenario every backend
 //! that can restart its broker runs with its own [`RestartHook`]; [`SoakScenario`], the long
 //! steady-rate run (lost, duplicates, latency, resident memory) `scripts/soak.sh` drives;
-//! [`Tally`] for duplicate-aware counting; [`Waypoints`] and [`within`] to bound a long test and name where it hung; and
-//! [`local_broker`] to name the broker `scripts/brokers.sh` runs; [`relay`], the loopback TCP
-//! relay a test breaks the network with (cut, stall, slow, or at a point of the protocol), and
-//! [`NetworkFaultScenario`], the traffic-through-a-fault check every networked backend runs;
-//! [`process_kills`], consumer and producer processes SIGKILLed mid-run.
+//! [`Tally`] for duplicate-aware counting; [`Waypoints`] and [`within`] to bound a long test and
+//! name where it hung; [`local_broker`] to name the broker `scripts/brokers.sh` runs; [`relay`],
+//! the loopback TCP relay a test breaks the network with (cut, stall, slow, or at a point of the
+//! protocol); [`NetworkFaultScenario`], the traffic-through-a-fault check every networked backend
+//! runs; [`process_kills`], consumer and producer processes SIGKILLed mid-run; and [`tls`] for
+//! private TLS and SASL brokers with certificates made at test time.
 
 mod cases;
 mod local_broker;
@@ -35,6 +36,7 @@ mod restart;
 mod soak;
 mod suite;
 mod tally;
+pub mod tls;
 mod waypoints;
 
 use mailroom_core::{Error, ErrorKind, Result};

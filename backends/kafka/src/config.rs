@@ -185,7 +185,8 @@ impl KafkaConfig {
     /// `transactions` (`false` for a broker without them), `guarantee` ([`DeliveryGuarantee`]'s
     /// names) or its Kafka spelling `acks` (`all`/`-1`, `1`, `0`). A user and password become `sasl.username`
     /// and `sasl.password` (with `sasl.mechanism=PLAIN` and `security.protocol=SASL_PLAINTEXT`
-    /// unless given).
+    /// unless given: `?sasl.mechanism=SCRAM-SHA-512&security.protocol=SASL_SSL&ssl.ca.location=`
+    /// for SCRAM over TLS; see the crate docs' TLS and SASL section).
     pub fn from_url(url: &str) -> Result<Self> {
         let shown = redact(url);
         let rest = url.strip_prefix("kafka://").ok_or_else(|| {
@@ -478,8 +479,14 @@ impl KafkaConfig {
     pub(crate) fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", self.bootstrap_servers());
-        // librdkafka logs through `log`; keep its chatter about retries out of stderr.
-        cc.set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
+        // librdkafka's log reaches `tracing` (see `context.rs`); keep its chatter about retries
+        // out of it, unless its debug log was asked for (the `debug` property), which this
+        // level would otherwise filter out.
+        cc.set_log_level(if self.properties.contains_key("debug") {
+            rdkafka::config::RDKafkaLogLevel::Debug
+        } else {
+            rdkafka::config::RDKafkaLogLevel::Error
+        });
         for (k, v) in defaults {
             if !self.properties.contains_key(*k) {
                 cc.set(*k, *v);

@@ -6,17 +6,20 @@
 //! `connect_timeout`) for the cluster's metadata, and later calls are bounded by
 //! `operation_timeout`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mailroom_core::operation::CONNECT;
 use mailroom_core::{Capabilities, ClosedFlag, Error, ErrorKind, Result};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::{Client, DefaultClientContext};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{BaseProducer, Producer as _};
 use rdkafka::ClientContext;
 
 use crate::config::KafkaConfig;
+use crate::context::{diagnose, error_for, ConnectContext, Diagnosis, Reported};
 use crate::producer::ProducerCore;
 use crate::topology::Declared;
 use crate::{error, BACKEND};
@@ -53,17 +56,10 @@ impl Connection {
             internal: Mutex::new(None),
             closed: ClosedFlag::new(BACKEND),
         });
-        let probe = connection.clone();
-        let reached = blocking(move || {
-            probe
-                .admin
-                .inner()
-                .fetch_metadata(None, probe.config.connect_timeout)
-                .map(|_| ())
-                .map_err(|e| error::map(e, CONNECT))
-        })
-        .await;
-        if let Err(e) = reached {
+        if let Err(e) = reach(&connection.config).await {
+            if e.kind() != ErrorKind::Connection {
+                return Err(e);
+            }
             return Err(Error::new(
                 ErrorKind::Connection,
                 format!(
@@ -120,6 +116,115 @@ impl Connection {
             )
         })
         .await
+    }
+}
+
+/// Wait (at most `connect_timeout`) until the cluster answers a metadata request, or fail with
+/// the typed error of a failure that waiting cannot cure (a refused login or TLS handshake, a
+/// listener without SASL: [`diagnose`]). A certificate that failed verification is probed a
+/// second time without the host name check, to say whether it is untrusted or names another
+/// host: OpenSSL's words for both are the same.
+async fn reach(config: &KafkaConfig) -> Result<()> {
+    match probe(config, config.connect_timeout).await? {
+        None => Ok(()),
+        Some((Diagnosis::CertificateRefused, reported)) => {
+            let relaxed = config
+                .clone()
+                .property("ssl.endpoint.identification.algorithm", "none");
+            let which = match probe(&relaxed, config.connect_timeout.min(HOSTNAME_PROBE)).await {
+                // Trusted once the name is not checked: the name is the problem.
+                Ok(None) => Diagnosis::HostnameMismatch,
+                Ok(Some((Diagnosis::CertificateRefused, _))) => Diagnosis::Untrusted,
+                _ => Diagnosis::CertificateRefused,
+            };
+            Err(error_for(which, &reported, config))
+        }
+        Some((diagnosis, reported)) => Err(error_for(diagnosis, &reported, config)),
+    }
+}
+
+/// The longest the second, host-name-blind probe of a refused certificate may take.
+const HOSTNAME_PROBE: Duration = Duration::from_secs(10);
+
+/// Wait (at most `timeout`) for the cluster's metadata through a probe client whose log and
+/// error events are served ([`ConnectContext`]; nobody serves an admin client's). librdkafka
+/// keeps retrying a broker that refused the login or the TLS handshake until the timeout, so
+/// while it waits the failures it reports are looked at, and one that retrying cannot cure ends
+/// the wait at once with its diagnosis (the blocking thread stops at the end of its current
+/// slice). `Ok(None)`: the cluster answered. The probe is a client of its own, dropped here:
+/// one more connection per `connect`, whose events, unlike the admin client's, are served.
+async fn probe(config: &KafkaConfig, timeout: Duration) -> Result<Option<(Diagnosis, Reported)>> {
+    const LOOK_EVERY: Duration = Duration::from_millis(50);
+    let probe: Arc<BaseProducer<ConnectContext>> = Arc::new(
+        config
+            .client_config(&[])
+            .create_with_context(ConnectContext::default())
+            .map_err(|e| error::map(e, CONNECT))?,
+    );
+    let fetching = probe.clone();
+    let cancelled = Arc::new(AtomicBool::new(false));
+    // Set when this function returns, so that the blocking thread stops within one slice
+    // instead of holding a client that retries a refused broker until the timeout.
+    let _cancel_on_return = CancelOnDrop(cancelled.clone());
+    let fetch = blocking(move || {
+        // Slices that double, so that a slow broker still answers one of them.
+        let deadline = Instant::now() + timeout;
+        let mut slice = Duration::from_millis(500);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let started = Instant::now();
+            match fetching.client().fetch_metadata(None, slice.min(left)) {
+                Ok(_) => return Ok(()),
+                Err(e) if left <= slice || cancelled.load(Ordering::Acquire) => {
+                    return Err(error::map(e, CONNECT))
+                }
+                Err(_) => {
+                    // An error before the slice ran out is not worth asking again at once.
+                    if started.elapsed() < slice {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    slice *= 2;
+                }
+            }
+        }
+    });
+    tokio::pin!(fetch);
+    let diagnosed = || {
+        // Serves the probe's log and error events: they reach `ConnectContext` here.
+        probe.poll(Duration::ZERO);
+        let reported = probe.context().last_failure()?;
+        diagnose(&reported, config).map(|d| (d, reported))
+    };
+    loop {
+        tokio::select! {
+            result = &mut fetch => {
+                return match (result, diagnosed()) {
+                    (Ok(()), _) => Ok(None),
+                    (Err(_), Some(diagnosed)) => Ok(Some(diagnosed)),
+                    (Err(e), None) => Err(match probe.context().last_failure() {
+                        // What librdkafka last said about the brokers says more than its
+                        // timeout does.
+                        Some(r) => Error::new(e.kind(), format!("{} ({})", e.message(), r.reason))
+                            .with_source(e),
+                        None => e,
+                    }),
+                };
+            }
+            _ = tokio::time::sleep(LOOK_EVERY) => {
+                if let Some(diagnosed) = diagnosed() {
+                    return Ok(Some(diagnosed));
+                }
+            }
+        }
+    }
+}
+
+/// Sets the flag when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 

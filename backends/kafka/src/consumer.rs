@@ -55,7 +55,15 @@ pub(crate) struct GroupContext {
     timeout: Duration,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::context::forward_log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        crate::context::forward_error(&error, reason);
+    }
+}
 
 pub(crate) fn partitions_in(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements()

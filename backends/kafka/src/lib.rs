@@ -5,6 +5,7 @@ mod codec;
 mod config;
 mod connection;
 mod consumer;
+mod context;
 mod error;
 mod lag;
 mod offsets;

@@ -54,7 +54,15 @@ pub(crate) struct ReportContext {
     broker_answers: bool,
 }
 
-impl ClientContext for ReportContext {}
+impl ClientContext for ReportContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::context::forward_log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        crate::context::forward_error(&error, reason);
+    }
+}
 
 impl ProducerContext for ReportContext {
     type DeliveryOpaque = Box<InFlight>;

@@ -104,7 +104,15 @@ pub(crate) struct TxContext {
     inputs: TxInputs,
 }
 
-impl ClientContext for TxContext {}
+impl ClientContext for TxContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::context::forward_log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        crate::context::forward_error(&error, reason);
+    }
+}
 
 impl ConsumerContext for TxContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

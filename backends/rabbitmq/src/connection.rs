@@ -17,7 +17,7 @@ use tokio::sync::watch;
 pub(crate) use crate::bounded::{close_within, Deadline, Failure, Lost};
 use crate::config::RabbitConfig;
 pub(crate) use crate::declared::{Declared, QueueSettings};
-use crate::error::{is_connection_loss, map};
+use crate::error::{is_connection_loss, map, tls_failure, TlsFailure};
 use crate::BACKEND;
 
 /// Pause before another try after a lost connection, so a broken connection that still reports
@@ -351,6 +351,13 @@ impl Connection {
 /// A failed first connect, explained for a new user: refused login, unknown vhost, no broker.
 fn connect_error(e: lapin::Error, config: &RabbitConfig) -> Error {
     let target = config.display_target();
+    if let Some(failure) = tls_failure(&e) {
+        return Error::new(ErrorKind::Tls, tls_message(&failure, config))
+            .set_temporary(false)
+            .with_source(e)
+            .with_backend(BACKEND)
+            .with_operation(CONNECT);
+    }
     let code = crate::error::reply_code(&e);
     let err = match code {
         Some(403) => Error::new(
@@ -397,4 +404,33 @@ fn connect_error(e: lapin::Error, config: &RabbitConfig) -> Error {
         _ => map(e, CONNECT, &target),
     };
     err.with_backend(BACKEND).with_operation(CONNECT)
+}
+
+/// What a failed TLS handshake means and what to fix, naming the host and the trust roots.
+fn tls_message(failure: &TlsFailure, config: &RabbitConfig) -> String {
+    let target = config.display_target();
+    let roots = match &config.ca_file {
+        Some(path) => format!("ca_file {} and the system's roots", path.display()),
+        None => "the system's roots (no ca_file)".to_owned(),
+    };
+    match failure {
+        TlsFailure::Untrusted => format!(
+            "the TLS certificate of RabbitMQ at {target} is not trusted: no CA in {roots} \
+             signed it; set ?ca_file= to the CA that did"
+        ),
+        TlsFailure::NameMismatch => format!(
+            "the TLS certificate of RabbitMQ at {target} does not name host '{}' (hostname \
+             mismatch): connect by a name the certificate lists, or fix the broker's certificate",
+            config.host
+        ),
+        TlsFailure::Certificate(why) => format!(
+            "the TLS certificate of RabbitMQ at {target} was refused ({why}); trusted roots: \
+             {roots}"
+        ),
+        TlsFailure::NotTls => format!(
+            "RabbitMQ at {target} did not answer the TLS handshake with TLS: port {} is not a \
+             TLS listener (use amqp:// for a plain one, or the broker's TLS port, 5671 by default)",
+            config.port
+        ),
+    }
 }

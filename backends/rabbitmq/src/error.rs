@@ -108,10 +108,88 @@ pub(crate) fn is_connection_loss(error: &lapin::Error) -> bool {
     }
 }
 
+/// Why a TLS handshake failed, as far as it tells a user what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TlsFailure {
+    /// The server's certificate is not signed by a trusted CA.
+    Untrusted,
+    /// The server's certificate does not name the host connected to.
+    NameMismatch,
+    /// Another problem with the server's certificate (expired, not yet valid, revoked, ...).
+    Certificate(String),
+    /// What came back was not TLS: the port is not a TLS listener.
+    NotTls,
+}
+
+/// The TLS failure behind a connect error, if it was one: rustls's error inside the I/O error
+/// lapin reports (downcast, not matched on text).
+pub(crate) fn tls_failure(error: &lapin::Error) -> Option<TlsFailure> {
+    use rustls::{CertificateError, Error as Rustls};
+    let LapinKind::IOError(io) = error.kind() else {
+        return None;
+    };
+    let rustls = io.get_ref()?.downcast_ref::<Rustls>()?;
+    Some(match rustls {
+        Rustls::InvalidCertificate(CertificateError::UnknownIssuer) => TlsFailure::Untrusted,
+        Rustls::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => TlsFailure::NameMismatch,
+        Rustls::InvalidCertificate(other) => TlsFailure::Certificate(format!("{other:?}")),
+        Rustls::InvalidMessage(_) | Rustls::InappropriateMessage { .. } => TlsFailure::NotTls,
+        other => TlsFailure::Certificate(other.to_string()),
+    })
+}
+
 /// The AMQP reply code of a protocol error, if it is one.
 pub(crate) fn reply_code(error: &lapin::Error) -> Option<u16> {
     match error.kind() {
         LapinKind::ProtocolError(amqp) => Some(amqp.get_id()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn io_error(inner: rustls::Error) -> lapin::Error {
+        LapinKind::IOError(Arc::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            inner,
+        )))
+        .into()
+    }
+
+    #[test]
+    fn rustls_handshake_errors_are_read_as_types() {
+        use rustls::CertificateError;
+        for (inner, expected) in [
+            (
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                TlsFailure::Untrusted,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+                TlsFailure::NameMismatch,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Expired),
+                TlsFailure::Certificate("Expired".into()),
+            ),
+            (
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+                TlsFailure::NotTls,
+            ),
+        ] {
+            assert_eq!(tls_failure(&io_error(inner)), Some(expected));
+        }
+        // An I/O error that is not TLS's: not a TLS failure.
+        let refused: lapin::Error = LapinKind::IOError(Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))
+        .into();
+        assert_eq!(tls_failure(&refused), None);
     }
 }
