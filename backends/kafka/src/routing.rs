@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use mailroom_core::wire::ROUTING_KEY_HEADER;
+use mailroom_core::wire::{is_timestamp_header, ATTEMPT_HEADER, ID_HEADER, ROUTING_KEY_HEADER};
 use mailroom_core::{Headers, Route};
 use rdkafka::message::Headers as _;
 
@@ -79,12 +79,18 @@ fn header<'r>(record: &'r impl rdkafka::Message, name: &str) -> Option<Cow<'r, s
         .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()))
 }
 
+/// One of the headers mailroom puts on a record for itself (see `codec.rs`).
+fn is_internal(name: &str) -> bool {
+    matches!(name, ID_HEADER | ATTEMPT_HEADER | ROUTING_KEY_HEADER) || is_timestamp_header(name)
+}
+
 /// The record's headers as a headers binding sees them: the application's, not mailroom's.
 fn app_headers(record: &impl rdkafka::Message) -> Headers {
     let mut headers = Headers::new();
     if let Some(hs) = record.headers() {
         for h in hs.iter() {
-            if h.key.starts_with("x-mailroom-") {
+            // The same headers `codec::decode` takes off: a binding sees what the consumer would.
+            if is_internal(h.key) {
                 continue;
             }
             let value = String::from_utf8_lossy(h.value.unwrap_or_default());
