@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailroom_core::{Capabilities, Capability, Error, ErrorKind, Result};
+use mailroom_core::{
+    Capabilities, Capability, Error, ErrorKind, ExchangeKind, Implementation, Result,
+};
 use mailroom_testkit::{Conformance, Outcome};
 
 use super::driver::{Driver, MailroomDriver};
@@ -14,6 +16,7 @@ use super::persistence::{self, PersistenceCheck};
 use super::raw::baseline_for;
 use super::result::scaling::ScalingSeries;
 use super::result::{BaselineRatio, TestResult};
+use super::routing_cost::{self, RoutingCost};
 use super::runner::{self, RunOptions};
 use super::scaling::ScalingOptions;
 use super::workload::{self, Plan};
@@ -161,6 +164,9 @@ pub struct BackendReport {
     /// The broker-restart run, when `restart_brokers` asked for it and the broker has a local
     /// restart hook.
     pub persistence: Option<PersistenceCheck>,
+    /// What topic-pattern routing cost its subscriber ([`routing_cost`]), measured with the
+    /// conformance suite where the backend has topic exchanges.
+    pub routing: Option<RoutingCost>,
     /// Why it could not be opened, if it could not.
     pub error: Option<String>,
 }
@@ -200,31 +206,51 @@ pub struct Comparison {
 
 /// Capabilities as (field, value) rows, in declaration order.
 pub fn capability_rows(c: &Capabilities) -> Vec<(&'static str, String)> {
-    let yes = |b: bool| if b { "yes" } else { "no" }.to_owned();
+    // A supported capability the client implements says so: it costs what the broker's would not.
+    let flag = |capability: Capability| match c.implementation(capability) {
+        None => "no".to_owned(),
+        Some(Implementation::Native) => "yes".to_owned(),
+        Some(Implementation::ClientSide) => "yes (client-side)".to_owned(),
+    };
     let opt = |v: Option<usize>| v.map_or("-".to_owned(), |v| v.to_string());
     vec![
-        ("per_key_ordering", yes(c.per_key_ordering)),
-        ("competing_consumers", yes(c.competing_consumers)),
-        ("replay", yes(c.replay)),
-        ("delayed_delivery", yes(c.delayed_delivery)),
+        ("per_key_ordering", flag(Capability::PerKeyOrdering)),
+        ("competing_consumers", flag(Capability::CompetingConsumers)),
+        ("replay", flag(Capability::Replay)),
+        ("delayed_delivery", flag(Capability::DelayedDelivery)),
         (
             "max_delay",
             c.max_delay.map_or("-".to_owned(), |d| format!("{d:?}")),
         ),
-        ("exchange_direct", yes(c.exchange_direct)),
-        ("exchange_topic", yes(c.exchange_topic)),
-        ("exchange_fanout", yes(c.exchange_fanout)),
-        ("exchange_headers", yes(c.exchange_headers)),
-        ("dead_letter", yes(c.dead_letter)),
-        ("max_delivery_attempts", yes(c.max_delivery_attempts)),
-        ("attempt_count", yes(c.attempt_count)),
-        ("max_queue_length", yes(c.max_queue_length)),
-        ("message_ttl", yes(c.message_ttl)),
-        ("batch_send", yes(c.batch_send)),
-        ("transactions", yes(c.transactions)),
-        ("persistence", yes(c.persistence)),
-        ("redelivery_on_drop", yes(c.redelivery_on_drop)),
-        ("partitioned_queues", yes(c.partitioned_queues)),
+        (
+            "exchange_direct",
+            flag(Capability::Exchange(ExchangeKind::Direct)),
+        ),
+        (
+            "exchange_topic",
+            flag(Capability::Exchange(ExchangeKind::Topic)),
+        ),
+        (
+            "exchange_fanout",
+            flag(Capability::Exchange(ExchangeKind::Fanout)),
+        ),
+        (
+            "exchange_headers",
+            flag(Capability::Exchange(ExchangeKind::Headers)),
+        ),
+        ("dead_letter", flag(Capability::DeadLetter)),
+        (
+            "max_delivery_attempts",
+            flag(Capability::MaxDeliveryAttempts),
+        ),
+        ("attempt_count", flag(Capability::AttemptCount)),
+        ("max_queue_length", flag(Capability::MaxQueueLength)),
+        ("message_ttl", flag(Capability::MessageTtl)),
+        ("batch_send", flag(Capability::BatchSend)),
+        ("transactions", flag(Capability::Transactions)),
+        ("persistence", flag(Capability::Persistence)),
+        ("redelivery_on_drop", flag(Capability::RedeliveryOnDrop)),
+        ("partitioned_queues", flag(Capability::PartitionedQueues)),
         ("max_message_size", opt(c.max_message_size)),
         ("max_batch_size", opt(c.max_batch_size)),
         ("max_headers", opt(c.max_headers)),
@@ -363,6 +389,7 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
                     runs: Vec::new(),
                     baseline: Vec::new(),
                     persistence: None,
+                    routing: None,
                     error: Some(e.to_string()),
                 });
                 continue;
@@ -411,6 +438,24 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
                 .await,
             );
         }
+        let routing = if options.conformance {
+            eprintln!("  routing cost on {name} (a topic-pattern subscriber taking 1 in 10) ...");
+            let cost = routing_cost::measure(&backend).await;
+            if let Some(cost) = &cost {
+                eprintln!(
+                    "  routing {name}: {} msgs/s delivered (median of {} rounds){}",
+                    cost.median().map_or("-".to_owned(), |m| format!("{m:.0}")),
+                    cost.rounds.len(),
+                    cost.error
+                        .as_deref()
+                        .map(|e| format!("; stopped: {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            cost
+        } else {
+            None
+        };
         let _ = backend.close().await;
         let conformance = if options.conformance {
             eprintln!("  conformance suite on {name} ...");
@@ -478,6 +523,7 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
             runs,
             baseline,
             persistence,
+            routing,
             error: None,
         });
     }

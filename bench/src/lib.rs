@@ -19,6 +19,8 @@
 //! - [`versus`]: closed-loop rounds, a backend against its raw client (the `vs_*` benches).
 //! - [`scaling`]: how throughput and p99 change with producers/consumers and payload size
 //!   (`compare --scaling`).
+//! - [`routing_cost`]: what topic-pattern routing costs a subscriber, native vs client-side
+//!   (run by `compare` with the conformance suite).
 //! - [`peers`]: another Rust queue library as a second baseline (`peer+URL`; omniqueue with
 //!   the `peers` feature, [`peer_omniqueue`]).
 
@@ -40,6 +42,7 @@ pub mod raw_lapin;
 pub mod raw_sqs;
 pub mod report;
 pub mod result;
+pub mod routing_cost;
 pub mod runner;
 pub mod scaling;
 pub mod summary;

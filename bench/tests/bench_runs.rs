@@ -180,6 +180,7 @@ fn report_says_no_sustainable_rate_instead_of_a_throughput() {
             .map(|r| RunOutcome::Done(Box::new(r)))
             .collect(),
         persistence: None,
+        routing: None,
         error: None,
     };
     let c = Comparison {
@@ -258,6 +259,7 @@ fn the_choice_is_among_networked_brokers_and_each_shape_of_work_gets_a_verdict()
             runs: vec![max_rate(name, rate)],
             baseline: Vec::new(),
             persistence: None,
+            routing: None,
             error: None,
         }
     };

@@ -131,6 +131,16 @@ async fn compare_report_renders_its_charts_without_console_errors() {
     let markdown = std::fs::read_to_string(md).unwrap();
     assert!(markdown.contains("Which broker for which need"));
     assert!(markdown.contains("mailroom-memory"), "server version named");
+    let routing = comparison.backends[0]
+        .routing
+        .as_ref()
+        .expect("routing measured with the conformance suite");
+    assert_eq!(routing.rounds.len(), 3, "{routing:?}");
+    assert!(
+        markdown.contains("## Routing: native vs client-side")
+            && markdown.contains("| memory | native | 10000 → 1000 | 1000 |"),
+        "{markdown}"
+    );
     assert!(
         markdown.contains("partitionsPerTopic"),
         "unexpressible workload reported"

@@ -44,6 +44,7 @@ fn persistence_row(persistence: Option<PersistenceCheck>) -> (String, String) {
             runs: Vec::new(),
             baseline: Vec::new(),
             persistence,
+            routing: None,
             error: None,
         }],
         overhead: None,

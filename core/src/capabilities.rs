@@ -67,6 +67,63 @@ pub struct Capabilities {
     /// ([`ProducerOptions::guarantee`](crate::ProducerOptions), or the URL's `?guarantee=`);
     /// [`DeliveryGuarantee::Confirmed`] is always among them and is the default.
     pub delivery_guarantees: DeliveryGuarantees,
+    /// The supported capabilities this backend implements in the client rather than in the
+    /// broker (see [`Implementation`]); every other supported capability is native.
+    pub client_side: ClientSide,
+}
+
+/// How a supported capability is implemented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Implementation {
+    /// The broker does it: a message that does not concern a consumer never reaches it.
+    Native,
+    /// The client library does it over what the broker offers, at a cost the broker would not
+    /// pay (e.g. every subscriber of a Kafka topic exchange reads the whole topic and drops
+    /// what its bindings do not match).
+    ClientSide,
+}
+
+impl Implementation {
+    /// `native` or `client-side`, as printed in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Implementation::Native => "native",
+            Implementation::ClientSide => "client-side",
+        }
+    }
+}
+
+impl fmt::Display for Implementation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The capabilities a backend declares as implemented client-side ([`Capabilities::client_side`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientSide(Vec<Capability>);
+
+impl ClientSide {
+    /// These capabilities, client-side.
+    pub fn of(capabilities: &[Capability]) -> Self {
+        let mut set = Vec::with_capacity(capabilities.len());
+        for c in capabilities {
+            if !set.contains(c) {
+                set.push(*c);
+            }
+        }
+        ClientSide(set)
+    }
+
+    /// Whether `capability` is among them.
+    pub fn contains(&self, capability: Capability) -> bool {
+        self.0.contains(&capability)
+    }
+
+    /// The capabilities, in declaration order.
+    pub fn iter(&self) -> impl Iterator<Item = Capability> + '_ {
+        self.0.iter().copied()
+    }
 }
 
 /// A single capability, to gate a test or name a missing feature in an error.
@@ -162,6 +219,17 @@ impl Capabilities {
         }
     }
 
+    /// How `capability` is implemented, or `None` when it is not supported.
+    pub fn implementation(&self, capability: Capability) -> Option<Implementation> {
+        if !self.supports(capability) {
+            None
+        } else if self.client_side.contains(capability) {
+            Some(Implementation::ClientSide)
+        } else {
+            Some(Implementation::Native)
+        }
+    }
+
     /// `Ok` when `capability` is on, else an `Unsupported` error naming it and the operation.
     pub fn require(
         &self,
@@ -237,6 +305,34 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
         assert!(err.to_string().contains("replay"), "{err}");
+    }
+
+    #[test]
+    fn implementation_is_native_unless_declared_client_side_and_none_when_absent() {
+        let caps = Capabilities {
+            exchange_topic: true,
+            exchange_fanout: true,
+            client_side: ClientSide::of(&[
+                Capability::Exchange(ExchangeKind::Topic),
+                Capability::Exchange(ExchangeKind::Headers),
+            ]),
+            ..Capabilities::default()
+        };
+        assert_eq!(
+            caps.implementation(Capability::Exchange(ExchangeKind::Topic)),
+            Some(Implementation::ClientSide)
+        );
+        assert_eq!(
+            caps.implementation(Capability::Exchange(ExchangeKind::Fanout)),
+            Some(Implementation::Native)
+        );
+        // Declared client-side but not supported: not supported wins.
+        assert_eq!(
+            caps.implementation(Capability::Exchange(ExchangeKind::Headers)),
+            None
+        );
+        assert_eq!(caps.implementation(Capability::Replay), None);
+        assert_eq!(Implementation::ClientSide.to_string(), "client-side");
     }
 
     #[test]

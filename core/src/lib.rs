@@ -32,7 +32,7 @@ pub mod url;
 pub mod wire;
 
 pub use backend::{Backend, BackendFactory, Registry};
-pub use capabilities::{Capabilities, Capability};
+pub use capabilities::{Capabilities, Capability, ClientSide, Implementation};
 pub use closed::ClosedFlag;
 pub use consumer::{Consumer, ConsumerExt, ConsumerOptions, Replay};
 pub use delivery::{Delivery, DeliveryInfo, Nack, Settle, Settlement};

@@ -21,6 +21,9 @@ pub const KEY_HEADER: &str = "x-mailroom-key";
 pub const TIMESTAMP_HEADER: &str = "x-mailroom-timestamp-ms";
 /// The delivery attempt of a copy a backend republished to requeue it client-side.
 pub const ATTEMPT_HEADER: &str = "x-mailroom-attempt";
+/// The routing key a message was sent to an exchange with, where the broker routes nothing
+/// itself and the consumer matches bindings against it (Kafka). Absent means the empty key.
+pub const ROUTING_KEY_HEADER: &str = "x-mailroom-routing-key";
 /// The payload's media type. A broker with a content-type property of its own carries this
 /// header there (RabbitMQ: the AMQP `content_type` property), the others as a header of this
 /// name, as the CloudEvents Kafka binding names it.

@@ -8,6 +8,7 @@
 //! | id              | `x-mailroom-id` header                                            |
 //! | timestamp       | record timestamp and `x-mailroom-timestamp-ms` header             |
 //! | attempt (>1)    | `x-mailroom-attempt` header on a requeued copy                    |
+//! | routing key     | `x-mailroom-routing-key` header, sent to an exchange with a non-empty key |
 //!
 //! The `x-mailroom-*` headers are taken off on receive, so a message arrives exactly as it was
 //! sent. Records from other producers get the id `kafka:TOPIC:PARTITION:OFFSET` (stable across
@@ -20,8 +21,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use mailroom_core::message::MAX_ID_BYTES;
 use mailroom_core::wire::is_timestamp_header;
-pub use mailroom_core::wire::{ATTEMPT_HEADER, ID_HEADER, TIMESTAMP_HEADER};
-use mailroom_core::{Headers, Message, MessageId, MessageParts, Timestamp};
+pub use mailroom_core::wire::{ATTEMPT_HEADER, ID_HEADER, ROUTING_KEY_HEADER, TIMESTAMP_HEADER};
+use mailroom_core::{Destination, Headers, Message, MessageId, MessageParts, Timestamp};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 
 /// A message's parts as a record carries them (the topic and the delivery opaque are the
@@ -82,8 +83,45 @@ fn with_text(headers: OwnedHeaders, name: &str, value: impl fmt::Display) -> Own
     }
 }
 
-/// The record for `message`; `attempt` is set on a requeued copy.
-pub(crate) fn encode(message: &Message, attempt: Option<u32>) -> Record<'_> {
+/// What a record carries besides the message itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Stamps<'a> {
+    /// Set on a requeued copy.
+    pub attempt: Option<u32>,
+    /// The routing key of a send to an exchange, which consumers match their bindings against.
+    pub routing_key: Option<&'a str>,
+}
+
+impl<'a> Stamps<'a> {
+    /// A copy's attempt, no routing key.
+    pub fn attempt(attempt: Option<u32>) -> Self {
+        Stamps {
+            attempt,
+            routing_key: None,
+        }
+    }
+
+    /// What a send to `destination` carries: an exchange's non-empty routing key.
+    pub fn to(destination: &'a Destination) -> Self {
+        let routing_key = match destination {
+            Destination::Exchange { routing_key, .. } if !routing_key.is_empty() => {
+                Some(&**routing_key)
+            }
+            _ => None,
+        };
+        Stamps {
+            attempt: None,
+            routing_key,
+        }
+    }
+}
+
+/// The record for `message` with `stamps`.
+pub(crate) fn encode<'m>(message: &'m Message, stamps: Stamps<'_>) -> Record<'m> {
+    let Stamps {
+        attempt,
+        routing_key,
+    } = stamps;
     let timestamp = message.timestamp().map(|t| t.as_millis() as i64);
     let mut headers = OwnedHeaders::new_with_capacity(message.headers().len() + 3);
     for (name, value) in message.headers() {
@@ -99,6 +137,12 @@ pub(crate) fn encode(message: &Message, attempt: Option<u32>) -> Record<'_> {
     if let Some(a) = attempt {
         headers = with_text(headers, ATTEMPT_HEADER, a);
     }
+    if let Some(key) = routing_key {
+        headers = headers.insert(Header {
+            key: ROUTING_KEY_HEADER,
+            value: Some(key),
+        });
+    }
     Record {
         payload: message.payload(),
         key: message.key(),
@@ -113,6 +157,7 @@ struct Internal {
     id: Option<MessageId>,
     timestamp: Option<Timestamp>,
     attempt: Option<u32>,
+    routing_key: Option<String>,
 }
 
 impl Internal {
@@ -121,6 +166,7 @@ impl Internal {
         match name {
             ID_HEADER => self.id = MessageId::parse(value).ok(),
             ATTEMPT_HEADER => self.attempt = Some(value.parse().unwrap_or(1).max(1)),
+            ROUTING_KEY_HEADER => self.routing_key = Some(value.to_owned()),
             name if is_timestamp_header(name) => {
                 self.timestamp = value.parse().ok().map(Timestamp::from_millis)
             }
@@ -130,8 +176,17 @@ impl Internal {
     }
 }
 
-/// A Kafka record as a mailroom message, and its attempt (internal headers are stripped).
-pub(crate) fn decode(m: &impl rdkafka::Message) -> (Message, u32) {
+/// A received record's message and what it carried besides.
+pub(crate) struct Decoded {
+    pub message: Message,
+    pub attempt: u32,
+    /// The routing key it was sent to an exchange with (`None`: empty, or sent to a queue).
+    pub routing_key: Option<String>,
+}
+
+/// A Kafka record as a mailroom message, its attempt and its routing key (internal headers are
+/// stripped).
+pub(crate) fn decode(m: &impl rdkafka::Message) -> Decoded {
     let mut headers = Headers::new();
     let mut internal = Internal::default();
     if let Some(hs) = m.headers() {
@@ -174,7 +229,11 @@ pub(crate) fn decode(m: &impl rdkafka::Message) -> (Message, u32) {
         timestamp,
         delay: None,
     });
-    (message, internal.attempt.unwrap_or(1))
+    Decoded {
+        message,
+        attempt: internal.attempt.unwrap_or(1),
+        routing_key: internal.routing_key,
+    }
 }
 
 #[cfg(test)]
@@ -221,7 +280,12 @@ mod tests {
             9,
             Some(headers),
         );
-        let (message, attempt) = decode(&record);
+        let Decoded {
+            message,
+            attempt,
+            routing_key,
+        } = decode(&record);
+        assert_eq!(routing_key, None);
         assert_eq!(
             message.timestamp(),
             Some(Timestamp::from_millis(1_700_000_000_000))
@@ -239,7 +303,13 @@ mod tests {
             .header("a", "1")
             .build()
             .unwrap();
-        let record = encode(&message, Some(3));
+        let record = encode(
+            &message,
+            Stamps {
+                attempt: Some(3),
+                routing_key: None,
+            },
+        );
         let names: Vec<&str> = record.headers.iter().map(|h| h.key).collect();
         assert_eq!(names, ["a", ID_HEADER, TIMESTAMP_HEADER, ATTEMPT_HEADER]);
         assert_eq!(record.timestamp, Some(7));
@@ -249,5 +319,32 @@ mod tests {
             values,
             [&b"1"[..], message.id().to_string().as_bytes(), b"7", b"3"]
         );
+    }
+
+    #[test]
+    fn the_routing_key_of_an_exchange_send_travels_and_is_stripped_on_receive() {
+        let message = Message::builder("p").header("a", "1").build().unwrap();
+        let to = Destination::exchange("events", "order.created");
+        let record = encode(&message, Stamps::to(&to));
+        let owned = rdkafka::message::OwnedMessage::new(
+            Some(record.payload.to_vec()),
+            None,
+            "events".into(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            1,
+            Some(record.headers),
+        );
+        let decoded = decode(&owned);
+        assert_eq!(decoded.routing_key.as_deref(), Some("order.created"));
+        assert_eq!(
+            decoded.message.headers().iter().collect::<Vec<_>>(),
+            [("a", "1")]
+        );
+        // The empty key and a queue send carry no header: absent reads as the empty key.
+        for quiet in [Destination::exchange("events", ""), Destination::queue("q")] {
+            let record = encode(&message, Stamps::to(&quiet));
+            assert!(record.headers.iter().all(|h| h.key != ROUTING_KEY_HEADER));
+        }
     }
 }

@@ -33,10 +33,11 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
-use crate::codec::decode;
+use crate::codec::{decode, Decoded};
 use crate::config::KafkaConfig;
 use crate::connection::{blocking, Connection};
 use crate::offsets::{OffsetBook, TopicPartition};
+use crate::routing::RouteFilter;
 use crate::settle::{KafkaSettle, SettleScope};
 use crate::topology::validate_topic;
 use crate::{error, BACKEND};
@@ -189,6 +190,8 @@ pub struct KafkaConsumer {
     timeout: Duration,
     /// When the settled prefix was last handed to librdkafka (see [`STORE_INTERVAL`]).
     stored_at: Instant,
+    /// Which records of the bound exchanges' topics this queue takes (client-side routing).
+    routes: RouteFilter,
 }
 
 /// How long, at most, settled offsets wait before they are handed to librdkafka while records
@@ -267,18 +270,26 @@ impl KafkaConsumer {
                 .max(1) as usize,
             timeout,
             stored_at: Instant::now(),
+            routes: RouteFilter::new(connection.declared.clone(), Arc::from(queue)),
         })
     }
 
-    fn delivery(&self, m: &BorrowedMessage<'_>) -> Delivery {
-        let name = m.topic();
-        let topic = self
-            .topics
+    /// The subscribed topic's shared name (the record's own name when it is not one of them).
+    fn topic_of(&self, name: &str) -> Arc<str> {
+        self.topics
             .iter()
             .find(|t| ***t == *name)
             .cloned()
-            .unwrap_or_else(|| Arc::from(name));
-        let (message, attempt) = decode(m);
+            .unwrap_or_else(|| Arc::from(name))
+    }
+
+    fn delivery(&self, m: &BorrowedMessage<'_>) -> Delivery {
+        let topic = self.topic_of(m.topic());
+        let Decoded {
+            message,
+            attempt,
+            routing_key,
+        } = decode(m);
         let tp: TopicPartition = (topic, m.partition());
         let offset = m.offset();
         let epoch = self.scope.book.delivered(&tp, offset);
@@ -289,7 +300,7 @@ impl KafkaConsumer {
             partition: Some(tp.1),
             offset: Some(offset),
             consumer_group: Some(self.scope.queue.clone()),
-            routing_key: None,
+            routing_key: routing_key.map(Arc::from),
         };
         let settle = KafkaSettle {
             scope: self.scope.clone(),
@@ -408,7 +419,12 @@ impl Consumer for KafkaConsumer {
                 }
             };
             match received {
-                Ok(m) => return Ok(self.delivery(&m)),
+                Ok(m) if self.routes.admits(&m) => return Ok(self.delivery(&m)),
+                Ok(m) => {
+                    // No binding of the queue matches: settled, undelivered.
+                    let tp = (self.topic_of(m.topic()), m.partition());
+                    self.scope.book.passed(&tp, m.offset());
+                }
                 Err(e) if is_moot(&e) => {
                     tracing::debug!(error = %e, "transient consumer error");
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -10,6 +10,7 @@ mod error;
 mod lag;
 mod offsets;
 mod producer;
+mod routing;
 mod settle;
 mod topology;
 mod transaction;
@@ -21,7 +22,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use mailroom_core::layer::{CapabilityLayer, LayerStack};
 use mailroom_core::{
-    Backend, BackendFactory, Capabilities, DeliveryGuarantee, DeliveryGuarantees, Result,
+    Backend, BackendFactory, Capabilities, Capability, ClientSide, DeliveryGuarantee,
+    DeliveryGuarantees, ExchangeKind, Result,
 };
 
 pub use backend::KafkaBackend;
@@ -43,10 +45,10 @@ pub fn capabilities(config: &KafkaConfig) -> Capabilities {
     caps.replay = true;
     caps.delayed_delivery = false;
     caps.max_delay = None;
-    caps.exchange_direct = false;
-    caps.exchange_topic = false;
+    caps.exchange_direct = true;
+    caps.exchange_topic = true;
     caps.exchange_fanout = true;
-    caps.exchange_headers = false;
+    caps.exchange_headers = true;
     caps.dead_letter = true;
     caps.max_delivery_attempts = true;
     caps.attempt_count = true;
@@ -63,6 +65,16 @@ pub fn capabilities(config: &KafkaConfig) -> Capabilities {
     caps.delivery_guarantees = DeliveryGuarantees::of(&[
         DeliveryGuarantee::LeaderConfirmed,
         DeliveryGuarantee::Unconfirmed,
+    ]);
+    // Kafka routes nothing and keeps no dead letters or attempt counts: the consumer filters
+    // each exchange topic by its bindings, and settles republish copies (see docs.md).
+    caps.client_side = ClientSide::of(&[
+        Capability::Exchange(ExchangeKind::Direct),
+        Capability::Exchange(ExchangeKind::Topic),
+        Capability::Exchange(ExchangeKind::Headers),
+        Capability::DeadLetter,
+        Capability::MaxDeliveryAttempts,
+        Capability::AttemptCount,
     ]);
     caps
 }

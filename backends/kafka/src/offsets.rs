@@ -114,6 +114,26 @@ impl OffsetBook {
         epoch
     }
 
+    /// A record at `offset` was passed over without being delivered (client-side routing: no
+    /// binding matched it): settled at once, so the commit position moves over it once every
+    /// delivery before it is settled, as over an acked one. It never counts as unsettled.
+    pub fn passed(&self, tp: &TopicPartition, offset: i64) {
+        let mut book = self.lock();
+        if !book.partitions.contains_key(tp) {
+            let fresh = book.fresh();
+            book.partitions.insert(tp.clone(), fresh);
+        }
+        let Some(p) = book.partitions.get_mut(tp) else {
+            return;
+        };
+        if p.pending.is_empty() {
+            // Everything handed out before is settled: the position moves straight past it.
+            book.to_store.insert(tp.clone(), offset + 1);
+        } else {
+            p.pending.insert(offset, true);
+        }
+    }
+
     /// A delivery was settled. Returns false if its assignment is gone (the settle is moot:
     /// whoever owns the partition now will deliver the message again).
     pub fn settle(&self, tp: &TopicPartition, offset: i64, epoch: u64) -> bool {
@@ -226,6 +246,27 @@ mod tests {
         let new = book.delivered(&tp(), 0);
         assert!(book.settle(&tp(), 0, new));
         assert_eq!(book.take_stores(), vec![(tp(), 1)]);
+    }
+
+    #[test]
+    fn passed_records_commit_only_behind_every_earlier_delivery() {
+        let book = OffsetBook::default();
+        book.assign(&[tp()]);
+        book.passed(&tp(), 0);
+        assert_eq!(book.take_stores(), vec![(tp(), 1)], "nothing before it");
+        let e = book.delivered(&tp(), 1);
+        book.passed(&tp(), 2);
+        book.passed(&tp(), 3);
+        assert!(
+            book.take_stores().is_empty(),
+            "1 is unsettled: passing 2 and 3 may not commit past it"
+        );
+        assert_eq!(book.unsettled(), 1, "passed records are never unsettled");
+        assert!(book.settle(&tp(), 1, e));
+        assert_eq!(book.take_stores(), vec![(tp(), 4)]);
+        book.passed(&tp(), 4);
+        assert_eq!(book.take_stores(), vec![(tp(), 5)]);
+        assert_eq!(book.unsettled(), 0);
     }
 
     #[test]

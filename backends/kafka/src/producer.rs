@@ -19,7 +19,7 @@ use rdkafka::producer::{
 use rdkafka::ClientContext;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::codec;
+use crate::codec::{self, Stamps};
 use crate::config::KafkaConfig;
 use crate::topology::validate_topic;
 use crate::{error, BACKEND};
@@ -84,7 +84,7 @@ impl ProducerContext for ReportContext {
             }
             // The record carries everything the message had (id and timestamp in headers).
             Err((e, record)) => {
-                let (message, _) = codec::decode(record);
+                let message = codec::decode(record).message;
                 Err(error::map(e.clone(), SEND).with_undelivered(message))
             }
         };
@@ -195,9 +195,9 @@ impl ProducerCore {
         topic: &str,
         message: &Message,
         inflight: Box<InFlight>,
-        attempt: Option<u32>,
+        stamps: Stamps<'_>,
     ) -> std::result::Result<(), (KafkaError, Box<InFlight>)> {
-        let record = codec::encode(message, attempt);
+        let record = codec::encode(message, stamps);
         let mut base = BaseRecord::with_opaque_to(topic, inflight)
             .payload(record.payload)
             .headers(record.headers);
@@ -217,7 +217,7 @@ impl ProducerCore {
         &self,
         topic: &str,
         message: Message,
-        attempt: Option<u32>,
+        stamps: Stamps<'_>,
         completion: Completion,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<()> {
@@ -227,7 +227,7 @@ impl ProducerCore {
             _permit: permit,
         });
         loop {
-            match self.try_send(topic, &message, inflight, attempt) {
+            match self.try_send(topic, &message, inflight, stamps) {
                 // librdkafka copied the record; the message is dropped here, on this thread.
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -257,7 +257,8 @@ impl ProducerCore {
             completion,
             _permit: permit,
         });
-        self.try_send(topic, &message, inflight, attempt).is_ok()
+        self.try_send(topic, &message, inflight, Stamps::attempt(attempt))
+            .is_ok()
     }
 
     /// Send and wait for the delivery report.
@@ -272,7 +273,7 @@ impl ProducerCore {
         self.send(
             topic,
             message,
-            attempt,
+            Stamps::attempt(attempt),
             Completion::Channel(tx),
             Some(permit),
         )
@@ -360,8 +361,8 @@ impl std::fmt::Debug for KafkaProducer {
 impl Producer for KafkaProducer {
     async fn enqueue(&self, destination: &Destination, message: Message) -> Result<PendingConfirm> {
         let message = self.check(message)?;
-        // A fanout exchange is a topic of its own, so both kinds of destination name a topic;
-        // the routing key is ignored (fanout ignores it too).
+        // An exchange is a topic of its own, so both kinds of destination name a topic; the
+        // routing key travels in a header, for the consumers' bindings to match.
         let topic = destination.name();
         // A known topic's name was validated when it became known.
         if !self.core.knows(topic) {
@@ -378,7 +379,13 @@ impl Producer for KafkaProducer {
         };
         let (tx, rx) = oneshot::channel();
         self.core
-            .send(topic, message, None, Completion::Channel(tx), Some(permit))
+            .send(
+                topic,
+                message,
+                Stamps::to(destination),
+                Completion::Channel(tx),
+                Some(permit),
+            )
             .await?;
         Ok(PendingConfirm::waiting(async move {
             rx.await.unwrap_or_else(|_| Err(lost_report()))

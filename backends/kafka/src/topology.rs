@@ -1,21 +1,29 @@
-//! The exchange API on Kafka: queues and fanout exchanges are topics; bindings are remembered.
+//! The exchange API on Kafka: queues and exchanges are topics; bindings are remembered.
 //!
 //! * A **queue** `Q` is a topic `Q` plus the consumer group `Q` that `consumer(Q)` joins.
-//! * A **fanout exchange** `E` is a topic `E`. Binding `Q` to `E` makes every later `consumer(Q)`
+//! * An **exchange** `E` (any kind) is a topic `E`; a send to it carries its routing key in the
+//!   `x-mailroom-routing-key` header. Binding `Q` to `E` makes every later `consumer(Q)`
 //!   subscribe group `Q` to topic `E` as well, and commits group `Q`'s offsets on `E` at `E`'s
 //!   current end, so the queue receives what is published *after* the bind (as in AMQP) rather
 //!   than the exchange's whole retained history.
-//! * **Direct, topic and headers** exchanges are `Unsupported` (refused by the capability
-//!   check; `bind` here refuses any route but fanout): Kafka has no server-side routing, and
-//!   client-side routing would need every producer to know every binding.
+//! * **Routing is client-side** (`routing.rs`): Kafka routes nothing, so a consumer of `Q` reads
+//!   every record of `E` and delivers those that one of `Q`'s bindings to `E` matches (fanout:
+//!   all; direct: the key; topic: the pattern; headers: all / any of the pairs); the others are
+//!   settled at once, undelivered, so the group's committed offsets pass over them. Every
+//!   subscriber therefore reads the whole topic, whatever share of it its bindings select.
 //!
 //! Queue settings Kafka has no place for (dead-letter queue, max delivery attempts) and bindings
 //! live in a registry shared by every connection to the same bootstrap servers **in this
-//! process**. They do not survive a restart of the process: declare queues and bindings at
-//! start-up (declarations are idempotent), as is usual with AMQP topologies too. The topics,
-//! their messages and the groups' committed offsets are on the broker and do survive.
+//! process**. They do not survive a restart of the process: the process that consumes a queue
+//! declares its bindings at start-up (declarations are idempotent), as is usual with AMQP
+//! topologies too. Only the consuming process needs them, since the routing happens in its
+//! consumer; a producer needs only the exchange's topic. The topics, their messages and the
+//! groups' committed offsets are on the broker and do survive. A bind or unbind on an exchange
+//! a running consumer already reads takes effect at its next record; a bind to an exchange it
+//! does not read yet takes effect when the queue's consumer is opened again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -62,8 +70,8 @@ pub(crate) struct QueueSettings {
 struct DeclaredState {
     queues: HashMap<String, QueueSettings>,
     exchanges: HashMap<String, ExchangeKind>,
-    /// queue -> the fanout exchanges it is bound to.
-    bindings: HashMap<String, BTreeSet<String>>,
+    /// queue -> the exchanges it is bound to -> the routes of its bindings to each.
+    bindings: HashMap<String, BTreeMap<String, Vec<Route>>>,
 }
 
 /// How often a new topic's metadata is looked up until the broker serves it.
@@ -73,6 +81,9 @@ const TOPIC_VISIBLE_POLL: Duration = Duration::from_millis(20);
 #[derive(Default)]
 pub(crate) struct Declared {
     state: Mutex<DeclaredState>,
+    /// Bumped on every change of the bindings, so that a running consumer refreshes its copy
+    /// of them by reading one atomic per record instead of taking the lock.
+    generation: AtomicU64,
 }
 
 impl Declared {
@@ -98,8 +109,76 @@ impl Declared {
         self.lock()
             .bindings
             .get(queue)
-            .map(|b| b.iter().cloned().collect())
+            .map(|b| b.keys().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The generation of the bindings: it changes whenever a binding is added or removed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The routes of `queue`'s bindings, by exchange, with the generation they were read at.
+    pub fn routes(&self, queue: &str) -> (u64, Vec<(String, Vec<Route>)>) {
+        let state = self.lock();
+        let generation = self.generation();
+        let routes = state
+            .bindings
+            .get(queue)
+            .map(|b| b.iter().map(|(e, r)| (e.clone(), r.clone())).collect())
+            .unwrap_or_default();
+        (generation, routes)
+    }
+
+    /// Record a binding; true if it is the queue's first binding to that exchange.
+    pub fn add_binding(&self, binding: &Binding) -> bool {
+        let mut state = self.lock();
+        let routes = state
+            .bindings
+            .entry(binding.queue.clone())
+            .or_default()
+            .entry(binding.exchange.clone())
+            .or_default();
+        let first = routes.is_empty();
+        if !routes.contains(&binding.route) {
+            routes.push(binding.route.clone());
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        first
+    }
+
+    /// Forget a binding; the queue stays subscribed to the exchange's topic while it has
+    /// others there.
+    pub fn remove_binding(&self, binding: &Binding) {
+        let mut state = self.lock();
+        let Some(exchanges) = state.bindings.get_mut(&binding.queue) else {
+            return;
+        };
+        if let Some(routes) = exchanges.get_mut(&binding.exchange) {
+            routes.retain(|r| *r != binding.route);
+            if routes.is_empty() {
+                exchanges.remove(&binding.exchange);
+            }
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Forget an exchange, its bindings with it.
+    fn remove_exchange(&self, exchange: &str) {
+        let mut state = self.lock();
+        state.exchanges.remove(exchange);
+        for bound in state.bindings.values_mut() {
+            bound.remove(exchange);
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Forget a queue, its settings and bindings with it.
+    fn remove_queue(&self, queue: &str) {
+        let mut state = self.lock();
+        state.queues.remove(queue);
+        state.bindings.remove(queue);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -326,11 +405,7 @@ impl Topology for KafkaTopology {
         validate_topic("exchange", name)?;
         self.connection.check_open(DELETE_EXCHANGE)?;
         self.delete_topic(name, DELETE_EXCHANGE).await?;
-        let mut registry = self.connection.declared.lock();
-        registry.exchanges.remove(name);
-        for bound in registry.bindings.values_mut() {
-            bound.remove(name);
-        }
+        self.connection.declared.remove_exchange(name);
         Ok(())
     }
 
@@ -377,13 +452,12 @@ impl Topology for KafkaTopology {
         validate_topic("queue", name)?;
         self.connection.check_open(DELETE_QUEUE)?;
         self.delete_topic(name, DELETE_QUEUE).await?;
-        let mut registry = self.connection.declared.lock();
-        registry.queues.remove(name);
-        registry.bindings.remove(name);
+        self.connection.declared.remove_queue(name);
         Ok(())
     }
 
     async fn bind(&self, binding: &Binding) -> Result<()> {
+        binding.validate().map_err(|e| e.with_backend(BACKEND))?;
         let known = self
             .connection
             .declared
@@ -391,12 +465,12 @@ impl Topology for KafkaTopology {
             .exchanges
             .get(&binding.exchange)
             .copied();
-        // An exchange declared by another process is a topic we can only treat as fanout.
-        let kind = known.unwrap_or(ExchangeKind::Fanout);
+        // An exchange declared by another process is a bare topic: the route says its kind.
+        let kind = known.unwrap_or_else(|| route_kind(&binding.route));
         self.require(Capability::Exchange(kind), BIND)?;
-        if !matches!(binding.route, Route::All) {
+        if !binding.route.fits(kind) {
             return Err(Error::invalid_input(format!(
-                "exchange '{}' is fanout: bind with Binding::fanout (Route::All), not {:?}",
+                "exchange '{}' is {kind}: {:?} is not a {kind} binding's route",
                 binding.exchange, binding.route
             ))
             .with_backend(BACKEND)
@@ -414,15 +488,7 @@ impl Topology for KafkaTopology {
                 .with_operation(BIND));
             }
         }
-        let new = self
-            .connection
-            .declared
-            .lock()
-            .bindings
-            .entry(binding.queue.clone())
-            .or_default()
-            .insert(binding.exchange.clone());
-        if new {
+        if self.connection.declared.add_binding(binding) {
             if let Err(e) = self
                 .start_group_at_end(&binding.exchange, &binding.queue)
                 .await
@@ -442,15 +508,7 @@ impl Topology for KafkaTopology {
 
     async fn unbind(&self, binding: &Binding) -> Result<()> {
         binding.validate().map_err(|e| e.with_backend(BACKEND))?;
-        if let Some(bound) = self
-            .connection
-            .declared
-            .lock()
-            .bindings
-            .get_mut(&binding.queue)
-        {
-            bound.remove(&binding.exchange);
-        }
+        self.connection.declared.remove_binding(binding);
         Ok(())
     }
 
@@ -464,9 +522,45 @@ impl Topology for KafkaTopology {
     }
 }
 
+/// The kind of exchange a route binds to.
+fn route_kind(route: &Route) -> ExchangeKind {
+    match route {
+        Route::Key(_) => ExchangeKind::Direct,
+        Route::Pattern(_) => ExchangeKind::Topic,
+        Route::All => ExchangeKind::Fanout,
+        Route::Headers { .. } => ExchangeKind::Headers,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bindings_keep_every_route_per_exchange_and_bump_the_generation() {
+        let declared = Declared::default();
+        let a = Binding::key("ex", "q", "a");
+        let b = Binding::key("ex", "q", "b");
+        let g0 = declared.generation();
+        assert!(declared.add_binding(&a), "first binding of q to ex");
+        assert!(!declared.add_binding(&b));
+        assert!(!declared.add_binding(&a), "a repeated bind is idempotent");
+        let (g1, routes) = declared.routes("q");
+        assert!(g1 > g0);
+        assert_eq!(
+            routes,
+            vec![("ex".to_owned(), vec![a.route.clone(), b.route.clone()])]
+        );
+        declared.remove_binding(&a);
+        let (g2, routes) = declared.routes("q");
+        assert!(g2 > g1);
+        assert_eq!(routes, vec![("ex".to_owned(), vec![b.route.clone()])]);
+        declared.remove_binding(&b);
+        assert!(
+            declared.bound_exchanges("q").is_empty(),
+            "no route left: unsubscribed"
+        );
+    }
 
     #[test]
     fn topic_names_follow_kafka_rules() {

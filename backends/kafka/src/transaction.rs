@@ -41,10 +41,11 @@ use rdkafka::Message as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::codec::decode;
+use crate::codec::{decode, Decoded, Stamps};
 use crate::connection::{blocking, Connection};
 use crate::consumer::is_moot;
 use crate::producer::{lost_report, Completion, ProducerCore};
+use crate::routing::RouteFilter;
 use crate::topology::validate_topic;
 use crate::transaction_inputs::{TxContext, TxInputs};
 use crate::transaction_producer::{self, is_fatal, CommitFailure};
@@ -69,6 +70,8 @@ pub struct KafkaTransactional {
     beginning: Option<JoinHandle<KafkaResult<()>>>,
     outputs: usize,
     confirms: Vec<oneshot::Receiver<Result<Receipt>>>,
+    /// Which records of the bound exchanges' topics this queue takes (client-side routing).
+    routes: RouteFilter,
     /// Set once the unit cannot continue; every later call answers with it.
     broken: Option<(ErrorKind, String)>,
 }
@@ -138,6 +141,7 @@ impl KafkaTransactional {
             beginning: None,
             outputs: 0,
             confirms: Vec::new(),
+            routes: RouteFilter::new(connection.declared.clone(), Arc::from(queue)),
             broken: None,
         })
     }
@@ -200,13 +204,20 @@ impl KafkaTransactional {
         }
     }
 
-    fn input(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> TransactionInput {
-        let topic = self
-            .topics
-            .get(m.topic())
+    fn topic_of(&self, name: &str) -> Arc<str> {
+        self.topics
+            .get(name)
             .cloned()
-            .unwrap_or_else(|| Arc::from(m.topic()));
-        let (message, attempt) = decode(m);
+            .unwrap_or_else(|| Arc::from(name))
+    }
+
+    fn input(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> TransactionInput {
+        let topic = self.topic_of(m.topic());
+        let Decoded {
+            message,
+            attempt,
+            routing_key,
+        } = decode(m);
         let offset = m.offset();
         self.inputs.received(topic, m.partition(), offset);
         TransactionInput {
@@ -218,7 +229,7 @@ impl KafkaTransactional {
                 partition: Some(m.partition()),
                 offset: Some(offset),
                 consumer_group: Some(self.queue.clone()),
-                routing_key: None,
+                routing_key: routing_key.map(Arc::from),
             },
         }
     }
@@ -328,7 +339,12 @@ impl Transactional for KafkaTransactional {
         loop {
             // Nothing below awaits after a record is taken, which keeps `receive` cancel-safe.
             match consumer.recv().await {
-                Ok(m) => return Ok(self.input(&m)),
+                Ok(m) if self.routes.admits(&m) => return Ok(self.input(&m)),
+                Ok(m) => {
+                    // No binding of the queue matches: consumed by this transaction, undelivered.
+                    let topic = self.topic_of(m.topic());
+                    self.inputs.received(topic, m.partition(), m.offset());
+                }
                 Err(e) if is_moot(&e) => {
                     tracing::debug!(error = %e, "transient consumer error");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -365,7 +381,13 @@ impl Transactional for KafkaTransactional {
         };
         let (tx, rx) = oneshot::channel();
         self.producer
-            .send(topic, message, None, Completion::Channel(tx), Some(permit))
+            .send(
+                topic,
+                message,
+                Stamps::to(destination),
+                Completion::Channel(tx),
+                Some(permit),
+            )
             .await?;
         self.confirms.push(rx);
         self.outputs += 1;

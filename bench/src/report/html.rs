@@ -102,6 +102,7 @@ pub fn html(c: &Comparison, charts: &[(String, String)]) -> String {
         s.push_str("</table>\n");
     }
     s.push_str(&super::peers::html(c));
+    s.push_str(&super::routing::html(c));
     s.push_str(&super::scaling::html(c));
     if let Some(o) = &c.overhead {
         let _ = writeln!(

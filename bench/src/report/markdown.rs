@@ -98,6 +98,7 @@ pub fn markdown(c: &Comparison, charts: &[(String, String)]) -> String {
         }
     }
     s.push_str(&super::peers::markdown(c));
+    s.push_str(&super::routing::markdown(c));
     s.push_str(&super::scaling::markdown(c));
     if let Some(o) = &c.overhead {
         let _ = writeln!(s, "\n## Harness overhead\n");

@@ -5,13 +5,15 @@
 //! One file per job: `select` (which of a comparison's results each part reads), `needs` (the
 //! "which broker for which need" lines), `verdicts` (one per shape of work), `charts` (the SVG
 //! charts), `tables` (the cells both pages show), `markdown` and `html` (the two pages),
-//! `scaling` (the scaling curves and tables) and `peers` (a peer library beside mailroom).
+//! `scaling` (the scaling curves and tables), `peers` (a peer library beside mailroom) and
+//! `routing` (native vs client-side routing, measured).
 
 mod charts;
 mod html;
 mod markdown;
 mod needs;
 mod peers;
+mod routing;
 mod scaling;
 mod select;
 mod tables;

@@ -282,6 +282,16 @@ fn need_lines(c: &Comparison, reachable: &[&BackendReport]) -> Vec<NeedLine> {
         for b in reachable {
             let declared = declares(b, *capability);
             let checked = case.and_then(|c| b.case_passed(c));
+            // "declared client-side": the client library does it, at a cost the broker's would not
+            // have (the routing section measures it for topic exchanges).
+            let how = match b
+                .capabilities
+                .as_ref()
+                .and_then(|caps| caps.implementation(*capability))
+            {
+                Some(mailroom_core::Implementation::ClientSide) => " client-side",
+                _ => "",
+            };
             let text = match (declared, case, checked) {
                 (false, _, _) => format!("{}: declares no {capability}", b.name),
                 (true, Some(c), Some(true)) => {
@@ -302,16 +312,16 @@ fn need_lines(c: &Comparison, reachable: &[&BackendReport]) -> Vec<NeedLine> {
                         ""
                     };
                     format!(
-                        "{}: declared, conformance case {c} passed{detail}{per_partition}",
+                        "{}: declared{how}, conformance case {c} passed{detail}{per_partition}",
                         b.name
                     )
                 }
                 (true, Some(c), Some(false)) => {
-                    format!("{}: declared, but conformance case {c} FAILED", b.name)
+                    format!("{}: declared{how}, but conformance case {c} FAILED", b.name)
                 }
                 (true, Some(c), None) => {
                     declared_only.push(b.name.clone());
-                    format!("{}: declared; case {c} not run", b.name)
+                    format!("{}: declared{how}; case {c} not run", b.name)
                 }
                 (true, None, _) if *capability == Capability::Persistence => match &b.persistence {
                     Some(run) if run.passed() => {
