@@ -47,6 +47,50 @@ pub fn accept_id(raw: &[u8], headers: &mut Headers) -> MessageId {
     id
 }
 
+/// On receive: what a backend had to leave out of a message from another client because
+/// mailroom cannot hold it, comma-separated: `header:NAME` for a header (its name with control
+/// characters removed, cut to 64 characters), `key` for the key. Present only when something
+/// was left out, so a message that was not read whole says so instead of looking complete.
+pub const DROPPED_HEADER: &str = "x-mailroom-dropped";
+
+/// Collects what a decode left out, for [`DROPPED_HEADER`].
+#[derive(Debug, Default)]
+pub struct Dropped(Vec<String>);
+
+impl Dropped {
+    /// A header named `name` was left out.
+    pub fn header(&mut self, name: &str) {
+        let name: String = name
+            .chars()
+            .filter(|c| !c.is_control() && *c != ',')
+            .take(64)
+            .collect();
+        self.0.push(format!("header:{name}"));
+    }
+
+    /// The key was left out.
+    pub fn key(&mut self) {
+        self.0.push("key".to_owned());
+    }
+
+    /// Whether nothing was left out.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Add [`DROPPED_HEADER`] to `headers` if anything was left out.
+    pub fn mark(self, headers: &mut Headers) {
+        if !self.0.is_empty() {
+            let mut list = self.0.join(",");
+            // Far more left out than a header holds: the count still says it.
+            if list.len() > 4096 {
+                list = format!("{} items", self.0.len());
+            }
+            let _ = headers.insert(DROPPED_HEADER, list);
+        }
+    }
+}
+
 /// Names the timestamp was written under before [`TIMESTAMP_HEADER`]: still read, no longer
 /// written. Kafka wrote `x-mailroom-timestamp` until this release; a record still on a topic
 /// (retained, or sent by an older producer) decodes with its timestamp.
@@ -66,6 +110,18 @@ mod tests {
         assert!(is_timestamp_header("x-mailroom-timestamp-ms"));
         assert!(is_timestamp_header("x-mailroom-timestamp"));
         assert!(!is_timestamp_header("x-mailroom-timestamp-us"));
+    }
+
+    #[test]
+    fn what_was_left_out_is_listed_once_something_was() {
+        let mut headers = Headers::new();
+        Dropped::default().mark(&mut headers);
+        assert!(headers.is_empty());
+        let mut dropped = Dropped::default();
+        dropped.header("bad\nname,x");
+        dropped.key();
+        dropped.mark(&mut headers);
+        assert_eq!(headers.get(DROPPED_HEADER), Some("header:badnamex,key"));
     }
 
     #[test]
