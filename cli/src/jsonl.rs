@@ -182,10 +182,7 @@ impl Serialize for OrderedHeaders<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         let headers = self.0;
-        let mut names: Vec<&str> = headers.values().map(|(n, _)| n).collect();
-        names.sort_unstable();
-        let repeats = names.windows(2).any(|w| w[0] == w[1]);
-        if repeats {
+        if headers.has_repeated_names() {
             let mut seq = serializer.serialize_seq(Some(headers.len()))?;
             for (name, value) in headers.values() {
                 seq.serialize_element(&(name, value_to_json(value)))?;

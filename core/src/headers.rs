@@ -205,6 +205,21 @@ impl Headers {
         self.entries.iter().map(|(n, v)| (n.as_str(), v))
     }
 
+    /// Whether some name has more than one value (compared pairwise: no allocation, and
+    /// messages carry few headers).
+    pub fn has_repeated_names(&self) -> bool {
+        let e = &self.entries;
+        (1..e.len()).any(|i| e[..i].iter().any(|(n, _)| *n == e[i].0))
+    }
+
+    /// The first name with more than one value.
+    pub fn first_repeated_name(&self) -> Option<&str> {
+        let e = &self.entries;
+        (1..e.len())
+            .find(|&i| e[..i].iter().any(|(n, _)| *n == e[i].0))
+            .map(|i| e[i].0.as_str())
+    }
+
     /// Whether every value is text (so [`Headers::iter`] sees them all).
     pub fn is_all_text(&self) -> bool {
         self.entries.iter().all(|(_, v)| v.as_text().is_some())
@@ -317,12 +332,15 @@ mod tests {
         assert_eq!(text.collect::<Vec<_>>(), [("a", "1")]);
         assert!(h.contains("b") && h.get("b").is_none());
         assert!(!h.is_all_text());
+        assert!(h.has_repeated_names());
+        assert_eq!(h.first_repeated_name(), Some("a"));
         h.insert("a", "3").unwrap();
         assert_eq!(
             h.values().map(|(n, _)| n).collect::<Vec<_>>(),
             ["a", "b"],
             "insert replaced both values of a, in the first one's place"
         );
+        assert!(!h.has_repeated_names());
         assert_eq!(h.remove_values("b").len(), 1);
         assert_eq!(h.remove("a").as_deref(), Some("3"));
         assert!(h.is_empty());

@@ -71,21 +71,15 @@ fn short(name: &str) -> Option<ShortString> {
 /// Refuse, before any I/O, a message AMQP cannot carry as it is: a header name that repeats
 /// (an AMQP table holds a name once, so all but one value would be lost).
 pub(crate) fn check(message: &Message) -> Result<()> {
-    let headers = message.headers();
-    if headers.len() < 2 {
-        return Ok(());
-    }
-    let mut names: Vec<&str> = headers.values().map(|(n, _)| n).collect();
-    names.sort_unstable();
-    match names.windows(2).find(|w| w[0] == w[1]) {
+    match message.headers().first_repeated_name() {
         None => Ok(()),
-        Some(w) => Err(Error::new(
+        Some(name) => Err(Error::new(
             ErrorKind::Encode,
             format!(
                 "message {} has header '{}' more than once; an AMQP headers table holds a name \
                  once",
                 message.id(),
-                w[0]
+                name
             ),
         )),
     }
