@@ -159,9 +159,9 @@ struct Internal {
 
 impl Internal {
     /// Take `name` if it is one of mailroom's own headers; false for an application header.
+    /// The id is taken by `decode` itself, from the raw bytes of the first `x-mailroom-id`.
     fn take(&mut self, name: &str, value: &str) -> bool {
         match name {
-            ID_HEADER => self.id = MessageId::parse(value).ok(),
             ATTEMPT_HEADER => self.attempt = Some(value.parse().unwrap_or(1).max(1)),
             name if is_timestamp_header(name) => {
                 self.timestamp = value.parse().ok().map(Timestamp::from_millis)
