@@ -118,11 +118,15 @@ fn human_line(delivery: &mailroom::Delivery) -> String {
     if let Some(o) = info.offset {
         let _ = write!(line, " offset={o}");
     }
-    match m.key() {
-        Some(k) => {
+    match (m.key(), m.key_bytes()) {
+        (Some(k), _) => {
             let _ = write!(line, " key={k:?}");
         }
-        None => line.push_str(" key=-"),
+        (None, Some(bytes)) => {
+            let (b64, _) = jsonl::payload_text(bytes);
+            let _ = write!(line, " key(base64)={b64}");
+        }
+        (None, None) => line.push_str(" key=-"),
     }
     if let Some(t) = m.timestamp() {
         let _ = write!(line, " timestamp_ms={}", t.as_millis());

@@ -144,19 +144,20 @@ impl EventCodec {
         from: Binding,
         to: Binding,
     ) -> Result<Message, CloudEventError> {
-        let mut parts = message.into_parts();
+        // Every header, of every form and repeated or not, and a key that is not UTF-8 too.
+        let (mut parts, binary_key) = message.into_parts_and_binary_key();
         let mut headers = mailroom_core::Headers::new();
-        for (name, value) in parts.headers.iter() {
+        for (name, value) in parts.headers.values() {
             let name = match from.attribute_of(name) {
                 Some(attribute) => to.header_name(attribute),
                 None => name.to_owned(),
             };
             headers
-                .insert(name, value)
+                .append(name, value.clone())
                 .map_err(CloudEventError::Message)?;
         }
         parts.headers = headers;
-        Ok(Message::from_parts(parts))
+        Ok(Message::from_parts_and_binary_key(parts, binary_key))
     }
 }
 

@@ -354,3 +354,30 @@ fn non_attribute_headers_are_not_part_of_the_event_and_rebind_keeps_them() {
         full_event()
     );
 }
+
+#[test]
+fn rebind_keeps_bytes_values_repeated_names_and_a_binary_key() {
+    let m = EventCodec::binary(Binding::Amqp)
+        .encode(full_event())
+        .unwrap()
+        .with_key_bytes(b"\xff\x01")
+        .unwrap();
+    let mut m = m;
+    m.headers_mut()
+        .append("bin", mailroom_core::HeaderValue::from(&b"\x00\xff"[..]))
+        .unwrap();
+    m.headers_mut().append("bin", "again").unwrap();
+    let kafka = EventCodec::rebind(m, Binding::Amqp, Binding::Kafka).unwrap();
+    assert_eq!(kafka.key_bytes(), Some(&b"\xff\x01"[..]));
+    assert_eq!(
+        kafka.headers().get_all("bin").collect::<Vec<_>>(),
+        [
+            &mailroom_core::HeaderValue::from(&b"\x00\xff"[..]),
+            &mailroom_core::HeaderValue::from("again")
+        ]
+    );
+    assert_eq!(
+        EventCodec::binary(Binding::Kafka).decode(&kafka).unwrap(),
+        full_event()
+    );
+}

@@ -57,6 +57,10 @@ pub struct Capabilities {
     /// honoured, each partition keeps its own order, and the message key picks the partition.
     /// Backends without it ignore the partition count (one queue, one order).
     pub partitioned_queues: bool,
+    /// A message may carry one header name more than once ([`Headers::append`](crate::Headers)),
+    /// and it arrives with every value in order. Without it a send of such a message is an
+    /// `Unsupported` error before any I/O.
+    pub repeated_header_names: bool,
     /// Largest message (payload, key and headers) accepted, in bytes.
     pub max_message_size: Option<usize>,
     /// Largest number of messages one batch call sends at once (the backend splits larger ones).
@@ -146,6 +150,7 @@ pub enum Capability {
     Persistence,
     RedeliveryOnDrop,
     PartitionedQueues,
+    RepeatedHeaderNames,
     MaxMessageSize,
     DeliveryGuarantee(DeliveryGuarantee),
 }
@@ -172,6 +177,7 @@ impl Capability {
             Capability::Persistence => "persistence",
             Capability::RedeliveryOnDrop => "redelivery_on_drop",
             Capability::PartitionedQueues => "partitioned_queues",
+            Capability::RepeatedHeaderNames => "repeated_header_names",
             Capability::MaxMessageSize => "max_message_size",
             Capability::DeliveryGuarantee(DeliveryGuarantee::Confirmed) => {
                 "delivery_guarantee_confirmed"
@@ -214,6 +220,7 @@ impl Capabilities {
             Capability::Persistence => self.persistence,
             Capability::RedeliveryOnDrop => self.redelivery_on_drop,
             Capability::PartitionedQueues => self.partitioned_queues,
+            Capability::RepeatedHeaderNames => self.repeated_header_names,
             Capability::MaxMessageSize => self.max_message_size.is_some(),
             Capability::DeliveryGuarantee(level) => self.delivery_guarantees.contains(level),
         }
@@ -275,6 +282,15 @@ impl Capabilities {
                     "message {} has {} headers; {backend} accepts at most {max}",
                     message.id(),
                     message.headers().len()
+                ))));
+            }
+        }
+        if !self.repeated_header_names {
+            if let Some(name) = message.headers().first_repeated_name() {
+                return Err(ctx(Error::unsupported(format!(
+                    "message {} has header '{name}' more than once; {backend} does not support \
+                     repeated_header_names (declared in its capabilities)",
+                    message.id()
                 ))));
             }
         }

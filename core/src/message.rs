@@ -69,6 +69,38 @@ impl MessageId {
         }
         Ok(MessageId(IdRepr::Text(Arc::from(text))))
     }
+
+    /// The id for raw id bytes read off the wire: the id itself when [`MessageId::parse`]
+    /// accepts it, else [`MessageId::derive`]d from the bytes (the `bool` is then true).
+    pub fn from_wire(raw: &[u8]) -> (Self, bool) {
+        match std::str::from_utf8(raw).map(MessageId::parse) {
+            Ok(Ok(id)) => (id, false),
+            _ => (MessageId::derive(raw), true),
+        }
+    }
+
+    /// A version-8 UUID computed from `raw` alone, for an id mailroom cannot accept as it is
+    /// (empty, too long, a control character, not UTF-8): every delivery of one message gets
+    /// the same id, so redeliveries stay recognisable. The hash is two 64-bit FNV-1a passes
+    /// with different offsets, fixed here so that it is the same in every process and release;
+    /// it is not collision-resistant against someone choosing ids on purpose, and need not be:
+    /// whoever can write to the broker can set any valid id anyway.
+    pub fn derive(raw: &[u8]) -> Self {
+        let fnv = |offset: u64| {
+            b"mailroom-derived-id:"
+                .iter()
+                .chain(raw)
+                .fold(offset, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+                })
+        };
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&fnv(0xcbf2_9ce4_8422_2325).to_be_bytes());
+        bytes[8..].copy_from_slice(&fnv(0x6c62_272e_07bb_0142).to_be_bytes());
+        MessageId(IdRepr::Uuid(
+            uuid::Builder::from_custom_bytes(bytes).into_uuid(),
+        ))
+    }
 }
 
 /// Per thread: the next count and the key mixed into it. Seeded on first use from the
@@ -178,11 +210,46 @@ impl Timestamp {
 #[derive(Clone)]
 pub struct Message {
     id: MessageId,
-    key: Option<Arc<str>>,
+    key: Option<Key>,
     payload: Bytes,
     headers: Headers,
     timestamp: Option<Timestamp>,
     delay: Option<Duration>,
+}
+
+/// A key as text, or as bytes when it is not UTF-8 (a Kafka record key may be anything).
+#[derive(Clone, PartialEq, Eq)]
+enum Key {
+    Text(Arc<str>),
+    Bytes(Arc<[u8]>),
+}
+
+impl Key {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Text(t) => t.as_bytes(),
+            Key::Bytes(b) => b,
+        }
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Text(t) => fmt::Debug::fmt(t, f),
+            Key::Bytes(b) => write!(f, "Bytes({:?})", Bytes::copy_from_slice(b)),
+        }
+    }
+}
+
+/// Check a key's length.
+fn validate_key_len(len: usize) -> Result<()> {
+    if len > MAX_KEY_BYTES {
+        return Err(Error::invalid_input(format!(
+            "message key is {len} bytes; at most {MAX_KEY_BYTES} are allowed"
+        )));
+    }
+    Ok(())
 }
 
 impl Message {
@@ -211,9 +278,34 @@ impl Message {
         &self.id
     }
 
-    /// The ordering / partitioning key.
+    /// The ordering / partitioning key, if it is text. A key that is not UTF-8 is only in
+    /// [`Message::key_bytes`].
     pub fn key(&self) -> Option<&str> {
-        self.key.as_deref()
+        match &self.key {
+            Some(Key::Text(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The key's bytes, text or not.
+    pub fn key_bytes(&self) -> Option<&[u8]> {
+        self.key.as_ref().map(Key::as_bytes)
+    }
+
+    /// Whether the key is bytes that are not UTF-8 (so [`Message::key`] is `None`).
+    pub fn has_binary_key(&self) -> bool {
+        matches!(self.key, Some(Key::Bytes(_)))
+    }
+
+    /// This message with its key set from bytes (at most [`MAX_KEY_BYTES`]); bytes that are
+    /// UTF-8 become a text key, so [`Message::key`] reads them.
+    pub fn with_key_bytes(mut self, key: &[u8]) -> Result<Self> {
+        validate_key_len(key.len())?;
+        self.key = Some(match std::str::from_utf8(key) {
+            Ok(text) => Key::Text(Arc::from(text)),
+            Err(_) => Key::Bytes(Arc::from(key)),
+        });
+        Ok(self)
     }
 
     /// The payload bytes.
@@ -249,28 +341,57 @@ impl Message {
     /// Total bytes a broker must carry: payload, key, id and headers.
     pub fn encoded_len(&self) -> usize {
         self.payload.len()
-            + self.key.as_ref().map_or(0, |k| k.len())
+            + self.key.as_ref().map_or(0, |k| k.as_bytes().len())
             + self.headers.encoded_len()
             + 36
     }
 
     /// Take the parts apart (for backends that translate a message to their wire format).
+    ///
+    /// `MessageParts::key` holds a text key only: read a key that is not UTF-8 with
+    /// [`Message::key_bytes`] first and put it back with [`Message::with_key_bytes`], or use
+    /// [`Message::into_parts_and_binary_key`].
     pub fn into_parts(self) -> MessageParts {
-        MessageParts {
+        self.into_parts_and_binary_key().0
+    }
+
+    /// Take the parts apart, with a key that is not UTF-8 beside them (`MessageParts::key` is
+    /// then `None`); [`Message::from_parts_and_binary_key`] puts them back together.
+    pub fn into_parts_and_binary_key(self) -> (MessageParts, Option<Arc<[u8]>>) {
+        let (key, binary_key) = match self.key {
+            Some(Key::Text(t)) => (Some(t), None),
+            Some(Key::Bytes(b)) => (None, Some(b)),
+            None => (None, None),
+        };
+        let parts = MessageParts {
             id: self.id,
-            key: self.key,
+            key,
             payload: self.payload,
             headers: self.headers,
             timestamp: self.timestamp,
             delay: self.delay,
+        };
+        (parts, binary_key)
+    }
+
+    /// Reassemble a message from parts and a key that is not UTF-8 (which wins over
+    /// `parts.key`), the inverse of [`Message::into_parts_and_binary_key`].
+    pub fn from_parts_and_binary_key(parts: MessageParts, binary_key: Option<Arc<[u8]>>) -> Self {
+        let mut message = Message::from_parts(parts);
+        if let Some(key) = binary_key {
+            message.key = Some(match std::str::from_utf8(&key) {
+                Ok(text) => Key::Text(Arc::from(text)),
+                Err(_) => Key::Bytes(key),
+            });
         }
+        message
     }
 
     /// Reassemble a message from parts, as a backend does when it receives one.
     pub fn from_parts(parts: MessageParts) -> Self {
         Message {
             id: parts.id,
-            key: parts.key,
+            key: parts.key.map(Key::Text),
             payload: parts.payload,
             headers: parts.headers,
             timestamp: parts.timestamp,
@@ -341,14 +462,48 @@ impl MessageBuilder {
     /// Set the ordering / partitioning key.
     pub fn key(mut self, key: impl Into<String>) -> Self {
         let key = key.into();
-        if key.len() > MAX_KEY_BYTES {
-            self.record(Err(Error::invalid_input(format!(
-                "message key is {} bytes; at most {MAX_KEY_BYTES} are allowed",
-                key.len()
-            ))));
-        } else {
-            self.message.key = Some(Arc::from(key));
+        match validate_key_len(key.len()) {
+            Ok(()) => self.message.key = Some(Key::Text(Arc::from(key))),
+            Err(e) => self.record(Err(e)),
         }
+        self
+    }
+
+    /// Set the key from bytes; UTF-8 bytes become a text key (see [`Message::with_key_bytes`]).
+    pub fn key_bytes(mut self, key: impl AsRef<[u8]>) -> Self {
+        let key = key.as_ref();
+        match validate_key_len(key.len()) {
+            Ok(()) => {
+                self.message.key = Some(match std::str::from_utf8(key) {
+                    Ok(text) => Key::Text(Arc::from(text)),
+                    Err(_) => Key::Bytes(Arc::from(key)),
+                })
+            }
+            Err(e) => self.record(Err(e)),
+        }
+        self
+    }
+
+    /// Add or replace a header of any form (see [`Headers::insert_value`]).
+    pub fn header_value(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<crate::headers::HeaderValue>,
+    ) -> Self {
+        let result = self.message.headers.insert_value(name, value);
+        self.record(result);
+        self
+    }
+
+    /// Add a header after the others, keeping earlier values of the name (see
+    /// [`Headers::append`]).
+    pub fn append_header(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<crate::headers::HeaderValue>,
+    ) -> Self {
+        let result = self.message.headers.append(name, value);
+        self.record(result);
         self
     }
 
@@ -456,6 +611,44 @@ mod tests {
             .unwrap();
         let b = Message::builder("p").id("same").build().unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn binary_keys_are_kept_as_bytes_and_text_keys_stay_text() {
+        let m = Message::builder("p")
+            .key_bytes(b"\xff\x00k")
+            .build()
+            .unwrap();
+        assert_eq!(m.key(), None);
+        assert_eq!(m.key_bytes(), Some(&b"\xff\x00k"[..]));
+        assert!(m.has_binary_key());
+        let (parts, binary) = m.clone().into_parts_and_binary_key();
+        assert_eq!(parts.key, None);
+        assert_eq!(Message::from_parts_and_binary_key(parts, binary), m);
+        let text = Message::new("p").with_key_bytes(b"plain").unwrap();
+        assert_eq!(text.key(), Some("plain"));
+        assert!(!text.has_binary_key());
+        assert!(Message::new("p")
+            .with_key_bytes(&[0xff; MAX_KEY_BYTES + 1])
+            .is_err());
+    }
+
+    #[test]
+    fn ids_from_the_wire_are_kept_or_derived_the_same_every_time() {
+        let (id, derived) = MessageId::from_wire(b"order-1");
+        assert_eq!((id.to_string().as_str(), derived), ("order-1", false));
+        for raw in [&b"has\ttab"[..], b"", b"\xff\xfe", &[b'a'; 300]] {
+            let (a, derived) = MessageId::from_wire(raw);
+            assert!(derived, "{raw:?}");
+            assert_eq!(a, MessageId::from_wire(raw).0, "stable");
+            assert_eq!(MessageId::parse(&a.to_string()).unwrap(), a, "printable");
+        }
+        assert_ne!(MessageId::derive(b"a\tb"), MessageId::derive(b"a\tc"));
+        // Fixed across releases: a consumer may have stored ids derived before.
+        assert_eq!(
+            MessageId::derive(b"a\tb").to_string(),
+            "be587959-bfdf-89bb-9ee1-82f5a08d476a"
+        );
     }
 
     #[test]

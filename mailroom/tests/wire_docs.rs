@@ -56,6 +56,8 @@ fn mailroom_headers() -> BTreeSet<&'static str> {
         wire::DEAD_LETTER_ATTEMPTS_HEADER,
         mailroom::rabbitmq::codec::DELAYED_HEADER,
         mailroom::rabbitmq::codec::ORDER_HEADER,
+        wire::ORIGINAL_ID_HEADER,
+        wire::DROPPED_HEADER,
     ]
     .into();
     all.extend(wire::LEGACY_TIMESTAMP_HEADERS);
@@ -113,6 +115,10 @@ fn every_header_a_codec_writes_is_on_its_brokers_page() {
         ],
     );
     must("kafka", &DEAD_LETTER);
+    // What a decode adds to a foreign message, on every broker that decodes one.
+    for name in ["rabbitmq", "kafka", "sqs"] {
+        must(name, &[wire::ORIGINAL_ID_HEADER, wire::DROPPED_HEADER]);
+    }
     must(
         "rabbitmq",
         &[

@@ -3,8 +3,10 @@
 //! | mailroom        | Kafka record                                                      |
 //! |-----------------|-------------------------------------------------------------------|
 //! | payload         | value                                                             |
-//! | key             | key (it picks the partition)                                      |
-//! | headers         | headers, in order, each value UTF-8                               |
+//! | key             | key, as bytes (it picks the partition); a key that is not UTF-8   |
+//! |                 | arrives as [`Message::key_bytes`]                                 |
+//! | headers         | headers, in order, names repeated as they were; a text value is   |
+//! |                 | its UTF-8 bytes, a bytes value the bytes, a null value null       |
 //! | id              | `x-mailroom-id` header                                            |
 //! | timestamp       | record timestamp and `x-mailroom-timestamp-ms` header             |
 //! | attempt (>1)    | `x-mailroom-attempt` header on a requeued copy                    |
@@ -12,24 +14,34 @@
 //!
 //! The `x-mailroom-*` headers are taken off on receive, so a message arrives exactly as it was
 //! sent. Records from other producers get the id `kafka:TOPIC:PARTITION:OFFSET` (stable across
-//! redeliveries) and the record's timestamp. The timestamp header's name before this release,
-//! `x-mailroom-timestamp`, is still read ([`mailroom_core::wire::LEGACY_TIMESTAMP_HEADERS`]).
+//! redeliveries) and the record's timestamp; an `x-mailroom-id` header mailroom cannot accept
+//! (not UTF-8, a control character, too long) gets an id derived from its bytes, and the
+//! original is kept as `x-mailroom-original-id` ([`mailroom_core::wire::accept_id`]).
+//!
+//! Kafka header values are untyped bytes: on receive, bytes that are UTF-8 are a text value,
+//! others a bytes value. Typed values (integers, tables, ... as RabbitMQ carries them) have no
+//! Kafka form; a send of one is refused with an `Encode` error naming the header ([`check`]).
+//! The timestamp header's name before this release, `x-mailroom-timestamp`, is still read
+//! ([`mailroom_core::wire::LEGACY_TIMESTAMP_HEADERS`]).
 
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use mailroom_core::message::MAX_ID_BYTES;
-use mailroom_core::wire::is_timestamp_header;
+use mailroom_core::wire::{accept_id, is_timestamp_header, Dropped};
 pub use mailroom_core::wire::{ATTEMPT_HEADER, ID_HEADER, ROUTING_KEY_HEADER, TIMESTAMP_HEADER};
-use mailroom_core::{Destination, Headers, Message, MessageId, MessageParts, Timestamp};
+use mailroom_core::{
+    Destination, Error, ErrorKind, HeaderValue, Headers, Message, MessageId, MessageParts, Result,
+    Timestamp,
+};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 
 /// A message's parts as a record carries them (the topic and the delivery opaque are the
 /// producer's), borrowed from the message.
 pub(crate) struct Record<'a> {
     pub payload: &'a [u8],
-    pub key: Option<&'a str>,
+    pub key: Option<&'a [u8]>,
     pub timestamp: Option<i64>,
     pub headers: OwnedHeaders,
 }
@@ -83,6 +95,38 @@ fn with_text(headers: OwnedHeaders, name: &str, value: impl fmt::Display) -> Own
     }
 }
 
+/// The Kafka form of a header value: its bytes, or null; `None` for a form Kafka cannot carry.
+fn wire_value(value: &HeaderValue) -> Option<Option<&[u8]>> {
+    match value {
+        HeaderValue::Null => Some(None),
+        other => other.as_bytes().map(Some),
+    }
+}
+
+/// Refuse, before any I/O, a message with a header value Kafka has no form for (a typed AMQP
+/// value): sending it as text would alter it without a word.
+pub(crate) fn check(message: &Message) -> Result<()> {
+    if message.headers().is_all_text() {
+        return Ok(());
+    }
+    match message
+        .headers()
+        .values()
+        .find(|(_, v)| wire_value(v).is_none())
+    {
+        None => Ok(()),
+        Some((name, value)) => Err(Error::new(
+            ErrorKind::Encode,
+            format!(
+                "header '{name}' of message {} is a {} value; Kafka header values are bytes, \
+                 so only text, bytes and null values can be sent",
+                message.id(),
+                value.type_name()
+            ),
+        )),
+    }
+}
+
 /// What a record carries besides the message itself.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Stamps<'a> {
@@ -116,7 +160,8 @@ impl<'a> Stamps<'a> {
     }
 }
 
-/// The record for `message` with `stamps`.
+/// The record for `message` with `stamps`. A value [`check`] refuses is left out, so call it
+/// first.
 pub(crate) fn encode<'m>(message: &'m Message, stamps: Stamps<'_>) -> Record<'m> {
     let Stamps {
         attempt,
@@ -124,11 +169,10 @@ pub(crate) fn encode<'m>(message: &'m Message, stamps: Stamps<'_>) -> Record<'m>
     } = stamps;
     let timestamp = message.timestamp().map(|t| t.as_millis() as i64);
     let mut headers = OwnedHeaders::new_with_capacity(message.headers().len() + 3);
-    for (name, value) in message.headers() {
-        headers = headers.insert(Header {
-            key: name,
-            value: Some(value),
-        });
+    for (name, value) in message.headers().values() {
+        if let Some(value) = wire_value(value) {
+            headers = headers.insert(Header { key: name, value });
+        }
     }
     headers = with_text(headers, ID_HEADER, message.id());
     if let Some(ts) = timestamp {
@@ -145,7 +189,7 @@ pub(crate) fn encode<'m>(message: &'m Message, stamps: Stamps<'_>) -> Record<'m>
     }
     Record {
         payload: message.payload(),
-        key: message.key(),
+        key: message.key_bytes(),
         timestamp,
         headers,
     }
@@ -162,9 +206,9 @@ struct Internal {
 
 impl Internal {
     /// Take `name` if it is one of mailroom's own headers; false for an application header.
+    /// The id is taken by `decode` itself, from the raw bytes of the first `x-mailroom-id`.
     fn take(&mut self, name: &str, value: &str) -> bool {
         match name {
-            ID_HEADER => self.id = MessageId::parse(value).ok(),
             ATTEMPT_HEADER => self.attempt = Some(value.parse().unwrap_or(1).max(1)),
             ROUTING_KEY_HEADER => self.routing_key = Some(value.to_owned()),
             name if is_timestamp_header(name) => {
@@ -186,21 +230,48 @@ pub(crate) struct Decoded {
 
 /// A Kafka record as a mailroom message, its attempt and its routing key (internal headers are
 /// stripped).
+///
+/// Names and values are kept as the record has them: repeated names in order, values that are
+/// not UTF-8 as bytes, null values as null. A header mailroom cannot hold (a name that is empty,
+/// too long or has a control character; a value over the size limit; a key over the key limit)
+/// is left out with a warning, and named in the `x-mailroom-dropped` header
+/// ([`mailroom_core::wire::DROPPED_HEADER`]) so that the application sees the message was not
+/// read whole.
 pub(crate) fn decode(m: &impl rdkafka::Message) -> Decoded {
     let mut headers = Headers::new();
     let mut internal = Internal::default();
+    let mut raw_id = None;
+    let mut dropped = Dropped::default();
     if let Some(hs) = m.headers() {
         for h in hs.iter() {
-            let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
-            if internal.take(h.key, &value) {
+            if h.key == ID_HEADER && internal.id.is_none() {
+                // Kept raw: an id mailroom cannot accept gets one derived from these bytes.
+                raw_id = Some(h.value.unwrap_or_default());
+                internal.id = std::str::from_utf8(h.value.unwrap_or_default())
+                    .ok()
+                    .and_then(|v| MessageId::parse(v).ok());
                 continue;
             }
-            if let Err(e) = headers.insert(h.key, value) {
+            if let Some(text) = h.value.and_then(|v| std::str::from_utf8(v).ok()) {
+                if internal.take(h.key, text) {
+                    continue;
+                }
+            }
+            let value = match h.value {
+                None => HeaderValue::Null,
+                Some(bytes) => HeaderValue::from_wire_bytes(bytes),
+            };
+            if let Err(e) = headers.append(h.key, value) {
                 tracing::warn!(error = %e, "header of a received record dropped");
+                dropped.header(h.key);
             }
         }
     }
     let from_mailroom = internal.id.is_some();
+    if let (None, Some(raw)) = (&internal.id, raw_id) {
+        // A mailroom-looking record whose id is unacceptable: stable, with the original kept.
+        internal.id = Some(accept_id(raw, &mut headers));
+    }
     let id = internal.id.unwrap_or_else(|| {
         // Records from other producers get an id that is stable across redeliveries.
         MessageId::parse(&format!(
@@ -219,16 +290,25 @@ pub(crate) fn decode(m: &impl rdkafka::Message) -> Decoded {
             .filter(|t| *t >= 0)
             .map(|t| Timestamp::from_millis(t as u64))
     };
-    let message = Message::from_parts(MessageParts {
+    // A key longer than mailroom's limit cannot be one; it is left off loudly rather than cut.
+    let key = m.key().filter(|k| {
+        let fits = k.len() <= mailroom_core::message::MAX_KEY_BYTES;
+        if !fits {
+            tracing::warn!(len = k.len(), "record key over the key limit left off");
+            dropped.key();
+        }
+        fits
+    });
+    dropped.mark(&mut headers);
+    let parts = MessageParts {
         id,
-        key: m
-            .key()
-            .map(|k| Arc::from(String::from_utf8_lossy(k).as_ref())),
+        key: None,
         payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
         headers,
         timestamp,
         delay: None,
-    });
+    };
+    let message = Message::from_parts_and_binary_key(parts, key.map(Arc::from));
     Decoded {
         message,
         attempt: internal.attempt.unwrap_or(1),
@@ -303,24 +383,17 @@ mod tests {
             .header("a", "1")
             .build()
             .unwrap();
-        let record = encode(
-            &message,
-            Stamps {
-                attempt: Some(3),
-                routing_key: None,
-            },
-        );
+        let record = encode(&message, Stamps::attempt(Some(3)));
         let names: Vec<&str> = record.headers.iter().map(|h| h.key).collect();
         assert_eq!(names, ["a", ID_HEADER, TIMESTAMP_HEADER, ATTEMPT_HEADER]);
         assert_eq!(record.timestamp, Some(7));
-        assert_eq!(record.key, Some("k"));
+        assert_eq!(record.key, Some(&b"k"[..]));
         let values: Vec<&[u8]> = record.headers.iter().filter_map(|h| h.value).collect();
         assert_eq!(
             values,
             [&b"1"[..], message.id().to_string().as_bytes(), b"7", b"3"]
         );
     }
-
     #[test]
     fn the_routing_key_of_an_exchange_send_travels_and_is_stripped_on_receive() {
         let message = Message::builder("p").header("a", "1").build().unwrap();

@@ -59,6 +59,7 @@ pub fn capabilities(config: &KafkaConfig) -> Capabilities {
     caps.persistence = config.persistent;
     caps.redelivery_on_drop = true;
     caps.partitioned_queues = true;
+    caps.repeated_header_names = true;
     caps.max_message_size = Some(config.max_message_size());
     caps.max_batch_size = None;
     caps.max_headers = None;

@@ -202,7 +202,7 @@ impl ProducerCore {
             .payload(record.payload)
             .headers(record.headers);
         if let Some(k) = record.key {
-            base = base.key(k.as_bytes());
+            base = base.key(k);
         }
         if let Some(ts) = record.timestamp {
             base = base.timestamp(ts);
@@ -221,6 +221,12 @@ impl ProducerCore {
         completion: Completion,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<()> {
+        if let Err(e) = codec::check(&message) {
+            return Err(e
+                .with_backend(BACKEND)
+                .with_operation(SEND)
+                .with_undelivered(message));
+        }
         let mut inflight = Box::new(InFlight {
             id: message.id().clone(),
             completion,
@@ -251,6 +257,9 @@ impl ProducerCore {
         attempt: Option<u32>,
         completion: Completion,
     ) -> bool {
+        if codec::check(&message).is_err() {
+            return false;
+        }
         let permit = self.window.clone().try_acquire_owned().ok();
         let inflight = Box::new(InFlight {
             id: message.id().clone(),

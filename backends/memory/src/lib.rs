@@ -48,6 +48,7 @@ pub fn capabilities(config: &MemoryConfig) -> Capabilities {
     caps.persistence = false;
     caps.redelivery_on_drop = true;
     caps.partitioned_queues = false;
+    caps.repeated_header_names = true;
     caps.max_message_size = Some(config.max_message_size);
     caps.max_batch_size = None;
     caps.max_headers = None;

@@ -69,6 +69,7 @@ pub fn capabilities(config: &RabbitConfig) -> Capabilities {
     caps.persistence = config.persistent;
     caps.redelivery_on_drop = !stream;
     caps.partitioned_queues = false;
+    caps.repeated_header_names = false;
     caps.max_message_size = Some(config.max_message_size);
     caps.max_batch_size = None;
     caps.max_headers = None;

@@ -174,6 +174,9 @@ impl RabbitProducer {
         {
             return Err(e.with_undelivered(message));
         }
+        if let Err(e) = codec::check(&message) {
+            return Err(context(e).with_undelivered(message));
+        }
         // The window frees up as confirms come or their bounded waits end; this wait is bounded
         // too, by the same budget a reconnect has.
         let deadline = inner.connection.deadline();
@@ -518,9 +521,12 @@ impl std::fmt::Debug for RabbitProducer {
 
 /// Rebuild a message with a delay (for a delayed requeue).
 pub(crate) fn with_delay(message: Message, delay: Duration) -> Message {
-    let parts: MessageParts = message.into_parts();
-    Message::from_parts(MessageParts {
-        delay: Some(delay),
-        ..parts
-    })
+    let (parts, binary_key) = message.into_parts_and_binary_key();
+    Message::from_parts_and_binary_key(
+        MessageParts {
+            delay: Some(delay),
+            ..parts
+        },
+        binary_key,
+    )
 }

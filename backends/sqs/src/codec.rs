@@ -13,8 +13,9 @@ use aws_sdk_sqs::types::{
 };
 use base64::Engine as _;
 use bytes::Bytes;
+use mailroom_core::wire::{accept_id, Dropped};
 use mailroom_core::{
-    trace_context, Error, ErrorKind, Headers, Message, MessageId, MessageParts, Result, Timestamp,
+    trace_context, Error, ErrorKind, HeaderValue, Headers, Message, MessageParts, Result, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -38,19 +39,27 @@ struct Meta {
     id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key: Option<String>,
+    /// A key that is not UTF-8, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kb: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ts: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     h: Vec<HeaderRef>,
 }
 
-/// One header in order: the name of a string attribute that carries it, or the pair itself.
+/// One header in order: the name of an attribute that carries it, the text pair itself, or a
+/// value of another form as (name, form, text): form `b64` is bytes, base64.
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
 enum HeaderRef {
     Attr(String),
     Packed(String, String),
+    Typed(String, String, String),
 }
+
+/// The form tag of a packed bytes value.
+const BYTES_FORM: &str = "b64";
 
 /// A message as SQS carries it.
 #[derive(Debug)]
@@ -218,33 +227,64 @@ fn encode_with(
             attributes.insert(ROUTING_KEY_ATTR.to_owned(), string_attr(key)?);
         }
     }
+    let headers = message.headers();
+    if let Some((name, value)) = headers
+        .values()
+        .find(|(_, v)| !matches!(v, HeaderValue::Text(_) | HeaderValue::Bytes(_)))
+    {
+        return Err(Error::new(
+            ErrorKind::Encode,
+            format!(
+                "header '{name}' of message {} is a {} value; SQS carries text and bytes header \
+                 values only",
+                message.id(),
+                value.type_name()
+            ),
+        ));
+    }
     let mut free = MAX_ATTRIBUTES - 1 - attributes.len();
-    let mut as_attribute = vec![false; message.headers().len()];
+    let mut as_attribute = vec![false; headers.len()];
     for trace_first in [true, false] {
-        for (i, (name, value)) in message.headers().iter().enumerate() {
-            if is_trace_header(name) != trace_first {
+        for (i, (name, value)) in headers.values().enumerate() {
+            if is_trace_header(name) != trace_first
+                || free == 0
+                || !attribute_name_ok(name)
+                // An attribute holds one value: a repeated name's others are packed.
+                || attributes.contains_key(name)
+            {
                 continue;
             }
-            if free > 0 && attribute_name_ok(name) && !value.is_empty() && text_safe(value) {
-                attributes.insert(name.to_owned(), string_attr(value)?);
-                as_attribute[i] = true;
-                free -= 1;
-            }
+            let attribute = match value {
+                HeaderValue::Text(t) if !t.is_empty() && text_safe(t) => string_attr(t)?,
+                HeaderValue::Bytes(b) if !b.is_empty() => binary_attr(b.to_vec())?,
+                _ => continue,
+            };
+            attributes.insert(name.to_owned(), attribute);
+            as_attribute[i] = true;
+            free -= 1;
         }
     }
-    let order: Vec<HeaderRef> = message
-        .headers()
-        .iter()
+    let order: Vec<HeaderRef> = headers
+        .values()
         .zip(as_attribute)
-        .map(|((name, value), attribute)| match attribute {
-            true => HeaderRef::Attr(name.to_owned()),
-            false => HeaderRef::Packed(name.to_owned(), value.to_owned()),
+        .map(|((name, value), attribute)| match (attribute, value) {
+            (true, _) => HeaderRef::Attr(name.to_owned()),
+            (false, HeaderValue::Bytes(b)) => {
+                HeaderRef::Typed(name.to_owned(), BYTES_FORM.to_owned(), B64.encode(b))
+            }
+            // Only text is left: other forms were refused above.
+            (false, v) => HeaderRef::Packed(name.to_owned(), v.as_text().unwrap_or("").to_owned()),
         })
         .collect();
     let meta = Meta {
         v: 1,
         id: message.id().to_string(),
         key: message.key().map(str::to_owned),
+        kb: message
+            .key()
+            .is_none()
+            .then(|| message.key_bytes().map(|k| B64.encode(k)))
+            .flatten(),
         ts: message.timestamp().map(Timestamp::as_millis),
         h: order,
     };
@@ -295,8 +335,12 @@ fn encode_with(
     };
     let (group_id, dedup) = if fifo {
         let key = message.key().ok_or_else(|| {
+            let why = match message.has_binary_key() {
+                true => "a key that is not UTF-8 text",
+                false => "no key",
+            };
             Error::invalid_input(format!(
-                "message {} has no key, but a FIFO queue needs one (the key is the \
+                "message {} has {why}, but a FIFO queue needs a text key (the key is the \
                  MessageGroupId)",
                 message.id()
             ))
@@ -333,8 +377,10 @@ pub(crate) fn ceil_secs(d: Duration) -> u64 {
 /// Decode a received SQS message into a mailroom message.
 ///
 /// A message mailroom sent comes back exactly as it was sent. One from another client is read
-/// as it is: its body as the payload, its SQS message id, string and number attributes as headers
-/// (sorted by name), binary attributes base64-encoded, the group id as key.
+/// as it is: its body as the payload, its SQS message id, string and number attributes as text
+/// headers and binary attributes as bytes headers (sorted by name), the group id as key.
+/// A header mailroom cannot hold is left out with a warning and named in `x-mailroom-dropped`
+/// ([`mailroom_core::wire::DROPPED_HEADER`]).
 pub(crate) fn decode(msg: &SqsMessage) -> Message {
     let empty = HashMap::new();
     let attrs = msg.message_attributes().unwrap_or(&empty);
@@ -365,31 +411,63 @@ pub(crate) fn decode(msg: &SqsMessage) -> Message {
     match meta {
         Some(meta) => {
             let mut headers = Headers::new();
+            let mut dropped = Dropped::default();
             for h in meta.h {
                 let (name, value) = match h {
-                    HeaderRef::Packed(n, v) => (n, v),
+                    HeaderRef::Packed(n, v) => (n, HeaderValue::Text(v)),
+                    HeaderRef::Typed(n, form, v) => match (form.as_str(), B64.decode(&v)) {
+                        (BYTES_FORM, Ok(b)) => (n, HeaderValue::Bytes(Bytes::from(b))),
+                        _ => {
+                            tracing::warn!(header = %n, form = %form, "packed header of an unknown form or not base64; dropped");
+                            dropped.header(&n);
+                            continue;
+                        }
+                    },
                     HeaderRef::Attr(n) => {
-                        let Some(v) = attrs.get(&n).and_then(|a| a.string_value()) else {
+                        let value = attrs.get(&n).and_then(|a| {
+                            match (a.string_value(), a.binary_value()) {
+                                (Some(s), _) => Some(HeaderValue::Text(s.to_owned())),
+                                (None, Some(b)) => {
+                                    Some(HeaderValue::Bytes(Bytes::copy_from_slice(b.as_ref())))
+                                }
+                                (None, None) => None,
+                            }
+                        });
+                        let Some(v) = value else {
                             tracing::warn!(header = %n, "header attribute missing; dropped");
+                            dropped.header(&n);
                             continue;
                         };
-                        let v = v.to_owned();
                         (n, v)
                     }
                 };
-                if let Err(e) = headers.insert(name, value) {
+                if let Err(e) = headers.append(name.as_str(), value) {
                     tracing::warn!(error = %e, "received header is not valid; dropped");
+                    dropped.header(&name);
                 }
             }
-            let id = MessageId::parse(&meta.id).unwrap_or_else(|_| MessageId::generate());
-            Message::from_parts(MessageParts {
-                id,
-                key: meta.key.map(Into::into),
-                payload,
-                headers,
-                timestamp: meta.ts.map(Timestamp::from_millis),
-                delay: None,
-            })
+            let id = accept_id(meta.id.as_bytes(), &mut headers);
+            let binary_key = match meta.kb.as_deref().map(|k| B64.decode(k)) {
+                Some(Ok(k)) if k.len() <= mailroom_core::message::MAX_KEY_BYTES => Some(k),
+                Some(_) => {
+                    tracing::warn!("mailroom.meta key is not base64 or too long; dropped");
+                    dropped.key();
+                    None
+                }
+                None => None,
+            };
+            dropped.mark(&mut headers);
+            Message::from_parts_and_binary_key(
+                MessageParts {
+                    id,
+                    key: meta.key.map(Into::into),
+                    payload,
+                    headers,
+                    timestamp: meta.ts.map(Timestamp::from_millis),
+                    delay: None,
+                },
+                binary_key.map(std::sync::Arc::from),
+            )
         }
         None => {
             let mut names: Vec<&String> = attrs
@@ -398,21 +476,25 @@ pub(crate) fn decode(msg: &SqsMessage) -> Message {
                 .collect();
             names.sort();
             let mut headers = Headers::new();
+            let mut dropped = Dropped::default();
             for name in names {
                 let a = &attrs[name];
                 let value = match (a.string_value(), a.binary_value()) {
-                    (Some(s), _) => s.to_owned(),
-                    (None, Some(b)) => B64.encode(b.as_ref()),
-                    (None, None) => String::new(),
+                    (Some(s), _) => HeaderValue::Text(s.to_owned()),
+                    (None, Some(b)) => HeaderValue::Bytes(Bytes::copy_from_slice(b.as_ref())),
+                    (None, None) => HeaderValue::Text(String::new()),
                 };
-                if let Err(e) = headers.insert(name.clone(), value) {
+                if let Err(e) = headers.insert_value(name.clone(), value) {
                     tracing::warn!(error = %e, "received attribute is not a valid header; dropped");
+                    dropped.header(name);
                 }
             }
-            let id = msg
-                .message_id()
-                .and_then(|id| MessageId::parse(id).ok())
-                .unwrap_or_else(MessageId::generate);
+            dropped.mark(&mut headers);
+            // SQS ids are UUIDs; anything else still gets an id stable over redeliveries.
+            let id = match msg.message_id() {
+                Some(id) => accept_id(id.as_bytes(), &mut headers),
+                None => mailroom_core::MessageId::generate(),
+            };
             let timestamp = sys(MessageSystemAttributeName::SentTimestamp)
                 .and_then(|t| t.parse().ok())
                 .map(Timestamp::from_millis);
@@ -571,6 +653,64 @@ mod tests {
         assert_eq!(
             encode(&soon, false, 1 << 20).unwrap().delay_seconds,
             Some(2)
+        );
+    }
+
+    #[test]
+    fn bytes_values_and_binary_keys_round_trip_as_attributes_or_packed() {
+        let mut b = Message::builder("x").key_bytes(b"\xffk");
+        for i in 0..12 {
+            b = b.append_header(format!("b{i}"), vec![0xff, i as u8]);
+        }
+        let m = b
+            .append_header("b0", "again, as text")
+            .append_header("empty-bytes", Vec::new())
+            .build()
+            .unwrap();
+        let e = encode(&m, false, 1 << 20).unwrap();
+        assert_eq!(e.attributes.len(), MAX_ATTRIBUTES);
+        assert_eq!(
+            e.attributes["b0"]
+                .binary_value()
+                .map(|b| b.as_ref().to_vec()),
+            Some(vec![0xff, 0]),
+            "a Binary attribute"
+        );
+        assert_eq!(round_trip(&m, false), m, "order, repeats and bytes kept");
+        let typed = Message::builder("x")
+            .header_value("n", HeaderValue::I64(1))
+            .build()
+            .unwrap();
+        let err = encode(&typed, false, 1 << 20).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Encode);
+        assert!(err.to_string().contains("header 'n'"), "{err}");
+        let fifo = Message::builder("x").key_bytes(b"\xff").build().unwrap();
+        assert!(encode(&fifo, true, 1 << 20)
+            .unwrap_err()
+            .to_string()
+            .contains("not UTF-8"));
+    }
+
+    #[test]
+    fn foreign_binary_attributes_arrive_as_bytes() {
+        let mut attributes = HashMap::new();
+        attributes.insert("bin".to_owned(), binary_attr(vec![0, 0xff]).unwrap());
+        attributes.insert("txt".to_owned(), string_attr("t").unwrap());
+        let sqs = SqsMessage::builder()
+            .body("b")
+            .message_id("id\t1")
+            .set_message_attributes(Some(attributes))
+            .build();
+        let m = decode(&sqs);
+        assert_eq!(
+            m.headers().get_value("bin"),
+            Some(&HeaderValue::Bytes(Bytes::from_static(&[0, 0xff])))
+        );
+        assert_eq!(m.headers().get("txt"), Some("t"));
+        assert_eq!(m.id(), decode(&sqs).id(), "stable");
+        assert_eq!(
+            m.headers().get(mailroom_core::wire::ORIGINAL_ID_HEADER),
+            Some("id\t1")
         );
     }
 

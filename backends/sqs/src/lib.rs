@@ -65,6 +65,7 @@ pub fn capabilities(config: &SqsConfig) -> Capabilities {
     caps.persistence = config.persistence;
     caps.redelivery_on_drop = true;
     caps.partitioned_queues = false;
+    caps.repeated_header_names = true;
     caps.max_message_size = Some(config.max_message_size);
     caps.max_batch_size = Some(MAX_BATCH_ENTRIES);
     // Headers beyond what fits in attributes are packed, so the header count is not limited.

@@ -13,6 +13,7 @@ mod send;
 mod settle;
 mod timing;
 mod transactions;
+mod wire_forms;
 
 use std::time::Duration;
 
@@ -48,6 +49,21 @@ pub(crate) static ALL: &[Case] = &[
     case!(
         binary::binary_round_trip_1000_random,
         "1,000 random messages (NULs, invalid UTF-8, odd header names and values) arrive exactly",
+        []
+    ),
+    case!(
+        wire_forms::binary_keys_and_header_values_round_trip,
+        "a key that is not UTF-8 and bytes header values arrive as the same bytes",
+        []
+    ),
+    case!(
+        wire_forms::repeated_header_names_keep_every_value_in_order,
+        "a header name given three times arrives with its three values, in order",
+        [Capability::RepeatedHeaderNames]
+    ),
+    case!(
+        wire_forms::repeated_header_names_are_refused_where_unsupported,
+        "without repeated_header_names, a repeated name is a typed error, never a lost value",
         []
     ),
     case!(
