@@ -6,6 +6,9 @@ mod config;
 mod connection;
 mod consumer;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod lag;
 mod offsets;
 mod producer;
