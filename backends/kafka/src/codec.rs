@@ -15,6 +15,7 @@
 //! `x-mailroom-timestamp`, is still read ([`mailroom_core::wire::LEGACY_TIMESTAMP_HEADERS`]).
 
 use std::fmt::{self, Write as _};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -135,7 +136,17 @@ pub(crate) fn decode(m: &impl rdkafka::Message) -> (Message, u32) {
     let mut headers = Headers::new();
     let mut internal = Internal::default();
     if let Some(hs) = m.headers() {
-        for h in hs.iter() {
+        for i in 0..hs.count() {
+            // rdkafka reads a header's name with `CStr::to_str().unwrap()`: a name that is not
+            // UTF-8 (the protocol carries bytes, and other clients write any) panicked here, in
+            // the consumer. Such a header is left out with a warning; the record is delivered.
+            let Ok(Some(h)) = std::panic::catch_unwind(AssertUnwindSafe(|| hs.try_get(i))) else {
+                tracing::warn!(
+                    index = i,
+                    "header of a received record has a name that is not UTF-8; dropped"
+                );
+                continue;
+            };
             let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
             if internal.take(h.key, &value) {
                 continue;
