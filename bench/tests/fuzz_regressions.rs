@@ -70,3 +70,16 @@ fn every_url_seed_parses_under_its_scheme() {
         }
     }
 }
+
+#[test]
+fn a_payload_pool_too_large_for_memory_is_a_config_error() {
+    // Found while writing the omb_workload target: 10,000 random payloads of 256 MB each were
+    // allocated (2.5 TB) instead of refused.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/regressions/omb_workload/payload-pool-of-2.5-TB.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let workload = mailroom_bench::workload::Workload::from_yaml(&text, "pool").unwrap();
+    let err = workload.plan("pool", None).unwrap_err();
+    assert_eq!(err.kind(), mailroom::ErrorKind::Config, "{err}");
+    assert!(err.message().contains("randomizedPayloadPoolSize"), "{err}");
+}
