@@ -43,7 +43,7 @@ else
     mapfile -t targets < <("${fuzz[@]}" list --fuzz-dir fuzz)
 fi
 
-echo "==> building ${#targets[@]} fuzz targets (nightly, libFuzzer, AddressSanitizer, debug assertions)"
+echo "==> building every fuzz target (nightly, libFuzzer, AddressSanitizer, debug assertions)"
 "${fuzz[@]}" build "${dirs[@]}"
 
 found=0
