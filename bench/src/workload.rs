@@ -155,6 +155,9 @@ impl Plan {
     }
 }
 
+/// The most bytes a randomized payload pool may hold in all.
+const MAX_PAYLOAD_POOL_BYTES: u64 = 1 << 30;
+
 fn field_error(source: &str, field: &str, problem: impl std::fmt::Display) -> Error {
     Error::config(format!("workload {source}: field `{field}` {problem}"))
 }
@@ -330,6 +333,18 @@ impl Workload {
                 "randomizedPayloadPoolSize",
                 format!(
                     "must be between 1 and 10000 when useRandomizedPayloads is set, got {pool}"
+                ),
+            ));
+        }
+        // The whole pool is built before the run, so it is its total that must fit in memory:
+        // 10,000 payloads of the largest size allowed would be 2.5 TB.
+        let total = (size as u64).saturating_mul(pool as u64);
+        if total > MAX_PAYLOAD_POOL_BYTES {
+            return Err(err(
+                "randomizedPayloadPoolSize",
+                format!(
+                    "{pool} payloads of {size} bytes are {total} bytes; the pool may hold at \
+                     most {MAX_PAYLOAD_POOL_BYTES} (1 GiB)"
                 ),
             ));
         }

@@ -16,6 +16,9 @@ pub mod closed;
 pub mod consumer;
 pub mod delivery;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guarantee;
 pub mod header_value;
 pub mod headers;

@@ -25,6 +25,7 @@
 //! ([`mailroom_core::wire::LEGACY_TIMESTAMP_HEADERS`]).
 
 use std::fmt::{self, Write as _};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -243,7 +244,19 @@ pub(crate) fn decode(m: &impl rdkafka::Message) -> Decoded {
     let mut raw_id = None;
     let mut dropped = Dropped::default();
     if let Some(hs) = m.headers() {
-        for h in hs.iter() {
+        for i in 0..hs.count() {
+            // rdkafka reads a header's name with `CStr::to_str().unwrap()`: a name that is not
+            // UTF-8 (the protocol carries bytes, and other clients write any) panicked here, in
+            // the consumer. Such a header is left out with a warning and named in the dropped
+            // marker; the record is delivered.
+            let Ok(Some(h)) = std::panic::catch_unwind(AssertUnwindSafe(|| hs.try_get(i))) else {
+                tracing::warn!(
+                    index = i,
+                    "header of a received record has a name that is not UTF-8; dropped"
+                );
+                dropped.header("<not UTF-8>");
+                continue;
+            };
             if h.key == ID_HEADER && internal.id.is_none() {
                 // Kept raw: an id mailroom cannot accept gets one derived from these bytes.
                 raw_id = Some(h.value.unwrap_or_default());

@@ -7,6 +7,9 @@ mod connection;
 mod consumer;
 mod context;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod lag;
 mod offsets;
 mod producer;

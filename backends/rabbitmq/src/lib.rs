@@ -9,6 +9,9 @@ mod connection;
 mod consumer;
 mod declared;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod producer;
 mod runtime;
 mod settle;

@@ -8,6 +8,9 @@ mod consumer;
 mod error;
 mod exchange;
 mod filter;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod producer;
 mod settle;
 mod topology;
