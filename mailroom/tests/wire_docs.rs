@@ -58,6 +58,7 @@ fn mailroom_headers() -> BTreeSet<&'static str> {
         mailroom::rabbitmq::codec::ORDER_HEADER,
         wire::ORIGINAL_ID_HEADER,
         wire::DROPPED_HEADER,
+        wire::ROUTING_KEY_HEADER,
     ]
     .into();
     all.extend(wire::LEGACY_TIMESTAMP_HEADERS);
