@@ -9,7 +9,6 @@
 //! The clients are at-least-once, as an application would be: a send whose enqueue or confirm
 //! fails is sent again; consumers ack every delivery and duplicates are counted, not hidden.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -17,15 +16,18 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use mailroom_core::{
-    Backend, ConsumerOptions, Destination, Error, Message, MessageId, PendingConfirm, Producer,
-    QueueSpec, Result,
+    Backend, ConsumerOptions, Destination, Error, Message, PendingConfirm, Producer, QueueSpec,
+    Result,
 };
 use tokio::sync::mpsc;
 
-use crate::{check_failed, Tally, Waypoints};
+use crate::{check_failed, Waypoints};
 
+mod ledger;
 mod report;
 mod rss;
+
+use ledger::Ledger;
 
 pub use report::{LatencyPercentiles, RssSample, SoakReport};
 pub use rss::resident_kib;
@@ -45,8 +47,9 @@ pub struct SoakScenario {
 /// Producers send in steps this far apart; at a few thousand msgs/s that is a handful of
 /// messages per step, which keeps the rate steady without a precise timer.
 const TICK: Duration = Duration::from_millis(10);
-/// The send timestamp the consumers measure from sits in the payload's first bytes.
-const STAMP_BYTES: usize = 8;
+/// The payload starts with the send time (µs since the run started, which the consumers measure
+/// from), the producer's index and its sequence number, all big-endian.
+const STAMP_BYTES: usize = 8 + 4 + 8;
 /// Confirms a producer may have outstanding before its sending waits for them: bounds the
 /// scenario's own memory, so that the curve shows the client's.
 const CONFIRM_WINDOW: usize = 4096;
@@ -68,7 +71,7 @@ impl SoakScenario {
         }
     }
 
-    /// Payload size (at least the 8-byte timestamp).
+    /// Payload size (at least the 20-byte stamp: send time, producer, sequence number).
     pub fn payload_bytes(mut self, bytes: usize) -> Self {
         self.payload_bytes = bytes.max(STAMP_BYTES);
         self
@@ -117,7 +120,9 @@ impl SoakScenario {
         waypoints.at("main", "declaring the queue");
         backend.topology().declare_queue(&spec).await?;
 
-        let shared = Arc::new(Shared::new(started));
+        let expected =
+            (self.rate * self.duration.as_secs_f64() * 1.2) as usize / self.producers + 64;
+        let shared = Arc::new(Shared::new(started, Ledger::new(self.producers, expected)));
         let sampler = tokio::spawn(sample_memory(shared.clone(), self.sample_every));
 
         let mut consumers = Vec::with_capacity(self.consumers);
@@ -138,6 +143,7 @@ impl SoakScenario {
             let producer: Arc<dyn Producer> = Arc::from(backend.producer().await?);
             producers.push(tokio::spawn(produce(
                 producer,
+                i,
                 Destination::queue(&queue),
                 self.rate / self.producers as f64,
                 self.duration,
@@ -175,17 +181,22 @@ impl SoakScenario {
         }
         sampler.abort();
         let rss = std::mem::take(&mut *lock(&shared.rss));
-        let tally = lock(&shared.tally);
-        let confirmed = lock(&shared.confirmed);
+        let ledger = lock(&shared.ledger);
+        if ledger.foreign() > 0 {
+            eprintln!(
+                "soak: {} message(s) on the queue were not sent by this run",
+                ledger.foreign()
+            );
+        }
         Ok(SoakReport {
             sending,
             total: started.elapsed(),
             sent: shared.sent.load(Ordering::SeqCst),
-            confirmed: confirmed.len(),
+            confirmed: ledger.confirmed(),
             send_failures: shared.send_failures.load(Ordering::SeqCst),
-            received: tally.unique(),
-            duplicates: tally.duplicates(),
-            lost: tally.missing(confirmed.iter()).len(),
+            received: ledger.received(),
+            duplicates: ledger.duplicates(),
+            lost: ledger.missing(),
             ack_failures,
             latency: percentiles(&latency),
             rss,
@@ -199,20 +210,18 @@ struct Shared {
     stop: AtomicBool,
     sent: AtomicUsize,
     send_failures: AtomicUsize,
-    confirmed: Mutex<HashSet<MessageId>>,
-    tally: Mutex<Tally>,
+    ledger: Mutex<Ledger>,
     rss: Mutex<Vec<RssSample>>,
 }
 
 impl Shared {
-    fn new(started: Instant) -> Self {
+    fn new(started: Instant, ledger: Ledger) -> Self {
         Shared {
             started,
             stop: AtomicBool::new(false),
             sent: AtomicUsize::new(0),
             send_failures: AtomicUsize::new(0),
-            confirmed: Mutex::new(HashSet::new()),
-            tally: Mutex::new(Tally::new()),
+            ledger: Mutex::new(ledger),
             rss: Mutex::new(Vec::new()),
         }
     }
@@ -223,8 +232,7 @@ impl Shared {
 
     /// Confirmed messages not yet received.
     fn missing(&self) -> usize {
-        let confirmed = lock(&self.confirmed);
-        lock(&self.tally).missing(confirmed.iter()).len()
+        lock(&self.ledger).missing()
     }
 }
 
@@ -269,6 +277,7 @@ async fn sample_memory(shared: Arc<Shared>, every: Duration) {
 #[allow(clippy::too_many_arguments)]
 async fn produce(
     producer: Arc<dyn Producer>,
+    index: usize,
     destination: Destination,
     rate: f64,
     duration: Duration,
@@ -278,7 +287,7 @@ async fn produce(
     me: String,
 ) -> Result<()> {
     let filler = Bytes::from(vec![b'x'; payload_bytes - STAMP_BYTES]);
-    let (confirm_tx, confirm_rx) = mpsc::channel::<(Message, PendingConfirm)>(CONFIRM_WINDOW);
+    let (confirm_tx, confirm_rx) = mpsc::channel::<(Sent, Message, PendingConfirm)>(CONFIRM_WINDOW);
     let confirmer = tokio::spawn(await_confirms(
         producer.clone(),
         destination.clone(),
@@ -289,6 +298,7 @@ async fn produce(
     ));
     let per_tick = rate * TICK.as_secs_f64();
     let mut owed = 0.0;
+    let mut seq = 0u64;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let until = shared.started + duration;
@@ -299,20 +309,24 @@ async fn produce(
             owed -= 1.0;
             let mut payload = BytesMut::with_capacity(payload_bytes);
             payload.put_u64(shared.now_us());
+            payload.put_u32(index as u32);
+            payload.put_u64(seq);
             payload.extend_from_slice(&filler);
             let message = Message::new(payload.freeze());
+            let sent = Sent { index, seq };
+            seq += 1;
             shared.sent.fetch_add(1, Ordering::Relaxed);
             waypoints.at(&me, "enqueue");
             match producer.enqueue(&destination, message.clone()).await {
                 Ok(confirm) => {
                     waypoints.at(&me, "room in the confirm window");
-                    if confirm_tx.send((message, confirm)).await.is_err() {
+                    if confirm_tx.send((sent, message, confirm)).await.is_err() {
                         return Err(check_failed(format!("{me}: its confirm task ended early")));
                     }
                 }
                 Err(e) => {
                     shared.send_failures.fetch_add(1, Ordering::Relaxed);
-                    resend(&*producer, &destination, message, e, &shared).await;
+                    resend(&*producer, &destination, message, sent, e, &shared).await;
                 }
             }
         }
@@ -330,21 +344,19 @@ async fn produce(
 async fn await_confirms(
     producer: Arc<dyn Producer>,
     destination: Destination,
-    mut confirms: mpsc::Receiver<(Message, PendingConfirm)>,
+    mut confirms: mpsc::Receiver<(Sent, Message, PendingConfirm)>,
     shared: Arc<Shared>,
     waypoints: Waypoints,
     me: String,
 ) {
     let me = format!("{me} confirms");
-    while let Some((message, confirm)) = confirms.recv().await {
-        waypoints.at(&me, format!("confirm of {}", message.id()));
+    while let Some((sent, message, confirm)) = confirms.recv().await {
+        waypoints.at(&me, "a confirm");
         match confirm.await {
-            Ok(_) => {
-                lock(&shared.confirmed).insert(message.id().clone());
-            }
+            Ok(_) => lock(&shared.ledger).confirm(sent.index, sent.seq),
             Err(e) => {
                 shared.send_failures.fetch_add(1, Ordering::Relaxed);
-                resend(&*producer, &destination, message, e, &shared).await;
+                resend(&*producer, &destination, message, sent, e, &shared).await;
             }
         }
     }
@@ -356,6 +368,7 @@ async fn resend(
     producer: &dyn Producer,
     destination: &Destination,
     message: Message,
+    sent: Sent,
     first: Error,
     shared: &Shared,
 ) {
@@ -364,7 +377,7 @@ async fn resend(
         tokio::time::sleep(Duration::from_millis(200)).await;
         match producer.send(destination, message.clone()).await {
             Ok(_) => {
-                lock(&shared.confirmed).insert(message.id().clone());
+                lock(&shared.ledger).confirm(sent.index, sent.seq);
                 return;
             }
             Err(e) => {
@@ -397,15 +410,14 @@ async fn consume(
         waypoints.at(&me, "receive");
         match consumer.receive_timeout(Duration::from_millis(500)).await {
             Ok(Some(delivery)) => {
-                let sent_us = delivery
-                    .message()
-                    .payload()
-                    .get(..STAMP_BYTES)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes);
-                let first = lock(&shared.tally).record(delivery.message().id());
-                if let (true, Some(sent_us)) = (first, sent_us) {
-                    let _ = latency.record(shared.now_us().saturating_sub(sent_us).max(1));
+                match Stamp::read(delivery.message().payload()) {
+                    Some(stamp) => {
+                        if lock(&shared.ledger).receive(stamp.producer, stamp.seq) {
+                            let waited = shared.now_us().saturating_sub(stamp.sent_us);
+                            let _ = latency.record(waited.max(1));
+                        }
+                    }
+                    None => eprintln!("soak: {me}: a message without the soak's stamp"),
                 }
                 waypoints.at(&me, "ack");
                 if delivery.ack().await.is_err() {
@@ -426,4 +438,29 @@ async fn consume(
         eprintln!("soak: {me}: close failed: {e}");
     }
     Ok((latency, ack_failures))
+}
+
+/// Which message a confirm is for.
+#[derive(Clone, Copy)]
+struct Sent {
+    index: usize,
+    seq: u64,
+}
+
+/// The stamp at the start of a soak payload.
+struct Stamp {
+    sent_us: u64,
+    producer: usize,
+    seq: u64,
+}
+
+impl Stamp {
+    fn read(payload: &[u8]) -> Option<Stamp> {
+        let stamp = payload.get(..STAMP_BYTES)?;
+        Some(Stamp {
+            sent_us: u64::from_be_bytes(stamp[..8].try_into().ok()?),
+            producer: u32::from_be_bytes(stamp[8..12].try_into().ok()?) as usize,
+            seq: u64::from_be_bytes(stamp[12..20].try_into().ok()?),
+        })
+    }
 }
