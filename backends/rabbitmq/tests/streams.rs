@@ -55,6 +55,7 @@ async fn rabbitmq_streams_pass_the_conformance_suite_with_replay() {
         );
         // What streams cannot do, each skipped by a capability the backend declares off.
         report.assert_skipped_only(&[
+            "repeated_header_names_keep_every_value_in_order",
             "many_consumers_lose_nothing",
             "competing_consumers_share",
             "dropped_consumer_redelivers",

@@ -159,6 +159,11 @@ pub(super) async fn competing_consumers_share(fixture: Fixture) -> Result<String
                     } else {
                         *probed[me].lock().unwrap() += 1;
                     }
+                    // A millisecond of work per message, as a consumer with something to do:
+                    // one that takes microseconds (memory) drains the queue before a peer whose
+                    // thread the OS has not scheduled yet runs, which would test the scheduler
+                    // of a loaded machine rather than the broker's sharing.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                     d.ack().await?;
                 }
             }
