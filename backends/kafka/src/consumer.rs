@@ -16,6 +16,7 @@
 //! keeps it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,7 +43,7 @@ use crate::settle::{KafkaSettle, SettleScope};
 use crate::topology::validate_topic;
 use crate::{error, BACKEND};
 
-/// Where a partition starts on its first assignment to this consumer.
+/// Where a partition starts when assigned to this consumer, until its first record arrives.
 #[derive(Debug, Clone, Copy)]
 enum ReplayAt {
     Offset(Offset),
@@ -52,8 +53,28 @@ enum ReplayAt {
 /// Rebalance callbacks: keep the offset book in step with the assignment, apply replay.
 pub(crate) struct GroupContext {
     book: Arc<OffsetBook>,
+    /// Where each partition starts, kept until the partition's first record arrives: a
+    /// rebalance between the assignment and that record (the group's previous member leaving
+    /// late) re-assigns the partition, and without the plan it would start at the committed
+    /// offset, skipping the replay.
     replay: Mutex<HashMap<TopicPartition, ReplayAt>>,
+    /// Whether `replay` still has entries: lets `receive` skip its lock once the plan is done.
+    replay_pending: AtomicBool,
     timeout: Duration,
+}
+
+impl GroupContext {
+    /// A record of `tp` arrived: its replay, if any, has taken effect.
+    fn replay_started(&self, tp: &TopicPartition) {
+        if !self.replay_pending.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut plan = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+        plan.remove(tp);
+        if plan.is_empty() {
+            self.replay_pending.store(false, Ordering::Relaxed);
+        }
+    }
 }
 
 impl ClientContext for GroupContext {
@@ -120,9 +141,9 @@ impl ConsumerContext for GroupContext {
         let tps = partitions_in(tpl);
         self.book.assign(&tps);
         let targets: Vec<(TopicPartition, ReplayAt)> = {
-            let mut plan = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+            let plan = self.replay.lock().unwrap_or_else(|p| p.into_inner());
             tps.iter()
-                .filter_map(|tp| plan.remove(tp).map(|at| (tp.clone(), at)))
+                .filter_map(|tp| plan.get(tp).map(|at| (tp.clone(), *at)))
                 .collect()
         };
         if targets.is_empty() {
@@ -239,6 +260,7 @@ impl KafkaConsumer {
         let book = Arc::new(OffsetBook::default());
         let context = GroupContext {
             book: book.clone(),
+            replay_pending: AtomicBool::new(!plan.is_empty()),
             replay: Mutex::new(plan),
             timeout,
         };
@@ -418,6 +440,12 @@ impl Consumer for KafkaConsumer {
                     }
                 }
             };
+            if let Ok(m) = &received {
+                if consumer.context().replay_pending.load(Ordering::Relaxed) {
+                    let tp = (self.topic_of(m.topic()), m.partition());
+                    consumer.context().replay_started(&tp);
+                }
+            }
             match received {
                 Ok(m) if self.routes.admits(&m) => return Ok(self.delivery(&m)),
                 Ok(m) => {
