@@ -263,6 +263,24 @@ struct Outcome {
     failed: Vec<(String, Error)>,
 }
 
+/// The request entries of the pending messages; a message whose entry cannot be built is
+/// answered with that error here and left out.
+fn build_entries<R>(
+    pending: &mut [Option<Entry>],
+    op: &'static str,
+    build: impl Fn(usize, &Encoded) -> Result<R>,
+) -> Vec<R> {
+    let mut entries = Vec::with_capacity(pending.len());
+    for (i, slot) in pending.iter_mut().enumerate() {
+        let Some(entry) = slot else { continue };
+        match build(i, &entry.encoded) {
+            Ok(r) => entries.push(r),
+            Err(err) => answer(slot, Err(context(err, op))),
+        }
+    }
+    entries
+}
+
 /// One `SendMessageBatch` or `PublishBatch` call with the entries still pending; entries that
 /// cannot be built are answered here.
 async fn call_batch(
@@ -273,14 +291,7 @@ async fn call_batch(
 ) -> Option<Result<Outcome>> {
     match target {
         Target::Queue(url) => {
-            let mut entries = Vec::with_capacity(pending.len());
-            for (i, e) in pending.iter_mut().enumerate() {
-                let Some(entry) = e else { continue };
-                match request_entry(i, &entry.encoded) {
-                    Ok(r) => entries.push(r),
-                    Err(err) => answer(e, Err(context(err, op))),
-                }
-            }
+            let entries = build_entries(pending, op, request_entry);
             if entries.is_empty() {
                 return None;
             }
@@ -310,14 +321,7 @@ async fn call_batch(
             }))
         }
         Target::Topic(arn) => {
-            let mut entries = Vec::with_capacity(pending.len());
-            for (i, e) in pending.iter_mut().enumerate() {
-                let Some(entry) = e else { continue };
-                match publish_entry(i, &entry.encoded) {
-                    Ok(r) => entries.push(r),
-                    Err(err) => answer(e, Err(context(err, op))),
-                }
-            }
+            let entries = build_entries(pending, op, publish_entry);
             if entries.is_empty() {
                 return None;
             }
