@@ -27,9 +27,7 @@ use mailroom_core::operation::{CLOSE, CONNECT, CONSUME, RECEIVE};
 use mailroom_core::{
     Consumer, ConsumerOptions, Delivery, DeliveryInfo, Error, ErrorKind, Replay, Result,
 };
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
@@ -43,24 +41,17 @@ use crate::settle::{KafkaSettle, SettleScope};
 use crate::topology::validate_topic;
 use crate::{error, BACKEND};
 
-/// Where a partition starts when assigned to this consumer, until its first record arrives.
-#[derive(Debug, Clone, Copy)]
-enum ReplayAt {
-    Offset(Offset),
-    Time(i64),
-}
-
 /// Rebalance callbacks: keep the offset book in step with the assignment, apply replay.
 pub(crate) struct GroupContext {
     book: Arc<OffsetBook>,
-    /// Where each partition starts, kept until the partition's first record arrives: a
-    /// rebalance between the assignment and that record (the group's previous member leaving
-    /// late) re-assigns the partition, and without the plan it would start at the committed
-    /// offset, skipping the replay.
-    replay: Mutex<HashMap<TopicPartition, ReplayAt>>,
+    /// Where each partition starts (a replay), kept until the partition's first record
+    /// arrives: a rebalance between the assignment and that record (the group's previous
+    /// member leaving late) re-assigns the partition, and without the plan it would start at
+    /// the committed offset, skipping the replay. Offsets by time are resolved when the
+    /// consumer opens, so the callback makes no broker call and cannot fall back silently.
+    replay: Mutex<HashMap<TopicPartition, Offset>>,
     /// Whether `replay` still has entries: lets `receive` skip its lock once the plan is done.
     replay_pending: AtomicBool,
-    timeout: Duration,
 }
 
 impl GroupContext {
@@ -125,64 +116,78 @@ fn commit_now(consumer: &impl rdkafka::consumer::Consumer<GroupContext>) {
 }
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            // Commit what is settled before the partitions go, so the next owner starts there.
-            store(base, &self.book);
-            commit_now(base);
-            self.book.revoke(&partitions_in(tpl));
-        }
-    }
-
-    fn post_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Assign(tpl) = rebalance else {
-            return;
+    /// librdkafka's rebalance, with the replay's start offsets written into the assignment
+    /// itself. Re-assigning after the fact (in `post_rebalance`) made two assignments: the
+    /// first, at the committed offsets, sent an offset fetch whose answer librdkafka kept as
+    /// the partition's committed offset although the second assignment had replaced it (its
+    /// `cgrp` debug log: "Ignoring OffsetFetch response ... no longer in the queried list").
+    /// librdkafka commits a stored offset only above the committed one it knows, so a
+    /// replay's progress below it was left out of the commits asked for on revoke and close.
+    /// One assignment fetches nothing it does not use.
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::consumer::RebalanceProtocol;
+        use rdkafka::types::RDKafkaRespErr::{
+            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS as ASSIGN,
+            RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS as REVOKE,
         };
-        let tps = partitions_in(tpl);
-        self.book.assign(&tps);
-        let targets: Vec<(TopicPartition, ReplayAt)> = {
-            let plan = self.replay.lock().unwrap_or_else(|p| p.into_inner());
-            tps.iter()
-                .filter_map(|tp| plan.get(tp).map(|at| (tp.clone(), *at)))
-                .collect()
-        };
-        if targets.is_empty() {
-            return;
-        }
-        let mut times = TopicPartitionList::new();
-        for ((topic, partition), at) in &targets {
-            if let ReplayAt::Time(ms) = at {
-                let _ = times.add_partition_offset(topic, *partition, Offset::Offset(*ms));
-            }
-        }
-        let by_time = if times.count() > 0 {
-            match base.offsets_for_times(times, self.timeout) {
-                Ok(found) => found,
-                Err(e) => {
-                    tracing::warn!(error = %e, "replay by time failed; starting at committed offsets");
-                    TopicPartitionList::new()
+        let cooperative = matches!(base.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let done = match err {
+            ASSIGN => {
+                let tps = partitions_in(tpl);
+                self.book.assign(&tps);
+                self.start_replays(tpl);
+                if cooperative {
+                    base.incremental_assign(tpl)
+                } else {
+                    base.assign(tpl)
                 }
             }
-        } else {
-            TopicPartitionList::new()
+            REVOKE => {
+                // Commit what is settled before the partitions go, so the next owner starts
+                // there.
+                store(base, &self.book);
+                commit_now(base);
+                self.book.revoke(&partitions_in(tpl));
+                if cooperative {
+                    base.incremental_unassign(tpl)
+                } else {
+                    base.unassign()
+                }
+            }
+            other => {
+                // librdkafka's own rebalance errors: it recovers by rejoining; dropping the
+                // assignment (as rdkafka's default does) lets the next one start clean.
+                tracing::warn!(error = ?other, "consumer group rebalance failed; rejoining");
+                self.book.revoke(&partitions_in(tpl));
+                if cooperative {
+                    base.incremental_unassign(tpl)
+                } else {
+                    base.unassign()
+                }
+            }
         };
-        let mut start = TopicPartitionList::new();
-        for e in tpl.elements() {
-            let _ = start.add_partition_offset(e.topic(), e.partition(), e.offset());
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "applying the rebalance failed");
         }
-        for ((topic, partition), at) in &targets {
-            let offset = match at {
-                ReplayAt::Offset(o) => *o,
-                ReplayAt::Time(_) => by_time
-                    .find_partition(topic, *partition)
-                    .map(|e| e.offset())
-                    .unwrap_or(Offset::End),
-            };
-            let _ = start.set_partition_offset(topic, *partition, offset);
+    }
+}
+
+impl GroupContext {
+    /// Write the replay's start offsets into an assignment about to be applied.
+    fn start_replays(&self, tpl: &mut TopicPartitionList) {
+        if !self.replay_pending.load(Ordering::Relaxed) {
+            return;
         }
-        // Re-assigning with explicit offsets replaces the assignment just made.
-        if let Err(e) = base.assign(&start) {
-            tracing::warn!(error = %e, "replay assignment failed; starting at committed offsets");
+        let plan = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+        for ((topic, partition), offset) in plan.iter() {
+            if tpl.find_partition(topic, *partition).is_some() {
+                let _ = tpl.set_partition_offset(topic, *partition, *offset);
+            }
         }
     }
 }
@@ -262,7 +267,6 @@ impl KafkaConsumer {
             book: book.clone(),
             replay_pending: AtomicBool::new(!plan.is_empty()),
             replay: Mutex::new(plan),
-            timeout,
         };
         let consumer: StreamConsumer<GroupContext> = connection
             .config
@@ -351,11 +355,15 @@ impl KafkaConsumer {
 }
 
 /// Resolve the replay option into a start offset per partition.
+///
+/// `Latest` and `Time` are resolved now, to offsets, so that messages sent between this call
+/// and the group join still count, and so that a broker that cannot answer fails `consume`
+/// with an error instead of the replay being skipped later in a rebalance callback.
 async fn replay_plan(
     connection: &Arc<Connection>,
     replay: Option<Replay>,
     partitions: &[(String, Vec<i32>)],
-) -> Result<HashMap<TopicPartition, ReplayAt>> {
+) -> Result<HashMap<TopicPartition, Offset>> {
     let Some(replay) = replay else {
         return Ok(HashMap::new());
     };
@@ -366,29 +374,66 @@ async fn replay_plan(
             ps.iter().map(move |p| (topic.clone(), *p))
         })
         .collect();
-    let at = |a: ReplayAt| all.iter().map(|tp| (tp.clone(), a)).collect();
+    let at = |o: Offset| all.iter().map(|tp| (tp.clone(), o)).collect();
     Ok(match replay {
-        Replay::Earliest => at(ReplayAt::Offset(Offset::Beginning)),
-        Replay::Offset(o) => at(ReplayAt::Offset(Offset::Offset(o))),
-        Replay::Time(t) => at(ReplayAt::Time(t.as_millis() as i64)),
+        Replay::Earliest => at(Offset::Beginning),
+        Replay::Offset(o) => at(Offset::Offset(o)),
         Replay::Latest => {
-            // The end *now*, so messages sent between this call and the group join still count.
             let connection = connection.clone();
             blocking(move || {
+                let timeout = connection.config.operation_timeout;
                 let mut plan = HashMap::new();
                 for tp in all {
-                    let (_, high) = connection
-                        .admin
-                        .inner()
-                        .fetch_watermarks(&tp.0, tp.1, connection.config.operation_timeout)
-                        .map_err(|e| error::map(e, CONSUME))?;
-                    plan.insert(tp, ReplayAt::Offset(Offset::Offset(high)));
+                    let high = high_watermark(&connection, &tp, timeout)?;
+                    plan.insert(tp, Offset::Offset(high));
+                }
+                Ok(plan)
+            })
+            .await?
+        }
+        Replay::Time(t) => {
+            let connection = connection.clone();
+            let ms = t.as_millis() as i64;
+            blocking(move || {
+                let timeout = connection.config.operation_timeout;
+                // offsets_for_times is a consumer call in rdkafka: a consumer outside any
+                // group, for this lookup only.
+                let lookup: BaseConsumer = connection
+                    .config
+                    .client_config(&[])
+                    .create()
+                    .map_err(|e| error::map(e, CONSUME))?;
+                let mut times = TopicPartitionList::new();
+                for (topic, partition) in &all {
+                    let _ = times.add_partition_offset(topic, *partition, Offset::Offset(ms));
+                }
+                let found = lookup
+                    .offsets_for_times(times, timeout)
+                    .map_err(|e| error::map(e, CONSUME))?;
+                let mut plan = HashMap::new();
+                for tp in all {
+                    let offset = match found.find_partition(&tp.0, tp.1).map(|e| e.offset()) {
+                        Some(o @ Offset::Offset(_)) => o,
+                        // No record at or after the time: the end *now*, as for Latest.
+                        _ => Offset::Offset(high_watermark(&connection, &tp, timeout)?),
+                    };
+                    plan.insert(tp, offset);
                 }
                 Ok(plan)
             })
             .await?
         }
     })
+}
+
+/// The offset the next record of `tp` will get (blocking).
+fn high_watermark(connection: &Connection, tp: &TopicPartition, timeout: Duration) -> Result<i64> {
+    let (_, high) = connection
+        .admin
+        .inner()
+        .fetch_watermarks(&tp.0, tp.1, timeout)
+        .map_err(|e| error::map(e, CONSUME))?;
+    Ok(high)
 }
 
 pub(crate) fn is_moot(e: &KafkaError) -> bool {
