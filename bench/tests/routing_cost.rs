@@ -54,6 +54,7 @@ fn reported(name: &str, backend: &Arc<dyn Backend>, routing: RoutingCost) -> Bac
         persistence: None,
         routing: Some(routing),
         error: None,
+        variant: None,
     }
 }
 
