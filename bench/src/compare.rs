@@ -44,17 +44,48 @@ const LOCAL_BROKERS: [(&str, &str, &str, &str); 3] = [
     ),
 ];
 
+/// Variants of a local broker that `--local` also measures, each its own entry in the report:
+/// URL scheme, the URL option that selects it, and its name in the report ("rabbitmq (stream
+/// queues)"). A variant is what a URL option changes on the same broker, when the change is
+/// one a team choosing a broker weighs: RabbitMQ's stream queues keep a log that can be
+/// replayed (as Kafka's topics do) but lose competing consumers, dead letters and delays.
+const LOCAL_VARIANTS: [(&str, &str, &str); 1] = [("amqp", "queue_type=stream", "stream queues")];
+
 /// The URLs `--local` uses: the brokers `scripts/brokers.sh up` starts, for each scheme this
-/// build has (memory:// always). `MAILROOM_RABBITMQ_URL`, `MAILROOM_KAFKA_URL` and
-/// `MAILROOM_SQS_URL` override them, as in the backends' own tests.
+/// build has (memory:// always), each followed by its variants ([`variant_of`]).
+/// `MAILROOM_RABBITMQ_URL`, `MAILROOM_KAFKA_URL` and `MAILROOM_SQS_URL` override them, as in the
+/// backends' own tests.
 pub fn local_urls(schemes: &[&str]) -> Vec<String> {
     let mut urls = vec!["memory://".to_owned()];
     for (scheme, var, default, _) in LOCAL_BROKERS {
         if schemes.contains(&scheme) {
-            urls.push(std::env::var(var).unwrap_or_else(|_| default.to_owned()));
+            let url = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+            let join = if url.contains('?') { '&' } else { '?' };
+            let variants: Vec<String> = LOCAL_VARIANTS
+                .iter()
+                .filter(|(s, _, _)| *s == scheme)
+                .map(|(_, option, _)| format!("{url}{join}{option}"))
+                .collect();
+            urls.push(url);
+            urls.extend(variants);
         }
     }
     urls
+}
+
+/// The variant `url` selects ("stream queues" for `amqp://…?queue_type=stream`), or `None` for
+/// the broker's defaults. A variant is measured for what it changes (conformance, capabilities,
+/// the workloads); the raw baseline, peers, scaling sweep, routing cost and broker restarts
+/// are measured once per broker, on its defaults.
+pub fn variant_of(url: &str) -> Option<&'static str> {
+    let (scheme, rest) = url.split_once("://")?;
+    let query = rest.split_once('?')?.1;
+    LOCAL_VARIANTS
+        .into_iter()
+        .find(|(s, option, _)| {
+            scheme.trim_end_matches('s') == *s && query.split('&').any(|o| o == *option)
+        })
+        .map(|(_, _, label)| label)
 }
 
 /// The broker's name in `scripts/brokers.sh` when `url` is one of its default addresses.
@@ -169,9 +200,21 @@ pub struct BackendReport {
     pub routing: Option<RoutingCost>,
     /// Why it could not be opened, if it could not.
     pub error: Option<String>,
+    /// The broker variant its URL selects ([`variant_of`]: "stream queues"), or `None` for the
+    /// broker's defaults.
+    pub variant: Option<String>,
 }
 
 impl BackendReport {
+    /// Its name in the report: the backend's name, and the variant in brackets when the URL
+    /// selects one ("rabbitmq (stream queues)"), so two entries of one broker stay apart.
+    pub fn label(&self) -> String {
+        match &self.variant {
+            Some(variant) => format!("{} ({variant})", self.name),
+            None => self.name.clone(),
+        }
+    }
+
     /// Whether `case` ran and passed.
     pub fn case_passed(&self, case: &str) -> Option<bool> {
         self.conformance
@@ -251,6 +294,10 @@ pub fn capability_rows(c: &Capabilities) -> Vec<(&'static str, String)> {
         ("persistence", flag(Capability::Persistence)),
         ("redelivery_on_drop", flag(Capability::RedeliveryOnDrop)),
         ("partitioned_queues", flag(Capability::PartitionedQueues)),
+        (
+            "repeated_header_names",
+            flag(Capability::RepeatedHeaderNames),
+        ),
         ("max_message_size", opt(c.max_message_size)),
         ("max_batch_size", opt(c.max_batch_size)),
         ("max_headers", opt(c.max_headers)),
@@ -375,6 +422,7 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
     let mut scaling = Vec::new();
     for url in &options.urls {
         let shown = mailroom_core::url::redact(url);
+        let variant = variant_of(url);
         eprintln!("== {shown}");
         let backend = match mailroom::connect(url).await {
             Ok(b) => b,
@@ -391,6 +439,7 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
                     persistence: None,
                     routing: None,
                     error: Some(e.to_string()),
+                    variant: variant.map(str::to_owned),
                 });
                 continue;
             }
@@ -417,16 +466,28 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
             url: shown.to_string(),
         };
         let driver: Arc<dyn Driver> = Arc::new(MailroomDriver::new(backend.clone()));
-        let raw = if options.baselines && plans.iter().any(|p| p.rate.is_none()) {
-            baseline_for(url).await.transpose()
-        } else {
-            None
-        };
+        // A variant's raw baseline would be its broker's again (the raw clients use the
+        // defaults): measured once, on the defaults' entry.
+        let raw =
+            if options.baselines && variant.is_none() && plans.iter().any(|p| p.rate.is_none()) {
+                baseline_for(url).await.transpose()
+            } else {
+                None
+            };
         let (mut runs, mut baseline) = run_with_baseline(driver, raw, &plans, &run_options).await;
-        if options.peers {
+        if let Some(variant) = variant {
+            // Its results carry the variant's name, so its rows and files stay apart from the
+            // defaults' ones.
+            for outcome in &mut runs {
+                if let RunOutcome::Done(r) = outcome {
+                    r.driver = format!("{} ({variant})", r.driver);
+                }
+            }
+        }
+        if options.peers && variant.is_none() {
             super::peers::run_peers(url, &plans, &run_options, &mut runs, &mut baseline).await;
         }
-        if let Some(sweep) = &options.scaling {
+        if let (Some(sweep), None) = (&options.scaling, variant) {
             scaling.push(
                 super::scaling::sweep(
                     Arc::new(MailroomDriver::new(backend.clone())),
@@ -438,7 +499,8 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
                 .await,
             );
         }
-        let routing = if options.conformance {
+        // The exchange routes alike whatever the queue type: measured on the defaults' entry.
+        let routing = if options.conformance && variant.is_none() {
             eprintln!("  routing cost on {name} (a topic-pattern subscriber taking 1 in 10) ...");
             let cost = routing_cost::measure(&backend).await;
             if let Some(cost) = &cost {
@@ -525,6 +587,7 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison> {
             persistence,
             routing,
             error: None,
+            variant: variant.map(str::to_owned),
         });
     }
     let overhead = if options.overhead {
@@ -559,6 +622,9 @@ pub fn write(comparison: &Comparison, dir: &std::path::Path) -> Result<(PathBuf,
                 // One peer library runs beside several backends: its files name the backend.
                 let driver = if r.driver.starts_with("peer-") {
                     format!("{}-{}", backend.name, r.driver)
+                } else if backend.variant.is_some() {
+                    // "rabbitmq (stream queues)" → "rabbitmq-stream-queues".
+                    slug(&r.driver)
                 } else {
                     r.driver.clone()
                 };

@@ -182,6 +182,7 @@ fn report_says_no_sustainable_rate_instead_of_a_throughput() {
         persistence: None,
         routing: None,
         error: None,
+        variant: None,
     };
     let c = Comparison {
         backends: vec![
@@ -261,6 +262,7 @@ fn the_choice_is_among_networked_brokers_and_each_shape_of_work_gets_a_verdict()
             persistence: None,
             routing: None,
             error: None,
+            variant: None,
         }
     };
     let mut queue_caps = Capabilities::default();

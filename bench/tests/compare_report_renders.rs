@@ -10,6 +10,10 @@ use std::time::Duration;
 use mailroom_bench::compare::{self, CompareOptions};
 use mailroom_bench::scaling::ScalingOptions;
 
+#[cfg(all(feature = "rabbitmq", feature = "kafka"))]
+#[path = "common/variant.rs"]
+mod variant;
+
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 fn tiny(dir: &Path, name: &str, rate: u32, extra: &str) -> PathBuf {
@@ -159,6 +163,41 @@ async fn compare_report_renders_its_charts_without_console_errors() {
     assert!(console.is_empty(), "console messages: {console:#?}");
 }
 
+/// A report with RabbitMQ twice (classic queues and the stream-queue variant) renders with the
+/// variant in its own rows and sections, its charts drawn, and no console message.
+#[cfg(all(feature = "rabbitmq", feature = "kafka"))]
+#[test]
+fn a_report_with_a_broker_variant_renders_it_as_an_entry_of_its_own() {
+    let dir = std::env::temp_dir().join(format!(
+        "mailroom-variant-render-{}",
+        mailroom::MessageId::generate()
+    ));
+    let c = variant::comparison(5_000.0, 90_000.0, "pass", "pass");
+    let (_, html) = compare::write(&c, &dir).unwrap();
+    let (dom, stderr) = render(&html);
+    let streams = variant::STREAMS;
+    assert!(
+        dom.contains(&format!(
+            "<h2>{streams} — capabilities and conformance</h2>"
+        )) && dom.contains(&format!("<td>{streams}</td>"))
+            && dom.contains("yes (client-side)"),
+        "{}",
+        &dom[..dom.len().min(2000)]
+    );
+    assert!(
+        dom.contains("data-charts=\"") && !dom.contains("data-charts=\"0\""),
+        "charts drawn: {}",
+        &dom[..dom.len().min(400)]
+    );
+    assert!(
+        dom.contains("<rect") && dom.contains(streams),
+        "the throughput chart has the variant's bar"
+    );
+    let console = console_lines(&stderr);
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The polylines of the scaling charts in a rendered page: (chart title, series name, points).
 fn scaling_curves(dom: &str) -> Vec<(String, String, usize)> {
     let class = format!("class=\"{}\"", mailroom_bench::report::SCALING_CHART_CLASS);
@@ -201,6 +240,11 @@ async fn scaling_curves_render_for_every_broker() {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let urls = compare::local_urls(&mailroom::registry().schemes());
+    // A broker's variants share its defaults' sweep: one sweep per broker.
+    let brokers = urls
+        .iter()
+        .filter(|u| compare::variant_of(u).is_none())
+        .count();
     let out = dir.join("report");
     let options = CompareOptions {
         urls: urls.clone(),
@@ -222,7 +266,7 @@ async fn scaling_curves_render_for_every_broker() {
         peers: false,
     };
     let comparison = compare::compare(&options).await.unwrap();
-    assert_eq!(comparison.scaling.len(), urls.len(), "a sweep per broker");
+    assert_eq!(comparison.scaling.len(), brokers, "a sweep per broker");
     for series in &comparison.scaling {
         assert_eq!(series.points.len(), 4, "{series:#?}");
         for p in &series.points {

@@ -46,6 +46,7 @@ fn persistence_row(persistence: Option<PersistenceCheck>) -> (String, String) {
             persistence,
             routing: None,
             error: None,
+            variant: None,
         }],
         overhead: None,
         command: "test".into(),

@@ -54,6 +54,7 @@ fn reported(name: &str, backend: &Arc<dyn Backend>, routing: RoutingCost) -> Bac
         persistence: None,
         routing: Some(routing),
         error: None,
+        variant: None,
     }
 }
 
@@ -127,4 +128,37 @@ async fn kafka_client_side_routing_is_measured_beside_rabbitmq_native_routing() 
     );
     let _ = kafka_backend.close().await;
     let _ = rabbit_backend.close().await;
+}
+
+/// SQS routes through SNS: the broker applies each subscription's filter policy (`order.r0.*`
+/// is a prefix and a word count), so the subscriber's queue holds only its share, as on
+/// RabbitMQ, and the report's row says native.
+#[cfg(feature = "sqs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_routing_through_sns_is_measured_as_native() {
+    let sqs = measured("sqs").await;
+    assert_eq!(sqs.implementation, Implementation::Native);
+    assert_eq!(sqs.delivered, routing_cost::PUBLISHED / routing_cost::KEYS);
+    assert_eq!(sqs.records_read(), sqs.delivered, "native: only its share");
+    assert!(
+        sqs.ratio().is_some_and(|r| r > 0.0),
+        "routed ÷ straight measured: {sqs:?}"
+    );
+    let backend = open("sqs").await;
+    let c = Comparison {
+        backends: vec![reported("sqs", &backend, sqs)],
+        overhead: None,
+        command: "test".into(),
+        started: "now".into(),
+        elapsed: Duration::from_secs(1),
+        machine: "test".into(),
+        scaling: Vec::new(),
+    };
+    let md = report::markdown(&c, &[]);
+    assert!(
+        md.lines()
+            .any(|l| l.starts_with("| sqs | native | 10000 → 1000 | 1000 |")),
+        "{md}"
+    );
+    let _ = backend.close().await;
 }

@@ -237,7 +237,7 @@ pub fn charts(c: &Comparison) -> Vec<(String, String)> {
     };
     for b in &c.backends {
         if let Some(r) = done(b).find(|r| is_max_rate(r)) {
-            bars.push(bar(b.name.clone(), r));
+            bars.push(bar(b.label(), r));
         }
         if let Some(r) = b
             .baseline
@@ -248,7 +248,7 @@ pub fn charts(c: &Comparison) -> Vec<(String, String)> {
             bars.push(bar(format!("{} (raw baseline)", r.driver), r));
         }
         for r in super::peers::peer_runs(b).filter(|r| is_max_rate(r)) {
-            bars.push(bar(format!("{} on {} (peer)", r.driver, b.name), r));
+            bars.push(bar(format!("{} on {} (peer)", r.driver, b.label()), r));
         }
     }
     out.push((
@@ -274,7 +274,7 @@ pub fn charts(c: &Comparison) -> Vec<(String, String)> {
                             .map(|v| (i as f64, *v))
                     })
                     .collect();
-                series.push((b.name.clone(), points));
+                series.push((b.label(), points));
             }
         }
     }
@@ -304,7 +304,7 @@ pub fn charts(c: &Comparison) -> Vec<(String, String)> {
     for b in &c.backends {
         if let Some(r) = done(b).find(|r| is_backlog(r)) {
             series.push((
-                b.name.clone(),
+                b.label(),
                 r.mailroom
                     .backlog_series
                     .iter()

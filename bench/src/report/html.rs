@@ -30,7 +30,7 @@ pub fn html(c: &Comparison, charts: &[(String, String)]) -> String {
         let _ = writeln!(
             s,
             "<tr><td>{}</td><td><code>{}</code></td><td{}>{}</td><td>{}</td></tr>",
-            esc(&b.name),
+            esc(&b.label()),
             esc(&b.url),
             if b.error.is_some() {
                 " class=\"fail\""
@@ -118,7 +118,7 @@ pub fn html(c: &Comparison, charts: &[(String, String)]) -> String {
         let _ = write!(
             s,
             "<h2>{} — capabilities and conformance</h2><table><tr><th>capability</th><th>declared</th></tr>",
-            esc(&b.name)
+            esc(&b.label())
         );
         for (k, v) in capability_rows(caps) {
             let _ = write!(s, "<tr><td>{k}</td><td>{}</td></tr>", esc(&v));

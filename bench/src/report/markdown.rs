@@ -33,7 +33,7 @@ pub fn markdown(c: &Comparison, charts: &[(String, String)]) -> String {
         let _ = writeln!(
             s,
             "| {} | `{}` | {} | {} |",
-            md_cell(&b.name),
+            md_cell(&b.label()),
             md_cell(&b.url),
             md_cell(b.error.as_deref().map_or(&b.server_version, |e| e)),
             md_cell(&conf)
@@ -112,7 +112,7 @@ pub fn markdown(c: &Comparison, charts: &[(String, String)]) -> String {
         if b.error.is_some() {
             continue;
         }
-        let _ = writeln!(s, "\n## {} — capabilities and conformance\n", b.name);
+        let _ = writeln!(s, "\n## {} — capabilities and conformance\n", b.label());
         if let Some(caps) = &b.capabilities {
             let rows = capability_rows(caps);
             let _ = writeln!(s, "| capability | declared |\n|---|---|");

@@ -153,11 +153,11 @@ fn need_lines(c: &Comparison, reachable: &[&BackendReport]) -> Vec<NeedLine> {
                 .iter()
                 .map(|(b, r)| {
                     if r.no_sustainable_rate() {
-                        format!("{}: {}", b.name, r.max_rate_text().unwrap_or_default())
+                        format!("{}: {}", b.label(), r.max_rate_text().unwrap_or_default())
                     } else {
                         format!(
                             "{}: {:.0} msgs/s published, {:.0} consumed (search ended at {:.0})",
-                            b.name,
+                            b.label(),
                             r.mailroom.publish_rate_avg,
                             r.mailroom.consume_rate_avg,
                             r.mailroom.target_rate
@@ -188,10 +188,10 @@ fn need_lines(c: &Comparison, reachable: &[&BackendReport]) -> Vec<NeedLine> {
             .filter_map(|b| {
                 b.runs.iter().find_map(|o| match o {
                     RunOutcome::NotExpressible { workload: w, .. } if *w == workload => {
-                        Some(format!("{}: cannot express it", b.name))
+                        Some(format!("{}: cannot express it", b.label()))
                     }
                     RunOutcome::Failed { workload: w, .. } if *w == workload => {
-                        Some(format!("{}: failed", b.name))
+                        Some(format!("{}: failed", b.label()))
                     }
                     _ => None,
                 })
@@ -202,7 +202,7 @@ fn need_lines(c: &Comparison, reachable: &[&BackendReport]) -> Vec<NeedLine> {
             .map(|(b, r)| {
                 format!(
                     "{}: e2e p99 {} ms (p50 {}, max {}) at {:.0} msgs/s{}",
-                    b.name,
+                    b.label(),
                     ms(r.aggregated_end_to_end_latency_99pct),
                     ms(r.aggregated_end_to_end_latency_50pct),
                     ms(r.aggregated_end_to_end_latency_max),
@@ -257,13 +257,13 @@ fn need_lines(c: &Comparison, reachable: &[&BackendReport]) -> Vec<NeedLine> {
                 .map(|(b, r)| match r.mailroom.drain_seconds {
                     Some(s) => format!(
                         "{}: {} messages drained in {s:.2} s while producing at {:.0} msgs/s",
-                        b.name,
+                        b.label(),
                         r.mailroom.drain_from.unwrap_or(0),
                         r.mailroom.target_rate
                     ),
                     None => format!(
                         "{}: {} messages not drained in {:.0} s",
-                        b.name,
+                        b.label(),
                         r.mailroom.drain_from.unwrap_or(0),
                         r.mailroom.measured_seconds
                     ),
@@ -293,9 +293,9 @@ fn need_lines(c: &Comparison, reachable: &[&BackendReport]) -> Vec<NeedLine> {
                 _ => "",
             };
             let text = match (declared, case, checked) {
-                (false, _, _) => format!("{}: declares no {capability}", b.name),
+                (false, _, _) => format!("{}: declares no {capability}", b.label()),
                 (true, Some(c), Some(true)) => {
-                    confirmed.push(b.name.clone());
+                    confirmed.push(b.label());
                     let detail = b
                         .conformance
                         .iter()
@@ -313,43 +313,46 @@ fn need_lines(c: &Comparison, reachable: &[&BackendReport]) -> Vec<NeedLine> {
                     };
                     format!(
                         "{}: declared{how}, conformance case {c} passed{detail}{per_partition}",
-                        b.name
+                        b.label()
                     )
                 }
                 (true, Some(c), Some(false)) => {
-                    format!("{}: declared{how}, but conformance case {c} FAILED", b.name)
+                    format!(
+                        "{}: declared{how}, but conformance case {c} FAILED",
+                        b.label()
+                    )
                 }
                 (true, Some(c), None) => {
-                    declared_only.push(b.name.clone());
-                    format!("{}: declared{how}; case {c} not run", b.name)
+                    declared_only.push(b.label());
+                    format!("{}: declared{how}; case {c} not run", b.label())
                 }
                 (true, None, _) if *capability == Capability::Persistence => match &b.persistence {
                     Some(run) if run.passed() => {
-                        confirmed.push(b.name.clone());
+                        confirmed.push(b.label());
                         format!(
                             "{}: declared, broker-restart scenario passed ({})",
-                            b.name,
+                            b.label(),
                             run.summary()
                         )
                     }
                     Some(run) => format!(
                         "{}: declared, but the broker-restart scenario FAILED ({})",
-                        b.name,
+                        b.label(),
                         run.summary()
                     ),
                     None => {
-                        declared_only.push(b.name.clone());
+                        declared_only.push(b.label());
                         format!(
                             "{}: declared; not restarted in this run (`compare \
                                  --restart-brokers` runs the broker-restart scenario; \
                                  scripts/test.sh runs it in the crate's fault test)",
-                            b.name
+                            b.label()
                         )
                     }
                 },
                 (true, None, _) => {
-                    declared_only.push(b.name.clone());
-                    format!("{}: declared (the suite has no case for it)", b.name)
+                    declared_only.push(b.label());
+                    format!("{}: declared (the suite has no case for it)", b.label())
                 }
             };
             evidence.push(text);

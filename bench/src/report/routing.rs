@@ -58,19 +58,19 @@ fn measured(c: &Comparison) -> Vec<(&BackendReport, &RoutingCost)> {
 }
 
 /// The fastest native median among the networked brokers (the in-process one if none ran).
-fn fastest_native<'a>(rows: &[(&'a BackendReport, &'a RoutingCost)]) -> Option<(&'a str, f64)> {
+fn fastest_native(rows: &[(&BackendReport, &RoutingCost)]) -> Option<(String, f64)> {
     let native = |networked: bool| {
         rows.iter()
             .filter(|(b, r)| {
                 r.implementation == Implementation::Native && is_reference(b) != networked
             })
-            .filter_map(|(b, r)| r.median().map(|m| (b.name.as_str(), m)))
+            .filter_map(|(b, r)| r.median().map(|m| (b.label(), m)))
             .max_by(|a, b| a.1.total_cmp(&b.1))
     };
     native(true).or_else(|| native(false))
 }
 
-fn cells(b: &BackendReport, r: &RoutingCost, fastest: Option<(&str, f64)>) -> Vec<String> {
+fn cells(b: &BackendReport, r: &RoutingCost, fastest: Option<&(String, f64)>) -> Vec<String> {
     let routed = if r.rounds.is_empty() {
         format!("not measured: {}", r.error.as_deref().unwrap_or("no round"))
     } else {
@@ -85,11 +85,11 @@ fn cells(b: &BackendReport, r: &RoutingCost, fastest: Option<(&str, f64)>) -> Ve
         )
     };
     let versus = match (r.median(), fastest) {
-        (Some(m), Some((name, best))) if best > 0.0 => format!("{:.2}× {name}", m / best),
+        (Some(m), Some((name, best))) if *best > 0.0 => format!("{:.2}× {name}", m / best),
         _ => "-".to_owned(),
     };
     vec![
-        b.name.clone(),
+        b.label(),
         r.implementation.to_string(),
         format!("{} → {}", r.published, r.delivered),
         r.records_read().to_string(),
@@ -114,7 +114,10 @@ pub fn markdown(c: &Comparison) -> String {
         "---|".repeat(HEADERS.len())
     );
     for (b, r) in &rows {
-        let cells: Vec<String> = cells(b, r, fastest).iter().map(|c| md_cell(c)).collect();
+        let cells: Vec<String> = cells(b, r, fastest.as_ref())
+            .iter()
+            .map(|c| md_cell(c))
+            .collect();
         let _ = writeln!(s, "| {} |", cells.join(" | "));
     }
     s
@@ -137,7 +140,7 @@ pub fn html(c: &Comparison) -> String {
     s.push_str("</tr>");
     for (b, r) in &rows {
         s.push_str("<tr>");
-        for (i, cell) in cells(b, r, fastest).iter().enumerate() {
+        for (i, cell) in cells(b, r, fastest.as_ref()).iter().enumerate() {
             let class = if (3..8).contains(&i) {
                 " class=\"num\""
             } else {

@@ -71,7 +71,7 @@ pub fn baseline_ratios(c: &Comparison) -> Vec<(String, String, BaselineRatio)> {
                 r.mailroom
                     .baseline
                     .clone()
-                    .map(|ratio| (b.name.clone(), r.workload.clone(), ratio))
+                    .map(|ratio| (b.label(), r.workload.clone(), ratio))
             })
         })
         .collect()

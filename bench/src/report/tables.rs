@@ -59,14 +59,14 @@ pub(super) fn results_table(c: &Comparison) -> Vec<Vec<String>> {
                     ]);
                 }
                 RunOutcome::NotExpressible { workload, reason } => {
-                    let mut row = vec![workload.clone(), b.name.clone()];
+                    let mut row = vec![workload.clone(), b.label()];
                     row.push(format!("not run: {reason}"));
                     rows.push(row);
                 }
                 RunOutcome::Failed { workload, error } => {
                     rows.push(vec![
                         workload.clone(),
-                        b.name.clone(),
+                        b.label(),
                         format!("FAILED: {error}"),
                     ]);
                 }
@@ -103,12 +103,18 @@ pub(super) fn md_cell(s: &str) -> String {
 /// Where the settings that trade latency for throughput are: each backend runs with its
 /// defaults unless its URL above sets them, and its crate's docs say what each one costs.
 pub(super) fn settings_note(c: &Comparison) -> String {
-    let networked: Vec<String> = c
+    let mut networked: Vec<String> = Vec::new();
+    // A broker's variants share its crate: named once.
+    for b in c
         .backends
         .iter()
         .filter(|b| b.error.is_none() && !is_reference(b))
-        .map(|b| format!("backends/{}/src/lib.rs", b.name))
-        .collect();
+    {
+        let docs = format!("backends/{}/src/lib.rs", b.name);
+        if !networked.contains(&docs) {
+            networked.push(docs);
+        }
+    }
     if networked.is_empty() {
         return "Each backend ran with its defaults unless its URL sets them.".to_owned();
     }

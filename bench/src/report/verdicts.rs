@@ -1,7 +1,7 @@
 //! One verdict per common shape of work: the brokers with every capability it needs, ranked by
 //! the figure that matters for it.
 
-use mailroom_core::{Capability, ExchangeKind};
+use mailroom_core::{Capability, ExchangeKind, Implementation};
 
 use super::needs::{NeedLine, SEMANTICS};
 use super::select::{done, fixed_rate_workloads, is_max_rate, moved, sustained};
@@ -77,6 +77,44 @@ fn lacks(b: &BackendReport, needs: &[Capability]) -> Vec<String> {
         .collect()
 }
 
+/// How `b` meets `needs`, when it has them all: the conformance cases that checked them
+/// (`replay_from_earliest` for replay) and the ones its client does instead of the broker, as
+/// ` (checked by …; client-side: …)`, or nothing.
+fn how_met(b: &BackendReport, needs: &[Capability]) -> String {
+    let checked: Vec<&str> = needs
+        .iter()
+        .filter_map(|cap| {
+            SEMANTICS
+                .iter()
+                .find(|(_, c, _)| c == cap)
+                .and_then(|(_, _, case)| *case)
+        })
+        .filter(|case| b.case_passed(case) == Some(true))
+        .collect();
+    let client_side: Vec<String> = needs
+        .iter()
+        .filter(|cap| {
+            b.capabilities
+                .as_ref()
+                .and_then(|c| c.implementation(**cap))
+                == Some(Implementation::ClientSide)
+        })
+        .map(|cap| cap.to_string())
+        .collect();
+    let mut parts = Vec::new();
+    if !checked.is_empty() {
+        parts.push(format!("checked by {}", checked.join(", ")));
+    }
+    if !client_side.is_empty() {
+        parts.push(format!("client-side: {}", client_side.join(", ")));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join("; "))
+    }
+}
+
 /// `b`'s figure for `rank`, as (value, text); `None` when it has none (not run, or the run
 /// found no sustainable rate / did not sustain its rate).
 fn rank_figure(c: &Comparison, b: &BackendReport, rank: Rank) -> Option<(f64, String)> {
@@ -109,7 +147,7 @@ pub(super) fn verdicts(c: &Comparison, contenders: &[&BackendReport]) -> Vec<Nee
                 if missing.is_empty() {
                     able.push((*b, rank_figure(c, b, shape.rank)));
                 } else {
-                    unable.push(format!("{} lacks {}", b.name, missing.join(", ")));
+                    unable.push(format!("{} lacks {}", b.label(), missing.join(", ")));
                 }
             }
             // Measured before unmeasured; then the better figure first.
@@ -126,15 +164,18 @@ pub(super) fn verdicts(c: &Comparison, contenders: &[&BackendReport]) -> Vec<Nee
                 Rank::Latency => "ranked by e2e p99 at a fixed rate",
             };
             let mut evidence = vec![format!("needs {}; {ranked_by}", needs.join(", "))];
-            evidence.extend(able.iter().map(|(b, figure)| match figure {
-                Some((_, text)) => format!("{}: has them all, {text}", b.name),
-                None => format!("{}: has them all, no figure measured", b.name),
+            evidence.extend(able.iter().map(|(b, figure)| {
+                let how = how_met(b, shape.needs);
+                match figure {
+                    Some((_, text)) => format!("{}: has them all{how}, {text}", b.label()),
+                    None => format!("{}: has them all{how}, no figure measured", b.label()),
+                }
             }));
             evidence.extend(unable);
             let choice = match able.first() {
-                Some((b, _)) if able.len() == 1 => format!("{} (the only one able)", b.name),
-                Some((b, Some(_))) => b.name.clone(),
-                Some((b, None)) => format!("{} (able; not measured)", b.name),
+                Some((b, _)) if able.len() == 1 => format!("{} (the only one able)", b.label()),
+                Some((b, Some(_))) => b.label(),
+                Some((b, None)) => format!("{} (able; not measured)", b.label()),
                 None => "none of the measured brokers".to_owned(),
             };
             NeedLine {
