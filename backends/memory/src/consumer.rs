@@ -82,22 +82,31 @@ impl MemoryConsumer {
             if self.closed || self.broker.is_closed() {
                 return Err(closed_consumer(BACKEND));
             }
-            // Arm the wake-up and count this consumer as waiting before looking again, so a
-            // push between the look and the wait is not missed. Nothing awaits while holding
-            // a message, which keeps this cancel-safe.
-            let readable = self.queue.readable().notified();
-            tokio::pin!(readable);
-            readable.as_mut().enable();
-            let _waiting = self.queue.wait_readable();
-            match self.try_take()? {
-                Next::Delivery(d) => return Ok(d),
-                Next::Wait(Some(due)) => {
-                    tokio::select! {
-                        _ = &mut readable => {}
-                        _ = tokio::time::sleep_until(due) => {}
+            {
+                // Arm the wake-up and count this consumer as waiting before looking again, so
+                // a push between the look and the wait is not missed. Nothing awaits while
+                // holding a message, which keeps this cancel-safe.
+                let readable = self.queue.readable().notified();
+                tokio::pin!(readable);
+                readable.as_mut().enable();
+                let _waiting = self.queue.wait_readable();
+                match self.try_take()? {
+                    Next::Delivery(d) => return Ok(d),
+                    Next::Wait(Some(due)) => {
+                        tokio::select! {
+                            _ = &mut readable => {}
+                            _ = tokio::time::sleep_until(due) => {}
+                        }
                     }
+                    Next::Wait(None) => readable.await,
                 }
-                Next::Wait(None) => readable.await,
+            }
+            // Woken, most often by a push: look before arming again, since arming the wake-up
+            // and dropping it armed each take the `Notify`'s lock, and the usual look finds
+            // the message that woke this consumer. A wake-up that fired is disarmed already,
+            // so dropping it takes no lock.
+            if let Some(ready) = self.receive_now() {
+                return ready;
             }
         }
     }
