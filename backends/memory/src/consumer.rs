@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use mailroom_core::consumer::closed_consumer;
@@ -83,22 +82,31 @@ impl MemoryConsumer {
             if self.closed || self.broker.is_closed() {
                 return Err(closed_consumer(BACKEND));
             }
-            // Arm the wake-up and count this consumer as waiting before looking again, so a
-            // push between the look and the wait is not missed. Nothing awaits while holding
-            // a message, which keeps this cancel-safe.
-            let readable = self.queue.readable().notified();
-            tokio::pin!(readable);
-            readable.as_mut().enable();
-            let _waiting = self.queue.wait_readable();
-            match self.try_take()? {
-                Next::Delivery(d) => return Ok(d),
-                Next::Wait(Some(due)) => {
-                    tokio::select! {
-                        _ = &mut readable => {}
-                        _ = tokio::time::sleep_until(due) => {}
+            {
+                // Arm the wake-up and count this consumer as waiting before looking again, so
+                // a push between the look and the wait is not missed. Nothing awaits while
+                // holding a message, which keeps this cancel-safe.
+                let readable = self.queue.readable().notified();
+                tokio::pin!(readable);
+                readable.as_mut().enable();
+                let _waiting = self.queue.wait_readable();
+                match self.try_take()? {
+                    Next::Delivery(d) => return Ok(d),
+                    Next::Wait(Some(due)) => {
+                        tokio::select! {
+                            _ = &mut readable => {}
+                            _ = tokio::time::sleep_until(due) => {}
+                        }
                     }
+                    Next::Wait(None) => readable.await,
                 }
-                Next::Wait(None) => readable.await,
+            }
+            // Woken, most often by a push: look before arming again, since arming the wake-up
+            // and dropping it armed each take the `Notify`'s lock, and the usual look finds
+            // the message that woke this consumer. A wake-up that fired is disarmed already,
+            // so dropping it takes no lock.
+            if let Some(ready) = self.receive_now() {
+                return ready;
             }
         }
     }
@@ -116,52 +124,11 @@ impl MemoryConsumer {
     }
 }
 
-/// A `receive`: one look at the queue when first polled, and only if nothing is there, the
-/// wait (boxed, as it holds a timer and a wake-up).
-///
-/// Written out rather than left to `async_trait`, which would box the whole waiting state per
-/// call: this future is two words, so a receive that finds a message allocates only them.
-enum Receive<'a> {
-    Fresh(&'a mut MemoryConsumer),
-    Waiting(BoxFuture<'a, Result<Delivery>>),
-    Done,
-}
-
 /// The future `async_trait` gives every method of the trait.
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-impl Future for Receive<'_> {
-    type Output = Result<Delivery>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        match std::mem::replace(this, Receive::Done) {
-            Receive::Fresh(consumer) => {
-                if let Some(ready) = consumer.receive_now() {
-                    return Poll::Ready(ready);
-                }
-                *this = Receive::Waiting(Box::pin(consumer.receive_waiting()));
-            }
-            other => *this = other,
-        }
-        match this {
-            Receive::Waiting(waiting) => {
-                let polled = waiting.as_mut().poll(cx);
-                if polled.is_ready() {
-                    *this = Receive::Done;
-                }
-                polled
-            }
-            _ => Poll::Ready(Err(mailroom_core::Error::new(
-                mailroom_core::ErrorKind::AlreadySettled,
-                "receive polled after it completed",
-            ))),
-        }
-    }
-}
-
-// `receive` is written out with the signature `async_trait` gives the trait, returning the
-// small [`Receive`] future instead of a boxed copy of the whole wait.
+// `receive` is written out with the signature `async_trait` gives the trait, so that the look
+// and the wait share one box.
 #[async_trait]
 impl Consumer for MemoryConsumer {
     fn receive<'a, 'f>(&'a mut self) -> BoxFuture<'f, Result<Delivery>>
@@ -169,7 +136,16 @@ impl Consumer for MemoryConsumer {
         'a: 'f,
         Self: 'f,
     {
-        Box::pin(Receive::Fresh(self))
+        // One box per receive, holding the look and, only if nothing was there, the wait: a
+        // receive is called when `try_receive` found nothing (a draining loop) or by code that
+        // waits anyway, so the wait is the usual case and boxing it apart from the look cost
+        // a second allocation per wait (measured).
+        Box::pin(async move {
+            match self.receive_now() {
+                Some(ready) => ready,
+                None => self.receive_waiting().await,
+            }
+        })
     }
 
     /// Looks at the queue directly: no future is built for a message that is already there.
