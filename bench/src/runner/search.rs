@@ -229,13 +229,7 @@ impl Search<'_> {
             until: std::cell::Cell::new(self.until),
             failed,
         };
-        search(
-            &probe,
-            initial,
-            self.plan.acceptable_backlog as i64,
-            trace,
-        )
-        .await
+        search(&probe, initial, self.plan.acceptable_backlog as i64, trace).await
     }
 }
 
@@ -396,7 +390,8 @@ mod tests {
         }
 
         async fn drain(&self, _floor: f64) {
-            self.spent.set(self.spent.get() + Duration::from_millis(200));
+            self.spent
+                .set(self.spent.get() + Duration::from_millis(200));
         }
 
         async fn first_message(&self, _floor: f64) {}
@@ -438,7 +433,7 @@ mod tests {
         let (outcome, trace) = run(&sim, 10_000.0);
         let rate = found(&outcome);
         assert!(
-            rate <= 100_000.0 && rate >= 100_000.0 / 1.12,
+            (100_000.0 / 1.12..=100_000.0).contains(&rate),
             "found {rate}, trace {trace:?}"
         );
         assert_eq!(trace.len(), sim.steps.borrow().len());
@@ -454,7 +449,7 @@ mod tests {
         let (outcome, trace) = run(&stalled, 10_000.0);
         let rate = found(&outcome);
         assert!(
-            rate >= calm_rate / 1.12 && rate <= 100_000.0,
+            (calm_rate / 1.12..=100_000.0).contains(&rate),
             "calm {calm_rate}, with a stall {rate}, trace {trace:?}"
         );
         // The stalled rate was tried again as a deciding step, and it passed.
@@ -476,7 +471,7 @@ mod tests {
         assert_eq!(steps[10].1, DECIDING_STEP);
         let rate = found(&outcome);
         assert!(
-            rate >= steps[10].0 && rate <= 105_000.0,
+            (steps[10].0..=105_000.0).contains(&rate),
             "found {rate}, trace {trace:?}"
         );
     }
@@ -501,9 +496,18 @@ mod tests {
         let sim = Simulated::new(10.0, &[]);
         let (outcome, trace) = run(&sim, 10_000.0);
         match outcome {
-            MaxRate::NotFound { lowest_step, reason } => {
-                assert!(lowest_step <= 100.0, "lowest {lowest_step}, trace {trace:?}");
-                assert!(reason.contains("producers reached") || reason.contains("consumers"), "{reason}");
+            MaxRate::NotFound {
+                lowest_step,
+                reason,
+            } => {
+                assert!(
+                    lowest_step <= 100.0,
+                    "lowest {lowest_step}, trace {trace:?}"
+                );
+                assert!(
+                    reason.contains("producers reached") || reason.contains("consumers"),
+                    "{reason}"
+                );
             }
             other => panic!("expected no rate, got {other:?} (trace {trace:?})"),
         }
