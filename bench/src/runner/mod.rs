@@ -63,10 +63,6 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most confirms one producer awaits at once before it stops sending (a bound, not a window).
 const MAX_CONFIRMS_IN_FLIGHT: usize = 65_536;
-/// Step of the max-rate search while it climbs.
-const SEARCH_STEP: Duration = Duration::from_millis(500);
-/// Step of the max-rate search once it has bracketed the rate (each of these decides it).
-const SEARCH_HOLD: Duration = Duration::from_secs(1);
 /// The max-rate search's lowest step is `producerStartRate` divided by this.
 pub const SEARCH_FLOOR_DIVISOR: f64 = 100.0;
 /// Backlog samples for the drain chart.
@@ -225,7 +221,7 @@ async fn run_on(
                 }
             }
         } else if plan.rate.is_none() {
-            let until = start + plan.warmup.max(SEARCH_STEP * 4);
+            let until = start + plan.warmup.max(search::CLIMB_STEP * 4);
             let search = Search {
                 state: &state,
                 plan: &plan,
