@@ -482,6 +482,7 @@ impl Driver for RawMpscDriver {
             receiver,
             held: None,
             turn: 0,
+            idle: None,
         }))
     }
 
@@ -543,6 +544,10 @@ struct RawMpscConsumer {
     /// `tokio::sync::Mutex` per message would cost more than the channel itself.
     held: Option<tokio::sync::OwnedMutexGuard<tokio::sync::mpsc::Receiver<RawMessage>>>,
     turn: u32,
+    /// The deadline of the current wait for a message, kept across receives and re-armed only
+    /// once it passed: registering a fresh timer for every wait on a channel that is often
+    /// empty for a moment would cost more than the channel.
+    idle: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 fn raw_incoming((intended_us, payload): RawMessage) -> Incoming {
@@ -584,21 +589,39 @@ impl DriverConsumer for RawMpscConsumer {
     }
 
     async fn receive(&mut self, timeout: Duration) -> Result<Option<Incoming>> {
+        let idle = self
+            .idle
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if idle.is_elapsed() {
+            idle.as_mut().reset(tokio::time::Instant::now() + timeout);
+        }
         let rx = match self.held.as_mut() {
             Some(rx) => rx,
-            None => match tokio::time::timeout(timeout, self.receiver.clone().lock_owned()).await {
-                Ok(guard) => self.held.insert(guard),
-                Err(_) => return Ok(None),
+            None => tokio::select! {
+                biased;
+                guard = self.receiver.clone().lock_owned() => self.held.insert(guard),
+                () = idle.as_mut() => return Ok(None),
             },
         };
-        let received = tokio::time::timeout(timeout, rx.recv()).await;
-        // The channel ran dry: let a competing consumer wait on it next.
-        self.held = None;
-        self.turn = 0;
+        // `None` at the latest `timeout` after the wait was armed: possibly sooner than
+        // `timeout` after this call, which only means the harness asks again.
+        let received = tokio::select! {
+            biased;
+            received = rx.recv() => Some(received),
+            () = idle.as_mut() => None,
+        };
         match received {
-            Ok(Some(message)) => Ok(Some(raw_incoming(message))),
-            Ok(None) => Err(Error::closed("raw mpsc channel closed")),
-            Err(_) => Ok(None),
+            Some(Some(message)) => {
+                self.took_one();
+                Ok(Some(raw_incoming(message)))
+            }
+            Some(None) => Err(Error::closed("raw mpsc channel closed")),
+            None => {
+                // The channel stayed dry: let a competing consumer wait on it next.
+                self.held = None;
+                self.turn = 0;
+                Ok(None)
+            }
         }
     }
 

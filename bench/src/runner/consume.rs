@@ -39,7 +39,6 @@ pub(super) async fn consume(
                         .newest_received_intended_us
                         .fetch_max(intended, Ordering::Relaxed);
                 }
-                state.received.fetch_add(1, Ordering::Relaxed);
                 state.received_total.fetch_add(1, Ordering::Relaxed);
             }
             Ok(None) => {}

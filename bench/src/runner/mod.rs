@@ -11,6 +11,7 @@
 mod consume;
 mod produce;
 mod progress;
+mod recorder;
 mod search;
 mod state;
 
@@ -259,8 +260,6 @@ async fn run_on(
 
         // Phase 2: the measured run. Everything recorded so far is the warm-up's: dropped.
         let _ = (state.publish.take(), state.delay.take(), state.e2e.take());
-        state.sent.store(0, Ordering::Relaxed);
-        state.received.store(0, Ordering::Relaxed);
         state.send_errors.store(0, Ordering::Relaxed);
         let measure_start = Instant::now();
         let drain_start_us = now_us();
@@ -275,10 +274,12 @@ async fn run_on(
             state.consumers_paused.store(false, Ordering::Release);
         }
         let mut agg = (histogram()?, histogram()?, histogram()?);
+        // Each period counts from the totals at its start: the tasks bump one counter each
+        // per message, not a total and a period count.
         let mut period = Period {
             at: measure_start,
-            sent_total: 0,
-            received_total: 0,
+            sent_total: state.sent_total.load(Ordering::Relaxed),
+            received_total: state.received_total.load(Ordering::Relaxed),
         };
         let (mut sent_all, mut received_all, mut errors_all) = (0u64, 0u64, 0u64);
         let mut last_sample = Instant::now();
@@ -312,8 +313,10 @@ async fn run_on(
             };
             if now - period.at >= options.stats_interval || done {
                 let secs = (now - period.at).as_secs_f64().max(1e-9);
-                let sent = state.sent.swap(0, Ordering::Relaxed);
-                let received = state.received.swap(0, Ordering::Relaxed);
+                let sent_total = state.sent_total.load(Ordering::Relaxed);
+                let received_total = state.received_total.load(Ordering::Relaxed);
+                let sent = sent_total - period.sent_total;
+                let received = received_total - period.received_total;
                 let errors = state.send_errors.swap(0, Ordering::Relaxed);
                 sent_all += sent;
                 received_all += received;
@@ -354,8 +357,8 @@ async fn run_on(
                 }
                 period = Period {
                     at: now,
-                    sent_total: state.sent_total.load(Ordering::Relaxed),
-                    received_total: state.received_total.load(Ordering::Relaxed),
+                    sent_total,
+                    received_total,
                 };
             } else if now - last_progress >= Duration::from_secs(1) {
                 last_progress = now;

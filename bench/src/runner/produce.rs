@@ -45,7 +45,7 @@ pub(super) async fn produce(
                     None => open = false,
                 },
                 Some((r, sent_at)) = in_flight.next(), if !in_flight.is_empty() => {
-                    confirmed(&confirm_state, &publish, r, sent_at);
+                    confirmed(&confirm_state, &publish, r, sent_at, Instant::now());
                 },
                 else => break,
             }
@@ -55,6 +55,9 @@ pub(super) async fn produce(
     let mut epoch = state.epoch.load(Ordering::Acquire);
     let mut pacer = Pacer::new(state.rate());
     let mut i: u64 = 0;
+    let mut slot = 0;
+    // The clock as read at the end of the last send (an inline confirm), for the next permit.
+    let mut last_read: Option<Instant> = None;
     let mut result = Ok(());
     while !state.stop_producers.load(Ordering::Acquire) {
         // A send that never waits (an in-process broker, try_send) never hands the worker
@@ -66,7 +69,7 @@ pub(super) async fn produce(
             epoch = current;
             pacer.set_rate(state.rate());
         }
-        let permit = pacer.next().await;
+        let permit = pacer.next_after(last_read.take()).await;
         if state.stop_producers.load(Ordering::Acquire) {
             break;
         }
@@ -75,7 +78,12 @@ pub(super) async fn produce(
             KeyDistributor::KeyRoundRobin => Some(format!("k{}", (i + index as u64) % 10_000)),
             KeyDistributor::RandomNano => Some(format!("k{}", now_us() ^ (i << 20))),
         };
-        let payload = payloads[(i as usize) % payloads.len()].clone();
+        let payload = payloads.get(slot).cloned().unwrap_or_default();
+        slot = if slot + 1 == payloads.len() {
+            0
+        } else {
+            slot + 1
+        };
         i += 1;
         let sent_at = permit.at;
         record(
@@ -90,7 +98,9 @@ pub(super) async fn produce(
         // Where the driver can send and confirm at once, no boxed future is made.
         let sent = match producer.try_send(message) {
             TrySend::Confirmed => {
-                confirmed(&state, &publish_inline, Ok(()), sent_at);
+                let now = Instant::now();
+                confirmed(&state, &publish_inline, Ok(()), sent_at, now);
+                last_read = Some(now);
                 continue;
             }
             TrySend::Failed(e) => Err(e),
@@ -100,7 +110,11 @@ pub(super) async fn produce(
             Ok(mut confirm) => {
                 // A confirm that is already there needs no trip through the confirm task.
                 match poll_once(&mut confirm) {
-                    Poll::Ready(r) => confirmed(&state, &publish_inline, r, sent_at),
+                    Poll::Ready(r) => {
+                        let now = Instant::now();
+                        confirmed(&state, &publish_inline, r, sent_at, now);
+                        last_read = Some(now);
+                    }
                     Poll::Pending => {
                         if tx.send((confirm, sent_at)).await.is_err() {
                             break;
@@ -131,12 +145,11 @@ fn poll_once(confirm: &mut Confirm) -> Poll<Result<()>> {
         .poll(&mut Context::from_waker(noop_waker_ref()))
 }
 
-/// Count a confirm (or a failed one) and record its publish latency.
-fn confirmed(state: &RunState, publish: &Part, r: Result<()>, sent_at: Instant) {
+/// Count a confirm (or a failed one) that arrived at `now` and record its publish latency.
+fn confirmed(state: &RunState, publish: &Part, r: Result<()>, sent_at: Instant, now: Instant) {
     match r {
         Ok(()) => {
-            record(publish, sent_at.elapsed().as_micros() as u64);
-            state.sent.fetch_add(1, Ordering::Relaxed);
+            record(publish, now.duration_since(sent_at).as_micros() as u64);
             state.sent_total.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => {

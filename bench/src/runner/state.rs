@@ -2,12 +2,13 @@
 //! histograms split per task so that recording never contends.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
 
 use mailroom_core::{Error, Result};
 
+use super::recorder::{self, Reader, Recorder};
 use super::HIST_MAX_US;
 
 pub(super) fn histogram() -> Result<Histogram<u64>> {
@@ -15,42 +16,37 @@ pub(super) fn histogram() -> Result<Histogram<u64>> {
         .map_err(|e| Error::config(format!("histogram: {e}")))
 }
 
-pub(super) type Part = Arc<Mutex<Histogram<u64>>>;
+/// The recording end of one task's part of a [`Hists`]: owned by that task alone.
+pub(super) type Part = Recorder;
 
-/// A histogram split into one part per task, so recording never contends; `take` merges.
+/// A histogram split into one part per task, so recording never contends and takes no lock;
+/// `take` merges what the parts recorded since the last `take`.
 pub(super) struct Hists {
     template: Histogram<u64>,
-    parts: Mutex<Vec<Part>>,
+    readers: Mutex<Vec<Reader>>,
 }
 
 impl Hists {
     fn new() -> Result<Hists> {
         Ok(Hists {
             template: histogram()?,
-            parts: Mutex::new(Vec::new()),
+            readers: Mutex::new(Vec::new()),
         })
     }
 
-    fn empty(&self) -> Histogram<u64> {
-        self.template.clone()
-    }
-
     pub(super) fn part(&self) -> Part {
-        let part = Arc::new(Mutex::new(self.empty()));
-        if let Ok(mut parts) = self.parts.lock() {
-            parts.push(part.clone());
+        let (recorder, reader) = recorder::pair(HIST_MAX_US);
+        if let Ok(mut readers) = self.readers.lock() {
+            readers.push(reader);
         }
-        part
+        recorder
     }
 
     pub(super) fn take(&self) -> Histogram<u64> {
-        let mut out = self.empty();
-        if let Ok(parts) = self.parts.lock() {
-            for part in parts.iter() {
-                if let Ok(mut h) = part.lock() {
-                    let _ = out.add(&*h);
-                    h.reset();
-                }
+        let mut out = self.template.clone();
+        if let Ok(mut readers) = self.readers.lock() {
+            for reader in readers.iter_mut() {
+                reader.merge_new(&mut out);
             }
         }
         out
@@ -58,9 +54,7 @@ impl Hists {
 }
 
 pub(super) fn record(part: &Part, us: u64) {
-    if let Ok(mut h) = part.lock() {
-        h.saturating_record(us.clamp(1, HIST_MAX_US));
-    }
+    part.record(us);
 }
 
 /// A value alone on its cache line (128 bytes: adjacent-line prefetch pairs 64-byte lines), so
@@ -87,12 +81,11 @@ pub(super) struct RunState {
     pub(super) rate_bits: AtomicU64,
     /// Bumped when the rate changes: producers re-anchor their schedule to now.
     pub(super) epoch: AtomicU64,
-    /// Confirmed sends, ever (backlog) and since the last period (rates).
+    /// Confirmed sends, ever (the backlog; periods count from its value at their start).
     pub(super) sent_total: Padded<AtomicU64>,
-    pub(super) sent: Padded<AtomicU64>,
     pub(super) send_errors: Padded<AtomicU64>,
+    /// Messages received, ever.
     pub(super) received_total: Padded<AtomicU64>,
-    pub(super) received: Padded<AtomicU64>,
     /// The latest intended send time (µs) among received messages: when it passes the start
     /// of a drain on an in-order broker, everything sent before the drain has arrived.
     pub(super) newest_received_intended_us: Padded<AtomicU64>,
@@ -111,10 +104,8 @@ impl RunState {
             rate_bits: AtomicU64::new(1f64.to_bits()),
             epoch: AtomicU64::new(0),
             sent_total: Padded(AtomicU64::new(0)),
-            sent: Padded(AtomicU64::new(0)),
             send_errors: Padded(AtomicU64::new(0)),
             received_total: Padded(AtomicU64::new(0)),
-            received: Padded(AtomicU64::new(0)),
             newest_received_intended_us: Padded(AtomicU64::new(0)),
             first_error: Mutex::new(None),
             publish: Hists::new()?,
@@ -137,5 +128,67 @@ impl RunState {
         if let Ok(mut first) = self.first_error.lock() {
             first.get_or_insert_with(|| e.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fixed spread of values: exact ones below 2,048, every doubling up to the top, values
+    /// out of range at both ends (recorded clamped), and a pseudo-random tail.
+    fn known_input() -> Vec<u64> {
+        let mut values: Vec<u64> = vec![0, 1, 2, 3, 50, 999, 2_047, 2_048, 2_049, 4_097];
+        values.extend((0..32).map(|s| (1u64 << s) + 7));
+        values.extend([HIST_MAX_US - 1, HIST_MAX_US, HIST_MAX_US + 1, u64::MAX]);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Mostly microsecond latencies, some up to seconds.
+            values.push(x % if x & 7 == 0 { 5_000_000 } else { 3_000 });
+        }
+        values
+    }
+
+    #[test]
+    fn split_recording_keeps_every_count_and_percentile() {
+        let values = known_input();
+        let mut direct = histogram().expect("histogram");
+        for &v in &values {
+            direct.saturating_record(v.clamp(1, HIST_MAX_US));
+        }
+        // Three tasks' parts, read in two periods as a run does, then merged.
+        let hists = Hists::new().expect("histogram");
+        let parts = [hists.part(), hists.part(), hists.part()];
+        let (first, second) = values.split_at(values.len() / 3);
+        for (i, &v) in first.iter().enumerate() {
+            record(&parts[i % 3], v);
+        }
+        let mut merged = hists.take();
+        for (i, &v) in second.iter().enumerate() {
+            record(&parts[i % 3], v);
+        }
+        let later = hists.take();
+        merged.add(&later).expect("same bounds");
+        assert_eq!(hists.take().len(), 0, "a take leaves nothing behind");
+
+        assert_eq!(merged.len(), values.len() as u64, "every record counted");
+        assert_eq!(merged.len(), direct.len());
+        assert_eq!((merged.min(), merged.max()), (direct.min(), direct.max()));
+        for q in [0.0, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0] {
+            assert_eq!(
+                merged.value_at_quantile(q),
+                direct.value_at_quantile(q),
+                "quantile {q}"
+            );
+        }
+        let buckets = |h: &Histogram<u64>| {
+            h.iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(buckets(&merged), buckets(&direct), "bucket by bucket");
     }
 }
