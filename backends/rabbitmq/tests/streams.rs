@@ -453,3 +453,30 @@ async fn deleting_a_stream_while_its_consumer_acks_leaves_no_position_queue_and_
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_of_a_missing_stream_leaves_no_position_queue() {
+    let waypoints = Waypoints::default();
+    waypoints.at("test", "opening a consumer on a stream that does not exist");
+    within(TEST_BOUND, &waypoints, async {
+        let backend = backend().await;
+        let q = unique("mr-stream-missing");
+        let opened = backend.consumer(&q, ConsumerOptions::default()).await;
+        assert_eq!(
+            opened.err().map(|e| e.kind()),
+            Some(ErrorKind::NotFound),
+            "a consumer of missing stream '{q}' must fail NotFound"
+        );
+        let position = mailroom_rabbitmq::stream_position_queue(&q);
+        assert_eq!(
+            backend
+                .topology()
+                .queue_depth(&position)
+                .await
+                .map_err(|e| e.kind()),
+            Err(ErrorKind::NotFound),
+            "position queue '{position}' outlived a failed open"
+        );
+    })
+    .await;
+}
