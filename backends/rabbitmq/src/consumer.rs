@@ -120,13 +120,23 @@ impl RabbitConsumer {
             cursor,
         };
         // Start at once so a missing queue is reported here, not on the first receive.
-        let live = start(
+        let live = match start(
             consumer.connection.clone(),
             consumer.queue.clone(),
             prefetch,
             consumer.start_arguments(),
         )
-        .await?;
+        .await
+        {
+            Ok(live) => live,
+            Err(e) => {
+                if consumer.cursor.is_some() && e.kind() == ErrorKind::NotFound {
+                    // No such stream: the position queue the cursor declared would outlive it.
+                    crate::stream::forget_position(&consumer.connection, &consumer.queue).await;
+                }
+                return Err(e);
+            }
+        };
         consumer.state = Some(live);
         Ok(consumer)
     }

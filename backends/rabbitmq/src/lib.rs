@@ -33,6 +33,7 @@ pub use config::{
 };
 pub use consumer::RabbitConsumer;
 pub use producer::RabbitProducer;
+pub use stream::position_queue as stream_position_queue;
 pub use topology::RabbitTopology;
 
 /// The backend's name in errors and reports.

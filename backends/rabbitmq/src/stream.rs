@@ -41,7 +41,7 @@ use crate::producer::RabbitProducer;
 
 /// The queue that keeps the group position of `stream`: a readable prefix of the stream's name
 /// and a hash of all of it, so the name is stable, unique and within AMQP's 255 bytes.
-pub(crate) fn position_queue(stream: &str) -> String {
+pub fn position_queue(stream: &str) -> String {
     // FNV-1a: stable across processes and versions.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in stream.bytes() {
@@ -164,7 +164,6 @@ impl StreamAck {
 #[derive(Default)]
 struct Writer {
     producer: Option<RabbitProducer>,
-    declared: bool,
     written: Option<i64>,
     last: Option<PendingConfirm>,
     /// A position not written because the previous write was still unconfirmed.
@@ -193,6 +192,14 @@ impl Cursor {
         replay: Option<Replay>,
     ) -> Result<Cursor> {
         let position = position_queue(stream);
+        // Declared before it is read: a read of a missing queue is a channel error the broker
+        // reports (and lapin logs at ERROR) on every first consumer of a stream. Declared here
+        // and never again, so a write that lands after the stream (and with it this queue) was
+        // deleted is dropped by the broker instead of declaring the queue anew, which would
+        // leak it.
+        declare_position_queue(&connection, &position)
+            .await
+            .map_err(|e| e.with_operation(CONSUME))?;
         let stored = match replay {
             Some(_) => None,
             None => stored_position(&connection, &position).await?,
@@ -277,23 +284,27 @@ impl Cursor {
             Err(e) => {
                 tracing::warn!(stream = %self.stream, position = end, error = %e,
                     "could not store the stream position; the group reads again from the last stored one");
-                writer.declared = false;
             }
         }
     }
 
     fn note(&self, confirmed: Result<mailroom_core::Receipt>) {
-        if let Err(e) = confirmed {
-            tracing::warn!(stream = %self.stream, error = %e,
+        match confirmed {
+            Ok(_) => {}
+            // The stream was deleted (its position queue with it) while this consumer acked:
+            // there is no position left to keep.
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                tracing::debug!(stream = %self.stream, error = %e,
+                    "the stream's position queue is gone (the stream was deleted); position not stored");
+            }
+            Err(e) => {
+                tracing::warn!(stream = %self.stream, error = %e,
                 "a stream position was not stored; the group reads again from the one before");
+            }
         }
     }
 
     async fn write(&self, writer: &mut Writer, end: i64) -> Result<PendingConfirm> {
-        if !writer.declared {
-            declare_position_queue(&self.connection, &self.position).await?;
-            writer.declared = true;
-        }
         let producer = writer
             .producer
             .get_or_insert_with(|| RabbitProducer::new(self.connection.clone()));
@@ -328,6 +339,26 @@ impl Cursor {
         if let Some(producer) = writer.producer.take() {
             let _ = producer.close().await;
         }
+    }
+}
+
+/// Delete the position queue of a stream that turned out not to exist (the consumer's open
+/// declared it, then could not consume), so it does not outlive the attempt.
+pub(crate) async fn forget_position(connection: &Connection, stream: &str) {
+    let position = position_queue(stream);
+    let what = format!("queue '{position}' (a stream's stored position)");
+    let deleted = connection
+        .with_channel(CONSUME, &what, |ch| {
+            let position = position.clone();
+            async move {
+                ch.queue_delete(position.as_str().into(), Default::default())
+                    .await
+                    .map(drop)
+            }
+        })
+        .await;
+    if let Err(e) = deleted {
+        tracing::debug!(stream, error = %e, "could not delete the position queue of a missing stream");
     }
 }
 

@@ -324,3 +324,159 @@ async fn replay_on_a_classic_queue_is_unsupported_and_named() {
     })
     .await;
 }
+
+/// Everything logged in this test binary, so a test can look for its own queues' lines.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The log of this binary (installed once; the tests run in one process).
+fn captured() -> Captured {
+    static LOG: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init();
+        captured
+    })
+    .clone()
+}
+
+impl Captured {
+    /// The ERROR lines that name `what`.
+    fn errors_naming(&self, what: &str) -> Vec<String> {
+        let text =
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+        text.lines()
+            .filter(|l| l.contains("ERROR") && l.contains(what))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_stream_while_its_consumer_acks_leaves_no_position_queue_and_no_error() {
+    let log = captured();
+    let waypoints = Waypoints::default();
+    waypoints.at("test", "a consumer acks a stream of 400");
+    within(TEST_BOUND, &waypoints, async {
+        let backend = backend().await;
+        let q = stream_with(&backend, "delete-acking", 400).await;
+        let position = mailroom_rabbitmq::stream_position_queue(&q);
+        let mut c = consumer(&backend, &q, None).await;
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = acked.clone();
+        let acking = tokio::spawn(async move {
+            // Until the deletion ends the consumer (an error, or nothing more comes).
+            while let Ok(Some(d)) = c.receive_timeout(QUIET).await {
+                if d.ack().await.is_err() {
+                    break;
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            c
+        });
+        let started = std::time::Instant::now();
+        while acked.load(std::sync::atomic::Ordering::Relaxed) < 20 {
+            assert!(
+                started.elapsed() < WAIT,
+                "the consumer acked fewer than 20 in {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        waypoints.at("test", "deleting the stream while its consumer acks");
+        backend.topology().delete_queue(&q).await.expect("delete");
+        waypoints.at("test", "waiting for the consumer to stop");
+        let mut c = acking.await.expect("the acking task");
+        c.close().await.expect("close after the stream was deleted");
+        // Room for a late position write to land, if one were still under way.
+        tokio::time::sleep(QUIET).await;
+
+        waypoints.at("test", "the same backend still works");
+        let next_q = stream_with(&backend, "delete-after", 3).await;
+        let mut again = consumer(&backend, &next_q, None).await;
+        assert_eq!(drain(&mut again).await, names(0..3));
+        again.close().await.expect("close");
+        backend
+            .topology()
+            .delete_queue(&next_q)
+            .await
+            .expect("delete");
+
+        let errors: Vec<String> = [&q, &next_q]
+            .iter()
+            .flat_map(|s| log.errors_naming(&format!("stream-position.{s}")))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "a stream's position queue showed up in ERROR logs:\n{}",
+            errors.join("\n")
+        );
+
+        // Last: the passive declare that finds the queue missing logs a channel error itself.
+        waypoints.at(
+            "test",
+            "the position queue is gone, even after a late write",
+        );
+        let left = backend.topology().queue_depth(&position).await;
+        assert_eq!(
+            left.as_ref().map_err(|e| e.kind()),
+            Err(ErrorKind::NotFound),
+            "position queue '{position}' outlived its stream: {left:?}"
+        );
+
+        assert_eq!(
+            backend
+                .topology()
+                .queue_depth(&mailroom_rabbitmq::stream_position_queue(&next_q))
+                .await
+                .map_err(|e| e.kind()),
+            Err(ErrorKind::NotFound),
+            "the second stream's position queue outlived it"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_of_a_missing_stream_leaves_no_position_queue() {
+    let waypoints = Waypoints::default();
+    waypoints.at("test", "opening a consumer on a stream that does not exist");
+    within(TEST_BOUND, &waypoints, async {
+        let backend = backend().await;
+        let q = unique("mr-stream-missing");
+        let opened = backend.consumer(&q, ConsumerOptions::default()).await;
+        assert_eq!(
+            opened.err().map(|e| e.kind()),
+            Some(ErrorKind::NotFound),
+            "a consumer of missing stream '{q}' must fail NotFound"
+        );
+        let position = mailroom_rabbitmq::stream_position_queue(&q);
+        assert_eq!(
+            backend
+                .topology()
+                .queue_depth(&position)
+                .await
+                .map_err(|e| e.kind()),
+            Err(ErrorKind::NotFound),
+            "position queue '{position}' outlived a failed open"
+        );
+    })
+    .await;
+}
