@@ -208,6 +208,15 @@ impl Settlement {
             .unwrap_or_else(|| Box::new(AlreadySettled))
     }
 
+    /// Ack at once where the backend can ([`Settle::try_ack`]), for a layer's settle handle
+    /// to pass its backend's immediate ack on; `None` (still unsettled) otherwise.
+    pub(crate) fn try_ack(&mut self) -> Option<Result<()>> {
+        let acked = self.settle.as_mut()?.try_ack()?;
+        // Spent: dropping it must not give the message back.
+        self.settle = None;
+        Some(acked)
+    }
+
     /// Acknowledge: processing is done.
     pub async fn ack(mut self) -> Result<()> {
         let mut settle = self.take_settle();

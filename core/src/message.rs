@@ -62,9 +62,14 @@ impl MessageId {
             ));
         }
         // A canonical UUID text becomes the binary form so that it equals the id that was sent.
-        if let Ok(uuid) = Uuid::parse_str(text) {
-            if uuid.hyphenated().to_string() == text {
-                return Ok(MessageId(IdRepr::Uuid(uuid)));
+        // Only a 36-character text can be canonical; the comparison is done on the stack, as
+        // this runs for every message a backend receives.
+        if text.len() == uuid::fmt::Hyphenated::LENGTH {
+            if let Ok(uuid) = Uuid::parse_str(text) {
+                let mut canonical = [0; uuid::fmt::Hyphenated::LENGTH];
+                if *uuid.hyphenated().encode_lower(&mut canonical) == *text {
+                    return Ok(MessageId(IdRepr::Uuid(uuid)));
+                }
             }
         }
         Ok(MessageId(IdRepr::Text(Arc::from(text))))
@@ -560,6 +565,24 @@ mod tests {
         assert_eq!(MessageId::parse(&text).unwrap(), id);
         let custom = MessageId::parse("order-42").unwrap();
         assert_eq!(custom.to_string(), "order-42");
+    }
+
+    #[test]
+    fn only_the_canonical_uuid_text_becomes_the_binary_id() {
+        let id = MessageId::generate();
+        let text = id.to_string();
+        // Other spellings of the same UUID are ids of their own, kept as they were written.
+        for other in [
+            text.to_uppercase(),
+            text.replace('-', ""),
+            format!("{{{text}}}"),
+            format!("urn:uuid:{text}"),
+        ] {
+            let parsed = MessageId::parse(&other).unwrap();
+            assert_ne!(parsed, id, "{other}");
+            assert_eq!(parsed.to_string(), other);
+        }
+        assert_eq!(MessageId::parse(&text).unwrap(), id);
     }
 
     #[test]

@@ -313,15 +313,22 @@ pub(crate) fn decode(m: &impl rdkafka::Message) -> Decoded {
         fits
     });
     dropped.mark(&mut headers);
+    // A text key is made `Arc<str>` straight away: through the binary-key path it would be
+    // copied twice.
+    let (key, binary_key) = match key.map(std::str::from_utf8) {
+        Some(Ok(text)) => (Some(Arc::from(text)), None),
+        Some(Err(_)) => (None, key.map(Arc::from)),
+        None => (None, None),
+    };
     let parts = MessageParts {
         id,
-        key: None,
+        key,
         payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
         headers,
         timestamp,
         delay: None,
     };
-    let message = Message::from_parts_and_binary_key(parts, key.map(Arc::from));
+    let message = Message::from_parts_and_binary_key(parts, binary_key);
     Decoded {
         message,
         attempt: internal.attempt.unwrap_or(1),

@@ -10,7 +10,7 @@
 //! from, so that settling it after its partition was revoked (and perhaps assigned again, with
 //! fetching restarted from the committed offset) cannot move the new assignment's position.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -21,8 +21,62 @@ pub(crate) type TopicPartition = (Arc<str>, i32);
 #[derive(Debug)]
 struct Partition {
     epoch: u64,
-    /// Offsets handed out and not yet committable, with whether each was settled.
-    pending: BTreeMap<i64, bool>,
+    /// Offsets handed out and not yet committable, in ascending order, with whether each was
+    /// settled. A partition's records arrive in offset order, so a delivery is pushed at the
+    /// back and the settled prefix popped off the front: no tree node per record, as a
+    /// `BTreeMap` cost.
+    pending: Pending,
+}
+
+/// Offsets in ascending order, each with whether it was settled.
+#[derive(Debug, Default)]
+struct Pending(VecDeque<(i64, bool)>);
+
+impl Pending {
+    /// Record `offset` as `settled`; false if it was there already (its flag is replaced).
+    fn insert(&mut self, offset: i64, settled: bool) -> bool {
+        match self.0.back() {
+            Some((last, _)) if *last >= offset => {}
+            _ => {
+                self.0.push_back((offset, settled));
+                return true;
+            }
+        }
+        // Out of order (a seek back within one assignment): kept sorted all the same.
+        match self.0.binary_search_by_key(&offset, |(o, _)| *o) {
+            Ok(at) => {
+                self.0[at].1 = settled;
+                false
+            }
+            Err(at) => {
+                self.0.insert(at, (offset, settled));
+                true
+            }
+        }
+    }
+
+    fn get_mut(&mut self, offset: i64) -> Option<&mut bool> {
+        let at = self.0.binary_search_by_key(&offset, |(o, _)| *o).ok()?;
+        Some(&mut self.0[at].1)
+    }
+
+    /// Drop the settled prefix; returns the offset after it, if it was not empty.
+    fn pop_settled(&mut self) -> Option<i64> {
+        let mut next = None;
+        while let Some((offset, true)) = self.0.front() {
+            next = Some(offset + 1);
+            self.0.pop_front();
+        }
+        next
+    }
+
+    fn unsettled(&self) -> usize {
+        self.0.iter().filter(|(_, settled)| !settled).count()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -41,13 +95,13 @@ impl Book {
         self.next_epoch += 1;
         Partition {
             epoch: self.next_epoch,
-            pending: BTreeMap::new(),
+            pending: Pending::default(),
         }
     }
 
     fn forget(&mut self, tp: &TopicPartition) {
         if let Some(old) = self.partitions.remove(tp) {
-            self.unsettled -= old.pending.values().filter(|s| !**s).count();
+            self.unsettled -= old.pending.unsettled();
         }
         self.to_store.remove(tp);
     }
@@ -96,22 +150,22 @@ impl OffsetBook {
     /// A message at `offset` was handed out; returns the epoch its settle must quote.
     pub fn delivered(&self, tp: &TopicPartition, offset: i64) -> u64 {
         let mut book = self.lock();
-        if !book.partitions.contains_key(tp) {
-            let fresh = book.fresh();
-            book.partitions.insert(tp.clone(), fresh);
-        }
-        let mut newly = false;
-        let epoch = match book.partitions.get_mut(tp) {
-            Some(p) => {
-                newly = p.pending.insert(offset, false).is_none();
-                p.epoch
+        let book = &mut *book;
+        // One lookup per record in the common case (the partition is known).
+        let partition = match book.partitions.get_mut(tp) {
+            Some(p) => p,
+            None => {
+                book.next_epoch += 1;
+                book.partitions.entry(tp.clone()).or_insert(Partition {
+                    epoch: book.next_epoch,
+                    pending: Pending::default(),
+                })
             }
-            None => 0,
         };
-        if newly {
+        if partition.pending.insert(offset, false) {
             book.unsettled += 1;
         }
-        epoch
+        partition.epoch
     }
 
     /// A record at `offset` was passed over without being delivered (client-side routing: no
@@ -142,19 +196,13 @@ impl OffsetBook {
             let mut advanced_to = None;
             let mut counted = false;
             if let Some(p) = book.partitions.get_mut(tp).filter(|p| p.epoch == epoch) {
-                if let Some(settled) = p.pending.get_mut(&offset) {
+                if let Some(settled) = p.pending.get_mut(offset) {
                     if !*settled {
                         *settled = true;
                         counted = true;
                     }
                 }
-                while let Some(entry) = p.pending.first_entry() {
-                    if !*entry.get() {
-                        break;
-                    }
-                    advanced_to = Some(*entry.key() + 1);
-                    entry.remove();
-                }
+                advanced_to = p.pending.pop_settled();
             }
             if counted {
                 book.unsettled -= 1;
@@ -266,6 +314,24 @@ mod tests {
         assert_eq!(book.take_stores(), vec![(tp(), 4)]);
         book.passed(&tp(), 4);
         assert_eq!(book.take_stores(), vec![(tp(), 5)]);
+        assert_eq!(book.unsettled(), 0);
+    }
+
+    #[test]
+    fn offsets_handed_out_of_order_still_commit_in_order() {
+        let book = OffsetBook::default();
+        book.assign(&[tp()]);
+        // A seek back within one assignment hands out lower offsets after higher ones.
+        let e7 = book.delivered(&tp(), 7);
+        let e5 = book.delivered(&tp(), 5);
+        let e6 = book.delivered(&tp(), 6);
+        assert_eq!(book.delivered(&tp(), 6), e6, "the same offset twice");
+        assert_eq!(book.unsettled(), 3, "counted once");
+        assert!(book.settle(&tp(), 7, e7));
+        assert!(book.settle(&tp(), 6, e6));
+        assert!(book.take_stores().is_empty(), "5 is unsettled");
+        assert!(book.settle(&tp(), 5, e5));
+        assert_eq!(book.take_stores(), vec![(tp(), 8)]);
         assert_eq!(book.unsettled(), 0);
     }
 

@@ -46,6 +46,16 @@ pub(crate) struct InFlight {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+/// What became of a record handed to librdkafka without waiting.
+enum Sent {
+    /// librdkafka took it.
+    Handed,
+    /// Refused for good.
+    Failed(Error),
+    /// librdkafka's queue is full: the message and its in-flight entry, to try again.
+    QueueFull(Message, Box<InFlight>),
+}
+
 /// Routes delivery reports to their waiters.
 pub(crate) struct ReportContext {
     /// Whether the broker answers each record (`acks` is not 0), so a report's offset is the
@@ -221,25 +231,62 @@ impl ProducerCore {
         completion: Completion,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<()> {
+        let (message, inflight) = match self.send_now(topic, message, stamps, completion, permit) {
+            Sent::Handed => return Ok(()),
+            Sent::Failed(e) => return Err(e),
+            Sent::QueueFull(message, inflight) => (message, inflight),
+        };
+        // The rare wait for room is a future of its own, boxed, so that every send's future
+        // (boxed per message by `async_trait`) does not carry a timer's worth of state.
+        Box::pin(self.send_when_room(topic, message, inflight, stamps)).await
+    }
+
+    /// Hand the record to librdkafka at once, if its queue has room.
+    fn send_now(
+        &self,
+        topic: &str,
+        message: Message,
+        stamps: Stamps<'_>,
+        completion: Completion,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Sent {
         if let Err(e) = codec::check(&message) {
-            return Err(e
-                .with_backend(BACKEND)
-                .with_operation(SEND)
-                .with_undelivered(message));
+            return Sent::Failed(
+                e.with_backend(BACKEND)
+                    .with_operation(SEND)
+                    .with_undelivered(message),
+            );
         }
-        let mut inflight = Box::new(InFlight {
+        let inflight = Box::new(InFlight {
             id: message.id().clone(),
             completion,
             _permit: permit,
         });
+        match self.try_send(topic, &message, inflight, stamps) {
+            // librdkafka copied the record; the message is dropped here, on this thread.
+            Ok(()) => Sent::Handed,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                Sent::QueueFull(message, back)
+            }
+            Err((e, _)) => Sent::Failed(error::map(e, SEND).with_undelivered(message)),
+        }
+    }
+
+    /// Retry a record librdkafka's queue had no room for until it has.
+    async fn send_when_room(
+        &self,
+        topic: &str,
+        message: Message,
+        mut inflight: Box<InFlight>,
+        stamps: Stamps<'_>,
+    ) -> Result<()> {
         loop {
+            // Only reachable when queue.buffering.max.kbytes binds before the window.
+            tokio::time::sleep(Duration::from_millis(5)).await;
             match self.try_send(topic, &message, inflight, stamps) {
-                // librdkafka copied the record; the message is dropped here, on this thread.
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // Only reachable when queue.buffering.max.kbytes binds before the window.
                     inflight = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((e, _)) => {
                     return Err(error::map(e, SEND).with_undelivered(message));
@@ -291,6 +338,10 @@ impl ProducerCore {
     }
 
     pub(crate) async fn acquire(&self) -> Result<OwnedSemaphorePermit> {
+        // A free slot is taken without building the semaphore's wait future.
+        if let Ok(permit) = self.window.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
         self.window
             .clone()
             .acquire_owned()

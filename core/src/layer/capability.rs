@@ -1,5 +1,6 @@
 //! The capability check: what a backend declares it lacks is refused before it reaches it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -145,7 +146,7 @@ impl Layer for CapabilityLayer {
         }
         Box::new(CheckedConsumer {
             inner: consumer,
-            rules: Rules::of(backend),
+            rules: Arc::new(Rules::of(backend)),
         })
     }
 
@@ -314,7 +315,9 @@ impl CheckedProducer {
 
 struct CheckedConsumer {
     inner: Box<dyn Consumer>,
-    rules: Rules,
+    /// Shared with every settle handle it wraps: cloning the capabilities per delivery cost
+    /// an allocation per message (their client-side list).
+    rules: Arc<Rules>,
 }
 
 impl CheckedConsumer {
@@ -350,7 +353,7 @@ impl Consumer for CheckedConsumer {
 
 struct CheckedSettle {
     inner: Settlement,
-    rules: Rules,
+    rules: Arc<Rules>,
 }
 
 #[async_trait]
@@ -368,6 +371,11 @@ impl Settle for CheckedSettle {
 
     fn abandon(self: Box<Self>) {
         drop(self.inner);
+    }
+
+    // An ack is never refused: the backend's immediate ack goes through as it is.
+    fn try_ack(&mut self) -> Option<Result<()>> {
+        self.inner.try_ack()
     }
 }
 

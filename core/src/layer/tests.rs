@@ -185,3 +185,53 @@ fn a_full_stack_forwards_try_receive() {
     drop(consumer.try_receive());
     assert_eq!(*log.lock().unwrap(), ["ack", "abandon"]);
 }
+
+#[test]
+fn the_capability_check_passes_an_immediate_ack_on() {
+    /// Acks at once, and notes which settle call it got.
+    struct AcksAtOnce(Log);
+    #[async_trait]
+    impl Settle for AcksAtOnce {
+        async fn ack(self: Box<Self>) -> Result<()> {
+            self.0.lock().unwrap().push("ack".into());
+            Ok(())
+        }
+        async fn nack(self: Box<Self>, _: crate::Nack) -> Result<()> {
+            Ok(())
+        }
+        fn abandon(self: Box<Self>) {
+            self.0.lock().unwrap().push("abandon".into());
+        }
+        fn try_ack(&mut self) -> Option<Result<()>> {
+            self.0.lock().unwrap().push("try_ack".into());
+            Some(Ok(()))
+        }
+    }
+    let log = Log::default();
+    let ready = log.clone();
+    let mut consumer = MockConsumer::new();
+    consumer.expect_receive().times(1).returning(move || {
+        Ok(Delivery::new(
+            Message::new("x"),
+            crate::DeliveryInfo::new("q"),
+            Box::new(AcksAtOnce(ready.clone())),
+        ))
+    });
+    // Without delayed delivery the check wraps every settle handle (a delayed nack is refused).
+    let caps = Capabilities {
+        delayed_delivery: false,
+        ..everything()
+    };
+    let backend = layered(
+        Stub::new(caps).with_consumer(consumer),
+        LayerStack::new().layer(CapabilityLayer::new()),
+    );
+    let mut consumer = now(backend.consumer("q", Default::default())).unwrap();
+    let d = now(consumer.receive()).unwrap();
+    now(d.ack()).unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["try_ack"],
+        "acked at once, neither through the boxed ack nor given back"
+    );
+}
