@@ -24,9 +24,11 @@
 //! the loopback TCP relay a test breaks the network with (cut, stall, slow, or at a point of the
 //! protocol); [`NetworkFaultScenario`], the traffic-through-a-fault check every networked backend
 //! runs; [`process_kills`], consumer and producer processes SIGKILLed mid-run; and [`tls`] for
-//! private TLS and SASL brokers with certificates made at test time.
+//! private TLS and SASL brokers with certificates made at test time; [`FuzzCorpus`], a fuzz
+//! target's committed seeds and crash inputs for the tests that replay them on stable.
 
 mod cases;
+mod fuzz_corpus;
 mod local_broker;
 mod network_faults;
 pub mod process_kills;
@@ -41,6 +43,7 @@ mod waypoints;
 
 use mailroom_core::{Error, ErrorKind, Result};
 
+pub use fuzz_corpus::FuzzCorpus;
 pub use local_broker::local_broker;
 pub use network_faults::{Bounds, NetworkFault, NetworkFaultReport, NetworkFaultScenario};
 pub use report::{CaseResult, Outcome, Report};

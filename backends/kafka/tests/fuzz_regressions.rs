@@ -4,39 +4,18 @@
 //! attempt of at least 1, never panic. `write_seed_corpus` (ignored) regenerates the seeds.
 #![cfg(feature = "fuzzing")]
 
-use std::path::{Path, PathBuf};
-
 use mailroom_core::fuzzing::FuzzOutput;
 use mailroom_core::{Message, Timestamp};
 use mailroom_kafka::fuzzing::{decode_record, record_input};
+use mailroom_testkit::FuzzCorpus;
 
-const TARGET: &str = "kafka_record";
-
-fn fuzz_dir(kind: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../fuzz/{kind}/{TARGET}"))
-}
-
-/// Every committed input of one kind (`seeds` or `regressions`), with its path.
-fn inputs(kind: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let Ok(dir) = std::fs::read_dir(fuzz_dir(kind)) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = dir.map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let bytes = std::fs::read(&p).unwrap();
-            (p, bytes)
-        })
-        .collect()
-}
+const CORPUS: FuzzCorpus = FuzzCorpus::new("kafka_record");
 
 #[test]
 fn every_seed_and_crash_input_decodes_with_an_attempt_of_at_least_one() {
-    let seeds = inputs("seeds");
+    let seeds = CORPUS.seeds();
     assert!(seeds.len() >= 5, "the seed corpus is missing: {seeds:?}");
-    for (path, bytes) in seeds.into_iter().chain(inputs("regressions")) {
+    for (path, bytes) in seeds.into_iter().chain(CORPUS.regressions()) {
         let (_, attempt) = decode_record(&bytes);
         assert!(attempt >= 1, "{}: attempt {attempt}", path.display());
     }
@@ -119,15 +98,11 @@ fn foreign_records() -> Vec<Vec<u8>> {
 #[test]
 #[ignore = "writes the seed corpus; run by hand"]
 fn write_seed_corpus() {
-    let dir = fuzz_dir("seeds");
-    std::fs::create_dir_all(&dir).unwrap();
     let mut seeds: Vec<Vec<u8>> = mailroom_messages()
         .iter()
         .map(|m| record_input(m, None, "orders", 0))
         .collect();
     seeds.push(record_input(&mailroom_messages()[1], Some(2), "orders", 1));
     seeds.extend(foreign_records());
-    for (i, seed) in seeds.iter().enumerate() {
-        std::fs::write(dir.join(format!("seed-{i:02}")), seed).unwrap();
-    }
+    CORPUS.write_seeds(&seeds).unwrap();
 }

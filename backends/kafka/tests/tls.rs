@@ -8,9 +8,9 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use mailroom_core::{Backend, ConsumerOptions, Destination, Error, ErrorKind, Message, QueueSpec};
+use mailroom_core::{Error, ErrorKind};
 use mailroom_kafka::{KafkaBackend, KafkaConfig};
-use mailroom_testkit::tls::{assert_no_secret, CapturedLogs, PrivateKafka, TestUser};
+use mailroom_testkit::tls::{self, assert_no_secret, CapturedLogs, PrivateKafka, TestUser};
 
 const USER: &str = "mailroom-tls-user";
 /// Distinctive, so that finding it anywhere in the output is never a coincidence.
@@ -66,43 +66,12 @@ fn with_debug(url: &str) -> KafkaConfig {
         .property("debug", "security,broker,protocol,conf,generic")
 }
 
-fn fresh(what: &str) -> String {
-    format!(
-        "mr-tls-{what}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
-}
-
 /// Connect with `config`, declare a queue, send one message and receive it back.
 async fn round_trip(config: KafkaConfig) {
-    let backend: Arc<dyn Backend> = Arc::new(
-        KafkaBackend::connect(config)
-            .await
-            .unwrap_or_else(|e| panic!("connect: {e}")),
-    );
-    let queue = fresh("q");
-    backend
-        .topology()
-        .declare_queue(&QueueSpec::new(&queue))
+    let backend = KafkaBackend::connect(config)
         .await
-        .unwrap();
-    let producer = backend.producer().await.unwrap();
-    producer
-        .send(&Destination::queue(&queue), Message::new("over tls"))
-        .await
-        .unwrap();
-    let mut consumer = backend
-        .consumer(&queue, ConsumerOptions::default())
-        .await
-        .unwrap();
-    let delivery = consumer
-        .receive_timeout(Duration::from_secs(60))
-        .await
-        .unwrap()
-        .expect("the message sent comes back within 60 s");
-    assert_eq!(delivery.message().payload().as_ref(), b"over tls");
-    delivery.ack().await.unwrap();
-    backend.topology().delete_queue(&queue).await.unwrap();
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    tls::round_trip(Arc::new(backend), Duration::from_secs(60)).await;
 }
 
 /// Connect with `config`, which must fail; returns the error and how long it took.
@@ -114,21 +83,10 @@ async fn refused(config: KafkaConfig) -> (Error, Duration) {
     (err, start.elapsed())
 }
 
-/// The checks every refused connection passes: the kind, the problem named in the message,
-/// no secret in the error's Display or Debug, and an answer before the connect timeout (the
-/// failure was diagnosed, not waited out).
+/// The checks every refused connection passes, with this file's secrets and connect timeout.
 fn assert_refused(err: &Error, took: Duration, kind: ErrorKind, names: &str) {
-    // Shown with --nocapture: what a user reads, and how long it took.
-    eprintln!("refused after {took:?}: {err}");
-    assert_eq!(err.kind(), kind, "{err}");
-    assert!(err.to_string().contains(names), "{err}");
-    assert!(!err.is_temporary(), "{err}");
-    assert_no_secret("the error's Display", &err.to_string(), SECRETS);
-    assert_no_secret("the error's Debug", &format!("{err:?}"), SECRETS);
-    assert!(
-        took < Duration::from_millis(CONNECT_TIMEOUT_MS),
-        "diagnosed only after {took:?}: {err}"
-    );
+    let within = Duration::from_millis(CONNECT_TIMEOUT_MS);
+    tls::assert_refused(err, took, kind, names, SECRETS, within);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,39 +4,18 @@
 //! `Decode` error, never a panic. `write_seed_corpus` (ignored) regenerates the seeds.
 #![cfg(feature = "fuzzing")]
 
-use std::path::{Path, PathBuf};
-
 use lapin::protocol::basic::gen_properties;
 use lapin::types::{AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString};
 use lapin::BasicProperties;
 use mailroom_core::{ErrorKind, Message, Timestamp};
 use mailroom_rabbitmq::fuzzing::{decode_wire, encode_wire};
+use mailroom_testkit::FuzzCorpus;
 
-const TARGET: &str = "amqp_message";
-
-fn fuzz_dir(kind: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../fuzz/{kind}/{TARGET}"))
-}
-
-/// Every committed input of one kind (`seeds` or `regressions`), with its path.
-fn inputs(kind: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let Ok(dir) = std::fs::read_dir(fuzz_dir(kind)) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = dir.map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let bytes = std::fs::read(&p).unwrap();
-            (p, bytes)
-        })
-        .collect()
-}
+const CORPUS: FuzzCorpus = FuzzCorpus::new("amqp_message");
 
 #[test]
 fn every_seed_decodes_to_a_message() {
-    let seeds = inputs("seeds");
+    let seeds = CORPUS.seeds();
     assert!(seeds.len() >= 5, "the seed corpus is missing: {seeds:?}");
     for (path, bytes) in seeds {
         if let Err(e) = decode_wire(&bytes) {
@@ -47,7 +26,7 @@ fn every_seed_decodes_to_a_message() {
 
 #[test]
 fn every_crash_input_found_gives_a_message_or_a_typed_error() {
-    for (path, bytes) in inputs("regressions") {
+    for (path, bytes) in CORPUS.regressions() {
         match decode_wire(&bytes) {
             Ok(_) => {}
             Err(e) => assert_eq!(e.kind(), ErrorKind::Decode, "{}: {e}", path.display()),
@@ -164,8 +143,6 @@ fn foreign_properties() -> Vec<BasicProperties> {
 #[test]
 #[ignore = "writes the seed corpus; run by hand"]
 fn write_seed_corpus() {
-    let dir = fuzz_dir("seeds");
-    std::fs::create_dir_all(&dir).unwrap();
     let mut seeds: Vec<Vec<u8>> = mailroom_messages()
         .iter()
         .map(|m| encode_wire(m).unwrap())
@@ -175,7 +152,5 @@ fn write_seed_corpus() {
         wire.extend_from_slice(b"foreign body");
         seeds.push(wire);
     }
-    for (i, seed) in seeds.iter().enumerate() {
-        std::fs::write(dir.join(format!("seed-{i:02}")), seed).unwrap();
-    }
+    CORPUS.write_seeds(&seeds).unwrap();
 }

@@ -7,9 +7,9 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use mailroom_core::{Backend, ConsumerOptions, Destination, Error, ErrorKind, Message, QueueSpec};
+use mailroom_core::{Error, ErrorKind};
 use mailroom_rabbitmq::{RabbitBackend, RabbitConfig};
-use mailroom_testkit::tls::{assert_no_secret, CapturedLogs, PrivateRabbitMq, TestUser};
+use mailroom_testkit::tls::{self, assert_no_secret, CapturedLogs, PrivateRabbitMq, TestUser};
 
 const USER: &str = "mailroom-tls-user";
 /// Distinctive, so that finding it anywhere in the output is never a coincidence.
@@ -55,45 +55,12 @@ fn ca_param(path: &std::path::Path) -> String {
     format!("&ca_file={}", path.display())
 }
 
-fn fresh(what: &str) -> String {
-    format!(
-        "mr-tls-{what}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
-}
-
+/// Connect to `url`, declare a queue, send one message and receive it back.
 async fn round_trip(url: &str) {
-    let backend: Arc<dyn Backend> = Arc::new(
-        RabbitBackend::from_url(url)
-            .await
-            .unwrap_or_else(|e| panic!("connect: {e}")),
-    );
-    let queue = fresh("q");
-    backend
-        .topology()
-        .declare_queue(&QueueSpec::new(&queue))
+    let backend = RabbitBackend::from_url(url)
         .await
-        .unwrap();
-    backend
-        .producer()
-        .await
-        .unwrap()
-        .send(&Destination::queue(&queue), Message::new("over tls"))
-        .await
-        .unwrap();
-    let mut consumer = backend
-        .consumer(&queue, ConsumerOptions::default())
-        .await
-        .unwrap();
-    let delivery = consumer
-        .receive_timeout(Duration::from_secs(30))
-        .await
-        .unwrap()
-        .expect("the message sent comes back within 30 s");
-    assert_eq!(delivery.message().payload().as_ref(), b"over tls");
-    delivery.ack().await.unwrap();
-    backend.topology().delete_queue(&queue).await.unwrap();
-    backend.close().await.unwrap();
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    tls::round_trip(Arc::new(backend), Duration::from_secs(30)).await;
 }
 
 async fn refused(url: &str) -> (Error, Duration) {
@@ -104,20 +71,10 @@ async fn refused(url: &str) -> (Error, Duration) {
     (err, start.elapsed())
 }
 
-/// The kind, the problem named, permanent, no secret in Display or Debug, and answered before
-/// the connect timeout (refused, not waited out).
+/// The checks every refused connection passes, with this file's secrets and connect timeout.
 fn assert_refused(err: &Error, took: Duration, kind: ErrorKind, names: &str) {
-    // Shown with --nocapture: what a user reads, and how long it took.
-    eprintln!("refused after {took:?}: {err}");
-    assert_eq!(err.kind(), kind, "{err}");
-    assert!(err.to_string().contains(names), "{err}");
-    assert!(!err.is_temporary(), "{err}");
-    assert_no_secret("the error's Display", &err.to_string(), SECRETS);
-    assert_no_secret("the error's Debug", &format!("{err:?}"), SECRETS);
-    assert!(
-        took < Duration::from_millis(CONNECT_TIMEOUT_MS),
-        "answered only after {took:?}: {err}"
-    );
+    let within = Duration::from_millis(CONNECT_TIMEOUT_MS);
+    tls::assert_refused(err, took, kind, names, SECRETS, within);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

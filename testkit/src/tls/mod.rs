@@ -1,7 +1,8 @@
 //! Private TLS/SASL brokers for the backends' `tls` tests: certificates made at test time
 //! ([`TestCerts`]), a private RabbitMQ node with TLS listeners ([`PrivateRabbitMq`]), a private
 //! Apache Kafka with SSL and SASL listeners ([`PrivateKafka`]), and the capture of every log line
-//! a test's connections write, to scan for secrets ([`CapturedLogs`]).
+//! a test's connections write, to scan for secrets ([`CapturedLogs`]); the checks every backend's
+//! `tls` tests make ([`round_trip`], [`assert_refused`]).
 //!
 //! The shared brokers of `scripts/brokers.sh` are never touched: each private broker has its
 //! own ports, data directory and (RabbitMQ) node name and Erlang distribution port, is started
@@ -9,12 +10,14 @@
 //! [`process`]).
 
 mod certs;
+mod checks;
 mod kafka;
 mod logs;
 pub mod process;
 mod rabbitmq;
 
 pub use certs::{TestCerts, OTHER_HOST};
+pub use checks::{assert_refused, round_trip};
 pub use kafka::PrivateKafka;
 pub use logs::{assert_no_secret, CapturedLogs};
 pub use rabbitmq::PrivateRabbitMq;
