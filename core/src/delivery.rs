@@ -16,8 +16,9 @@ pub struct DeliveryInfo {
     pub attempt: u32,
     /// Whether the broker says it delivered this message before.
     pub redelivered: bool,
-    /// The queue (or topic) it was received from.
-    pub source: String,
+    /// The queue (or topic) it was received from. Shared, not owned: a backend hands every
+    /// delivery from one queue the same name without allocating a copy per message.
+    pub source: Arc<str>,
     /// The partition, where the broker partitions.
     pub partition: Option<i32>,
     /// The offset, where the broker has offsets.
@@ -31,7 +32,7 @@ pub struct DeliveryInfo {
 
 impl DeliveryInfo {
     /// A first delivery from `source`.
-    pub fn new(source: impl Into<String>) -> Self {
+    pub fn new(source: impl Into<Arc<str>>) -> Self {
         DeliveryInfo {
             attempt: 1,
             redelivered: false,
@@ -366,7 +367,7 @@ mod tests {
         let (message, info, settlement) = d.into_parts();
         assert_eq!(message.id(), &id);
         assert_eq!(&message.payload()[..], b"payload");
-        assert_eq!(info.source, "q");
+        assert_eq!(&*info.source, "q");
         assert!(log.lock().unwrap().is_empty(), "splitting settles nothing");
         run(settlement.ack()).unwrap();
         assert_eq!(*log.lock().unwrap(), ["ack"]);

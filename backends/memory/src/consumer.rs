@@ -69,7 +69,7 @@ impl MemoryConsumer {
     }
 
     fn delivery(&self, entry: Entry) -> Delivery {
-        let (message, info) = entry.received(self.queue.name());
+        let (message, info) = entry.received(self.queue.source());
         let settle = MemorySettle::new(self.broker.clone(), self.queue.clone(), entry);
         Delivery::new(message, info, Box::new(settle))
     }

@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use mailroom_core::{Error, Message, Overflow, QueueSpec, Result};
@@ -83,6 +83,8 @@ pub(crate) enum Pop {
 
 pub(crate) struct Queue {
     pub spec: QueueSpec,
+    /// The name as every delivery's `source`: shared, so a delivery does not copy it.
+    source: Arc<str>,
     state: Mutex<State>,
     readable: Notify,
     writable: Notify,
@@ -129,6 +131,7 @@ impl Drop for Waiting<'_> {
 impl Queue {
     pub fn new(spec: QueueSpec) -> Self {
         Queue {
+            source: Arc::from(spec.name.as_str()),
             spec,
             state: Mutex::new(State::default()),
             readable: Notify::new(),
@@ -142,6 +145,11 @@ impl Queue {
 
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// The name, shared (for a delivery's `source`).
+    pub fn source(&self) -> &Arc<str> {
+        &self.source
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -3,6 +3,7 @@
 //! and the W3C trace context carried in the headers from a send to its receives.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -138,7 +139,7 @@ pub fn process_span(delivery: &Delivery) -> Span {
         "process",
         otel.name = Empty,
         otel.kind = "consumer",
-        messaging.destination.name = info.source.as_str(),
+        messaging.destination.name = &*info.source,
         messaging.operation.type = "process",
         messaging.operation.name = "process",
         messaging.message.id = Empty,
@@ -506,7 +507,7 @@ impl Consumer for TracedConsumer {
 struct TracedSettle {
     inner: Settlement,
     system: &'static str,
-    queue: String,
+    queue: Arc<str>,
     id: MessageId,
     /// The context the message carried: the parent of a settle made outside any span.
     context: Option<TraceContext>,
@@ -519,7 +520,7 @@ impl TracedSettle {
             otel.name = Empty,
             otel.kind = "client",
             messaging.system = self.system,
-            messaging.destination.name = self.queue.as_str(),
+            messaging.destination.name = &*self.queue,
             messaging.operation.type = "settle",
             messaging.operation.name = operation,
             messaging.message.id = %self.id,
