@@ -557,6 +557,15 @@ impl Settle for TracedSettle {
     fn abandon(self: Box<Self>) {
         drop(self.inner);
     }
+
+    /// The backend's immediate ack, passed on. Its span opens after the ack, since there is
+    /// no way to know before it whether the backend acks at once: opened first, a backend
+    /// that does not would leave an empty span beside the one its `ack` opens.
+    fn try_ack(&mut self) -> Option<Result<()>> {
+        let acked = self.inner.try_ack()?;
+        record(&self.span("ack"), &acked);
+        Some(acked)
+    }
 }
 
 #[cfg(test)]
