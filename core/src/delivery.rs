@@ -140,6 +140,7 @@ pub struct Delivery {
 
 impl Delivery {
     /// Assemble a delivery (backends do this).
+    #[inline]
     pub fn new(message: Message, info: DeliveryInfo, settle: Box<dyn Settle>) -> Self {
         Delivery {
             message,
@@ -151,11 +152,13 @@ impl Delivery {
     }
 
     /// The message.
+    #[inline]
     pub fn message(&self) -> &Message {
         &self.message
     }
 
     /// Where it came from and its attempt count.
+    #[inline]
     pub fn info(&self) -> &DeliveryInfo {
         &self.info
     }
@@ -173,6 +176,7 @@ impl Delivery {
     /// Acknowledge: processing is done.
     ///
     /// The message and info are let go at once: the future holds only the settle handle.
+    #[inline]
     pub fn ack(self) -> impl std::future::Future<Output = Result<()>> + Send {
         self.settle.ack()
     }
@@ -188,6 +192,7 @@ impl Delivery {
     /// not have to clone it out of the delivery. The [`Settlement`] keeps every guarantee of
     /// the delivery: it is settled once by `ack` or `nack`, and dropping it unsettled
     /// abandons the message to be redelivered.
+    #[inline]
     pub fn into_parts(self) -> (Message, DeliveryInfo, Settlement) {
         (self.message, self.info, self.settle)
     }
@@ -219,6 +224,7 @@ impl Settlement {
     }
 
     /// Acknowledge: processing is done.
+    #[inline]
     pub async fn ack(mut self) -> Result<()> {
         let mut settle = self.take_settle();
         if let Some(acked) = settle.try_ack() {
