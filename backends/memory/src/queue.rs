@@ -208,6 +208,7 @@ impl Queue {
     }
 
     /// Put several messages in under one lock (see [`Filling`]).
+    #[inline]
     pub fn filling(&self) -> Filling<'_> {
         Filling {
             queue: self,
@@ -252,6 +253,7 @@ impl Queue {
         Waiting::new(&self.readers)
     }
 
+    #[inline]
     fn insert(&self, state: &mut State, entry: Entry, delay: Option<Duration>) {
         match delay.filter(|d| !d.is_zero()) {
             Some(delay) => {
@@ -268,6 +270,7 @@ impl Queue {
     }
 
     /// Take the next deliverable message, if any.
+    #[inline]
     pub fn pop(&self) -> Result<Pop> {
         if self.is_deleted() {
             return Err(self.deleted_error());
@@ -349,6 +352,7 @@ pub(crate) struct Filling<'a> {
 
 impl Filling<'_> {
     /// Add one entry if there is room, as [`Queue::push`] would without waiting.
+    #[inline]
     pub fn add(&mut self, entry: Entry, delay: Option<Duration>) -> Added {
         let queue = self.queue;
         if queue.is_deleted() {
