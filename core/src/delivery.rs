@@ -16,8 +16,9 @@ pub struct DeliveryInfo {
     pub attempt: u32,
     /// Whether the broker says it delivered this message before.
     pub redelivered: bool,
-    /// The queue (or topic) it was received from.
-    pub source: String,
+    /// The queue (or topic) it was received from. Shared, not owned: a backend hands every
+    /// delivery from one queue the same name without allocating a copy per message.
+    pub source: Arc<str>,
     /// The partition, where the broker partitions.
     pub partition: Option<i32>,
     /// The offset, where the broker has offsets.
@@ -31,7 +32,7 @@ pub struct DeliveryInfo {
 
 impl DeliveryInfo {
     /// A first delivery from `source`.
-    pub fn new(source: impl Into<String>) -> Self {
+    pub fn new(source: impl Into<Arc<str>>) -> Self {
         DeliveryInfo {
             attempt: 1,
             redelivered: false,
@@ -139,6 +140,7 @@ pub struct Delivery {
 
 impl Delivery {
     /// Assemble a delivery (backends do this).
+    #[inline]
     pub fn new(message: Message, info: DeliveryInfo, settle: Box<dyn Settle>) -> Self {
         Delivery {
             message,
@@ -150,11 +152,13 @@ impl Delivery {
     }
 
     /// The message.
+    #[inline]
     pub fn message(&self) -> &Message {
         &self.message
     }
 
     /// Where it came from and its attempt count.
+    #[inline]
     pub fn info(&self) -> &DeliveryInfo {
         &self.info
     }
@@ -172,6 +176,7 @@ impl Delivery {
     /// Acknowledge: processing is done.
     ///
     /// The message and info are let go at once: the future holds only the settle handle.
+    #[inline]
     pub fn ack(self) -> impl std::future::Future<Output = Result<()>> + Send {
         self.settle.ack()
     }
@@ -187,6 +192,7 @@ impl Delivery {
     /// not have to clone it out of the delivery. The [`Settlement`] keeps every guarantee of
     /// the delivery: it is settled once by `ack` or `nack`, and dropping it unsettled
     /// abandons the message to be redelivered.
+    #[inline]
     pub fn into_parts(self) -> (Message, DeliveryInfo, Settlement) {
         (self.message, self.info, self.settle)
     }
@@ -218,6 +224,7 @@ impl Settlement {
     }
 
     /// Acknowledge: processing is done.
+    #[inline]
     pub async fn ack(mut self) -> Result<()> {
         let mut settle = self.take_settle();
         if let Some(acked) = settle.try_ack() {
@@ -366,7 +373,7 @@ mod tests {
         let (message, info, settlement) = d.into_parts();
         assert_eq!(message.id(), &id);
         assert_eq!(&message.payload()[..], b"payload");
-        assert_eq!(info.source, "q");
+        assert_eq!(&*info.source, "q");
         assert!(log.lock().unwrap().is_empty(), "splitting settles nothing");
         run(settlement.ack()).unwrap();
         assert_eq!(*log.lock().unwrap(), ["ack"]);

@@ -322,7 +322,7 @@ impl KafkaConsumer {
         let info = DeliveryInfo {
             attempt,
             redelivered: attempt > 1,
-            source: self.scope.queue.to_string(),
+            source: self.scope.queue.clone(),
             partition: Some(tp.1),
             offset: Some(offset),
             consumer_group: Some(self.scope.queue.clone()),

@@ -225,7 +225,7 @@ impl KafkaTransactional {
             info: DeliveryInfo {
                 attempt,
                 redelivered: attempt > 1,
-                source: self.queue.to_string(),
+                source: self.queue.clone(),
                 partition: Some(m.partition()),
                 offset: Some(offset),
                 consumer_group: Some(self.queue.clone()),

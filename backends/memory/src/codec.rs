@@ -7,6 +7,8 @@
 //! `x-mailroom-dead-letter-*` headers. No internal header is added: attempts and enqueue times
 //! live in the entry, not in the message.
 
+use std::sync::Arc;
+
 use mailroom_core::delivery::stamp_dead_letter;
 use mailroom_core::{DeliveryInfo, Message};
 use tokio::time::Instant;
@@ -31,11 +33,11 @@ impl Entry {
     }
 
     /// The message a consumer receives from `queue`, and its delivery facts.
-    pub fn received(&self, queue: &str) -> (Message, DeliveryInfo) {
+    pub fn received(&self, queue: &Arc<str>) -> (Message, DeliveryInfo) {
         let info = DeliveryInfo {
             attempt: self.deliveries,
             redelivered: self.deliveries > 1,
-            ..DeliveryInfo::new(queue)
+            ..DeliveryInfo::new(queue.clone())
         };
         (self.message.clone(), info)
     }

@@ -12,7 +12,7 @@ use mailroom_core::{Capability, Consumer, ConsumerOptions, Delivery, Result};
 use crate::broker::Broker;
 use crate::codec::Entry;
 use crate::queue::{Pop, Queue};
-use crate::settle::MemorySettle;
+use crate::settle::{MemorySettle, SettleTarget};
 use crate::BACKEND;
 
 // Returned by value once per receive and never stored: boxing the delivery to shrink it would
@@ -32,6 +32,8 @@ enum Next {
 pub struct MemoryConsumer {
     broker: Arc<Broker>,
     queue: Arc<Queue>,
+    /// The broker and queue again, as every delivery's settle handle holds them.
+    target: Arc<SettleTarget>,
     closed: bool,
 }
 
@@ -46,9 +48,14 @@ impl MemoryConsumer {
                 .require(Capability::Replay, BACKEND, CONSUME)?;
         }
         let queue = broker.queue(queue).map_err(|e| e.with_operation(CONSUME))?;
+        let target = Arc::new(SettleTarget {
+            broker: broker.clone(),
+            queue: queue.clone(),
+        });
         Ok(MemoryConsumer {
             broker,
             queue,
+            target,
             closed: false,
         })
     }
@@ -68,10 +75,13 @@ impl MemoryConsumer {
         }
     }
 
+    #[inline]
     fn delivery(&self, entry: Entry) -> Delivery {
-        let (message, info) = entry.received(self.queue.name());
-        let settle = MemorySettle::new(self.broker.clone(), self.queue.clone(), entry);
-        Delivery::new(message, info, Box::new(settle))
+        // Boxed first and read from the box: the entry is moved once, into the box, where
+        // reading it first and boxing it after moved it three times (each a copy of it).
+        let settle = Box::new(MemorySettle::new(self.target.clone(), entry));
+        let (message, info) = settle.received(self.queue.source());
+        Delivery::new(message, info, settle)
     }
 }
 
@@ -112,14 +122,25 @@ impl MemoryConsumer {
     }
 
     /// A delivery if one is ready, without waiting (`None` when `receive` would wait).
+    ///
+    /// Builds the delivery straight into its result, not through [`Next`]: every enum a
+    /// delivery passes through on its way out costs a copy of it, and this is the per-message
+    /// path of a draining loop.
+    #[inline]
     fn receive_now(&mut self) -> Option<Result<Delivery>> {
         if self.closed || self.broker.is_closed() {
             return Some(Err(closed_consumer(BACKEND)));
         }
-        match self.try_take() {
-            Ok(Next::Delivery(d)) => Some(Ok(d)),
-            Ok(Next::Wait(_)) => None,
-            Err(e) => Some(Err(e)),
+        loop {
+            match self.queue.pop() {
+                Ok(Pop::Entry(entry)) => return Some(Ok(self.delivery(entry))),
+                Ok(Pop::Expired(entry)) => {
+                    self.broker
+                        .dead_letter(&self.queue, entry, "message TTL expired");
+                }
+                Ok(Pop::Empty { .. }) => return None,
+                Err(e) => return Some(Err(e.with_backend(BACKEND))),
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use mailroom_core::{Error, Message, Overflow, QueueSpec, Result};
@@ -83,6 +83,8 @@ pub(crate) enum Pop {
 
 pub(crate) struct Queue {
     pub spec: QueueSpec,
+    /// The name as every delivery's `source`: shared, so a delivery does not copy it.
+    source: Arc<str>,
     state: Mutex<State>,
     readable: Notify,
     writable: Notify,
@@ -129,6 +131,7 @@ impl Drop for Waiting<'_> {
 impl Queue {
     pub fn new(spec: QueueSpec) -> Self {
         Queue {
+            source: Arc::from(spec.name.as_str()),
             spec,
             state: Mutex::new(State::default()),
             readable: Notify::new(),
@@ -142,6 +145,11 @@ impl Queue {
 
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// The name, shared (for a delivery's `source`).
+    pub fn source(&self) -> &Arc<str> {
+        &self.source
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -200,6 +208,7 @@ impl Queue {
     }
 
     /// Put several messages in under one lock (see [`Filling`]).
+    #[inline]
     pub fn filling(&self) -> Filling<'_> {
         Filling {
             queue: self,
@@ -244,6 +253,7 @@ impl Queue {
         Waiting::new(&self.readers)
     }
 
+    #[inline]
     fn insert(&self, state: &mut State, entry: Entry, delay: Option<Duration>) {
         match delay.filter(|d| !d.is_zero()) {
             Some(delay) => {
@@ -260,6 +270,7 @@ impl Queue {
     }
 
     /// Take the next deliverable message, if any.
+    #[inline]
     pub fn pop(&self) -> Result<Pop> {
         if self.is_deleted() {
             return Err(self.deleted_error());
@@ -341,6 +352,7 @@ pub(crate) struct Filling<'a> {
 
 impl Filling<'_> {
     /// Add one entry if there is room, as [`Queue::push`] would without waiting.
+    #[inline]
     pub fn add(&mut self, entry: Entry, delay: Option<Duration>) -> Added {
         let queue = self.queue;
         if queue.is_deleted() {

@@ -5,43 +5,77 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mailroom_core::{Nack, Result, Settle};
+use mailroom_core::{DeliveryInfo, Message, Nack, Result, Settle};
 
 use crate::broker::Broker;
 use crate::codec::Entry;
 use crate::queue::Queue;
 
+/// What a consumer's settle handles settle against: its broker and its queue, shared by
+/// every delivery of one consumer.
+///
+/// One reference per delivery instead of one to each: and the count it moves is the
+/// consumer's own, where a count in the queue's (or broker's) allocation shares a cache line
+/// with what the producer reads per send, so every delivery and ack cost the producer a miss.
+pub(crate) struct SettleTarget {
+    pub broker: Arc<Broker>,
+    pub queue: Arc<Queue>,
+}
+
 /// Settles one in-memory delivery against the queue it came from.
+///
+/// It keeps its entry in place until it is dropped, with a flag for whether it was settled:
+/// a delivery is built from the entry already in this handle's box (moved once), and an ack
+/// only sets the flag. A nack or an abandon, the rare ways, put a copy back (the payload's
+/// bytes are shared, not copied).
 pub(crate) struct MemorySettle {
-    broker: Arc<Broker>,
-    queue: Arc<Queue>,
-    entry: Option<Entry>,
+    target: Arc<SettleTarget>,
+    entry: Entry,
+    settled: bool,
 }
 
 impl MemorySettle {
-    pub fn new(broker: Arc<Broker>, queue: Arc<Queue>, entry: Entry) -> Self {
+    #[inline]
+    pub fn new(target: Arc<SettleTarget>, entry: Entry) -> Self {
         MemorySettle {
-            broker,
-            queue,
-            entry: Some(entry),
+            target,
+            entry,
+            settled: false,
         }
     }
 
+    /// The message a consumer receives from `queue`, and its delivery facts (see
+    /// [`Entry::received`]).
+    #[inline]
+    pub fn received(&self, queue: &Arc<str>) -> (Message, DeliveryInfo) {
+        self.entry.received(queue)
+    }
+
+    /// Settle it: the entry to put back or dead-letter, or `None` if it was settled already.
     fn take(&mut self) -> Option<Entry> {
-        let entry = self.entry.take()?;
-        self.queue.settled();
-        Some(entry)
+        if self.settled {
+            return None;
+        }
+        self.settled = true;
+        self.target.queue.settled();
+        Some(Entry {
+            message: self.entry.message.clone(),
+            deliveries: self.entry.deliveries,
+            enqueued_at: self.entry.enqueued_at,
+        })
     }
 
     fn requeue(&mut self, delay: Option<std::time::Duration>) {
         let Some(entry) = self.take() else { return };
-        match self.queue.spec.max_delivery_attempts {
+        match self.target.queue.spec.max_delivery_attempts {
             Some(max) if entry.deliveries >= max => {
                 let reason = format!("max delivery attempts ({max}) reached");
-                self.broker.dead_letter(&self.queue, entry, &reason);
+                self.target
+                    .broker
+                    .dead_letter(&self.target.queue, entry, &reason);
             }
             // Redeliveries go to the front so the queue's order is kept as far as it can be.
-            _ => self.queue.push_unbounded(entry, delay, true),
+            _ => self.target.queue.push_unbounded(entry, delay, true),
         }
     }
 }
@@ -49,7 +83,8 @@ impl MemorySettle {
 #[async_trait]
 impl Settle for MemorySettle {
     async fn ack(mut self: Box<Self>) -> Result<()> {
-        self.take();
+        // The same as an immediate ack; kept for callers that await `ack` itself.
+        let _ = self.try_ack();
         Ok(())
     }
 
@@ -58,7 +93,9 @@ impl Settle for MemorySettle {
             Nack::Requeue { delay } => self.requeue(delay),
             Nack::DeadLetter { reason } => {
                 if let Some(entry) = self.take() {
-                    self.broker.dead_letter(&self.queue, entry, &reason);
+                    self.target
+                        .broker
+                        .dead_letter(&self.target.queue, entry, &reason);
                 }
             }
         }
@@ -72,16 +109,19 @@ impl Settle for MemorySettle {
 
     /// An ack waits for nothing here: done at once, without a boxed future.
     fn try_ack(&mut self) -> Option<Result<()>> {
-        self.take();
+        if !self.settled {
+            self.settled = true;
+            self.target.queue.settled();
+        }
         Some(Ok(()))
     }
 }
 
 impl Drop for MemorySettle {
     fn drop(&mut self) {
-        // ack and nack take the entry; one still here was abandoned (or its settle future was
-        // dropped midway) and goes back to the queue.
-        if self.entry.is_some() && !self.queue.is_deleted() {
+        // ack and nack mark it settled; one not settled was abandoned (or its settle future
+        // was dropped midway) and goes back to the queue.
+        if !self.settled && !self.target.queue.is_deleted() {
             self.requeue(None);
         }
     }

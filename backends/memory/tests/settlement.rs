@@ -27,7 +27,7 @@ async fn ack_through_a_settlement_removes_the_message() {
     let mut consumer = broker.consumer("q", Default::default()).await.unwrap();
     let (message, info, settlement) = consumer.receive().await.unwrap().into_parts();
     assert_eq!(&message.payload()[..], b"a");
-    assert_eq!(info.source, "q");
+    assert_eq!(&*info.source, "q");
     assert_eq!(info.attempt, 1);
     assert_eq!(broker.queue_depth("q").unwrap().unacked, 1);
     settlement.ack().await.unwrap();

@@ -199,7 +199,7 @@ impl RabbitConsumer {
             routing_key: Some(Arc::from(routing_key.as_str())),
             offset: stream.as_ref().map(|s| s.offset),
             consumer_group: stream.as_ref().map(|_| Arc::from(self.queue.as_str())),
-            ..DeliveryInfo::new(self.queue.clone())
+            ..DeliveryInfo::new(self.queue.as_str())
         };
         let settle = RabbitSettle {
             acker: Some(acker),

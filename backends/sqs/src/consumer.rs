@@ -200,7 +200,7 @@ async fn run_poller(
                     };
                     let message = codec::decode(msg);
                     let attempt = codec::receive_count(msg);
-                    let mut info = DeliveryInfo::new(scope.queue.as_ref());
+                    let mut info = DeliveryInfo::new(scope.queue.clone());
                     info.attempt = attempt;
                     info.redelivered = attempt > 1;
                     let settle = scope.track(receipt, message.clone(), attempt);

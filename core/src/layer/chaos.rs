@@ -331,6 +331,9 @@ impl Settle for ChaosSettle {
     fn abandon(self: Box<Self>) {
         drop(self.inner);
     }
+
+    // No `try_ack`: a planned fault may make the ack wait, which only the boxed `ack` can do.
+    // Inside it the backend's immediate ack is still taken (`Settlement::ack` tries it first).
 }
 
 struct ChaosUnit {

@@ -127,6 +127,37 @@ impl Settle for Logged {
     }
 }
 
+/// Like [`Logged`], for a backend that acks at once ([`Settle::try_ack`]).
+struct AcksAtOnce(Log);
+
+#[async_trait]
+impl Settle for AcksAtOnce {
+    async fn ack(self: Box<Self>) -> Result<()> {
+        self.0.lock().unwrap().push("ack".into());
+        Ok(())
+    }
+    async fn nack(self: Box<Self>, nack: Nack) -> Result<()> {
+        self.0.lock().unwrap().push(format!("nack {nack:?}"));
+        Ok(())
+    }
+    fn abandon(self: Box<Self>) {
+        self.0.lock().unwrap().push("abandon".into());
+    }
+    fn try_ack(&mut self) -> Option<Result<()>> {
+        self.0.lock().unwrap().push("try_ack".into());
+        Some(Ok(()))
+    }
+}
+
+/// A delivery from queue `q` whose backend acks at once, its settles going to `log`.
+pub(crate) fn acked_at_once(payload: &str, log: &Log) -> Delivery {
+    Delivery::new(
+        Message::new(payload.to_owned()),
+        DeliveryInfo::new("q"),
+        Box::new(AcksAtOnce(log.clone())),
+    )
+}
+
 /// A delivery of `payload` from queue `q` whose settles go to `log`.
 pub(crate) fn delivery(payload: &str, log: &Log) -> Delivery {
     Delivery::new(

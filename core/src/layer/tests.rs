@@ -111,7 +111,7 @@ fn wrap_settle_moves_the_message_and_settles_through_the_new_handle() {
     let payload = d.message().payload().as_ptr();
     let outer_log = log.clone();
     let d = wrap_settle(d, |inner, info| {
-        assert_eq!(info.source, "q");
+        assert_eq!(&*info.source, "q");
         Box::new(Outer(inner, outer_log)) as Box<dyn Settle>
     });
     assert_eq!(d.message().payload().as_ptr(), payload, "the same bytes");

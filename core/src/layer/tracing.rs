@@ -3,6 +3,7 @@
 //! and the W3C trace context carried in the headers from a send to its receives.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -138,7 +139,7 @@ pub fn process_span(delivery: &Delivery) -> Span {
         "process",
         otel.name = Empty,
         otel.kind = "consumer",
-        messaging.destination.name = info.source.as_str(),
+        messaging.destination.name = &*info.source,
         messaging.operation.type = "process",
         messaging.operation.name = "process",
         messaging.message.id = Empty,
@@ -506,7 +507,7 @@ impl Consumer for TracedConsumer {
 struct TracedSettle {
     inner: Settlement,
     system: &'static str,
-    queue: String,
+    queue: Arc<str>,
     id: MessageId,
     /// The context the message carried: the parent of a settle made outside any span.
     context: Option<TraceContext>,
@@ -519,7 +520,7 @@ impl TracedSettle {
             otel.name = Empty,
             otel.kind = "client",
             messaging.system = self.system,
-            messaging.destination.name = self.queue.as_str(),
+            messaging.destination.name = &*self.queue,
             messaging.operation.type = "settle",
             messaging.operation.name = operation,
             messaging.message.id = %self.id,
@@ -555,6 +556,15 @@ impl Settle for TracedSettle {
 
     fn abandon(self: Box<Self>) {
         drop(self.inner);
+    }
+
+    /// The backend's immediate ack, passed on. Its span opens after the ack, since there is
+    /// no way to know before it whether the backend acks at once: opened first, a backend
+    /// that does not would leave an empty span beside the one its `ack` opens.
+    fn try_ack(&mut self) -> Option<Result<()>> {
+        let acked = self.inner.try_ack()?;
+        record(&self.span("ack"), &acked);
+        Some(acked)
     }
 }
 

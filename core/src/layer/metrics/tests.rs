@@ -5,7 +5,9 @@ use std::sync::Mutex;
 
 use metrics::{CounterFn, Gauge, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString};
 
-use super::super::test_support::{confirmed, delivery, everything, layered, now, Log, Stub};
+use super::super::test_support::{
+    acked_at_once, confirmed, delivery, everything, layered, now, Log, Stub,
+};
 use super::super::LayerStack;
 use super::*;
 use crate::consumer::MockConsumer;
@@ -203,4 +205,28 @@ fn settles_are_left_unwrapped_unless_their_durations_are_asked_for() {
         0
     );
     assert_eq!(*log.lock().unwrap(), ["ack"]);
+}
+
+/// A backend that acks at once keeps doing so through a metered settle: the ack is still
+/// timed, and no boxed ack future is needed for it.
+#[test]
+fn an_at_once_ack_goes_through_a_metered_settle_and_is_timed() {
+    let kept = Kept::default();
+    let log = Log::default();
+    let ready = log.clone();
+    let mut consumer = MockConsumer::new();
+    consumer
+        .expect_try_receive()
+        .times(1)
+        .returning(move || Some(Ok(acked_at_once("x", &ready))));
+    let acked = metrics::with_local_recorder(&kept, || {
+        let backend = metered(Stub::new(everything()).with_consumer(consumer));
+        let mut consumer = now(backend.consumer("q", Default::default())).unwrap();
+        let (_, _, mut settlement) = consumer.try_receive().unwrap().unwrap().into_parts();
+        settlement.try_ack()
+    });
+    assert!(matches!(acked, Some(Ok(()))), "acked at once: {acked:?}");
+    let q = ("messaging.destination.name", "q");
+    assert_eq!(kept.samples(&[q, ("messaging.operation.name", "ack")]), 1);
+    assert_eq!(*log.lock().unwrap(), ["try_ack"]);
 }

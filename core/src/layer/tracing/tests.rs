@@ -9,7 +9,7 @@ use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
 use super::super::test_support::{
-    confirmed, delivery, delivery_with, everything, layered, Log, Stub,
+    acked_at_once, confirmed, delivery, delivery_with, everything, layered, Log, Stub,
 };
 use super::super::LayerStack;
 use super::*;
@@ -279,4 +279,29 @@ async fn receive_and_process_spans_note_partition_and_offset() {
     assert_eq!(process["otel.name"], "process q");
     assert_eq!(process["messaging.operation.type"], "process");
     assert_eq!(process["messaging.kafka.offset"], "42");
+}
+
+/// A backend that acks at once keeps doing so through a traced settle, which still opens its
+/// settle span (after the ack: nothing was waited for).
+#[tokio::test]
+async fn an_at_once_ack_goes_through_a_traced_settle_with_its_span() {
+    let capture = Capture::default();
+    let _on = tracing::subscriber::set_default(capture.clone());
+    let log = Log::default();
+    let ready = log.clone();
+    let mut consumer = MockConsumer::new();
+    consumer
+        .expect_receive()
+        .times(1)
+        .returning(move || Ok(acked_at_once("x", &ready)));
+    let backend = traced(Stub::new(everything()).with_consumer(consumer));
+    let mut consumer = backend.consumer("q", Default::default()).await.unwrap();
+    let d = consumer.receive().await.unwrap();
+    let id = d.message().id().to_string();
+    let (_, _, mut settlement) = d.into_parts();
+    let acked = settlement.try_ack();
+    assert!(matches!(acked, Some(Ok(()))), "acked at once: {acked:?}");
+    let settle = capture.span("settle", "ack");
+    assert_eq!(settle["messaging.message.id"], id);
+    assert_eq!(*log.lock().unwrap(), ["try_ack"]);
 }
