@@ -334,8 +334,9 @@ struct MailroomProducer {
 #[async_trait]
 impl DriverProducer for MailroomProducer {
     async fn send(&self, message: Outgoing) -> Result<Confirm> {
+        let mut digits = [0u8; 20];
         let mut builder = Message::builder(message.payload)
-            .header(SENT_AT_HEADER, message.intended_us.to_string());
+            .header(SENT_AT_HEADER, decimal(message.intended_us, &mut digits));
         if let Some(key) = message.key {
             builder = builder.key(key);
         }
@@ -349,6 +350,22 @@ impl DriverProducer for MailroomProducer {
     async fn close(&self) -> Result<()> {
         self.producer.close().await
     }
+}
+
+/// `value` in decimal, written into `buf` (20 digits hold any `u64`): the sent-at header of
+/// every message, without `to_string`'s formatting machinery.
+fn decimal(mut value: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
 struct MailroomConsumer {
@@ -627,5 +644,29 @@ impl DriverConsumer for RawMpscConsumer {
 
     async fn close(&mut self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_writes_what_to_string_does() {
+        let mut buf = [0u8; 20];
+        for v in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            1_234_567,
+            u64::from(u32::MAX),
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            assert_eq!(decimal(v, &mut buf), v.to_string());
+        }
     }
 }
