@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 
+use crate::driver::{instant_at_ns, ns_at};
+
 /// Beyond this from the deadline the producer waits on tokio's timer (1 ms granularity, so
 /// it may wake up to about a millisecond late: the margin keeps it ahead of the deadline).
 pub const COARSE_MARGIN: Duration = Duration::from_millis(2);
@@ -62,6 +64,18 @@ pub struct Permit {
     /// When the permit was handed out (never before `intended`): the send's start, read once
     /// so the caller need not read the clock again.
     pub at: Instant,
+}
+
+/// [`Permit`] on the harness's nanosecond clock ([`crate::driver::now_ns`]): the same
+/// permit, as integers a producer can subtract for nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NsPermit {
+    /// Index of the message since the schedule was last anchored.
+    pub index: u64,
+    /// When the message is intended to be sent, ns.
+    pub intended_ns: u64,
+    /// When the permit was handed out (never before `intended_ns`), ns.
+    pub at_ns: u64,
 }
 
 /// A running mean in nanoseconds (weight 1/16 for each new sample), shared without locks.
@@ -119,6 +133,8 @@ pub struct Pacer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     anchor: Instant,
+    /// `anchor` on the [`crate::driver::now_ns`] clock.
+    anchor_ns: u64,
     interval_ns: f64,
     index: u64,
 }
@@ -157,6 +173,7 @@ impl Pacer {
             shared,
             thread,
             anchor: Instant::now(),
+            anchor_ns: 0,
             interval_ns: 0.0,
             index: 0,
         };
@@ -177,6 +194,7 @@ impl Pacer {
             Ordering::Relaxed,
         );
         self.anchor = Instant::now();
+        self.anchor_ns = ns_at(self.anchor);
         self.index = 0;
     }
 
@@ -206,6 +224,24 @@ impl Pacer {
             index,
             intended,
             at,
+        }
+    }
+
+    /// [`Pacer::next_after`] on the [`crate::driver::now_ns`] clock: `now_ns` is the caller's
+    /// last reading of that clock. A producer behind its schedule gets its permit with integer
+    /// arithmetic alone; only a wait converts to an `Instant`.
+    pub async fn next_ns(&mut self, now_ns: Option<u64>) -> NsPermit {
+        let index = self.index;
+        self.index += 1;
+        let intended_ns = self.anchor_ns + (index as f64 * self.interval_ns) as u64;
+        let at_ns = match now_ns {
+            Some(now) if now >= intended_ns => now,
+            _ => ns_at(self.wait_until(instant_at_ns(intended_ns)).await),
+        };
+        NsPermit {
+            index,
+            intended_ns,
+            at_ns: at_ns.max(intended_ns),
         }
     }
 
@@ -481,6 +517,30 @@ mod tests {
         );
         // Only a guard against a hang or a lost wake-up, not a speed test.
         assert!(q(1.0) < 1_000_000, "a permit came a second late");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ns_permits_keep_the_instant_schedule_and_never_come_early() {
+        let mut pacer = Pacer::new(10_000.0);
+        let mut last = None;
+        for i in 0..200u64 {
+            let permit = pacer.next_ns(last).await;
+            let now = crate::driver::now_ns();
+            assert_eq!(permit.index, i);
+            assert!(permit.at_ns >= permit.intended_ns, "permit {i} early");
+            assert!(
+                now >= permit.intended_ns,
+                "permit {i} handed out before its time"
+            );
+            let expected = ns_at(pacer.intended(i));
+            assert!(
+                permit.intended_ns.abs_diff(expected) <= 1,
+                "permit {i}: {} ns, the Instant schedule says {expected} ns",
+                permit.intended_ns
+            );
+            // Every third permit the caller says it is behind: no wait, the reading kept.
+            last = (i % 3 == 0).then_some(now);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
