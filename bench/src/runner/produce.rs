@@ -5,7 +5,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::task::noop_waker_ref;
@@ -14,7 +13,7 @@ use mailroom_core::Result;
 
 use super::state::{record, Part, RunState};
 use super::MAX_CONFIRMS_IN_FLIGHT;
-use crate::driver::{now_us, us_at, Confirm, Driver, Outgoing, TopicPlan, TrySend};
+use crate::driver::{now_ns, now_us, Confirm, Driver, Outgoing, TopicPlan, TrySend};
 use crate::pacer::Pacer;
 use crate::workload::{KeyDistributor, Plan};
 
@@ -29,7 +28,7 @@ pub(super) async fn produce(
     let publish = state.publish.part();
     let publish_inline = state.publish.part();
     let delay = state.delay.part();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Confirm, Instant)>(4096);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Confirm, u64)>(4096);
     let confirm_state = state.clone();
     // Confirms are awaited apart from the sends so a slow confirm never holds the schedule up.
     let confirms = tokio::spawn(async move {
@@ -45,7 +44,7 @@ pub(super) async fn produce(
                     None => open = false,
                 },
                 Some((r, sent_at)) = in_flight.next(), if !in_flight.is_empty() => {
-                    confirmed(&confirm_state, &publish, r, sent_at, Instant::now());
+                    confirmed(&confirm_state, &publish, r, sent_at, now_ns());
                 },
                 else => break,
             }
@@ -56,8 +55,9 @@ pub(super) async fn produce(
     let mut pacer = Pacer::new(state.rate());
     let mut i: u64 = 0;
     let mut slot = 0;
-    // The clock as read at the end of the last send (an inline confirm), for the next permit.
-    let mut last_read: Option<Instant> = None;
+    // The clock (ns) as read at the end of the last send (an inline confirm), for the next
+    // permit. Times stay integers on the `now_ns` line: no `Instant` arithmetic per message.
+    let mut last_read: Option<u64> = None;
     let mut result = Ok(());
     while !state.stop_producers.load(Ordering::Acquire) {
         // A send that never waits (an in-process broker, try_send) never hands the worker
@@ -69,7 +69,7 @@ pub(super) async fn produce(
             epoch = current;
             pacer.set_rate(state.rate());
         }
-        let permit = pacer.next_after(last_read.take()).await;
+        let permit = pacer.next_ns(last_read.take()).await;
         if state.stop_producers.load(Ordering::Acquire) {
             break;
         }
@@ -85,20 +85,17 @@ pub(super) async fn produce(
             slot + 1
         };
         i += 1;
-        let sent_at = permit.at;
-        record(
-            &delay,
-            sent_at.duration_since(permit.intended).as_micros() as u64,
-        );
+        let sent_at = permit.at_ns;
+        record(&delay, (sent_at - permit.intended_ns) / 1_000);
         let message = Outgoing {
             key,
             payload,
-            intended_us: us_at(permit.intended),
+            intended_us: permit.intended_ns / 1_000,
         };
         // Where the driver can send and confirm at once, no boxed future is made.
         let sent = match producer.try_send(message) {
             TrySend::Confirmed => {
-                let now = Instant::now();
+                let now = now_ns();
                 confirmed(&state, &publish_inline, Ok(()), sent_at, now);
                 last_read = Some(now);
                 continue;
@@ -111,7 +108,7 @@ pub(super) async fn produce(
                 // A confirm that is already there needs no trip through the confirm task.
                 match poll_once(&mut confirm) {
                     Poll::Ready(r) => {
-                        let now = Instant::now();
+                        let now = now_ns();
                         confirmed(&state, &publish_inline, r, sent_at, now);
                         last_read = Some(now);
                     }
@@ -145,11 +142,12 @@ fn poll_once(confirm: &mut Confirm) -> Poll<Result<()>> {
         .poll(&mut Context::from_waker(noop_waker_ref()))
 }
 
-/// Count a confirm (or a failed one) that arrived at `now` and record its publish latency.
-fn confirmed(state: &RunState, publish: &Part, r: Result<()>, sent_at: Instant, now: Instant) {
+/// Count a confirm (or a failed one) that arrived at `now` and record its publish latency
+/// (both on the `now_ns` clock).
+fn confirmed(state: &RunState, publish: &Part, r: Result<()>, sent_at: u64, now: u64) {
     match r {
         Ok(()) => {
-            record(publish, now.duration_since(sent_at).as_micros() as u64);
+            record(publish, now.saturating_sub(sent_at) / 1_000);
             state.sent_total.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => {

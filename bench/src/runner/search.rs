@@ -103,6 +103,169 @@ fn judge(rate: f64, s: &StepFigures, acceptable_backlog: i64) -> Option<String> 
     }
 }
 
+/// The search's decisions, one step at a time: which step comes next, and what a step's
+/// figures change. [`search`] drives one over a probe; [`paired_search`] drives two in
+/// lockstep.
+struct Searcher {
+    /// Never below this: a broker that cannot sustain even that gets an honest "no
+    /// sustainable rate" rather than a search collapsing towards 1 msg/s.
+    floor: f64,
+    /// The next step's rate.
+    rate: f64,
+    lowest: f64,
+    sustained: Option<f64>,
+    missed: Option<f64>,
+    /// The rate whose miss is being confirmed by a deciding step, if any.
+    confirming: Option<f64>,
+    /// `missed` was taken before any rate was sustained, unconfirmed (a stall in the first
+    /// steps would otherwise cap the figure): it is tried again as a deciding step once a
+    /// lower rate is sustained.
+    miss_unconfirmed: bool,
+    lowest_miss: String,
+    done: bool,
+}
+
+impl Searcher {
+    fn new(initial: f64, floor: f64) -> Searcher {
+        Searcher {
+            floor,
+            rate: initial,
+            lowest: initial,
+            sustained: None,
+            missed: None,
+            confirming: None,
+            miss_unconfirmed: false,
+            lowest_miss: String::from("the search ended before its first step"),
+            done: false,
+        }
+    }
+
+    /// The next step (rate, hold), or `None` once the search has converged.
+    fn next(&self) -> Option<(f64, Duration)> {
+        if self.done {
+            return None;
+        }
+        let deciding =
+            self.confirming.is_some() || (self.sustained.is_some() && self.missed.is_some());
+        Some((self.rate, if deciding { DECIDING_STEP } else { CLIMB_STEP }))
+    }
+
+    /// Take a step's figures (of the step [`Searcher::next`] gave); returns whether the
+    /// producers should drain the backlog before the next step.
+    fn record(&mut self, step: &StepFigures, acceptable_backlog: i64) -> bool {
+        let rate = self.rate;
+        self.lowest = self.lowest.min(rate);
+        let verdict = judge(rate, step, acceptable_backlog);
+        // Why the search went where it went, for whoever reads a surprising figure
+        // (`RUST_LOG=mailroom_bench=debug`).
+        tracing::debug!(
+            rate,
+            achieved = step.achieved,
+            consumed = step.consumed,
+            backlog_median = step.backlog_median,
+            backlog_end = step.backlog_end,
+            miss = verdict.as_deref().unwrap_or("-"),
+            "max-rate search step"
+        );
+        let mut drain = false;
+        match verdict {
+            None => {
+                self.sustained = Some(self.sustained.map_or(rate, |s: f64| s.max(rate)));
+                self.confirming = None;
+                if let Some(miss) = self.missed.filter(|_| self.miss_unconfirmed) {
+                    if rate >= miss {
+                        // The early miss was a stall: the climb goes on from here.
+                        self.missed = None;
+                        self.miss_unconfirmed = false;
+                    } else {
+                        self.confirming = Some(miss);
+                        self.rate = miss;
+                        return false;
+                    }
+                }
+            }
+            Some(why) => {
+                if self.sustained.is_some() {
+                    // Start the next step clean.
+                    drain = true;
+                    // Once a rate was sustained, a miss decides the figure: it counts only
+                    // when a deciding step at that rate misses too.
+                    if self.confirming != Some(rate) {
+                        self.confirming = Some(rate);
+                        return drain;
+                    }
+                }
+                if self.sustained.is_some() {
+                    self.miss_unconfirmed = false;
+                } else if self.missed.is_none() {
+                    self.miss_unconfirmed = true;
+                }
+                self.confirming = None;
+                if rate <= self.lowest {
+                    self.lowest_miss = why;
+                }
+                self.missed = Some(self.missed.map_or(rate, |m: f64| m.min(rate)));
+            }
+        }
+        self.rate = match (self.sustained, self.missed) {
+            (Some(ok), None) => ok * 1.5,
+            (Some(ok), Some(miss)) => {
+                if miss / ok <= CONVERGED || miss <= ok {
+                    self.done = true;
+                    return drain;
+                }
+                (ok * miss).sqrt()
+            }
+            // Nothing sustained yet: below what was achieved, so the consumers catch up, but
+            // at most halved (consumers still starting take next to nothing in their first
+            // step) and never below the floor.
+            (None, Some(miss)) => {
+                if miss <= self.floor {
+                    self.done = true;
+                    return drain;
+                }
+                (step.achieved.min(step.consumed) * 0.8)
+                    .max(miss / 2.0)
+                    .max(self.floor)
+                    .min(miss * 0.9)
+            }
+            (None, None) => rate,
+        };
+        drain
+    }
+
+    fn outcome(&self) -> MaxRate {
+        match self.sustained {
+            Some(rate) => MaxRate::Found { rate },
+            None => MaxRate::NotFound {
+                lowest_step: self.lowest,
+                reason: self.lowest_miss.clone(),
+            },
+        }
+    }
+}
+
+/// One step of `searcher` on `probe`, traced; drains after a miss that asks for it.
+async fn take_step<P: Probe>(
+    probe: &P,
+    searcher: &mut Searcher,
+    acceptable_backlog: i64,
+    trace: &mut Vec<(f64, f64, i64)>,
+) {
+    let Some((rate, hold)) = searcher.next() else {
+        return;
+    };
+    let step = probe.step(rate, hold).await;
+    trace.push((probe.elapsed(), rate, step.backlog_end));
+    if searcher.record(&step, acceptable_backlog) {
+        probe.drain(searcher.floor).await;
+    }
+    probe.show(&format!(
+        "searching max rate: tried {:.0} msgs/s, next {:.0}",
+        step.achieved, searcher.rate
+    ));
+}
+
 /// The search's decisions, over any [`Probe`]. `initial` is `producerStartRate`; every step is
 /// appended to `trace` as (seconds since the run started, rate, backlog at its end).
 pub(super) async fn search<P: Probe>(
@@ -111,96 +274,112 @@ pub(super) async fn search<P: Probe>(
     acceptable_backlog: i64,
     trace: &mut Vec<(f64, f64, i64)>,
 ) -> MaxRate {
-    // Never below the lowest step: a broker that cannot sustain even that gets an honest
-    // "no sustainable rate" rather than a search collapsing towards 1 msg/s.
     let floor = (initial / SEARCH_FLOOR_DIVISOR).max(1.0);
     // Consumers still joining (a Kafka group takes seconds) take nothing, and a first step
     // would read that as the broker's capacity: trickle at the floor until a first message has
     // come through (the probe gives the search its full time after that).
     probe.first_message(floor).await;
-    let mut rate = initial;
-    let mut lowest = initial;
-    let mut sustained: Option<f64> = None;
-    let mut missed: Option<f64> = None;
-    // The rate whose miss is being confirmed by a deciding step, if any.
-    let mut confirming: Option<f64> = None;
-    let mut lowest_miss = String::from("the search ended before its first step");
-    while !probe.expired() && !probe.failed() {
-        let deciding = confirming.is_some() || (sustained.is_some() && missed.is_some());
-        let hold = if deciding { DECIDING_STEP } else { CLIMB_STEP };
-        let step = probe.step(rate, hold).await;
-        trace.push((probe.elapsed(), rate, step.backlog_end));
-        lowest = lowest.min(rate);
-        let verdict = judge(rate, &step, acceptable_backlog);
-        // Why the search went where it went, for whoever reads a surprising figure
-        // (`RUST_LOG=mailroom_bench=debug`).
-        tracing::debug!(
-            rate,
-            hold_ms = hold.as_millis() as u64,
-            achieved = step.achieved,
-            consumed = step.consumed,
-            backlog_median = step.backlog_median,
-            backlog_end = step.backlog_end,
-            miss = verdict.as_deref().unwrap_or("-"),
-            "max-rate search step"
-        );
-        match verdict {
-            None => {
-                sustained = Some(sustained.map_or(rate, |s: f64| s.max(rate)));
-                confirming = None;
+    let mut searcher = Searcher::new(initial, floor);
+    while !searcher.done && !probe.expired() && !probe.failed() {
+        take_step(probe, &mut searcher, acceptable_backlog, trace).await;
+    }
+    searcher.outcome()
+}
+
+/// Paired searches ([`paired_search`]): each side's outcome per round, and the ratio of the
+/// first side's rate to the second's as the median of the rounds' ratios.
+// Not yet wired into `compare` (which runs whole rounds of each side, ABBA): it needs both
+// drivers' runs live at once.
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Paired {
+    /// Each round's outcome on the first probe (the backend).
+    pub(super) a: Vec<MaxRate>,
+    /// Each round's outcome on the second probe (the raw baseline).
+    pub(super) b: Vec<MaxRate>,
+    /// Each round's ratio, a ÷ b, for the rounds where both found a rate.
+    pub(super) ratios: Vec<f64>,
+}
+
+#[allow(dead_code)]
+impl Paired {
+    /// The median of the round ratios (of the middle two for an even count).
+    pub(super) fn ratio(&self) -> Option<f64> {
+        let mut v = self.ratios.clone();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => v.get(n / 2).copied(),
+            _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
+    }
+
+    /// The lowest and highest round ratio.
+    pub(super) fn spread(&self) -> Option<(f64, f64)> {
+        let lo = self.ratios.iter().copied().reduce(f64::min)?;
+        let hi = self.ratios.iter().copied().reduce(f64::max)?;
+        Some((lo, hi))
+    }
+}
+
+/// Two max-rate searches (a backend's and its raw baseline's) in lockstep, for their ratio:
+/// a step on one, then a step on the other, the order swapped every pair (ABBA), so what the
+/// machine does meanwhile (a stall, a compile starting next door) lands on both at about the
+/// same time and cancels in the ratio instead of deciding it. `rounds` such paired searches
+/// run; the first from `initial`, later ones from two thirds of what each side found in the
+/// round before (a short climb and a bisection, not the whole climb again). The ratio is the
+/// median of the rounds' ratios ([`Paired::ratio`]), the spread theirs.
+#[allow(dead_code)]
+pub(super) async fn paired_search<A: Probe, B: Probe>(
+    a: &A,
+    b: &B,
+    initial: f64,
+    acceptable_backlog: i64,
+    rounds: usize,
+    trace_a: &mut Vec<(f64, f64, i64)>,
+    trace_b: &mut Vec<(f64, f64, i64)>,
+) -> Paired {
+    let floor = (initial / SEARCH_FLOOR_DIVISOR).max(1.0);
+    a.first_message(floor).await;
+    b.first_message(floor).await;
+    let mut out = Paired {
+        a: Vec::new(),
+        b: Vec::new(),
+        ratios: Vec::new(),
+    };
+    let (mut start_a, mut start_b) = (initial, initial);
+    let mut turn = 0usize;
+    for _ in 0..rounds.max(1) {
+        let mut sa = Searcher::new(start_a, floor);
+        let mut sb = Searcher::new(start_b, floor);
+        let over = || a.expired() || b.expired() || a.failed() || b.failed();
+        while (!sa.done || !sb.done) && !over() {
+            if turn % 2 == 0 {
+                take_step(a, &mut sa, acceptable_backlog, trace_a).await;
+                take_step(b, &mut sb, acceptable_backlog, trace_b).await;
+            } else {
+                take_step(b, &mut sb, acceptable_backlog, trace_b).await;
+                take_step(a, &mut sa, acceptable_backlog, trace_a).await;
             }
-            Some(why) => {
-                if sustained.is_some() {
-                    // Start the next step clean.
-                    probe.drain(floor).await;
-                    // Once a rate was sustained, a miss decides the figure: it counts only
-                    // when a deciding step at that rate misses too.
-                    if confirming != Some(rate) {
-                        confirming = Some(rate);
-                        continue;
-                    }
-                }
-                confirming = None;
-                if rate <= lowest {
-                    lowest_miss = why;
-                }
-                missed = Some(missed.map_or(rate, |m: f64| m.min(rate)));
+            turn += 1;
+        }
+        let (oa, ob) = (sa.outcome(), sb.outcome());
+        // A round cut short by the time limit has not decided its figures: not a ratio.
+        if sa.done && sb.done {
+            if let (MaxRate::Found { rate: ra }, MaxRate::Found { rate: rb }) = (&oa, &ob) {
+                out.ratios.push(ra / rb);
+                start_a = ra * 2.0 / 3.0;
+                start_b = rb * 2.0 / 3.0;
             }
         }
-        rate = match (sustained, missed) {
-            (Some(ok), None) => ok * 1.5,
-            (Some(ok), Some(miss)) => {
-                if miss / ok <= CONVERGED || miss <= ok {
-                    break;
-                }
-                (ok * miss).sqrt()
-            }
-            // Nothing sustained yet: below what was achieved, so the consumers catch up, but
-            // at most halved (consumers still starting take next to nothing in their first
-            // step) and never below the floor.
-            (None, Some(miss)) => {
-                if miss <= floor {
-                    break;
-                }
-                (step.achieved.min(step.consumed) * 0.8)
-                    .max(miss / 2.0)
-                    .max(floor)
-                    .min(miss * 0.9)
-            }
-            (None, None) => rate,
-        };
-        probe.show(&format!(
-            "searching max rate: tried {:.0} msgs/s, next {rate:.0}",
-            step.achieved
-        ));
+        out.a.push(oa);
+        out.b.push(ob);
+        if over() {
+            break;
+        }
     }
-    match sustained {
-        Some(rate) => MaxRate::Found { rate },
-        None => MaxRate::NotFound {
-            lowest_step: lowest,
-            reason: lowest_miss,
-        },
-    }
+    out
 }
 
 /// What the search needs from the run.
@@ -511,6 +690,172 @@ mod tests {
             }
             other => panic!("expected no rate, got {other:?} (trace {trace:?})"),
         }
+    }
+
+    /// A machine two simulated brokers share, in virtual time: other work on it comes and goes
+    /// (a neighbour taking up to 45 % of the capacity for a few seconds at a time), a step
+    /// can stall (a tenth of climbing steps, a fiftieth of deciding ones: consumers at half
+    /// speed), and each step's capacity jitters
+    /// by up to ±4 % on its own. Pseudo-random from a seed, so a failure can be replayed.
+    struct Machine {
+        now: Cell<Duration>,
+        seed: Cell<u64>,
+        /// The neighbour's share of the machine, and when it changes next.
+        load: Cell<(f64, Duration)>,
+    }
+
+    impl Machine {
+        fn new(seed: u64) -> Machine {
+            Machine {
+                now: Cell::new(Duration::ZERO),
+                seed: Cell::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
+                load: Cell::new((0.0, Duration::ZERO)),
+            }
+        }
+
+        /// Uniform in [0, 1).
+        fn random(&self) -> f64 {
+            let mut x = self.seed.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.seed.set(x);
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        }
+
+        /// The share of the machine left now.
+        fn left(&self) -> f64 {
+            let (mut share, mut until) = self.load.get();
+            while self.now.get() >= until {
+                share = if self.random() < 0.5 {
+                    0.0
+                } else {
+                    0.45 * self.random()
+                };
+                until += Duration::from_secs_f64(2.0 + 4.0 * self.random());
+            }
+            self.load.set((share, until));
+            1.0 - share
+        }
+    }
+
+    /// A broker of `capacity` on a shared [`Machine`].
+    struct Noisy<'m> {
+        capacity: f64,
+        machine: &'m Machine,
+        budget: Duration,
+    }
+
+    impl Probe for Noisy<'_> {
+        async fn step(&self, rate: f64, hold: Duration) -> StepFigures {
+            let m = self.machine;
+            let capacity = self.capacity * m.left() * (0.96 + 0.08 * m.random());
+            m.now.set(m.now.get() + hold);
+            let achieved = if rate <= capacity {
+                rate
+            } else {
+                capacity * 0.8
+            };
+            // A stall of a few hundred milliseconds sinks most of a climbing step's judged
+            // quarter second; a deciding step's median over a second outlasts all but the
+            // long ones.
+            let stall = if hold == DECIDING_STEP { 0.02 } else { 0.1 };
+            let consumed = if m.random() < stall {
+                achieved * 0.5
+            } else {
+                achieved
+            };
+            let backlog = if consumed < achieved * KEEP_UP {
+                50_000
+            } else {
+                100
+            };
+            StepFigures {
+                achieved,
+                consumed,
+                backlog_median: backlog,
+                backlog_end: backlog,
+            }
+        }
+
+        async fn drain(&self, _floor: f64) {
+            let m = self.machine;
+            m.now.set(m.now.get() + Duration::from_millis(200));
+        }
+
+        async fn first_message(&self, _floor: f64) {}
+
+        fn expired(&self) -> bool {
+            self.machine.now.get() >= self.budget
+        }
+
+        fn failed(&self) -> bool {
+            false
+        }
+
+        fn elapsed(&self) -> f64 {
+            self.machine.now.get().as_secs_f64()
+        }
+
+        fn show(&self, _line: &str) {}
+    }
+
+    fn paired(seed: u64, rounds: usize) -> (Paired, Duration) {
+        let machine = Machine::new(seed);
+        let budget = Duration::from_secs(600);
+        let backend = Noisy {
+            capacity: 80_000.0,
+            machine: &machine,
+            budget,
+        };
+        let raw = Noisy {
+            capacity: 100_000.0,
+            machine: &machine,
+            budget,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime");
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        let out = rt.block_on(paired_search(
+            &backend, &raw, 10_000.0, 5_000, rounds, &mut ta, &mut tb,
+        ));
+        (out, machine.now.get())
+    }
+
+    #[test]
+    #[ignore = "not met yet: 36 of 40 seeds within ±10 %, the worst 25 % off (both sides' \
+                searches converge in different load phases); run with --ignored"]
+    fn a_noisy_machine_gives_the_paired_ratio_within_ten_percent() {
+        // The true ratio is 0.8; each side's own figure moves by up to half with the neighbour.
+        let mut worst: f64 = 0.0;
+        let mut longest = Duration::ZERO;
+        for seed in 1..=40 {
+            let (out, took) = paired(seed, 3);
+            let ratio = out.ratio().expect("a ratio");
+            assert_eq!(out.ratios.len(), 3, "seed {seed}: {out:?}");
+            let off = (ratio / 0.8 - 1.0).abs();
+            assert!(
+                off <= 0.10,
+                "seed {seed}: ratio {ratio:.3}, rounds {:?}",
+                out.ratios
+            );
+            worst = worst.max(off);
+            longest = longest.max(took);
+        }
+        eprintln!(
+            "paired ratio on a noisy machine: worst {:.1} % off over 40 seeds; longest {longest:?}",
+            worst * 100.0
+        );
+    }
+
+    #[test]
+    fn later_rounds_start_near_the_last_figure() {
+        let (out, _) = paired(7, 2);
+        assert_eq!(out.a.len(), 2);
+        let ratio = out.ratio().expect("a ratio");
+        let (lo, hi) = out.spread().expect("a spread");
+        assert!(lo <= ratio && ratio <= hi, "{out:?}");
     }
 
     #[test]

@@ -1,0 +1,52 @@
+//! The latency half of `mailroom bench` (memory://, 20,000 msgs/s paced, 3 s), alone and
+//! repeated, with the CPU the process took per run:
+//! `cargo run --release -p mailroom-bench --example quick_latency`.
+//!
+//! `RUNS` (default 3), `RATE` (default 20000) and `SECONDS` (default 3) change it.
+
+use std::time::Duration;
+
+use mailroom_bench::{latency, BenchConfig};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// CPU seconds this process has used (user + system), from /proc (Linux; 0 elsewhere),
+/// assuming the usual 100 clock ticks per second.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+#[tokio::main]
+async fn main() -> mailroom_core::Result<()> {
+    let config = BenchConfig {
+        latency_rate: env_or("RATE", 20_000),
+        latency_duration: Duration::from_secs_f64(env_or("SECONDS", 3.0)),
+        ..BenchConfig::default()
+    };
+    let backend = mailroom::connect("memory://").await?;
+    for run in 0..env_or("RUNS", 3usize) {
+        let cpu = cpu_seconds();
+        let l = latency(backend.clone(), &config).await?;
+        let cpu = cpu_seconds() - cpu;
+        println!(
+            "run {run}: e2e p50 {} us  p99 {} us  max {} us; publish delay p50 {} us  p99 {} us; CPU {:.2} s / {:?}",
+            l.p50_us, l.p99_us, l.max_us, l.delay_p50_us, l.delay_p99_us, cpu, config.latency_duration
+        );
+    }
+    backend.close().await
+}
