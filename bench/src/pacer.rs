@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 
-use crate::driver::{instant_at_ns, ns_at};
+use crate::driver::{instant_at_ns, now_ns, ns_at};
 
 /// Beyond this from the deadline the producer waits on tokio's timer (1 ms granularity, so
 /// it may wake up to about a millisecond late: the margin keeps it ahead of the deadline).
@@ -194,8 +194,10 @@ impl Pacer {
             cap.clamp(MIN_SPIN.as_nanos() as u64, MAX_SPIN.as_nanos() as u64),
             Ordering::Relaxed,
         );
-        self.anchor = Instant::now();
-        self.anchor_ns = ns_at(self.anchor);
+        // From the nanosecond clock, so that both schedules agree even when this is the first
+        // reading of that clock (an Instant taken before its origin would read as 0).
+        self.anchor_ns = now_ns();
+        self.anchor = instant_at_ns(self.anchor_ns);
         self.index = 0;
     }
 
