@@ -89,7 +89,8 @@ impl Connection {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if let Some(core) = internal {
-            core.flush_all().await?;
+            // Requeues and dead letters are sent detached, some without a window slot.
+            core.flush_everything().await?;
         }
         Ok(())
     }

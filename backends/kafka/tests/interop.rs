@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use mailroom_core::{Backend, ConsumerOptions, Destination, Message, QueueSpec, Replay, Timestamp};
+use mailroom_core::{
+    Backend, ConsumerOptions, DeliveryGuarantee, Destination, Message, ProducerOptions, QueueSpec,
+    Replay, Timestamp,
+};
 use mailroom_kafka::{KafkaBackend, ID_HEADER};
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
@@ -523,4 +526,60 @@ async fn a_declared_queue_takes_writes_on_every_partition_at_once() {
         refused.is_empty(),
         "the leader refused partitions of a queue declare_queue had returned: {refused:?}"
     );
+}
+
+/// `close` sends what an `acks=0` producer still holds: records enqueued and never awaited are
+/// all in the log once it returns and the producer is gone, since nothing else would tell of
+/// their loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unconfirmed_producer_sends_everything_it_holds_before_close_returns() {
+    const N: i64 = 5_000;
+    let b = backend().await;
+    let q = fresh("acks0-close");
+    b.topology()
+        .declare_queue(&QueueSpec::new(&q).partitions(3))
+        .await
+        .unwrap();
+    let p = b
+        .producer_with(ProducerOptions::default().guarantee(DeliveryGuarantee::Unconfirmed))
+        .await
+        .unwrap();
+    for i in 0..N {
+        // The confirm is dropped unawaited: only `close` may wait for the records.
+        drop(
+            p.enqueue(&Destination::queue(&q), Message::new(format!("m{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    p.close().await.unwrap();
+    drop(p);
+    let plain: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let topic = q.clone();
+    // The broker appends what it read a moment after; it must get to N, not just near it.
+    let in_log = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let total: i64 = (0..3)
+                .map(|p| {
+                    plain
+                        .client()
+                        .fetch_watermarks(&topic, p, Duration::from_secs(5))
+                        .map(|(low, high)| high - low)
+                        .unwrap_or(0)
+                })
+                .sum();
+            if total >= N || Instant::now() >= deadline {
+                return total;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(in_log, N, "records in the log after close");
+    b.topology().delete_queue(&q).await.unwrap();
 }
