@@ -132,7 +132,7 @@ fn plan_for(
 struct Saturation {
     /// Messages received per second after the warm-up.
     rate: f64,
-    /// From the first send to the first message received.
+    /// From the start until every consumer had received a message (the group had formed).
     first_message: Duration,
 }
 
@@ -176,6 +176,8 @@ async fn saturate_on(
     let credit_total = (options.in_flight_bytes / size).clamp(16, 4096);
     let credit = Arc::new(Semaphore::new(credit_total));
     let received = Arc::new(AtomicU64::new(0));
+    // Consumers that have had a message: the measurement waits for all of them.
+    let serving = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let first_error: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let note_error = |slot: &Arc<Mutex<Option<String>>>, e: &Error| {
@@ -187,16 +189,22 @@ async fn saturate_on(
     let mut consumers = Vec::new();
     for _ in 0..plan.consumers {
         let mut consumer = driver.consumer(topic, &topic.subscriptions[0]).await?;
-        let (received, credit, stop, errors) = (
+        let (received, serving, credit, stop, errors) = (
             received.clone(),
+            serving.clone(),
             credit.clone(),
             stop.clone(),
             first_error.clone(),
         );
         consumers.push(tokio::spawn(async move {
+            let mut served = false;
             while !stop.load(Ordering::Acquire) {
                 match consumer.receive(RECEIVE_SLICE).await {
                     Ok(Some(_)) => {
+                        if !served {
+                            served = true;
+                            serving.fetch_add(1, Ordering::Relaxed);
+                        }
                         received.fetch_add(1, Ordering::Relaxed);
                         credit.add_permits(1);
                     }
@@ -256,14 +264,23 @@ async fn saturate_on(
     let measured = async {
         let start = Instant::now();
         let failed = |e: &Arc<Mutex<Option<String>>>| e.lock().ok().and_then(|e| e.clone());
-        while received.load(Ordering::Relaxed) == 0 {
+        // Every consumer, not just one: a Kafka group of several members forms in rounds,
+        // and a round revokes the partitions of the members that already had some until the
+        // last member has rejoined (1-3 s with librdkafka). Measured from the first message,
+        // a 4-consumer point's whole window fell in such a round: 0 msgs/s, and its latency
+        // run at the 1 msg/s floor then confirmed nothing in its window.
+        let consumers = u64::from(plan.consumers);
+        while serving.load(Ordering::Relaxed) < consumers {
             if let Some(e) = failed(&first_error) {
                 return Err(Error::new(ErrorKind::Broker, e));
             }
             if start.elapsed() > FIRST_MESSAGE_WITHIN {
                 return Err(Error::new(
                     ErrorKind::Timeout,
-                    format!("no message arrived within {FIRST_MESSAGE_WITHIN:?}"),
+                    format!(
+                        "{} of {consumers} consumers had a message within {FIRST_MESSAGE_WITHIN:?}",
+                        serving.load(Ordering::Relaxed)
+                    ),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -275,6 +292,15 @@ async fn saturate_on(
         let rate = (received.load(Ordering::Relaxed) - from) as f64 / at.elapsed().as_secs_f64();
         match failed(&first_error) {
             Some(e) => Err(Error::new(ErrorKind::Broker, e)),
+            // Nothing arrived in the window: a latency run at the 1 msg/s floor would say
+            // only that it confirmed nothing.
+            None if rate == 0.0 => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no message arrived in the {:?} measured after the warm-up",
+                    options.step
+                ),
+            )),
             None => Ok(Saturation {
                 rate,
                 first_message,
@@ -368,7 +394,8 @@ async fn point(
     result.throughput = saturation.rate;
     result.megabytes_per_second = saturation.rate * fitted as f64 / 1e6;
     let rate = (saturation.rate * options.load_fraction).max(1.0);
-    // The latency run's warm-up covers what the first message took here (a Kafka group join),
+    // The latency run's warm-up covers what every consumer's first message took here (a Kafka
+    // group's forming),
     // twice: once for the join, once for the consumers to drain what waited meanwhile (they
     // have at least 1 - load_fraction of their rate to spare).
     let warmup = options.warmup + saturation.first_message * 2;

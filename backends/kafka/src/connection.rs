@@ -14,7 +14,7 @@ use mailroom_core::operation::CONNECT;
 use mailroom_core::{Capabilities, ClosedFlag, Error, ErrorKind, Result};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::{Client, DefaultClientContext};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer as _};
 use rdkafka::ClientContext;
 
@@ -89,7 +89,8 @@ impl Connection {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if let Some(core) = internal {
-            core.flush_all().await?;
+            // Requeues and dead letters are sent detached, some without a window slot.
+            core.flush_everything().await?;
         }
         Ok(())
     }
@@ -264,6 +265,94 @@ pub(crate) fn topic_partitions<C: ClientContext>(
         )),
         None if t.partitions().is_empty() => Ok(None),
         None => Ok(Some(t.partitions().iter().map(|p| p.id()).collect())),
+    }
+}
+
+/// Whether the leader of every partition of `topic` takes writes now.
+///
+/// Metadata is not enough: on Apache Kafka 4.1 (KRaft) the broker serves a new topic's
+/// partitions, with their leader and no error, a moment before that leader has made their logs,
+/// and a write in that moment is refused with NOT_LEADER_OR_FOLLOWER. An `acks=1`/`all`
+/// producer retries it; under `acks=0` the broker drops the batch and closes the connection,
+/// and every record of it is lost while its delivery report says sent. A ListOffsets answered
+/// for each partition (librdkafka's watermark query, sent to the leader) shows the leader has
+/// the log: that is what the produce path checks too.
+pub(crate) fn topic_writable<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    partitions: usize,
+    timeout: Duration,
+) -> Result<Writable> {
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| error::map(e, "metadata"))?;
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(Writable::NotYet("not in the metadata yet".into()));
+    };
+    if let Some(code) = t.error().map(RDKafkaErrorCode::from) {
+        return not_yet_or_error(code, topic, None);
+    }
+    if t.partitions().len() < partitions {
+        return Ok(Writable::NotYet(format!(
+            "{} of {partitions} partitions in the metadata",
+            t.partitions().len()
+        )));
+    }
+    for p in t.partitions() {
+        if let Some(code) = p.error().map(RDKafkaErrorCode::from) {
+            return not_yet_or_error(code, topic, Some(p.id()));
+        }
+        if p.leader() < 0 {
+            return Ok(Writable::NotYet(format!(
+                "partition {} has no leader",
+                p.id()
+            )));
+        }
+    }
+    for p in t.partitions() {
+        match client.fetch_watermarks(topic, p.id(), timeout) {
+            Ok(_) => {}
+            Err(KafkaError::MetadataFetch(code)) => {
+                return not_yet_or_error(code, topic, Some(p.id()))
+            }
+            Err(e) => return Err(error::map(e, "metadata")),
+        }
+    }
+    Ok(Writable::Yes)
+}
+
+/// What [`topic_writable`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Writable {
+    /// Every partition's leader answered.
+    Yes,
+    /// Not yet, and why: worth asking again.
+    NotYet(String),
+}
+
+/// A code that a topic still coming up answers with is `NotYet`; any other is the error.
+fn not_yet_or_error(
+    code: RDKafkaErrorCode,
+    topic: &str,
+    partition: Option<i32>,
+) -> Result<Writable> {
+    let what = match partition {
+        Some(p) => format!("partition {p} of topic '{topic}'"),
+        None => format!("topic '{topic}'"),
+    };
+    match code {
+        RDKafkaErrorCode::UnknownTopicOrPartition
+        | RDKafkaErrorCode::UnknownTopic
+        | RDKafkaErrorCode::UnknownPartition
+        | RDKafkaErrorCode::LeaderNotAvailable
+        | RDKafkaErrorCode::NotLeaderForPartition
+        | RDKafkaErrorCode::ReplicaNotAvailable
+        | RDKafkaErrorCode::RequestTimedOut
+        | RDKafkaErrorCode::OperationTimedOut
+        | RDKafkaErrorCode::BrokerTransportFailure => {
+            Ok(Writable::NotYet(format!("{what}: {code}")))
+        }
+        code => Err(error::map_code(code, what, "metadata")),
     }
 }
 

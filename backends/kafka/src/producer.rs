@@ -359,6 +359,20 @@ impl ProducerCore {
         drop(all);
         Ok(())
     }
+
+    /// Wait (at most the operation timeout) until librdkafka holds no record at all, those
+    /// sent without a window slot (`send_detached` when the window is full) included, which
+    /// [`ProducerCore::flush_all`] cannot see.
+    pub(crate) async fn flush_everything(self: &Arc<Self>) -> Result<()> {
+        self.flush_all().await?;
+        let core = self.clone();
+        crate::connection::blocking(move || {
+            core.producer
+                .flush(core.timeout)
+                .map_err(|e| error::map(e, "flush"))
+        })
+        .await
+    }
 }
 
 pub(crate) fn lost_report() -> Error {
@@ -458,7 +472,7 @@ impl Producer for KafkaProducer {
 
     async fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
-        self.core.flush_all().await
+        self.core.flush_everything().await
     }
 }
 

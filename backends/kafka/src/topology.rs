@@ -39,7 +39,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::connection::{blocking, Connection};
+use crate::connection::{blocking, Connection, Writable};
 use crate::{error, BACKEND};
 
 /// Longest topic name Kafka accepts.
@@ -74,7 +74,7 @@ struct DeclaredState {
     bindings: HashMap<String, BTreeMap<String, Vec<Route>>>,
 }
 
-/// How often a new topic's metadata is looked up until the broker serves it.
+/// How often a new topic is looked at until its partitions take writes.
 const TOPIC_VISIBLE_POLL: Duration = Duration::from_millis(20);
 
 /// Queue settings and bindings of one cluster, shared in this process.
@@ -256,10 +256,13 @@ impl KafkaTopology {
         for result in results {
             match result {
                 Ok(_) => {
-                    self.await_topic_visible(name, count as usize, operation)
+                    self.await_topic_writable(name, count as usize, operation)
                         .await?
                 }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    // Another declare may have created it a moment ago: it is no more
+                    // writable than one this call created.
+                    self.await_topic_writable(name, 1, operation).await?;
                     if let Some(want) = partitions {
                         let have = self.connection.partitions(name).await?.unwrap_or_default();
                         if have.len() != want as usize {
@@ -291,30 +294,43 @@ impl KafkaTopology {
         delete_topics(&self.connection, &[name.to_owned()], operation).await
     }
 
-    /// Wait until the broker serves `name`'s metadata with `partitions` partitions.
+    /// Wait until the leader of each of `name`'s `partitions` partitions takes writes.
     ///
-    /// CreateTopics returns once the controller has recorded the topic; the broker that answers
-    /// metadata requests learns of it a moment later. Without this wait a bind, a send or a
-    /// consumer right after `declare_queue` could find no such topic.
-    async fn await_topic_visible(
+    /// CreateTopics returns once the controller has recorded the topic; the broker learns of it
+    /// a moment later, and its leader makes the partitions' logs a moment after that (see
+    /// [`crate::connection::topic_writable`]). Returning earlier let a bind, a consumer or a send
+    /// right after `declare_queue` find no such topic, and an `acks=0` send lose its records.
+    async fn await_topic_writable(
         &self,
         name: &str,
         partitions: usize,
         operation: &'static str,
     ) -> Result<()> {
-        let deadline = Instant::now() + self.connection.config.operation_timeout;
+        let timeout = self.connection.config.operation_timeout;
+        let deadline = Instant::now() + timeout;
         loop {
-            let have = self.connection.partitions(name).await?;
-            if have.is_some_and(|p| p.len() >= partitions) {
-                return Ok(());
-            }
+            let connection = self.connection.clone();
+            let topic = name.to_owned();
+            let found = blocking(move || {
+                crate::connection::topic_writable(
+                    connection.admin.inner(),
+                    &topic,
+                    partitions,
+                    connection.config.operation_timeout,
+                )
+            })
+            .await
+            .map_err(|e| e.with_operation(operation))?;
+            let why = match found {
+                Writable::Yes => return Ok(()),
+                Writable::NotYet(why) => why,
+            };
             if Instant::now() >= deadline {
                 return Err(Error::new(
                     mailroom_core::ErrorKind::Timeout,
                     format!(
-                        "topic '{name}' was created but the broker did not serve it with \
-                         {partitions} partitions within {:?}",
-                        self.connection.config.operation_timeout
+                        "topic '{name}' exists but its {partitions} partitions did not all take \
+                         writes within {timeout:?} (last: {why})"
                     ),
                 )
                 .with_backend(BACKEND)
