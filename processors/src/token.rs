@@ -184,13 +184,17 @@ impl Token {
         in_flight: Arc<InFlight>,
     ) -> Self {
         let position = info.offset.map(|offset| (lane, offset));
-        let extra = (original.is_some() || position.is_some()).then(|| {
-            Box::new(Extra {
+        // An `if`, not `bool::then` with a closure: the closure would capture `info` and
+        // `original` by move, a copy of both per message even when neither is kept.
+        let extra = if original.is_some() || position.is_some() {
+            Some(Box::new(Extra {
                 original,
                 info,
                 position,
-            })
-        });
+            }))
+        } else {
+            None
+        };
         Token {
             state: State::Sole(Sole {
                 obligation,

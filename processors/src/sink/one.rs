@@ -9,7 +9,7 @@ use mailroom_core::{Error, ErrorKind, Message};
 
 use super::confirm::{count_output, enqueued_now, Confirms};
 use super::pacer::Pacer;
-use super::Sink;
+use super::{give_trace, Sink};
 use crate::flow::{Item, Meta, Step};
 use crate::metrics::add;
 use crate::stage::RunningStage;
@@ -50,9 +50,16 @@ pub(super) async fn drive_one(
                     // Only the fields used are moved out of the item (it is a few hundred
                     // bytes; a whole copy per message is measurable).
                     Poll::Ready(Some(Ok(Item {
-                        value,
-                        meta: Meta { tokens: t, .. },
+                        mut value,
+                        meta:
+                            Meta {
+                                tokens: t, trace, ..
+                            },
                     }))) => {
+                        // As `carry_trace` does for the other sink shapes.
+                        if let Some(trace) = &trace {
+                            give_trace(trace, &mut value);
+                        }
                         values.push(value);
                         tokens.push(t);
                     }
