@@ -62,15 +62,14 @@ impl MessageId {
             ));
         }
         // A canonical UUID text becomes the binary form so that it equals the id that was sent.
-        // Only a 36-character text can be canonical, and the only 36-character form the
-        // parser takes is the hyphenated one, so canonical means without upper-case digits;
-        // checked so rather than by printing the UUID again, as this runs for every message a
-        // backend receives.
-        if text.len() == uuid::fmt::Hyphenated::LENGTH
-            && !text.bytes().any(|b| b.is_ascii_uppercase())
-        {
+        // Only a 36-character text can be canonical; the comparison is done on the stack, as
+        // this runs for every message a backend receives.
+        if text.len() == uuid::fmt::Hyphenated::LENGTH {
             if let Ok(uuid) = Uuid::parse_str(text) {
-                return Ok(MessageId(IdRepr::Uuid(uuid)));
+                let mut canonical = [0; uuid::fmt::Hyphenated::LENGTH];
+                if *uuid.hyphenated().encode_lower(&mut canonical) == *text {
+                    return Ok(MessageId(IdRepr::Uuid(uuid)));
+                }
             }
         }
         Ok(MessageId(IdRepr::Text(Arc::from(text))))
