@@ -1,6 +1,7 @@
 //! Ordered, validated message headers.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 pub use crate::header_value::{HeaderValue, MAX_HEADER_VALUE_DEPTH};
@@ -18,17 +19,31 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 64 * 1024;
 /// [`Headers::get_value`] and [`Headers::values`]. A name may repeat where the broker allows it
 /// (Kafka): [`Headers::append`] adds another value, [`Headers::get_all`] reads them all, and
 /// `insert` replaces them all with one.
-#[derive(Clone, Default, PartialEq, Eq)]
+///
+/// Cloning is cheap: the entries are shared, and copied only when a clone is changed. A
+/// backend keeps a copy of each received message to dead-letter or requeue it, and copying
+/// every name and value for that cost as much as decoding them.
+#[derive(Clone, Default)]
 pub struct Headers {
-    entries: Vec<(String, HeaderValue)>,
+    /// `None` when there are none, so that a message without headers allocates nothing.
+    entries: Option<Arc<Entries>>,
 }
+
+type Entries = Vec<(String, HeaderValue)>;
 
 impl Headers {
     /// No headers.
-    pub fn new() -> Self {
-        Headers {
-            entries: Vec::new(),
-        }
+    pub const fn new() -> Self {
+        Headers { entries: None }
+    }
+
+    fn entries(&self) -> &[(String, HeaderValue)] {
+        self.entries.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// The entries to change, copied first if a clone shares them.
+    fn entries_mut(&mut self) -> &mut Entries {
+        Arc::make_mut(self.entries.get_or_insert_with(Default::default))
     }
 
     /// Check a header name: non-empty, at most [`MAX_HEADER_NAME_BYTES`], no control characters.
@@ -114,16 +129,17 @@ impl Headers {
         let value = value.into();
         Self::validate_name(&name)?;
         Self::validate_typed_value(&name, &value)?;
-        match self.entries.iter().position(|(n, _)| *n == name) {
+        let entries = self.entries_mut();
+        match entries.iter().position(|(n, _)| *n == name) {
             Some(first) => {
-                self.entries[first].1 = value;
+                entries[first].1 = value;
                 let mut index = 0;
-                self.entries.retain(|(n, _)| {
+                entries.retain(|(n, _)| {
                     index += 1;
                     index - 1 <= first || *n != name
                 });
             }
-            None => self.entries.push((name, value)),
+            None => entries.push((name, value)),
         }
         Ok(())
     }
@@ -135,7 +151,7 @@ impl Headers {
         let value = value.into();
         Self::validate_name(&name)?;
         Self::validate_typed_value(&name, &value)?;
-        self.entries.push((name, value));
+        self.entries_mut().push((name, value));
         Ok(())
     }
 
@@ -153,15 +169,20 @@ impl Headers {
     /// Remove every value of a header, returning them in order.
     pub fn remove_values(&mut self, name: &str) -> Vec<HeaderValue> {
         let mut removed = Vec::new();
-        let mut kept = Vec::with_capacity(self.entries.len());
-        for (n, v) in self.entries.drain(..) {
+        if !self.contains(name) {
+            // Nothing to take: a shared list stays shared.
+            return removed;
+        }
+        let entries = self.entries_mut();
+        let mut kept = Vec::with_capacity(entries.len());
+        for (n, v) in entries.drain(..) {
             if n == name {
                 removed.push(v);
             } else {
                 kept.push((n, v));
             }
         }
-        self.entries = kept;
+        self.entries = (!kept.is_empty()).then(|| Arc::new(kept));
         removed
     }
 
@@ -172,12 +193,15 @@ impl Headers {
 
     /// The first value of a header, of any form.
     pub fn get_value(&self, name: &str) -> Option<&HeaderValue> {
-        self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+        self.entries()
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
     }
 
     /// Every value of a header, in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a HeaderValue> + 'a {
-        self.entries
+        self.entries()
             .iter()
             .filter(move |(n, _)| n == name)
             .map(|(_, v)| v)
@@ -185,15 +209,15 @@ impl Headers {
 
     /// Whether a header is present (with a value of any form).
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.iter().any(|(n, _)| n == name)
+        self.entries().iter().any(|(n, _)| n == name)
     }
 
     /// The text headers in insertion order; headers of other forms are in [`Headers::values`].
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
         TextEntries {
-            entries: self.entries.iter(),
+            entries: self.entries().iter(),
             remaining: self
-                .entries
+                .entries()
                 .iter()
                 .filter(|(_, v)| v.as_text().is_some())
                 .count(),
@@ -202,19 +226,19 @@ impl Headers {
 
     /// Every header in insertion order, with its value of any form.
     pub fn values(&self) -> impl ExactSizeIterator<Item = (&str, &HeaderValue)> {
-        self.entries.iter().map(|(n, v)| (n.as_str(), v))
+        self.entries().iter().map(|(n, v)| (n.as_str(), v))
     }
 
     /// Whether some name has more than one value (compared pairwise: no allocation, and
     /// messages carry few headers).
     pub fn has_repeated_names(&self) -> bool {
-        let e = &self.entries;
+        let e = self.entries();
         (1..e.len()).any(|i| e[..i].iter().any(|(n, _)| *n == e[i].0))
     }
 
     /// The first name with more than one value.
     pub fn first_repeated_name(&self) -> Option<&str> {
-        let e = &self.entries;
+        let e = self.entries();
         (1..e.len())
             .find(|&i| e[..i].iter().any(|(n, _)| *n == e[i].0))
             .map(|i| e[i].0.as_str())
@@ -222,27 +246,35 @@ impl Headers {
 
     /// Whether every value is text (so [`Headers::iter`] sees them all).
     pub fn is_all_text(&self) -> bool {
-        self.entries.iter().all(|(_, v)| v.as_text().is_some())
+        self.entries().iter().all(|(_, v)| v.as_text().is_some())
     }
 
     /// Number of headers, of every form (a repeated name counts once per value).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries().len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries().is_empty()
     }
 
     /// Bytes of names and values together.
     pub fn encoded_len(&self) -> usize {
-        self.entries
+        self.entries()
             .iter()
             .map(|(n, v)| n.len() + v.encoded_len())
             .sum()
     }
 }
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries() == other.entries()
+    }
+}
+
+impl Eq for Headers {}
 
 /// The text entries of a header list, counted up front so the iterator knows its length.
 struct TextEntries<'a> {
@@ -298,6 +330,33 @@ mod tests {
         assert_eq!(h.iter().collect::<Vec<_>>(), vec![("a", "3"), ("b", "2")]);
         assert_eq!(h.remove("a").as_deref(), Some("3"));
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn a_clone_is_shared_until_one_side_changes() {
+        let mut original = Headers::new();
+        original.insert("a", "1").unwrap();
+        let mut clone = original.clone();
+        assert!(
+            std::ptr::eq(original.entries(), clone.entries()),
+            "a clone shares the entries"
+        );
+        clone.insert("a", "2").unwrap();
+        clone.append("b", "3").unwrap();
+        assert_eq!(original.iter().collect::<Vec<_>>(), [("a", "1")]);
+        assert_eq!(clone.iter().collect::<Vec<_>>(), [("a", "2"), ("b", "3")]);
+        let mut emptied = original.clone();
+        assert_eq!(emptied.remove("a").as_deref(), Some("1"));
+        assert!(emptied.is_empty() && emptied == Headers::new());
+        assert_eq!(
+            original.get("a"),
+            Some("1"),
+            "the removal did not reach the original"
+        );
+        // Nothing to remove leaves a shared list shared.
+        let mut untouched = original.clone();
+        assert!(untouched.remove_values("zz").is_empty());
+        assert!(std::ptr::eq(original.entries(), untouched.entries()));
     }
 
     #[test]

@@ -301,16 +301,20 @@ impl KafkaConsumer {
     }
 
     /// The subscribed topic's shared name (the record's own name when it is not one of them).
-    fn topic_of(&self, name: &str) -> Arc<str> {
-        self.topics
+    fn topic_of(topics: &[Arc<str>], name: &str) -> Arc<str> {
+        topics
             .iter()
             .find(|t| ***t == *name)
             .cloned()
             .unwrap_or_else(|| Arc::from(name))
     }
 
-    fn delivery(&self, m: &BorrowedMessage<'_>) -> Delivery {
-        let topic = self.topic_of(m.topic());
+    fn delivery(
+        scope: &Arc<SettleScope>,
+        topics: &[Arc<str>],
+        m: &BorrowedMessage<'_>,
+    ) -> Delivery {
+        let topic = Self::topic_of(topics, m.topic());
         let Decoded {
             message,
             attempt,
@@ -318,18 +322,18 @@ impl KafkaConsumer {
         } = decode(m);
         let tp: TopicPartition = (topic, m.partition());
         let offset = m.offset();
-        let epoch = self.scope.book.delivered(&tp, offset);
+        let epoch = scope.book.delivered(&tp, offset);
         let info = DeliveryInfo {
             attempt,
             redelivered: attempt > 1,
-            source: self.scope.queue.clone(),
+            source: scope.queue.clone(),
             partition: Some(tp.1),
             offset: Some(offset),
-            consumer_group: Some(self.scope.queue.clone()),
+            consumer_group: Some(scope.queue.clone()),
             routing_key: routing_key.map(Arc::from),
         };
         let settle = KafkaSettle {
-            scope: self.scope.clone(),
+            scope: scope.clone(),
             tp,
             offset,
             epoch,
@@ -448,6 +452,90 @@ pub(crate) fn is_moot(e: &KafkaError) -> bool {
     )
 }
 
+/// What became of one record (or error) taken from librdkafka.
+enum Taken {
+    /// A delivery for the application.
+    Delivery(Delivery),
+    /// A record no binding of the queue matches: settled without being delivered.
+    Passed,
+    /// An error librdkafka recovers from by itself: wait a little, then go on.
+    Transient,
+    /// An error the caller must see.
+    Failed(Error),
+}
+
+impl KafkaConsumer {
+    /// Turn what `consumer.recv` gave into a delivery, or say why there is none (the
+    /// consumer's parts one by one: the record borrows the consumer while routing is updated).
+    fn take(
+        consumer: &StreamConsumer<GroupContext>,
+        scope: &Arc<SettleScope>,
+        topics: &[Arc<str>],
+        routes: &mut RouteFilter,
+        received: rdkafka::error::KafkaResult<BorrowedMessage<'_>>,
+    ) -> Taken {
+        if let Ok(m) = &received {
+            if consumer.context().replay_pending.load(Ordering::Relaxed) {
+                let tp = (Self::topic_of(topics, m.topic()), m.partition());
+                consumer.context().replay_started(&tp);
+            }
+        }
+        match received {
+            Ok(m) if routes.admits(&m) => Taken::Delivery(Self::delivery(scope, topics, &m)),
+            Ok(m) => {
+                let tp = (Self::topic_of(topics, m.topic()), m.partition());
+                scope.book.passed(&tp, m.offset());
+                Taken::Passed
+            }
+            Err(e) if is_moot(&e) => {
+                tracing::debug!(error = %e, "transient consumer error");
+                Taken::Transient
+            }
+            Err(e) => Taken::Failed(error::map(e, RECEIVE)),
+        }
+    }
+
+    /// A delivery librdkafka already holds, taken without waiting; `None` when one would have
+    /// to be waited for (the prefetch bound is reached, nothing is fetched, or a transient
+    /// error was just reported). Settled offsets are handed to librdkafka at most every
+    /// [`STORE_INTERVAL`] while records keep coming, and at once before `None` (the caller
+    /// is about to wait).
+    fn take_ready(&mut self) -> Option<Result<Delivery>> {
+        loop {
+            let Some(consumer) = self.consumer.as_ref() else {
+                return Some(Err(closed_consumer(BACKEND)));
+            };
+            let book = &self.scope.book;
+            if book.unsettled() >= self.prefetch {
+                store(consumer, book);
+                self.stored_at = Instant::now();
+                return None;
+            }
+            let Some(received) = consumer.recv().now_or_never() else {
+                store(consumer, book);
+                self.stored_at = Instant::now();
+                return None;
+            };
+            if self.stored_at.elapsed() >= STORE_INTERVAL {
+                store(consumer, book);
+                self.stored_at = Instant::now();
+            }
+            match Self::take(
+                consumer,
+                &self.scope,
+                &self.topics,
+                &mut self.routes,
+                received,
+            ) {
+                Taken::Delivery(d) => return Some(Ok(d)),
+                Taken::Passed => continue,
+                Taken::Transient => return None,
+                Taken::Failed(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Consumer for KafkaConsumer {
     async fn receive(&mut self) -> Result<Delivery> {
@@ -456,6 +544,7 @@ impl Consumer for KafkaConsumer {
                 return Err(closed_consumer(BACKEND));
             };
             let book = &self.scope.book;
+            // Taken before the checks below, so that a settle between them still wakes us.
             let settled = book.settled.notified();
             if book.unsettled() >= self.prefetch {
                 store(consumer, book);
@@ -463,10 +552,10 @@ impl Consumer for KafkaConsumer {
                 settled.await;
                 continue;
             }
-            // A record librdkafka already fetched is taken without waiting, and the settled
-            // offsets go to librdkafka at most every STORE_INTERVAL meanwhile; before waiting
-            // for a record they go at once, and a settle while waiting stores them too.
-            // Nothing below awaits after a record is taken, which keeps `receive` cancel-safe.
+            // A record librdkafka already fetched is taken without waiting (`take_ready`);
+            // before waiting for one the settled offsets go to librdkafka at once, and a
+            // settle while waiting stores them too. Nothing below awaits after a record is
+            // taken, which keeps `receive` cancel-safe.
             let received = match consumer.recv().now_or_never() {
                 Some(received) => {
                     if self.stored_at.elapsed() >= STORE_INTERVAL {
@@ -485,26 +574,35 @@ impl Consumer for KafkaConsumer {
                     }
                 }
             };
-            if let Ok(m) = &received {
-                if consumer.context().replay_pending.load(Ordering::Relaxed) {
-                    let tp = (self.topic_of(m.topic()), m.partition());
-                    consumer.context().replay_started(&tp);
-                }
-            }
-            match received {
-                Ok(m) if self.routes.admits(&m) => return Ok(self.delivery(&m)),
-                Ok(m) => {
-                    // No binding of the queue matches: settled, undelivered.
-                    let tp = (self.topic_of(m.topic()), m.partition());
-                    self.scope.book.passed(&tp, m.offset());
-                }
-                Err(e) if is_moot(&e) => {
-                    tracing::debug!(error = %e, "transient consumer error");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => return Err(error::map(e, RECEIVE)),
+            match Self::take(
+                consumer,
+                &self.scope,
+                &self.topics,
+                &mut self.routes,
+                received,
+            ) {
+                Taken::Delivery(d) => return Ok(d),
+                Taken::Passed => {}
+                Taken::Transient => tokio::time::sleep(Duration::from_millis(50)).await,
+                Taken::Failed(e) => return Err(e),
             }
         }
+    }
+
+    /// A ready delivery is returned without a timer or the boxed future of `receive`: the
+    /// common case while a backlog drains.
+    async fn receive_timeout(&mut self, timeout: Duration) -> Result<Option<Delivery>> {
+        if let Some(ready) = self.take_ready() {
+            return ready.map(Some);
+        }
+        match tokio::time::timeout(timeout, self.receive()).await {
+            Ok(result) => result.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn try_receive(&mut self) -> Option<Result<Delivery>> {
+        self.take_ready()
     }
 
     async fn close(&mut self) -> Result<()> {
