@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use mailroom_bench::cpu::process_cpu_seconds;
 use mailroom_bench::{latency, BenchConfig};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -13,22 +14,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// CPU seconds this process has used (user + system), from /proc (Linux; 0 elsewhere),
-/// assuming the usual 100 clock ticks per second.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 #[tokio::main]
@@ -40,9 +25,9 @@ async fn main() -> mailroom_core::Result<()> {
     };
     let backend = mailroom::connect("memory://").await?;
     for run in 0..env_or("RUNS", 3usize) {
-        let cpu = cpu_seconds();
+        let cpu = process_cpu_seconds();
         let l = latency(backend.clone(), &config).await?;
-        let cpu = cpu_seconds() - cpu;
+        let cpu = process_cpu_seconds() - cpu;
         println!(
             "run {run}: e2e p50 {} us  p99 {} us  max {} us; publish delay p50 {} us  p99 {} us; CPU {:.2} s / {:?}",
             l.p50_us, l.p99_us, l.max_us, l.delay_p50_us, l.delay_p99_us, cpu, config.latency_duration

@@ -25,6 +25,7 @@
 //!   the `peers` feature, [`peer_omniqueue`]).
 
 pub mod compare;
+pub mod cpu;
 pub mod driver;
 pub mod overhead;
 pub mod pacer;

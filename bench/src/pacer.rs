@@ -434,23 +434,6 @@ mod tests {
         d.as_micros() as u64
     }
 
-    /// CPU seconds this process has used (user + system), from /proc (Linux; 0 elsewhere),
-    /// assuming the usual 100 clock ticks per second.
-    fn cpu_seconds() -> f64 {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
-        (ticks(11) + ticks(12)) / 100.0
-    }
-
     /// The pacing thread's nanosleeps overshoot by the timer slack (50 µs by default), as much
     /// as a whole interval at 20,000 msgs/s: the slack must really be lowered where Linux has
     /// the file for it.
@@ -484,9 +467,9 @@ mod tests {
     async fn permits_follow_the_rate_schedule_and_never_come_early() {
         let rate = 20_000.0;
         let span = Duration::from_millis(300);
-        let cpu = cpu_seconds();
+        let cpu = crate::cpu::process_cpu_seconds();
         let (pacer, got) = run(rate, span).await;
-        let cpu = cpu_seconds() - cpu;
+        let cpu = crate::cpu::process_cpu_seconds() - cpu;
         // Exactly the schedule's instants in [anchor, anchor + span): none skipped, none extra.
         let expected = (span.as_secs_f64() * rate).ceil() as usize;
         assert_eq!(
