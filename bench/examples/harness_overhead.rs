@@ -8,13 +8,7 @@
 use std::time::Duration;
 
 use mailroom_bench::overhead;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use mailroom_bench::versus::env_or;
 
 #[tokio::main]
 async fn main() -> mailroom_core::Result<()> {

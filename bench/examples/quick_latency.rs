@@ -7,14 +7,8 @@
 use std::time::Duration;
 
 use mailroom_bench::cpu::process_cpu_seconds;
+use mailroom_bench::versus::env_or;
 use mailroom_bench::{latency, BenchConfig};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[tokio::main]
 async fn main() -> mailroom_core::Result<()> {

@@ -330,14 +330,17 @@ pub async fn compare(url: &str, n: usize, size: usize, rounds: usize) -> Result<
 /// `MAILROOM_BENCH_N` and `MAILROOM_BENCH_ROUNDS`, or the defaults given: what the `vs_*`
 /// benches read so that scripts/test.sh can run them small.
 pub fn size_from_env(default_n: usize, default_rounds: usize) -> (usize, usize) {
-    let env = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     (
-        env("MAILROOM_BENCH_N", default_n).max(1),
-        env("MAILROOM_BENCH_ROUNDS", default_rounds).max(1),
+        env_or("MAILROOM_BENCH_N", default_n).max(1),
+        env_or("MAILROOM_BENCH_ROUNDS", default_rounds).max(1),
     )
+}
+
+/// The environment variable `name` parsed as a `T`, or `default` when it is unset or unreadable
+/// (the benches and examples take their sizes this way).
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
