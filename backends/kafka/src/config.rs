@@ -280,7 +280,9 @@ impl KafkaConfig {
                         .with_backend(BACKEND)
                     })?
                 }
-                _ if key.contains('.') => {
+                // librdkafka's properties have a dot, except `debug` (its debug log contexts,
+                // e.g. `cgrp,fetch`), which `client_config` also reads to turn its log level up.
+                _ if key.contains('.') || key == "debug" => {
                     config.properties.insert(key, value);
                 }
                 other => {
@@ -288,8 +290,7 @@ impl KafkaConfig {
                         "unknown kafka:// parameter {other:?}; mailroom's are connect_timeout_ms, \
                          operation_timeout_ms, partitions, replication_factor, prefetch, \
                          persistent, partitioner, transactions, guarantee, acks, and librdkafka \
-                         properties have a \
-                         dot (e.g. linger.ms)"
+                         properties have a dot (e.g. linger.ms) or are `debug`"
                     ))
                     .with_backend(BACKEND))
                 }
@@ -597,6 +598,23 @@ mod tests {
         );
         assert_eq!(c.default_partitions, 6);
         assert_eq!(c.connect_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn debug_is_passed_to_librdkafka_and_turns_its_log_up() {
+        // librdkafka's one dotless property a user asks for when diagnosing a group or a fetch.
+        let c = KafkaConfig::from_url("kafka://a:9092?debug=cgrp,fetch").unwrap();
+        assert_eq!(
+            c.properties.get("debug").map(String::as_str),
+            Some("cgrp,fetch")
+        );
+        let cc = c.client_config(&[]);
+        assert_eq!(cc.get("debug"), Some("cgrp,fetch"));
+        assert!(
+            matches!(cc.log_level, rdkafka::config::RDKafkaLogLevel::Debug),
+            "{:?}",
+            cc.log_level
+        );
     }
 
     #[test]
