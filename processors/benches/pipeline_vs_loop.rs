@@ -9,6 +9,11 @@
 //! Rounds alternate which of the two goes first.
 //!
 //! `cargo bench -p mailroom-processors --bench pipeline_vs_loop` (MESSAGES=n to change the size).
+//!
+//! `ONLY=loop`, `ONLY=pipeline` or `ONLY=fill` runs one side once on the `block_on` thread (or
+//! only fills its queue), for `valgrind --tool=callgrind`: instructions per message are the
+//! slope between two sizes with `fill`'s slope taken off, which cancels start-up, shutdown
+//! and filling. Instruction counts repeat on a loaded machine where wall-clock rates do not.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,7 +78,8 @@ async fn hand_loop(broker: MemoryBackend, queue: &str, n: usize) -> Timing {
     }
 }
 
-async fn pipeline(broker: MemoryBackend, queue: &str, n: usize) -> Timing {
+/// The pipeline side; `watch` is how often the end is looked for.
+async fn pipeline(broker: MemoryBackend, queue: &str, n: usize, watch: Duration) -> Timing {
     let consumer = broker.consumer(queue, Default::default()).await.unwrap();
     let producer: Arc<dyn Producer> = Arc::from(broker.producer().await.unwrap());
     let pipeline = Pipeline::builder()
@@ -90,12 +96,12 @@ async fn pipeline(broker: MemoryBackend, queue: &str, n: usize) -> Timing {
     let start = Instant::now();
     let metrics = pipeline.metrics();
     let mut timing = None;
-    // Polled every millisecond: the end is seen at most 1 ms late (under 1% of a run, counted
-    // against the pipeline). Then the pipeline drains and stops, outside the timing.
+    // Timed runs look every millisecond: the end is seen at most 1 ms late (under 1% of a run,
+    // counted against the pipeline). Then the pipeline drains and stops, outside the timing.
     let report = pipeline
         .run_until(async {
             while metrics.snapshot().acked < n as u64 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                tokio::time::sleep(watch).await;
             }
             timing = Some(Timing {
                 wall: start.elapsed(),
@@ -171,6 +177,24 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 const ROUNDS: usize = 5;
 
+/// One side once (or just the fill), for callgrind.
+async fn only_one(side: &str, n: usize) {
+    let broker = MemoryBackend::new();
+    fill(&broker, side, n).await;
+    match side {
+        "loop" => {
+            hand_loop(broker, side, n).await;
+        }
+        // Under valgrind a millisecond is a few messages: waking that often would be counted
+        // per message.
+        "pipeline" => {
+            pipeline(broker, side, n, Duration::from_millis(100)).await;
+        }
+        "fill" => {}
+        other => panic!("ONLY={other}: expected loop, pipeline or fill"),
+    }
+}
+
 fn main() {
     let n: usize = std::env::var("MESSAGES")
         .ok()
@@ -181,6 +205,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if let Ok(only) = std::env::var("ONLY") {
+        runtime.block_on(only_one(&only, n));
+        return;
+    }
     runtime.block_on(async {
         println!("memory -> map -> memory, {n} messages of 100 bytes, median of {ROUNDS} rounds");
         for (placement, title) in [
@@ -196,7 +224,7 @@ fn main() {
                 fill(&broker, "loop", n).await;
                 fill(&broker, "pipe", n).await;
                 let looped = hand_loop(broker.clone(), "loop", n);
-                let piped = pipeline(broker.clone(), "pipe", n);
+                let piped = pipeline(broker.clone(), "pipe", n, Duration::from_millis(1));
                 // Alternate which goes first so neither always gets the warmer caches.
                 let (l, p) = if round % 2 == 0 {
                     let l = placed(placement, looped).await;

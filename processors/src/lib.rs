@@ -38,7 +38,7 @@
 //! sources wait for a free slot, so a slow sink slows the sources and memory stays bounded.
 //!
 //! **Batched hand-over.** A pipeline with one sink hands the producer everything the stages have
-//! ready (up to 64 messages) in one [`enqueue_batch`](mailroom_core::Producer::enqueue_batch),
+//! ready (up to 8 messages) in one [`enqueue_batch`](mailroom_core::Producer::enqueue_batch),
 //! in order; it never waits to fill a batch, so latency does not grow. Each message is still
 //! confirmed and settled on its own. A producer that answers for a different number of
 //! messages than it was given stops the pipeline, with none of that batch's inputs acked.

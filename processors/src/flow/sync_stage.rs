@@ -128,33 +128,68 @@ where
         use std::task::Poll;
         let this = &mut *self;
         loop {
+            // The busy path takes the item apart right where upstream returns it and builds
+            // the output right where it is returned: every other hand-over (a `(value, meta)`
+            // return value, one binding for both paths) is another copy of the whole item.
+            if this.recovering.is_none() {
+                match this.upstream.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(Item { value, meta }))) => {
+                        match map_value(&this.stage, &this.f, value) {
+                            Ok(u) => return Poll::Ready(Some(Ok(Item { value: u, meta }))),
+                            Err(panic) => {
+                                this.recovering = Some(map_panicked(&this.stage, meta, panic))
+                            }
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                }
+                continue;
+            }
             let (value, meta) = match next_input(&mut this.recovering, &mut this.upstream, cx) {
                 Ok(input) => input,
                 Err(poll) => return poll,
             };
-            let stage = &this.stage;
-            bump(&stage.counters.input, 1);
-            let entered = stage.span.enter();
-            let mapped = catch_unwind(AssertUnwindSafe(|| (this.f)(value)));
-            drop(entered);
-            match mapped {
-                Ok(u) => {
-                    bump(&stage.counters.output, 1);
-                    return Poll::Ready(Some(Ok(Item { value: u, meta })));
-                }
-                Err(panic) => {
-                    // As `recover` does for a stage that keeps no copy to retry with: the
-                    // policy is consulted (and counts the error), then the item is given up.
-                    let error = panic_error(&stage.name, panic);
-                    let stage = stage.clone();
-                    this.recovering = Some(Box::pin(async move {
-                        let _ = stage.retry_delay(&error, 1);
-                        give_up(stage, meta, error, 1).await
-                    }));
-                }
+            match map_value(&this.stage, &this.f, value) {
+                Ok(u) => return Poll::Ready(Some(Ok(Item { value: u, meta }))),
+                Err(panic) => this.recovering = Some(map_panicked(&this.stage, meta, panic)),
             }
         }
     }
+}
+
+/// Run a `map` function on one value, counting it; `Err` is its panic.
+#[inline(always)]
+fn map_value<T, U, F: Fn(T) -> U>(
+    stage: &RunningStage,
+    f: &F,
+    value: T,
+) -> Result<U, Box<dyn std::any::Any + Send>> {
+    bump(&stage.counters.input, 1);
+    let entered = stage.span.enter();
+    let mapped = catch_unwind(AssertUnwindSafe(|| f(value)));
+    drop(entered);
+    if mapped.is_ok() {
+        bump(&stage.counters.output, 1);
+    }
+    mapped
+}
+
+/// A `map` function panicked: as `recover` does for a stage that keeps no copy to retry with,
+/// the policy is consulted (and counts the error), then the item is given up.
+#[cold]
+fn map_panicked<U: Send + 'static>(
+    stage: &Arc<RunningStage>,
+    meta: Meta,
+    panic: Box<dyn std::any::Any + Send>,
+) -> BoxFuture<'static, Option<Step<U>>> {
+    let error = panic_error(&stage.name, panic);
+    let stage = stage.clone();
+    Box::pin(async move {
+        let _ = stage.retry_delay(&error, 1);
+        give_up(stage, meta, error, 1).await
+    })
 }
 
 // The function is only ever called through a shared reference, never pinned, so moving the

@@ -4,7 +4,7 @@
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::FutureExt;
-use mailroom_core::{Error, PendingConfirm};
+use mailroom_core::{Error, PendingConfirm, Receipt};
 use std::sync::Arc;
 
 use super::Sink;
@@ -36,34 +36,54 @@ pub(super) async fn settle_enqueued(
 pub(super) fn enqueued_now(
     stage: &Arc<RunningStage>,
     sink: &Sink,
-    enqueued: Result<PendingConfirm, Error>,
+    mut enqueued: Result<PendingConfirm, Error>,
     tokens: Tokens,
     confirms: &mut Confirms,
 ) -> Option<Tokens> {
-    match enqueued {
-        Ok(mut pending) => match pending.take_if_ready() {
-            Some(Ok(_)) => return Some(tokens),
-            Some(Err(e)) => confirms.push(failed(stage.clone(), sink.clone(), tokens, e).boxed()),
-            None => {
-                let stage = stage.clone();
-                let sink = sink.clone();
-                confirms.push(
-                    async move {
-                        match pending.await {
-                            Ok(_) => {
-                                confirmed(&stage, tokens).await;
-                                None
-                            }
-                            Err(e) => failed(stage, sink, tokens, e).await,
-                        }
-                    }
-                    .boxed(),
-                );
-            }
-        },
-        Err(e) => confirms.push(failed(stage.clone(), sink.clone(), tokens, e).boxed()),
+    let ready = match &mut enqueued {
+        Ok(pending) => pending.take_if_ready(),
+        Err(_) => None,
+    };
+    match ready {
+        Some(Ok(_)) => Some(tokens),
+        ready => {
+            track(stage, sink, enqueued, ready, tokens, confirms);
+            None
+        }
     }
-    None
+}
+
+/// A confirm that is not there yet, or a failed send: settled (or retried) in `confirms`.
+#[cold]
+fn track(
+    stage: &Arc<RunningStage>,
+    sink: &Sink,
+    enqueued: Result<PendingConfirm, Error>,
+    ready: Option<Result<Receipt, Error>>,
+    tokens: Tokens,
+    confirms: &mut Confirms,
+) {
+    match (enqueued, ready) {
+        (_, Some(Err(e))) | (Err(e), _) => {
+            confirms.push(failed(stage.clone(), sink.clone(), tokens, e).boxed())
+        }
+        (Ok(pending), _) => {
+            let stage = stage.clone();
+            let sink = sink.clone();
+            confirms.push(
+                async move {
+                    match pending.await {
+                        Ok(_) => {
+                            confirmed(&stage, tokens).await;
+                            None
+                        }
+                        Err(e) => failed(stage, sink, tokens, e).await,
+                    }
+                }
+                .boxed(),
+            );
+        }
+    }
 }
 
 pub(super) async fn confirmed(stage: &RunningStage, tokens: Tokens) {
