@@ -458,6 +458,39 @@ impl Search<'_> {
     }
 }
 
+/// Paired searches ([`paired_search`]) on two live runs, `sides` = (backend, raw baseline);
+/// `failed` tells whether each run has failed. Each side's steps go to its own trace, only
+/// for the debug log: the paired search has no result file of its own.
+pub(super) async fn run_paired(
+    sides: [&Search<'_>; 2],
+    initial: f64,
+    rounds: usize,
+    start: Instant,
+    failed: [&dyn Fn() -> bool; 2],
+) -> Paired {
+    let [a, b] = sides;
+    let probe = |search, failed| RunProbe {
+        search,
+        start,
+        until: std::cell::Cell::new(a.until),
+        failed,
+    };
+    let (pa, pb) = (probe(a, failed[0]), probe(b, failed[1]));
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    let paired = paired_search(
+        &pa,
+        &pb,
+        initial,
+        a.plan.acceptable_backlog as i64,
+        rounds,
+        &mut ta,
+        &mut tb,
+    )
+    .await;
+    tracing::debug!(?ta, ?tb, ?paired, "paired max-rate search");
+    paired
+}
+
 /// The [`Probe`] of a real run: sets the producers' rate and reads the run's counters.
 struct RunProbe<'a, 'b, F> {
     search: &'a Search<'b>,
