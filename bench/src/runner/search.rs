@@ -83,6 +83,9 @@ pub(super) trait Probe {
     fn drain(&self, floor: f64) -> impl Future<Output = ()>;
     /// Producers at `floor` until a first message came through, or [`FIRST_MESSAGE_LIMIT`].
     fn first_message(&self, floor: f64) -> impl Future<Output = ()>;
+    /// Producers at `floor` until the next step: the other side of a paired search is
+    /// stepping, and this side's producers must not take the machine (or the broker) from it.
+    fn idle(&self, floor: f64);
     /// Whether the search's time is over (checked before each new step).
     fn expired(&self) -> bool;
     /// Whether a producer or consumer task has stopped (the run has failed).
@@ -367,10 +370,11 @@ impl Paired {
 /// Two max-rate searches (a backend's and its raw baseline's) in lockstep, for their ratio:
 /// a step on one, then a step on the other, the order swapped every pair (ABBA), so what the
 /// machine does meanwhile (a stall, a compile starting next door) lands on both at about the
-/// same time instead of deciding the ratio. `rounds` such paired searches run; the first from
-/// `initial`, later ones from a little below what each side found in the round before
-/// ([`LATER_ROUND_CLIMB`]). The ratio is that of the sides' highest figures
-/// ([`Paired::ratio`]); the spread is the rounds' ratios'.
+/// same time instead of deciding the ratio. The side not stepping trickles at the floor
+/// ([`Probe::idle`]), so each step has the machine and the broker to itself. `rounds` such
+/// paired searches run; the first from `initial`, later ones from a little below what each
+/// side found in the round before ([`LATER_ROUND_CLIMB`]). The ratio is that of the sides'
+/// highest figures ([`Paired::ratio`]); the spread is the rounds' ratios'.
 pub(super) async fn paired_search<A: Probe, B: Probe>(
     a: &A,
     b: &B,
@@ -401,10 +405,14 @@ pub(super) async fn paired_search<A: Probe, B: Probe>(
         while (!sa.done || !sb.done) && !over() {
             if turn % 2 == 0 {
                 take_step(a, &mut sa, acceptable_backlog, trace_a).await;
+                a.idle(floor);
                 take_step(b, &mut sb, acceptable_backlog, trace_b).await;
+                b.idle(floor);
             } else {
                 take_step(b, &mut sb, acceptable_backlog, trace_b).await;
+                b.idle(floor);
                 take_step(a, &mut sa, acceptable_backlog, trace_a).await;
+                a.idle(floor);
             }
             turn += 1;
         }
@@ -570,6 +578,10 @@ impl<F: Fn() -> bool> Probe for RunProbe<'_, '_, F> {
         self.until.set(self.search.until + waiting.elapsed());
     }
 
+    fn idle(&self, floor: f64) {
+        self.set_rate(floor);
+    }
+
     fn expired(&self) -> bool {
         Instant::now() >= self.until.get()
     }
@@ -653,6 +665,8 @@ mod tests {
         }
 
         async fn first_message(&self, _floor: f64) {}
+
+        fn idle(&self, _floor: f64) {}
 
         fn expired(&self) -> bool {
             self.spent.get() >= self.budget
@@ -880,6 +894,8 @@ mod tests {
         }
 
         async fn first_message(&self, _floor: f64) {}
+
+        fn idle(&self, _floor: f64) {}
 
         fn expired(&self) -> bool {
             self.machine.now.get() >= self.budget
