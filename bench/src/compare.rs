@@ -343,16 +343,24 @@ async fn run_one(driver: &Arc<dyn Driver>, plan: &Plan, options: &RunOptions) ->
     }
 }
 
-/// Rounds of each max-rate workload on the backend and on its raw baseline, alternating
-/// (backend, raw, raw, backend): a max-rate figure moves with whatever else the machine does,
-/// so one run of each can disagree by a factor of two; the ABBA order cancels a steady drift,
-/// and the spread of the round pairs' ratios is reported beside the ratio.
-pub const MAX_RATE_ROUNDS: usize = 2;
+/// Rounds of the paired max-rate search behind each max-rate workload's ratio
+/// ([`runner::paired_max_rate`]): the backend's search and its raw baseline's run at once,
+/// a step of one then a step of the other, so what the machine does meanwhile lands on both.
+/// Whole runs of each side in turn (as before) gave ratios two runs apart; one search a side
+/// moves by a third with a neighbour's compile; three rounds, each side's highest figure,
+/// hold within a tenth on the simulated noisy machine (the search's tests).
+pub const MAX_RATE_ROUNDS: usize = 3;
 
-/// Each workload on the backend; for each max-rate one, [`MAX_RATE_ROUNDS`] alternating rounds
-/// of it on the backend and on the raw baseline (its job is the throughput ratio, and running
-/// every workload on the baseline would double the time), with the ratio and its spread stored
-/// in the backend's first result. Returns (runs, baseline runs).
+/// Longest the paired search may take, in the workload's warm-ups (its own search's time):
+/// three rounds of two sides' searches, each side's given about twice the warm-up (a round
+/// after the first is shorter). A round it cuts short gives no ratio, and the report says how
+/// many rounds did.
+pub const MAX_RATE_BUDGET_WARMUPS: u32 = 12;
+
+/// Each workload on the backend; for each max-rate one, one run of it on the raw baseline too
+/// (its figures and latencies beside the backend's; running every workload on the baseline
+/// would double the time) and the paired search ([`MAX_RATE_ROUNDS`]) for the throughput
+/// ratio, stored in the backend's result. Returns (runs, baseline runs).
 async fn run_with_baseline(
     driver: Arc<dyn Driver>,
     baseline: Option<Result<Arc<dyn Driver>>>,
@@ -369,36 +377,41 @@ async fn run_with_baseline(
                         url: raw.name(),
                         ..options.clone()
                     };
-                    let mut backend_rounds = Vec::new();
-                    let mut raw_rounds = Vec::new();
-                    for round in 0..MAX_RATE_ROUNDS {
-                        // Round 0 of the backend is `outcome`, run above.
-                        if round > 0 && round % 2 == 0 {
-                            backend_rounds.push(run_one(&driver, plan, options).await);
+                    let raw_outcome = run_one(raw, plan, &raw_options).await;
+                    if let (RunOutcome::Done(r), Some(rr)) = (&mut outcome, raw_outcome.result()) {
+                        let mut ratio = BaselineRatio::of(r, rr);
+                        eprintln!(
+                            "  paired max-rate search: {} and {}, {MAX_RATE_ROUNDS} rounds ...",
+                            driver.name(),
+                            raw.name()
+                        );
+                        match runner::paired_max_rate(
+                            driver.clone(),
+                            raw.clone(),
+                            plan,
+                            MAX_RATE_ROUNDS,
+                            plan.warmup * MAX_RATE_BUDGET_WARMUPS,
+                            options.progress,
+                        )
+                        .await
+                        {
+                            Ok(paired) => match (paired.rate(), paired.raw_rate()) {
+                                (Some(rate), Some(raw_rate)) => {
+                                    ratio = ratio.with_paired(rate, raw_rate, paired.ratios);
+                                }
+                                _ => eprintln!(
+                                    "  paired search: no round where both found a rate ({:?} vs {:?}); the ratio is the workload runs'",
+                                    paired.a, paired.b
+                                ),
+                            },
+                            Err(e) => eprintln!(
+                                "  paired search failed ({e}); the ratio is the workload runs'"
+                            ),
                         }
-                        raw_rounds.push(run_one(raw, plan, &raw_options).await);
-                        if round % 2 == 1 {
-                            backend_rounds.push(run_one(&driver, plan, options).await);
-                        }
-                    }
-                    let done = |o: &RunOutcome| o.result().cloned();
-                    let pairs: Vec<(TestResult, TestResult)> = std::iter::once(done(&outcome))
-                        .chain(backend_rounds.iter().map(done))
-                        .zip(raw_rounds.iter().map(done))
-                        .filter_map(|(b, r)| Some((b?, r?)))
-                        .collect();
-                    let refs: Vec<(&TestResult, &TestResult)> =
-                        pairs.iter().map(|(b, r)| (b, r)).collect();
-                    if let (RunOutcome::Done(r), Some(ratio)) =
-                        (&mut outcome, BaselineRatio::of_rounds(&refs))
-                    {
                         eprintln!("  {}", ratio.line(&r.driver, &r.workload));
                         r.mailroom.baseline = Some(ratio);
                     }
-                    let mut raw_rounds = raw_rounds.into_iter();
-                    if let Some(first) = raw_rounds.next() {
-                        raw_runs.push(first);
-                    }
+                    raw_runs.push(raw_outcome);
                 }
                 Some(Err(e)) => raw_runs.push(RunOutcome::Failed {
                     workload: plan.workload.name.clone(),

@@ -285,7 +285,8 @@ pub enum MaxRate {
 pub struct BaselineRatio {
     /// The raw driver (`raw-lapin`, `raw-rdkafka`, `raw-sqs`, `raw-mpsc`).
     pub raw_driver: String,
-    /// Messages per second the backend moved end to end (the lower of publish and consume).
+    /// Messages per second the backend moved end to end (the lower of publish and consume);
+    /// with paired searches (`paired`), the highest rate the backend's searches found.
     pub rate: f64,
     /// The same for the raw baseline.
     pub raw_rate: f64,
@@ -300,8 +301,14 @@ pub struct BaselineRatio {
     pub raw_e2e_p99: f64,
     /// With several alternating rounds (backend, raw, raw, backend, ...): each round pair's
     /// ratio, in order; `ratio` is then the median backend rate over the median raw rate.
+    /// With paired searches (`paired`): each round's ratio.
     #[serde(default)]
     pub round_ratios: Vec<f64>,
+    /// The rates and ratio are from paired max-rate searches (the backend's and the raw
+    /// baseline's run at once, step by step in turn; see `runner::paired_max_rate`), not from
+    /// the workload's runs: `ratio` is the ratio of each side's highest rate over the rounds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paired: bool,
 }
 
 impl BaselineRatio {
@@ -330,7 +337,21 @@ impl BaselineRatio {
             e2e_p99: backend.aggregated_end_to_end_latency_99pct,
             raw_e2e_p99: raw.aggregated_end_to_end_latency_99pct,
             round_ratios: Vec::new(),
+            paired: false,
         }
+    }
+
+    /// The rates and ratio taken from paired max-rate searches instead (`runner::Paired`):
+    /// each side's highest rate over the rounds, and each round's ratio for the spread. The
+    /// latencies stay the workload's runs'.
+    pub fn with_paired(mut self, rate: f64, raw_rate: f64, round_ratios: Vec<f64>) -> Self {
+        self.rate = rate;
+        self.raw_rate = raw_rate;
+        self.ratio = (raw_rate > 0.0).then(|| rate / raw_rate);
+        self.note = None;
+        self.round_ratios = round_ratios;
+        self.paired = true;
+        self
     }
 
     /// Several rounds of the same workload, backend and raw alternating: the first pair's
@@ -383,6 +404,16 @@ impl BaselineRatio {
     /// `0.912 (rounds 0.890–0.934)`.
     pub fn ratio_text(&self) -> Option<String> {
         let ratio = self.ratio?;
+        if self.paired {
+            let n = self.round_ratios.len();
+            let searches = if n == 1 { "search" } else { "searches" };
+            return Some(match self.spread() {
+                Some((lo, hi)) => {
+                    format!("{ratio:.3} (rounds {lo:.3}–{hi:.3}, {n} paired {searches})")
+                }
+                None => format!("{ratio:.3} ({n} paired {searches})"),
+            });
+        }
         Some(match self.spread() {
             Some((lo, hi)) => format!(
                 "{ratio:.3} (rounds {lo:.3}–{hi:.3}, {} pairs)",
@@ -629,6 +660,31 @@ mod tests {
         );
         let r = BaselineRatio::of_rounds(&[(&b1, &r1), (&stuck, &r2), (&b2, &r2)]).unwrap();
         assert_eq!(r.round_ratios, vec![0.9, 1.1]);
+    }
+
+    #[test]
+    fn paired_searches_give_their_rates_and_rounds() {
+        let found = |rate: f64| Some(MaxRate::Found { rate });
+        let b = run("rabbitmq", 900.0, 900.0, found(900.0));
+        let r = run("raw-lapin", 1000.0, 1000.0, found(1000.0));
+        let paired = BaselineRatio::of(&b, &r).with_paired(850.0, 1000.0, vec![0.8, 0.85, 0.9]);
+        assert_eq!(paired.ratio, Some(0.85));
+        assert!(paired.paired);
+        let line = paired.line("rabbitmq", "w");
+        assert!(
+            line.contains(
+                "rabbitmq 850 msgs/s vs raw-lapin 1000 msgs/s, ratio 0.850 (rounds 0.800–0.900, 3 paired searches)"
+            ),
+            "{line}"
+        );
+        let one = BaselineRatio::of(&b, &r).with_paired(850.0, 1000.0, vec![0.85]);
+        assert_eq!(one.ratio_text(), Some("0.850 (1 paired search)".into()));
+        // The result file says where the figures came from; older files read as not paired.
+        let json = serde_json::to_string(&paired).expect("json");
+        assert!(json.contains("\"paired\":true"), "{json}");
+        let plain = serde_json::to_string(&BaselineRatio::of(&b, &r)).expect("json");
+        let back: BaselineRatio = serde_json::from_str(&plain).expect("read back");
+        assert!(!back.paired && !plain.contains("paired"), "{plain}");
     }
 
     #[test]

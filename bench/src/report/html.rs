@@ -84,7 +84,11 @@ pub fn html(c: &Comparison, charts: &[(String, String)]) -> String {
     s.push_str("</table>\n");
     let ratios = baseline_ratios(c);
     if !ratios.is_empty() {
-        s.push_str("<h2>Abstraction overhead: mailroom vs raw client (same broker, same run)</h2><p>Each max-rate workload also ran on the raw client the backend is built on, configured as the backend configures it. Ratio = backend msgs/s ÷ raw msgs/s (moved end to end); 1.0 means the abstraction costs nothing.</p><table><tr><th>backend</th><th>raw baseline</th><th>workload</th><th>backend msgs/s</th><th>raw msgs/s</th><th>mailroom vs raw</th><th>e2e p99 backend / raw (ms)</th></tr>");
+        let _ = write!(
+            s,
+            "<h2>Abstraction overhead: mailroom vs raw client (same broker, same run)</h2><p>{}</p><table><tr><th>backend</th><th>raw baseline</th><th>workload</th><th>backend msgs/s</th><th>raw msgs/s</th><th>mailroom vs raw</th><th>e2e p99 backend / raw (ms)</th></tr>",
+            esc(super::tables::RATIO_INTRO)
+        );
         for (b, workload, r) in &ratios {
             let _ = write!(
                 s,

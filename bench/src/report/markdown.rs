@@ -78,10 +78,7 @@ pub fn markdown(c: &Comparison, charts: &[(String, String)]) -> String {
             s,
             "\n## Abstraction overhead: mailroom vs raw client (same broker, same run)\n"
         );
-        let _ = writeln!(
-            s,
-            "Each max-rate workload also ran on the raw client the backend is built on, configured as the backend configures it. Ratio = backend msgs/s ÷ raw msgs/s (moved end to end); 1.0 means the abstraction costs nothing.\n"
-        );
+        let _ = writeln!(s, "{}\n", super::tables::RATIO_INTRO);
         let _ = writeln!(s, "| backend | raw baseline | workload | backend msgs/s | raw msgs/s | mailroom vs raw | e2e p99 backend / raw (ms) |\n|---|---|---|---|---|---|---|");
         for (b, workload, r) in &ratios {
             let _ = writeln!(

@@ -26,6 +26,7 @@ use mailroom_core::{Error, ErrorKind, Result};
 use self::consume::consume;
 use self::produce::produce;
 use self::progress::{Period, Progress};
+pub use self::search::Paired;
 use self::search::Search;
 use self::state::{histogram, RunState};
 use crate::driver::{now_us, Driver, TopicPlan};
@@ -79,12 +80,10 @@ fn fresh_name(what: &str) -> String {
     format!("mr-bench-{what}-{id}")
 }
 
-/// Run a planned workload on a driver and return its result.
-pub async fn run(driver: Arc<dyn Driver>, plan: &Plan, options: &RunOptions) -> Result<TestResult> {
-    driver.check(plan)?;
-    let plan = Arc::new(plan.clone());
+/// Fresh topics (and their subscriptions) for one run of `plan`.
+fn topics_for(plan: &Plan) -> Vec<TopicPlan> {
     let run_id = fresh_name("t");
-    let topics: Vec<TopicPlan> = (0..plan.topics)
+    (0..plan.topics)
         .map(|t| {
             let name = format!("{run_id}-{t}");
             TopicPlan {
@@ -95,17 +94,227 @@ pub async fn run(driver: Arc<dyn Driver>, plan: &Plan, options: &RunOptions) -> 
                 partitions: plan.partitions,
             }
         })
-        .collect();
-    for topic in &topics {
-        driver.create(topic).await?;
-    }
-    let outcome = run_on(driver.clone(), plan.clone(), &topics, options).await;
-    for topic in &topics {
+        .collect()
+}
+
+async fn delete_topics(driver: &Arc<dyn Driver>, topics: &[TopicPlan]) {
+    for topic in topics {
         if let Err(e) = driver.delete(topic).await {
             tracing::warn!("bench: cannot delete {}: {e}", topic.name);
         }
     }
+}
+
+/// Create `topics` on `driver`; on a failure, those already created are deleted again.
+async fn create_topics(driver: &Arc<dyn Driver>, topics: &[TopicPlan]) -> Result<()> {
+    for (i, topic) in topics.iter().enumerate() {
+        if let Err(e) = driver.create(topic).await {
+            delete_topics(driver, &topics[..i]).await;
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Run a planned workload on a driver and return its result.
+pub async fn run(driver: Arc<dyn Driver>, plan: &Plan, options: &RunOptions) -> Result<TestResult> {
+    driver.check(plan)?;
+    let plan = Arc::new(plan.clone());
+    let topics = topics_for(&plan);
+    create_topics(&driver, &topics).await?;
+    let outcome = run_on(driver.clone(), plan.clone(), &topics, options).await;
+    delete_topics(&driver, &topics).await;
     outcome
+}
+
+/// Paired max-rate searches of `plan` (a max-rate workload) on a backend and its raw baseline,
+/// both runs live at once, each on its own topics: `rounds` rounds, step by step in lockstep
+/// (see [`search`](self::search)), within `budget` (a round the budget cuts short gives no
+/// ratio). Nothing is measured after the search: the workload's own runs do that.
+pub async fn paired_max_rate(
+    backend: Arc<dyn Driver>,
+    raw: Arc<dyn Driver>,
+    plan: &Plan,
+    rounds: usize,
+    budget: Duration,
+    show_progress: bool,
+) -> Result<Paired> {
+    backend.check(plan)?;
+    raw.check(plan)?;
+    let plan = Arc::new(plan.clone());
+    let (topics_a, topics_b) = (topics_for(&plan), topics_for(&plan));
+    create_topics(&backend, &topics_a).await?;
+    if let Err(e) = create_topics(&raw, &topics_b).await {
+        delete_topics(&backend, &topics_a).await;
+        return Err(e);
+    }
+    let outcome = paired_on(
+        [(backend.clone(), &topics_a), (raw.clone(), &topics_b)],
+        plan,
+        rounds,
+        budget,
+        show_progress,
+    )
+    .await;
+    delete_topics(&backend, &topics_a).await;
+    delete_topics(&raw, &topics_b).await;
+    outcome
+}
+
+/// A run's producer and consumer tasks.
+struct Tasks {
+    producers: Vec<JoinHandle<Result<()>>>,
+    consumers: Vec<JoinHandle<Result<()>>>,
+}
+
+impl Tasks {
+    /// Consumers first, so every subscription is live before the first send.
+    fn spawn(
+        driver: &Arc<dyn Driver>,
+        plan: &Arc<Plan>,
+        topics: &[TopicPlan],
+        state: &Arc<RunState>,
+    ) -> Tasks {
+        let mut consumers: Vec<JoinHandle<Result<()>>> = Vec::new();
+        for topic in topics {
+            for sub in &topic.subscriptions {
+                for _ in 0..plan.consumers {
+                    let consumer =
+                        consume(driver.clone(), topic.clone(), sub.clone(), state.clone());
+                    consumers.push(tokio::spawn(consumer));
+                }
+            }
+        }
+        let mut producers: Vec<JoinHandle<Result<()>>> = Vec::new();
+        for topic in topics {
+            for p in 0..plan.producers {
+                let producer = produce(
+                    driver.clone(),
+                    topic.clone(),
+                    plan.clone(),
+                    p as usize,
+                    state.clone(),
+                );
+                producers.push(tokio::spawn(producer));
+            }
+        }
+        Tasks {
+            producers,
+            consumers,
+        }
+    }
+
+    /// Whether a task has stopped (before it was asked to: the run has failed).
+    fn failed(&self) -> bool {
+        self.producers
+            .iter()
+            .chain(&self.consumers)
+            .any(|t| t.is_finished())
+    }
+
+    /// Stop: producers first (they flush), then let the consumers take what is in flight.
+    /// Returns the first task's failure.
+    async fn stop(self, state: &RunState, subs: i64) -> Option<Error> {
+        state.stop_producers.store(true, Ordering::Release);
+        state.consumers_paused.store(false, Ordering::Release);
+        let mut first_failure: Option<Error> = None;
+        for p in self.producers {
+            if let Err(e) = join_within(p, "producer").await {
+                first_failure.get_or_insert(e);
+            }
+        }
+        let grace = Instant::now();
+        let consumers_failed = |c: &[JoinHandle<Result<()>>]| c.iter().any(|t| t.is_finished());
+        while backlog_of(state, subs) > 0
+            && grace.elapsed() < DRAIN_GRACE
+            && !consumers_failed(&self.consumers)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        state.stop_consumers.store(true, Ordering::Release);
+        for c in self.consumers {
+            if let Err(e) = join_within(c, "consumer").await {
+                first_failure.get_or_insert(e);
+            }
+        }
+        first_failure
+    }
+}
+
+/// Messages sent and not yet received, over all subscriptions. A receive can be counted
+/// before its send's confirm is: never negative.
+fn backlog_of(state: &RunState, subs: i64) -> i64 {
+    (state.sent_total.load(Ordering::Relaxed) as i64 * subs
+        - state.received_total.load(Ordering::Relaxed) as i64)
+        .max(0)
+}
+
+async fn paired_on(
+    sides: [(Arc<dyn Driver>, &Vec<TopicPlan>); 2],
+    plan: Arc<Plan>,
+    rounds: usize,
+    budget: Duration,
+    show_progress: bool,
+) -> Result<Paired> {
+    let producers_total = (plan.topics * plan.producers) as f64;
+    let subs = plan.subscriptions as i64;
+    let initial = plan.start_rate as f64;
+    let [(driver_a, topics_a), (driver_b, topics_b)] = sides;
+    let (state_a, state_b) = (Arc::new(RunState::new()?), Arc::new(RunState::new()?));
+    // Both sides trickle at the search's floor until it starts: neither floods the machine
+    // while the other's consumers are still joining.
+    let floor = (initial / SEARCH_FLOOR_DIVISOR).max(1.0);
+    state_a.set_rate(floor / producers_total);
+    state_b.set_rate(floor / producers_total);
+    let tasks_a = Tasks::spawn(&driver_a, &plan, topics_a, &state_a);
+    let tasks_b = Tasks::spawn(&driver_b, &plan, topics_b, &state_b);
+    let progress = Progress::new(
+        show_progress,
+        format!(
+            "{} on {} and {}",
+            plan.workload.name,
+            driver_a.name(),
+            driver_b.name()
+        ),
+    );
+    let start = Instant::now();
+    let until = start + budget;
+    let search = |state| Search {
+        state,
+        plan: &plan,
+        producers_total,
+        subs,
+        until,
+        progress: &progress,
+    };
+    let (search_a, search_b) = (search(&state_a), search(&state_b));
+    let paired = search::run_paired(
+        [&search_a, &search_b],
+        initial,
+        rounds,
+        start,
+        [&|| tasks_a.failed(), &|| tasks_b.failed()],
+    )
+    .await;
+    progress.clear();
+    let failed = tasks_a.failed() || tasks_b.failed();
+    let stop_a = tasks_a.stop(&state_a, subs).await;
+    let stop_b = tasks_b.stop(&state_b, subs).await;
+    if let Some(e) = stop_a.or(stop_b) {
+        return Err(e);
+    }
+    if failed {
+        return Err(Error::new(
+            ErrorKind::Broker,
+            format!(
+                "workload {}: a producer or consumer of {} or {} stopped during the paired search",
+                plan.source,
+                driver_a.name(),
+                driver_b.name()
+            ),
+        ));
+    }
+    Ok(paired)
 }
 
 fn task_error(e: tokio::task::JoinError) -> Error {
@@ -143,29 +352,8 @@ async fn run_on(
     let backlog_run = plan.backlog_bytes > 0;
     state.consumers_paused.store(backlog_run, Ordering::Release);
 
-    // Consumers first, so every subscription is live before the first send.
-    let mut consumers: Vec<JoinHandle<Result<()>>> = Vec::new();
-    for topic in topics {
-        for sub in &topic.subscriptions {
-            for _ in 0..plan.consumers {
-                let consumer = consume(driver.clone(), topic.clone(), sub.clone(), state.clone());
-                consumers.push(tokio::spawn(consumer));
-            }
-        }
-    }
-    let mut producers: Vec<JoinHandle<Result<()>>> = Vec::new();
-    for topic in topics {
-        for p in 0..plan.producers {
-            let producer = produce(
-                driver.clone(),
-                topic.clone(),
-                plan.clone(),
-                p as usize,
-                state.clone(),
-            );
-            producers.push(tokio::spawn(producer));
-        }
-    }
+    let tasks = Tasks::spawn(&driver, &plan, topics, &state);
+    let (producers, consumers) = (&tasks.producers, &tasks.consumers);
 
     let start = Instant::now();
     let mut result = TestResult {
@@ -187,12 +375,7 @@ async fn run_on(
         options.progress,
         format!("{} on {}", plan.workload.name, driver.name()),
     );
-    // A receive can be counted before its send's confirm is: never show a negative backlog.
-    let backlog = |state: &RunState| -> i64 {
-        (state.sent_total.load(Ordering::Relaxed) as i64 * subs
-            - state.received_total.load(Ordering::Relaxed) as i64)
-            .max(0)
-    };
+    let backlog = |state: &RunState| backlog_of(state, subs);
     let failed = |tasks: &[JoinHandle<Result<()>>]| tasks.iter().any(|t| t.is_finished());
 
     let outcome: Result<()> = async {
@@ -203,7 +386,7 @@ async fn run_on(
             let limit = plan.duration.max(Duration::from_secs(60)) * 4;
             let mut last_sample = Instant::now();
             while backlog(&state) < target {
-                if start.elapsed() > limit || failed(&producers) {
+                if start.elapsed() > limit || failed(producers) {
                     return Err(Error::new(
                         ErrorKind::Timeout,
                         format!(
@@ -233,7 +416,7 @@ async fn run_on(
             };
             let outcome = search
                 .run(initial, &mut result.mailroom.rate_search, start, || {
-                    failed(&producers) || failed(&consumers)
+                    failed(producers) || failed(consumers)
                 })
                 .await;
             let hold = match &outcome {
@@ -376,7 +559,7 @@ async fn run_on(
             if done {
                 break;
             }
-            if failed(&producers) || failed(&consumers) {
+            if failed(producers) || failed(consumers) {
                 break;
             }
         }
@@ -393,25 +576,7 @@ async fn run_on(
     }
     .await;
 
-    // Stop: producers first (they flush), then let the consumers take what is in flight.
-    state.stop_producers.store(true, Ordering::Release);
-    state.consumers_paused.store(false, Ordering::Release);
-    let mut first_failure: Option<Error> = None;
-    for p in producers {
-        if let Err(e) = join_within(p, "producer").await {
-            first_failure.get_or_insert(e);
-        }
-    }
-    let grace = Instant::now();
-    while backlog(&state) > 0 && grace.elapsed() < DRAIN_GRACE && !failed(&consumers) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    state.stop_consumers.store(true, Ordering::Release);
-    for c in consumers {
-        if let Err(e) = join_within(c, "consumer").await {
-            first_failure.get_or_insert(e);
-        }
-    }
+    let first_failure = tasks.stop(&state, subs).await;
     outcome?;
     result.mailroom.first_error = state.first_error.lock().ok().and_then(|e| e.clone());
     if let Some(e) = first_failure {
