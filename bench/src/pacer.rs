@@ -234,18 +234,42 @@ impl Pacer {
     /// last reading of that clock. A producer behind its schedule gets its permit with integer
     /// arithmetic alone; only a wait converts to an `Instant`.
     pub async fn next_ns(&mut self, now_ns: Option<u64>) -> NsPermit {
+        if let Some(permit) = now_ns.and_then(|now| self.due_by(now)) {
+            return permit;
+        }
         let index = self.index;
         self.index += 1;
-        let intended_ns = self.anchor_ns + (index as f64 * self.interval_ns) as u64;
-        let at_ns = match now_ns {
-            Some(now) if now >= intended_ns => now,
-            _ => ns_at(self.wait_until(instant_at_ns(intended_ns)).await),
-        };
+        let intended_ns = self.intended_ns(index);
+        let at_ns = ns_at(self.wait_until(instant_at_ns(intended_ns)).await);
         NsPermit {
             index,
             intended_ns,
             at_ns: at_ns.max(intended_ns),
         }
+    }
+
+    /// The intended send time of message `index` of the current schedule, on the
+    /// [`crate::driver::now_ns`] clock.
+    pub fn intended_ns(&self, index: u64) -> u64 {
+        self.anchor_ns + (index as f64 * self.interval_ns) as u64
+    }
+
+    /// The next permit if it is due by `now_ns` (the caller's last reading of the
+    /// [`crate::driver::now_ns`] clock), handed out at that reading; `None`, taking nothing
+    /// from the schedule, if the caller would have to wait for it. Lets a producer do what
+    /// must come before a wait (publish what it batched) only when it is about to wait.
+    pub fn due_by(&mut self, now_ns: u64) -> Option<NsPermit> {
+        let intended_ns = self.intended_ns(self.index);
+        if now_ns < intended_ns {
+            return None;
+        }
+        let index = self.index;
+        self.index += 1;
+        Some(NsPermit {
+            index,
+            intended_ns,
+            at_ns: now_ns,
+        })
     }
 
     /// Wait until `due`, precisely (see the module docs); returns the time it returned at.
@@ -527,6 +551,34 @@ mod tests {
             // Every third permit the caller says it is behind: no wait, the reading kept.
             last = (i % 3 == 0).then_some(now);
         }
+    }
+
+    #[test]
+    fn due_by_hands_out_only_permits_due_by_the_reading() {
+        let mut pacer = Pacer::new(1_000.0);
+        let first = pacer.intended_ns(0);
+        let permit = pacer.due_by(first + 5).expect("due by then");
+        assert_eq!(
+            permit,
+            NsPermit {
+                index: 0,
+                intended_ns: first,
+                at_ns: first + 5
+            }
+        );
+        let second = pacer.intended_ns(1);
+        assert_eq!(second - first, 1_000_000);
+        assert_eq!(pacer.due_by(second - 1), None, "not due yet");
+        // A refusal takes nothing from the schedule: the next permit is still index 1.
+        assert_eq!(pacer.due_by(second - 1), None);
+        assert_eq!(
+            pacer.due_by(second),
+            Some(NsPermit {
+                index: 1,
+                intended_ns: second,
+                at_ns: second
+            })
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
