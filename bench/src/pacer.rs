@@ -52,6 +52,9 @@ const SPIN_SHARE: f64 = 0.2;
 /// Starting guess of nanosleep's overshoot and of a wake-up's hand-off, before any is measured.
 const FIRST_GUESS_NS: u64 = 5_000;
 
+/// 1 ns in the units of [`Pacer`]'s fixed-point interval (2^-32 ns).
+const FP_ONE: f64 = 4_294_967_296.0;
+
 /// No wake-up requested.
 const NONE: u64 = u64::MAX;
 
@@ -137,6 +140,10 @@ pub struct Pacer {
     /// `anchor` on the [`crate::driver::now_ns`] clock.
     anchor_ns: u64,
     interval_ns: f64,
+    /// `interval_ns` in units of 2^-32 ns: a permit's offset is one integer multiply, where the
+    /// float product and its conversions cost more than the rest of the permit. Rounding it
+    /// drifts the schedule by under a nanosecond per 4 billion messages.
+    interval_fp: u128,
     index: u64,
 }
 
@@ -176,6 +183,7 @@ impl Pacer {
             anchor: Instant::now(),
             anchor_ns: 0,
             interval_ns: 0.0,
+            interval_fp: 0,
             index: 0,
         };
         pacer.set_rate(rate);
@@ -186,6 +194,7 @@ impl Pacer {
     /// once), so a new rate never inherits the old schedule's debt or credit.
     pub fn set_rate(&mut self, rate: f64) {
         self.interval_ns = 1e9 / rate.max(1e-3);
+        self.interval_fp = (self.interval_ns * FP_ONE) as u128;
         self.shared
             .interval_ns
             .store(self.interval_ns as u64, Ordering::Relaxed);
@@ -203,7 +212,7 @@ impl Pacer {
 
     /// The intended send time of message `index` of the current schedule.
     pub fn intended(&self, index: u64) -> Instant {
-        self.anchor + Duration::from_nanos((index as f64 * self.interval_ns) as u64)
+        self.anchor + Duration::from_nanos(self.offset_ns(index))
     }
 
     /// The next permit, returned at its intended time (or at once when that has passed).
@@ -251,7 +260,12 @@ impl Pacer {
     /// The intended send time of message `index` of the current schedule, on the
     /// [`crate::driver::now_ns`] clock.
     pub fn intended_ns(&self, index: u64) -> u64 {
-        self.anchor_ns + (index as f64 * self.interval_ns) as u64
+        self.anchor_ns + self.offset_ns(index)
+    }
+
+    /// Nanoseconds from the anchor to message `index` (rounded down).
+    fn offset_ns(&self, index: u64) -> u64 {
+        ((u128::from(index) * self.interval_fp) >> 32) as u64
     }
 
     /// The next permit if it is due by `now_ns` (the caller's last reading of the
