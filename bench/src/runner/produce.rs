@@ -117,6 +117,9 @@ pub(super) async fn produce(
             }
             TrySend::Failed(e) => Err(e),
             TrySend::WouldBlock(message) => {
+                // The send may wait for room (a full queue while a backlog is built): the run
+                // must see every confirmed send meanwhile, or a backlog target within a batch
+                // of the queue's bound would never read as reached.
                 publish_sent(&state, &mut unpublished);
                 producer.send(message).await
             }
