@@ -11,6 +11,7 @@ use futures_util::task::noop_waker_ref;
 
 use mailroom_core::Result;
 
+use super::consume::{BUDGET_EVERY, FLUSH_EVERY};
 use super::state::{record, Part, RunState};
 use super::MAX_CONFIRMS_IN_FLIGHT;
 use crate::driver::{now_ns, now_us, Confirm, Driver, Outgoing, TopicPlan, TrySend};
@@ -58,18 +59,32 @@ pub(super) async fn produce(
     // The clock (ns) as read at the end of the last send (an inline confirm), for the next
     // permit. Times stay integers on the `now_ns` line: no `Instant` arithmetic per message.
     let mut last_read: Option<u64> = None;
+    // Sends confirmed here and not yet added to `sent_total` (see `FLUSH_EVERY`).
+    let mut unpublished = 0u64;
+    let mut until_budget = 0u32;
     let mut result = Ok(());
     while !state.stop_producers.load(Ordering::Acquire) {
         // A send that never waits (an in-process broker, try_send) never hands the worker
         // back: without this the producer could hold it for good, timers (the run's own clock)
         // included. Yields once tokio's cooperative budget is spent.
-        tokio::task::consume_budget().await;
+        if until_budget == 0 {
+            until_budget = BUDGET_EVERY;
+            tokio::task::consume_budget().await;
+        }
+        until_budget -= 1;
         let current = state.epoch.load(Ordering::Acquire);
         if current != epoch {
             epoch = current;
             pacer.set_rate(state.rate());
         }
-        let permit = pacer.next_ns(last_read.take()).await;
+        let permit = match last_read.take().and_then(|now| pacer.due_by(now)) {
+            Some(permit) => permit,
+            None => {
+                // About to wait for the schedule: what was confirmed must count meanwhile.
+                publish_sent(&state, &mut unpublished);
+                pacer.next_ns(None).await
+            }
+        };
         if state.stop_producers.load(Ordering::Acquire) {
             break;
         }
@@ -86,7 +101,7 @@ pub(super) async fn produce(
         };
         i += 1;
         let sent_at = permit.at_ns;
-        record(&delay, (sent_at - permit.intended_ns) / 1_000);
+        delay.record((sent_at - permit.intended_ns) / 1_000);
         let message = Outgoing {
             key,
             payload,
@@ -96,17 +111,28 @@ pub(super) async fn produce(
         let sent = match producer.try_send(message) {
             TrySend::Confirmed => {
                 let now = now_ns();
-                confirmed(&state, &publish_inline, Ok(()), sent_at, now);
+                confirmed_here(&state, &publish_inline, &mut unpublished, sent_at, now);
                 last_read = Some(now);
                 continue;
             }
             TrySend::Failed(e) => Err(e),
-            TrySend::WouldBlock(message) => producer.send(message).await,
+            TrySend::WouldBlock(message) => {
+                // The send may wait for room (a full queue while a backlog is built): the run
+                // must see every confirmed send meanwhile, or a backlog target within a batch
+                // of the queue's bound would never read as reached.
+                publish_sent(&state, &mut unpublished);
+                producer.send(message).await
+            }
         };
         match sent {
             Ok(mut confirm) => {
                 // A confirm that is already there needs no trip through the confirm task.
                 match poll_once(&mut confirm) {
+                    Poll::Ready(Ok(())) => {
+                        let now = now_ns();
+                        confirmed_here(&state, &publish_inline, &mut unpublished, sent_at, now);
+                        last_read = Some(now);
+                    }
                     Poll::Ready(r) => {
                         let now = now_ns();
                         confirmed(&state, &publish_inline, r, sent_at, now);
@@ -129,10 +155,31 @@ pub(super) async fn produce(
             }
         }
     }
+    publish_sent(&state, &mut unpublished);
     drop(tx);
     let _ = confirms.await;
     let closed = producer.close().await;
     result.and(closed)
+}
+
+/// A send confirmed at `now` in the producer task itself: its publish latency recorded, its
+/// count kept locally and added to `sent_total` a batch at a time.
+#[inline]
+fn confirmed_here(state: &RunState, publish: &Part, unpublished: &mut u64, sent_at: u64, now: u64) {
+    publish.record(now.saturating_sub(sent_at) / 1_000);
+    *unpublished += 1;
+    if *unpublished >= FLUSH_EVERY {
+        publish_sent(state, unpublished);
+    }
+}
+
+/// Add the sends confirmed at once and counted locally to the run's `sent_total`.
+fn publish_sent(state: &RunState, unpublished: &mut u64) {
+    if *unpublished > 0 {
+        state
+            .sent_total
+            .fetch_add(std::mem::take(unpublished), Ordering::Relaxed);
+    }
 }
 
 /// Poll a confirm once, without a task to wake: whoever awaits it later polls it again.

@@ -19,6 +19,7 @@ const SUB_BUCKETS: u64 = 2048;
 const HALF: u64 = SUB_BUCKETS / 2;
 
 /// The bucket a value falls in; the same for every value hdrhistogram treats as equivalent.
+#[inline]
 fn index(value: u64) -> usize {
     if value < SUB_BUCKETS {
         return value as usize;
@@ -52,6 +53,7 @@ pub(super) struct Recorder {
 
 impl Recorder {
     /// Count one value, clamped to `1..=highest` as the run's histograms always were.
+    #[inline]
     pub(super) fn record(&self, value: u64) {
         let value = value.clamp(1, self.highest);
         if let Some(bucket) = self.buckets.0.get(index(value)) {
