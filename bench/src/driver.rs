@@ -16,8 +16,8 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use mailroom_core::{
-    Backend, Binding, Capability, ConsumerOptions, Destination, Error, ErrorKind, ExchangeKind,
-    ExchangeSpec, Message, QueueSpec, Result,
+    Backend, Binding, Capability, ConsumerOptions, Delivery, Destination, Error, ErrorKind,
+    ExchangeKind, ExchangeSpec, Message, QueueSpec, Result,
 };
 
 use super::workload::{KeyDistributor, Plan};
@@ -322,6 +322,7 @@ impl Driver for MailroomDriver {
         subscription: &str,
     ) -> Result<Box<dyn DriverConsumer>> {
         Ok(Box::new(MailroomConsumer {
+            unacked: None,
             consumer: self
                 .backend
                 .consumer(subscription, ConsumerOptions::default())
@@ -390,27 +391,62 @@ fn decimal(mut value: u64, buf: &mut [u8; 20]) -> &str {
 
 struct MailroomConsumer {
     consumer: Box<dyn mailroom_core::Consumer>,
+    /// A delivery `try_receive` took whose ack has to wait for the broker: `receive` acks it
+    /// and returns it before taking another.
+    unacked: Option<(Delivery, Incoming)>,
 }
 
-#[async_trait]
-impl DriverConsumer for MailroomConsumer {
-    async fn receive(&mut self, timeout: Duration) -> Result<Option<Incoming>> {
-        let Some(delivery) = self.consumer.receive_timeout(timeout).await? else {
-            return Ok(None);
-        };
+impl MailroomConsumer {
+    fn incoming(delivery: &Delivery) -> Incoming {
         let message = delivery.message();
-        let incoming = Incoming {
+        Incoming {
             intended_us: message
                 .headers()
                 .get(SENT_AT_HEADER)
                 .and_then(|v| v.parse().ok()),
             bytes: message.payload().len(),
+        }
+    }
+}
+
+#[async_trait]
+impl DriverConsumer for MailroomConsumer {
+    /// What an application draining a backlog does: a ready delivery through
+    /// `Consumer::try_receive` and `Delivery::try_ack`, no future or timer per message.
+    fn try_receive(&mut self) -> Result<Option<Incoming>> {
+        if self.unacked.is_some() {
+            return Ok(None);
+        }
+        let Some(received) = self.consumer.try_receive() else {
+            return Ok(None);
         };
+        let delivery = received?;
+        let incoming = Self::incoming(&delivery);
+        match delivery.try_ack() {
+            Ok(acked) => acked.map(|()| Some(incoming)),
+            Err(delivery) => {
+                self.unacked = Some((delivery, incoming));
+                Ok(None)
+            }
+        }
+    }
+
+    async fn receive(&mut self, timeout: Duration) -> Result<Option<Incoming>> {
+        if let Some((delivery, incoming)) = self.unacked.take() {
+            delivery.ack().await?;
+            return Ok(Some(incoming));
+        }
+        let Some(delivery) = self.consumer.receive_timeout(timeout).await? else {
+            return Ok(None);
+        };
+        let incoming = Self::incoming(&delivery);
         delivery.ack().await?;
         Ok(Some(incoming))
     }
 
     async fn close(&mut self) -> Result<()> {
+        // A delivery taken but not acked goes back to the broker with the consumer.
+        self.unacked = None;
         self.consumer.close().await
     }
 }

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use futures_util::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use mailroom_core::{Destination, Error, ErrorKind, MessageId, Result};
@@ -209,17 +209,15 @@ struct KafkaConsumer {
     consumer: Option<StreamConsumer>,
 }
 
-#[async_trait]
-impl DriverConsumer for KafkaConsumer {
-    async fn receive(&mut self, timeout: Duration) -> Result<Option<Incoming>> {
-        let consumer = self
-            .consumer
+impl KafkaConsumer {
+    fn open(&self) -> Result<&StreamConsumer> {
+        self.consumer
             .as_ref()
-            .ok_or_else(|| Error::closed("raw rdkafka consumer closed"))?;
-        let message = match tokio::time::timeout(timeout, consumer.recv()).await {
-            Err(_) => return Ok(None),
-            Ok(received) => received.map_err(|e| failed("receive", e))?,
-        };
+            .ok_or_else(|| Error::closed("raw rdkafka consumer closed"))
+    }
+
+    /// The sent-at header read and the offset stored for the commit, as for every message.
+    fn take(consumer: &StreamConsumer, message: &BorrowedMessage<'_>) -> Result<Incoming> {
         let intended_us = message.headers().and_then(|headers| {
             headers
                 .iter()
@@ -233,9 +231,34 @@ impl DriverConsumer for KafkaConsumer {
             bytes: message.payload().map_or(0, <[u8]>::len),
         };
         consumer
-            .store_offset_from_message(&message)
+            .store_offset_from_message(message)
             .map_err(|e| failed("store offset", e))?;
-        Ok(Some(incoming))
+        Ok(incoming)
+    }
+}
+
+#[async_trait]
+impl DriverConsumer for KafkaConsumer {
+    /// A record librdkafka already fetched, without a timer or future: the mailroom driver's
+    /// `try_receive` path, written as an rdkafka user draining a backlog would.
+    fn try_receive(&mut self) -> Result<Option<Incoming>> {
+        let consumer = self.open()?;
+        match consumer.recv().now_or_never() {
+            None => Ok(None),
+            Some(received) => {
+                let message = received.map_err(|e| failed("receive", e))?;
+                Self::take(consumer, &message).map(Some)
+            }
+        }
+    }
+
+    async fn receive(&mut self, timeout: Duration) -> Result<Option<Incoming>> {
+        let consumer = self.open()?;
+        let message = match tokio::time::timeout(timeout, consumer.recv()).await {
+            Err(_) => return Ok(None),
+            Ok(received) => received.map_err(|e| failed("receive", e))?,
+        };
+        Self::take(consumer, &message).map(Some)
     }
 
     async fn close(&mut self) -> Result<()> {

@@ -186,6 +186,19 @@ impl Delivery {
         self.settle.nack(nack).await
     }
 
+    /// Acknowledge without waiting, where the backend settles at once (the memory broker's
+    /// queue, Kafka's offset book): `Ok` with the ack's result, or the delivery handed back
+    /// unsettled (`Err`) when the ack has to wait for the broker — then [`Delivery::ack`] it.
+    ///
+    /// For a loop that drains ready deliveries with
+    /// [`Consumer::try_receive`](crate::Consumer::try_receive) without an `.await` per message.
+    pub fn try_ack(mut self) -> std::result::Result<Result<()>, Delivery> {
+        match self.settle.try_ack() {
+            Some(acked) => Ok(acked),
+            None => Err(self),
+        }
+    }
+
     /// Split the delivery into its message, its info and the obligation to settle it.
     ///
     /// The message moves out without a copy, so code that consumes it (a pipeline stage) does
@@ -360,6 +373,30 @@ mod tests {
             ["try_ack"],
             "no boxed ack, no abandon"
         );
+    }
+
+    #[test]
+    fn try_ack_settles_where_the_backend_can_and_hands_the_delivery_back_where_it_cannot() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let d = Delivery::new(
+            Message::new("p"),
+            DeliveryInfo::new("q"),
+            Box::new(AcksAtOnce(log.clone())),
+        );
+        assert!(matches!(d.try_ack(), Ok(Ok(()))));
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["try_ack"],
+            "spent: no abandon on drop"
+        );
+
+        let (d, log) = delivery();
+        let id = d.message().id().clone();
+        let back = d.try_ack().err().expect("this backend has no at-once ack");
+        assert_eq!(back.message().id(), &id);
+        assert!(log.lock().unwrap().is_empty(), "still unsettled");
+        run(back.ack()).unwrap();
+        assert_eq!(*log.lock().unwrap(), ["ack"]);
     }
 
     fn run<F: std::future::Future>(f: F) -> F::Output {
