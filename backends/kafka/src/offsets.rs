@@ -415,6 +415,31 @@ mod tests {
     }
 
     #[test]
+    fn a_revoke_forgets_the_partition_s_unsettled_count_and_pending_store() {
+        let book = OffsetBook::default();
+        let other: TopicPartition = (Arc::from("t"), 1);
+        book.assign(&[tp(), other.clone()]);
+        let e0 = book.delivered(&tp(), 0);
+        let _ = book.delivered(&tp(), 1);
+        let e5 = book.delivered(&other, 5);
+        assert!(book.settle(&tp(), 0, e0));
+        assert_eq!(book.unsettled(), 2);
+        book.revoke(&[tp()]);
+        assert_eq!(
+            book.unsettled(),
+            1,
+            "only the other partition's delivery is left"
+        );
+        assert!(
+            book.take_stores().is_empty(),
+            "a revoked partition's settled prefix is not stored after the revoke"
+        );
+        assert!(book.settle(&other, 5, e5));
+        assert_eq!(book.take_stores(), vec![(other, 6)]);
+        assert!(book.take_stores().is_empty(), "taken once");
+    }
+
+    #[test]
     fn double_settle_counts_once() {
         let book = OffsetBook::default();
         book.assign(&[tp()]);
