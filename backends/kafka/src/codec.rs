@@ -265,14 +265,14 @@ pub(crate) fn decode(m: &impl rdkafka::Message) -> Decoded {
                     .and_then(|v| MessageId::parse(v).ok());
                 continue;
             }
-            if let Some(text) = h.value.and_then(|v| std::str::from_utf8(v).ok()) {
-                if internal.take(h.key, text) {
-                    continue;
-                }
-            }
+            // One UTF-8 check per value: the text found here is the value kept.
             let value = match h.value {
                 None => HeaderValue::Null,
-                Some(bytes) => HeaderValue::from_wire_bytes(bytes),
+                Some(bytes) => match std::str::from_utf8(bytes) {
+                    Ok(text) if internal.take(h.key, text) => continue,
+                    Ok(text) => HeaderValue::Text(text.to_owned()),
+                    Err(_) => HeaderValue::from_wire_bytes(bytes),
+                },
             };
             if let Err(e) = headers.append(h.key, value) {
                 tracing::warn!(error = %e, "header of a received record dropped");

@@ -209,8 +209,8 @@ pub(crate) fn check_consumer_config(config: &KafkaConfig) -> Result<()> {
 pub struct KafkaConsumer {
     consumer: Option<StreamConsumer<GroupContext>>,
     scope: Arc<SettleScope>,
-    /// The subscribed topics (the queue's and its bound exchanges'), a handful at most: a
-    /// linear search by name is cheaper per record than hashing it.
+    /// The subscribed topics (the queue's first, then its bound exchanges'), a handful at
+    /// most: a linear search by name is cheaper per record than hashing it.
     topics: Vec<Arc<str>>,
     prefetch: usize,
     timeout: Duration,
@@ -309,12 +309,7 @@ impl KafkaConsumer {
             .unwrap_or_else(|| Arc::from(name))
     }
 
-    fn delivery(
-        scope: &Arc<SettleScope>,
-        topics: &[Arc<str>],
-        m: &BorrowedMessage<'_>,
-    ) -> Delivery {
-        let topic = Self::topic_of(topics, m.topic());
+    fn delivery(scope: &Arc<SettleScope>, topic: Arc<str>, m: &BorrowedMessage<'_>) -> Delivery {
         let Decoded {
             message,
             attempt,
@@ -474,18 +469,25 @@ impl KafkaConsumer {
         routes: &mut RouteFilter,
         received: rdkafka::error::KafkaResult<BorrowedMessage<'_>>,
     ) -> Taken {
-        if let Ok(m) = &received {
-            if consumer.context().replay_pending.load(Ordering::Relaxed) {
-                let tp = (Self::topic_of(topics, m.topic()), m.partition());
-                consumer.context().replay_started(&tp);
-            }
-        }
         match received {
-            Ok(m) if routes.admits(&m) => Taken::Delivery(Self::delivery(scope, topics, &m)),
             Ok(m) => {
-                let tp = (Self::topic_of(topics, m.topic()), m.partition());
-                scope.book.passed(&tp, m.offset());
-                Taken::Passed
+                // The record's topic name is read from librdkafka (a C string, checked as
+                // UTF-8) once per record, not once per use.
+                let topic = Self::topic_of(topics, m.topic());
+                if consumer.context().replay_pending.load(Ordering::Relaxed) {
+                    consumer
+                        .context()
+                        .replay_started(&(topic.clone(), m.partition()));
+                }
+                // The queue's own topic (the first subscribed) is all for the queue: only
+                // records of bound exchanges go through the routing filter.
+                let own = topics.first().is_some_and(|q| Arc::ptr_eq(q, &topic));
+                if own || routes.admits(&m) {
+                    Taken::Delivery(Self::delivery(scope, topic, &m))
+                } else {
+                    scope.book.passed(&(topic, m.partition()), m.offset());
+                    Taken::Passed
+                }
             }
             Err(e) if is_moot(&e) => {
                 tracing::debug!(error = %e, "transient consumer error");

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -79,6 +80,10 @@ struct Partition {
     /// back and the settled prefix popped off the front: no tree node per record, as a
     /// `BTreeMap` cost.
     pending: Pending,
+    /// The next offset to store, once the settled prefix moved and until the consumer hands
+    /// it to librdkafka. Kept here rather than in a map of its own: an ack then costs no
+    /// hash insert and no clone of the topic's name.
+    to_store: Option<i64>,
 }
 
 /// Offsets in ascending order, each with whether it was settled.
@@ -109,6 +114,10 @@ impl Pending {
     }
 
     fn get_mut(&mut self, offset: i64) -> Option<&mut bool> {
+        // Acks mostly come in the order of delivery: the oldest pending offset first.
+        if self.0.front().is_some_and(|(o, _)| *o == offset) {
+            return self.0.front_mut().map(|(_, settled)| settled);
+        }
         let at = self.0.binary_search_by_key(&offset, |(o, _)| *o).ok()?;
         Some(&mut self.0[at].1)
     }
@@ -136,9 +145,9 @@ impl Pending {
 struct Book {
     partitions: ByPartition<Partition>,
     next_epoch: u64,
-    unsettled: usize,
-    /// Next offsets to store, per partition, waiting for the consumer to hand them to librdkafka.
-    to_store: ByPartition<i64>,
+    /// Whether some partition has an offset to store: spares `take_stores` its walk over the
+    /// partitions when none moved.
+    to_store: bool,
     /// Requeues (re-produced copies) whose delivery report has not arrived yet.
     requeues: usize,
 }
@@ -149,14 +158,15 @@ impl Book {
         Partition {
             epoch: self.next_epoch,
             pending: Pending::default(),
+            to_store: None,
         }
     }
 
-    fn forget(&mut self, tp: &TopicPartition) {
-        if let Some(old) = self.partitions.remove(tp) {
-            self.unsettled -= old.pending.unsettled();
-        }
-        self.to_store.remove(tp);
+    /// Drop `tp`'s record; returns how many of its deliveries were unsettled.
+    fn forget(&mut self, tp: &TopicPartition) -> usize {
+        self.partitions
+            .remove(tp)
+            .map_or(0, |old| old.pending.unsettled())
     }
 }
 
@@ -164,6 +174,10 @@ impl Book {
 #[derive(Debug, Default)]
 pub(crate) struct OffsetBook {
     book: Mutex<Book>,
+    /// Deliveries handed out and not settled, over the current assignment. Changed only under
+    /// the book's lock, read without it: the consumer checks its prefetch bound once per
+    /// record, and a value one settle behind only delays it until that settle's wake-up.
+    unsettled: AtomicUsize,
     /// Woken on every settle: the consumer stores offsets and re-checks its prefetch bound.
     pub settled: Notify,
 }
@@ -178,7 +192,8 @@ impl OffsetBook {
     pub fn assign(&self, tps: &[TopicPartition]) {
         let mut book = self.lock();
         for tp in tps {
-            book.forget(tp);
+            let gone = book.forget(tp);
+            self.unsettled.fetch_sub(gone, Ordering::Relaxed);
             let fresh = book.fresh();
             book.partitions.insert(tp.clone(), fresh);
         }
@@ -188,7 +203,8 @@ impl OffsetBook {
     pub fn revoke(&self, tps: &[TopicPartition]) {
         let mut book = self.lock();
         for tp in tps {
-            book.forget(tp);
+            let gone = book.forget(tp);
+            self.unsettled.fetch_sub(gone, Ordering::Relaxed);
         }
     }
 
@@ -196,8 +212,8 @@ impl OffsetBook {
     pub fn clear(&self) {
         let mut book = self.lock();
         book.partitions.clear();
-        book.to_store.clear();
-        book.unsettled = 0;
+        book.to_store = false;
+        self.unsettled.store(0, Ordering::Relaxed);
     }
 
     /// A message at `offset` was handed out; returns the epoch its settle must quote.
@@ -212,11 +228,12 @@ impl OffsetBook {
                 book.partitions.entry(tp.clone()).or_insert(Partition {
                     epoch: book.next_epoch,
                     pending: Pending::default(),
+                    to_store: None,
                 })
             }
         };
         if partition.pending.insert(offset, false) {
-            book.unsettled += 1;
+            self.unsettled.fetch_add(1, Ordering::Relaxed);
         }
         partition.epoch
     }
@@ -230,12 +247,14 @@ impl OffsetBook {
             let fresh = book.fresh();
             book.partitions.insert(tp.clone(), fresh);
         }
+        let book = &mut *book;
         let Some(p) = book.partitions.get_mut(tp) else {
             return;
         };
         if p.pending.is_empty() {
             // Everything handed out before is settled: the position moves straight past it.
-            book.to_store.insert(tp.clone(), offset + 1);
+            p.to_store = Some(offset + 1);
+            book.to_store = true;
         } else {
             p.pending.insert(offset, true);
         }
@@ -246,7 +265,7 @@ impl OffsetBook {
     pub fn settle(&self, tp: &TopicPartition, offset: i64, epoch: u64) -> bool {
         let counted = {
             let mut book = self.lock();
-            let mut advanced_to = None;
+            let book = &mut *book;
             let mut counted = false;
             if let Some(p) = book.partitions.get_mut(tp).filter(|p| p.epoch == epoch) {
                 if let Some(settled) = p.pending.get_mut(offset) {
@@ -255,13 +274,13 @@ impl OffsetBook {
                         counted = true;
                     }
                 }
-                advanced_to = p.pending.pop_settled();
+                if let Some(next) = p.pending.pop_settled() {
+                    p.to_store = Some(next);
+                    book.to_store = true;
+                }
             }
             if counted {
-                book.unsettled -= 1;
-            }
-            if let Some(next) = advanced_to {
-                book.to_store.insert(tp.clone(), next);
+                self.unsettled.fetch_sub(1, Ordering::Relaxed);
             }
             counted
         };
@@ -279,12 +298,19 @@ impl OffsetBook {
 
     /// Next offsets that became committable since the last call.
     pub fn take_stores(&self) -> Vec<(TopicPartition, i64)> {
-        self.lock().to_store.drain().collect()
+        let mut book = self.lock();
+        if !std::mem::take(&mut book.to_store) {
+            return Vec::new();
+        }
+        book.partitions
+            .iter_mut()
+            .filter_map(|(tp, p)| Some((tp.clone(), p.to_store.take()?)))
+            .collect()
     }
 
     /// Deliveries handed out and not settled, over the current assignment.
     pub fn unsettled(&self) -> usize {
-        self.lock().unsettled
+        self.unsettled.load(Ordering::Relaxed)
     }
 
     /// A requeue copy was handed to the producer.
@@ -386,6 +412,31 @@ mod tests {
         assert!(book.settle(&tp(), 5, e5));
         assert_eq!(book.take_stores(), vec![(tp(), 8)]);
         assert_eq!(book.unsettled(), 0);
+    }
+
+    #[test]
+    fn a_revoke_forgets_the_partition_s_unsettled_count_and_pending_store() {
+        let book = OffsetBook::default();
+        let other: TopicPartition = (Arc::from("t"), 1);
+        book.assign(&[tp(), other.clone()]);
+        let e0 = book.delivered(&tp(), 0);
+        let _ = book.delivered(&tp(), 1);
+        let e5 = book.delivered(&other, 5);
+        assert!(book.settle(&tp(), 0, e0));
+        assert_eq!(book.unsettled(), 2);
+        book.revoke(&[tp()]);
+        assert_eq!(
+            book.unsettled(),
+            1,
+            "only the other partition's delivery is left"
+        );
+        assert!(
+            book.take_stores().is_empty(),
+            "a revoked partition's settled prefix is not stored after the revoke"
+        );
+        assert!(book.settle(&other, 5, e5));
+        assert_eq!(book.take_stores(), vec![(other, 6)]);
+        assert!(book.take_stores().is_empty(), "taken once");
     }
 
     #[test]
