@@ -58,7 +58,7 @@ impl Headers {
                 name.len()
             )));
         }
-        if name.chars().any(char::is_control) {
+        if crate::message::has_control(name) {
             return Err(Error::invalid_input(format!(
                 "header name {name:?} contains a control character"
             )));
