@@ -93,6 +93,16 @@ pub trait Backend: Send + Sync {
     /// Close the connection; producers and consumers made from it stop working.
     async fn close(&self) -> Result<()>;
 
+    /// Whether this backend's settle handles refuse, themselves, every nack its
+    /// [`Capabilities`] say it cannot carry out (a delayed requeue without `delayed_delivery`),
+    /// with the [`Unsupported`](crate::ErrorKind::Unsupported) error naming the capability and
+    /// the delivery left to come back, as the [`CapabilityLayer`] would. The layer then leaves
+    /// this backend's consumers as they are, which spares a boxed future per receive and a
+    /// settle handle per delivery. The default, `false`, has the layer check every nack.
+    fn settle_refuses_unsupported(&self) -> bool {
+        false
+    }
+
     /// The names of the [layers](crate::layer) this backend sits inside, outermost first; a
     /// bare backend has none. [`Registry::connect`] reads it so that a factory that already
     /// applied the [`CapabilityLayer`] does not get a second one.

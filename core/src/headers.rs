@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::error::{Error, Result};
 pub use crate::header_value::{HeaderValue, MAX_HEADER_VALUE_DEPTH};
 
@@ -29,7 +31,10 @@ pub struct Headers {
     entries: Option<Arc<Entries>>,
 }
 
-type Entries = Vec<(String, HeaderValue)>;
+/// Two entries are kept inline, beside the reference counts: most messages carry one or two
+/// headers (a received one usually one or two besides mailroom's own), and they then cost one
+/// allocation for the list instead of two (the `Arc` and a `Vec`'s buffer).
+type Entries = SmallVec<[(String, HeaderValue); 2]>;
 
 impl Headers {
     /// No headers.
@@ -38,7 +43,7 @@ impl Headers {
     }
 
     fn entries(&self) -> &[(String, HeaderValue)] {
-        self.entries.as_deref().map_or(&[], Vec::as_slice)
+        self.entries.as_deref().map_or(&[], SmallVec::as_slice)
     }
 
     /// The entries to change, copied first if a clone shares them.
@@ -58,7 +63,7 @@ impl Headers {
                 name.len()
             )));
         }
-        if name.chars().any(char::is_control) {
+        if crate::message::has_control(name) {
             return Err(Error::invalid_input(format!(
                 "header name {name:?} contains a control character"
             )));
@@ -174,7 +179,7 @@ impl Headers {
             return removed;
         }
         let entries = self.entries_mut();
-        let mut kept = Vec::with_capacity(entries.len());
+        let mut kept = Entries::with_capacity(entries.len());
         for (n, v) in entries.drain(..) {
             if n == name {
                 removed.push(v);

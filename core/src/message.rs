@@ -56,21 +56,16 @@ impl MessageId {
                 text.len()
             )));
         }
-        if text.chars().any(char::is_control) {
+        // A canonical UUID text becomes the binary form so that it equals the id that was sent.
+        // Checked first, in one pass over the bytes: this runs for every message a backend
+        // receives, and a canonical text has no control character to look for.
+        if let Some(uuid) = parse_canonical_uuid(text.as_bytes()) {
+            return Ok(MessageId(IdRepr::Uuid(uuid)));
+        }
+        if has_control(text) {
             return Err(Error::invalid_input(
                 "message id contains a control character",
             ));
-        }
-        // A canonical UUID text becomes the binary form so that it equals the id that was sent.
-        // Only a 36-character text can be canonical; the comparison is done on the stack, as
-        // this runs for every message a backend receives.
-        if text.len() == uuid::fmt::Hyphenated::LENGTH {
-            if let Ok(uuid) = Uuid::parse_str(text) {
-                let mut canonical = [0; uuid::fmt::Hyphenated::LENGTH];
-                if *uuid.hyphenated().encode_lower(&mut canonical) == *text {
-                    return Ok(MessageId(IdRepr::Uuid(uuid)));
-                }
-            }
         }
         Ok(MessageId(IdRepr::Text(Arc::from(text))))
     }
@@ -106,6 +101,57 @@ impl MessageId {
             uuid::Builder::from_custom_bytes(bytes).into_uuid(),
         ))
     }
+}
+
+/// Whether `text` holds a control character (`char::is_control`: U+0000..=U+001F and
+/// U+007F..=U+009F), read byte by byte: ids and header names are checked on every message
+/// received, and walking them as chars cost several times more. In UTF-8 the C1 controls are
+/// the only characters whose first byte is 0xC2 and second at most 0x9F; any 0xC2 sends the
+/// text to the char walk, which rules on it.
+pub(crate) fn has_control(text: &str) -> bool {
+    // No early exit, so the loop compiles to a branch-free (vectorised) scan.
+    let suspect = text.as_bytes().iter().fold(false, |found, &b| {
+        found | (b < 0x20) | (b == 0x7f) | (b == 0xc2)
+    });
+    suspect && text.chars().any(char::is_control)
+}
+
+/// Each byte's value as a hex digit, lower case only; 0xFF for every other byte.
+const LOWER_HEX: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// Where each of a UUID's 16 bytes starts in its hyphenated text.
+const UUID_BYTE_AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+
+/// The UUID whose canonical text (lower-case hex, hyphenated: what `Display` prints) is
+/// exactly `text`; `None` for any other text, another spelling of a UUID included.
+fn parse_canonical_uuid(text: &[u8]) -> Option<Uuid> {
+    let text: &[u8; uuid::fmt::Hyphenated::LENGTH] = text.try_into().ok()?;
+    if text[8] != b'-' || text[13] != b'-' || text[18] != b'-' || text[23] != b'-' {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    // Any byte that is not a lower-case hex digit reads as 0xFF and sets the high nibble.
+    let mut invalid = 0u8;
+    for (byte, &at) in bytes.iter_mut().zip(UUID_BYTE_AT.iter()) {
+        let high = LOWER_HEX[usize::from(text[at])];
+        let low = LOWER_HEX[usize::from(text[at + 1])];
+        invalid |= high | low;
+        *byte = (high << 4) | (low & 0x0f);
+    }
+    (invalid & 0xf0 == 0).then(|| Uuid::from_bytes(bytes))
 }
 
 /// Per thread: the next count and the key mixed into it. Seeded on first use from the
@@ -672,6 +718,60 @@ mod tests {
             MessageId::derive(b"a\tb").to_string(),
             "be587959-bfdf-89bb-9ee1-82f5a08d476a"
         );
+    }
+
+    #[test]
+    fn control_characters_are_found_byte_by_byte_as_char_by_char() {
+        let samples = [
+            "plain",
+            "tab\there",
+            "del\u{7f}",
+            "c1\u{85}x",
+            "c1 last\u{9f}",
+            "\u{a0}nbsp",
+            "é accent",
+            "€ and \u{80}",
+            "\u{c2}\u{a9}",
+            "日本",
+            "",
+        ];
+        for text in samples {
+            assert_eq!(
+                has_control(text),
+                text.chars().any(char::is_control),
+                "{text:?}"
+            );
+        }
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            let text = format!("a{c}b");
+            assert_eq!(has_control(&text), c.is_control(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn the_one_pass_uuid_reader_accepts_the_canonical_text_only() {
+        for _ in 0..1000 {
+            let uuid = Uuid::new_v4();
+            let text = uuid.hyphenated().to_string();
+            assert_eq!(parse_canonical_uuid(text.as_bytes()), Some(uuid));
+            assert_eq!(parse_canonical_uuid(text.to_uppercase().as_bytes()), None);
+        }
+        let text = "be587959-bfdf-89bb-9ee1-82f5a08d476a";
+        assert!(parse_canonical_uuid(text.as_bytes()).is_some());
+        // Every single-byte change is refused unless it is another lower-case hex digit.
+        for at in 0..text.len() {
+            for b in 0..=255u8 {
+                let mut changed = text.as_bytes().to_vec();
+                changed[at] = b;
+                let expected = std::str::from_utf8(&changed).ok().and_then(|t| {
+                    let u = Uuid::parse_str(t).ok()?;
+                    (u.hyphenated().to_string() == t).then_some(u)
+                });
+                assert_eq!(parse_canonical_uuid(&changed), expected, "{at} {b}");
+            }
+        }
+        assert_eq!(parse_canonical_uuid(&text.as_bytes()[1..]), None);
+        assert_eq!(parse_canonical_uuid(format!("{text}0").as_bytes()), None);
     }
 
     #[test]

@@ -31,8 +31,10 @@ use crate::transaction::{TransactionCounts, TransactionInput, Transactional};
 /// length bound or TTL; and a binding on a backend without exchanges. Declarations are
 /// validated first (`InvalidInput`), as the backends do.
 ///
-/// Parts with nothing to check are not wrapped: a backend with delayed delivery keeps its
-/// settle handles as they are, so deliveries cost nothing more.
+/// Parts with nothing to check are not wrapped: a backend with delayed delivery, or whose
+/// settle handles refuse a delayed nack themselves
+/// ([`Backend::settle_refuses_unsupported`]), keeps its consumers and settle handles as they
+/// are, so deliveries cost nothing more.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CapabilityLayer;
 
@@ -140,8 +142,9 @@ impl Layer for CapabilityLayer {
         _queue: &str,
         consumer: Box<dyn Consumer>,
     ) -> Box<dyn Consumer> {
-        // Only a delayed nack can be refused at settle time.
-        if backend.capabilities().delayed_delivery {
+        // Only a delayed nack can be refused at settle time, and a backend that refuses it
+        // itself needs no second check.
+        if backend.capabilities().delayed_delivery || backend.settle_refuses_unsupported() {
             return consumer;
         }
         Box::new(CheckedConsumer {

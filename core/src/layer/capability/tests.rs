@@ -203,6 +203,58 @@ fn a_backend_with_delays_keeps_its_consumer_unwrapped() {
     assert!(consumer.try_receive().is_none());
 }
 
+/// A [`Stub`] whose settle handles are said to refuse what it lacks themselves.
+struct RefusesItself(Stub);
+
+#[async_trait]
+impl Backend for RefusesItself {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn capabilities(&self) -> &Capabilities {
+        self.0.capabilities()
+    }
+    async fn server_version(&self) -> Result<String> {
+        self.0.server_version().await
+    }
+    async fn producer(&self) -> Result<Box<dyn Producer>> {
+        self.0.producer().await
+    }
+    async fn consumer(&self, queue: &str, options: ConsumerOptions) -> Result<Box<dyn Consumer>> {
+        self.0.consumer(queue, options).await
+    }
+    fn topology(&self) -> &dyn Topology {
+        self.0.topology()
+    }
+    async fn close(&self) -> Result<()> {
+        self.0.close().await
+    }
+    fn settle_refuses_unsupported(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_backend_whose_settles_refuse_themselves_keeps_its_consumer_unwrapped() {
+    let log = Log::default();
+    let ready = log.clone();
+    let mut consumer = MockConsumer::new();
+    consumer
+        .expect_receive()
+        .times(1)
+        .returning(move || Ok(delivery("x", &ready)));
+    // Without delayed delivery: only the backend's word keeps the layer off its deliveries.
+    let stub = Stub::new(Capabilities::default()).with_consumer(consumer);
+    let backend = LayerStack::new()
+        .layer(CapabilityLayer::new())
+        .apply(Arc::new(RefusesItself(stub)));
+    let mut consumer = now(backend.consumer("q", Default::default())).unwrap();
+    let d = now(consumer.receive()).unwrap();
+    // The stub's settle handle takes the delayed nack: the layer did not stand in its way.
+    now(d.nack(Nack::requeue_after(Duration::from_secs(1)))).unwrap();
+    assert_eq!(*log.lock().unwrap(), ["nack Requeue { delay: Some(1s) }"]);
+}
+
 #[test]
 fn declarations_are_validated_then_checked_before_the_backend() {
     // The mock topology expects nothing: any call reaching it fails the test.
