@@ -119,6 +119,12 @@ impl Backend for KafkaBackend {
         &self.connection.capabilities
     }
 
+    /// `KafkaSettle::nack` refuses a delayed requeue with the layer's own error and gives the
+    /// record back, so the capability layer need not wrap every delivery to do it.
+    fn settle_refuses_unsupported(&self) -> bool {
+        true
+    }
+
     async fn server_version(&self) -> Result<String> {
         let connection = self.connection.clone();
         let brokers = blocking(move || {

@@ -308,3 +308,44 @@ async fn acks_contradictions_are_config_errors_and_acks_0_receipts_claim_no_offs
     confirmed.close().await.unwrap();
     backend.topology().delete_queue(&q).await.unwrap();
 }
+
+/// A delayed requeue on Kafka, which has no delayed delivery, through the registry as an
+/// application opens it: `Unsupported` naming the missing capability, and the message comes
+/// back (on its next attempt) instead of the delay being dropped without a word. The backend's
+/// own settle handle refuses it, so the capability layer leaves Kafka's consumers unwrapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_requeue_is_refused_and_the_message_comes_back() {
+    let b = connect(&url()).await;
+    let q = fresh("delayed-nack");
+    b.topology()
+        .declare_queue(&QueueSpec::new(&q))
+        .await
+        .unwrap();
+    let p = b.producer().await.unwrap();
+    let sent = Message::new("retry me later");
+    p.send(&Destination::queue(&q), sent.clone()).await.unwrap();
+    let mut consumer = b.consumer(&q, ConsumerOptions::default()).await.unwrap();
+    let first = consumer
+        .receive_timeout(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the message arrives");
+    assert_eq!(first.message().id(), sent.id());
+    let err = first
+        .nack(mailroom_core::Nack::requeue_after(Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("delay"), "{err}");
+    let again = consumer
+        .receive_timeout(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the refused message comes back");
+    assert_eq!(again.message().id(), sent.id());
+    assert_eq!(again.attempt(), 2, "{:?}", again.info());
+    again.ack().await.unwrap();
+    consumer.close().await.unwrap();
+    p.close().await.unwrap();
+    b.topology().delete_queue(&q).await.unwrap();
+}
