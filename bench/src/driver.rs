@@ -17,7 +17,7 @@ use futures_util::FutureExt;
 
 use mailroom_core::{
     Backend, Binding, Capability, ConsumerOptions, Delivery, Destination, Error, ErrorKind,
-    ExchangeKind, ExchangeSpec, Message, QueueSpec, Result,
+    ExchangeKind, ExchangeSpec, Message, QueueSpec, Result, TryAck,
 };
 
 use super::workload::{KeyDistributor, Plan};
@@ -423,8 +423,8 @@ impl DriverConsumer for MailroomConsumer {
         let delivery = received?;
         let incoming = Self::incoming(&delivery);
         match delivery.try_ack() {
-            Ok(acked) => acked.map(|()| Some(incoming)),
-            Err(delivery) => {
+            TryAck::Done(acked) => acked.map(|()| Some(incoming)),
+            TryAck::Wait(delivery) => {
                 self.unacked = Some((delivery, incoming));
                 Ok(None)
             }

@@ -187,15 +187,16 @@ impl Delivery {
     }
 
     /// Acknowledge without waiting, where the backend settles at once (the memory broker's
-    /// queue, Kafka's offset book): `Ok` with the ack's result, or the delivery handed back
-    /// unsettled (`Err`) when the ack has to wait for the broker — then [`Delivery::ack`] it.
+    /// queue, Kafka's offset book): [`TryAck::Done`] with the ack's result, or
+    /// [`TryAck::Wait`] handing the delivery back unsettled when the ack has to wait for the
+    /// broker — then [`Delivery::ack`] it.
     ///
     /// For a loop that drains ready deliveries with
     /// [`Consumer::try_receive`](crate::Consumer::try_receive) without an `.await` per message.
-    pub fn try_ack(mut self) -> std::result::Result<Result<()>, Delivery> {
+    pub fn try_ack(mut self) -> TryAck {
         match self.settle.try_ack() {
-            Some(acked) => Ok(acked),
-            None => Err(self),
+            Some(acked) => TryAck::Done(acked),
+            None => TryAck::Wait(self),
         }
     }
 
@@ -209,6 +210,15 @@ impl Delivery {
     pub fn into_parts(self) -> (Message, DeliveryInfo, Settlement) {
         (self.message, self.info, self.settle)
     }
+}
+
+/// What [`Delivery::try_ack`] did.
+#[must_use = "a delivery handed back is still unsettled: ack it"]
+pub enum TryAck {
+    /// Acked at once; the ack's result.
+    Done(Result<()>),
+    /// The ack has to wait for the broker: the delivery, unsettled, for [`Delivery::ack`].
+    Wait(Delivery),
 }
 
 /// The obligation to settle one delivery, without its message: see [`Delivery::into_parts`].
@@ -383,7 +393,7 @@ mod tests {
             DeliveryInfo::new("q"),
             Box::new(AcksAtOnce(log.clone())),
         );
-        assert!(matches!(d.try_ack(), Ok(Ok(()))));
+        assert!(matches!(d.try_ack(), TryAck::Done(Ok(()))));
         assert_eq!(
             *log.lock().unwrap(),
             ["try_ack"],
@@ -392,7 +402,9 @@ mod tests {
 
         let (d, log) = delivery();
         let id = d.message().id().clone();
-        let back = d.try_ack().err().expect("this backend has no at-once ack");
+        let TryAck::Wait(back) = d.try_ack() else {
+            panic!("this backend has no at-once ack");
+        };
         assert_eq!(back.message().id(), &id);
         assert!(log.lock().unwrap().is_empty(), "still unsettled");
         run(back.ack()).unwrap();

@@ -39,7 +39,7 @@ pub use backend::{Backend, BackendFactory, Registry};
 pub use capabilities::{Capabilities, Capability, ClientSide, Implementation};
 pub use closed::ClosedFlag;
 pub use consumer::{Consumer, ConsumerExt, ConsumerOptions, Replay};
-pub use delivery::{Delivery, DeliveryInfo, Nack, Settle, Settlement};
+pub use delivery::{Delivery, DeliveryInfo, Nack, Settle, Settlement, TryAck};
 pub use error::{Error, ErrorKind, Result};
 pub use guarantee::{DeliveryGuarantee, DeliveryGuarantees};
 pub use headers::{HeaderValue, Headers};
