@@ -46,7 +46,7 @@ pub use headers::{HeaderValue, Headers};
 pub use layer::{Layer, LayerStack};
 pub use message::{Message, MessageBuilder, MessageId, MessageParts, Timestamp};
 pub use pattern::TopicPattern;
-pub use producer::{Destination, PendingConfirm, Producer, ProducerOptions, Receipt};
+pub use producer::{Destination, PendingConfirm, Producer, ProducerOptions, Receipt, TryEnqueue};
 pub use topology::{
     Binding, ExchangeKind, ExchangeSpec, HeaderMatch, Overflow, QueueSpec, Route, Topology,
 };

@@ -179,6 +179,25 @@ impl fmt::Debug for PendingConfirm {
     }
 }
 
+/// What [`Producer::try_enqueue`] did.
+#[must_use = "a message handed back was not sent: enqueue it"]
+pub enum TryEnqueue {
+    /// Taken (or refused) without waiting: what [`Producer::enqueue`] would have resolved to.
+    Done(Result<PendingConfirm>),
+    /// Taking it would have to wait, or the producer has no path that does not: the message,
+    /// unsent and unchanged, for [`Producer::enqueue`].
+    Wait(Message),
+}
+
+impl fmt::Debug for TryEnqueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryEnqueue::Done(result) => f.debug_tuple("Done").field(result).finish(),
+            TryEnqueue::Wait(message) => f.debug_tuple("Wait").field(message.id()).finish(),
+        }
+    }
+}
+
 /// Sends messages and learns when the broker has taken them.
 ///
 /// **Confirmed** means the broker has taken responsibility for the message: it is in every queue
@@ -198,6 +217,19 @@ pub trait Producer: Send + Sync {
     /// Hand a message to the producer. Resolves once it is accepted into the producer's bounded
     /// in-flight window (this is where backpressure waits), returning the pending confirm.
     async fn enqueue(&self, destination: &Destination, message: Message) -> Result<PendingConfirm>;
+
+    /// Hand a message over without waiting, where the producer can take it at once:
+    /// [`TryEnqueue::Done`] with what `enqueue` would have resolved to, or [`TryEnqueue::Wait`]
+    /// with the message back, unchanged, when taking it would wait (a full in-flight window, a
+    /// route to resolve) — then `enqueue` it.
+    ///
+    /// For a caller that sends one message at a time as fast as it can (a tight producer loop,
+    /// a benchmark): it spares the boxed future `enqueue` costs per message. The default never
+    /// takes a message at once; a backend whose send is synchronous anyway (memory) overrides it.
+    fn try_enqueue(&self, destination: &Destination, message: Message) -> TryEnqueue {
+        let _ = destination;
+        TryEnqueue::Wait(message)
+    }
 
     /// Hand several messages to the producer, in order: drains `messages` and appends one
     /// result per message to `pending`, as `enqueue` gives it. Both vectors keep their
@@ -318,5 +350,24 @@ mod tests {
         assert_eq!(receipts, ids, "one receipt per message, in order");
         assert_eq!(producer.batches.load(Ordering::Relaxed), 1);
         assert_eq!(producer.single.load(Ordering::Relaxed), 0);
+    }
+
+    /// A producer without a synchronous path must not lose or alter the message it declines.
+    #[test]
+    fn try_enqueue_by_default_hands_the_message_back_untouched() {
+        let producer = CountingProducer::default();
+        let message = Message::builder("body").key("k").build().expect("message");
+        let id = message.id().clone();
+        let TryEnqueue::Wait(back) = producer.try_enqueue(&Destination::queue("q"), message) else {
+            panic!("the default try_enqueue took a message it has no synchronous path for");
+        };
+        assert_eq!(back.id(), &id);
+        assert_eq!(back.payload().as_ref(), b"body");
+        assert_eq!(back.key(), Some("k"));
+        assert_eq!(
+            producer.single.load(Ordering::Relaxed),
+            0,
+            "nothing was sent"
+        );
     }
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use mailroom_core::operation::SEND;
 use mailroom_core::topology::validate_name;
 use mailroom_core::{
-    Destination, Error, ErrorKind, Message, PendingConfirm, Producer, Receipt, Result,
+    Destination, Error, ErrorKind, Message, PendingConfirm, Producer, Receipt, Result, TryEnqueue,
 };
 
 use crate::broker::Broker;
@@ -270,6 +270,41 @@ impl Producer for MemoryProducer {
         match self.deliver(destination, message) {
             Delivered::Now(result) => Box::pin(std::future::ready(result.map(confirmed))),
             Delivered::Later(waiting) => Box::pin(async move { waiting.await.map(confirmed) }),
+        }
+    }
+
+    /// A message for a queue with room goes in at once, confirmed (queuing is the confirm);
+    /// a delayed one, one through an exchange (each target may be full) and one for a full
+    /// queue that makes producers wait come back for `enqueue`.
+    fn try_enqueue(&self, destination: &Destination, message: Message) -> TryEnqueue {
+        let name = match destination {
+            Destination::Queue(name) if message.delay().is_none() => name,
+            _ => return TryEnqueue::Wait(message),
+        };
+        let message = match self.accept(message) {
+            Ok((message, _no_delay)) => message,
+            Err(e) => return TryEnqueue::Done(Err(e)),
+        };
+        let id = message.id().clone();
+        let added = self.with_queue(name, message, |queue, message| {
+            match queue.filling().add(queue.entry(message), None) {
+                Added::Yes => None,
+                not_in => Some(Box::new(not_in)),
+            }
+        });
+        let confirmed = || TryEnqueue::Done(Ok(PendingConfirm::ready(Ok(Receipt::new(id)))));
+        match added {
+            Ok(None) => confirmed(),
+            Ok(Some(not_in)) => match *not_in {
+                Added::Full(entry) => TryEnqueue::Wait(entry.message),
+                Added::Refused(e) => TryEnqueue::Done(Err(context(e))),
+                Added::Yes => confirmed(),
+            },
+            Err(failed) => {
+                let (e, message) = *failed;
+                let e = validate_name("destination", name).err().unwrap_or(e);
+                TryEnqueue::Done(Err(context(e).with_undelivered(message)))
+            }
         }
     }
 

@@ -349,3 +349,71 @@ async fn a_batch_wakes_as_many_waiting_consumers_as_it_adds_messages() {
     got.sort();
     assert_eq!(got, strings(0..WAITING));
 }
+
+/// `try_enqueue` takes what needs no waiting, confirmed at once, and hands back, unchanged,
+/// what would wait (a full backpressure queue, an exchange, a delay); refusals keep the message.
+#[tokio::test]
+async fn try_enqueue_takes_at_once_or_hands_the_message_back() {
+    use mailroom_core::TryEnqueue;
+    let broker = MemoryBackend::new();
+    broker
+        .topology()
+        .declare_queue(&QueueSpec::new("q").max_length(2, Overflow::Backpressure))
+        .await
+        .unwrap();
+    let producer = broker.producer().await.unwrap();
+    let dest = Destination::queue("q");
+    for body in ["1", "2"] {
+        let message = Message::new(body);
+        let id = message.id().clone();
+        let TryEnqueue::Done(Ok(mut pending)) = producer.try_enqueue(&dest, message) else {
+            panic!("a queue with room did not take {body} at once");
+        };
+        let receipt = pending.take_if_ready().expect("confirmed at once").unwrap();
+        assert_eq!(receipt.id, id);
+    }
+    let third = Message::new("3");
+    let id = third.id().clone();
+    let TryEnqueue::Wait(back) = producer.try_enqueue(&dest, third) else {
+        panic!("a full backpressure queue took a third message");
+    };
+    assert_eq!((back.id(), back.payload().as_ref()), (&id, &b"3"[..]));
+    assert_eq!(broker.queue_depth("q").unwrap().ready, 2);
+
+    let delayed = Message::builder("later")
+        .delay(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let TryEnqueue::Wait(back) = producer.try_enqueue(&Destination::queue("q"), delayed) else {
+        panic!("a delayed message was taken without waiting");
+    };
+    assert_eq!(
+        back.delay(),
+        Some(Duration::from_millis(5)),
+        "the delay is kept"
+    );
+    let routed = producer.try_enqueue(&Destination::exchange("x", "k"), Message::new("r"));
+    assert!(matches!(routed, TryEnqueue::Wait(_)), "{routed:?}");
+
+    let missing = producer.try_enqueue(&Destination::queue("nowhere"), Message::new("m"));
+    let TryEnqueue::Done(Err(e)) = missing else {
+        panic!("a send to a missing queue was not refused: {missing:?}");
+    };
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(e.undelivered().is_some(), "the refused message comes back");
+
+    producer.close().await.unwrap();
+    let closed = producer.try_enqueue(&dest, Message::new("late"));
+    let TryEnqueue::Done(Err(e)) = closed else {
+        panic!("a closed producer took a message: {closed:?}");
+    };
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    assert!(e.undelivered().is_some());
+
+    let mut consumer = broker.consumer("q", Default::default()).await.unwrap();
+    for expected in ["1", "2"] {
+        let d = consumer.receive().await.unwrap();
+        assert_eq!(d.message().payload().as_ref(), expected.as_bytes());
+        d.ack().await.unwrap();
+    }
+}

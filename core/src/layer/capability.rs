@@ -13,7 +13,7 @@ use crate::consumer::Consumer;
 use crate::delivery::{Delivery, Nack, Settle, Settlement};
 use crate::error::{Error, Result};
 use crate::message::Message;
-use crate::producer::{Destination, PendingConfirm, Producer, Receipt};
+use crate::producer::{Destination, PendingConfirm, Producer, Receipt, TryEnqueue};
 use crate::topology::{Binding, ExchangeKind, ExchangeSpec, QueueSpec, Route, Topology};
 use crate::transaction::{TransactionCounts, TransactionInput, Transactional};
 
@@ -197,6 +197,13 @@ impl Producer for CheckedProducer {
             return Box::pin(std::future::ready(Err(e.with_undelivered(message))));
         }
         self.inner.enqueue(destination, message)
+    }
+
+    fn try_enqueue(&self, destination: &Destination, message: Message) -> TryEnqueue {
+        if let Err(e) = self.rules.check_send(destination, &message) {
+            return TryEnqueue::Done(Err(e.with_undelivered(message)));
+        }
+        self.inner.try_enqueue(destination, message)
     }
 
     fn enqueue_batch<'a, 'b, 'c, 'd, 'f>(

@@ -78,6 +78,36 @@ fn a_send_over_the_declared_limits_returns_its_message_unsent() {
 }
 
 #[test]
+fn try_enqueue_checks_the_limits_then_takes_the_backends_path() {
+    let mut producer = MockProducer::new();
+    producer.expect_enqueue().never();
+    producer
+        .expect_try_enqueue()
+        .times(1)
+        .returning(|_, message| TryEnqueue::Done(Ok(confirmed(&message))));
+    let caps = Capabilities {
+        max_message_size: Some(100),
+        ..everything()
+    };
+    let backend = checked(Stub::new(caps).with_producer(producer));
+    let producer = now(backend.producer()).unwrap();
+    let big = Message::new(vec![0u8; 101]);
+    let id = big.id().clone();
+    let TryEnqueue::Done(Err(error)) = producer.try_enqueue(&Destination::queue("q"), big) else {
+        panic!("an oversized message passed the check");
+    };
+    assert_eq!(error.kind(), ErrorKind::PayloadTooLarge, "{error}");
+    assert_eq!(error.undelivered().map(Message::id), Some(&id));
+    let small = Message::new("fits");
+    let id = small.id().clone();
+    let TryEnqueue::Done(Ok(mut pending)) = producer.try_enqueue(&Destination::queue("q"), small)
+    else {
+        panic!("a message within the limits did not reach the backend's try_enqueue");
+    };
+    assert_eq!(pending.take_if_ready().unwrap().unwrap().id, id);
+}
+
+#[test]
 fn delays_and_exchanges_the_backend_lacks_are_refused() {
     let mut producer = MockProducer::new();
     producer.expect_enqueue().never();
