@@ -11,6 +11,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use mailroom_core::{
     Backend, Capability, ConsumerOptions, Destination, Error, Message, Overflow, QueueSpec, Result,
+    TryAck, TryEnqueue,
 };
 
 /// Header carrying the intended send time, in microseconds since the run's start.
@@ -110,15 +111,27 @@ pub async fn throughput(backend: Arc<dyn Backend>, config: &BenchConfig) -> Resu
                 Some(ready) => ready?,
                 None => consumer.receive().await?,
             };
-            delivery.ack().await?;
+            // Acked at once where the broker settles synchronously, awaited otherwise.
+            match delivery.try_ack() {
+                TryAck::Done(acked) => acked?,
+                TryAck::Wait(delivery) => delivery.ack().await?,
+            }
         }
         consumer.close().await?;
         Ok::<_, Error>(())
     });
     let dest = Destination::queue(&queue);
     for _ in 0..n {
-        // Confirms are awaited as they come, one window at a time, as a careful producer would.
-        producer.send(&dest, Message::new(body.clone())).await?;
+        // Each confirm is awaited before the next send, as a careful producer would; a
+        // producer that takes the message at once (`try_enqueue`) spares the send's future.
+        match producer.try_enqueue(&dest, Message::new(body.clone())) {
+            TryEnqueue::Done(pending) => {
+                pending?.await?;
+            }
+            TryEnqueue::Wait(message) => {
+                producer.send(&dest, message).await?;
+            }
+        }
     }
     producer.close().await?;
     consume.await.map_err(|e| {

@@ -115,6 +115,7 @@ pub(super) async fn produce(
                 last_read = Some(now);
                 continue;
             }
+            TrySend::Sent(confirm) => Ok(confirm),
             TrySend::Failed(e) => Err(e),
             TrySend::WouldBlock(message) => {
                 // The send may wait for room (a full queue while a backlog is built): the run
