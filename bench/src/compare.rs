@@ -352,10 +352,11 @@ async fn run_one(driver: &Arc<dyn Driver>, plan: &Plan, options: &RunOptions) ->
 pub const MAX_RATE_ROUNDS: usize = 3;
 
 /// Longest the paired search may take, in the workload's warm-ups (its own search's time):
-/// three rounds of two sides' searches, each side's given about twice the warm-up (a round
-/// after the first is shorter). A round it cuts short gives no ratio, and the report says how
-/// many rounds did.
-pub const MAX_RATE_BUDGET_WARMUPS: u32 = 12;
+/// three rounds of two sides' searches. A real round took about six warm-ups on the project's
+/// 2-core machine (the two sides' steps take turns, and each step is held long enough to
+/// judge), so twelve let only one or two of three rounds finish; twenty fit three with room.
+/// A round it cuts short gives no ratio, and the report says how many rounds did.
+pub const MAX_RATE_BUDGET_WARMUPS: u32 = 20;
 
 /// Each workload on the backend; for each max-rate one, one run of it on the raw baseline too
 /// (its figures and latencies beside the backend's; running every workload on the baseline
