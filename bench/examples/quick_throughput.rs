@@ -24,6 +24,11 @@ async fn main() -> mailroom_core::Result<()> {
             t
         }
     };
-    println!("{} messages in {:?}: {:.0} msgs/s", t.messages, t.elapsed, t.rate());
+    println!(
+        "{} messages in {:?}: {:.0} msgs/s",
+        t.messages,
+        t.elapsed,
+        t.rate()
+    );
     Ok(())
 }
