@@ -481,8 +481,13 @@ impl KafkaConsumer {
         match received {
             Ok(m) => {
                 // The record's topic name is read from librdkafka (a C string, checked as
-                // UTF-8) once per record, not once per use.
-                let topic = Self::topic_of(topics, m.topic());
+                // UTF-8) once per record, not once per use; not at all when only one topic is
+                // subscribed (a queue without bound exchanges): the group assigns only
+                // partitions of subscribed topics, and subscriptions are exact names.
+                let topic = match topics {
+                    [only] => only.clone(),
+                    _ => Self::topic_of(topics, m.topic()),
+                };
                 if consumer.context().replay_pending.load(Ordering::Relaxed) {
                     consumer
                         .context()
