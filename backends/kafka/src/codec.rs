@@ -28,7 +28,7 @@ use std::fmt::{self, Write as _};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use mailroom_core::message::MAX_ID_BYTES;
 use mailroom_core::wire::{accept_id, is_timestamp_header, Dropped};
 pub use mailroom_core::wire::{ATTEMPT_HEADER, ID_HEADER, ROUTING_KEY_HEADER, TIMESTAMP_HEADER};
@@ -196,6 +196,45 @@ pub(crate) fn encode<'m>(message: &'m Message, stamps: Stamps<'_>) -> Record<'m>
     }
 }
 
+/// Copies of received payloads, carved out of shared chunks: a consumer makes one copy per
+/// record, and a `Bytes` of its own cost two allocations and two frees per message (the buffer,
+/// then the shared count its first clone promotes it to; the settle handle keeps a clone to
+/// requeue or dead-letter the message). A chunk costs those once per [`CHUNK_BYTES`], and
+/// clones of a payload only count references.
+///
+/// The trade-off: a payload kept alive keeps its whole chunk alive, so payloads above
+/// [`MAX_POOLED_BYTES`] get a buffer of their own, which bounds what one small message can
+/// hold on to at [`CHUNK_BYTES`].
+#[derive(Default)]
+pub(crate) struct PayloadArena {
+    chunk: BytesMut,
+}
+
+/// Size of each shared chunk.
+const CHUNK_BYTES: usize = 16 * 1024;
+/// Largest payload copied into a chunk.
+const MAX_POOLED_BYTES: usize = 2 * 1024;
+
+impl PayloadArena {
+    /// A copy of `payload`.
+    pub(crate) fn copy(&mut self, payload: &[u8]) -> Bytes {
+        if payload.is_empty() {
+            return Bytes::new();
+        }
+        if payload.len() > MAX_POOLED_BYTES {
+            return Bytes::copy_from_slice(payload);
+        }
+        // After a split the chunk is empty and its capacity is what is left of it; a fresh
+        // chunk replaces it when the payload does not fit (never `reserve`, which could copy
+        // or grow a shared one).
+        if self.chunk.capacity() < payload.len() {
+            self.chunk = BytesMut::with_capacity(CHUNK_BYTES);
+        }
+        self.chunk.extend_from_slice(payload);
+        self.chunk.split().freeze()
+    }
+}
+
 /// A received record's mailroom parts, from its headers.
 #[derive(Default)]
 struct Internal {
@@ -239,6 +278,11 @@ pub(crate) struct Decoded {
 /// ([`mailroom_core::wire::DROPPED_HEADER`]) so that the application sees the message was not
 /// read whole.
 pub(crate) fn decode(m: &impl rdkafka::Message) -> Decoded {
+    decode_with(m, None)
+}
+
+/// [`decode`], the payload copied into `arena` when one is given (a consumer's).
+pub(crate) fn decode_with(m: &impl rdkafka::Message, arena: Option<&mut PayloadArena>) -> Decoded {
     let mut headers = Headers::new();
     let mut internal = Internal::default();
     let mut raw_id = None;
@@ -323,7 +367,10 @@ pub(crate) fn decode(m: &impl rdkafka::Message) -> Decoded {
     let parts = MessageParts {
         id,
         key,
-        payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        payload: match arena {
+            Some(arena) => arena.copy(m.payload().unwrap_or_default()),
+            None => Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        },
         headers,
         timestamp,
         delay: None,
@@ -339,6 +386,34 @@ pub(crate) fn decode(m: &impl rdkafka::Message) -> Decoded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pooled_payloads_are_exact_copies_that_share_chunks_and_clone_without_copying() {
+        let mut arena = PayloadArena::default();
+        let a = arena.copy(b"first");
+        let b = arena.copy(b"second");
+        assert_eq!((&a[..], &b[..]), (&b"first"[..], &b"second"[..]));
+        // Consecutive small payloads sit side by side in one chunk.
+        assert_eq!(b.as_ptr(), a.as_ptr().wrapping_add(a.len()));
+        let kept = b.clone();
+        assert_eq!(kept.as_ptr(), b.as_ptr(), "a clone shares the bytes");
+        drop(b);
+        assert_eq!(&kept[..], b"second");
+        assert!(arena.copy(b"").is_empty());
+        // A chunk that is full is replaced; earlier payloads stay as they were.
+        let big = vec![7u8; MAX_POOLED_BYTES];
+        let copies: Vec<Bytes> = (0..2 * CHUNK_BYTES / MAX_POOLED_BYTES + 1)
+            .map(|_| arena.copy(&big))
+            .collect();
+        assert!(copies.iter().all(|c| c[..] == big[..]));
+        assert_eq!((&a[..], &kept[..]), (&b"first"[..], &b"second"[..]));
+        // A payload above the pooled size gets a buffer of its own.
+        let huge = vec![9u8; MAX_POOLED_BYTES + 1];
+        let own = arena.copy(&huge);
+        let next = arena.copy(b"x");
+        assert_eq!(&own[..], &huge[..]);
+        assert_ne!(next.as_ptr(), own.as_ptr().wrapping_add(own.len()));
+    }
 
     #[test]
     fn internal_headers_are_recognised_under_old_and_new_names() {

@@ -32,7 +32,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
-use crate::codec::{decode, Decoded};
+use crate::codec::{decode_with, Decoded, PayloadArena};
 use crate::config::KafkaConfig;
 use crate::connection::{blocking, Connection};
 use crate::offsets::{OffsetBook, TopicPartition};
@@ -218,6 +218,8 @@ pub struct KafkaConsumer {
     stored_at: Instant,
     /// Which records of the bound exchanges' topics this queue takes (client-side routing).
     routes: RouteFilter,
+    /// Where received payloads are copied to.
+    payloads: PayloadArena,
 }
 
 /// How long, at most, settled offsets wait before they are handed to librdkafka while records
@@ -297,6 +299,7 @@ impl KafkaConsumer {
             timeout,
             stored_at: Instant::now(),
             routes: RouteFilter::new(connection.declared.clone(), Arc::from(queue)),
+            payloads: PayloadArena::default(),
         })
     }
 
@@ -309,12 +312,17 @@ impl KafkaConsumer {
             .unwrap_or_else(|| Arc::from(name))
     }
 
-    fn delivery(scope: &Arc<SettleScope>, topic: Arc<str>, m: &BorrowedMessage<'_>) -> Delivery {
+    fn delivery(
+        scope: &Arc<SettleScope>,
+        topic: Arc<str>,
+        m: &BorrowedMessage<'_>,
+        payloads: &mut PayloadArena,
+    ) -> Delivery {
         let Decoded {
             message,
             attempt,
             routing_key,
-        } = decode(m);
+        } = decode_with(m, Some(payloads));
         let tp: TopicPartition = (topic, m.partition());
         let offset = m.offset();
         let epoch = scope.book.delivered(&tp, offset);
@@ -467,13 +475,19 @@ impl KafkaConsumer {
         scope: &Arc<SettleScope>,
         topics: &[Arc<str>],
         routes: &mut RouteFilter,
+        payloads: &mut PayloadArena,
         received: rdkafka::error::KafkaResult<BorrowedMessage<'_>>,
     ) -> Taken {
         match received {
             Ok(m) => {
                 // The record's topic name is read from librdkafka (a C string, checked as
-                // UTF-8) once per record, not once per use.
-                let topic = Self::topic_of(topics, m.topic());
+                // UTF-8) once per record, not once per use; not at all when only one topic is
+                // subscribed (a queue without bound exchanges): the group assigns only
+                // partitions of subscribed topics, and subscriptions are exact names.
+                let topic = match topics {
+                    [only] => only.clone(),
+                    _ => Self::topic_of(topics, m.topic()),
+                };
                 if consumer.context().replay_pending.load(Ordering::Relaxed) {
                     consumer
                         .context()
@@ -483,7 +497,7 @@ impl KafkaConsumer {
                 // records of bound exchanges go through the routing filter.
                 let own = topics.first().is_some_and(|q| Arc::ptr_eq(q, &topic));
                 if own || routes.admits(&m) {
-                    Taken::Delivery(Self::delivery(scope, topic, &m))
+                    Taken::Delivery(Self::delivery(scope, topic, &m, payloads))
                 } else {
                     scope.book.passed(&(topic, m.partition()), m.offset());
                     Taken::Passed
@@ -527,6 +541,7 @@ impl KafkaConsumer {
                 &self.scope,
                 &self.topics,
                 &mut self.routes,
+                &mut self.payloads,
                 received,
             ) {
                 Taken::Delivery(d) => return Some(Ok(d)),
@@ -581,6 +596,7 @@ impl Consumer for KafkaConsumer {
                 &self.scope,
                 &self.topics,
                 &mut self.routes,
+                &mut self.payloads,
                 received,
             ) {
                 Taken::Delivery(d) => return Ok(d),
