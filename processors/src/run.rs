@@ -20,8 +20,9 @@ pub struct Report {
     /// out of time.
     pub timed_out: bool,
     /// Inputs released unsettled during the run, which the broker redelivers: those held when
-    /// the drain timed out or a stage failed the pipeline, and those whose settle had not run
-    /// when settling timed out.
+    /// the drain timed out or a stage failed the pipeline, and those whose settle had not run,
+    /// or not finished, when settling timed out (an ack cancelled midway may have reached the
+    /// broker: then nothing comes back, else a duplicate, never a loss).
     pub unfinished: u64,
 }
 

@@ -85,14 +85,32 @@ impl Drop for Input {
 }
 
 /// The settle of one input, ready to run: ack, or nack-requeue when a branch asked for it.
-/// Dropped without running, it releases the input unsettled.
+/// Dropped without running, it releases the input unsettled; dropped while its settle is
+/// under way (the task awaiting it aborted or dropped on a timeout), it counts the input as
+/// released too, and frees its slot.
 pub(crate) struct SettleJob {
     obligation: Option<Settlement>,
     requeue: Option<Option<Duration>>,
     in_flight: Arc<InFlight>,
+    /// The obligation has moved into the ack (or nack) under way: dropped now, the settle was
+    /// cancelled midway and its outcome is unknown.
+    settling: bool,
 }
 
 impl SettleJob {
+    fn new(
+        obligation: Settlement,
+        requeue: Option<Option<Duration>>,
+        in_flight: Arc<InFlight>,
+    ) -> Self {
+        SettleJob {
+            obligation: Some(obligation),
+            requeue,
+            in_flight,
+            settling: false,
+        }
+    }
+
     /// Settle with the broker, then free the input's in-flight slot. Only the pipeline's own
     /// task calls this (the settler task calls [`run_in_settler`](SettleJob::run_in_settler)),
     /// so the ack count has one writer each.
@@ -110,13 +128,20 @@ impl SettleJob {
         let Some(obligation) = self.obligation.take() else {
             return;
         };
-        let requeue = self.requeue;
-        let result = match requeue {
+        self.settling = true;
+        let result = match self.requeue {
             None => obligation.ack().await,
             Some(delay) => obligation.nack(nack(delay)).await,
         };
+        self.settling = false;
+        self.settled(result, in_settler);
+    }
+
+    /// Count the settle's outcome and free the input's slot.
+    #[inline]
+    fn settled(&self, result: mailroom_core::Result<()>, in_settler: bool) {
         let counters = &self.in_flight.counters;
-        match (result, requeue.is_some()) {
+        match (result, self.requeue.is_some()) {
             (Ok(()), false) if in_settler => bump(&counters.acked_by_settler, 1),
             (Ok(()), false) => bump(&counters.acked, 1),
             (Ok(()), true) => {
@@ -143,6 +168,15 @@ impl Drop for SettleJob {
     fn drop(&mut self) {
         if let Some(obligation) = self.obligation.take() {
             release(obligation, &self.in_flight);
+        } else if self.settling {
+            // Cancelled midway: the broker may or may not have the ack, and redelivers the
+            // input if not. Counted as released, so that every input is either acked or
+            // released, and its slot is free again.
+            self.in_flight
+                .counters
+                .abandoned
+                .fetch_add(1, Ordering::Relaxed);
+            self.in_flight.slots.give_back();
         }
     }
 }
@@ -236,11 +270,7 @@ impl Token {
     /// This branch is finished; the input's settle job is returned when it was the last one.
     pub fn done(mut self) -> Option<SettleJob> {
         match std::mem::replace(&mut self.state, State::Gone) {
-            State::Sole(sole) => Some(SettleJob {
-                obligation: Some(sole.obligation),
-                requeue: None,
-                in_flight: sole.in_flight,
-            }),
+            State::Sole(sole) => Some(SettleJob::new(sole.obligation, None, sole.in_flight)),
             State::Forked(mut input) => {
                 if input.pending.fetch_sub(1, Ordering::AcqRel) != 1
                     || input.abandoned.load(Ordering::Acquire)
@@ -259,11 +289,11 @@ impl Token {
                         (held.obligation.take(), held.requeue)
                     }
                 };
-                Some(SettleJob {
-                    obligation: Some(obligation?),
+                Some(SettleJob::new(
+                    obligation?,
                     requeue,
-                    in_flight: input.in_flight.clone(),
-                })
+                    input.in_flight.clone(),
+                ))
             }
             State::Gone => None,
         }

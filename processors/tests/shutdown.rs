@@ -190,3 +190,56 @@ async fn a_shutdown_ends_even_when_acks_never_return() {
     let depth = broker.queue_depth("in").unwrap();
     assert_eq!(depth.ready, N, "every input back in the queue: {depth:?}");
 }
+
+/// An ack that never returns is cancelled when settling times out: its input was not acked,
+/// so it counts as unfinished (the broker gets it back) and its in-flight slot is free again,
+/// whichever task was awaiting it. `acked + unfinished` then accounts for every input.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_ack_counts_its_input_unfinished_and_frees_its_slot() {
+    const N: usize = 10;
+    // The settler task awaits the acks of filtered inputs; the sink awaits those of sent ones.
+    for filtered in [true, false] {
+        let broker = seeded(N).await;
+        let source = Logged {
+            inner: broker.consumer("in", Default::default()).await.unwrap(),
+            log: Log::default(),
+            hang_acks: true,
+        };
+        let flow = Pipeline::builder()
+            .drain_timeout(Duration::from_secs(2))
+            .source(Box::new(source) as Box<dyn Consumer>)
+            .flow()
+            .filter("drop-some", move |_: &Message| !filtered);
+        let pipeline = flow
+            .to(Sink::new(
+                Arc::from(broker.producer().await.unwrap()),
+                Destination::queue("out"),
+            ))
+            .unwrap();
+        let handle = pipeline.spawn();
+        // The sink awaits its first ack and takes no more than its first batch.
+        while handle.metrics().snapshot().received == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let report = tokio::time::timeout(Duration::from_secs(600), handle.shutdown())
+            .await
+            .expect("the shutdown must end")
+            .unwrap();
+        assert!(report.timed_out, "filtered {filtered}: {report:?}");
+        assert_eq!(report.metrics.acked, 0, "filtered {filtered}: {report:?}");
+        assert_eq!(
+            report.unfinished, report.metrics.received,
+            "filtered {filtered}: every input was left unsettled: {report:?}"
+        );
+        assert_eq!(
+            report.metrics.in_flight, 0,
+            "filtered {filtered}: no slot stays held after the run: {report:?}"
+        );
+        let depth = broker.queue_depth("in").unwrap();
+        assert_eq!(
+            depth.ready, N,
+            "filtered {filtered}: every input back: {depth:?}"
+        );
+    }
+}
