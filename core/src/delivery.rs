@@ -194,7 +194,7 @@ impl Delivery {
     /// For a loop that drains ready deliveries with
     /// [`Consumer::try_receive`](crate::Consumer::try_receive) without an `.await` per message.
     pub fn try_ack(mut self) -> TryAck {
-        match self.settle.try_ack() {
+        match self.settle.ack_now() {
             Some(acked) => TryAck::Done(acked),
             None => TryAck::Wait(self),
         }
@@ -212,13 +212,14 @@ impl Delivery {
     }
 }
 
-/// What [`Delivery::try_ack`] did.
+/// What [`Delivery::try_ack`] (or [`Settlement::try_ack`]) did.
 #[must_use = "a delivery handed back is still unsettled: ack it"]
-pub enum TryAck {
+pub enum TryAck<Unsettled = Delivery> {
     /// Acked at once; the ack's result.
     Done(Result<()>),
-    /// The ack has to wait for the broker: the delivery, unsettled, for [`Delivery::ack`].
-    Wait(Delivery),
+    /// The ack has to wait for the broker: the delivery (or settlement), unsettled, for its
+    /// `ack`.
+    Wait(Unsettled),
 }
 
 /// The obligation to settle one delivery, without its message: see [`Delivery::into_parts`].
@@ -239,11 +240,24 @@ impl Settlement {
 
     /// Ack at once where the backend can ([`Settle::try_ack`]), for a layer's settle handle
     /// to pass its backend's immediate ack on; `None` (still unsettled) otherwise.
-    pub(crate) fn try_ack(&mut self) -> Option<Result<()>> {
+    pub(crate) fn ack_now(&mut self) -> Option<Result<()>> {
         let acked = self.settle.as_mut()?.try_ack()?;
         // Spent: dropping it must not give the message back.
         self.settle = None;
         Some(acked)
+    }
+
+    /// Ack without waiting where the backend settles at once (the memory broker, Kafka's
+    /// offset book): [`TryAck::Done`] with the ack's result, or [`TryAck::Wait`] handing the
+    /// settlement back unsettled when the ack has to wait for the broker — then `ack` it.
+    /// What [`Delivery::try_ack`] is for a delivery taken apart with `into_parts` (a pipeline
+    /// settling its input after its outputs are confirmed).
+    #[inline]
+    pub fn try_ack(mut self) -> TryAck<Settlement> {
+        match self.ack_now() {
+            Some(acked) => TryAck::Done(acked),
+            None => TryAck::Wait(self),
+        }
     }
 
     /// Acknowledge: processing is done.
@@ -406,6 +420,28 @@ mod tests {
             panic!("this backend has no at-once ack");
         };
         assert_eq!(back.message().id(), &id);
+        assert!(log.lock().unwrap().is_empty(), "still unsettled");
+        run(back.ack()).unwrap();
+        assert_eq!(*log.lock().unwrap(), ["ack"]);
+    }
+
+    #[test]
+    fn a_settlement_acks_at_once_where_the_backend_can_and_comes_back_where_it_cannot() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (_, _, settlement) = Delivery::new(
+            Message::new("p"),
+            DeliveryInfo::new("q"),
+            Box::new(AcksAtOnce(log.clone())),
+        )
+        .into_parts();
+        assert!(matches!(settlement.try_ack(), TryAck::Done(Ok(()))));
+        assert_eq!(*log.lock().unwrap(), ["try_ack"], "spent: no abandon");
+
+        let (d, log) = delivery();
+        let (_, _, settlement) = d.into_parts();
+        let TryAck::Wait(back) = settlement.try_ack() else {
+            panic!("this backend has no at-once ack");
+        };
         assert!(log.lock().unwrap().is_empty(), "still unsettled");
         run(back.ack()).unwrap();
         assert_eq!(*log.lock().unwrap(), ["ack"]);

@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::in_flight::InFlight;
 use crate::metrics::bump;
 use mailroom_core::delivery::Settlement;
-use mailroom_core::{DeliveryInfo, Message, Nack};
+use mailroom_core::{DeliveryInfo, Message, Nack, TryAck};
 
 /// Where an input sits in its source: (source lane, offset), for brokers with offsets.
 pub(crate) type Position = (u64, i64);
@@ -117,6 +117,27 @@ impl SettleJob {
     pub fn run(self) -> impl std::future::Future<Output = ()> + Send {
         // The settle's own future, not one wrapped around it: this runs once per message.
         self.settle(false)
+    }
+
+    /// Settle now, without a future, where the backend acks at once (the memory broker,
+    /// Kafka's offset book): `None` once done. The job comes back when its settle has to wait
+    /// (a requeue, or an ack the broker answers later): [`run`](SettleJob::run) it.
+    #[inline]
+    pub fn try_run(mut self) -> Option<SettleJob> {
+        if self.requeue.is_some() {
+            return Some(self);
+        }
+        let obligation = self.obligation.take()?;
+        match obligation.try_ack() {
+            TryAck::Done(acked) => {
+                self.settled(acked, false);
+                None
+            }
+            TryAck::Wait(obligation) => {
+                self.obligation = Some(obligation);
+                Some(self)
+            }
+        }
     }
 
     /// [`run`](SettleJob::run), from the settler task.

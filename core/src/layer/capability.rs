@@ -385,7 +385,7 @@ impl Settle for CheckedSettle {
 
     // An ack is never refused: the backend's immediate ack goes through as it is.
     fn try_ack(&mut self) -> Option<Result<()>> {
-        self.inner.try_ack()
+        self.inner.ack_now()
     }
 }
 

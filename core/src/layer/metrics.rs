@@ -545,7 +545,7 @@ impl Settle for MeteredSettle {
     /// sparing the boxed ack future under this layer.
     fn try_ack(&mut self) -> Option<Result<()>> {
         let started = Instant::now();
-        let acked = self.inner.try_ack()?;
+        let acked = self.inner.ack_now()?;
         Some(timed(&self.meters.ack, started, acked))
     }
 }

@@ -562,7 +562,7 @@ impl Settle for TracedSettle {
     /// no way to know before it whether the backend acks at once: opened first, a backend
     /// that does not would leave an empty span beside the one its `ack` opens.
     fn try_ack(&mut self) -> Option<Result<()>> {
-        let acked = self.inner.try_ack()?;
+        let acked = self.inner.ack_now()?;
         record(&self.span("ack"), &acked);
         Some(acked)
     }

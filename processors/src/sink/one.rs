@@ -125,7 +125,11 @@ pub(super) async fn drive_one(
                 count_output(&stage);
                 // Settled in place, without a future per layer: the usual single input.
                 match t.single() {
-                    Ok(Some(job)) => job.run().await,
+                    Ok(Some(job)) => {
+                        if let Some(job) = job.try_run() {
+                            job.run().await;
+                        }
+                    }
                     Ok(None) => {}
                     Err(many) => many.done().await,
                 }
