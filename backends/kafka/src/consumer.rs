@@ -34,8 +34,9 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
 use crate::codec::{decode_with, Decoded, PayloadArena};
 use crate::config::KafkaConfig;
-use crate::connection::{blocking, Connection};
+use crate::connection::Connection;
 use crate::offsets::{OffsetBook, TopicPartition};
+use crate::replay::replay_plan;
 use crate::routing::RouteFilter;
 use crate::settle::{KafkaSettle, SettleScope};
 use crate::topology::validate_topic;
@@ -359,88 +360,6 @@ impl KafkaConsumer {
         .with_backend(BACKEND)
         .with_operation(CLOSE)
     }
-}
-
-/// Resolve the replay option into a start offset per partition.
-///
-/// `Latest` and `Time` are resolved now, to offsets, so that messages sent between this call
-/// and the group join still count, and so that a broker that cannot answer fails `consume`
-/// with an error instead of the replay being skipped later in a rebalance callback.
-async fn replay_plan(
-    connection: &Arc<Connection>,
-    replay: Option<Replay>,
-    partitions: &[(String, Vec<i32>)],
-) -> Result<HashMap<TopicPartition, Offset>> {
-    let Some(replay) = replay else {
-        return Ok(HashMap::new());
-    };
-    let all: Vec<TopicPartition> = partitions
-        .iter()
-        .flat_map(|(t, ps)| {
-            let topic: Arc<str> = Arc::from(t.as_str());
-            ps.iter().map(move |p| (topic.clone(), *p))
-        })
-        .collect();
-    let at = |o: Offset| all.iter().map(|tp| (tp.clone(), o)).collect();
-    Ok(match replay {
-        Replay::Earliest => at(Offset::Beginning),
-        Replay::Offset(o) => at(Offset::Offset(o)),
-        Replay::Latest => {
-            let connection = connection.clone();
-            blocking(move || {
-                let timeout = connection.config.operation_timeout;
-                let mut plan = HashMap::new();
-                for tp in all {
-                    let high = high_watermark(&connection, &tp, timeout)?;
-                    plan.insert(tp, Offset::Offset(high));
-                }
-                Ok(plan)
-            })
-            .await?
-        }
-        Replay::Time(t) => {
-            let connection = connection.clone();
-            let ms = t.as_millis() as i64;
-            blocking(move || {
-                let timeout = connection.config.operation_timeout;
-                // offsets_for_times is a consumer call in rdkafka: a consumer outside any
-                // group, for this lookup only.
-                let lookup: BaseConsumer = connection
-                    .config
-                    .client_config(&[])
-                    .create()
-                    .map_err(|e| error::map(e, CONSUME))?;
-                let mut times = TopicPartitionList::new();
-                for (topic, partition) in &all {
-                    let _ = times.add_partition_offset(topic, *partition, Offset::Offset(ms));
-                }
-                let found = lookup
-                    .offsets_for_times(times, timeout)
-                    .map_err(|e| error::map(e, CONSUME))?;
-                let mut plan = HashMap::new();
-                for tp in all {
-                    let offset = match found.find_partition(&tp.0, tp.1).map(|e| e.offset()) {
-                        Some(o @ Offset::Offset(_)) => o,
-                        // No record at or after the time: the end *now*, as for Latest.
-                        _ => Offset::Offset(high_watermark(&connection, &tp, timeout)?),
-                    };
-                    plan.insert(tp, offset);
-                }
-                Ok(plan)
-            })
-            .await?
-        }
-    })
-}
-
-/// The offset the next record of `tp` will get (blocking).
-fn high_watermark(connection: &Connection, tp: &TopicPartition, timeout: Duration) -> Result<i64> {
-    let (_, high) = connection
-        .admin
-        .inner()
-        .fetch_watermarks(&tp.0, tp.1, timeout)
-        .map_err(|e| error::map(e, CONSUME))?;
-    Ok(high)
 }
 
 pub(crate) fn is_moot(e: &KafkaError) -> bool {

@@ -13,6 +13,7 @@ pub mod fuzzing;
 mod lag;
 mod offsets;
 mod producer;
+mod replay;
 mod routing;
 mod settle;
 mod topology;
