@@ -127,7 +127,7 @@ pub(super) fn settings_note(c: &Comparison) -> String {
 }
 
 /// What the mailroom-vs-raw table's figures are, above it in both formats.
-pub(super) const RATIO_INTRO: &str = "Each max-rate workload also ran on the raw client the backend is built on, configured as the backend configures it. Ratio = backend msgs/s ÷ raw msgs/s; 1.0 means the abstraction costs nothing. Where it says \"paired searches\", the rates are from max-rate searches of the backend and the raw client run at once, a step of one then a step of the other (the order swapped every pair), so what the machine does meanwhile lands on both; each side's figure is its highest over the rounds (a busy machine can only lower a round's figure), and the rounds' own ratios are shown as their spread. Otherwise the rates are those the workload's runs moved end to end. The e2e p99 figures are always the workload runs'.";
+pub(super) const RATIO_INTRO: &str = "Each max-rate workload also ran on the raw client the backend is built on, configured as the backend configures it. Ratio = backend msgs/s ÷ raw msgs/s; 1.0 means the abstraction costs nothing. Where it says \"paired searches\", the rates are from max-rate searches of the backend and the raw client run at once, a step of one then a step of the other (the order swapped every pair), so what the machine does meanwhile lands on both; the ratio and the two rates are those of the median round (the round whose ratio is the median of the rounds'), and the rounds' own ratios are shown as their spread. Otherwise the rates are those the workload's runs moved end to end. The e2e p99 figures are always the workload runs'.";
 
 /// The ratio, or why there is none.
 pub(super) fn ratio_cell(r: &BaselineRatio) -> String {
