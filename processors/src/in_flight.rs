@@ -89,6 +89,18 @@ impl Slots {
         }
     }
 
+    /// Give back `n` slots at once (inputs settled one after another by one task), waking as
+    /// many waiting sources as there are.
+    #[inline]
+    pub fn give_back_many(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            for _ in 0..n {
+                self.freed.notify_one();
+            }
+        }
+    }
+
     /// Slots held right now.
     #[inline]
     pub fn held(&self) -> usize {

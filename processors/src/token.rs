@@ -168,11 +168,7 @@ impl SettleJob {
             (Ok(()), true) => {
                 counters.requeued.fetch_add(1, Ordering::Relaxed);
             }
-            // The broker keeps the message and redelivers it: a duplicate later, not a loss.
-            (Err(e), _) => {
-                counters.settle_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "settling an input failed; the broker will redeliver it");
-            }
+            (Err(e), _) => settle_failed(&self.in_flight, e),
         }
         self.in_flight.slots.give_back();
     }
@@ -199,6 +195,52 @@ impl Drop for SettleJob {
                 .fetch_add(1, Ordering::Relaxed);
             self.in_flight.slots.give_back();
         }
+    }
+}
+
+/// An ack the broker refused: it keeps the message and redelivers it (a duplicate later, not a
+/// loss).
+#[cold]
+fn settle_failed(in_flight: &InFlight, e: mailroom_core::Error) {
+    in_flight
+        .counters
+        .settle_errors
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(error = %e, "settling an input failed; the broker will redeliver it");
+}
+
+/// Inputs acked at once, one after another, by the pipeline's own task (a sink going through
+/// a batch): their slots and ack count reach the shared counters together, in one atomic
+/// subtraction and one store, instead of one of each per input. [`flush`](Tally::flush) before
+/// anything that waits, so that a slot is never held back across an await; dropped (the task
+/// cancelled between two flushes), it flushes too, so no slot is lost.
+pub(crate) struct Tally<'a> {
+    in_flight: &'a InFlight,
+    acked: u64,
+}
+
+impl<'a> Tally<'a> {
+    pub fn new(in_flight: &'a InFlight) -> Self {
+        Tally {
+            in_flight,
+            acked: 0,
+        }
+    }
+
+    /// Count the acks so far and give their slots back (waking a waiting source).
+    #[inline]
+    pub fn flush(&mut self) {
+        if self.acked > 0 {
+            bump(&self.in_flight.counters.acked, self.acked);
+            self.in_flight.slots.give_back_many(self.acked as usize);
+            self.acked = 0;
+        }
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -230,6 +272,10 @@ impl Token {
     /// pipeline's `delivery`-th, settled through `obligation`; `original` is its message when
     /// the pipeline keeps originals. The input holds one of `in_flight`'s slots, given back when
     /// it is settled or released.
+    ///
+    /// Inlined into the source: called, its arguments (a message among them) are copied into
+    /// place once more for every input.
+    #[inline(always)]
     pub fn new(
         obligation: Settlement,
         info: DeliveryInfo,
@@ -317,6 +363,39 @@ impl Token {
                 ))
             }
             State::Gone => None,
+        }
+    }
+
+    /// [`done`](Token::done), settling at once where it can: the last branch of an input whose
+    /// backend acks without waiting is acked here, counted in `tally` (its slot given back at
+    /// the tally's next flush). `Some` is a settle that has to wait: flush, then run it.
+    ///
+    /// The usual single-branch input goes straight from its obligation to the ack, without a
+    /// settle job in between: this runs once per message.
+    #[inline(always)]
+    pub fn done_now(mut self, tally: &mut Tally<'_>) -> Option<SettleJob> {
+        let state = std::mem::replace(&mut self.state, State::Gone);
+        // What is left is `Gone`, which `Drop` has nothing to do for: skipping its call saves
+        // a call per message, and leaks nothing.
+        std::mem::forget(self);
+        match state {
+            State::Sole(Sole {
+                obligation,
+                in_flight,
+                ..
+            }) => match obligation.try_ack() {
+                TryAck::Done(Ok(())) => {
+                    tally.acked += 1;
+                    None
+                }
+                TryAck::Done(Err(e)) => {
+                    settle_failed(&in_flight, e);
+                    in_flight.slots.give_back();
+                    None
+                }
+                TryAck::Wait(obligation) => Some(SettleJob::new(obligation, None, in_flight)),
+            },
+            state => Token { state }.done()?.try_run(),
         }
     }
 

@@ -581,3 +581,79 @@ async fn drain_timeout_reports_unfinished_inputs_and_releases_them() {
     let depth = broker.queue_depth("in").unwrap();
     assert_eq!(depth.ready, 3, "released inputs are back in the queue");
 }
+
+/// A consumer whose every ack is refused at once (`Settle::try_ack` answers an error without
+/// waiting), as a broker that lost the delivery's channel would. The memory broker underneath
+/// is acked all the same: were the input redelivered, the pipeline would go round forever.
+struct RefusesAcks(Box<dyn mailroom_core::Consumer>);
+
+struct RefusedAck(Option<mailroom_core::Delivery>);
+
+#[async_trait::async_trait]
+impl mailroom_core::Settle for RefusedAck {
+    async fn ack(self: Box<Self>) -> mailroom_core::Result<()> {
+        Err(Error::new(ErrorKind::Broker, "ack refused"))
+    }
+    async fn nack(self: Box<Self>, _: mailroom_core::Nack) -> mailroom_core::Result<()> {
+        Err(Error::new(ErrorKind::Broker, "nack refused"))
+    }
+    fn abandon(self: Box<Self>) {}
+    fn try_ack(&mut self) -> Option<mailroom_core::Result<()>> {
+        if let Some(inner) = self.0.take() {
+            assert!(matches!(
+                inner.try_ack(),
+                mailroom_core::TryAck::Done(Ok(()))
+            ));
+        }
+        Some(Err(Error::new(ErrorKind::Broker, "ack refused")))
+    }
+}
+
+impl RefusesAcks {
+    fn wrap(d: mailroom_core::Delivery) -> mailroom_core::Delivery {
+        let (message, info) = (d.message().clone(), d.info().clone());
+        mailroom_core::Delivery::new(message, info, Box::new(RefusedAck(Some(d))))
+    }
+}
+
+#[async_trait::async_trait]
+impl mailroom_core::Consumer for RefusesAcks {
+    async fn receive(&mut self) -> mailroom_core::Result<mailroom_core::Delivery> {
+        self.0.receive().await.map(Self::wrap)
+    }
+    fn try_receive(&mut self) -> Option<mailroom_core::Result<mailroom_core::Delivery>> {
+        self.0.try_receive().map(|r| r.map(Self::wrap))
+    }
+    async fn close(&mut self) -> mailroom_core::Result<()> {
+        self.0.close().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ack_refused_at_once_counts_a_settle_error_and_frees_the_inputs_slot() {
+    const N: usize = 20;
+    let (_broker, mut d) = driver(&["in", "out"]).await;
+    let source: Box<dyn mailroom_core::Consumer> =
+        Box::new(RefusesAcks(d.consumer("in").await.unwrap()));
+    // Fewer slots than inputs: a refused ack that kept its slot would stall the source.
+    let pipeline = Pipeline::builder()
+        .max_in_flight(4)
+        .source(source)
+        .flow()
+        .map("same", |m: Message| m)
+        .to(d.sink("out"))
+        .unwrap();
+    d.start(pipeline);
+    for i in 0..N {
+        d.pipe("in", Message::new(i.to_string())).await.unwrap();
+    }
+    d.run_until_idle().await;
+    let report = d.shutdown().await.unwrap();
+    assert_eq!(report.metrics.out, N as u64, "{report:?}");
+    assert_eq!(report.metrics.settle_errors, N as u64, "{report:?}");
+    assert_eq!(report.metrics.acked, 0, "{report:?}");
+    assert_eq!(
+        report.metrics.in_flight, 0,
+        "every slot given back: {report:?}"
+    );
+}

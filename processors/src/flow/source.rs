@@ -142,14 +142,16 @@ impl SourceState {
                 .in_flight_peak
                 .fetch_max(held, AtomicOrdering::Relaxed);
         }
-        let (value, info, obligation) = delivery.into_parts();
-        // The key is shared with the message (one `Arc`), not copied.
-        let (value, key) = if value.key().is_some() {
+        let (mut value, info, obligation) = delivery.into_parts();
+        // The key is shared with the message (one `Arc`), not copied. A message without one
+        // stays where it is: an `if` yielding the message on both branches copies it whole.
+        let key = if value.key().is_some() {
             let parts = value.into_parts();
             let key = parts.key.clone();
-            (Message::from_parts(parts), key)
+            value = Message::from_parts(parts);
+            key
         } else {
-            (value, None)
+            None
         };
         let event_time = value.timestamp();
         let trace = TraceContext::extract(value.headers()).map(Box::new);

@@ -13,6 +13,7 @@ use super::{give_trace, Sink};
 use crate::flow::{Item, Meta, Step};
 use crate::metrics::add;
 use crate::stage::RunningStage;
+use crate::token::{Tally, Tokens};
 
 /// Most messages handed to a sink in one `enqueue_batch`.
 ///
@@ -120,21 +121,28 @@ pub(super) async fn drive_one(
                 ),
             ));
         }
+        // The batch's acks reach the shared counters (and their slots the source) together,
+        // flushed before anything that waits.
+        let mut tally = Tally::new(&stage.in_flight);
         for (enqueued, t) in pending.drain(..).zip(tokens.drain(..)) {
             if let Some(t) = enqueued_now(&stage, &sink, enqueued, t, &mut confirms) {
                 count_output(&stage);
                 // Settled in place, without a future per layer: the usual single input.
-                match t.single() {
-                    Ok(Some(job)) => {
-                        if let Some(job) = job.try_run() {
+                match t {
+                    Tokens::One(t) => {
+                        if let Some(job) = t.done_now(&mut tally) {
+                            tally.flush();
                             job.run().await;
                         }
                     }
-                    Ok(None) => {}
-                    Err(many) => many.done().await,
+                    many => {
+                        tally.flush();
+                        many.done().await;
+                    }
                 }
             }
         }
+        drop(tally);
         values.clear();
         pacer.passed(n as u32).await;
     }
