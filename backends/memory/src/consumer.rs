@@ -1,6 +1,7 @@
 //! Receiving from the in-memory broker: taking the next ready message and waiting for one.
 
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -10,7 +11,6 @@ use mailroom_core::operation::CONSUME;
 use mailroom_core::{Capability, Consumer, ConsumerOptions, Delivery, Result};
 
 use crate::broker::Broker;
-use crate::codec::Entry;
 use crate::queue::{Pop, Queue};
 use crate::settle::{MemorySettle, SettleTarget};
 use crate::BACKEND;
@@ -34,8 +34,16 @@ pub struct MemoryConsumer {
     queue: Arc<Queue>,
     /// The broker and queue again, as every delivery's settle handle holds them.
     target: Arc<SettleTarget>,
+    /// A settle box allocated for a receive that found nothing: the next one fills it.
+    spare: Option<Slot>,
+    /// When the next delayed message falls due, as the last look that found nothing saw it.
+    next_due: Option<tokio::time::Instant>,
     closed: bool,
 }
+
+/// Room for a delivery's settle handle, which the next message is moved into straight from
+/// the queue (see [`Queue::pop_with`]).
+type Slot = Box<MaybeUninit<MemorySettle>>;
 
 impl MemoryConsumer {
     pub(crate) fn new(broker: Arc<Broker>, queue: &str, options: ConsumerOptions) -> Result<Self> {
@@ -56,30 +64,66 @@ impl MemoryConsumer {
             broker,
             queue,
             target,
+            spare: None,
+            next_due: None,
             closed: false,
         })
     }
 
     /// A ready message if there is one (expired ones found on the way are dead-lettered), or
     /// when the next delayed message falls due.
-    fn try_take(&self) -> Result<Next> {
+    fn try_take(&mut self) -> Result<Next> {
+        match self.take_next() {
+            Some(Ok(delivery)) => Ok(Next::Delivery(delivery)),
+            Some(Err(e)) => Err(e),
+            None => Ok(Next::Wait(self.next_due)),
+        }
+    }
+
+    /// The next ready message as a delivery (expired ones found on the way are
+    /// dead-lettered), or `None` with [`next_due`](Self::next_due) set when nothing is ready.
+    /// In `try_receive`'s shape: every enum a delivery passes through on its way out costs a
+    /// copy of it, and this is the per-message path of a draining loop.
+    ///
+    /// The settle box is allocated before the queue is locked and the entry moved into it
+    /// under the lock, once; a look that finds nothing keeps the box for the next one.
+    #[inline(always)]
+    fn take_next(&mut self) -> Option<Result<Delivery>> {
         loop {
-            match self.queue.pop().map_err(|e| e.with_backend(BACKEND))? {
-                Pop::Entry(entry) => return Ok(Next::Delivery(self.delivery(entry))),
-                Pop::Expired(entry) => {
+            let slot = self.spare.take().unwrap_or_else(Box::new_uninit);
+            // Cloned before the lock, not under it: the lock is held only for the move.
+            let target = self.target.clone();
+            let popped = self
+                .queue
+                .pop_with((slot, target), |(slot, target), entry| {
+                    Box::write(slot, MemorySettle::new(target, entry))
+                });
+            let popped = match popped {
+                Ok(popped) => popped,
+                Err(e) => return Some(Err(e.with_backend(BACKEND))),
+            };
+            match popped {
+                Pop::Taken(settle) => return Some(Ok(self.delivery(settle))),
+                Pop::Expired(entry, (slot, _target)) => {
+                    self.spare = Some(slot);
                     self.broker
-                        .dead_letter(&self.queue, entry, "message TTL expired");
+                        .dead_letter(&self.queue, *entry, "message TTL expired");
                 }
-                Pop::Empty { next_due } => return Ok(Next::Wait(next_due)),
+                Pop::Empty {
+                    place: (slot, _target),
+                    next_due,
+                } => {
+                    self.spare = Some(slot);
+                    self.next_due = next_due;
+                    return None;
+                }
             }
         }
     }
 
-    #[inline]
-    fn delivery(&self, entry: Entry) -> Delivery {
-        // Boxed first and read from the box: the entry is moved once, into the box, where
-        // reading it first and boxing it after moved it three times (each a copy of it).
-        let settle = Box::new(MemorySettle::new(self.target.clone(), entry));
+    #[inline(always)]
+    fn delivery(&self, settle: Box<MemorySettle>) -> Delivery {
+        // Read from the box the entry was moved into under the queue's lock.
         let (message, info) = settle.received(self.queue.source());
         Delivery::new(message, info, settle)
     }
@@ -88,6 +132,8 @@ impl MemoryConsumer {
 impl MemoryConsumer {
     /// The wait for a message, when none was ready at the first look.
     async fn receive_waiting(&mut self) -> Result<Delivery> {
+        // Its own handle on the queue: the wake-up borrows it while a look borrows `self`.
+        let queue = self.queue.clone();
         loop {
             if self.closed || self.broker.is_closed() {
                 return Err(closed_consumer(BACKEND));
@@ -96,10 +142,10 @@ impl MemoryConsumer {
                 // Arm the wake-up and count this consumer as waiting before looking again, so
                 // a push between the look and the wait is not missed. Nothing awaits while
                 // holding a message, which keeps this cancel-safe.
-                let readable = self.queue.readable().notified();
+                let readable = queue.readable().notified();
                 tokio::pin!(readable);
                 readable.as_mut().enable();
-                let _waiting = self.queue.wait_readable();
+                let _waiting = queue.wait_readable();
                 match self.try_take()? {
                     Next::Delivery(d) => return Ok(d),
                     Next::Wait(Some(due)) => {
@@ -122,26 +168,12 @@ impl MemoryConsumer {
     }
 
     /// A delivery if one is ready, without waiting (`None` when `receive` would wait).
-    ///
-    /// Builds the delivery straight into its result, not through [`Next`]: every enum a
-    /// delivery passes through on its way out costs a copy of it, and this is the per-message
-    /// path of a draining loop.
     #[inline]
     fn receive_now(&mut self) -> Option<Result<Delivery>> {
         if self.closed || self.broker.is_closed() {
             return Some(Err(closed_consumer(BACKEND)));
         }
-        loop {
-            match self.queue.pop() {
-                Ok(Pop::Entry(entry)) => return Some(Ok(self.delivery(entry))),
-                Ok(Pop::Expired(entry)) => {
-                    self.broker
-                        .dead_letter(&self.queue, entry, "message TTL expired");
-                }
-                Ok(Pop::Empty { .. }) => return None,
-                Err(e) => return Some(Err(e.with_backend(BACKEND))),
-            }
-        }
+        self.take_next()
     }
 }
 
