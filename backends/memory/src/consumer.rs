@@ -1,7 +1,6 @@
 //! Receiving from the in-memory broker: taking the next ready message and waiting for one.
 
 use std::future::Future;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -34,16 +33,10 @@ pub struct MemoryConsumer {
     queue: Arc<Queue>,
     /// The broker and queue again, as every delivery's settle handle holds them.
     target: Arc<SettleTarget>,
-    /// A settle box allocated for a receive that found nothing: the next one fills it.
-    spare: Option<Slot>,
     /// When the next delayed message falls due, as the last look that found nothing saw it.
     next_due: Option<tokio::time::Instant>,
     closed: bool,
 }
-
-/// Room for a delivery's settle handle, which the next message is moved into straight from
-/// the queue (see [`Queue::pop_with`]).
-type Slot = Box<MaybeUninit<MemorySettle>>;
 
 impl MemoryConsumer {
     pub(crate) fn new(broker: Arc<Broker>, queue: &str, options: ConsumerOptions) -> Result<Self> {
@@ -64,7 +57,6 @@ impl MemoryConsumer {
             broker,
             queue,
             target,
-            spare: None,
             next_due: None,
             closed: false,
         })
@@ -85,35 +77,28 @@ impl MemoryConsumer {
     /// In `try_receive`'s shape: every enum a delivery passes through on its way out costs a
     /// copy of it, and this is the per-message path of a draining loop.
     ///
-    /// The settle box is allocated before the queue is locked and the entry moved into it
-    /// under the lock, once; a look that finds nothing keeps the box for the next one.
+    /// The entry is moved from the queue's buffer into its settle box under the queue's lock,
+    /// and read from there: returning it to box it after the lock was given up copied it out
+    /// of the buffer, through each enum it passed, and into the box.
     #[inline(always)]
     fn take_next(&mut self) -> Option<Result<Delivery>> {
         loop {
-            let slot = self.spare.take().unwrap_or_else(Box::new_uninit);
-            // Cloned before the lock, not under it: the lock is held only for the move.
+            // Cloned before the lock, not under it.
             let target = self.target.clone();
-            let popped = self
-                .queue
-                .pop_with((slot, target), |(slot, target), entry| {
-                    Box::write(slot, MemorySettle::new(target, entry))
-                });
+            let popped = self.queue.pop_with(target, |target, entry| {
+                Box::new(MemorySettle::new(target, entry))
+            });
             let popped = match popped {
                 Ok(popped) => popped,
                 Err(e) => return Some(Err(e.with_backend(BACKEND))),
             };
             match popped {
                 Pop::Taken(settle) => return Some(Ok(self.delivery(settle))),
-                Pop::Expired(entry, (slot, _target)) => {
-                    self.spare = Some(slot);
+                Pop::Expired(entry) => {
                     self.broker
                         .dead_letter(&self.queue, *entry, "message TTL expired");
                 }
-                Pop::Empty {
-                    place: (slot, _target),
-                    next_due,
-                } => {
-                    self.spare = Some(slot);
+                Pop::Empty { next_due } => {
                     self.next_due = next_due;
                     return None;
                 }

@@ -72,14 +72,14 @@ pub struct QueueDepth {
 }
 
 /// What [`Queue::pop_with`] found.
-pub(crate) enum Pop<P, R> {
+pub(crate) enum Pop<R> {
     /// The next message, as `take` made it.
     Taken(R),
     /// Expired by TTL: the caller dead-letters it (boxed: rare, and it would widen every
-    /// pop's result). The place comes back unused.
-    Expired(Box<Entry>, P),
-    /// Nothing ready; the place back, and when the next delayed message falls due.
-    Empty { place: P, next_due: Option<Instant> },
+    /// pop's result).
+    Expired(Box<Entry>),
+    /// Nothing ready; when the next delayed message falls due.
+    Empty { next_due: Option<Instant> },
 }
 
 /// Why [`Queue::try_push`] did not take a message.
@@ -281,12 +281,12 @@ impl Queue {
     /// Take the next deliverable message, if any, handing it to `take` together with `place`
     /// while the lock is held.
     ///
-    /// `take` moves the entry straight from the queue's buffer into `place` (the consumer's
-    /// settle box): the entry is copied once, where returning it to write it after the lock was
-    /// given up copied it out of the buffer, through each enum it passed, and into the box. A
-    /// pop that finds nothing hands `place` back for the next one.
+    /// `take` moves the entry from the queue's buffer to where it stays (the consumer's settle
+    /// box) while the lock is held: returned to be boxed after the lock was given up, it was
+    /// copied out of the buffer, through each enum it passed, and into the box. A pop that
+    /// does not call `take` drops `place`.
     #[inline(always)]
-    pub fn pop_with<P, R>(&self, place: P, take: impl FnOnce(P, Entry) -> R) -> Result<Pop<P, R>> {
+    pub fn pop_with<P, R>(&self, place: P, take: impl FnOnce(P, Entry) -> R) -> Result<Pop<R>> {
         if self.is_deleted() {
             return Err(self.deleted_error());
         }
@@ -297,7 +297,7 @@ impl Queue {
         let expired = match state.ready.front() {
             None => {
                 let next_due = state.delayed.peek().map(|Reverse(d)| d.due);
-                return Ok(Pop::Empty { place, next_due });
+                return Ok(Pop::Empty { next_due });
             }
             Some(front) => match (self.spec.message_ttl, front.enqueued_at) {
                 (Some(ttl), Some(at)) => at.elapsed() > ttl,
@@ -305,15 +305,12 @@ impl Queue {
             },
         };
         let Some(mut entry) = state.ready.pop_front() else {
-            return Ok(Pop::Empty {
-                place,
-                next_due: None,
-            });
+            return Ok(Pop::Empty { next_due: None });
         };
         if expired {
             drop(state);
             self.wake_writer();
-            return Ok(Pop::Expired(Box::new(entry), place));
+            return Ok(Pop::Expired(Box::new(entry)));
         }
         entry.deliveries += 1;
         let taken = take(place, entry);
