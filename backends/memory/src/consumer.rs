@@ -10,7 +10,6 @@ use mailroom_core::operation::CONSUME;
 use mailroom_core::{Capability, Consumer, ConsumerOptions, Delivery, Result};
 
 use crate::broker::Broker;
-use crate::codec::Entry;
 use crate::queue::{Pop, Queue};
 use crate::settle::{MemorySettle, SettleTarget};
 use crate::BACKEND;
@@ -34,6 +33,8 @@ pub struct MemoryConsumer {
     queue: Arc<Queue>,
     /// The broker and queue again, as every delivery's settle handle holds them.
     target: Arc<SettleTarget>,
+    /// When the next delayed message falls due, as the last look that found nothing saw it.
+    next_due: Option<tokio::time::Instant>,
     closed: bool,
 }
 
@@ -56,30 +57,58 @@ impl MemoryConsumer {
             broker,
             queue,
             target,
+            next_due: None,
             closed: false,
         })
     }
 
     /// A ready message if there is one (expired ones found on the way are dead-lettered), or
     /// when the next delayed message falls due.
-    fn try_take(&self) -> Result<Next> {
+    fn try_take(&mut self) -> Result<Next> {
+        match self.take_next() {
+            Some(Ok(delivery)) => Ok(Next::Delivery(delivery)),
+            Some(Err(e)) => Err(e),
+            None => Ok(Next::Wait(self.next_due)),
+        }
+    }
+
+    /// The next ready message as a delivery (expired ones found on the way are
+    /// dead-lettered), or `None` with [`next_due`](Self::next_due) set when nothing is ready.
+    /// In `try_receive`'s shape: every enum a delivery passes through on its way out costs a
+    /// copy of it, and this is the per-message path of a draining loop.
+    ///
+    /// The entry is moved from the queue's buffer into its settle box under the queue's lock,
+    /// and read from there: returning it to box it after the lock was given up copied it out
+    /// of the buffer, through each enum it passed, and into the box.
+    #[inline(always)]
+    fn take_next(&mut self) -> Option<Result<Delivery>> {
         loop {
-            match self.queue.pop().map_err(|e| e.with_backend(BACKEND))? {
-                Pop::Entry(entry) => return Ok(Next::Delivery(self.delivery(entry))),
+            // Cloned before the lock, not under it.
+            let target = self.target.clone();
+            let popped = self.queue.pop_with(target, |target, entry| {
+                Box::new(MemorySettle::new(target, entry))
+            });
+            let popped = match popped {
+                Ok(popped) => popped,
+                Err(e) => return Some(Err(e.with_backend(BACKEND))),
+            };
+            match popped {
+                Pop::Taken(settle) => return Some(Ok(self.delivery(settle))),
                 Pop::Expired(entry) => {
                     self.broker
-                        .dead_letter(&self.queue, entry, "message TTL expired");
+                        .dead_letter(&self.queue, *entry, "message TTL expired");
                 }
-                Pop::Empty { next_due } => return Ok(Next::Wait(next_due)),
+                Pop::Empty { next_due } => {
+                    self.next_due = next_due;
+                    return None;
+                }
             }
         }
     }
 
-    #[inline]
-    fn delivery(&self, entry: Entry) -> Delivery {
-        // Boxed first and read from the box: the entry is moved once, into the box, where
-        // reading it first and boxing it after moved it three times (each a copy of it).
-        let settle = Box::new(MemorySettle::new(self.target.clone(), entry));
+    #[inline(always)]
+    fn delivery(&self, settle: Box<MemorySettle>) -> Delivery {
+        // Read from the box the entry was moved into under the queue's lock.
         let (message, info) = settle.received(self.queue.source());
         Delivery::new(message, info, settle)
     }
@@ -88,6 +117,8 @@ impl MemoryConsumer {
 impl MemoryConsumer {
     /// The wait for a message, when none was ready at the first look.
     async fn receive_waiting(&mut self) -> Result<Delivery> {
+        // Its own handle on the queue: the wake-up borrows it while a look borrows `self`.
+        let queue = self.queue.clone();
         loop {
             if self.closed || self.broker.is_closed() {
                 return Err(closed_consumer(BACKEND));
@@ -96,10 +127,10 @@ impl MemoryConsumer {
                 // Arm the wake-up and count this consumer as waiting before looking again, so
                 // a push between the look and the wait is not missed. Nothing awaits while
                 // holding a message, which keeps this cancel-safe.
-                let readable = self.queue.readable().notified();
+                let readable = queue.readable().notified();
                 tokio::pin!(readable);
                 readable.as_mut().enable();
-                let _waiting = self.queue.wait_readable();
+                let _waiting = queue.wait_readable();
                 match self.try_take()? {
                     Next::Delivery(d) => return Ok(d),
                     Next::Wait(Some(due)) => {
@@ -122,26 +153,12 @@ impl MemoryConsumer {
     }
 
     /// A delivery if one is ready, without waiting (`None` when `receive` would wait).
-    ///
-    /// Builds the delivery straight into its result, not through [`Next`]: every enum a
-    /// delivery passes through on its way out costs a copy of it, and this is the per-message
-    /// path of a draining loop.
     #[inline]
     fn receive_now(&mut self) -> Option<Result<Delivery>> {
         if self.closed || self.broker.is_closed() {
             return Some(Err(closed_consumer(BACKEND)));
         }
-        loop {
-            match self.queue.pop() {
-                Ok(Pop::Entry(entry)) => return Some(Ok(self.delivery(entry))),
-                Ok(Pop::Expired(entry)) => {
-                    self.broker
-                        .dead_letter(&self.queue, entry, "message TTL expired");
-                }
-                Ok(Pop::Empty { .. }) => return None,
-                Err(e) => return Some(Err(e.with_backend(BACKEND))),
-            }
-        }
+        self.take_next()
     }
 }
 

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +15,7 @@ use mailroom_core::{
 
 use crate::broker::Broker;
 use crate::error;
-use crate::queue::{Added, Queue};
+use crate::queue::{Added, NotIn, Queue};
 
 /// The future `async_trait` gives every method of the trait.
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -37,6 +37,10 @@ pub struct MemoryProducer {
     /// The queue sent to last, by name: a run of sends to one queue skips the broker's map and
     /// its lock. A deleted queue is looked up again (it may have been declared anew).
     last: Mutex<Option<(Arc<str>, Arc<Queue>)>>,
+    /// The first queue this producer found, read without a lock: a producer that sends to one
+    /// queue (the usual one) pays for no lock but the queue's own. Set once; a send to another
+    /// queue, or to this one deleted, goes through [`last`](Self::last).
+    first: OnceLock<(Arc<str>, Arc<Queue>)>,
 }
 
 impl MemoryProducer {
@@ -45,6 +49,7 @@ impl MemoryProducer {
             broker,
             closed: AtomicBool::new(false),
             last: Mutex::new(None),
+            first: OnceLock::new(),
         }
     }
 
@@ -58,6 +63,28 @@ impl MemoryProducer {
         message: Message,
         put: impl FnOnce(&Arc<Queue>, Message) -> T,
     ) -> std::result::Result<T, Box<(Error, Message)>> {
+        match self.first_queue(name) {
+            Some(queue) => Ok(put(queue, message)),
+            None => self.with_queue_locked(name, message, put),
+        }
+    }
+
+    /// The queue called `name` if it is this producer's first one, still declared: found
+    /// without a lock.
+    #[inline(always)]
+    fn first_queue(&self, name: &Arc<str>) -> Option<&Arc<Queue>> {
+        let (cached, queue) = self.first.get()?;
+        ((Arc::ptr_eq(cached, name) || cached == name) && !queue.is_deleted()).then_some(queue)
+    }
+
+    /// [`with_queue`](Self::with_queue) past the lock-free first queue.
+    #[inline(never)]
+    fn with_queue_locked<T>(
+        &self,
+        name: &Arc<str>,
+        message: Message,
+        put: impl FnOnce(&Arc<Queue>, Message) -> T,
+    ) -> std::result::Result<T, Box<(Error, Message)>> {
         // Only this producer's sends take this lock, one short push at a time.
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let hit = last.as_ref().is_some_and(|(cached, queue)| {
@@ -65,7 +92,11 @@ impl MemoryProducer {
         });
         if !hit {
             match self.broker.queue(name) {
-                Ok(queue) => *last = Some((name.clone(), queue)),
+                Ok(queue) => {
+                    // Only the first queue found is kept here; later ones live in `last`.
+                    let _ = self.first.set((name.clone(), queue.clone()));
+                    *last = Some((name.clone(), queue));
+                }
                 Err(e) => return Err(Box::new((e, message))),
             }
         }
@@ -281,24 +312,28 @@ impl Producer for MemoryProducer {
             Destination::Queue(name) if message.delay().is_none() => name,
             _ => return TryEnqueue::Wait(message),
         };
-        let message = match self.accept(message) {
-            Ok((message, _no_delay)) => message,
-            Err(e) => return TryEnqueue::Done(Err(e)),
-        };
+        // The checks `accept` makes, without moving the message through them: it has no
+        // delay to take off.
+        if self.closed.load(Ordering::Acquire) {
+            return TryEnqueue::Done(Err(
+                context(Error::closed("producer is closed")).with_undelivered(message)
+            ));
+        }
+        if let Err(e) = self.broker.check_open(SEND) {
+            return TryEnqueue::Done(Err(e.with_undelivered(message)));
+        }
         let id = message.id().clone();
-        let added = self.with_queue(name, message, |queue, message| {
-            match queue.filling().add(queue.entry(message), None) {
-                Added::Yes => None,
-                not_in => Some(Box::new(not_in)),
-            }
-        });
-        let confirmed = || TryEnqueue::Done(Ok(PendingConfirm::ready(Ok(Receipt::new(id)))));
+        // The usual queue called straight, not through a closure: the message is moved once
+        // less on its way into the queue.
+        let added = match self.first_queue(name) {
+            Some(queue) => Ok(queue.try_push(message)),
+            None => self.with_queue_locked(name, message, |queue, message| queue.try_push(message)),
+        };
         match added {
-            Ok(None) => confirmed(),
-            Ok(Some(not_in)) => match *not_in {
-                Added::Full(entry) => TryEnqueue::Wait(entry.message),
-                Added::Refused(e) => TryEnqueue::Done(Err(context(e))),
-                Added::Yes => confirmed(),
+            Ok(Ok(())) => TryEnqueue::Done(Ok(PendingConfirm::ready(Ok(Receipt::new(id))))),
+            Ok(Err(not_in)) => match *not_in {
+                NotIn::Full(message) => TryEnqueue::Wait(message),
+                NotIn::Refused(e) => TryEnqueue::Done(Err(context(e))),
             },
             Err(failed) => {
                 let (e, message) = *failed;

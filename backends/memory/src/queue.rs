@@ -71,14 +71,23 @@ pub struct QueueDepth {
     pub unacked: usize,
 }
 
-/// What `pop` found.
-pub(crate) enum Pop {
-    Entry(Entry),
-    /// Expired by TTL: the caller dead-letters it.
-    Expired(Entry),
-    Empty {
-        next_due: Option<Instant>,
-    },
+/// What [`Queue::pop_with`] found.
+pub(crate) enum Pop<R> {
+    /// The next message, as `take` made it.
+    Taken(R),
+    /// Expired by TTL: the caller dead-letters it (boxed: rare, and it would widen every
+    /// pop's result).
+    Expired(Box<Entry>),
+    /// Nothing ready; when the next delayed message falls due.
+    Empty { next_due: Option<Instant> },
+}
+
+/// Why [`Queue::try_push`] did not take a message.
+pub(crate) enum NotIn {
+    /// The queue is full and makes producers wait: the message back, for the waiting way.
+    Full(Message),
+    /// Refused (a full queue that rejects, a deleted queue), the message inside the error.
+    Refused(Error),
 }
 
 pub(crate) struct Queue {
@@ -269,9 +278,15 @@ impl Queue {
         }
     }
 
-    /// Take the next deliverable message, if any.
-    #[inline]
-    pub fn pop(&self) -> Result<Pop> {
+    /// Take the next deliverable message, if any, handing it to `take` together with `place`
+    /// while the lock is held.
+    ///
+    /// `take` moves the entry from the queue's buffer to where it stays (the consumer's settle
+    /// box) while the lock is held: returned to be boxed after the lock was given up, it was
+    /// copied out of the buffer, through each enum it passed, and into the box. A pop that
+    /// does not call `take` drops `place`.
+    #[inline(always)]
+    pub fn pop_with<P, R>(&self, place: P, take: impl FnOnce(P, Entry) -> R) -> Result<Pop<R>> {
         if self.is_deleted() {
             return Err(self.deleted_error());
         }
@@ -279,28 +294,70 @@ impl Queue {
         if !state.delayed.is_empty() {
             state.promote_due(Instant::now());
         }
+        let expired = match state.ready.front() {
+            None => {
+                let next_due = state.delayed.peek().map(|Reverse(d)| d.due);
+                return Ok(Pop::Empty { next_due });
+            }
+            Some(front) => match (self.spec.message_ttl, front.enqueued_at) {
+                (Some(ttl), Some(at)) => at.elapsed() > ttl,
+                _ => false,
+            },
+        };
         let Some(mut entry) = state.ready.pop_front() else {
-            return Ok(Pop::Empty {
-                next_due: state.delayed.peek().map(|Reverse(d)| d.due),
-            });
+            return Ok(Pop::Empty { next_due: None });
         };
-        let expired = match (self.spec.message_ttl, entry.enqueued_at) {
-            (Some(ttl), Some(at)) => at.elapsed() > ttl,
-            _ => false,
-        };
-        if !expired {
-            entry.deliveries += 1;
-            state.handed_out += 1;
+        if expired {
+            drop(state);
+            self.wake_writer();
+            return Ok(Pop::Expired(Box::new(entry)));
         }
+        entry.deliveries += 1;
+        let taken = take(place, entry);
+        state.handed_out += 1;
         drop(state);
-        // Only a bounded queue has producers waiting for room.
+        self.wake_writer();
+        Ok(Pop::Taken(taken))
+    }
+
+    /// Wake a producer waiting for room, if one is (only a bounded queue has them).
+    #[inline]
+    fn wake_writer(&self) {
         if self.writers.load(Ordering::SeqCst) > 0 {
             self.writable.notify_one();
         }
-        if expired {
-            return Ok(Pop::Expired(entry));
+    }
+
+    /// Add one message now if there is room: the one-by-one send's way, the entry built in
+    /// the queue's buffer (no [`Filling`], no entry moved through it). A full queue that makes
+    /// producers wait hands the message back for the waiting way; boxed, as is a refusal, so
+    /// the usual result is a bare `Ok`.
+    #[inline]
+    pub fn try_push(&self, message: Message) -> std::result::Result<(), Box<NotIn>> {
+        if self.is_deleted() {
+            return Err(Box::new(NotIn::Refused(
+                self.deleted_error().with_undelivered(message),
+            )));
         }
-        Ok(Pop::Entry(entry))
+        let mut state = self.lock();
+        if let Some(max) = self.spec.max_length {
+            let held = state.held();
+            if held as u64 >= max {
+                drop(state);
+                if self.spec.overflow == Overflow::Reject {
+                    return Err(Box::new(NotIn::Refused(
+                        self.full_error(held).with_undelivered(message),
+                    )));
+                }
+                return Err(Box::new(NotIn::Full(message)));
+            }
+        }
+        state
+            .ready
+            .push_back(Entry::new(message, self.spec.message_ttl.is_some()));
+        drop(state);
+        self.wake_reader();
+        Ok(())
     }
 
     pub fn readable(&self) -> &Notify {

@@ -417,3 +417,109 @@ async fn try_enqueue_takes_at_once_or_hands_the_message_back() {
         d.ack().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_enqueue_follows_a_queue_declared_anew_and_a_second_queue() {
+    use mailroom_core::TryEnqueue;
+    let broker = MemoryBackend::new();
+    let topology = broker.topology();
+    for name in ["a", "b"] {
+        topology.declare_queue(&QueueSpec::new(name)).await.unwrap();
+    }
+    topology
+        .declare_queue(&QueueSpec::new("small").max_length(1, Overflow::Reject))
+        .await
+        .unwrap();
+    let producer = broker.producer().await.unwrap();
+    let send = |queue: &str, body: &str| {
+        let sent = producer.try_enqueue(&Destination::queue(queue), Message::new(body.to_owned()));
+        matches!(sent, TryEnqueue::Done(Ok(_)))
+    };
+    assert!(send("a", "a1"));
+    assert!(send("b", "b1"));
+    assert!(send("a", "a2"));
+    assert_eq!(broker.queue_depth("a").unwrap().ready, 2);
+    assert_eq!(broker.queue_depth("b").unwrap().ready, 1);
+
+    // The first queue, deleted and declared again: sends go to the new one, not the old.
+    topology.delete_queue("a").await.unwrap();
+    let gone = producer.try_enqueue(&Destination::queue("a"), Message::new("lost"));
+    let TryEnqueue::Done(Err(e)) = gone else {
+        panic!("a send to a deleted queue was taken: {gone:?}");
+    };
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    topology.declare_queue(&QueueSpec::new("a")).await.unwrap();
+    assert!(send("a", "a3"));
+    assert_eq!(broker.queue_depth("a").unwrap().ready, 1);
+
+    // A full queue that rejects refuses at once, the message inside the error.
+    assert!(send("small", "s1"));
+    let refused = producer.try_enqueue(&Destination::queue("small"), Message::new("s2"));
+    let TryEnqueue::Done(Err(e)) = refused else {
+        panic!("a full reject queue took a message: {refused:?}");
+    };
+    assert_eq!(e.kind(), ErrorKind::QueueFull, "{e}");
+    let back = e.undelivered().expect("the refused message comes back");
+    assert_eq!(back.payload().as_ref(), b"s2");
+
+    let mut consumer = broker.consumer("a", Default::default()).await.unwrap();
+    let d = consumer.try_receive().expect("ready").unwrap();
+    assert_eq!(d.message().payload().as_ref(), b"a3");
+    assert!(
+        consumer.try_receive().is_none(),
+        "nothing else in the new queue"
+    );
+    d.ack().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_receive_dead_letters_expired_messages_and_delivers_the_next_live_one() {
+    let broker = MemoryBackend::new();
+    let topology = broker.topology();
+    topology
+        .declare_queue(&QueueSpec::new("dlq"))
+        .await
+        .unwrap();
+    topology
+        .declare_queue(
+            &QueueSpec::new("ttl")
+                .message_ttl(Duration::from_millis(20))
+                .dead_letter_queue("dlq"),
+        )
+        .await
+        .unwrap();
+    let producer = broker.producer().await.unwrap();
+    let mut consumer = broker.consumer("ttl", Default::default()).await.unwrap();
+    // An empty look first: the settle room it set aside must serve the next delivery.
+    assert!(consumer.try_receive().is_none());
+    for body in ["old1", "old2"] {
+        producer
+            .send(&Destination::queue("ttl"), Message::new(body))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    producer
+        .send(&Destination::queue("ttl"), Message::new("fresh"))
+        .await
+        .unwrap();
+    let d = consumer.try_receive().expect("a live message").unwrap();
+    assert_eq!(d.message().payload().as_ref(), b"fresh");
+    assert_eq!(d.attempt(), 1);
+    // Dropped unsettled: it comes back, its attempt counted.
+    drop(d);
+    let again = consumer.try_receive().expect("redelivered").unwrap();
+    assert_eq!(
+        (again.message().payload().as_ref(), again.attempt()),
+        (&b"fresh"[..], 2)
+    );
+    again.ack().await.unwrap();
+    assert!(consumer.try_receive().is_none());
+
+    let mut dead = broker.consumer("dlq", Default::default()).await.unwrap();
+    for expected in ["old1", "old2"] {
+        let d = dead.try_receive().expect("dead-lettered").unwrap();
+        assert_eq!(d.message().payload().as_ref(), expected.as_bytes());
+        d.ack().await.unwrap();
+    }
+}
