@@ -106,14 +106,20 @@ impl MemoryProducer {
         }
     }
 
+    /// Refuses a send once this producer or the broker is closed.
+    #[inline]
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(context(Error::closed("producer is closed")));
+        }
+        self.broker.check_open(SEND)
+    }
+
     /// The checks every send passes before it touches a queue: the message back, ready to
     /// queue, with its delay taken off.
     #[inline(always)]
     fn accept(&self, mut message: Message) -> Result<(Message, Option<Duration>)> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(context(Error::closed("producer is closed")).with_undelivered(message));
-        }
-        if let Err(e) = self.broker.check_open(SEND) {
+        if let Err(e) = self.check_open() {
             return Err(e.with_undelivered(message));
         }
         let delay = message.delay();
@@ -312,14 +318,8 @@ impl Producer for MemoryProducer {
             Destination::Queue(name) if message.delay().is_none() => name,
             _ => return TryEnqueue::Wait(message),
         };
-        // The checks `accept` makes, without moving the message through them: it has no
-        // delay to take off.
-        if self.closed.load(Ordering::Acquire) {
-            return TryEnqueue::Done(Err(
-                context(Error::closed("producer is closed")).with_undelivered(message)
-            ));
-        }
-        if let Err(e) = self.broker.check_open(SEND) {
+        // `accept`'s check, without moving the message through it: it has no delay to take off.
+        if let Err(e) = self.check_open() {
             return TryEnqueue::Done(Err(e.with_undelivered(message)));
         }
         let id = message.id().clone();
