@@ -335,7 +335,7 @@ kafka_install() {
 # start on an unformatted log dir).
 kafka_format() {
     local conf="$KAFKA_DIR/server.properties" data="$KAFKA_DIR/data"
-    sed "s#@LOG_DIR@#$data#" "$KAFKA_CONF_TEMPLATE" >"$conf"
+    kafka_conf >"$conf"
     [[ -f $data/meta.properties ]] && return 0
     mkdir -p "$data"
     log "kafka: formatting $data (KRaft, one standalone controller)"
@@ -357,8 +357,17 @@ kafka_started_since_last_start() {
 
 kafka_serving() { tcp_open "$KAFKA_PORT" && kafka_started_since_last_start; }
 
+# The server.properties this checkout asks for, with the data dir filled in.
+kafka_conf() { sed "s#@LOG_DIR@#$KAFKA_DIR/data#" "$KAFKA_CONF_TEMPLATE"; }
+
 kafka_up() {
     local pidfile="$KAFKA_DIR/kafka.pid" logfile="$KAFKA_DIR/kafka.log" pid
+    # A broker left running by an older checkout keeps the settings it started with; tests that
+    # depend on a setting (retention, above all) would then pass or fail by which ran first.
+    if pid_alive "$pidfile" kafka.Kafka && ! kafka_conf | cmp -s - "$KAFKA_DIR/server.properties"; then
+        log "kafka: scripts/kafka/server.properties changed since pid $(<"$pidfile") started; restarting it"
+        kafka_down
+    fi
     if pid_alive "$pidfile" kafka.Kafka && tcp_open "$KAFKA_PORT" && kafka_started_since_last_start; then
         log "kafka: already up on 127.0.0.1:$KAFKA_PORT (pid $(<"$pidfile"))"
         return 0
