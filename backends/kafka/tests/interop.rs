@@ -135,7 +135,7 @@ async fn plain_rdkafka_to_mailroom_is_consumed_intact() {
     assert_eq!(d.attempt(), 1);
     d.ack().await.unwrap();
     c.close().await.unwrap();
-    // Left in place: see the note at the end of the first test.
+    b.topology().delete_queue(&q).await.unwrap();
 }
 
 /// Acks out of order, then the consumer goes away with one delivery unsettled: the next
@@ -191,7 +191,7 @@ async fn out_of_order_acks_never_commit_past_an_unsettled_message() {
          the settled prefix 0..3 not redelivered"
     );
     c.close().await.unwrap();
-    // Left in place: see the note at the end of the first test.
+    b.topology().delete_queue(&q).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -265,7 +265,7 @@ async fn replay_from_earliest_offset_and_time() {
         vec!["old2", "old3", "old4"]
     );
     assert!(drain(&b, &q, Some(Replay::Latest), 0).await.is_empty());
-    // Left in place: see the note at the end of the first test.
+    b.topology().delete_queue(&q).await.unwrap();
 }
 
 /// A plain rdkafka member of a group that notes when the group gave it an assignment (even an
@@ -407,7 +407,7 @@ async fn a_replay_goes_on_after_a_rebalance_in_its_middle() {
     }
     assert_eq!(rest, ["old1", "old2", "old3", "old4"]);
     replaying.close().await.unwrap();
-    // Left in place: see the note at the end of the first test.
+    b.topology().delete_queue(&q).await.unwrap();
 }
 
 /// Where the Java client puts each key on a 16-partition topic: `toPositive(murmur2(key)) % 16`,
