@@ -74,6 +74,9 @@ type ByPartition<V> = HashMap<TopicPartition, V, BuildHasherDefault<FastHasher>>
 
 #[derive(Debug)]
 struct Partition {
+    /// Which partition this slot holds: checked by `delivered` and `passed` against the slot
+    /// they try first, before the map lookup.
+    tp: TopicPartition,
     epoch: u64,
     /// Offsets handed out and not yet committable, in ascending order, with whether each was
     /// settled. A partition's records arrive in offset order, so a delivery is pushed at the
@@ -141,9 +144,26 @@ impl Pending {
     }
 }
 
+/// Where a delivery's partition sits in the book, and the assignment it came from: what its
+/// settle quotes. The slot spares the settle a lookup by topic name (hashing the name cost
+/// more than the rest of an ack); the epoch, unique over the book's life, makes a settle
+/// from an assignment that is gone moot even when its slot now holds another one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mark {
+    slot: usize,
+    epoch: u64,
+}
+
 #[derive(Debug, Default)]
 struct Book {
-    partitions: ByPartition<Partition>,
+    /// The assigned partitions, each in a slot that keeps its index until the partition is
+    /// revoked (a free slot is `None`, reused by the next assignment).
+    slots: Vec<Option<Partition>>,
+    /// Each assigned partition's slot.
+    index: ByPartition<usize>,
+    /// The slot `delivered` or `passed` used last: a partition's records come in runs (a
+    /// fetch at a time), so the next record is most likely of the same one.
+    last: usize,
     next_epoch: u64,
     /// Whether some partition has an offset to store: spares `take_stores` its walk over the
     /// partitions when none moved.
@@ -153,19 +173,70 @@ struct Book {
 }
 
 impl Book {
-    fn fresh(&mut self) -> Partition {
+    /// Start `tp` afresh (a new epoch, nothing pending) in its slot, or in a free one; returns
+    /// how many deliveries of its previous assignment were unsettled.
+    fn fresh(&mut self, tp: &TopicPartition) -> (usize, usize) {
         self.next_epoch += 1;
-        Partition {
+        let partition = Partition {
+            tp: tp.clone(),
             epoch: self.next_epoch,
             pending: Pending::default(),
             to_store: None,
+        };
+        if let Some(&slot) = self.index.get(tp) {
+            let old = self.slots[slot].replace(partition);
+            return (slot, old.map_or(0, |old| old.pending.unsettled()));
         }
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(free) => {
+                self.slots[free] = Some(partition);
+                free
+            }
+            None => {
+                self.slots.push(Some(partition));
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(tp.clone(), slot);
+        (slot, 0)
+    }
+
+    /// The slot of `topic`'s `partition`, started afresh if it is not assigned (a record of a
+    /// partition the book did not hear of: counted all the same). Borrowed parts rather than a
+    /// [`TopicPartition`]: the common case, the slot used last, clones no name.
+    fn find_or_start(&mut self, topic: &Arc<str>, partition: i32) -> usize {
+        let last = self.slots.get(self.last).and_then(Option::as_ref);
+        if last.is_some_and(|p| p.tp.1 == partition && Arc::ptr_eq(&p.tp.0, topic)) {
+            return self.last;
+        }
+        let tp = (topic.clone(), partition);
+        let slot = match self.index.get(&tp) {
+            Some(&slot) => slot,
+            None => self.fresh(&tp).0,
+        };
+        // The slot takes the caller's `Arc` of the name (the consumer's, where the assignment
+        // came with librdkafka's), so that the check above matches by pointer from now on.
+        if let Some(p) = self.slots[slot].as_mut() {
+            p.tp.0 = tp.0;
+        }
+        self.last = slot;
+        slot
+    }
+
+    fn partition(&mut self, mark: Mark) -> Option<&mut Partition> {
+        self.slots
+            .get_mut(mark.slot)
+            .and_then(Option::as_mut)
+            .filter(|p| p.epoch == mark.epoch)
     }
 
     /// Drop `tp`'s record; returns how many of its deliveries were unsettled.
     fn forget(&mut self, tp: &TopicPartition) -> usize {
-        self.partitions
-            .remove(tp)
+        let Some(slot) = self.index.remove(tp) else {
+            return 0;
+        };
+        self.slots[slot]
+            .take()
             .map_or(0, |old| old.pending.unsettled())
     }
 }
@@ -192,10 +263,8 @@ impl OffsetBook {
     pub fn assign(&self, tps: &[TopicPartition]) {
         let mut book = self.lock();
         for tp in tps {
-            let gone = book.forget(tp);
+            let (_, gone) = book.fresh(tp);
             self.unsettled.fetch_sub(gone, Ordering::Relaxed);
-            let fresh = book.fresh();
-            book.partitions.insert(tp.clone(), fresh);
         }
     }
 
@@ -211,44 +280,37 @@ impl OffsetBook {
     /// The consumer closed: no assignment remains, later settles are moot.
     pub fn clear(&self) {
         let mut book = self.lock();
-        book.partitions.clear();
+        book.slots.clear();
+        book.index.clear();
         book.to_store = false;
         self.unsettled.store(0, Ordering::Relaxed);
     }
 
-    /// A message at `offset` was handed out; returns the epoch its settle must quote.
-    pub fn delivered(&self, tp: &TopicPartition, offset: i64) -> u64 {
+    /// A message at `offset` was handed out; returns the mark its settle must quote.
+    pub fn delivered(&self, topic: &Arc<str>, partition: i32, offset: i64) -> Mark {
         let mut book = self.lock();
-        let book = &mut *book;
-        // One lookup per record in the common case (the partition is known).
-        let partition = match book.partitions.get_mut(tp) {
-            Some(p) => p,
-            None => {
-                book.next_epoch += 1;
-                book.partitions.entry(tp.clone()).or_insert(Partition {
-                    epoch: book.next_epoch,
-                    pending: Pending::default(),
-                    to_store: None,
-                })
-            }
+        let slot = book.find_or_start(topic, partition);
+        let Some(partition) = book.slots[slot].as_mut() else {
+            // `find_or_start` returns an occupied slot.
+            return Mark { slot, epoch: 0 };
         };
         if partition.pending.insert(offset, false) {
             self.unsettled.fetch_add(1, Ordering::Relaxed);
         }
-        partition.epoch
+        Mark {
+            slot,
+            epoch: partition.epoch,
+        }
     }
 
     /// A record at `offset` was passed over without being delivered (client-side routing: no
     /// binding matched it): settled at once, so the commit position moves over it once every
     /// delivery before it is settled, as over an acked one. It never counts as unsettled.
-    pub fn passed(&self, tp: &TopicPartition, offset: i64) {
+    pub fn passed(&self, topic: &Arc<str>, partition: i32, offset: i64) {
         let mut book = self.lock();
-        if !book.partitions.contains_key(tp) {
-            let fresh = book.fresh();
-            book.partitions.insert(tp.clone(), fresh);
-        }
         let book = &mut *book;
-        let Some(p) = book.partitions.get_mut(tp) else {
+        let slot = book.find_or_start(topic, partition);
+        let Some(p) = book.slots[slot].as_mut() else {
             return;
         };
         if p.pending.is_empty() {
@@ -262,12 +324,13 @@ impl OffsetBook {
 
     /// A delivery was settled. Returns false if its assignment is gone (the settle is moot:
     /// whoever owns the partition now will deliver the message again).
-    pub fn settle(&self, tp: &TopicPartition, offset: i64, epoch: u64) -> bool {
+    pub fn settle(&self, mark: Mark, offset: i64) -> bool {
         let counted = {
             let mut book = self.lock();
             let book = &mut *book;
             let mut counted = false;
-            if let Some(p) = book.partitions.get_mut(tp).filter(|p| p.epoch == epoch) {
+            let mut moved = false;
+            if let Some(p) = book.partition(mark) {
                 if let Some(settled) = p.pending.get_mut(offset) {
                     if !*settled {
                         *settled = true;
@@ -276,9 +339,10 @@ impl OffsetBook {
                 }
                 if let Some(next) = p.pending.pop_settled() {
                     p.to_store = Some(next);
-                    book.to_store = true;
+                    moved = true;
                 }
             }
+            book.to_store |= moved;
             if counted {
                 self.unsettled.fetch_sub(1, Ordering::Relaxed);
             }
@@ -288,12 +352,9 @@ impl OffsetBook {
         counted
     }
 
-    /// Whether a delivery of this epoch still belongs to the current assignment.
-    pub fn is_current(&self, tp: &TopicPartition, epoch: u64) -> bool {
-        self.lock()
-            .partitions
-            .get(tp)
-            .is_some_and(|p| p.epoch == epoch)
+    /// Whether a delivery with this mark still belongs to the current assignment.
+    pub fn is_current(&self, mark: Mark) -> bool {
+        self.lock().partition(mark).is_some()
     }
 
     /// Next offsets that became committable since the last call.
@@ -302,9 +363,10 @@ impl OffsetBook {
         if !std::mem::take(&mut book.to_store) {
             return Vec::new();
         }
-        book.partitions
+        book.slots
             .iter_mut()
-            .filter_map(|(tp, p)| Some((tp.clone(), p.to_store.take()?)))
+            .flatten()
+            .filter_map(|p| Some((p.tp.clone(), p.to_store.take()?)))
             .collect()
     }
 
@@ -344,18 +406,20 @@ mod tests {
     fn out_of_order_acks_commit_only_the_contiguous_prefix() {
         let book = OffsetBook::default();
         book.assign(&[tp()]);
-        let e: Vec<u64> = (10..15).map(|o| book.delivered(&tp(), o)).collect();
-        assert!(book.settle(&tp(), 12, e[2]));
-        assert!(book.settle(&tp(), 14, e[4]));
+        let e: Vec<Mark> = (10..15)
+            .map(|o| book.delivered(&tp().0, tp().1, o))
+            .collect();
+        assert!(book.settle(e[2], 12));
+        assert!(book.settle(e[4], 14));
         assert!(
             book.take_stores().is_empty(),
             "10 is unsettled: nothing may be stored"
         );
-        assert!(book.settle(&tp(), 10, e[0]));
+        assert!(book.settle(e[0], 10));
         assert_eq!(book.take_stores(), vec![(tp(), 11)]);
-        assert!(book.settle(&tp(), 11, e[1]));
+        assert!(book.settle(e[1], 11));
         assert_eq!(book.take_stores(), vec![(tp(), 13)]);
-        assert!(book.settle(&tp(), 13, e[3]));
+        assert!(book.settle(e[3], 13));
         assert_eq!(book.take_stores(), vec![(tp(), 15)]);
         assert_eq!(book.unsettled(), 0);
     }
@@ -364,14 +428,14 @@ mod tests {
     fn settles_from_a_revoked_assignment_are_ignored() {
         let book = OffsetBook::default();
         book.assign(&[tp()]);
-        let old = book.delivered(&tp(), 0);
+        let old = book.delivered(&tp().0, tp().1, 0);
         book.revoke(&[tp()]);
         book.assign(&[tp()]);
-        assert!(!book.is_current(&tp(), old));
-        assert!(!book.settle(&tp(), 0, old));
+        assert!(!book.is_current(old));
+        assert!(!book.settle(old, 0));
         assert!(book.take_stores().is_empty());
-        let new = book.delivered(&tp(), 0);
-        assert!(book.settle(&tp(), 0, new));
+        let new = book.delivered(&tp().0, tp().1, 0);
+        assert!(book.settle(new, 0));
         assert_eq!(book.take_stores(), vec![(tp(), 1)]);
     }
 
@@ -379,19 +443,19 @@ mod tests {
     fn passed_records_commit_only_behind_every_earlier_delivery() {
         let book = OffsetBook::default();
         book.assign(&[tp()]);
-        book.passed(&tp(), 0);
+        book.passed(&tp().0, tp().1, 0);
         assert_eq!(book.take_stores(), vec![(tp(), 1)], "nothing before it");
-        let e = book.delivered(&tp(), 1);
-        book.passed(&tp(), 2);
-        book.passed(&tp(), 3);
+        let e = book.delivered(&tp().0, tp().1, 1);
+        book.passed(&tp().0, tp().1, 2);
+        book.passed(&tp().0, tp().1, 3);
         assert!(
             book.take_stores().is_empty(),
             "1 is unsettled: passing 2 and 3 may not commit past it"
         );
         assert_eq!(book.unsettled(), 1, "passed records are never unsettled");
-        assert!(book.settle(&tp(), 1, e));
+        assert!(book.settle(e, 1));
         assert_eq!(book.take_stores(), vec![(tp(), 4)]);
-        book.passed(&tp(), 4);
+        book.passed(&tp().0, tp().1, 4);
         assert_eq!(book.take_stores(), vec![(tp(), 5)]);
         assert_eq!(book.unsettled(), 0);
     }
@@ -401,15 +465,19 @@ mod tests {
         let book = OffsetBook::default();
         book.assign(&[tp()]);
         // A seek back within one assignment hands out lower offsets after higher ones.
-        let e7 = book.delivered(&tp(), 7);
-        let e5 = book.delivered(&tp(), 5);
-        let e6 = book.delivered(&tp(), 6);
-        assert_eq!(book.delivered(&tp(), 6), e6, "the same offset twice");
+        let e7 = book.delivered(&tp().0, tp().1, 7);
+        let e5 = book.delivered(&tp().0, tp().1, 5);
+        let e6 = book.delivered(&tp().0, tp().1, 6);
+        assert_eq!(
+            book.delivered(&tp().0, tp().1, 6),
+            e6,
+            "the same offset twice"
+        );
         assert_eq!(book.unsettled(), 3, "counted once");
-        assert!(book.settle(&tp(), 7, e7));
-        assert!(book.settle(&tp(), 6, e6));
+        assert!(book.settle(e7, 7));
+        assert!(book.settle(e6, 6));
         assert!(book.take_stores().is_empty(), "5 is unsettled");
-        assert!(book.settle(&tp(), 5, e5));
+        assert!(book.settle(e5, 5));
         assert_eq!(book.take_stores(), vec![(tp(), 8)]);
         assert_eq!(book.unsettled(), 0);
     }
@@ -419,10 +487,10 @@ mod tests {
         let book = OffsetBook::default();
         let other: TopicPartition = (Arc::from("t"), 1);
         book.assign(&[tp(), other.clone()]);
-        let e0 = book.delivered(&tp(), 0);
-        let _ = book.delivered(&tp(), 1);
-        let e5 = book.delivered(&other, 5);
-        assert!(book.settle(&tp(), 0, e0));
+        let e0 = book.delivered(&tp().0, tp().1, 0);
+        let _ = book.delivered(&tp().0, tp().1, 1);
+        let e5 = book.delivered(&other.0, other.1, 5);
+        assert!(book.settle(e0, 0));
         assert_eq!(book.unsettled(), 2);
         book.revoke(&[tp()]);
         assert_eq!(
@@ -434,7 +502,7 @@ mod tests {
             book.take_stores().is_empty(),
             "a revoked partition's settled prefix is not stored after the revoke"
         );
-        assert!(book.settle(&other, 5, e5));
+        assert!(book.settle(e5, 5));
         assert_eq!(book.take_stores(), vec![(other, 6)]);
         assert!(book.take_stores().is_empty(), "taken once");
     }
@@ -443,11 +511,54 @@ mod tests {
     fn double_settle_counts_once() {
         let book = OffsetBook::default();
         book.assign(&[tp()]);
-        let e = book.delivered(&tp(), 3);
-        let _ = book.delivered(&tp(), 4);
+        let e = book.delivered(&tp().0, tp().1, 3);
+        let _ = book.delivered(&tp().0, tp().1, 4);
         assert_eq!(book.unsettled(), 2);
-        assert!(book.settle(&tp(), 3, e));
-        assert!(!book.settle(&tp(), 3, e));
+        assert!(book.settle(e, 3));
+        assert!(!book.settle(e, 3));
         assert_eq!(book.unsettled(), 1);
+    }
+
+    #[test]
+    fn a_slot_reused_by_another_partition_ignores_the_old_assignment_s_settles() {
+        let book = OffsetBook::default();
+        let a: TopicPartition = (Arc::from("a"), 0);
+        let b: TopicPartition = (Arc::from("b"), 3);
+        book.assign(std::slice::from_ref(&a));
+        let old = book.delivered(&a.0, a.1, 4);
+        book.revoke(std::slice::from_ref(&a));
+        // b takes the slot a left; a's late ack must not settle b's offset 4.
+        book.assign(std::slice::from_ref(&b));
+        let on_b = book.delivered(&b.0, b.1, 4);
+        assert!(!book.settle(old, 4));
+        assert!(book.take_stores().is_empty());
+        assert_eq!(book.unsettled(), 1);
+        assert!(book.settle(on_b, 4));
+        assert_eq!(book.take_stores(), vec![(b, 5)]);
+    }
+
+    #[test]
+    fn interleaved_partitions_keep_their_own_prefixes() {
+        let book = OffsetBook::default();
+        let a: TopicPartition = (Arc::from("t"), 0);
+        // Another `Arc` of the same name: the consumer's and librdkafka's are not shared.
+        let a_again: TopicPartition = (Arc::from("t"), 0);
+        let b: TopicPartition = (Arc::from("t"), 1);
+        book.assign(&[a.clone(), b.clone()]);
+        let a0 = book.delivered(&a.0, a.1, 0);
+        let b0 = book.delivered(&b.0, b.1, 0);
+        let a1 = book.delivered(&a_again.0, a_again.1, 1);
+        let b1 = book.delivered(&b.0, b.1, 1);
+        assert_eq!(a0, a1, "one assignment, one mark");
+        assert_ne!(a0, b0);
+        assert!(book.settle(a1, 1));
+        assert!(book.settle(b0, 0));
+        assert_eq!(book.take_stores(), vec![(b.clone(), 1)]);
+        assert!(book.settle(a0, 0));
+        assert!(book.settle(b1, 1));
+        let mut stores = book.take_stores();
+        stores.sort();
+        assert_eq!(stores, vec![(a, 2), (b, 2)]);
+        assert_eq!(book.unsettled(), 0);
     }
 }

@@ -15,7 +15,7 @@ use mailroom_core::operation::NACK;
 use mailroom_core::republish::{self, republish, Republish};
 use mailroom_core::{Capability, Message, Nack, Result, Settle};
 
-use crate::offsets::{OffsetBook, TopicPartition};
+use crate::offsets::{Mark, OffsetBook};
 use crate::producer::{Completion, ProducerCore};
 use crate::topology::QueueSettings;
 use crate::BACKEND;
@@ -31,20 +31,19 @@ pub(crate) struct SettleScope {
 /// Settles one delivery: commit position, requeue copy or dead letter.
 pub(crate) struct KafkaSettle {
     pub scope: Arc<SettleScope>,
-    pub tp: TopicPartition,
+    pub mark: Mark,
     pub offset: i64,
-    pub epoch: u64,
     pub message: Message,
     pub attempt: u32,
 }
 
 impl KafkaSettle {
     fn settle(&self) {
-        self.scope.book.settle(&self.tp, self.offset, self.epoch);
+        self.scope.book.settle(self.mark, self.offset);
     }
 
     async fn requeue(&mut self) -> Result<()> {
-        if !self.scope.book.is_current(&self.tp, self.epoch) {
+        if !self.scope.book.is_current(self.mark) {
             // The partition moved on; its new owner delivers the message again.
             return Ok(());
         }
@@ -138,13 +137,12 @@ impl Settle for KafkaSettle {
     fn abandon(self: Box<Self>) {
         let KafkaSettle {
             scope,
-            tp,
+            mark,
             offset,
-            epoch,
             message,
             attempt,
         } = *self;
-        if !scope.book.is_current(&tp, epoch) {
+        if !scope.book.is_current(mark) {
             return;
         }
         scope.book.requeue_started();
@@ -158,7 +156,7 @@ impl Settle for KafkaSettle {
             Completion::Callback(Box::new(move |result| {
                 match result {
                     Ok(_) => {
-                        done.settle(&tp, offset, epoch);
+                        done.settle(mark, offset);
                     }
                     Err(e) => tracing::warn!(
                         error = %e,
