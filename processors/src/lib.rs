@@ -37,11 +37,13 @@
 //! **Bounded.** At most `max_in_flight` inputs are held at once, from receive to settle; the
 //! sources wait for a free slot, so a slow sink slows the sources and memory stays bounded.
 //!
-//! **Batched hand-over.** A pipeline with one sink hands the producer everything the stages have
-//! ready (up to 8 messages) in one [`enqueue_batch`](mailroom_core::Producer::enqueue_batch),
-//! in order; it never waits to fill a batch, so latency does not grow. Each message is still
-//! confirmed and settled on its own. A producer that answers for a different number of
-//! messages than it was given stops the pipeline, with none of that batch's inputs acked.
+//! **Hand-over.** A pipeline with one sink gives each message to a producer that takes it
+//! without waiting ([`try_enqueue`](mailroom_core::Producer::try_enqueue), the memory broker)
+//! as soon as it is ready. Otherwise it hands the producer everything the stages have ready (up
+//! to 8 messages) in one [`enqueue_batch`](mailroom_core::Producer::enqueue_batch), in order;
+//! it never waits to fill a batch, so latency does not grow. Each message is still confirmed
+//! and settled on its own. A producer that answers for a different number of messages than it
+//! was given stops the pipeline, with none of that batch's inputs acked.
 //!
 //! **Shutdown.** On a signal or a handle the sources stop taking deliveries, the stages drain
 //! (batches and open windows are flushed) within the drain timeout, and only then are the

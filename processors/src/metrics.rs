@@ -39,6 +39,9 @@ pub(crate) struct StageCounters {
     pub skipped: AtomicU64,
 }
 
+// Both `#[inline]`: a generic stage is compiled in the crate that names its function, where a
+// function of this crate without it is a call, on the per-message path.
+#[inline]
 pub(crate) fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
@@ -48,6 +51,7 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
 /// counter of its own. A plain load and store is enough there and costs much less than an
 /// atomic add on the per-message path; readers on other threads still see whole values.
 /// Counters that any thread may touch (inputs released on drop) use `add`.
+#[inline]
 pub(crate) fn bump(counter: &AtomicU64, n: u64) {
     counter.store(
         counter.load(Ordering::Relaxed).wrapping_add(n),

@@ -2,7 +2,8 @@
 //! function picks; settle inputs once their outputs are confirmed.
 //!
 //! One job per file: this one has the [`Sink`] type and the terminal methods of a [`Flow`];
-//! `one` drives the common shape (every message to one sink, handed over in batches),
+//! `one` drives the common shape (every message to one sink, handed over one by one where the
+//! producer takes it at once, else in batches),
 //! `routed` fan-out and routing, `batches` a flow of batches; `confirm` settles an input once
 //! its send is confirmed, or retries the send; `pacer` lets the pipeline's other tasks run.
 
