@@ -343,26 +343,25 @@ async fn run_one(driver: &Arc<dyn Driver>, plan: &Plan, options: &RunOptions) ->
     }
 }
 
-/// Rounds of the paired max-rate search behind each max-rate workload's ratio
-/// ([`runner::paired_max_rate`]): the backend's search and its raw baseline's run at once,
-/// a step of one then a step of the other, so what the machine does meanwhile lands on both.
-/// Whole runs of each side in turn (as before) gave ratios two runs apart; one search a side
-/// moves by a third with a neighbour's compile. The ratio is the median round's: with three
-/// rounds and each side's highest figure, three runs on Apache Kafka gave 0.650, 0.812 and
-/// 0.803 (one lucky raw round decided the first); five rounds let the median leave out two.
-pub const MAX_RATE_ROUNDS: usize = 5;
+/// Counted pairs of saturation steps behind each max-rate workload's ratio
+/// ([`runner::paired_max_rate`]): closed-loop steps of the backend and its raw baseline in
+/// turns (ABBA), so what the machine does meanwhile lands on both; the ratio is the median
+/// pair's. Paired *searches* (five rounds of pass/fail steps) gave Apache Kafka 0.661, 0.688
+/// and 0.891 in three runs on a quiet machine: a figure bracketed by steps moves by a whole
+/// bisection with one stall, where a measured one moves by what the stall took. On a simulated
+/// machine whose neighbour takes up to 45 % for seconds at a time, 7 pairs put one run in ten
+/// more than 5.9 % off, 12 pairs 3.3 % (15: 3.0 %).
+pub const MAX_RATE_PAIRS: usize = 12;
 
-/// Longest the paired search may take, in the workload's warm-ups (its own search's time):
-/// five rounds of two sides' searches. A first round took about six warm-ups on the project's
-/// 2-core machine (the two sides' steps take turns, and each step is held long enough to
-/// judge); later rounds start near the figure before and take fewer. A round it cuts short
-/// gives no ratio, and the report says how many rounds did.
-pub const MAX_RATE_BUDGET_WARMUPS: u32 = 32;
+/// Longest the paired saturation may take, in the workload's warm-ups: thirteen pairs (one of
+/// them the warm-up) of four 1-second steps and their drains take about a minute; a broker slow
+/// to drain (each drain may take a second) or to deliver its first message stays within it.
+pub const MAX_RATE_BUDGET_WARMUPS: u32 = 12;
 
 /// Each workload on the backend; for each max-rate one, one run of it on the raw baseline too
 /// (its figures and latencies beside the backend's; running every workload on the baseline
-/// would double the time) and the paired search ([`MAX_RATE_ROUNDS`]) for the throughput
-/// ratio, stored in the backend's result. Returns (runs, baseline runs).
+/// would double the time) and the paired saturation steps ([`MAX_RATE_PAIRS`]) for the
+/// throughput ratio, stored in the backend's result. Returns (runs, baseline runs).
 async fn run_with_baseline(
     driver: Arc<dyn Driver>,
     baseline: Option<Result<Arc<dyn Driver>>>,
@@ -383,7 +382,7 @@ async fn run_with_baseline(
                     if let (RunOutcome::Done(r), Some(rr)) = (&mut outcome, raw_outcome.result()) {
                         let mut ratio = BaselineRatio::of(r, rr);
                         eprintln!(
-                            "  paired max-rate search: {} and {}, {MAX_RATE_ROUNDS} rounds ...",
+                            "  paired saturation: {} and {}, {MAX_RATE_PAIRS} pairs of closed-loop steps ...",
                             driver.name(),
                             raw.name()
                         );
@@ -391,7 +390,7 @@ async fn run_with_baseline(
                             driver.clone(),
                             raw.clone(),
                             plan,
-                            MAX_RATE_ROUNDS,
+                            MAX_RATE_PAIRS,
                             plan.warmup * MAX_RATE_BUDGET_WARMUPS,
                             options.progress,
                         )
@@ -402,12 +401,12 @@ async fn run_with_baseline(
                                     ratio = ratio.with_paired(rate, raw_rate, paired.ratios);
                                 }
                                 _ => eprintln!(
-                                    "  paired search: no round where both found a rate ({:?} vs {:?}); the ratio is the workload runs'",
+                                    "  paired saturation: no pair where both moved messages ({:?} vs {:?}); the ratio is the workload runs'",
                                     paired.a, paired.b
                                 ),
                             },
                             Err(e) => eprintln!(
-                                "  paired search failed ({e}); the ratio is the workload runs'"
+                                "  paired saturation failed ({e}); the ratio is the workload runs'"
                             ),
                         }
                         eprintln!("  {}", ratio.line(&r.driver, &r.workload));

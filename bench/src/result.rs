@@ -286,7 +286,7 @@ pub struct BaselineRatio {
     /// The raw driver (`raw-lapin`, `raw-rdkafka`, `raw-sqs`, `raw-mpsc`).
     pub raw_driver: String,
     /// Messages per second the backend moved end to end (the lower of publish and consume);
-    /// with paired searches (`paired`), the highest rate the backend's searches found.
+    /// with paired saturation steps (`paired`), the backend's figure in the median pair.
     pub rate: f64,
     /// The same for the raw baseline.
     pub raw_rate: f64,
@@ -301,12 +301,12 @@ pub struct BaselineRatio {
     pub raw_e2e_p99: f64,
     /// With several alternating rounds (backend, raw, raw, backend, ...): each round pair's
     /// ratio, in order; `ratio` is then the median backend rate over the median raw rate.
-    /// With paired searches (`paired`): each round's ratio.
+    /// With paired saturation steps (`paired`): each pair's ratio.
     #[serde(default)]
     pub round_ratios: Vec<f64>,
-    /// The rates and ratio are from paired max-rate searches (the backend's and the raw
-    /// baseline's run at once, step by step in turn; see `runner::paired_max_rate`), not from
-    /// the workload's runs: `ratio` is the ratio of each side's highest rate over the rounds.
+    /// The rates and ratio are from paired closed-loop saturation steps (the backend's and the
+    /// raw baseline's runs live at once, a step of each in turn; see `runner::paired_max_rate`),
+    /// not from the workload's runs: `ratio` is the median pair's.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paired: bool,
 }
@@ -341,8 +341,8 @@ impl BaselineRatio {
         }
     }
 
-    /// The rates and ratio taken from paired max-rate searches instead (`runner::Paired`):
-    /// each side's highest rate over the rounds, and each round's ratio for the spread. The
+    /// The rates and ratio taken from paired saturation steps instead (`runner::Paired`):
+    /// each side's figure in the median pair, and each pair's ratio for the spread. The
     /// latencies stay the workload's runs'.
     pub fn with_paired(mut self, rate: f64, raw_rate: f64, round_ratios: Vec<f64>) -> Self {
         self.rate = rate;
@@ -406,12 +406,12 @@ impl BaselineRatio {
         let ratio = self.ratio?;
         if self.paired {
             let n = self.round_ratios.len();
-            let searches = if n == 1 { "search" } else { "searches" };
+            let pairs = if n == 1 { "pair" } else { "pairs" };
             return Some(match self.spread() {
                 Some((lo, hi)) => {
-                    format!("{ratio:.3} (rounds {lo:.3}–{hi:.3}, {n} paired {searches})")
+                    format!("{ratio:.3} (pairs {lo:.3}–{hi:.3}, {n} {pairs} of saturation steps)")
                 }
-                None => format!("{ratio:.3} ({n} paired {searches})"),
+                None => format!("{ratio:.3} ({n} {pairs} of saturation steps)"),
             });
         }
         Some(match self.spread() {
@@ -673,12 +673,15 @@ mod tests {
         let line = paired.line("rabbitmq", "w");
         assert!(
             line.contains(
-                "rabbitmq 850 msgs/s vs raw-lapin 1000 msgs/s, ratio 0.850 (rounds 0.800–0.900, 3 paired searches)"
+                "rabbitmq 850 msgs/s vs raw-lapin 1000 msgs/s, ratio 0.850 (pairs 0.800–0.900, 3 pairs of saturation steps)"
             ),
             "{line}"
         );
         let one = BaselineRatio::of(&b, &r).with_paired(850.0, 1000.0, vec![0.85]);
-        assert_eq!(one.ratio_text(), Some("0.850 (1 paired search)".into()));
+        assert_eq!(
+            one.ratio_text(),
+            Some("0.850 (1 pair of saturation steps)".into())
+        );
         // The result file says where the figures came from; older files read as not paired.
         let json = serde_json::to_string(&paired).expect("json");
         assert!(json.contains("\"paired\":true"), "{json}");

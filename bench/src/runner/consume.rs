@@ -48,7 +48,8 @@ impl Tally {
         }
         state
             .received_total
-            .fetch_add(self.received, Ordering::Relaxed);
+            .fetch_add(self.received, Ordering::SeqCst);
+        state.wake_producers();
         *self = Tally::default();
     }
 }

@@ -12,6 +12,7 @@ mod consume;
 mod produce;
 mod progress;
 mod recorder;
+mod saturate;
 mod search;
 mod state;
 
@@ -26,7 +27,7 @@ use mailroom_core::{Error, ErrorKind, Result};
 use self::consume::consume;
 use self::produce::produce;
 use self::progress::{Period, Progress};
-pub use self::search::Paired;
+pub use self::saturate::Paired;
 use self::search::Search;
 use self::state::{histogram, RunState};
 use crate::driver::{now_us, Driver, TopicPlan};
@@ -127,15 +128,15 @@ pub async fn run(driver: Arc<dyn Driver>, plan: &Plan, options: &RunOptions) -> 
     outcome
 }
 
-/// Paired max-rate searches of `plan` (a max-rate workload) on a backend and its raw baseline,
-/// both runs live at once, each on its own topics: `rounds` rounds, step by step in lockstep
-/// (see [`search`](self::search)), within `budget` (a round the budget cuts short gives no
-/// ratio). Nothing is measured after the search: the workload's own runs do that.
+/// The max-rate ratio of `plan` (a max-rate workload) on a backend and its raw baseline, both
+/// runs live at once, each on its own topics: `pairs` pairs of closed-loop saturation steps
+/// taken in turn (see [`saturate`](self::saturate)), within `budget`. Only the ratio and the
+/// figures behind it come out: the workload's own runs measure latency.
 pub async fn paired_max_rate(
     backend: Arc<dyn Driver>,
     raw: Arc<dyn Driver>,
     plan: &Plan,
-    rounds: usize,
+    pairs: usize,
     budget: Duration,
     show_progress: bool,
 ) -> Result<Paired> {
@@ -151,7 +152,7 @@ pub async fn paired_max_rate(
     let outcome = paired_on(
         [(backend.clone(), &topics_a), (raw.clone(), &topics_b)],
         plan,
-        rounds,
+        pairs,
         budget,
         show_progress,
     )
@@ -252,7 +253,7 @@ fn backlog_of(state: &RunState, subs: i64) -> i64 {
 async fn paired_on(
     sides: [(Arc<dyn Driver>, &Vec<TopicPlan>); 2],
     plan: Arc<Plan>,
-    rounds: usize,
+    pairs: usize,
     budget: Duration,
     show_progress: bool,
 ) -> Result<Paired> {
@@ -288,10 +289,10 @@ async fn paired_on(
         progress: &progress,
     };
     let (search_a, search_b) = (search(&state_a), search(&state_b));
-    let paired = search::run_paired(
+    let paired = saturate::run_saturation(
         [&search_a, &search_b],
-        initial,
-        rounds,
+        floor,
+        pairs,
         start,
         [&|| tasks_a.failed(), &|| tasks_b.failed()],
     )
@@ -307,7 +308,7 @@ async fn paired_on(
         return Err(Error::new(
             ErrorKind::Broker,
             format!(
-                "workload {}: a producer or consumer of {} or {} stopped during the paired search",
+                "workload {}: a producer or consumer of {} or {} stopped during the paired saturation steps",
                 plan.source,
                 driver_a.name(),
                 driver_b.name()

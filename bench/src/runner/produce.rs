@@ -18,6 +18,10 @@ use crate::driver::{now_ns, now_us, Confirm, Driver, Outgoing, TopicPlan, TrySen
 use crate::pacer::Pacer;
 use crate::workload::{KeyDistributor, Plan};
 
+/// Sends between two reads of the backlog in closed loop: the bound is overshot by at most
+/// this many per producer (and by the confirms still in flight).
+const GATE_CHECK_EVERY: u32 = 16;
+
 pub(super) async fn produce(
     driver: Arc<dyn Driver>,
     topic: TopicPlan,
@@ -54,6 +58,9 @@ pub(super) async fn produce(
     let payloads = &plan.payloads;
     let mut epoch = state.epoch.load(Ordering::Acquire);
     let mut pacer = Pacer::new(state.rate());
+    let mut gate = state.gate();
+    let subs = plan.subscriptions as u64;
+    let mut until_gate_check = 0u32;
     let mut i: u64 = 0;
     let mut slot = 0;
     // The clock (ns) as read at the end of the last send (an inline confirm), for the next
@@ -76,6 +83,21 @@ pub(super) async fn produce(
         if current != epoch {
             epoch = current;
             pacer.set_rate(state.rate());
+            gate = state.gate();
+            until_gate_check = 0;
+        }
+        if let Some(gate) = gate {
+            // The backlog is read every few sends, not per send: it is two shared counters
+            // the consumers keep writing.
+            if until_gate_check == 0 {
+                until_gate_check = GATE_CHECK_EVERY;
+                publish_sent(&state, &mut unpublished);
+                if state.backlog(subs) > gate {
+                    state.wait_for_room(subs, gate, epoch).await;
+                    continue;
+                }
+            }
+            until_gate_check -= 1;
         }
         let permit = match last_read.take().and_then(|now| pacer.due_by(now)) {
             Some(permit) => permit,

@@ -56,10 +56,6 @@ const KEEP_UP: f64 = 0.9;
 const MISSES_TO_COUNT: u32 = 2;
 /// How much a climbing step raises the rate on a first search.
 const CLIMB: f64 = 1.5;
-/// A later paired round starts this far below the figure of the round before, and climbs by
-/// this much a step: the figure is known to within a few tens of percent, so a short climb
-/// and two bisections find it again, instead of the whole climb and four.
-const LATER_ROUND_CLIMB: f64 = 1.1;
 
 /// What one step measured over its judged (second) half.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,12 +74,15 @@ pub(super) struct StepFigures {
 pub(super) trait Probe {
     /// Hold `rate` (msgs/s over all producers) for `hold` and measure its second half.
     fn step(&self, rate: f64, hold: Duration) -> impl Future<Output = StepFigures>;
+    /// Closed loop for `hold` (producers as fast as the backlog bound lets them, see
+    /// [`super::state::RunState::set_closed_loop`]) and measure its second half.
+    fn saturate(&self, hold: Duration) -> impl Future<Output = StepFigures>;
     /// Producers at `floor` until the backlog is down to a quarter of what is acceptable, or
     /// [`DRAIN_LIMIT`] has passed.
     fn drain(&self, floor: f64) -> impl Future<Output = ()>;
     /// Producers at `floor` until a first message came through, or [`FIRST_MESSAGE_LIMIT`].
     fn first_message(&self, floor: f64) -> impl Future<Output = ()>;
-    /// Producers at `floor` until the next step: the other side of a paired search is
+    /// Producers at `floor` until the next step: the other side of a paired measurement is
     /// stepping, and this side's producers must not take the machine (or the broker) from it.
     fn idle(&self, floor: f64);
     /// Whether the search's time is over (checked before each new step).
@@ -119,8 +118,7 @@ fn judge(rate: f64, s: &StepFigures, acceptable_backlog: i64) -> Option<String> 
 }
 
 /// The search's decisions, one step at a time: which step comes next, and what a step's
-/// figures change. [`search`] drives one over a probe; [`paired_search`] drives two in
-/// lockstep.
+/// figures change. [`search`] drives one over a probe.
 struct Searcher {
     /// Never below this: a broker that cannot sustain even that gets an honest "no
     /// sustainable rate" rather than a search collapsing towards 1 msg/s.
@@ -134,8 +132,6 @@ struct Searcher {
     confirming: Option<f64>,
     /// Misses in a row at `confirming`.
     misses: u32,
-    /// How much a climbing step raises the rate.
-    climb: f64,
     /// Whether the converged bracket's upper end was tried once more.
     retried: bool,
     /// `missed` was taken before any rate was sustained, unconfirmed (a stall in the first
@@ -156,7 +152,6 @@ impl Searcher {
             missed: None,
             confirming: None,
             misses: 0,
-            climb: CLIMB,
             retried: false,
             miss_unconfirmed: false,
             lowest_miss: String::from("the search ended before its first step"),
@@ -238,7 +233,7 @@ impl Searcher {
             }
         }
         self.rate = match (self.sustained, self.missed) {
-            (Some(ok), None) => ok * self.climb,
+            (Some(ok), None) => ok * CLIMB,
             (Some(ok), Some(miss)) => {
                 if miss / ok <= CONVERGED || miss <= ok {
                     if !self.retried && miss > ok {
@@ -325,131 +320,6 @@ pub(super) async fn search<P: Probe>(
     searcher.outcome()
 }
 
-/// Paired max-rate searches of a backend and its raw baseline ([`paired_search`]): each side's
-/// outcome per round, and each round's ratio.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Paired {
-    /// Each round's outcome on the first side (the backend).
-    pub a: Vec<MaxRate>,
-    /// Each round's outcome on the second side (the raw baseline).
-    pub b: Vec<MaxRate>,
-    /// Each round's ratio, a ÷ b, for the rounds where both found a rate.
-    pub ratios: Vec<f64>,
-    /// Both sides' rates in those rounds, (a, b).
-    pub found: Vec<(f64, f64)>,
-}
-
-impl Paired {
-    /// The round whose ratio is the median of the rounds' ratios (with an even number of
-    /// rounds, the lower of the middle two: a round's own figures, never a mean of two).
-    ///
-    /// Each round's two figures come from steps taken in turn, so what the machine does
-    /// meanwhile lands on both and a round's ratio is steadier than either figure. Busy spells
-    /// are not the only noise: the broker has spells too (a JVM collection, a log roll, the page
-    /// cache) that lower *or raise* one side's figure in one round, and each side's highest
-    /// figure over the rounds then pairs two rounds' luck into a ratio no round showed (0.650
-    /// where the rounds said 0.650–0.956). The median round leaves out as many outliers above
-    /// as below.
-    fn median_round(&self) -> Option<(f64, f64)> {
-        let mut rounds: Vec<(f64, f64)> = self.found.clone();
-        rounds.sort_by(|x, y| (x.0 / x.1).total_cmp(&(y.0 / y.1)));
-        rounds.get(rounds.len().checked_sub(1)? / 2).copied()
-    }
-
-    /// The backend's rate in the median round ([`Paired::ratio`]).
-    pub fn rate(&self) -> Option<f64> {
-        Some(self.median_round()?.0)
-    }
-
-    /// The raw baseline's rate in the median round ([`Paired::ratio`]).
-    pub fn raw_rate(&self) -> Option<f64> {
-        Some(self.median_round()?.1)
-    }
-
-    /// The median of the round ratios (the median round's rate ÷ its raw rate), so it lies
-    /// within the rounds' spread. `None` unless both sides found a rate in a round.
-    pub fn ratio(&self) -> Option<f64> {
-        let (rate, raw_rate) = self.median_round()?;
-        Some(rate / raw_rate)
-    }
-
-    /// The lowest and highest round ratio.
-    pub fn spread(&self) -> Option<(f64, f64)> {
-        let lo = self.ratios.iter().copied().reduce(f64::min)?;
-        let hi = self.ratios.iter().copied().reduce(f64::max)?;
-        Some((lo, hi))
-    }
-}
-
-/// Two max-rate searches (a backend's and its raw baseline's) in lockstep, for their ratio:
-/// a step on one, then a step on the other, the order swapped every pair (ABBA), so what the
-/// machine does meanwhile (a stall, a compile starting next door) lands on both at about the
-/// same time instead of deciding the ratio. The side not stepping trickles at the floor
-/// ([`Probe::idle`]), so each step has the machine and the broker to itself. `rounds` such
-/// paired searches run; the first from `initial`, later ones from a little below what each
-/// side found in the round before ([`LATER_ROUND_CLIMB`]). The ratio is the median round's
-/// ([`Paired::ratio`]); the spread is the rounds' ratios'.
-pub(super) async fn paired_search<A: Probe, B: Probe>(
-    a: &A,
-    b: &B,
-    initial: f64,
-    acceptable_backlog: i64,
-    rounds: usize,
-    trace_a: &mut Vec<(f64, f64, i64)>,
-    trace_b: &mut Vec<(f64, f64, i64)>,
-) -> Paired {
-    let floor = (initial / SEARCH_FLOOR_DIVISOR).max(1.0);
-    a.first_message(floor).await;
-    b.first_message(floor).await;
-    let mut out = Paired {
-        a: Vec::new(),
-        b: Vec::new(),
-        ratios: Vec::new(),
-        found: Vec::new(),
-    };
-    let (mut start_a, mut start_b) = (initial, initial);
-    let mut climb = CLIMB;
-    let mut turn = 0usize;
-    for _ in 0..rounds.max(1) {
-        let mut sa = Searcher::new(start_a, floor);
-        let mut sb = Searcher::new(start_b, floor);
-        sa.climb = climb;
-        sb.climb = climb;
-        let over = || a.expired() || b.expired() || a.failed() || b.failed();
-        while (!sa.done || !sb.done) && !over() {
-            if turn % 2 == 0 {
-                take_step(a, &mut sa, acceptable_backlog, trace_a).await;
-                a.idle(floor);
-                take_step(b, &mut sb, acceptable_backlog, trace_b).await;
-                b.idle(floor);
-            } else {
-                take_step(b, &mut sb, acceptable_backlog, trace_b).await;
-                b.idle(floor);
-                take_step(a, &mut sa, acceptable_backlog, trace_a).await;
-                a.idle(floor);
-            }
-            turn += 1;
-        }
-        let (oa, ob) = (sa.outcome(), sb.outcome());
-        // A round cut short by the time limit has not decided its figures: not a ratio.
-        if sa.done && sb.done {
-            if let (MaxRate::Found { rate: ra }, MaxRate::Found { rate: rb }) = (&oa, &ob) {
-                out.ratios.push(ra / rb);
-                out.found.push((*ra, *rb));
-                start_a = (ra / LATER_ROUND_CLIMB).max(floor);
-                start_b = (rb / LATER_ROUND_CLIMB).max(floor);
-                climb = LATER_ROUND_CLIMB;
-            }
-        }
-        out.a.push(oa);
-        out.b.push(ob);
-        if over() {
-            break;
-        }
-    }
-    out
-}
-
 /// What the search needs from the run.
 pub(super) struct Search<'a> {
     pub(super) state: &'a RunState,
@@ -470,51 +340,23 @@ impl Search<'_> {
         start: Instant,
         failed: impl Fn() -> bool,
     ) -> MaxRate {
-        let probe = RunProbe {
+        let probe = self.probe(start, failed);
+        search(&probe, initial, self.plan.acceptable_backlog as i64, trace).await
+    }
+
+    /// A [`Probe`] on this run; `failed` tells whether the run has failed.
+    pub(super) fn probe<F: Fn() -> bool>(&self, start: Instant, failed: F) -> RunProbe<'_, '_, F> {
+        RunProbe {
             search: self,
             start,
             until: std::cell::Cell::new(self.until),
             failed,
-        };
-        search(&probe, initial, self.plan.acceptable_backlog as i64, trace).await
+        }
     }
 }
 
-/// Paired searches ([`paired_search`]) on two live runs, `sides` = (backend, raw baseline);
-/// `failed` tells whether each run has failed. Each side's steps go to its own trace, only
-/// for the debug log: the paired search has no result file of its own.
-pub(super) async fn run_paired(
-    sides: [&Search<'_>; 2],
-    initial: f64,
-    rounds: usize,
-    start: Instant,
-    failed: [&dyn Fn() -> bool; 2],
-) -> Paired {
-    let [a, b] = sides;
-    let probe = |search, failed| RunProbe {
-        search,
-        start,
-        until: std::cell::Cell::new(a.until),
-        failed,
-    };
-    let (pa, pb) = (probe(a, failed[0]), probe(b, failed[1]));
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    let paired = paired_search(
-        &pa,
-        &pb,
-        initial,
-        a.plan.acceptable_backlog as i64,
-        rounds,
-        &mut ta,
-        &mut tb,
-    )
-    .await;
-    tracing::debug!(?ta, ?tb, ?paired, "paired max-rate search");
-    paired
-}
-
 /// The [`Probe`] of a real run: sets the producers' rate and reads the run's counters.
-struct RunProbe<'a, 'b, F> {
+pub(super) struct RunProbe<'a, 'b, F> {
     search: &'a Search<'b>,
     start: Instant,
     /// When the search's time is over; pushed back by the wait for a first message.
@@ -542,11 +384,10 @@ impl<F: Fn() -> bool> RunProbe<'_, '_, F> {
         let (sent, received) = self.counters();
         (sent as i64 * self.search.subs - received as i64).max(0)
     }
-}
 
-impl<F: Fn() -> bool> Probe for RunProbe<'_, '_, F> {
-    async fn step(&self, rate: f64, hold: Duration) -> StepFigures {
-        self.set_rate(rate);
+    /// Wait out the first half of a step of `hold` (the broker settling on what it was just
+    /// asked) and measure the second.
+    async fn measure_second_half(&self, hold: Duration) -> StepFigures {
         tokio::time::sleep(hold / 2).await;
         let t0 = Instant::now();
         let end = t0 + hold / 2;
@@ -569,6 +410,19 @@ impl<F: Fn() -> bool> Probe for RunProbe<'_, '_, F> {
             backlog_median: samples[samples.len() / 2],
             backlog_end: self.backlog(),
         }
+    }
+}
+
+impl<F: Fn() -> bool> Probe for RunProbe<'_, '_, F> {
+    async fn step(&self, rate: f64, hold: Duration) -> StepFigures {
+        self.set_rate(rate);
+        self.measure_second_half(hold).await
+    }
+
+    async fn saturate(&self, hold: Duration) -> StepFigures {
+        self.state()
+            .set_closed_loop(self.search.plan.acceptable_backlog);
+        self.measure_second_half(hold).await
     }
 
     async fn drain(&self, floor: f64) {
@@ -621,7 +475,6 @@ mod tests {
     use std::cell::{Cell, RefCell};
 
     use super::*;
-    use crate::compare::MAX_RATE_ROUNDS;
 
     /// A broker that sustains any rate up to `capacity`, except for the steps listed in
     /// `stalls` (by index), which look like a machine stall: consumers fall behind.
@@ -672,6 +525,10 @@ mod tests {
                 backlog_median: backlog,
                 backlog_end: backlog,
             }
+        }
+
+        async fn saturate(&self, _hold: Duration) -> StepFigures {
+            unreachable!("the search takes no saturation steps")
         }
 
         async fn drain(&self, _floor: f64) {
@@ -815,199 +672,6 @@ mod tests {
             }
             other => panic!("expected no rate, got {other:?} (trace {trace:?})"),
         }
-    }
-
-    /// A machine two simulated brokers share, in virtual time: other work on it comes and goes
-    /// (a neighbour taking up to 45 % of the capacity for a few seconds at a time), a step
-    /// can stall (a tenth of climbing steps, a fiftieth of deciding ones: consumers at half
-    /// speed), and each step's capacity jitters
-    /// by up to ±4 % on its own. Pseudo-random from a seed, so a failure can be replayed.
-    struct Machine {
-        now: Cell<Duration>,
-        seed: Cell<u64>,
-        /// The neighbour's share of the machine, and when it changes next.
-        load: Cell<(f64, Duration)>,
-    }
-
-    impl Machine {
-        fn new(seed: u64) -> Machine {
-            Machine {
-                now: Cell::new(Duration::ZERO),
-                seed: Cell::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
-                load: Cell::new((0.0, Duration::ZERO)),
-            }
-        }
-
-        /// Uniform in [0, 1).
-        fn random(&self) -> f64 {
-            let mut x = self.seed.get();
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.seed.set(x);
-            (x >> 11) as f64 / (1u64 << 53) as f64
-        }
-
-        /// The share of the machine left now.
-        fn left(&self) -> f64 {
-            let (mut share, mut until) = self.load.get();
-            while self.now.get() >= until {
-                share = if self.random() < 0.5 {
-                    0.0
-                } else {
-                    0.45 * self.random()
-                };
-                until += Duration::from_secs_f64(2.0 + 4.0 * self.random());
-            }
-            self.load.set((share, until));
-            1.0 - share
-        }
-    }
-
-    /// A broker of `capacity` on a shared [`Machine`].
-    struct Noisy<'m> {
-        capacity: f64,
-        machine: &'m Machine,
-        budget: Duration,
-    }
-
-    impl Probe for Noisy<'_> {
-        async fn step(&self, rate: f64, hold: Duration) -> StepFigures {
-            let m = self.machine;
-            let capacity = self.capacity * m.left() * (0.96 + 0.08 * m.random());
-            m.now.set(m.now.get() + hold);
-            let achieved = if rate <= capacity {
-                rate
-            } else {
-                capacity * 0.8
-            };
-            // A stall of a few hundred milliseconds sinks most of a climbing step's judged
-            // quarter second; a deciding step's median over a second outlasts all but the
-            // long ones.
-            let stall = if hold == DECIDING_STEP { 0.02 } else { 0.1 };
-            let consumed = if m.random() < stall {
-                achieved * 0.5
-            } else {
-                achieved
-            };
-            let backlog = if consumed < achieved * KEEP_UP {
-                50_000
-            } else {
-                100
-            };
-            StepFigures {
-                achieved,
-                consumed,
-                backlog_median: backlog,
-                backlog_end: backlog,
-            }
-        }
-
-        async fn drain(&self, _floor: f64) {
-            let m = self.machine;
-            m.now.set(m.now.get() + Duration::from_millis(200));
-        }
-
-        async fn first_message(&self, _floor: f64) {}
-
-        fn idle(&self, _floor: f64) {}
-
-        fn expired(&self) -> bool {
-            self.machine.now.get() >= self.budget
-        }
-
-        fn failed(&self) -> bool {
-            false
-        }
-
-        fn elapsed(&self) -> f64 {
-            self.machine.now.get().as_secs_f64()
-        }
-
-        fn show(&self, _line: &str) {}
-    }
-
-    fn paired(seed: u64, rounds: usize) -> (Paired, Duration) {
-        let machine = Machine::new(seed);
-        let budget = Duration::from_secs(600);
-        let backend = Noisy {
-            capacity: 80_000.0,
-            machine: &machine,
-            budget,
-        };
-        let raw = Noisy {
-            capacity: 100_000.0,
-            machine: &machine,
-            budget,
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("a current-thread runtime");
-        let (mut ta, mut tb) = (Vec::new(), Vec::new());
-        let out = rt.block_on(paired_search(
-            &backend, &raw, 10_000.0, 5_000, rounds, &mut ta, &mut tb,
-        ));
-        (out, machine.now.get())
-    }
-
-    #[test]
-    fn a_noisy_machine_gives_the_paired_ratio_within_ten_percent() {
-        // The true ratio is 0.8; each side's own figure moves by up to half with the neighbour.
-        let mut worst: f64 = 0.0;
-        let mut longest = Duration::ZERO;
-        for seed in 1..=40 {
-            let (out, took) = paired(seed, MAX_RATE_ROUNDS);
-            let ratio = out.ratio().expect("a ratio");
-            assert_eq!(out.ratios.len(), MAX_RATE_ROUNDS, "seed {seed}: {out:?}");
-            let off = (ratio / 0.8 - 1.0).abs();
-            assert!(
-                off <= 0.10,
-                "seed {seed}: ratio {ratio:.3}, rounds {:?}",
-                out.ratios
-            );
-            worst = worst.max(off);
-            longest = longest.max(took);
-        }
-        eprintln!(
-            "paired ratio on a noisy machine: worst {:.1} % off over 40 seeds; longest {longest:?}",
-            worst * 100.0
-        );
-    }
-
-    #[test]
-    fn the_ratio_is_the_median_rounds_and_one_lucky_round_of_either_side_does_not_decide_it() {
-        // Round 1: the raw side had the broker to itself for once (170 k); round 4: the
-        // backend did (95 k). Each side's highest figure would pair 95 k with 170 k (0.56),
-        // a ratio no round showed.
-        let found = vec![
-            (110_000.0, 170_000.0),
-            (80_000.0, 100_000.0),
-            (82_000.0, 101_000.0),
-            (95_000.0, 100_000.0),
-            (79_000.0, 99_000.0),
-        ];
-        let out = Paired {
-            a: Vec::new(),
-            b: Vec::new(),
-            ratios: found.iter().map(|(a, b)| a / b).collect(),
-            found,
-        };
-        let ratio = out.ratio().expect("a ratio");
-        assert!((ratio - 0.8).abs() < 1e-9, "{ratio}");
-        // The rates shown are the median round's, so the table's rates give its ratio.
-        assert_eq!(
-            (out.rate(), out.raw_rate()),
-            (Some(80_000.0), Some(100_000.0))
-        );
-    }
-
-    #[test]
-    fn later_rounds_start_near_the_last_figure() {
-        let (out, _) = paired(7, 2);
-        assert_eq!(out.a.len(), 2);
-        let ratio = out.ratio().expect("a ratio");
-        let (lo, hi) = out.spread().expect("a spread");
-        assert!(lo <= ratio && ratio <= hi, "{out:?}");
     }
 
     #[test]

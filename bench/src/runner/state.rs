@@ -4,7 +4,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use std::time::Duration;
+
 use hdrhistogram::Histogram;
+use tokio::sync::Notify;
 
 use mailroom_core::{Error, Result};
 
@@ -15,6 +18,11 @@ pub(super) fn histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, HIST_MAX_US, 3)
         .map_err(|e| Error::config(format!("histogram: {e}")))
 }
+
+/// The per-producer rate of the closed loop: no schedule to keep (every send is due at once).
+const UNPACED_RATE: f64 = 1e12;
+/// Longest a closed-loop producer waits for room before it reads the backlog again.
+const ROOM_WAIT_LIMIT: Duration = Duration::from_millis(5);
 
 /// The recording end of one task's part of a [`Hists`]: owned by that task alone.
 pub(super) type Part = Recorder;
@@ -81,6 +89,13 @@ pub(super) struct RunState {
     pub(super) rate_bits: AtomicU64,
     /// Bumped when the rate changes: producers re-anchor their schedule to now.
     pub(super) epoch: AtomicU64,
+    /// Closed loop ([`RunState::set_closed_loop`]) when above 0: producers send as fast as they
+    /// can while the backlog (all subscriptions) is at most this, and wait when it is over.
+    pub(super) backlog_gate: AtomicU64,
+    /// A producer waits for the backlog to fall ([`RunState::wake_producers`] ends the wait).
+    pub(super) producers_waiting: AtomicBool,
+    /// Where waiting producers park until a consumer has taken some of the backlog.
+    pub(super) room: Notify,
     /// Confirmed sends, ever (the backlog; periods count from its value at their start).
     pub(super) sent_total: Padded<AtomicU64>,
     pub(super) send_errors: Padded<AtomicU64>,
@@ -103,6 +118,9 @@ impl RunState {
             consumers_paused: AtomicBool::new(false),
             rate_bits: AtomicU64::new(1f64.to_bits()),
             epoch: AtomicU64::new(0),
+            backlog_gate: AtomicU64::new(0),
+            producers_waiting: AtomicBool::new(false),
+            room: Notify::new(),
             sent_total: Padded(AtomicU64::new(0)),
             send_errors: Padded(AtomicU64::new(0)),
             received_total: Padded(AtomicU64::new(0)),
@@ -114,10 +132,67 @@ impl RunState {
         })
     }
 
+    /// Open loop: each producer sends `per_producer` msgs/s on its schedule.
     pub(super) fn set_rate(&self, per_producer: f64) {
+        self.backlog_gate.store(0, Ordering::Release);
         self.rate_bits
             .store(per_producer.max(0.001).to_bits(), Ordering::Release);
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.wake_producers();
+    }
+
+    /// Closed loop: producers send as fast as they can, but never while the backlog is over
+    /// `backlog_gate` messages; a waiting producer goes on once it is down to half that. What
+    /// the consumers then take is the most the broker sustains with a bounded backlog, measured
+    /// directly instead of searched for step by step.
+    pub(super) fn set_closed_loop(&self, backlog_gate: u64) {
+        self.backlog_gate
+            .store(backlog_gate.max(1), Ordering::Release);
+        self.rate_bits
+            .store(UNPACED_RATE.to_bits(), Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The closed loop's bound, `None` in open loop.
+    pub(super) fn gate(&self) -> Option<u64> {
+        Some(self.backlog_gate.load(Ordering::Acquire)).filter(|&gate| gate > 0)
+    }
+
+    /// Messages sent (confirmed) and not yet received, over `subs` subscriptions; never
+    /// negative (a receive can be counted before its send's confirm).
+    pub(super) fn backlog(&self, subs: u64) -> u64 {
+        let sent = self.sent_total.load(Ordering::SeqCst).saturating_mul(subs);
+        sent.saturating_sub(self.received_total.load(Ordering::SeqCst))
+    }
+
+    /// Wake the producers waiting for the backlog to fall, if any (a consumer calls this each
+    /// time it publishes its count; one flag load when nobody waits).
+    pub(super) fn wake_producers(&self) {
+        if self.producers_waiting.load(Ordering::SeqCst)
+            && self.producers_waiting.swap(false, Ordering::SeqCst)
+        {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Wait, in closed loop, until the backlog is down to half of `gate` (or the loop has been
+    /// left, or the run is stopping). The flag is raised before the backlog is read and the
+    /// consumer reads it after publishing its count, so a wake-up is not lost between the two;
+    /// the wait is still bounded, as a net under that reasoning.
+    pub(super) async fn wait_for_room(&self, subs: u64, gate: u64, epoch: u64) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.producers_waiting.store(true, Ordering::SeqCst);
+            if self.backlog(subs) <= gate / 2
+                || self.epoch.load(Ordering::Acquire) != epoch
+                || self.stop_producers.load(Ordering::Acquire)
+            {
+                return;
+            }
+            let _ = tokio::time::timeout(ROOM_WAIT_LIMIT, notified).await;
+        }
     }
 
     pub(super) fn rate(&self) -> f64 {
@@ -133,7 +208,56 @@ impl RunState {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_loop_producer_waits_until_the_backlog_is_down_to_half_the_gate() {
+        let state = Arc::new(RunState::new().expect("run state"));
+        state.set_closed_loop(100);
+        assert_eq!(state.gate(), Some(100));
+        state.sent_total.store(1_000, Ordering::SeqCst);
+        let epoch = state.epoch.load(Ordering::Acquire);
+        let waiter = {
+            let state = state.clone();
+            tokio::spawn(async move { state.wait_for_room(1, 100, epoch).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!waiter.is_finished(), "backlog 1,000 over a gate of 100");
+        // Under the gate but not under half of it: still waiting.
+        state.received_total.store(920, Ordering::SeqCst);
+        state.wake_producers();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!waiter.is_finished(), "backlog 80: the wait ends at 50");
+        state.received_total.store(955, Ordering::SeqCst);
+        state.wake_producers();
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("backlog 45 ends the wait")
+            .expect("the waiter");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn going_back_to_open_loop_ends_a_wait_and_the_gate() {
+        let state = Arc::new(RunState::new().expect("run state"));
+        state.set_closed_loop(10);
+        state.sent_total.store(1_000, Ordering::SeqCst);
+        let epoch = state.epoch.load(Ordering::Acquire);
+        let waiter = {
+            let state = state.clone();
+            tokio::spawn(async move { state.wait_for_room(1, 10, epoch).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!waiter.is_finished());
+        state.set_rate(100.0);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("a new rate ends the wait")
+            .expect("the waiter");
+        assert_eq!(state.gate(), None);
+        assert_eq!(state.rate(), 100.0);
+    }
 
     /// A fixed spread of values: exact ones below 2,048, every doubling up to the top, values
     /// out of range at both ends (recorded clamped), and a pseudo-random tail.

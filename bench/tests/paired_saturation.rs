@@ -1,5 +1,5 @@
-//! The paired max-rate search on live runs: memory:// and its raw mpsc baseline searched at
-//! once, step by step in turn, within a time budget.
+//! Paired saturation on live runs: memory:// and its raw mpsc baseline, closed-loop steps of
+//! each in turn, within a time budget.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ mod common;
 use common::{tmp, workload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paired_search_gives_both_rates_and_a_round_ratio() {
+async fn paired_saturation_gives_both_rates_and_a_pair_ratio() {
     let dir = tmp();
     let plan = load_plan(&workload(&dir, 0, 2_000)).unwrap();
     let backend: Arc<dyn Driver> = Arc::new(MailroomDriver::new(
@@ -26,15 +26,16 @@ async fn a_paired_search_gives_both_rates_and_a_round_ratio() {
     let paired = paired_max_rate(backend, raw, &plan, 1, budget, false)
         .await
         .unwrap();
-    // A step that has begun is finished: the budget is overrun by at most a step and a drain.
-    assert!(took.elapsed() < budget + Duration::from_secs(10));
+    // One warm-up pair and one counted pair: eight 1-second steps and their drains.
+    assert!(took.elapsed() < Duration::from_secs(30), "{:?}", took.elapsed());
     assert_eq!((paired.a.len(), paired.b.len()), (1, 1), "{paired:?}");
-    let found = |m: &MaxRate| matches!(m, MaxRate::Found { rate } if *rate >= 2_000.0);
+    // Closed loop: far above the workload's start rate (2,000 msgs/s) on an in-process broker.
+    let found = |m: &MaxRate| matches!(m, MaxRate::Found { rate } if *rate >= 20_000.0);
     assert!(found(&paired.a[0]) && found(&paired.b[0]), "{paired:?}");
     let ratio = paired.ratio().expect("a ratio");
     assert_eq!(
         paired.ratios,
         vec![ratio],
-        "one round: its ratio is the ratio"
+        "one pair: its ratio is the ratio"
     );
 }
