@@ -27,7 +27,11 @@ async fn paired_saturation_gives_both_rates_and_a_pair_ratio() {
         .await
         .unwrap();
     // One warm-up pair and one counted pair: eight 1-second steps and their drains.
-    assert!(took.elapsed() < Duration::from_secs(30), "{:?}", took.elapsed());
+    assert!(
+        took.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        took.elapsed()
+    );
     assert_eq!((paired.a.len(), paired.b.len()), (1, 1), "{paired:?}");
     // Closed loop: far above the workload's start rate (2,000 msgs/s) on an in-process broker.
     let found = |m: &MaxRate| matches!(m, MaxRate::Found { rate } if *rate >= 20_000.0);

@@ -61,7 +61,9 @@ pub(super) async fn produce(
     let mut gate = state.gate();
     let subs = plan.subscriptions as u64;
     let mut until_gate_check = 0u32;
+    // Sends begun (`i`), and how many of them `started_total` has been told of.
     let mut i: u64 = 0;
+    let mut started_told = 0u64;
     let mut slot = 0;
     // The clock (ns) as read at the end of the last send (an inline confirm), for the next
     // permit. Times stay integers on the `now_ns` line: no `Instant` arithmetic per message.
@@ -92,7 +94,8 @@ pub(super) async fn produce(
             if until_gate_check == 0 {
                 until_gate_check = GATE_CHECK_EVERY;
                 publish_sent(&state, &mut unpublished);
-                if state.backlog(subs) > gate {
+                publish_started(&state, i, &mut started_told);
+                if state.in_flight(subs) > gate {
                     state.wait_for_room(subs, gate, epoch).await;
                     continue;
                 }
@@ -104,6 +107,7 @@ pub(super) async fn produce(
             None => {
                 // About to wait for the schedule: what was confirmed must count meanwhile.
                 publish_sent(&state, &mut unpublished);
+                publish_started(&state, i, &mut started_told);
                 pacer.next_ns(None).await
             }
         };
@@ -179,6 +183,7 @@ pub(super) async fn produce(
         }
     }
     publish_sent(&state, &mut unpublished);
+    publish_started(&state, i, &mut started_told);
     drop(tx);
     let _ = confirms.await;
     let closed = producer.close().await;
@@ -202,6 +207,17 @@ fn publish_sent(state: &RunState, unpublished: &mut u64) {
         state
             .sent_total
             .fetch_add(std::mem::take(unpublished), Ordering::Relaxed);
+    }
+}
+
+/// Add the sends begun since the last call (`begun` in all, `told` of them already added) to
+/// the run's `started_total`.
+fn publish_started(state: &RunState, begun: u64, told: &mut u64) {
+    if begun > *told {
+        state
+            .started_total
+            .fetch_add(begun - *told, Ordering::SeqCst);
+        *told = begun;
     }
 }
 

@@ -77,8 +77,8 @@ pub(super) trait Probe {
     /// Closed loop for `hold` (producers as fast as the backlog bound lets them, see
     /// [`super::state::RunState::set_closed_loop`]) and measure its second half.
     fn saturate(&self, hold: Duration) -> impl Future<Output = StepFigures>;
-    /// Producers at `floor` until the backlog is down to a quarter of what is acceptable, or
-    /// [`DRAIN_LIMIT`] has passed.
+    /// Producers at `floor` until what is in flight (backlog and unconfirmed sends) is down to
+    /// a quarter of what is acceptable, or [`DRAIN_LIMIT`] has passed.
     fn drain(&self, floor: f64) -> impl Future<Output = ()>;
     /// Producers at `floor` until a first message came through, or [`FIRST_MESSAGE_LIMIT`].
     fn first_message(&self, floor: f64) -> impl Future<Output = ()>;
@@ -428,8 +428,11 @@ impl<F: Fn() -> bool> Probe for RunProbe<'_, '_, F> {
     async fn drain(&self, floor: f64) {
         self.set_rate(floor);
         let limit = Instant::now() + DRAIN_LIMIT;
-        let target = (self.search.plan.acceptable_backlog / 4) as i64;
-        while self.backlog() > target && Instant::now() < limit && !self.expired() {
+        let target = self.search.plan.acceptable_backlog / 4;
+        // Sends still unconfirmed count too: a client's local queue drains into the broker the
+        // other side of a paired measurement uses next.
+        let subs = self.search.subs as u64;
+        while self.state().in_flight(subs) > target && Instant::now() < limit && !self.expired() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -96,6 +96,8 @@ pub(super) struct RunState {
     pub(super) producers_waiting: AtomicBool,
     /// Where waiting producers park until a consumer has taken some of the backlog.
     pub(super) room: Notify,
+    /// Sends begun, ever, published a batch at a time (see `in_flight`).
+    pub(super) started_total: Padded<AtomicU64>,
     /// Confirmed sends, ever (the backlog; periods count from its value at their start).
     pub(super) sent_total: Padded<AtomicU64>,
     pub(super) send_errors: Padded<AtomicU64>,
@@ -121,6 +123,7 @@ impl RunState {
             backlog_gate: AtomicU64::new(0),
             producers_waiting: AtomicBool::new(false),
             room: Notify::new(),
+            started_total: Padded(AtomicU64::new(0)),
             sent_total: Padded(AtomicU64::new(0)),
             send_errors: Padded(AtomicU64::new(0)),
             received_total: Padded(AtomicU64::new(0)),
@@ -158,11 +161,16 @@ impl RunState {
         Some(self.backlog_gate.load(Ordering::Acquire)).filter(|&gate| gate > 0)
     }
 
-    /// Messages sent (confirmed) and not yet received, over `subs` subscriptions; never
-    /// negative (a receive can be counted before its send's confirm).
-    pub(super) fn backlog(&self, subs: u64) -> u64 {
-        let sent = self.sent_total.load(Ordering::SeqCst).saturating_mul(subs);
-        sent.saturating_sub(self.received_total.load(Ordering::SeqCst))
+    /// Messages begun and neither received nor failed, over `subs` subscriptions: the backlog
+    /// and the sends still unconfirmed. The closed loop bounds this, not the confirmed backlog:
+    /// a client that queues sends locally (librdkafka takes 100,000) would otherwise take a
+    /// whole queue past the bound, and the next step, the other side's, would start while it
+    /// still drains into the broker they share.
+    pub(super) fn in_flight(&self, subs: u64) -> u64 {
+        let begun = self.started_total.load(Ordering::SeqCst);
+        let failed = self.send_errors.load(Ordering::SeqCst);
+        let owed = begun.saturating_sub(failed).saturating_mul(subs);
+        owed.saturating_sub(self.received_total.load(Ordering::SeqCst))
     }
 
     /// Wake the producers waiting for the backlog to fall, if any (a consumer calls this each
@@ -175,7 +183,7 @@ impl RunState {
         }
     }
 
-    /// Wait, in closed loop, until the backlog is down to half of `gate` (or the loop has been
+    /// Wait, in closed loop, until what is in flight is down to half of `gate` (or the loop has been
     /// left, or the run is stopping). The flag is raised before the backlog is read and the
     /// consumer reads it after publishing its count, so a wake-up is not lost between the two;
     /// the wait is still bounded, as a net under that reasoning.
@@ -185,7 +193,7 @@ impl RunState {
             tokio::pin!(notified);
             notified.as_mut().enable();
             self.producers_waiting.store(true, Ordering::SeqCst);
-            if self.backlog(subs) <= gate / 2
+            if self.in_flight(subs) <= gate / 2
                 || self.epoch.load(Ordering::Acquire) != epoch
                 || self.stop_producers.load(Ordering::Acquire)
             {
@@ -213,28 +221,31 @@ mod tests {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_closed_loop_producer_waits_until_the_backlog_is_down_to_half_the_gate() {
+    async fn a_closed_loop_producer_waits_until_what_is_in_flight_is_down_to_half_the_gate() {
         let state = Arc::new(RunState::new().expect("run state"));
         state.set_closed_loop(100);
         assert_eq!(state.gate(), Some(100));
-        state.sent_total.store(1_000, Ordering::SeqCst);
+        // Begun: 1,000; 500 of them confirmed, 20 failed.
+        state.started_total.store(1_000, Ordering::SeqCst);
+        state.sent_total.store(500, Ordering::SeqCst);
+        state.send_errors.store(20, Ordering::SeqCst);
         let epoch = state.epoch.load(Ordering::Acquire);
         let waiter = {
             let state = state.clone();
             tokio::spawn(async move { state.wait_for_room(1, 100, epoch).await })
         };
         tokio::time::sleep(Duration::from_millis(30)).await;
-        assert!(!waiter.is_finished(), "backlog 1,000 over a gate of 100");
+        assert!(!waiter.is_finished(), "980 in flight over a gate of 100");
         // Under the gate but not under half of it: still waiting.
-        state.received_total.store(920, Ordering::SeqCst);
+        state.received_total.store(900, Ordering::SeqCst);
         state.wake_producers();
         tokio::time::sleep(Duration::from_millis(30)).await;
-        assert!(!waiter.is_finished(), "backlog 80: the wait ends at 50");
-        state.received_total.store(955, Ordering::SeqCst);
+        assert!(!waiter.is_finished(), "80 in flight: the wait ends at 50");
+        state.received_total.store(935, Ordering::SeqCst);
         state.wake_producers();
         tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
-            .expect("backlog 45 ends the wait")
+            .expect("45 in flight ends the wait")
             .expect("the waiter");
     }
 
@@ -242,7 +253,7 @@ mod tests {
     async fn going_back_to_open_loop_ends_a_wait_and_the_gate() {
         let state = Arc::new(RunState::new().expect("run state"));
         state.set_closed_loop(10);
-        state.sent_total.store(1_000, Ordering::SeqCst);
+        state.started_total.store(1_000, Ordering::SeqCst);
         let epoch = state.epoch.load(Ordering::Acquire);
         let waiter = {
             let state = state.clone();
