@@ -57,7 +57,9 @@ pub fn html(c: &Comparison, charts: &[(String, String)]) -> String {
         s.push_str(svg);
         s.push('\n');
     }
-    s.push_str("<h2>Results</h2><p>Latencies in ms. End-to-end = receive − <i>intended</i> send time (open loop: no coordinated omission); publish = confirm − actual send; publish delay = actual − intended send. Warm-up excluded.</p><table><tr>");
+    s.push_str("<h2>Results</h2><p>Latencies in ms. End-to-end = receive − <i>intended</i> send time (open loop: no coordinated omission); publish = confirm − actual send; publish delay = actual − intended send. Warm-up excluded. ");
+    s.push_str(&esc(super::tables::RATES_NOTE));
+    s.push_str("</p><table><tr>");
     for h in RESULT_HEADERS {
         let _ = write!(s, "<th>{}</th>", esc(h));
     }

@@ -63,7 +63,8 @@ pub fn markdown(c: &Comparison, charts: &[(String, String)]) -> String {
     let _ = writeln!(s, "## Results\n");
     let _ = writeln!(
         s,
-        "Latencies in ms. End-to-end = receive − *intended* send time (open loop: no coordinated omission); publish = confirm − actual send; publish delay = actual − intended send. Warm-up excluded. OMB-format JSON per run in `results/`.\n"
+        "Latencies in ms. End-to-end = receive − *intended* send time (open loop: no coordinated omission); publish = confirm − actual send; publish delay = actual − intended send. Warm-up excluded. OMB-format JSON per run in `results/`. {}\n",
+        super::tables::RATES_NOTE
     );
     let _ = writeln!(s, "| {} |", RESULT_HEADERS.join(" | "));
     let _ = writeln!(s, "|{}", "---|".repeat(RESULT_HEADERS.len()));

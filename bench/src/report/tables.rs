@@ -127,6 +127,9 @@ pub(super) fn settings_note(c: &Comparison) -> String {
 }
 
 /// What the mailroom-vs-raw table's figures are, above it in both formats.
+/// Why a row's consumed rate can be above its published rate (both over the measured period).
+pub(super) const RATES_NOTE: &str = "Published and consumed msgs/s are each counted over the measured period: a max-rate run's consumers may still be taking the warm-up's (the search's) last backlog when it starts, and a consumer behind at its end leaves some for the drain, so consumed can be above or below published without a message lost or doubled (the errors column and the conformance suite say that).";
+
 pub(super) const RATIO_INTRO: &str = "Each max-rate workload also ran on the raw client the backend is built on, configured as the backend configures it. Ratio = backend msgs/s ÷ raw msgs/s; 1.0 means the abstraction costs nothing. Where it says \"pairs of saturation steps\", the rates are from closed-loop steps of the backend and the raw client run at once, a step of one then a step of the other (the order swapped every pair), so what the machine does meanwhile lands on both: in each step the producers send as fast as they can while the backlog stays within the workload's acceptableBacklog, and the figure is what moved end to end over the step's second half (the most the broker sustains with a bounded backlog, measured instead of searched for); the ratio and the two rates are those of the median pair (the pair whose ratio is the median of the pairs'), and the pairs' own ratios are shown as their spread. Otherwise the rates are those the workload's runs moved end to end. The e2e p99 figures are always the workload runs'.";
 
 /// The ratio, or why there is none.
