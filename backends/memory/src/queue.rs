@@ -71,15 +71,15 @@ pub struct QueueDepth {
     pub unacked: usize,
 }
 
-/// What [`Queue::pop_with`] found.
-pub(crate) enum Pop<R> {
+/// What [`Queue::pop_with`] found, with the `place` it was given back where nothing took it.
+pub(crate) enum Pop<R, P> {
     /// The next message, as `take` made it.
     Taken(R),
     /// Expired by TTL: the caller dead-letters it (boxed: rare, and it would widen every
     /// pop's result).
-    Expired(Box<Entry>),
+    Expired(Box<Entry>, P),
     /// Nothing ready; when the next delayed message falls due.
-    Empty { next_due: Option<Instant> },
+    Empty { next_due: Option<Instant>, place: P },
 }
 
 /// Why [`Queue::try_push`] did not take a message.
@@ -94,7 +94,10 @@ pub(crate) struct Queue {
     pub spec: QueueSpec,
     /// The name as every delivery's `source`: shared, so a delivery does not copy it.
     source: Arc<str>,
-    state: Mutex<State>,
+    /// On cache lines of its own: both sides write the lock and the buffer's ends per message,
+    /// and sharing a line with what each side only reads per message (the spec, the counts of
+    /// waiters, the deleted flag) would make every write cost the other side a miss there too.
+    state: CacheLine<Mutex<State>>,
     readable: Notify,
     writable: Notify,
     /// Consumers armed on `readable`, about to wait or waiting. A push wakes one only when
@@ -142,7 +145,7 @@ impl Queue {
         Queue {
             source: Arc::from(spec.name.as_str()),
             spec,
-            state: Mutex::new(State::default()),
+            state: CacheLine(Mutex::new(State::default())),
             readable: Notify::new(),
             writable: Notify::new(),
             readers: AtomicUsize::new(0),
@@ -164,7 +167,7 @@ impl Queue {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the state half-updated (every critical
         // section is a single push/pop), so a poisoned lock is still safe to use.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn mark_deleted(&self) {
@@ -282,11 +285,12 @@ impl Queue {
     /// while the lock is held.
     ///
     /// `take` moves the entry from the queue's buffer to where it stays (the consumer's settle
-    /// box) while the lock is held: returned to be boxed after the lock was given up, it was
-    /// copied out of the buffer, through each enum it passed, and into the box. A pop that
-    /// does not call `take` drops `place`.
+    /// box, allocated before the lock) while the lock is held: returned to be boxed after the
+    /// lock was given up, it was copied out of the buffer, through each enum it passed, and
+    /// into the box. A pop that does not call `take` gives `place` back. A pop on a deleted
+    /// queue drops it.
     #[inline(always)]
-    pub fn pop_with<P, R>(&self, place: P, take: impl FnOnce(P, Entry) -> R) -> Result<Pop<R>> {
+    pub fn pop_with<P, R>(&self, place: P, take: impl FnOnce(P, Entry) -> R) -> Result<Pop<R, P>> {
         if self.is_deleted() {
             return Err(self.deleted_error());
         }
@@ -297,7 +301,7 @@ impl Queue {
         let expired = match state.ready.front() {
             None => {
                 let next_due = state.delayed.peek().map(|Reverse(d)| d.due);
-                return Ok(Pop::Empty { next_due });
+                return Ok(Pop::Empty { next_due, place });
             }
             Some(front) => match (self.spec.message_ttl, front.enqueued_at) {
                 (Some(ttl), Some(at)) => at.elapsed() > ttl,
@@ -305,12 +309,15 @@ impl Queue {
             },
         };
         let Some(mut entry) = state.ready.pop_front() else {
-            return Ok(Pop::Empty { next_due: None });
+            return Ok(Pop::Empty {
+                next_due: None,
+                place,
+            });
         };
         if expired {
             drop(state);
             self.wake_writer();
-            return Ok(Pop::Expired(Box::new(entry)));
+            return Ok(Pop::Expired(Box::new(entry), place));
         }
         entry.deliveries += 1;
         let taken = take(place, entry);

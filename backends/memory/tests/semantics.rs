@@ -594,10 +594,7 @@ async fn the_producer_itself_refuses_an_oversize_message_as_the_capability_check
     // Exactly at the limit it goes in: 64 payload bytes and the id's 36.
     let fits = Message::new(vec![0u8; 64]);
     assert_eq!(fits.encoded_len(), 100);
-    producer
-        .send(&Destination::queue("q"), fits)
-        .await
-        .unwrap();
+    producer.send(&Destination::queue("q"), fits).await.unwrap();
     assert_eq!(broker.queue_depth("q").unwrap().ready, 1);
 }
 
