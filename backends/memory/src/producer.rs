@@ -122,6 +122,13 @@ impl MemoryProducer {
     /// has every exchange kind, so the check's refusal of exchange sends never applies.
     #[inline(always)]
     fn check_limits(&self, message: &Message) -> Result<()> {
+        // The usual message passes on its length alone (see `Broker::size_limit_only`); the
+        // check itself makes the refusal, so its text is the layer's.
+        if let Some(max) = self.broker.size_limit_only {
+            if message.encoded_len() <= max {
+                return Ok(());
+            }
+        }
         self.broker
             .capabilities
             .check_message(message, BACKEND, SEND)
