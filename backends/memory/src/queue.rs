@@ -282,13 +282,12 @@ impl Queue {
     }
 
     /// Take the next deliverable message, if any, handing it to `take` together with `place`
-    /// while the lock is held.
+    /// once the lock is given up.
     ///
-    /// `take` moves the entry from the queue's buffer to where it stays (the consumer's settle
-    /// box, allocated before the lock) while the lock is held: returned to be boxed after the
-    /// lock was given up, it was copied out of the buffer, through each enum it passed, and
-    /// into the box. A pop that does not call `take` gives `place` back. A pop on a deleted
-    /// queue drops it.
+    /// `take` moves the entry straight to where it stays (the consumer's settle box, allocated
+    /// before the lock): returned to be boxed by the caller, it was copied through each enum it
+    /// passed, and into the box. A pop that does not call `take` gives `place` back. A pop on
+    /// a deleted queue drops it.
     #[inline(always)]
     pub fn pop_with<P, R>(&self, place: P, take: impl FnOnce(P, Entry) -> R) -> Result<Pop<R, P>> {
         if self.is_deleted() {
@@ -319,12 +318,13 @@ impl Queue {
             self.wake_writer();
             return Ok(Pop::Expired(Box::new(entry), place));
         }
-        entry.deliveries += 1;
-        let taken = take(place, entry);
         state.handed_out += 1;
         drop(state);
         self.wake_writer();
-        Ok(Pop::Taken(taken))
+        // Moved into its place after the lock is given up: the copy (and whatever `take` does)
+        // is not time the producer waits for the lock.
+        entry.deliveries += 1;
+        Ok(Pop::Taken(take(place, entry)))
     }
 
     /// Wake a producer waiting for room, if one is (only a bounded queue has them).
