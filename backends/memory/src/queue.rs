@@ -105,6 +105,13 @@ pub(crate) struct Queue {
     readers: AtomicUsize,
     /// Producers armed on `writable`, waiting for room; a pop makes room for one of them.
     writers: AtomicUsize,
+    /// Set by the pop that wakes a waiting producer, cleared by each waiting producer as it
+    /// arms again: until then, later pops wake no one. A producer woken while the consumer
+    /// drains would otherwise get one wake-up per message taken meanwhile, each a call into
+    /// the `Notify` and a compare-and-swap on the consumer's side, and, stored as a permit,
+    /// an extra look at the queue on the producer's. A woken producer that gets in passes the
+    /// wake-up on to the next waiting one (see [`push_when_room`](Self::push_when_room)).
+    writer_woken: AtomicBool,
     /// Deliveries settled, ever. Kept apart from the lock: a settle touches nothing else. On
     /// a cache line of its own: the consumer's thread writes it per ack, and sharing a line with
     /// the flags and counts a producer reads per send would make every ack cost the producer
@@ -150,6 +157,7 @@ impl Queue {
             writable: Notify::new(),
             readers: AtomicUsize::new(0),
             writers: AtomicUsize::new(0),
+            writer_woken: AtomicBool::new(false),
             settled: CacheLine(AtomicU64::new(0)),
             deleted: AtomicBool::new(false),
         }
@@ -209,9 +217,19 @@ impl Queue {
             let writable = self.writable.notified();
             tokio::pin!(writable);
             writable.as_mut().enable();
+            // Before the look, under whose lock a pop it missed comes after: that pop sees
+            // the flag down and wakes a waiter.
+            self.writer_woken.store(false, Ordering::SeqCst);
             let added = self.filling().add(entry, delay);
             match added {
-                Added::Yes => return Ok(()),
+                Added::Yes => {
+                    // Pops since this producer was woken may have made room for others, and
+                    // woke no one (see `writer_woken`): the next waiter looks for itself.
+                    if self.writers.load(Ordering::SeqCst) > 1 {
+                        self.writable.notify_one();
+                    }
+                    return Ok(());
+                }
                 Added::Refused(e) => return Err(e),
                 Added::Full(back) => entry = back,
             }
@@ -330,7 +348,10 @@ impl Queue {
     /// Wake a producer waiting for room, if one is (only a bounded queue has them).
     #[inline]
     fn wake_writer(&self) {
-        if self.writers.load(Ordering::SeqCst) > 0 {
+        if self.writers.load(Ordering::SeqCst) > 0
+            && !self.writer_woken.load(Ordering::SeqCst)
+            && !self.writer_woken.swap(true, Ordering::SeqCst)
+        {
             self.writable.notify_one();
         }
     }

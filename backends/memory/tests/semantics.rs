@@ -661,3 +661,45 @@ async fn the_capability_layer_leaves_the_memory_producer_to_refuse_itself() {
     assert_eq!(e.kind(), ErrorKind::PayloadTooLarge, "{e}");
     assert_eq!(e.undelivered().map(Message::id), Some(&id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_producer_waiting_on_a_full_queue_gets_the_room_that_is_made() {
+    let broker = MemoryBackend::new();
+    broker
+        .topology()
+        .declare_queue(&QueueSpec::new("q").max_length(3, Overflow::Backpressure))
+        .await
+        .unwrap();
+    let dest = Destination::queue("q");
+    let first = broker.producer().await.unwrap();
+    for body in ["1", "2", "3"] {
+        first.send(&dest, Message::new(body)).await.unwrap();
+    }
+    // Three producers wait for room; then three messages are taken at once, with nothing
+    // taken after: each waiting producer must get in on the room those three made.
+    let mut waiting = Vec::new();
+    for body in ["a", "b", "c"] {
+        let producer = broker.producer().await.unwrap();
+        let dest = dest.clone();
+        waiting.push(tokio::spawn(async move {
+            producer.send(&dest, Message::new(body)).await
+        }));
+    }
+    // Long enough for all three to be waiting.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut consumer = broker.consumer("q", Default::default()).await.unwrap();
+    for _ in 0..3 {
+        let d = consumer.try_receive().expect("a message is ready").unwrap();
+        d.ack().await.unwrap();
+    }
+    for sender in waiting {
+        tokio::time::timeout(Duration::from_secs(5), sender)
+            .await
+            .expect("a waiting producer was left waiting with room in the queue")
+            .unwrap()
+            .unwrap();
+    }
+    let mut rest = drain_now(&mut consumer).await;
+    rest.sort();
+    assert_eq!(rest, ["a", "b", "c"]);
+}
