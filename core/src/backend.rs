@@ -103,6 +103,18 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// Whether this backend's producers refuse, themselves, every send its [`Capabilities`]
+    /// say it cannot carry out ([`Capabilities::check_message`]: over `max_message_size` or
+    /// `max_headers`, repeated header names, a delay it lacks or over `max_delay`; and a send
+    /// to an exchange without exchanges), before anything else they check, with the same
+    /// errors and the message returned inside them, as the [`CapabilityLayer`] would; a batch
+    /// refuses only its messages that fail, each in its place. The layer then leaves this
+    /// backend's producers as they are, which spares a wrapper call per send. The default,
+    /// `false`, has the layer check every send. Transactional units are checked either way.
+    fn producer_refuses_unsupported(&self) -> bool {
+        false
+    }
+
     /// The names of the [layers](crate::layer) this backend sits inside, outermost first; a
     /// bare backend has none. [`Registry::connect`] reads it so that a factory that already
     /// applied the [`CapabilityLayer`] does not get a second one.

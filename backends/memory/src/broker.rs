@@ -62,6 +62,10 @@ pub(crate) struct Declared {
 pub(crate) struct Broker {
     pub config: MemoryConfig,
     pub capabilities: Capabilities,
+    /// The size limit when it is the only thing `Capabilities::check_message` can refuse a
+    /// message for here (no header limits, repeated names allowed, delays without a maximum):
+    /// a message within it passes the check, so a send only compares its length.
+    pub size_limit_only: Option<usize>,
     declared: RwLock<Declared>,
     closed: ClosedFlag,
 }
@@ -74,9 +78,17 @@ fn named_brokers() -> &'static Mutex<HashMap<String, Weak<Broker>>> {
 impl Broker {
     fn new(config: MemoryConfig) -> Self {
         let capabilities = crate::capabilities(&config);
+        let c = &capabilities;
+        let size_limit_only = c.max_message_size.filter(|_| {
+            c.max_headers.is_none()
+                && c.repeated_header_names
+                && c.delayed_delivery
+                && c.max_delay.is_none()
+        });
         Broker {
             config,
             capabilities,
+            size_limit_only,
             declared: RwLock::new(Declared::default()),
             closed: ClosedFlag::new(BACKEND),
         }
@@ -175,5 +187,21 @@ impl Broker {
         for queue in self.read().queues.values() {
             queue.readable().notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_size_is_the_only_limit_a_send_is_held_to() {
+        // A send's check compares the length alone only while this holds: anything else the
+        // capability check could refuse a message for would need the whole check.
+        let broker = Broker::new(MemoryConfig {
+            max_message_size: 100,
+            ..MemoryConfig::default()
+        });
+        assert_eq!(broker.size_limit_only, Some(100));
     }
 }

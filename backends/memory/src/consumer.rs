@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use mailroom_core::consumer::closed_consumer;
 use mailroom_core::operation::CONSUME;
-use mailroom_core::{Capability, Consumer, ConsumerOptions, Delivery, Result};
+use mailroom_core::{Capability, Consumer, ConsumerOptions, Delivery, Error, ErrorKind, Result};
 
 use crate::broker::Broker;
 use crate::queue::{Pop, Queue};
@@ -35,6 +35,8 @@ pub struct MemoryConsumer {
     target: Arc<SettleTarget>,
     /// When the next delayed message falls due, as the last look that found nothing saw it.
     next_due: Option<tokio::time::Instant>,
+    /// A settle handle allocated for a look that found nothing, kept for the next look.
+    spare: Option<Box<MemorySettle>>,
     closed: bool,
 }
 
@@ -58,6 +60,7 @@ impl MemoryConsumer {
             queue,
             target,
             next_due: None,
+            spare: None,
             closed: false,
         })
     }
@@ -83,22 +86,28 @@ impl MemoryConsumer {
     #[inline(always)]
     fn take_next(&mut self) -> Option<Result<Delivery>> {
         loop {
-            // Cloned before the lock, not under it.
-            let target = self.target.clone();
-            let popped = self.queue.pop_with(target, |target, entry| {
-                Box::new(MemorySettle::new(target, entry))
+            // Allocated (or kept from a look that found nothing) before the lock, not under it.
+            let slot = match self.spare.take() {
+                Some(slot) => slot,
+                None => Box::new(MemorySettle::spare(self.target.clone())),
+            };
+            let popped = self.queue.pop_with(slot, |mut slot, entry| {
+                slot.fill(entry);
+                slot
             });
             let popped = match popped {
                 Ok(popped) => popped,
                 Err(e) => return Some(Err(e.with_backend(BACKEND))),
             };
             match popped {
-                Pop::Taken(settle) => return Some(Ok(self.delivery(settle))),
-                Pop::Expired(entry) => {
+                Pop::Taken(settle) => return Some(self.delivery(settle)),
+                Pop::Expired(entry, slot) => {
+                    self.spare = Some(slot);
                     self.broker
                         .dead_letter(&self.queue, *entry, "message TTL expired");
                 }
-                Pop::Empty { next_due } => {
+                Pop::Empty { next_due, place } => {
+                    self.spare = Some(place);
                     self.next_due = next_due;
                     return None;
                 }
@@ -107,10 +116,18 @@ impl MemoryConsumer {
     }
 
     #[inline(always)]
-    fn delivery(&self, settle: Box<MemorySettle>) -> Delivery {
+    fn delivery(&self, settle: Box<MemorySettle>) -> Result<Delivery> {
         // Read from the box the entry was moved into under the queue's lock.
-        let (message, info) = settle.received(self.queue.source());
-        Delivery::new(message, info, settle)
+        match settle.received(self.queue.source()) {
+            Some((message, info)) => Ok(Delivery::new(message, info, settle)),
+            // `take_next` fills every handle it hands here.
+            None => Err(Error::new(
+                ErrorKind::Broker,
+                "internal: a settle handle without its message",
+            )
+            .with_backend(BACKEND)
+            .with_operation(CONSUME)),
+        }
     }
 }
 

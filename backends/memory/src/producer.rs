@@ -16,6 +16,7 @@ use mailroom_core::{
 use crate::broker::Broker;
 use crate::error;
 use crate::queue::{Added, NotIn, Queue};
+use crate::BACKEND;
 
 /// The future `async_trait` gives every method of the trait.
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -115,11 +116,30 @@ impl MemoryProducer {
         self.broker.check_open(SEND)
     }
 
+    /// The capability check's refusal of a message over the broker's declared limits, made
+    /// here so that the check needs no wrapper around this producer (see
+    /// `Backend::producer_refuses_unsupported`): the same call, so the same errors. This broker
+    /// has every exchange kind, so the check's refusal of exchange sends never applies.
+    #[inline(always)]
+    fn check_limits(&self, message: &Message) -> Result<()> {
+        // The usual message passes on its length alone (see `Broker::size_limit_only`); the
+        // check itself makes the refusal, so its text is the layer's.
+        if let Some(max) = self.broker.size_limit_only {
+            if message.encoded_len() <= max {
+                return Ok(());
+            }
+        }
+        self.broker
+            .capabilities
+            .check_message(message, BACKEND, SEND)
+    }
+
     /// The checks every send passes before it touches a queue: the message back, ready to
-    /// queue, with its delay taken off.
+    /// queue, with its delay taken off. The limits come first, as the capability check
+    /// outside a backend would make them.
     #[inline(always)]
     fn accept(&self, mut message: Message) -> Result<(Message, Option<Duration>)> {
-        if let Err(e) = self.check_open() {
+        if let Err(e) = self.check_limits(&message).and_then(|()| self.check_open()) {
             return Err(e.with_undelivered(message));
         }
         let delay = message.delay();
@@ -314,6 +334,10 @@ impl Producer for MemoryProducer {
     /// a delayed one, one through an exchange (each target may be full) and one for a full
     /// queue that makes producers wait come back for `enqueue`.
     fn try_enqueue(&self, destination: &Destination, message: Message) -> TryEnqueue {
+        // Refused before it is handed back, as the capability check would.
+        if let Err(e) = self.check_limits(&message) {
+            return TryEnqueue::Done(Err(e.with_undelivered(message)));
+        }
         let name = match destination {
             Destination::Queue(name) if message.delay().is_none() => name,
             _ => return TryEnqueue::Wait(message),

@@ -71,15 +71,15 @@ pub struct QueueDepth {
     pub unacked: usize,
 }
 
-/// What [`Queue::pop_with`] found.
-pub(crate) enum Pop<R> {
+/// What [`Queue::pop_with`] found, with the `place` it was given back where nothing took it.
+pub(crate) enum Pop<R, P> {
     /// The next message, as `take` made it.
     Taken(R),
     /// Expired by TTL: the caller dead-letters it (boxed: rare, and it would widen every
     /// pop's result).
-    Expired(Box<Entry>),
+    Expired(Box<Entry>, P),
     /// Nothing ready; when the next delayed message falls due.
-    Empty { next_due: Option<Instant> },
+    Empty { next_due: Option<Instant>, place: P },
 }
 
 /// Why [`Queue::try_push`] did not take a message.
@@ -94,7 +94,10 @@ pub(crate) struct Queue {
     pub spec: QueueSpec,
     /// The name as every delivery's `source`: shared, so a delivery does not copy it.
     source: Arc<str>,
-    state: Mutex<State>,
+    /// On cache lines of its own: both sides write the lock and the buffer's ends per message,
+    /// and sharing a line with what each side only reads per message (the spec, the counts of
+    /// waiters, the deleted flag) would make every write cost the other side a miss there too.
+    state: CacheLine<Mutex<State>>,
     readable: Notify,
     writable: Notify,
     /// Consumers armed on `readable`, about to wait or waiting. A push wakes one only when
@@ -102,6 +105,13 @@ pub(crate) struct Queue {
     readers: AtomicUsize,
     /// Producers armed on `writable`, waiting for room; a pop makes room for one of them.
     writers: AtomicUsize,
+    /// Set by the pop that wakes a waiting producer, cleared by each waiting producer as it
+    /// arms again: until then, later pops wake no one. A producer woken while the consumer
+    /// drains would otherwise get one wake-up per message taken meanwhile, each a call into
+    /// the `Notify` and a compare-and-swap on the consumer's side, and, stored as a permit,
+    /// an extra look at the queue on the producer's. A woken producer that gets in passes the
+    /// wake-up on to the next waiting one (see [`push_when_room`](Self::push_when_room)).
+    writer_woken: AtomicBool,
     /// Deliveries settled, ever. Kept apart from the lock: a settle touches nothing else. On
     /// a cache line of its own: the consumer's thread writes it per ack, and sharing a line with
     /// the flags and counts a producer reads per send would make every ack cost the producer
@@ -142,11 +152,12 @@ impl Queue {
         Queue {
             source: Arc::from(spec.name.as_str()),
             spec,
-            state: Mutex::new(State::default()),
+            state: CacheLine(Mutex::new(State::default())),
             readable: Notify::new(),
             writable: Notify::new(),
             readers: AtomicUsize::new(0),
             writers: AtomicUsize::new(0),
+            writer_woken: AtomicBool::new(false),
             settled: CacheLine(AtomicU64::new(0)),
             deleted: AtomicBool::new(false),
         }
@@ -164,7 +175,7 @@ impl Queue {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the state half-updated (every critical
         // section is a single push/pop), so a poisoned lock is still safe to use.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn mark_deleted(&self) {
@@ -206,9 +217,19 @@ impl Queue {
             let writable = self.writable.notified();
             tokio::pin!(writable);
             writable.as_mut().enable();
+            // Before the look, under whose lock a pop it missed comes after: that pop sees
+            // the flag down and wakes a waiter.
+            self.writer_woken.store(false, Ordering::SeqCst);
             let added = self.filling().add(entry, delay);
             match added {
-                Added::Yes => return Ok(()),
+                Added::Yes => {
+                    // Pops since this producer was woken may have made room for others, and
+                    // woke no one (see `writer_woken`): the next waiter looks for itself.
+                    if self.writers.load(Ordering::SeqCst) > 1 {
+                        self.writable.notify_one();
+                    }
+                    return Ok(());
+                }
                 Added::Refused(e) => return Err(e),
                 Added::Full(back) => entry = back,
             }
@@ -279,14 +300,14 @@ impl Queue {
     }
 
     /// Take the next deliverable message, if any, handing it to `take` together with `place`
-    /// while the lock is held.
+    /// once the lock is given up.
     ///
-    /// `take` moves the entry from the queue's buffer to where it stays (the consumer's settle
-    /// box) while the lock is held: returned to be boxed after the lock was given up, it was
-    /// copied out of the buffer, through each enum it passed, and into the box. A pop that
-    /// does not call `take` drops `place`.
+    /// `take` moves the entry straight to where it stays (the consumer's settle box, allocated
+    /// before the lock): returned to be boxed by the caller, it was copied through each enum it
+    /// passed, and into the box. A pop that does not call `take` gives `place` back. A pop on
+    /// a deleted queue drops it.
     #[inline(always)]
-    pub fn pop_with<P, R>(&self, place: P, take: impl FnOnce(P, Entry) -> R) -> Result<Pop<R>> {
+    pub fn pop_with<P, R>(&self, place: P, take: impl FnOnce(P, Entry) -> R) -> Result<Pop<R, P>> {
         if self.is_deleted() {
             return Err(self.deleted_error());
         }
@@ -297,7 +318,7 @@ impl Queue {
         let expired = match state.ready.front() {
             None => {
                 let next_due = state.delayed.peek().map(|Reverse(d)| d.due);
-                return Ok(Pop::Empty { next_due });
+                return Ok(Pop::Empty { next_due, place });
             }
             Some(front) => match (self.spec.message_ttl, front.enqueued_at) {
                 (Some(ttl), Some(at)) => at.elapsed() > ttl,
@@ -305,25 +326,32 @@ impl Queue {
             },
         };
         let Some(mut entry) = state.ready.pop_front() else {
-            return Ok(Pop::Empty { next_due: None });
+            return Ok(Pop::Empty {
+                next_due: None,
+                place,
+            });
         };
         if expired {
             drop(state);
             self.wake_writer();
-            return Ok(Pop::Expired(Box::new(entry)));
+            return Ok(Pop::Expired(Box::new(entry), place));
         }
-        entry.deliveries += 1;
-        let taken = take(place, entry);
         state.handed_out += 1;
         drop(state);
         self.wake_writer();
-        Ok(Pop::Taken(taken))
+        // Moved into its place after the lock is given up: the copy (and whatever `take` does)
+        // is not time the producer waits for the lock.
+        entry.deliveries += 1;
+        Ok(Pop::Taken(take(place, entry)))
     }
 
     /// Wake a producer waiting for room, if one is (only a bounded queue has them).
     #[inline]
     fn wake_writer(&self) {
-        if self.writers.load(Ordering::SeqCst) > 0 {
+        if self.writers.load(Ordering::SeqCst) > 0
+            && !self.writer_woken.load(Ordering::SeqCst)
+            && !self.writer_woken.swap(true, Ordering::SeqCst)
+        {
             self.writable.notify_one();
         }
     }

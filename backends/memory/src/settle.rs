@@ -25,30 +25,42 @@ pub(crate) struct SettleTarget {
 /// Settles one in-memory delivery against the queue it came from.
 ///
 /// It keeps its entry in place until it is dropped, with a flag for whether it was settled:
-/// a delivery is built from the entry already in this handle's box (moved once), and an ack
-/// only sets the flag. A nack or an abandon, the rare ways, put a copy back (the payload's
-/// bytes are shared, not copied).
+/// a delivery is built from the entry already in this handle's box, and an ack only sets the
+/// flag. A nack or an abandon, the rare ways, move the entry back out.
+///
+/// The box is allocated before the queue's lock is taken ([`spare`](Self::spare)) and the
+/// entry moved into it under the lock ([`fill`](Self::fill)): the allocation stays out of the
+/// critical section the producer waits on, and a look that finds nothing keeps the box for
+/// the next one.
 pub(crate) struct MemorySettle {
     target: Arc<SettleTarget>,
-    entry: Entry,
+    /// `None` in a spare handle not filled yet, and once the entry was put back.
+    entry: Option<Entry>,
     settled: bool,
 }
 
 impl MemorySettle {
-    #[inline]
-    pub fn new(target: Arc<SettleTarget>, entry: Entry) -> Self {
+    /// A handle with no delivery in it yet: settled, so dropping it unfilled puts nothing back.
+    pub fn spare(target: Arc<SettleTarget>) -> Self {
         MemorySettle {
             target,
-            entry,
-            settled: false,
+            entry: None,
+            settled: true,
         }
     }
 
+    /// Take in the delivery's entry (under the queue's lock): the handle now settles it.
+    #[inline(always)]
+    pub fn fill(&mut self, entry: Entry) {
+        self.entry = Some(entry);
+        self.settled = false;
+    }
+
     /// The message a consumer receives from `queue`, and its delivery facts (see
-    /// [`Entry::received`]).
+    /// [`Entry::received`]); `None` for a handle that was never filled.
     #[inline]
-    pub fn received(&self, queue: &Arc<str>) -> (Message, DeliveryInfo) {
-        self.entry.received(queue)
+    pub fn received(&self, queue: &Arc<str>) -> Option<(Message, DeliveryInfo)> {
+        self.entry.as_ref().map(|entry| entry.received(queue))
     }
 
     /// Settle it: the entry to put back or dead-letter, or `None` if it was settled already.
@@ -58,11 +70,8 @@ impl MemorySettle {
         }
         self.settled = true;
         self.target.queue.settled();
-        Some(Entry {
-            message: self.entry.message.clone(),
-            deliveries: self.entry.deliveries,
-            enqueued_at: self.entry.enqueued_at,
-        })
+        // Moved out, not copied: the handle is spent.
+        self.entry.take()
     }
 
     fn requeue(&mut self, delay: Option<std::time::Duration>) {

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use mailroom_core::{
-    Backend, Binding, Destination, ErrorKind, ExchangeKind, ExchangeSpec, Message, Overflow,
-    QueueSpec,
+    Backend, BackendFactory, Binding, Destination, ErrorKind, ExchangeKind, ExchangeSpec, Message,
+    MessageId, Overflow, QueueSpec,
 };
 use mailroom_memory::{MemoryBackend, MemoryConfig};
 
@@ -522,4 +522,184 @@ async fn try_receive_dead_letters_expired_messages_and_delivers_the_next_live_on
         assert_eq!(d.message().payload().as_ref(), expected.as_bytes());
         d.ack().await.unwrap();
     }
+}
+
+/// A bare broker whose messages may be at most 100 bytes, with a queue `q`.
+async fn small_limit() -> MemoryBackend {
+    let broker = MemoryBackend::with_config(MemoryConfig {
+        max_message_size: 100,
+        ..MemoryConfig::default()
+    });
+    broker
+        .topology()
+        .declare_queue(&QueueSpec::new("q"))
+        .await
+        .unwrap();
+    broker
+}
+
+/// The error the capability layer gives for `message` on `broker`, to compare with the
+/// producer's own.
+fn layer_error(broker: &MemoryBackend, message: &Message) -> mailroom_core::Error {
+    broker
+        .capabilities()
+        .check_message(message, "memory", "send")
+        .expect_err("over the limit")
+}
+
+fn same_refusal(e: &mailroom_core::Error, expected: &mailroom_core::Error, id: &MessageId) {
+    assert_eq!(e.kind(), ErrorKind::PayloadTooLarge, "{e}");
+    assert_eq!(e.message(), expected.message());
+    assert_eq!(e.backend(), Some("memory"));
+    assert_eq!(e.operation(), Some("send"));
+    assert_eq!(e.undelivered().map(Message::id), Some(id));
+}
+
+#[tokio::test]
+async fn the_producer_itself_refuses_an_oversize_message_as_the_capability_check_would() {
+    use mailroom_core::TryEnqueue;
+    let broker = small_limit().await;
+    let producer = broker.producer().await.unwrap();
+    let big = || Message::new(vec![0u8; 101]);
+    // To a queue that is there, and to one that is not: the size is checked first.
+    for dest in [Destination::queue("q"), Destination::queue("nowhere")] {
+        let m = big();
+        let (id, expected) = (m.id().clone(), layer_error(&broker, &m));
+        let TryEnqueue::Done(Err(e)) = producer.try_enqueue(&dest, m) else {
+            panic!("try_enqueue took an oversize message for {dest}");
+        };
+        same_refusal(&e, &expected, &id);
+        let m = big();
+        let (id, expected) = (m.id().clone(), layer_error(&broker, &m));
+        let e = producer.send(&dest, m).await.unwrap_err();
+        same_refusal(&e, &expected, &id);
+        let m = big();
+        let (id, expected) = (m.id().clone(), layer_error(&broker, &m));
+        let e = producer.enqueue(&dest, m).await.err().unwrap();
+        same_refusal(&e, &expected, &id);
+    }
+    // A delayed one too (the delayed way is another path in the producer).
+    let m = Message::builder(vec![0u8; 101])
+        .delay(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let (id, expected) = (m.id().clone(), layer_error(&broker, &m));
+    let e = producer
+        .send(&Destination::queue("q"), m)
+        .await
+        .unwrap_err();
+    same_refusal(&e, &expected, &id);
+    assert_eq!(broker.queue_depth("q").unwrap().ready, 0);
+    assert_eq!(broker.queue_depth("q").unwrap().delayed, 0);
+    // Exactly at the limit it goes in: 64 payload bytes and the id's 36.
+    let fits = Message::new(vec![0u8; 64]);
+    assert_eq!(fits.encoded_len(), 100);
+    producer.send(&Destination::queue("q"), fits).await.unwrap();
+    assert_eq!(broker.queue_depth("q").unwrap().ready, 1);
+}
+
+#[tokio::test]
+async fn a_batch_refuses_only_its_oversize_message_in_its_place() {
+    let broker = small_limit().await;
+    let producer = broker.producer().await.unwrap();
+    let batch = || {
+        vec![
+            Message::new("a"),
+            Message::new(vec![0u8; 101]),
+            Message::new("c"),
+        ]
+    };
+    let mut messages = batch();
+    let ids: Vec<_> = messages.iter().map(|m| m.id().clone()).collect();
+    let expected = layer_error(&broker, &messages[1]);
+    let mut pending = Vec::new();
+    producer
+        .enqueue_batch(&Destination::queue("q"), &mut messages, &mut pending)
+        .await;
+    assert_eq!(pending.len(), 3);
+    let mut pending = pending.into_iter();
+    assert_eq!(pending.next().unwrap().unwrap().await.unwrap().id, ids[0]);
+    same_refusal(&pending.next().unwrap().err().unwrap(), &expected, &ids[1]);
+    assert_eq!(pending.next().unwrap().unwrap().await.unwrap().id, ids[2]);
+
+    let messages = batch();
+    let ids: Vec<_> = messages.iter().map(|m| m.id().clone()).collect();
+    let expected = layer_error(&broker, &messages[1]);
+    let results = producer
+        .send_batch(&Destination::queue("q"), messages)
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0].as_ref().unwrap().id, ids[0]);
+    same_refusal(results[1].as_ref().unwrap_err(), &expected, &ids[1]);
+    assert_eq!(results[2].as_ref().unwrap().id, ids[2]);
+
+    let mut consumer = broker.consumer("q", Default::default()).await.unwrap();
+    assert_eq!(drain_now(&mut consumer).await, ["a", "c", "a", "c"]);
+}
+
+#[tokio::test]
+async fn the_capability_layer_leaves_the_memory_producer_to_refuse_itself() {
+    let backend = mailroom_memory::MemoryFactory
+        .connect("memory://?max_message_size=100")
+        .await
+        .unwrap();
+    // The bare backend says so, and the refusal through the layer is still the same.
+    assert!(MemoryBackend::new().producer_refuses_unsupported());
+    backend
+        .topology()
+        .declare_queue(&QueueSpec::new("q"))
+        .await
+        .unwrap();
+    let producer = backend.producer().await.unwrap();
+    let m = Message::new(vec![0u8; 101]);
+    let id = m.id().clone();
+    let e = producer
+        .send(&Destination::queue("q"), m)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PayloadTooLarge, "{e}");
+    assert_eq!(e.undelivered().map(Message::id), Some(&id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_producer_waiting_on_a_full_queue_gets_the_room_that_is_made() {
+    let broker = MemoryBackend::new();
+    broker
+        .topology()
+        .declare_queue(&QueueSpec::new("q").max_length(3, Overflow::Backpressure))
+        .await
+        .unwrap();
+    let dest = Destination::queue("q");
+    let first = broker.producer().await.unwrap();
+    for body in ["1", "2", "3"] {
+        first.send(&dest, Message::new(body)).await.unwrap();
+    }
+    // Three producers wait for room; then three messages are taken at once, with nothing
+    // taken after: each waiting producer must get in on the room those three made.
+    let mut waiting = Vec::new();
+    for body in ["a", "b", "c"] {
+        let producer = broker.producer().await.unwrap();
+        let dest = dest.clone();
+        waiting.push(tokio::spawn(async move {
+            producer.send(&dest, Message::new(body)).await
+        }));
+    }
+    // Long enough for all three to be waiting.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut consumer = broker.consumer("q", Default::default()).await.unwrap();
+    for _ in 0..3 {
+        let d = consumer.try_receive().expect("a message is ready").unwrap();
+        d.ack().await.unwrap();
+    }
+    for sender in waiting {
+        tokio::time::timeout(Duration::from_secs(5), sender)
+            .await
+            .expect("a waiting producer was left waiting with room in the queue")
+            .unwrap()
+            .unwrap();
+    }
+    let mut rest = drain_now(&mut consumer).await;
+    rest.sort();
+    assert_eq!(rest, ["a", "b", "c"]);
 }

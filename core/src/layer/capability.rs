@@ -34,7 +34,8 @@ use crate::transaction::{TransactionCounts, TransactionInput, Transactional};
 /// Parts with nothing to check are not wrapped: a backend with delayed delivery, or whose
 /// settle handles refuse a delayed nack themselves
 /// ([`Backend::settle_refuses_unsupported`]), keeps its consumers and settle handles as they
-/// are, so deliveries cost nothing more.
+/// are, so deliveries cost nothing more; a backend whose producers refuse what it cannot send
+/// themselves ([`Backend::producer_refuses_unsupported`]) keeps its producers as they are.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CapabilityLayer;
 
@@ -126,6 +127,10 @@ impl Layer for CapabilityLayer {
     }
 
     fn producer(&self, backend: &dyn Backend, producer: Box<dyn Producer>) -> Box<dyn Producer> {
+        // A backend that refuses such sends itself needs no second check.
+        if backend.producer_refuses_unsupported() {
+            return producer;
+        }
         let rules = Rules::of(backend);
         if !rules.limits_sends() {
             return producer;

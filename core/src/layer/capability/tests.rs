@@ -262,6 +262,33 @@ impl Backend for RefusesItself {
     fn settle_refuses_unsupported(&self) -> bool {
         true
     }
+    fn producer_refuses_unsupported(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_backend_whose_producers_refuse_themselves_keeps_its_producer_unwrapped() {
+    let mut producer = MockProducer::new();
+    // The oversize message reaches the backend: the layer left the refusal to it.
+    producer
+        .expect_try_enqueue()
+        .times(1)
+        .returning(|_, message| TryEnqueue::Wait(message));
+    let caps = Capabilities {
+        max_message_size: Some(100),
+        ..everything()
+    };
+    let stub = Stub::new(caps).with_producer(producer);
+    let backend = LayerStack::new()
+        .layer(CapabilityLayer::new())
+        .apply(Arc::new(RefusesItself(stub)));
+    let producer = now(backend.producer()).unwrap();
+    let big = Message::new(vec![0u8; 101]);
+    assert!(matches!(
+        producer.try_enqueue(&Destination::queue("q"), big),
+        TryEnqueue::Wait(_)
+    ));
 }
 
 #[test]
