@@ -663,6 +663,43 @@ async fn the_capability_layer_leaves_the_memory_producer_to_refuse_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_producer_gets_room_made_above_the_low_water_mark_when_the_consumer_stops() {
+    // A held producer is woken once a quarter of the bound has drained; a consumer that takes
+    // one message from a full queue of 100 and stops leaves it above that mark, and the
+    // producer must still get the slot.
+    let broker = MemoryBackend::new();
+    broker
+        .topology()
+        .declare_queue(&QueueSpec::new("q").max_length(100, Overflow::Backpressure))
+        .await
+        .unwrap();
+    let dest = Destination::queue("q");
+    let producer = broker.producer().await.unwrap();
+    let mut messages = numbered(0..100);
+    let mut pending = Vec::new();
+    producer
+        .enqueue_batch(&dest, &mut messages, &mut pending)
+        .await;
+    assert_eq!(broker.queue_depth("q").unwrap().ready, 100);
+    let sender = {
+        let producer = broker.producer().await.unwrap();
+        let dest = dest.clone();
+        tokio::spawn(async move { producer.send(&dest, Message::new("late")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!sender.is_finished(), "the queue is full: the send waits");
+    let mut consumer = broker.consumer("q", Default::default()).await.unwrap();
+    let taken = consumer.try_receive().expect("a message is ready").unwrap();
+    taken.ack().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(2), sender)
+        .await
+        .expect("a held producer was left waiting with room in the queue")
+        .unwrap()
+        .unwrap();
+    assert_eq!(broker.queue_depth("q").unwrap().ready, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_producer_waiting_on_a_full_queue_gets_the_room_that_is_made() {
     let broker = MemoryBackend::new();
     broker
