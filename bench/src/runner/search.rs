@@ -75,8 +75,8 @@ pub(super) trait Probe {
     /// Hold `rate` (msgs/s over all producers) for `hold` and measure its second half.
     fn step(&self, rate: f64, hold: Duration) -> impl Future<Output = StepFigures>;
     /// Closed loop for `hold` (producers as fast as the backlog bound lets them, see
-    /// [`super::state::RunState::set_closed_loop`]) and measure its second half.
-    fn saturate(&self, hold: Duration) -> impl Future<Output = StepFigures>;
+    /// [`super::state::RunState::set_closed_loop`]), measured after its first `settle`.
+    fn saturate(&self, settle: Duration, hold: Duration) -> impl Future<Output = StepFigures>;
     /// Producers at `floor` until what is in flight (backlog and unconfirmed sends) is down to
     /// a quarter of what is acceptable, or [`DRAIN_LIMIT`] has passed.
     fn drain(&self, floor: f64) -> impl Future<Output = ()>;
@@ -385,12 +385,12 @@ impl<F: Fn() -> bool> RunProbe<'_, '_, F> {
         (sent as i64 * self.search.subs - received as i64).max(0)
     }
 
-    /// Wait out the first half of a step of `hold` (the broker settling on what it was just
-    /// asked) and measure the second.
-    async fn measure_second_half(&self, hold: Duration) -> StepFigures {
-        tokio::time::sleep(hold / 2).await;
+    /// Wait out the `settle` start of a step of `hold` (the broker settling on what it was
+    /// just asked) and measure the rest.
+    async fn measure_after(&self, settle: Duration, hold: Duration) -> StepFigures {
+        tokio::time::sleep(settle).await;
         let t0 = Instant::now();
-        let end = t0 + hold / 2;
+        let end = t0 + hold.saturating_sub(settle);
         let (sent0, received0) = self.counters();
         let mut samples = Vec::new();
         loop {
@@ -416,13 +416,13 @@ impl<F: Fn() -> bool> RunProbe<'_, '_, F> {
 impl<F: Fn() -> bool> Probe for RunProbe<'_, '_, F> {
     async fn step(&self, rate: f64, hold: Duration) -> StepFigures {
         self.set_rate(rate);
-        self.measure_second_half(hold).await
+        self.measure_after(hold / 2, hold).await
     }
 
-    async fn saturate(&self, hold: Duration) -> StepFigures {
+    async fn saturate(&self, settle: Duration, hold: Duration) -> StepFigures {
         self.state()
             .set_closed_loop(self.search.plan.acceptable_backlog);
-        self.measure_second_half(hold).await
+        self.measure_after(settle, hold).await
     }
 
     async fn drain(&self, floor: f64) {
@@ -530,7 +530,7 @@ mod tests {
             }
         }
 
-        async fn saturate(&self, _hold: Duration) -> StepFigures {
+        async fn saturate(&self, _settle: Duration, _hold: Duration) -> StepFigures {
             unreachable!("the search takes no saturation steps")
         }
 
